@@ -1,0 +1,347 @@
+"""Shared machinery for the sandbox emulators: fault injection, request stats, admin API, rate limits.
+
+Every emulator is a FastAPI app wrapped in :class:`SandboxMiddleware`. The middleware is raw ASGI
+(not a Starlette ``BaseHTTPMiddleware``) because the m3ter ingest emulator must sustain tens of
+thousands of measurements per second and the extra task/queue per request of ``BaseHTTPMiddleware``
+costs too much.
+
+Admin endpoints (no auth, never faulted, never counted):
+
+* ``GET  /_sandbox/health``               -> ``{"status": "ok", "emulator": name}``
+* ``GET  /_sandbox/state``                -> the emulator's full state snapshot (for tests)
+* ``POST /_sandbox/reset``  ``{"seed": "demo"|"empty"}`` -> restores the seed, clears faults and stats
+* ``GET|POST|DELETE /_sandbox/faults``    -> see :class:`FaultConfig`
+* ``GET|POST /_sandbox/limits`` ``{"enabled": bool}`` -> switch documented rate limits on/off
+* ``GET|DELETE /_sandbox/stats``          -> request counts and the recent request log
+* ``POST /_sandbox/<custom>``             -> emulator-specific admin actions (see ``admin_actions``)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ADMIN_PREFIX = "/_sandbox"
+
+
+class FaultConfig(BaseModel):
+    """Faults injected into non-admin requests. All off by default.
+
+    Count-based faults (``fail_next``, ``burst_429``) are deterministic and preferred in tests;
+    rate-based ones (``error_rate``, ``drop_rate``, ``timeout_rate``) are for chaos runs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path_regex: str | None = Field(None, description="Only requests whose path matches are faulted")
+    methods: list[str] | None = Field(None, description="Only these HTTP methods are faulted")
+    latency_ms: int = Field(0, ge=0, description="Added to every matching request")
+    error_rate: float = Field(0.0, ge=0, le=1, description="Probability of answering error_status")
+    error_status: int = Field(500, ge=400, le=599)
+    fail_next: int = Field(0, ge=0, description="The next N matching requests answer error_status")
+    burst_429: int = Field(0, ge=0, description="The next N matching requests answer 429")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with injected 429s")
+    drop_rate: float = Field(0.0, ge=0, le=1, description="Probability of dropping the connection")
+    drop_next: int = Field(0, ge=0, description="Drop the connection on the next N matching requests")
+    drop_after_processing: bool = Field(
+        False,
+        description="Drops happen after the emulator applied the request (lost response, state changed)",
+    )
+    timeout_rate: float = Field(0.0, ge=0, le=1, description="Probability of hanging timeout_s")
+    timeout_s: float = Field(30.0, ge=0)
+
+
+class WindowLimiter:
+    """Sliding-window request counter: ``limit`` requests per ``window_s`` seconds per key.
+
+    Hand-written because the emulator must answer exactly like the documented server-side limit
+    (reject, don't queue); client-side limiter libraries block instead.
+    """
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._hits: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._lock = threading.Lock()
+
+    def hit(self, key: str = "") -> float | None:
+        """Record a request; return None when allowed, else seconds until a slot frees up."""
+        now = time.monotonic()
+        with self._lock:
+            q = self._hits[key]
+            while q and now - q[0] >= self.window_s:
+                q.popleft()
+            if len(q) >= self.limit:
+                return max(0.0, self.window_s - (now - q[0]))
+            q.append(now)
+            return None
+
+    def reset(self) -> None:
+        with self._lock:
+            self._hits.clear()
+
+
+class RequestStats:
+    """Counts requests so tests can assert e.g. "zero writes on re-run" or "one token request"."""
+
+    def __init__(self, keep: int = 20000) -> None:
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def record(self, method: str, path: str, status: int) -> None:
+        self.counts[f"{method} {_normalise_path(path)}"] += 1
+        self.counts["total"] += 1
+        if method in {"POST", "PUT", "PATCH", "DELETE"}:
+            self.counts["writes"] += 1
+        self.recent.append({"method": method, "path": path, "status": status, "t": time.time()})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "recent": list(self.recent)[-500:]}
+
+    def clear(self) -> None:
+        self.recent.clear()
+        self.counts.clear()
+
+
+_ID_RE = re.compile(
+    r"/(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d{3,}|[0-9A-Za-z]{15,18}|eid:[^/]+)"
+)
+
+
+def _normalise_path(path: str) -> str:
+    """Collapse ids in paths so counts group per endpoint (``/accounts/{id}``)."""
+    return _ID_RE.sub("/{id}", path)
+
+
+class Emulator:
+    """Base class of an emulator: a FastAPI app plus state that can be reset and inspected.
+
+    Subclasses set ``name``, build ``self.app`` in ``__init__`` and implement ``reset`` and
+    ``snapshot``. ``admin_actions`` maps ``/_sandbox/<name>`` POST actions to callables taking the
+    JSON body, for emulator-specific controls (e.g. closing a NetSuite accounting period).
+    """
+
+    name = "emulator"
+
+    def __init__(self) -> None:
+        self.faults = FaultConfig()
+        self.limits_enabled = True
+        self.stats = RequestStats()
+        self.lock = threading.RLock()
+        self.admin_actions: dict[str, Callable[[dict[str, Any]], Any]] = {}
+        self.app: ASGIApp
+
+    def reset(self, seed: str = "empty") -> None:
+        raise NotImplementedError
+
+    def snapshot(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def on_limits_changed(self) -> None:
+        """Hook for subclasses that keep limiter state."""
+
+    def error_body(self, status: int, message: str) -> Any:
+        """The system's own error body shape, used for injected faults (override per emulator)."""
+        return {"message": message}
+
+
+def _json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> tuple[int, bytes, list]:
+    raw = json.dumps(body, default=str).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    for k, v in (headers or {}).items():
+        hdrs.append((k.lower().encode(), v.encode()))
+    return status, raw, hdrs
+
+
+async def _send_response(send: Send, status: int, raw: bytes, headers: list) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": raw})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+class DropConnection(Exception):  # noqa: N818 - a signal, not an error
+    """Raised mid-response so uvicorn closes the socket: the client sees a dropped connection."""
+
+
+class SandboxMiddleware:
+    """Wraps an emulator's app with the admin API, fault injection and request stats."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.app = emulator.app
+        self.error_body = emulator.error_body
+        self._rng = random.Random()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(ADMIN_PREFIX):
+            await self._admin(scope, receive, send)
+            return
+        fault = self._pick_fault(scope)
+        status_holder = {"status": 0}
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        try:
+            if fault is not None:
+                handled = await self._apply_fault(fault, scope, receive, send, status_holder)
+                if handled:
+                    return
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.emulator.stats.record(scope["method"], path, status_holder["status"])
+
+    def _matches(self, scope: Scope) -> bool:
+        f = self.emulator.faults
+        if f.methods and scope["method"] not in f.methods:
+            return False
+        return not (f.path_regex and not re.search(f.path_regex, scope["path"]))
+
+    def _pick_fault(self, scope: Scope) -> str | None:
+        f = self.emulator.faults
+        if f == _NO_FAULTS or not self._matches(scope):
+            return None
+        with self.emulator.lock:
+            if f.burst_429 > 0:
+                f.burst_429 -= 1
+                return "429"
+            if f.fail_next > 0:
+                f.fail_next -= 1
+                return "error"
+            if f.drop_next > 0:
+                f.drop_next -= 1
+                return "drop"
+        r = self._rng.random()
+        if r < f.error_rate:
+            return "error"
+        if r < f.error_rate + f.drop_rate:
+            return "drop"
+        if r < f.error_rate + f.drop_rate + f.timeout_rate:
+            return "timeout"
+        return "latency" if f.latency_ms else None
+
+    async def _apply_fault(
+        self, fault: str, scope: Scope, receive: Receive, send: Send, status_holder: dict[str, int]
+    ) -> bool:
+        f = self.emulator.faults
+        if f.latency_ms:
+            await asyncio.sleep(f.latency_ms / 1000)
+        if fault == "latency":
+            return False
+        if fault == "timeout":
+            await asyncio.sleep(f.timeout_s)
+            return False
+        if fault == "429":
+            status_holder["status"] = 429
+            await _send_response(
+                send, *_json_response(429, self.error_body(429, "Too Many Requests (injected)"),
+                                      {"Retry-After": str(f.retry_after_s)})
+            )
+            return True
+        if fault == "error":
+            status_holder["status"] = f.error_status
+            await _send_response(
+                send, *_json_response(f.error_status, self.error_body(f.error_status, "Injected fault"))
+            )
+            return True
+        # drop
+        if f.drop_after_processing:
+
+            async def swallow(message: Message) -> None:
+                return None
+
+            await self.app(scope, receive, swallow)
+        status_holder["status"] = -1
+        raise DropConnection("sandbox dropped the connection (injected fault)")
+
+    async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        emu = self.emulator
+        method = scope["method"]
+        action = scope["path"][len(ADMIN_PREFIX):].strip("/")
+        body_raw = await _read_body(receive)
+        try:
+            body = json.loads(body_raw) if body_raw else {}
+        except json.JSONDecodeError:
+            await _send_response(send, *_json_response(400, {"error": "admin body must be JSON"}))
+            return
+        try:
+            result = self._admin_dispatch(emu, method, action, body)
+        except KeyError:
+            await _send_response(send, *_json_response(404, {"error": f"unknown admin action {action!r}"}))
+            return
+        except (ValueError, TypeError) as exc:
+            await _send_response(send, *_json_response(400, {"error": str(exc)}))
+            return
+        await _send_response(send, *_json_response(200, result))
+
+    @staticmethod
+    def _admin_dispatch(emu: Emulator, method: str, action: str, body: dict[str, Any]) -> Any:
+        if action == "health":
+            return {"status": "ok", "emulator": emu.name}
+        if action == "state":
+            with emu.lock:
+                return emu.snapshot()
+        if action == "reset" and method == "POST":
+            with emu.lock:
+                emu.reset(body.get("seed", "empty"))
+                emu.faults = FaultConfig()
+                emu.stats.clear()
+                emu.limits_enabled = bool(body.get("limits", emu.limits_enabled))
+                emu.on_limits_changed()
+            return {"status": "reset", "seed": body.get("seed", "empty")}
+        if action == "faults":
+            if method == "POST":
+                emu.faults = FaultConfig.model_validate(body)
+            elif method == "DELETE":
+                emu.faults = FaultConfig()
+            return emu.faults.model_dump()
+        if action == "limits":
+            if method == "POST":
+                emu.limits_enabled = bool(body.get("enabled", True))
+                emu.on_limits_changed()
+            return {"enabled": emu.limits_enabled}
+        if action == "stats":
+            if method == "DELETE":
+                emu.stats.clear()
+            return emu.stats.snapshot()
+        if method == "POST" and action in emu.admin_actions:
+            with emu.lock:
+                return emu.admin_actions[action](body)
+        raise KeyError(action)
+
+
+_NO_FAULTS = FaultConfig()
+
+
+def build_asgi(emulator: Emulator) -> ASGIApp:
+    return SandboxMiddleware(emulator)

@@ -1,0 +1,242 @@
+"""``m3sh sandbox up|down|reset|status``: start the emulators and moto, write ``.sandbox/env``.
+
+State of a running sandbox lives in ``<root>/.sandbox/``: ``state.json`` (pids and ports),
+``env`` (``export AIRFLOW_CONN_*=...`` lines to ``source``), and one log file per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from m3sh.sandbox import credentials as cred
+from m3sh.sandbox.serve import EMULATORS
+
+DEFAULT_PORT_BASE = 8710
+PORT_OFFSETS = {"m3ter": 1, "hubspot": 2, "netsuite": 3, "salesforce": 4, "moto": 5, "platform": 6}
+HEALTH_TIMEOUT_S = 20.0
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not start, stop or be reached; the message says which emulator and why."""
+
+
+@dataclass(frozen=True)
+class SandboxEndpoints:
+    """Where each emulator listens, derived from one port base so tests can run beside a demo."""
+
+    port_base: int = DEFAULT_PORT_BASE
+    host: str = "127.0.0.1"
+
+    def port(self, name: str) -> int:
+        return self.port_base + PORT_OFFSETS[name]
+
+    def url(self, name: str) -> str:
+        return f"http://{self.host}:{self.port(name)}"
+
+    def connections(self) -> dict[str, dict[str, Any]]:
+        """Airflow connections (JSON form) that point the hooks and official clients here."""
+        conns: dict[str, dict[str, Any]] = {
+            "m3ter_default": {
+                "conn_type": "m3ter",
+                "host": self.url("m3ter"),
+                "login": cred.M3TER_ACCESS_KEY,
+                "password": cred.M3TER_API_SECRET,
+                "extra": {"org_id": cred.M3TER_ORG_ID},
+            },
+            "hubspot_default": {
+                "conn_type": "hubspot",
+                "host": self.url("hubspot"),
+                "password": cred.HUBSPOT_TOKEN,
+            },
+            "salesforce_default": {
+                "conn_type": "salesforce",
+                "login": cred.SALESFORCE_USERNAME,
+                "password": cred.SALESFORCE_PASSWORD,
+                "extra": {
+                    "security_token": cred.SALESFORCE_SECURITY_TOKEN,
+                    "version": "59.0",
+                    # Read by m3sh.hooks.salesforce: route simple-salesforce's https URLs to the
+                    # plain-http emulator through a requests adapter (no patching of SalesforceHook).
+                    "sandbox_base_url": self.url("salesforce"),
+                },
+            },
+            "aws_default": {
+                "conn_type": "aws",
+                "login": cred.AWS_ACCESS_KEY,
+                "password": cred.AWS_SECRET_KEY,
+                "extra": {"endpoint_url": self.url("moto"), "region_name": "us-east-1"},
+            },
+            "m3sh_platform_default": {
+                "conn_type": "http",
+                "host": self.url("platform"),
+            },
+        }
+        for name, ns in cred.NETSUITE.items():
+            conn_id = "netsuite_default" if name == "default" else f"netsuite_{name}"
+            conns[conn_id] = {
+                "conn_type": "netsuite",
+                "host": self.url("netsuite"),
+                "login": ns.consumer_key,
+                "password": ns.consumer_secret,
+                "extra": {
+                    "account_id": ns.account_id,
+                    "token_id": ns.token_id,
+                    "token_secret": ns.token_secret,
+                },
+            }
+        return conns
+
+    def env_lines(self) -> list[str]:
+        lines = []
+        for conn_id, conn in self.connections().items():
+            lines.append(f"export AIRFLOW_CONN_{conn_id.upper()}='{json.dumps(conn)}'")
+        lines.append(f"export M3SH_SANDBOX_PORT_BASE={self.port_base}")
+        return lines
+
+    def env(self) -> dict[str, str]:
+        """The same connections as a dict, for subprocesses and tests."""
+        out = {f"AIRFLOW_CONN_{k.upper()}": json.dumps(v) for k, v in self.connections().items()}
+        out["M3SH_SANDBOX_PORT_BASE"] = str(self.port_base)
+        return out
+
+
+class Sandbox:
+    """Starts and stops the emulator processes of one sandbox instance."""
+
+    def __init__(
+        self, root: Path, endpoints: SandboxEndpoints | None = None, only: list[str] | None = None
+    ) -> None:
+        self.root = root
+        self.dir = root / ".sandbox"
+        self.endpoints = endpoints or SandboxEndpoints()
+        # A subset (e.g. only m3ter and moto) can be started for focused tests or demos;
+        # M3SH_SANDBOX_EMULATORS=m3ter,moto does the same from the environment.
+        selected = only or [n for n in os.environ.get("M3SH_SANDBOX_EMULATORS", "").split(",") if n]
+        unknown = set(selected) - set(PORT_OFFSETS)
+        if unknown:
+            raise SandboxError(f"unknown emulators {sorted(unknown)}; choose from {sorted(PORT_OFFSETS)}")
+        self.names = [n for n in PORT_OFFSETS if not selected or n in selected]
+
+    # -- process management -------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        path = self.dir / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _spawn(self, name: str, cmd: list[str]) -> int:
+        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root
+        )
+        return proc.pid
+
+    def up(self, seed: str = "demo", limits: bool = True, wait: bool = True) -> dict[str, Any]:
+        """Start everything (idempotent: a healthy running sandbox is reset to ``seed`` instead)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.healthy():
+            self.reset(seed, limits=limits)
+            return self._state()
+        self.down(quiet=True)
+        pids: dict[str, int] = {}
+        for name in (n for n in EMULATORS if n in self.names):
+            pids[name] = self._spawn(
+                name,
+                [sys.executable, "-m", "m3sh.sandbox.serve", name, "--port", str(self.endpoints.port(name)),
+                 "--seed", seed, "--limits", "on" if limits else "off"],
+            )
+        if "moto" in self.names:
+            pids["moto"] = self._spawn(
+                "moto",
+                [sys.executable, "-m", "moto.server", "-H", self.endpoints.host, "-p",
+                 str(self.endpoints.port("moto"))],
+            )
+        state = {"pids": pids, "port_base": self.endpoints.port_base, "seed": seed}
+        (self.dir / "state.json").write_text(json.dumps(state, indent=2))
+        (self.dir / "env").write_text("\n".join(self.endpoints.env_lines()) + "\n")
+        if wait:
+            self.wait_healthy()
+            if "moto" in self.names:
+                self._seed_aws(seed)
+        return state
+
+    def wait_healthy(self, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = set(self.names)
+        while pending and time.monotonic() < deadline:
+            for name in sorted(pending):
+                if self._is_healthy(name):
+                    pending.discard(name)
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            logs = {n: self._tail_log(n) for n in pending}
+            raise SandboxError(f"sandbox emulators not healthy after {timeout_s:.0f}s: {sorted(pending)}; "
+                               f"last log lines: {logs}")
+
+    def _tail_log(self, name: str, lines: int = 5) -> str:
+        path = self.dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def _is_healthy(self, name: str) -> bool:
+        url = (f"{self.endpoints.url('moto')}/moto-api/" if name == "moto"
+               else f"{self.endpoints.url(name)}/_sandbox/health")
+        try:
+            return requests.get(url, timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def healthy(self) -> bool:
+        return all(self._is_healthy(n) for n in self.names)
+
+    def down(self, quiet: bool = False) -> None:
+        state = self._state()
+        for pid in state.get("pids", {}).values():
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                continue
+        deadline = time.monotonic() + 5
+        for pid in state.get("pids", {}).values():
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+        if (self.dir / "state.json").exists():
+            (self.dir / "state.json").unlink()
+        if not quiet:
+            print("sandbox stopped")
+
+    def reset(self, seed: str = "demo", limits: bool = True) -> None:
+        for name in (n for n in EMULATORS if n in self.names):
+            r = requests.post(f"{self.endpoints.url(name)}/_sandbox/reset",
+                              json={"seed": seed, "limits": limits}, timeout=30)
+            if r.status_code != 200:
+                raise SandboxError(f"reset of {name} failed: {r.status_code} {r.text[:200]}")
+        if "moto" in self.names:
+            requests.post(f"{self.endpoints.url('moto')}/moto-api/reset", timeout=30)
+            self._seed_aws(seed)
+
+    def status(self) -> dict[str, bool]:
+        return {n: self._is_healthy(n) for n in self.names}
+
+    def _seed_aws(self, seed: str) -> None:
+        from m3sh.sandbox.aws_seed import seed_aws
+
+        seed_aws(self.endpoints.url("moto"), seed)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

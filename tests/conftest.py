@@ -1,0 +1,81 @@
+"""Test set-up shared by every suite.
+
+AIRFLOW_HOME must point at a throw-away folder before anything imports airflow (settings are read
+at import time), so it is set here at module import, before pytest collects test modules.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+_AIRFLOW_HOME = Path(os.environ.get("M3SH_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="m3sh-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+
+import pytest  # noqa: E402
+import requests  # noqa: E402
+
+from m3sh.sandbox.runner import Sandbox, SandboxEndpoints  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_PORT_BASE = int(os.environ.get("M3SH_TEST_PORT_BASE", "18710"))
+
+
+class SandboxHandle:
+    """What tests get: URLs, admin helpers and the connections env of the running sandbox."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.endpoints = sandbox.endpoints
+
+    def url(self, name: str) -> str:
+        return self.endpoints.url(name)
+
+    def admin(self, name: str, action: str, method: str = "GET", **body: object) -> dict:
+        r = requests.request(method, f"{self.url(name)}/_sandbox/{action}", json=body or None, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def state(self, name: str) -> dict:
+        return self.admin(name, "state")
+
+    def stats(self, name: str) -> dict:
+        return self.admin(name, "stats")
+
+    def faults(self, name: str, **config: object) -> dict:
+        return self.admin(name, "faults", "POST", **config)
+
+    def reset(self, seed: str = "demo", limits: bool = True) -> None:
+        self.sandbox.reset(seed, limits=limits)
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
+    """The sandbox emulators, started once per test session on a test-only port range."""
+    root = tmp_path_factory.mktemp("sandbox")
+    sb = Sandbox(root, SandboxEndpoints(port_base=TEST_PORT_BASE))
+    sb.up(seed="demo")
+    saved = {k: os.environ.get(k) for k in sb.endpoints.env()}
+    os.environ.update(sb.endpoints.env())
+    try:
+        yield SandboxHandle(sb)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        sb.down(quiet=True)
+
+
+@pytest.fixture
+def fresh_sandbox(sandbox: SandboxHandle) -> SandboxHandle:
+    """The sandbox reset to the demo seed, faults off, stats cleared, documented limits on."""
+    sandbox.reset("demo")
+    return sandbox
