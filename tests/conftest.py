@@ -20,7 +20,6 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 import pytest  # noqa: E402
 import requests  # noqa: E402
-
 from m3sh.sandbox.runner import Sandbox, SandboxEndpoints  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +78,22 @@ def fresh_sandbox(sandbox: SandboxHandle) -> SandboxHandle:
     """The sandbox reset to the demo seed, faults off, stats cleared, documented limits on."""
     sandbox.reset("demo")
     return sandbox
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata DB in the test AIRFLOW_HOME (needed by ``dag.test()``)."""
+    import subprocess
+    import sys
+
+    marker = _AIRFLOW_HOME / ".migrated"
+    if not marker.exists():
+        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                       env={**os.environ}, capture_output=True)
+        marker.touch()
+    return _AIRFLOW_HOME
+
+
+def run_dag(dag: object, **conf: object) -> object:
+    """Run a whole DAG with ``dag.test()`` and return the DagRun; conf becomes the run's params."""
+    return dag.test(run_conf=conf or None)  # type: ignore[attr-defined]

@@ -144,7 +144,7 @@ class Emulator:
         self.stats = RequestStats()
         self.lock = threading.RLock()
         self.admin_actions: dict[str, Callable[[dict[str, Any]], Any]] = {}
-        self.app: ASGIApp
+        self.app: Any  # a FastAPI app (any ASGI callable)
 
     def reset(self, seed: str = "empty") -> None:
         raise NotImplementedError
@@ -183,7 +183,7 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-class DropConnection(Exception):  # noqa: N818 - a signal, not an error
+class DropConnection(Exception):
     """Raised mid-response so uvicorn closes the socket: the client sees a dropped connection."""
 
 
@@ -282,6 +282,9 @@ class SandboxMiddleware:
 
             await self.app(scope, receive, swallow)
         status_holder["status"] = -1
+        # Start a response that promises more bytes than it sends, then fail: uvicorn closes the
+        # socket mid-response, so the client sees a dropped connection (not a clean HTTP 500).
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
         raise DropConnection("sandbox dropped the connection (injected fault)")
 
     async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -19,10 +19,12 @@ from typing import Any
 import requests
 
 from m3sh.sandbox import credentials as cred
+from m3sh.sandbox.platform import PLATFORM_TOKEN
 from m3sh.sandbox.serve import EMULATORS
 
 DEFAULT_PORT_BASE = 8710
 PORT_OFFSETS = {"m3ter": 1, "hubspot": 2, "netsuite": 3, "salesforce": 4, "moto": 5, "platform": 6}
+SMTP_OFFSET = 7  # the platform emulator's SMTP catcher
 HEALTH_TIMEOUT_S = 20.0
 
 
@@ -79,6 +81,25 @@ class SandboxEndpoints:
             "m3sh_platform_default": {
                 "conn_type": "http",
                 "host": self.url("platform"),
+                "password": PLATFORM_TOKEN,
+            },
+            "m3sh_customer_webhook": {
+                "conn_type": "http",
+                "host": self.url("platform") + "/hooks",
+                "password": cred.WEBHOOK_SECRET,
+            },
+            "m3sh_slack": {
+                "conn_type": "slackwebhook",
+                "host": self.url("platform") + "/slack",
+                "password": "T0000/B0000/sandbox",
+            },
+            "smtp_default": {
+                "conn_type": "smtp",
+                "host": self.host,
+                "port": self.port_base + SMTP_OFFSET,
+                "login": "m3sh",
+                "password": "sandbox-smtp",
+                "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "m3sh@northwind.example"},
             },
         }
         for name, ns in cred.NETSUITE.items():
@@ -134,8 +155,9 @@ class Sandbox:
 
     def _spawn(self, name: str, cmd: list[str]) -> int:
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
+        env = {**os.environ, "M3SH_PLATFORM_SMTP_PORT": str(self.endpoints.port_base + SMTP_OFFSET)}
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root, env=env
         )
         return proc.pid
 
@@ -171,10 +193,14 @@ class Sandbox:
     def wait_healthy(self, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         pending = set(self.names)
+        pids = self._state().get("pids", {})
         while pending and time.monotonic() < deadline:
             for name in sorted(pending):
                 if self._is_healthy(name):
                     pending.discard(name)
+                elif name in pids and not _alive(pids[name]):
+                    raise SandboxError(f"sandbox emulator {name!r} exited during start-up; "
+                                       f"last log lines:\n{self._tail_log(name, 12)}")
             if pending:
                 time.sleep(0.2)
         if pending:
@@ -239,4 +265,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:  # a zombie (exited, not yet reaped by us) is not alive
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return waited == 0

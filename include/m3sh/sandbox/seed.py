@@ -117,7 +117,7 @@ def demo_company(n_customers: int = 300, today: dt.date | None = None) -> DemoCo
             end = today_d - dt.timedelta(days=rng.randint(1, 10))
         else:
             end = today_d + dt.timedelta(days=rng.randint(60, 500))
-        domain = f"{key}.example.com"
+        domain = f"{key}.example"  # reserved TLD; the m3ter code is the domain name without it
         company.customers.append(
             DemoCustomer(
                 key=key,

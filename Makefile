@@ -1,0 +1,50 @@
+# m3sh — the two commands that matter: `make demo` and `make test`.
+# Each bootstraps .venv from pyproject.toml (re-installing only when it changes).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint typecheck unit bench sandbox clean distributed
+
+$(STAMP): pyproject.toml
+	@echo ">> bootstrapping $(VENV) (python: $$($(PYTHON) --version))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.stamp-* && touch $@
+	@echo ">> $(VENV) ready"
+
+venv: $(STAMP)
+
+## demo: sandbox + Airflow standalone + one run of each use case; Ctrl-C stops everything
+demo: venv
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/m3sh demo --root .
+
+## test: lint, type check, then every test suite (unit, sandbox, hooks, DAG runs)
+test: lint typecheck
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	@$(BIN)/ruff check include dags plugins tests benchmarks
+	@echo ">> ruff clean"
+
+typecheck: venv
+	@$(BIN)/mypy
+	@echo ">> mypy clean"
+
+unit: venv
+	@$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+## bench: every benchmark, results in benchmarks/results/*.json and one table
+bench: venv
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks
+
+sandbox: venv
+	@$(BIN)/m3sh sandbox up --root .
+
+clean:
+	@$(BIN)/m3sh sandbox down --root . 2>/dev/null || true
+	rm -rf .airflow .sandbox .mypy_cache .ruff_cache

@@ -1,0 +1,148 @@
+"""The ``m3sh`` command line: config validation, the sandbox, the demo and operational helpers.
+
+argparse rather than click/typer: the CLI is small, and ``m3sh config validate`` must start fast
+in a pre-commit hook, so it must not import Airflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from m3sh import __version__
+from m3sh.exceptions import ConfigError
+
+
+def _cmd_config_validate(args: argparse.Namespace) -> int:
+    from m3sh.config import load_config
+
+    try:
+        cfg = load_config(args.path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(
+        f"OK {args.path or 'default config'}: {len(cfg.crm.sources)} CRM source(s), {len(cfg.usage.feeds)} usage "
+        f"feed(s), {len(cfg.invoicing.destinations)} destination(s), {len(cfg.invoicing.routes)} route(s), "
+        f"{len(cfg.triggers)} trigger rule(s), {len(cfg.alerting.notifiers)} notifier(s)"
+    )
+    return 0
+
+
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from m3sh.config_reference import render_reference
+
+    print(render_reference())
+    return 0
+
+
+def _sandbox(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from m3sh.sandbox.runner import Sandbox, SandboxEndpoints
+
+    return Sandbox(Path(args.root).resolve(), SandboxEndpoints(port_base=args.port_base))
+
+
+def _cmd_sandbox_up(args: argparse.Namespace) -> int:
+    sb = _sandbox(args)
+    t0 = time.monotonic()
+    print(f"starting sandbox (seed={args.seed}, limits={'on' if not args.no_limits else 'off'}) ...", flush=True)
+    sb.up(seed=args.seed, limits=not args.no_limits)
+    print(f"sandbox healthy in {time.monotonic() - t0:.1f}s; connections: source {sb.dir / 'env'}")
+    for name, ok in sb.status().items():
+        print(f"  {name:<11} {sb.endpoints.url(name)}  {'ok' if ok else 'DOWN'}")
+    if args.detach:
+        return 0
+    print("Ctrl-C stops the sandbox.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sb.down()
+    return 0
+
+
+def _cmd_sandbox_down(args: argparse.Namespace) -> int:
+    _sandbox(args).down()
+    return 0
+
+
+def _cmd_sandbox_reset(args: argparse.Namespace) -> int:
+    _sandbox(args).reset(args.seed)
+    print(f"sandbox reset to seed {args.seed!r}")
+    return 0
+
+
+def _cmd_sandbox_status(args: argparse.Namespace) -> int:
+    status = _sandbox(args).status()
+    print(json.dumps(status, indent=2))
+    return 0 if all(status.values()) else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from m3sh.demo import run_demo
+
+    return run_demo(Path(args.root).resolve(), port=args.port, once=args.once)
+
+
+def _cmd_triggers_sync(args: argparse.Namespace) -> int:
+    from m3sh.automation.notifications import sync_notifications
+
+    result = sync_notifications(args.config, webhook_url=args.webhook_url, dry_run=args.dry_run)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from m3sh.sandbox.runner import DEFAULT_PORT_BASE
+
+    parser = argparse.ArgumentParser(prog="m3sh", description="m3ter meshed into your stack, on Airflow 3.")
+    parser.add_argument("--version", action="version", version=f"m3sh {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="validate or document m3sh.yaml").add_subparsers(dest="sub", required=True)
+    v = cfg.add_parser("validate", help="validate a config file; errors name the YAML path and line")
+    v.add_argument("path", nargs="?", default=None)
+    v.set_defaults(func=_cmd_config_validate)
+    r = cfg.add_parser("reference", help="print the config reference (Markdown) generated from the models")
+    r.set_defaults(func=_cmd_config_reference)
+
+    sb = sub.add_parser("sandbox", help="local emulators of m3ter, HubSpot, NetSuite, Salesforce and AWS")
+    sbs = sb.add_subparsers(dest="sub", required=True)
+    for name, func in (("up", _cmd_sandbox_up), ("down", _cmd_sandbox_down), ("reset", _cmd_sandbox_reset),
+                       ("status", _cmd_sandbox_status)):
+        p = sbs.add_parser(name)
+        p.add_argument("--root", default=".", help="folder holding .sandbox/ (default: current)")
+        p.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE)
+        if name in ("up", "reset"):
+            p.add_argument("--seed", default="demo", choices=["demo", "empty"])
+        if name == "up":
+            p.add_argument("--detach", action="store_true", help="return once healthy, leave it running")
+            p.add_argument("--no-limits", action="store_true", help="switch the documented rate limits off")
+        p.set_defaults(func=func)
+
+    d = sub.add_parser("demo", help="sandbox + Airflow standalone + one run of each use case")
+    d.add_argument("--root", default=".")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--once", action="store_true", help="run the demo DAGs, print results and stop")
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("triggers", help="plan automation helpers").add_subparsers(dest="sub", required=True)
+    s = t.add_parser("sync-notifications", help="create/update m3ter notifications + webhook from the rules")
+    s.add_argument("--config", default=None)
+    s.add_argument("--webhook-url", required=True)
+    s.add_argument("--dry-run", action="store_true")
+    s.set_defaults(func=_cmd_triggers_sync)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

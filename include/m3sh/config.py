@@ -1,0 +1,420 @@
+"""``m3sh.yaml``: the one validated file a user edits. Secrets never live here, only connection ids.
+
+The models are pydantic v2 with ``extra="forbid"`` so a typo is an error, not a silently ignored
+key. :func:`load_config` keeps the YAML node marks and turns every pydantic error into a line like
+``m3sh.yaml:42 destinations[1].conn_id: Field required``, so a finance engineer can fix the file
+without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from m3sh.exceptions import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "m3sh.yaml"
+CONFIG_ENV = "M3SH_CONFIG"
+
+Ownership = Literal["crm_wins", "m3ter_wins", "fill_missing"]
+MatchKey = Literal["external_id", "domain", "email"]
+BillState = Literal["PENDING", "APPROVED", "LOCKED"]
+DEFAULT_MATCH_KEYS: tuple[MatchKey, ...] = ("domain", "email")
+DEFAULT_BILL_STATES: tuple[BillState, ...] = ("APPROVED",)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- m3ter
+class M3terConfig(_Model):
+    """Where the central m3ter org is and how m3sh names the entities it creates there."""
+
+    conn_id: str = Field("m3ter_default", description="Airflow connection of type m3ter")
+    account_code_from: Literal["domain_name", "domain", "crm_id"] = Field(
+        "domain_name",
+        description="How stable m3ter account codes are derived for new CRM customers: the domain without its "
+                    "top-level label (acme.com -> acme), the whole domain, or '<source>-<crm id>'")
+    ingest_batch_size: int = Field(1000, ge=1, le=1000, description="Measurements per ingest request")
+
+
+# ----------------------------------------------------------------------------------- CRM sources
+class CrmSource(_Model):
+    """One CRM that feeds accounts and contracts into m3ter."""
+
+    name: str = Field(description="Unique source name, used in external mappings and logs")
+    type: Literal["salesforce", "hubspot"]
+    conn_id: str
+    enabled: bool = True
+    account_fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Canonical account field -> CRM field (name, email, domain, currency, country, owner, "
+                    "po_number)")
+    contract_fields: dict[str, str] = Field(default_factory=dict,
+                                            description="Canonical contract field -> CRM field")
+    write_back_field: str | None = Field(None, description="CRM field that receives the m3ter account id")
+    priority: int = Field(100, description="Lower wins when the same customer is in several CRMs")
+
+
+class FieldOwnership(_Model):
+    """Which side wins, per canonical account field. Unlisted fields use ``default``."""
+
+    default: Ownership = "crm_wins"
+    fields: dict[str, Ownership] = Field(default_factory=dict)
+
+    def owner_of(self, field: str) -> Ownership:
+        return self.fields.get(field, self.default)
+
+
+class CrmSyncConfig(_Model):
+    sources: list[CrmSource] = Field(default_factory=list)
+    match_keys: list[MatchKey] = Field(
+        default_factory=lambda: list(DEFAULT_MATCH_KEYS),
+        description="Keys that identify one customer across CRMs, tried in order")
+    ownership: FieldOwnership = FieldOwnership()
+    plan_map: dict[str, str] = Field(
+        default_factory=dict, description="CRM product code / SKU -> m3ter plan code")
+    default_plan: str | None = Field(None, description="m3ter plan code when no product maps")
+    delete_missing: bool = Field(False, description="Never delete in m3ter unless explicitly enabled")
+    lookback_minutes: int = Field(5, ge=0, description="Overlap added before each window (clock skew)")
+
+
+# ----------------------------------------------------------------------------------- usage feeds
+class MeterDefinition(_Model):
+    """How one usage row becomes one m3ter measurement."""
+
+    code: str = Field(description="m3ter meter code")
+    account_field: str = "account"
+    timestamp_field: str = "ts"
+    measures: dict[str, str] = Field(description="m3ter measure field -> row column (numeric)")
+    dimensions: dict[str, str] = Field(default_factory=dict,
+                                       description="m3ter 'where'/'what'/'who' field -> row column")
+    max_age_days: int = Field(90, ge=1, description="Rows older than this are rejected as out of bounds")
+
+
+class UsageFeed(_Model):
+    name: str
+    type: Literal["s3", "http"]
+    conn_id: str
+    enabled: bool = True
+    # s3
+    bucket: str | None = None
+    prefix: str = ""
+    format: Literal["auto", "csv", "jsonl"] = "auto"
+    # http
+    endpoint: str | None = Field(None, description="Path on the connection host, paged JSON")
+    page_param: str = "cursor"
+    # both
+    meter_field: str = Field("meter", description="Row column naming the meter; rows route by it")
+    id_field: str | None = Field("event_id", description="Row column used in the deterministic uid")
+    meters: list[MeterDefinition]
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> UsageFeed:
+        if self.type == "s3" and not self.bucket:
+            raise ValueError("an s3 feed needs 'bucket'")
+        if self.type == "http" and not self.endpoint:
+            raise ValueError("an http feed needs 'endpoint'")
+        return self
+
+
+class UsageConfig(_Model):
+    feeds: list[UsageFeed] = Field(default_factory=list)
+    files_per_task: int = Field(20, ge=1, description="Files per mapped task (keeps maps under 1024)")
+    progress_every_rows: int = Field(50_000, ge=1, description="Log progress (rows, rows/s, ETA) this often")
+
+
+class StorageConfig(_Model):
+    """Durable state m3sh keeps itself (never on local disk): manifests, dead letters, reports, ledger."""
+
+    conn_id: str = Field("aws_default", description="Airflow aws connection")
+    bucket: str = "m3sh-archive"
+    prefix: str = Field("m3sh/", description="Key prefix for everything below")
+
+
+# ---------------------------------------------------------------------------------- destinations
+class _Destination(_Model):
+    name: str
+    enabled: bool = True
+    cutover_from: date | None = Field(None, description="Only bills dated on/after this go here")
+    cutover_until: date | None = Field(None, description="Only bills dated before this go here")
+
+
+class NetSuiteDestination(_Destination):
+    type: Literal["netsuite"]
+    conn_id: str
+    subsidiary_id: str
+    currency_id: str | None = None
+    item_map: dict[str, str] = Field(default_factory=dict, description="m3ter line type/product -> item id")
+    default_item_id: str
+    concurrency: int = Field(5, ge=1, le=50)
+    locked_invoice_policy: Literal["update", "credit_memo"] = "credit_memo"
+
+
+class SalesforceDestination(_Destination):
+    type: Literal["salesforce"]
+    conn_id: str = "salesforce_default"
+    invoice_object: str = "Invoice__c"
+    external_id_field: str = "M3ter_Bill_Id__c"
+
+
+class HubSpotDestination(_Destination):
+    type: Literal["hubspot"]
+    conn_id: str = "hubspot_default"
+    deal_property: str = "m3ter_last_invoice"
+
+
+class S3Destination(_Destination):
+    type: Literal["s3"]
+    conn_id: str = "aws_default"
+    bucket: str
+    prefix: str = "invoices/"
+
+
+class WebhookDestination(_Destination):
+    type: Literal["webhook"]
+    conn_id: str = Field(description="http connection; its password is the HMAC secret")
+    endpoint: str = "/invoices"
+
+
+Destination = Annotated[
+    NetSuiteDestination | SalesforceDestination | HubSpotDestination | S3Destination | WebhookDestination,
+    Field(discriminator="type"),
+]
+
+
+class RouteMatch(_Model):
+    currency: list[str] | None = None
+    subsidiary: list[str] | None = None
+    accounts: list[str] | None = None
+    min_amount: float | None = None
+    custom_field: dict[str, str] | None = None
+
+
+class Route(_Model):
+    name: str
+    when: RouteMatch = RouteMatch()
+    to: list[str] = Field(min_length=1)
+
+
+class InvoicingConfig(_Model):
+    bill_states: list[BillState] = Field(default_factory=lambda: list(DEFAULT_BILL_STATES))
+    destinations: list[Destination] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    required_enrichment: list[str] = Field(default_factory=lambda: ["subsidiary"])
+    exported_field: str = "exported_at"
+
+
+# -------------------------------------------------------------------------------------- triggers
+class BalanceBelow(_Model):
+    amount: float | None = None
+    percent_of_original: float | None = Field(None, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _one(self) -> BalanceBelow:
+        if (self.amount is None) == (self.percent_of_original is None):
+            raise ValueError("give exactly one of 'amount' or 'percent_of_original'")
+        return self
+
+
+class UsageOverLimit(_Model):
+    meter: str
+    limit: float
+    aggregation: Literal["SUM", "COUNT", "MAX"] = "SUM"
+
+
+class Condition(_Model):
+    balance_below: BalanceBelow | None = None
+    usage_over_limit: UsageOverLimit | None = None
+    contract_ending_within_days: int | None = Field(None, ge=0)
+    contract_ended: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Condition:
+        set_fields = [k for k, v in self.__dict__.items() if v is not None]
+        if len(set_fields) != 1:
+            raise ValueError(f"a condition needs exactly one kind, got {set_fields or 'none'}")
+        return self
+
+
+class Action(_Model):
+    switch_plan: str | None = Field(None, description="m3ter plan code to attach")
+    top_up_balance: float | None = None
+    reset_balance_to: float | None = None
+    set_custom_fields: dict[str, str | float] | None = None
+    update_crm_fields: dict[str, str] | None = None
+    notify: str | None = Field(None, description="Notifier name from alerting.notifiers")
+
+
+class TriggerRule(_Model):
+    name: str
+    enabled: bool = True
+    when: Condition
+    actions: list[Action] = Field(min_length=1)
+    accounts: list[str] | None = Field(None, description="Only these account codes")
+
+
+# -------------------------------------------------------------------------------------- alerting
+class Notifier(_Model):
+    name: str
+    type: Literal["email", "slack_webhook", "sns", "webhook"]
+    conn_id: str
+    to: list[str] | None = Field(None, description="email recipients")
+    target: str | None = Field(None, description="SNS topic ARN or webhook path")
+
+
+class AlertingConfig(_Model):
+    notifiers: list[Notifier] = Field(default_factory=list)
+    on_failure: list[str] = Field(default_factory=list, description="Notifier names for failed tasks")
+    on_retry: list[str] = Field(default_factory=list)
+    ui_base_url: str = "http://localhost:8080"
+
+
+# ---------------------------------------------------------------------------------------- root
+class M3shConfig(_Model):
+    version: Literal[1] = 1
+    m3ter: M3terConfig = M3terConfig()
+    storage: StorageConfig = StorageConfig()
+    crm: CrmSyncConfig = CrmSyncConfig()
+    usage: UsageConfig = UsageConfig()
+    invoicing: InvoicingConfig = InvoicingConfig()
+    triggers: list[TriggerRule] = Field(default_factory=list)
+    alerting: AlertingConfig = AlertingConfig()
+    owner: str = "m3sh"
+
+    def reference_errors(self) -> list[tuple[tuple[int | str, ...], str]]:
+        """Cross-references between sections, as (location, message) so errors can carry lines."""
+        errors: list[tuple[tuple[int | str, ...], str]] = []
+
+        def unique(items: list[str], loc: tuple[int | str, ...], what: str) -> set[str]:
+            seen: set[str] = set()
+            for i, n in enumerate(items):
+                if n in seen:
+                    errors.append(((*loc, i, "name"), f"duplicate {what} name {n!r}"))
+                seen.add(n)
+            return seen
+
+        unique([s.name for s in self.crm.sources], ("crm", "sources"), "CRM source")
+        unique([f.name for f in self.usage.feeds], ("usage", "feeds"), "usage feed")
+        unique([r.name for r in self.triggers], ("triggers",), "trigger rule")
+        dests = unique([d.name for d in self.invoicing.destinations], ("invoicing", "destinations"), "destination")
+        notifiers = unique([n.name for n in self.alerting.notifiers], ("alerting", "notifiers"), "notifier")
+        for i, route in enumerate(self.invoicing.routes):
+            for j, target in enumerate(route.to):
+                if target not in dests:
+                    errors.append((("invoicing", "routes", i, "to", j),
+                                   f"unknown destination {target!r}; known: {sorted(dests)}"))
+        for section in ("on_failure", "on_retry"):
+            for j, name in enumerate(getattr(self.alerting, section)):
+                if name not in notifiers:
+                    errors.append((("alerting", section, j), f"unknown notifier {name!r}; known: {sorted(notifiers)}"))
+        plans = set(self.crm.plan_map.values()) | ({self.crm.default_plan} if self.crm.default_plan else set())
+        for i, rule in enumerate(self.triggers):
+            for j, action in enumerate(rule.actions):
+                if action.notify and action.notify not in notifiers:
+                    errors.append((("triggers", i, "actions", j, "notify"),
+                                   f"unknown notifier {action.notify!r}; known: {sorted(notifiers)}"))
+                if action.switch_plan and plans and action.switch_plan not in plans:
+                    errors.append((("triggers", i, "actions", j, "switch_plan"),
+                                   f"plan {action.switch_plan!r} is not in crm.plan_map values or crm.default_plan"))
+        return errors
+
+    def destination(self, name: str) -> Any:
+        return next(d for d in self.invoicing.destinations if d.name == name)
+
+
+# --------------------------------------------------------------------------- loading with lines
+_SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used (ints, floats, dates, bools)
+
+def _construct(node: yaml.Node) -> Any:
+    """Plain Python data from a YAML node (safe: only scalars, lists and string-keyed maps)."""
+    if isinstance(node, yaml.MappingNode):
+        return {_construct(k): _construct(v) for k, v in node.value}
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v) for v in node.value]
+    return _SCALARS.construct_object(node)
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == part), None)
+            if match is None:
+                tag = next((v.value for k, v in node.value if k.value == "type"), None)
+                if part == tag:
+                    continue  # pydantic's discriminated-union tag, not a YAML key
+                return line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            continue  # discriminator tags and the like are not YAML nodes
+        line = node.start_mark.line + 1
+    return line
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"netsuite", "salesforce", "hubspot", "s3", "webhook"} and out.endswith("]"):
+            continue  # the discriminated-union tag pydantic adds to the location
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_config(text: str, source: str = "m3sh.yaml") -> M3shConfig:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    data = _construct(root) if root is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1 the top level must be a mapping of sections")
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    try:
+        config = M3shConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see the config reference in the README)"
+            problems.append((tuple(err["loc"]), msg))
+    else:
+        problems = config.reference_errors()
+    if problems:
+        lines = [f"{source}:{_line_of(root, loc)} {_format_loc(loc)}: {msg}" for loc, msg in problems]
+        raise ConfigError(f"invalid m3sh config ({len(lines)} problem(s)):\n  " + "\n  ".join(lines))
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> M3shConfig:
+    """Read and validate a config file (default: ``$M3SH_CONFIG`` or the shipped demo config)."""
+    p = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read m3sh config {p}: {exc.strerror}") from None
+    return parse_config(text, source=str(p))
+
+
+@lru_cache(maxsize=8)
+def _cached(path: str, mtime: float) -> M3shConfig:
+    return load_config(path)
+
+
+def get_config(path: str | None = None) -> M3shConfig:
+    """Config for DAG files: cached per file and modification time so parsing stays cheap."""
+    p = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    return _cached(str(p), p.stat().st_mtime if p.exists() else 0.0)

@@ -1,0 +1,92 @@
+"""Extract Salesforce accounts changed in a window, with their contract and subscribed product.
+
+Incremental on ``SystemModstamp`` for Accounts *and* Contracts/Opportunities, so a contract edited
+without touching its account still re-syncs that account.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from m3sh.config import CrmSource
+from m3sh.hooks.salesforce import SalesforceSync, soql_literal
+from m3sh.mapping.crm import to_crm_account
+from m3sh.models.records import CrmAccount
+
+log = logging.getLogger(__name__)
+IN_CHUNK = 200  # keeps SOQL under the 100,000-character limit with 18-char ids
+
+
+def _chunks(ids: list[str], n: int = IN_CHUNK) -> Iterator[list[str]]:
+    for i in range(0, len(ids), n):
+        yield ids[i:i + n]
+
+
+def _in(ids: list[str]) -> str:
+    # Every value goes through soql_literal (quoted and escaped), so the SOQL below is injection-safe.
+    return "(" + ", ".join(soql_literal(i) for i in ids) + ")"
+
+
+def _date(v: Any) -> dt.date | None:
+    return dt.date.fromisoformat(str(v)[:10]) if v else None
+
+
+def extract_salesforce(source: CrmSource, start: dt.datetime, end: dt.datetime,
+                       sf: SalesforceSync | None = None) -> list[CrmAccount]:
+    sf = sf or SalesforceSync(conn_id=source.conn_id)
+    fields = sorted({"Id", *source.account_fields.values(),
+                     *([source.write_back_field] if source.write_back_field else [])})
+    accounts: dict[str, dict[str, Any]] = {r["Id"]: r for r in sf.query_modified("Account", fields, start, end)}
+    touched = {r["AccountId"] for r in sf.query_modified("Contract", ["Id", "AccountId"], start, end)
+               if r.get("AccountId")}
+    touched |= {r["AccountId"] for r in sf.query_modified("Opportunity", ["Id", "AccountId"], start, end)
+                if r.get("AccountId")}
+    missing = sorted(touched - set(accounts))
+    for chunk in _chunks(missing):
+        for r in sf.query(f"SELECT {', '.join(fields)} FROM Account WHERE Id IN {_in(chunk)}", "Account"):
+            accounts[r["Id"]] = r
+    ids = sorted(accounts)
+    contracts: dict[str, dict[str, Any]] = {}
+    opps: dict[str, dict[str, Any]] = {}
+    plan_by_opp: dict[str, str | None] = {}
+    for chunk in _chunks(ids):
+        for c in sf.query("SELECT Id, AccountId, StartDate, EndDate, Status FROM Contract "
+                          f"WHERE AccountId IN {_in(chunk)} ORDER BY StartDate DESC", "Contract"):
+            contracts.setdefault(c["AccountId"], c)  # the latest contract per account
+        for o in sf.query("SELECT Id, AccountId, PO_Number__c, CloseDate FROM Opportunity "
+                          f"WHERE AccountId IN {_in(chunk)} AND StageName = 'Closed Won' ORDER BY CloseDate DESC",
+                          "Opportunity"):
+            opps.setdefault(o["AccountId"], o)
+    opp_ids = sorted(o["Id"] for o in opps.values())
+    for chunk in _chunks(opp_ids):
+        for li in sf.query(f"SELECT Id, OpportunityId, ProductCode FROM OpportunityLineItem "
+                           f"WHERE OpportunityId IN {_in(chunk)}", "OpportunityLineItem"):
+            plan_by_opp.setdefault(li["OpportunityId"], li.get("ProductCode"))
+    out = []
+    for acc_id, rec in accounts.items():
+        contract = contracts.get(acc_id) or {}
+        opp = opps.get(acc_id) or {}
+        extra: dict[str, Any] = {
+            "contract_id": contract.get("Id"),
+            "contract_start": _date(contract.get("StartDate")),
+            "contract_end": _date(contract.get("EndDate")),
+            "plan_code": plan_by_opp.get(opp.get("Id", "")),
+        }
+        if opp.get("PO_Number__c") and "po_number" not in source.account_fields:
+            extra["po_number"] = opp["PO_Number__c"]
+        out.append(to_crm_account(rec, source, crm_id=acc_id, crm_object="Account", extra=extra))
+    log.info("salesforce %s: %d account(s) changed in %s..%s (%d via contracts/opportunities)",
+             source.name, len(out), start, end, len(missing))
+    return out
+
+
+def write_back_salesforce(source: CrmSource, items: list[dict[str, str]], sf: SalesforceSync | None = None) -> int:
+    if not source.write_back_field or not items:
+        return 0
+    sf = sf or SalesforceSync(conn_id=source.conn_id)
+    for item in items:
+        sf.update_record(item["crm_object"], item["crm_id"], {source.write_back_field: item["m3ter_id"]})
+    return len(items)

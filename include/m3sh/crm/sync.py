@@ -1,0 +1,247 @@
+"""Upsert de-duplicated CRM customers into m3ter: accounts, contracts, account plans, mappings.
+
+The m3ter side is read once into an :class:`M3terIndex` (a few paged listings), then every write is
+decided by comparing desired and current state, so a re-run with no upstream change writes
+nothing and a dry run can report the exact diff without writing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from m3sh.config import CrmSyncConfig, M3shConfig
+from m3sh.exceptions import ExternalApiError
+from m3sh.hooks.m3ter import M3terHook, changed_fields
+from m3sh.mapping.crm import contract_code, desired_account, normalize_domain, normalize_email
+from m3sh.models.records import CrmAccount, Customer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Change:
+    entity: str
+    code: str
+    action: str  # create | update | conflict | error
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    detail: str | None = None
+
+
+@dataclass
+class SyncReport:
+    dry_run: bool
+    customers: int = 0
+    changes: list[Change] = field(default_factory=list)
+    write_backs: list[dict[str, str]] = field(default_factory=list)
+    m3ter_writes: int = 0
+
+    def add(self, change: Change) -> None:
+        self.changes.append(change)
+        if change.action in ("create", "update") and not self.dry_run:
+            self.m3ter_writes += 1
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {"customers": self.customers, "m3ter_writes": self.m3ter_writes,
+                               "write_backs": len(self.write_backs)}
+        for c in self.changes:
+            key = f"{c.entity}_{c.action}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "counts": self.counts(), "changes": [asdict(c) for c in self.changes],
+                "write_backs": self.write_backs}
+
+
+def _is_active(ap: dict[str, Any], now: dt.datetime) -> bool:
+    def parse(v: str | None) -> dt.datetime | None:
+        return dt.datetime.fromisoformat(v.replace("Z", "+00:00")) if v else None
+
+    start, end = parse(ap.get("startDate")), parse(ap.get("endDate"))
+    return (start is None or start <= now) and (end is None or end > now)
+
+
+class M3terIndex:
+    """What m3ter already holds, loaded once per sync with paged list calls."""
+
+    def __init__(self, hook: M3terHook, now: dt.datetime | None = None) -> None:
+        self.now = now or dt.datetime.now(dt.UTC)
+        self.accounts = {a["code"]: a for a in hook.iter_entities("accounts") if a.get("code")}
+        self.plans = {p["code"]: p for p in hook.iter_entities("plans") if p.get("code")}
+        self.contracts = {c["code"]: c for c in hook.iter_entities("contracts") if c.get("code")}
+        self.mappings = {(m["externalSystem"], m["externalTable"], m["externalId"]): m
+                         for m in hook.iter_entities("externalmappings", page_size=200)}
+        self.active_plans: dict[str, list[dict[str, Any]]] = {}
+        for ap in hook.iter_entities("accountplans"):
+            if _is_active(ap, self.now):
+                self.active_plans.setdefault(ap["accountId"], []).append(ap)
+
+    def match_codes(self) -> dict[str, str]:
+        """Match key -> account code for accounts m3ter already has (identity owned by m3ter)."""
+        out: dict[str, str] = {}
+        for code, a in self.accounts.items():
+            out[f"m3ter:{a['id']}"] = code
+            email = normalize_email(a.get("emailAddress"))
+            if email:
+                out.setdefault(f"email:{email}", code)
+            domain = normalize_domain((a.get("customFields") or {}).get("crm_domain"))
+            if domain:
+                out.setdefault(f"domain:{domain}", code)
+        return out
+
+
+class CrmToM3ter:
+    """Applies one batch of customers to m3ter; collects the report and the CRM write-backs."""
+
+    def __init__(self, hook: M3terHook, cfg: M3shConfig, index: M3terIndex, dry_run: bool = False) -> None:
+        self.hook = hook
+        self.cfg = cfg
+        self.crm: CrmSyncConfig = cfg.crm
+        self.index = index
+        self.report = SyncReport(dry_run=dry_run)
+        self.priority = {s.name: s.priority for s in cfg.crm.sources}
+
+    # -- accounts -------------------------------------------------------------------------------
+    def _authoritative(self, customer: Customer, current: dict[str, Any] | None) -> bool:
+        """A change from a lower-priority CRM must not override a higher-priority CRM's values."""
+        if current is None:
+            return True
+        listed = str((current.get("customFields") or {}).get("crm_source") or "").split(",")
+        best_known = min((self.priority.get(s, 100) for s in listed if s), default=100)
+        return min(r.priority for r in customer.records) <= best_known
+
+    def sync_account(self, customer: Customer) -> dict[str, Any] | None:
+        current = self.index.accounts.get(customer.code)
+        ownership = self.crm.ownership
+        if current is not None and not self._authoritative(customer, current):
+            ownership = ownership.model_copy(update={"default": "fill_missing",
+                                                     "fields": dict.fromkeys(ownership.fields, "fill_missing")})
+        desired = desired_account(customer, current, ownership)
+        if current is not None:
+            srcs = set(str((current.get("customFields") or {}).get("crm_source") or "").split(",")) - {""}
+            srcs |= {r.source for r in customer.records}
+            desired.setdefault("customFields", {})["crm_source"] = ",".join(sorted(srcs))
+        try:
+            result = self.hook.upsert_by_code("accounts", customer.code, desired, existing=current,
+                                              dry_run=self.report.dry_run)
+        except ExternalApiError as exc:
+            self.report.add(Change("account", customer.code, "error", detail=str(exc)))
+            log.error("account %s: %s", customer.code, exc)
+            return None
+        if result.action != "unchanged":
+            before = {k: (current or {}).get(k) for k in result.changes} if current else None
+            self.report.add(Change("account", customer.code, "create" if result.action == "created" else "update",
+                                   before=before, after=result.changes))
+        self.index.accounts[customer.code] = result.entity
+        return result.entity
+
+    # -- contracts and plans ----------------------------------------------------------------------
+    def sync_contract(self, customer: Customer, account: dict[str, Any]) -> dict[str, Any] | None:
+        rec = next((r for r in customer.records if r.contract_start and r.contract_end), None)
+        if rec is None or not account.get("id"):
+            return None
+        assert rec.contract_start and rec.contract_end
+        code = contract_code(customer.code, rec.contract_start)
+        desired: dict[str, Any] = {
+            "accountId": account["id"], "name": f"{customer.value('name')} {rec.contract_start:%Y-%m-%d}",
+            "startDate": rec.contract_start.isoformat(), "endDate": rec.contract_end.isoformat(),
+            "customFields": {"crm_contract": f"{rec.source}:{rec.contract_id or rec.crm_id}"},
+        }
+        po = customer.value("po_number")
+        if po:
+            desired["purchaseOrderNumber"] = po
+        current = self.index.contracts.get(code)
+        try:
+            result = self.hook.upsert_by_code("contracts", code, desired, existing=current,
+                                              dry_run=self.report.dry_run)
+        except ExternalApiError as exc:
+            self.report.add(Change("contract", code, "error", detail=str(exc)))
+            return None
+        if result.action != "unchanged":
+            self.report.add(Change("contract", code, "create" if result.action == "created" else "update",
+                                   before={k: (current or {}).get(k) for k in result.changes} if current else None,
+                                   after=result.changes))
+        self.index.contracts[code] = result.entity
+        return result.entity
+
+    def sync_plan(self, customer: Customer, account: dict[str, Any], contract: dict[str, Any] | None) -> None:
+        crm_plan = next((r.plan_code for r in customer.records if r.plan_code), None)
+        plan_code = self.crm.plan_map.get(crm_plan or "", None) or self.crm.default_plan
+        if not plan_code or not account.get("id"):
+            return
+        plan = self.index.plans.get(plan_code)
+        if plan is None:
+            self.report.add(Change("account_plan", customer.code, "error",
+                                   detail=f"plan {plan_code!r} (CRM product {crm_plan!r}) does not exist in m3ter"))
+            return
+        active = self.index.active_plans.get(account["id"], [])
+        same_product = [ap for ap in active if ap.get("productId") in (None, plan.get("productId"))]
+        if any(ap.get("planId") == plan["id"] for ap in same_product):
+            return
+        if same_product:
+            # m3ter owns the live plan (a trigger may have switched it); report, never fight it.
+            self.report.add(Change("account_plan", customer.code, "conflict",
+                                   before={"planId": same_product[0].get("planId")}, after={"plan": plan_code},
+                                   detail="CRM product differs from the active m3ter plan; m3ter wins"))
+            return
+        rec = next((r for r in customer.records if r.contract_start), None)
+        start = rec.contract_start if rec and rec.contract_start else self.index.now.date()
+        body: dict[str, Any] = {"accountId": account["id"], "planId": plan["id"],
+                                "startDate": f"{start.isoformat()}T00:00:00Z",
+                                "code": f"{customer.code}-{plan_code}"[:80]}
+        if contract and contract.get("id"):
+            body["contractId"] = contract["id"]
+        self.report.add(Change("account_plan", customer.code, "create", after=body))
+        if not self.report.dry_run:
+            try:
+                created = self.hook.create("accountplans", body)
+            except ExternalApiError as exc:
+                self.report.changes[-1].action = "error"
+                self.report.changes[-1].detail = str(exc)
+                self.report.m3ter_writes -= 1
+                return
+            self.index.active_plans.setdefault(account["id"], []).append(created)
+
+    # -- links ------------------------------------------------------------------------------------
+    def sync_links(self, customer: Customer, account: dict[str, Any]) -> None:
+        account_id = account.get("id")
+        if not account_id:
+            return
+        for rec in customer.records:
+            key = (rec.source_type, rec.crm_object, rec.crm_id)
+            mapping = self.index.mappings.get(key)
+            if mapping is None or mapping.get("m3terId") != account_id:
+                body = {"externalSystem": rec.source_type, "externalTable": rec.crm_object,
+                        "externalId": rec.crm_id, "m3terEntity": "Account", "m3terId": account_id}
+                self.report.add(Change("external_mapping", f"{rec.source}:{rec.crm_id}",
+                                       "create" if mapping is None else "update", after=body))
+                if not self.report.dry_run:
+                    if mapping is None:
+                        self.index.mappings[key] = self.hook.create("externalmappings", body)
+                    else:
+                        self.index.mappings[key] = self.hook.update("externalmappings", mapping["id"],
+                                                                    changed_fields(mapping, body), current=mapping)
+            if rec.m3ter_id != account_id:
+                self.report.write_backs.append({"source": rec.source, "crm_object": rec.crm_object,
+                                                "crm_id": rec.crm_id, "m3ter_id": account_id})
+
+    def apply(self, customers: list[Customer]) -> SyncReport:
+        for customer in customers:
+            self.report.customers += 1
+            account = self.sync_account(customer)
+            if account is None:
+                continue
+            contract = self.sync_contract(customer, account)
+            self.sync_plan(customer, account, contract)
+            self.sync_links(customer, account)
+        return self.report
+
+
+def filter_accounts(records: list[CrmAccount], accounts: list[str]) -> list[CrmAccount]:
+    """Manual-run filter: keep records whose CRM id, domain or email is listed."""
+    wanted = {a.lower() for a in accounts}
+    return [r for r in records if {r.crm_id.lower(), (r.domain or ""), (r.email or "")} & wanted]

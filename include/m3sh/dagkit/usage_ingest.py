@@ -1,0 +1,120 @@
+"""``m3sh_usage_ingest``: usage files in S3 -> validated, de-duplicated m3ter measurements.
+
+Graph: ``plan_files`` (list new objects per feed, chunk them so no map exceeds Airflow's 1024 limit)
+-> ``ingest_files`` (mapped, one chunk each; a bad file fails only itself) -> ``summarize`` (totals,
+and fails the run naming every failed file so the alert carries them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from m3sh.config import M3shConfig, get_config
+from m3sh.dagkit.defaults import DEFAULT_START, dag_tags, default_args
+from m3sh.dagkit.errors import RunFailed
+
+log = logging.getLogger(__name__)
+DAG_ID = "m3sh_usage_ingest"
+MAP_LABEL = "{{ task.op_kwargs['chunk']['feed'] }}: {{ task.op_kwargs['chunk']['keys'] | length }} file(s)"
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
+    cfg = cfg or get_config()
+    with DAG(
+        dag_id=DAG_ID,
+        description="Usage files (S3: CSV/JSONL, gzip) -> m3ter measurements, exactly once",
+        schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+        start_date=DEFAULT_START,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(cfg),
+        tags=dag_tags("usage", "unified-billing"),
+        params={
+            "dry_run": Param(False, type="boolean", description="Validate and count, send nothing"),
+            "scan_all": Param(False, type="boolean",
+                              description="Consider every object, not only those modified in the data interval "
+                                          "(finished files are still skipped by their manifest)"),
+            "feeds": Param([], type="array", description="Only these feed names (empty: all)"),
+        },
+        doc_md=__doc__,
+    ) as dag:
+
+        @task
+        def plan_files(params: dict[str, Any], data_interval_start: dt.datetime | None = None,
+                       data_interval_end: dt.datetime | None = None) -> list[dict[str, Any]]:
+            from m3sh.storage import Storage
+            from m3sh.usage.ingest import list_feed_objects
+
+            conf = get_config()
+            wanted = set(params.get("feeds") or [])
+            window = (None, None) if params.get("scan_all") else (data_interval_start, data_interval_end)
+            chunks: list[dict[str, Any]] = []
+            for feed in conf.usage.feeds:
+                if not feed.enabled or (wanted and feed.name not in wanted):
+                    why = "disabled in m3sh.yaml" if not feed.enabled else "not selected"
+                    log.info("usage feed %s skipped (%s)", feed.name, why)
+                    continue
+                if feed.type != "s3":
+                    log.info("usage feed %s is %s; handled by the HTTP task", feed.name, feed.type)
+                    continue
+                src = Storage(feed.conn_id, feed.bucket or "")
+                keys = list_feed_objects(src, feed.prefix, *window)
+                log.info("feed %s: %d object(s) under s3://%s/%s in window %s..%s", feed.name, len(keys),
+                         feed.bucket, feed.prefix, window[0], window[1])
+                chunks += [{"feed": feed.name, "keys": c} for c in _chunks(keys, conf.usage.files_per_task)]
+            if len(chunks) > 1024:
+                raise AirflowFailException(f"{len(chunks)} chunks exceed the 1024 map limit; raise "
+                                           f"usage.files_per_task")
+            return chunks
+
+        @task(map_index_template=MAP_LABEL)
+        def ingest_files(chunk: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+            from m3sh.hooks.m3ter import M3terHook
+            from m3sh.storage import Storage
+            from m3sh.usage.ingest import AccountLookup, ingest_s3_object
+
+            conf = get_config()
+            feed = next(f for f in conf.usage.feeds if f.name == chunk["feed"])
+            m3ter = M3terHook(conf.m3ter.conn_id)
+            lookup = AccountLookup(m3ter)
+            src = Storage(feed.conn_id, feed.bucket or "")
+            state = Storage.from_config(conf.storage)
+            results = []
+            for key in chunk["keys"]:
+                r = ingest_s3_object(feed=feed, key=key, m3ter=m3ter, source_storage=src, state=state,
+                                     account_exists=lookup, progress_every=conf.usage.progress_every_rows,
+                                     dry_run=bool(params.get("dry_run")))
+                results.append(r.to_dict())
+            return results
+
+        @task(trigger_rule="all_done")
+        def summarize(results: list[list[dict[str, Any]]]) -> dict[str, Any]:
+            flat = [r for chunk in (results or []) if chunk for r in chunk]
+            totals: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in flat) for k in ("rows_read", "accepted", "rejected",
+                                                                          "batches_sent")}
+            totals["files"] = len(flat)
+            totals["skipped"] = sum(1 for r in flat if r["status"] == "skipped")
+            failed = [r for r in flat if r["status"] == "failed"]
+            totals["failed"] = len(failed)
+            totals["dead_letter_keys"] = [r["dead_letter_key"] for r in flat if r.get("dead_letter_key")]
+            log.info("usage ingest summary: %s", totals)
+            if failed:
+                raise RunFailed(
+                    f"{len(failed)} usage file(s) failed: " + "; ".join(f"{r['key']}: {r['error']}" for r in failed),
+                    records=[r["key"] for r in failed])
+            return totals
+
+        planned = plan_files()  # type: ignore[call-arg,misc]
+        ingested = ingest_files.partial().expand(chunk=planned)
+        summarize(ingested)  # type: ignore[arg-type]
+    return dag

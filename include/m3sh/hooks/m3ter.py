@@ -1,0 +1,446 @@
+"""m3ter hooks: :class:`M3terHook` (sync, official ``M3ter`` SDK) and :class:`M3terAsyncHook` (``AsyncM3ter``).
+
+What the SDK gives us and we keep: its retries (429 honouring ``Retry-After``, 408/409/5xx, connection
+errors, with jittered backoff), its typed errors and its ``nextToken`` cursors. What we add:
+
+* **Token reuse.** SDK 0.9 stores ``token_expiry = fromtimestamp(expires_in - 300)`` (a 1970 date), so
+  it fetches a new token before *every* request, and ``AsyncM3ter`` never fetches one. We fetch the
+  token ourselves once per (host, key) per process, cache it until 5 minutes before expiry, pass it
+  with a real ``token_expiry`` and mask it in logs.
+* **Wire-format entity access.** Entities are read and written as the documented camelCase JSON
+  through the SDK's own HTTP client (``client.get/post/put`` and ``get_api_list`` with
+  ``SyncCursor``), so m3sh's mapping layer and the API docs speak the same field names.
+* **Read-modify-write with ``version``**, retried on a version conflict, and upserts by ``code`` that
+  write nothing when nothing changed.
+* **Measurement batching** to <= 1000 items and < 512,000 bytes per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import m3ter
+from airflow.sdk import BaseHook
+from m3ter.pagination import AsyncCursor, SyncCursor
+
+from m3sh.exceptions import M3terApiError, M3terVersionConflict, RetryableError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.m3ter.com"
+TOKEN_REFRESH_MARGIN_S = 300
+MAX_BATCH_ITEMS = 1000
+MAX_BATCH_BYTES = 512_000
+# JSON envelope {"measurements":[...]} plus separators; keep a margin under the hard limit.
+_BATCH_BYTES_BUDGET = MAX_BATCH_BYTES - 1_000
+VERSION_CONFLICT_RETRIES = 3
+# The SDK returns parsed JSON for cast_to=object; typed as Any so results flow as plain dicts.
+_JSON: Any = object
+
+
+# ------------------------------------------------------------------ pure helpers (sync + async)
+@dataclass(frozen=True)
+class M3terSettings:
+    """Everything needed to talk to one m3ter org, read once from the Airflow connection."""
+
+    base_url: str
+    api_key: str
+    api_secret: str = field(repr=False)
+    org_id: str
+    max_retries: int = 5
+    timeout_s: float = 60.0
+    page_size: int = 100
+
+    @classmethod
+    def from_connection(cls, conn: Connection) -> M3terSettings:
+        extra = conn.extra_dejson
+        org_id = extra.get("org_id") or conn.schema
+        missing = [n for n, v in (("login (Access Key ID)", conn.login), ("password (API Secret)", conn.password),
+                                  ("extra.org_id", org_id)) if not v]
+        if missing:
+            raise M3terApiError(f"connection {conn.conn_id!r} is missing {', '.join(missing)}")
+        host = (conn.host or DEFAULT_BASE_URL).rstrip("/")
+        if "://" not in host:
+            host = f"https://{host}"
+        return cls(
+            base_url=host,
+            api_key=str(conn.login),
+            api_secret=str(conn.password),
+            org_id=str(org_id),
+            max_retries=int(extra.get("max_retries", 5)),
+            timeout_s=float(extra.get("timeout_s", 60.0)),
+            page_size=int(extra.get("page_size", 100)),
+        )
+
+    def token_request(self) -> tuple[str, dict[str, str], dict[str, str]]:
+        basic = base64.b64encode(f"{self.api_key}:{self.api_secret}".encode()).decode()
+        return (f"{self.base_url}/oauth/token", {"Authorization": f"Basic {basic}"},
+                {"grant_type": "client_credentials"})
+
+    def org_path(self, path: str) -> str:
+        return f"/organizations/{self.org_id}/{path.lstrip('/')}"
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    access_token: str = field(repr=False)
+    expires_at: float  # epoch seconds at which we stop using it (real expiry minus the margin)
+
+    def valid(self, now: float | None = None) -> bool:
+        return (now or time.time()) < self.expires_at
+
+    @property
+    def expiry_naive_local(self) -> dt.datetime:
+        # The SDK compares token_expiry with naive datetime.now(), so hand it a naive local time.
+        return dt.datetime.fromtimestamp(self.expires_at)
+
+
+def parse_token_response(status: int, body: Any, now: float) -> CachedToken:
+    if status != 200 or not isinstance(body, dict) or "access_token" not in body:
+        msg = body.get("message") if isinstance(body, dict) else None
+        raise M3terApiError(f"token request rejected: {msg or 'no access_token in response'}", status=status)
+    expires_in = float(body.get("expires_in", 18_000))
+    return CachedToken(str(body["access_token"]), now + max(expires_in - TOKEN_REFRESH_MARGIN_S, 30.0))
+
+
+class _TokenCache:
+    """Process-wide token cache: every hook instance and thread of a worker shares one token per key."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[str, str], CachedToken] = {}
+        self._lock = threading.Lock()
+        self.fetches = 0  # observable in tests and benchmarks
+
+    def get(self, settings: M3terSettings) -> CachedToken:
+        key = (settings.base_url, settings.api_key)
+        with self._lock:
+            tok = self._tokens.get(key)
+            if tok is not None and tok.valid():
+                return tok
+            url, headers, body = settings.token_request()
+            resp = httpx.post(url, headers=headers, json=body, timeout=settings.timeout_s)
+            tok = parse_token_response(resp.status_code, _json_or_none(resp), time.time())
+            self.fetches += 1
+            _mask(tok.access_token)
+            self._tokens[key] = tok
+            return tok
+
+    async def aget(self, settings: M3terSettings) -> CachedToken:
+        key = (settings.base_url, settings.api_key)
+        tok = self._tokens.get(key)
+        if tok is not None and tok.valid():
+            return tok
+        url, headers, body = settings.token_request()
+        async with httpx.AsyncClient(timeout=settings.timeout_s) as client:
+            resp = await client.post(url, headers=headers, json=body)
+        tok = parse_token_response(resp.status_code, _json_or_none(resp), time.time())
+        with self._lock:
+            self.fetches += 1
+            self._tokens[key] = tok
+        _mask(tok.access_token)
+        return tok
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+
+TOKEN_CACHE = _TokenCache()
+
+
+def _json_or_none(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def _mask(secret: str) -> None:
+    try:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(secret)
+    except ImportError:  # pragma: no cover - outside Airflow
+        pass
+
+
+def translate_error(exc: Exception, *, entity: str | None = None, record_id: str | None = None) -> Exception:
+    """SDK errors -> m3sh errors that name the entity; transient ones become RetryableError."""
+    if isinstance(exc, m3ter.RateLimitError | m3ter.InternalServerError | m3ter.APIConnectionError):
+        return RetryableError(f"m3ter {entity or ''} {record_id or ''}: transient failure after SDK retries: "
+                              f"{_message(exc)}".replace("  ", " "))
+    if isinstance(exc, m3ter.APIStatusError):
+        return M3terApiError(_message(exc), entity=entity, record_id=record_id, status=exc.status_code)
+    return exc
+
+
+def _message(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return exc.__class__.__name__
+
+
+def is_version_conflict(exc: Exception) -> bool:
+    return isinstance(exc, m3ter.BadRequestError) and "version" in _message(exc).lower()
+
+
+def measurement_batches(measurements: Iterable[dict[str, Any]],
+                        max_items: int = MAX_BATCH_ITEMS,
+                        max_bytes: int = _BATCH_BYTES_BUDGET) -> Iterator[list[dict[str, Any]]]:
+    """Group measurements so each request has <= max_items and a body under max_bytes."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for m in measurements:
+        item_size = len(json.dumps(m, separators=(",", ":"))) + 1
+        if item_size > max_bytes:
+            raise M3terApiError(f"measurement uid={m.get('uid')!r} alone is {item_size} bytes, over the "
+                                f"{MAX_BATCH_BYTES}-byte request limit", entity="measurement")
+        if batch and (len(batch) >= max_items or size + item_size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(m)
+        size += item_size
+    if batch:
+        yield batch
+
+
+def changed_fields(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``desired`` that differs from ``current`` (nested maps compared by their keys)."""
+    diff: dict[str, Any] = {}
+    for k, v in desired.items():
+        cur = current.get(k)
+        if isinstance(v, dict) and isinstance(cur, dict):
+            if any(cur.get(ik) != iv for ik, iv in v.items()):
+                diff[k] = v
+        elif cur != v:
+            diff[k] = v
+    return diff
+
+
+_READ_ONLY = {"id", "version", "dtCreated", "dtLastModified", "createdBy", "lastModifiedBy", "productId"}
+
+
+def merge_for_put(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A full PUT body: the current entity without read-only fields, with ``changes`` applied."""
+    body = {k: v for k, v in current.items() if k not in _READ_ONLY and v is not None}
+    for k, v in changes.items():
+        if isinstance(v, dict) and isinstance(body.get(k), dict):
+            body[k] = {**body[k], **v}
+        else:
+            body[k] = v
+    body["version"] = current.get("version")
+    return body
+
+
+@dataclass
+class IngestResult:
+    measurements: int = 0
+    batches: int = 0
+
+
+@dataclass
+class UpsertResult:
+    entity: dict[str, Any]
+    action: str  # "created" | "updated" | "unchanged"
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ sync hook
+class M3terHook(BaseHook):
+    """Talks to one m3ter organization through the official SDK.
+
+    :param m3ter_conn_id: Airflow connection of type ``m3ter``: host = API base URL (empty for
+        production), login = Access Key ID, password = API Secret, extra ``org_id``.
+    """
+
+    conn_name_attr = "m3ter_conn_id"
+    default_conn_name = "m3ter_default"
+    conn_type = "m3ter"
+    hook_name = "m3ter"
+
+    def __init__(self, m3ter_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.m3ter_conn_id = m3ter_conn_id
+        self._client: m3ter.M3ter | None = None
+        self._client_token: CachedToken | None = None
+
+    @cached_property
+    def settings(self) -> M3terSettings:
+        return M3terSettings.from_connection(self.get_connection(self.m3ter_conn_id))
+
+    def get_conn(self) -> m3ter.M3ter:
+        """An SDK client holding a cached token; rebuilt only when the token is about to expire."""
+        s = self.settings
+        tok = TOKEN_CACHE.get(s)
+        if self._client is None or self._client_token is not tok:
+            self._client = m3ter.M3ter(
+                api_key=s.api_key, api_secret=s.api_secret, org_id=s.org_id, base_url=s.base_url,
+                token=tok.access_token, token_expiry=tok.expiry_naive_local,
+                max_retries=s.max_retries, timeout=s.timeout_s,
+            )
+            self._client_token = tok
+        return self._client
+
+    # -- generic wire-format access --------------------------------------------------------
+    def iter_entities(self, path: str, page_size: int | None = None, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every entity of a list endpoint (e.g. ``accounts``), following ``nextToken``."""
+        client = self.get_conn()
+        query = {k: (",".join(v) if isinstance(v, list | tuple) else v) for k, v in params.items() if v is not None}
+        query["pageSize"] = page_size or self.settings.page_size
+        try:
+            cursor = client.get_api_list(self.settings.org_path(path), model=object, page=SyncCursor[object],
+                                         options={"params": query})
+            yield from cursor  # type: ignore[misc]
+        except m3ter.APIError as exc:
+            raise translate_error(exc, entity=path) from exc
+
+    def get(self, path: str, entity_id: str) -> dict[str, Any]:
+        try:
+            return self.get_conn().get(self.settings.org_path(f"{path}/{entity_id}"), cast_to=_JSON)
+        except m3ter.APIError as exc:
+            raise translate_error(exc, entity=path, record_id=entity_id) from exc
+
+    def find_by_code(self, path: str, code: str) -> dict[str, Any] | None:
+        return next(iter(self.iter_entities(path, codes=[code], page_size=1)), None)
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.get_conn().post(self.settings.org_path(path), body=body, cast_to=_JSON)
+        except m3ter.APIError as exc:
+            raise translate_error(exc, entity=path, record_id=body.get("code")) from exc
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            return self.get_conn().post(self.settings.org_path(path), body=body or {}, cast_to=_JSON)
+        except m3ter.APIError as exc:
+            raise translate_error(exc, entity=path) from exc
+
+    def put(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            return self.get_conn().put(self.settings.org_path(path), body=body, cast_to=_JSON)
+        except m3ter.APIError as exc:
+            raise translate_error(exc, entity=path) from exc
+
+    def update(self, path: str, entity_id: str, changes: dict[str, Any],
+               current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Read-modify-write with optimistic locking: on a version conflict, re-read and re-apply."""
+        for attempt in range(VERSION_CONFLICT_RETRIES + 1):
+            if current is None:
+                current = self.get(path, entity_id)
+            body = merge_for_put(current, changes)
+            try:
+                return self.get_conn().put(self.settings.org_path(f"{path}/{entity_id}"), body=body,  # type: ignore[return-value]
+                                           cast_to=_JSON)
+            except m3ter.APIError as exc:
+                if is_version_conflict(exc) and attempt < VERSION_CONFLICT_RETRIES:
+                    log.info("m3ter %s %s: version %s is stale, re-reading (attempt %d)", path, entity_id,
+                             current.get("version"), attempt + 1)
+                    current = None
+                    continue
+                if is_version_conflict(exc):
+                    raise M3terVersionConflict(f"version conflict persisted after {attempt + 1} attempts",
+                                               entity=path, record_id=entity_id, status=400) from exc
+                raise translate_error(exc, entity=path, record_id=entity_id) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def upsert_by_code(self, path: str, code: str, desired: dict[str, Any],
+                       existing: dict[str, Any] | None = None, dry_run: bool = False) -> UpsertResult:
+        """Create the entity with ``code`` or update only what differs; no write when unchanged."""
+        current = existing if existing is not None else self.find_by_code(path, code)
+        if current is None:
+            if dry_run:
+                return UpsertResult({"code": code, **desired}, "created", desired)
+            return UpsertResult(self.create(path, {"code": code, **desired}), "created", desired)
+        diff = changed_fields(current, desired)
+        if not diff:
+            return UpsertResult(current, "unchanged")
+        if dry_run:
+            return UpsertResult(current, "updated", diff)
+        return UpsertResult(self.update(path, current["id"], diff, current=current), "updated", diff)
+
+    # -- measurements -------------------------------------------------------------------------
+    def submit_measurements(self, measurements: Iterable[dict[str, Any]]) -> IngestResult:
+        """Ingest in <=1000-item, <512,000-byte requests. Idempotent when every measurement has a uid."""
+        client = self.get_conn()
+        path = self.settings.org_path("measurements")
+        result = IngestResult()
+        for batch in measurement_batches(measurements):
+            try:
+                client.post(path, body={"measurements": batch}, cast_to=_JSON)
+            except m3ter.APIError as exc:
+                first, last = batch[0].get("uid"), batch[-1].get("uid")
+                raise translate_error(exc, entity="measurements", record_id=f"{first}..{last}") from exc
+            result.batches += 1
+            result.measurements += len(batch)
+        return result
+
+    def query_usage(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.get_conn().post(self.settings.org_path("usage/query"), body=body, cast_to=_JSON)
+        except m3ter.APIError as exc:
+            raise translate_error(exc, entity="usage query") from exc
+
+    # -- Airflow UI -----------------------------------------------------------------------------
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            TOKEN_CACHE.clear()
+            next(iter(self.iter_entities("products", page_size=1)), None)
+        except Exception as exc:
+            return False, f"m3ter connection {self.m3ter_conn_id!r} failed: {_safe(exc)}"
+        return True, f"Connected to m3ter org {self.settings.org_id}"
+
+
+def _safe(exc: Exception) -> str:
+    """An error message without anything secret (SDK messages contain only status + body)."""
+    if isinstance(exc, M3terApiError):
+        return str(exc)
+    if isinstance(exc, m3ter.APIStatusError):
+        return f"HTTP {exc.status_code}: {_message(exc)}"
+    return exc.__class__.__name__ + (f": {exc}" if isinstance(exc, httpx.HTTPError | RetryableError) else "")
+
+
+# ----------------------------------------------------------------------------------- async hook
+class M3terAsyncHook(M3terHook):
+    """The async twin for triggers: same settings, token cache and helpers, ``AsyncM3ter`` client."""
+
+    async def aget_settings(self) -> M3terSettings:
+        conn = await BaseHook.aget_connection(self.m3ter_conn_id)
+        return M3terSettings.from_connection(conn)
+
+    async def aget_conn(self) -> m3ter.AsyncM3ter:
+        s = await self.aget_settings()
+        tok = await TOKEN_CACHE.aget(s)
+        return m3ter.AsyncM3ter(api_key=s.api_key, api_secret=s.api_secret, org_id=s.org_id,
+                                base_url=s.base_url, token=tok.access_token, max_retries=s.max_retries,
+                                timeout=s.timeout_s)
+
+    async def aiter_entities(self, path: str, page_size: int = 100, **params: Any) -> Any:
+        s = await self.aget_settings()
+        client = await self.aget_conn()
+        query = {k: (",".join(v) if isinstance(v, list | tuple) else v) for k, v in params.items() if v is not None}
+        query["pageSize"] = page_size
+        try:
+            async with client:
+                cursor = client.get_api_list(s.org_path(path), model=object, page=AsyncCursor[object],
+                                             options={"params": query})
+                async for item in cursor:
+                    yield item
+        except m3ter.APIError as exc:
+            raise translate_error(exc, entity=path) from exc
+
+    async def alist_all(self, path: str, page_size: int = 100, **params: Any) -> list[dict[str, Any]]:
+        return [item async for item in self.aiter_entities(path, page_size=page_size, **params)]

@@ -1,0 +1,445 @@
+"""NetSuite SuiteTalk REST hook: TBA-signed record API and SuiteQL with account-wide governance.
+
+NetSuite allows a small number of concurrent requests per *account* (5 on a shared tier), shared
+by every integration, and answers anything beyond with 429 ``CONCURRENCY_LIMIT_EXCEEDED``. So the
+hook keeps one :class:`threading.BoundedSemaphore` per account for the whole process: every
+thread and every hook instance of a task waits for a slot instead of being rejected, and the few
+429s left (other integrations using the same account) are retried with exponential backoff and
+jitter. User errors (4xx) are never retried: they need a person, and :class:`NetSuiteError` says
+which record and quotes NetSuite's own words so they can go to an "action needed" list.
+
+Idempotency: a create (POST) that loses its response cannot be retried safely, so m3sh writes
+with :meth:`NetSuiteHook.upsert_by_external_id` (``PUT .../eid:<externalId>``), which is retried on
+timeouts and dropped connections and still yields exactly one record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from airflow.sdk import BaseHook
+from requests_oauthlib import OAuth1
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+log = logging.getLogger(__name__)
+
+REST_PATH = "/services/rest"
+RECORD_PATH = f"{REST_PATH}/record/v1"
+SUITEQL_PATH = f"{REST_PATH}/query/v1/suiteql"
+MAX_PAGE_SIZE = 1000
+DEFAULT_CONCURRENCY = 5
+
+# Codes that describe a problem with the *data* (or the NetSuite account's set-up) rather than
+# with m3sh: a person must act, e.g. reopen a period or fix a customer's currency.
+_NOT_ACTION_CODES = {"INVALID_PARAMETER", "INVALID_HEADER", "INVALID_REQUEST"}
+
+# No response (or half of one): the request may or may not have been applied.
+_TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+_SEMAPHORES: dict[str, threading.BoundedSemaphore] = {}
+_SEMAPHORES_LOCK = threading.Lock()
+
+
+def normalise_account_id(account_id: str) -> str:
+    """The realm form (``1234567_SB1``), so ``1234567-sb1`` and ``1234567_sb1`` share a limiter."""
+    return account_id.strip().upper().replace("-", "_")
+
+
+def account_semaphore(account_id: str, limit: int = DEFAULT_CONCURRENCY) -> threading.BoundedSemaphore:
+    """The process-wide in-flight limiter of one NetSuite account.
+
+    The first caller fixes the limit: two hooks disagreeing about an account's governance must
+    not double it, so a later, different ``limit`` is ignored (and logged).
+    """
+    key = normalise_account_id(account_id)
+    with _SEMAPHORES_LOCK:
+        sem = _SEMAPHORES.get(key)
+        if sem is None:
+            sem = threading.BoundedSemaphore(limit)
+            sem.limit = limit  # type: ignore[attr-defined]
+            _SEMAPHORES[key] = sem
+        elif getattr(sem, "limit", limit) != limit:
+            log.debug("NetSuite account %s already limited to %s concurrent requests; ignoring %s",
+                      key, getattr(sem, "limit", "?"), limit)
+        return sem
+
+
+class NetSuiteError(Exception):
+    """A failed NetSuite call, with NetSuite's error code and exact detail text.
+
+    ``status`` is 0 for transport failures (timeout, dropped connection). The message never
+    contains credentials: it is built only from the record coordinates and NetSuite's answer.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        record_type: str | None = None,
+        external_id: str | None = None,
+        record_id: str | None = None,
+        operation: str | None = None,
+        error_path: str | None = None,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.record_type = record_type
+        self.external_id = external_id
+        self.record_id = record_id
+        self.operation = operation
+        self.error_path = error_path
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        what = self.record_type or "request"
+        if self.external_id is not None:
+            what += f" with external id {self.external_id!r}"
+        if self.record_id is not None:
+            what += f" (internal id {self.record_id})"
+        op = f"{self.operation} of " if self.operation else ""
+        where = f" [field {self.error_path}]" if self.error_path else ""
+        return f"NetSuite {op}{what} failed: HTTP {self.status} {self.code}{where}: {self.detail}"
+
+    @property
+    def is_closed_period(self) -> bool:
+        text = self.detail.lower()
+        return self.status == 400 and ("period is closed" in text or "closed period" in text)
+
+    @property
+    def is_action_needed(self) -> bool:
+        """True when a person must fix data or NetSuite set-up; retrying or re-running won't help."""
+        return self.status == 400 and self.code not in _NOT_ACTION_CODES
+
+    @property
+    def is_not_found(self) -> bool:
+        return self.status == 404
+
+
+@dataclass(frozen=True)
+class _Settings:
+    account_id: str
+    base_url: str
+    concurrency: int
+    max_attempts: int
+    backoff_base_s: float
+    backoff_max_s: float
+    timeout_s: float
+
+
+class NetSuiteHook(BaseHook):
+    """Talks to one NetSuite account over SuiteTalk REST with Token-Based Authentication.
+
+    Connection: ``login`` = consumer key, ``password`` = consumer secret, extras ``account_id``,
+    ``token_id``, ``token_secret``; optional ``host`` (base URL override, e.g. the sandbox) and
+    extras ``concurrency`` (default 5), ``max_attempts`` (6), ``backoff_base_s`` (0.5),
+    ``backoff_max_s`` (30), ``timeout_s`` (60).
+
+    :param netsuite_conn_id: the Airflow connection to use.
+    """
+
+    conn_name_attr = "netsuite_conn_id"
+    default_conn_name = "netsuite_default"
+    conn_type = "netsuite"
+    hook_name = "NetSuite"
+
+    def __init__(self, netsuite_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.netsuite_conn_id = netsuite_conn_id
+        self._session_lock = threading.Lock()
+        self._session: requests.Session | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+    @cached_property
+    def _credentials(self) -> tuple[str, str, str, str, _Settings]:
+        conn = self.get_connection(self.netsuite_conn_id)
+        extra = conn.extra_dejson
+        consumer_secret = conn.password or ""
+        token_secret = str(extra.get("token_secret") or "")
+        for secret in (consumer_secret, token_secret):
+            if secret:
+                _mask(secret)
+        account_id = str(extra.get("account_id") or "")
+        required = {
+            "login (consumer key)": conn.login,
+            "password (consumer secret)": consumer_secret,
+            "extra.account_id": account_id,
+            "extra.token_id": extra.get("token_id"),
+            "extra.token_secret": token_secret,
+        }
+        missing = [name for name, value in required.items() if not value]
+        if missing:
+            raise ValueError(f"NetSuite connection {self.netsuite_conn_id!r} is missing {', '.join(missing)}")
+        host = (conn.host or "").strip().rstrip("/")
+        if host:
+            if "://" not in host:
+                host = f"https://{host}"
+            host = host.removesuffix(REST_PATH)
+        else:
+            host = f"https://{account_id.lower().replace('_', '-')}.suitetalk.api.netsuite.com"
+        settings = _Settings(
+            account_id=normalise_account_id(account_id),
+            base_url=host,
+            concurrency=int(extra.get("concurrency") or DEFAULT_CONCURRENCY),
+            max_attempts=int(extra.get("max_attempts") or 6),
+            backoff_base_s=float(extra.get("backoff_base_s") or 0.5),
+            backoff_max_s=float(extra.get("backoff_max_s") or 30.0),
+            timeout_s=float(extra.get("timeout_s") or 60.0),
+        )
+        return str(conn.login), consumer_secret, str(extra["token_id"]), token_secret, settings
+
+    @property
+    def settings(self) -> _Settings:
+        return self._credentials[4]
+
+    @property
+    def account_id(self) -> str:
+        return self.settings.account_id
+
+    def get_conn(self) -> requests.Session:
+        """A session signing every request with OAuth 1.0a HMAC-SHA256, realm = account id."""
+        with self._session_lock:
+            if self._session is None:
+                key, secret, token, token_secret, settings = self._credentials
+                session = requests.Session()
+                session.auth = OAuth1(
+                    key, secret, token, token_secret,
+                    realm=settings.account_id, signature_method="HMAC-SHA256",
+                )
+                session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+                adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(10, settings.concurrency * 2))
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                self._session = session
+            return self._session
+
+    # -- transport ----------------------------------------------------------------------------
+    def _wait(self, state: RetryCallState) -> float:
+        s = self.settings
+        wait = wait_random_exponential(multiplier=s.backoff_base_s, max=s.backoff_max_s)(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, NetSuiteError) and exc.retry_after_s:
+            wait = max(wait, min(exc.retry_after_s, s.backoff_max_s))
+        return float(wait)
+
+    @staticmethod
+    def _log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        sleep = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s; retrying in %.2fs (attempt %d)", exc, sleep, state.attempt_number)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        operation: str,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        record_type: str | None = None,
+        external_id: str | None = None,
+        record_id: str | None = None,
+    ) -> requests.Response:
+        ctx = {"record_type": record_type, "external_id": external_id, "record_id": record_id,
+               "operation": operation}
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(lambda e: isinstance(e, NetSuiteError) and e.retryable),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        response: requests.Response = retrying(
+            self._send, method, path, idempotent, ctx, params=params, json=json, headers=headers
+        )
+        return response
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        idempotent: bool,
+        ctx: dict[str, Any],
+        *,
+        params: dict[str, Any] | None,
+        json: Any,
+        headers: dict[str, str] | None,
+    ) -> requests.Response:
+        session = self.get_conn()
+        settings = self.settings
+        # The slot is held for one attempt only, never across a backoff sleep.
+        with account_semaphore(settings.account_id, settings.concurrency):
+            try:
+                resp = session.request(method, settings.base_url + path, params=params, json=json,
+                                       headers=headers, timeout=settings.timeout_s)
+            except _TRANSPORT_ERRORS as exc:
+                # A lost response to a non-idempotent call may mean the write happened: don't repeat it.
+                raise NetSuiteError(0, "CONNECTION_ERROR", f"{type(exc).__name__}: no response from NetSuite",
+                                    retryable=idempotent, **ctx) from exc
+        log.debug("NetSuite %s %s -> %s", method, path, resp.status_code)
+        if resp.status_code < 400:
+            return resp
+        raise self._error(resp, idempotent, ctx)
+
+    @staticmethod
+    def _error(resp: requests.Response, idempotent: bool, ctx: dict[str, Any]) -> NetSuiteError:
+        code, detail, error_path = "", resp.reason or "", None
+        try:
+            body = resp.json()
+            first = (body.get("o:errorDetails") or [{}])[0]
+            code = str(first.get("o:errorCode") or "")
+            detail = str(first.get("detail") or body.get("title") or detail)
+            error_path = first.get("o:errorPath")
+        except (ValueError, AttributeError, IndexError):
+            detail = resp.text[:500] or detail
+        status = resp.status_code
+        # 429 and 503 mean "not processed": safe to repeat even a create. Other 5xx may hide a
+        # committed write, so only idempotent calls repeat them.
+        retryable = status in {429, 503} or (status >= 500 and idempotent)
+        retry_after = resp.headers.get("Retry-After")
+        return NetSuiteError(
+            status, code or f"HTTP_{status}", detail, error_path=error_path, retryable=retryable,
+            retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None, **ctx,
+        )
+
+    # -- records ------------------------------------------------------------------------------
+    @staticmethod
+    def _eid(external_id: str) -> str:
+        return "eid:" + quote(external_id, safe="-_.~")
+
+    @staticmethod
+    def _id_from_location(resp: requests.Response) -> str:
+        location = resp.headers.get("Location", "")
+        return location.rstrip("/").rsplit("/", 1)[-1]
+
+    @staticmethod
+    def _replace_for(body: dict[str, Any], replace: tuple[str, ...] | None) -> tuple[str, ...]:
+        """Sublists sent in full replace the stored lines; otherwise NetSuite *adds* them again."""
+        if replace is not None:
+            return replace
+        return tuple(k for k, v in body.items() if isinstance(v, dict) and "items" in v)
+
+    def get_record(
+        self, record_type: str, record_id: str, *, expand_sub_resources: bool = True,
+        fields: list[str] | None = None,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"expandSubResources": str(expand_sub_resources).lower()}
+        if fields:
+            params["fields"] = ",".join(fields)
+        resp = self._request("GET", f"{RECORD_PATH}/{record_type}/{record_id}", idempotent=True,
+                             operation="read", params=params, record_type=record_type, record_id=record_id)
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def get_by_external_id(self, record_type: str, external_id: str, **kwargs: Any) -> dict[str, Any] | None:
+        """The record with this external id, or None when NetSuite has none."""
+        try:
+            return self.get_record(record_type, self._eid(external_id), **kwargs)
+        except NetSuiteError as err:
+            if err.is_not_found:
+                return None
+            err.external_id = external_id
+            raise
+
+    def create_record(self, record_type: str, body: dict[str, Any]) -> str:
+        """POST a new record and return its internal id (from ``Location``). Not retried on timeouts."""
+        resp = self._request("POST", f"{RECORD_PATH}/{record_type}", idempotent=False, operation="create",
+                             json=body, record_type=record_type, external_id=body.get("externalId"))
+        return self._id_from_location(resp)
+
+    def upsert_by_external_id(
+        self,
+        record_type: str,
+        external_id: str,
+        body: dict[str, Any],
+        *,
+        replace: tuple[str, ...] | None = None,
+    ) -> str:
+        """Create or update the record keyed by ``external_id``; returns its internal id.
+
+        Safe to retry after any failure: repeating it converges on one record with this body.
+        """
+        payload = {k: v for k, v in body.items() if k != "externalId"}
+        sublists = self._replace_for(payload, replace)
+        params = {"replace": ",".join(sublists)} if sublists else None
+        resp = self._request("PUT", f"{RECORD_PATH}/{record_type}/{self._eid(external_id)}", idempotent=True,
+                             operation="upsert", params=params, json=payload, record_type=record_type,
+                             external_id=external_id)
+        return self._id_from_location(resp)
+
+    def patch_record(
+        self,
+        record_type: str,
+        record_id: str,
+        body: dict[str, Any],
+        *,
+        replace: tuple[str, ...] | None = None,
+    ) -> None:
+        """Update only the given fields (``record_id`` may be ``eid:...``)."""
+        sublists = self._replace_for(body, replace)
+        params = {"replace": ",".join(sublists)} if sublists else None
+        self._request("PATCH", f"{RECORD_PATH}/{record_type}/{record_id}", idempotent=True,
+                      operation="update", params=params, json=body, record_type=record_type,
+                      record_id=record_id, external_id=body.get("externalId"))
+
+    def delete_record(self, record_type: str, record_id: str) -> None:
+        self._request("DELETE", f"{RECORD_PATH}/{record_type}/{record_id}", idempotent=True,
+                      operation="delete", record_type=record_type, record_id=record_id)
+
+    # -- SuiteQL ------------------------------------------------------------------------------
+    def suiteql(self, query: str, *, page_size: int = MAX_PAGE_SIZE, max_rows: int | None = None
+                ) -> Iterator[dict[str, Any]]:
+        """Yield every row of a SuiteQL query, paging with ``limit``/``offset`` while ``hasMore``.
+
+        Use a unique ``ORDER BY`` so pages don't overlap. Values are strings as NetSuite sends them.
+        """
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        offset, yielded = 0, 0
+        while True:
+            resp = self._request("POST", SUITEQL_PATH, idempotent=True, operation="SuiteQL query",
+                                 params={"limit": page_size, "offset": offset}, json={"q": query},
+                                 headers={"Prefer": "transient"})
+            page = resp.json()
+            for item in page.get("items", []):
+                yield {k: v for k, v in item.items() if k != "links"}
+                yielded += 1
+                if max_rows is not None and yielded >= max_rows:
+                    return
+            count = int(page.get("count", 0))
+            if not page.get("hasMore") or count == 0:
+                return
+            offset += count
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            rows = list(self.suiteql("SELECT id, name FROM subsidiary ORDER BY id", page_size=1, max_rows=1))
+        except NetSuiteError as err:
+            return False, str(err)
+        except (ValueError, requests.RequestException) as err:
+            return False, f"{type(err).__name__}: {err}"
+        return True, f"Connected to NetSuite account {self.account_id} ({len(rows)} subsidiary visible)"
+
+
+def _mask(secret: str) -> None:
+    """Register a secret with Airflow's masker so it is redacted from task logs."""
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - older task SDKs
+        return
+    mask_secret(secret)

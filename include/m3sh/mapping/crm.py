@@ -1,0 +1,171 @@
+"""CRM record -> canonical :class:`CrmAccount` -> de-duplicated :class:`Customer` -> m3ter bodies.
+
+Pure functions only: no I/O, so every rule (ownership, matching, codes) is unit tested on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from m3sh.config import CrmSource, FieldOwnership
+from m3sh.models.records import CrmAccount, Customer
+
+CANONICAL_ACCOUNT_FIELDS = ("name", "domain", "email", "currency", "country", "owner", "po_number")
+_CODE_OK = re.compile(r"[^a-z0-9_.-]+")
+
+
+def normalize_domain(value: object) -> str | None:
+    """``https://www.Acme.com/about`` -> ``acme.com``; None for empty values."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().lower()
+    text = re.sub(r"^[a-z]+://", "", text).split("/")[0].split(":")[0]
+    return text.removeprefix("www.") or None
+
+
+def normalize_email(value: object) -> str | None:
+    if not isinstance(value, str) or "@" not in value:
+        return None
+    return value.strip().lower()
+
+
+def to_crm_account(record: dict[str, Any], source: CrmSource, *, crm_id: str, crm_object: str,
+                   extra: dict[str, Any] | None = None) -> CrmAccount:
+    """Map one CRM record with the source's declarative ``account_fields``."""
+    values: dict[str, Any] = {}
+    for canonical in CANONICAL_ACCOUNT_FIELDS:
+        crm_field = source.account_fields.get(canonical)
+        if crm_field:
+            v = record.get(crm_field)
+            values[canonical] = None if v in (None, "") else str(v)
+    name = values.pop("name", None) or record.get("name") or record.get("Name")
+    if not name:
+        raise ValueError(f"{source.name} {crm_object} {crm_id}: no name in field "
+                         f"{source.account_fields.get('name', 'name')!r}")
+    m3ter_id = record.get(source.write_back_field) if source.write_back_field else None
+    return CrmAccount(
+        source=source.name, source_type=source.type, crm_id=crm_id, crm_object=crm_object, name=str(name),
+        domain=normalize_domain(values.pop("domain", None)), email=normalize_email(values.pop("email", None)),
+        m3ter_id=str(m3ter_id) if m3ter_id else None, priority=source.priority,
+        **values, **(extra or {}),
+    )
+
+
+def account_code(rec: CrmAccount, mode: str) -> str:
+    """A stable m3ter account code for a new customer (existing accounts keep theirs)."""
+    if mode in ("domain_name", "domain") and rec.domain:
+        base = rec.domain.rsplit(".", 1)[0] if mode == "domain_name" and "." in rec.domain else rec.domain
+    elif mode in ("domain_name", "domain") and rec.email:
+        base = rec.email.split("@", 1)[1].rsplit(".", 1)[0]
+    else:
+        base = f"{rec.source}-{rec.crm_id}"
+    return _CODE_OK.sub("-", base.lower()).strip("-")[:80]
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def match_keys_of(rec: CrmAccount, keys: Iterable[str]) -> list[str]:
+    out = []
+    for k in keys:
+        if k == "external_id" and rec.m3ter_id:
+            out.append(f"m3ter:{rec.m3ter_id}")
+        elif k == "domain" and rec.domain:
+            out.append(f"domain:{rec.domain}")
+        elif k == "email" and rec.email:
+            out.append(f"email:{rec.email}")
+    out.append(f"crm:{rec.source}:{rec.crm_id}")  # the same CRM record is always one customer
+    return out
+
+
+def dedupe(records: list[CrmAccount], keys: list[str], code_mode: str,
+           existing_codes: dict[str, str] | None = None) -> list[Customer]:
+    """Group records that share any match key into one customer (transitively, union-find).
+
+    ``existing_codes`` maps match keys of accounts already in m3ter to their codes, so a customer
+    m3ter already knows keeps its code (m3ter as source of truth for identity).
+    """
+    existing_codes = existing_codes or {}
+    uf = _UnionFind(len(records))
+    first_by_key: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        for key in match_keys_of(rec, keys):
+            if key in first_by_key:
+                uf.union(first_by_key[key], i)
+            else:
+                first_by_key[key] = i
+    groups: dict[int, list[CrmAccount]] = {}
+    for i, rec in enumerate(records):
+        groups.setdefault(uf.find(i), []).append(rec)
+    customers = []
+    for members in groups.values():
+        primary = min(members, key=lambda r: (r.priority, r.source, r.crm_id))
+        code = next((existing_codes[k] for m in members for k in match_keys_of(m, keys) if k in existing_codes),
+                    None) or account_code(primary, code_mode)
+        customers.append(Customer(code=code, records=sorted(members, key=lambda r: (r.priority, r.source))))
+    return sorted(customers, key=lambda c: c.code)
+
+
+def desired_account(customer: Customer, current: dict[str, Any] | None, ownership: FieldOwnership,
+                    default_currency: str = "USD") -> dict[str, Any]:
+    """The m3ter account fields m3sh wants, after applying per-field ownership.
+
+    ``crm_wins``: CRM value replaces m3ter's; ``m3ter_wins``: CRM value is used only on create;
+    ``fill_missing``: CRM value is written only where m3ter has none.
+    """
+    crm_values: dict[str, Any] = {
+        "name": customer.value("name"),
+        "emailAddress": customer.value("email") or f"billing+{customer.code}@invalid.example",
+        "currency": customer.value("currency") or default_currency,
+        "purchaseOrderNumber": customer.value("po_number"),
+    }
+    canonical = {"name": "name", "emailAddress": "email", "currency": "currency",
+                 "purchaseOrderNumber": "po_number"}
+    custom = {
+        "crm_source": ",".join(sorted({r.source for r in customer.records})),
+        "crm_domain": customer.value("domain"),
+        "crm_owner": customer.value("owner"),
+        "country": customer.value("country"),
+    }
+    out: dict[str, Any] = {}
+    for m3_field, value in crm_values.items():
+        if value is None:
+            continue
+        if current is None:
+            out[m3_field] = value
+            continue
+        rule = ownership.owner_of(canonical[m3_field])
+        if rule == "crm_wins" or (rule == "fill_missing" and current.get(m3_field) in (None, "")):
+            out[m3_field] = value
+    cur_custom = (current or {}).get("customFields") or {}
+    custom_out = {}
+    for k, v in custom.items():
+        if v is None:
+            continue
+        rule = ownership.owner_of(k)
+        if current is None or rule == "crm_wins" or (rule == "fill_missing" and cur_custom.get(k) in (None, "")):
+            custom_out[k] = v
+    if custom_out:
+        out["customFields"] = custom_out
+    return out
+
+
+def contract_code(account_code: str, start: dt.date) -> str:
+    """One m3ter contract per account and start date, whichever CRM carries it (survives CRM moves)."""
+    return f"{account_code}-c{start:%Y%m%d}"[:80]

@@ -1,0 +1,241 @@
+"""HTTP surface of the NetSuite emulator: auth, governance, then the record or SuiteQL handler.
+
+One catch-all route dispatches by hand instead of FastAPI path operations so that *every* answer,
+including malformed bodies and unknown paths, comes back as an ``nsError`` (FastAPI's own 422/404
+bodies would teach clients the wrong shape). Governance is counted around the whole handler and
+released before the response is sent, so a client that waits for a response before sending the
+next request never trips the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote, urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from m3sh.sandbox.common import ASGIApp
+from m3sh.sandbox.netsuite.auth import SignedRequest
+from m3sh.sandbox.netsuite.errors import CONCURRENCY_DETAIL, NetSuiteApiError, ns_error_body, user_error
+from m3sh.sandbox.netsuite.state import RECORD_TYPES, AccountState
+from m3sh.sandbox.netsuite.suiteql import execute
+from m3sh.sandbox.netsuite.tables import build_tables
+
+if TYPE_CHECKING:
+    from m3sh.sandbox.netsuite.emulator import NetSuiteEmulator
+
+RECORD_PREFIX = "/services/rest/record/v1"
+SUITEQL_PATH = "/services/rest/query/v1/suiteql"
+MAX_PAGE = 1000
+
+
+def _error(exc: NetSuiteApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _page_params(request: Request) -> tuple[int, int]:
+    try:
+        limit = int(request.query_params.get("limit", MAX_PAGE))
+        offset = int(request.query_params.get("offset", 0))
+    except ValueError:
+        raise NetSuiteApiError(400, "INVALID_PARAMETER",
+                               "Invalid value for the query parameter limit or offset.",
+                               query_param="limit") from None
+    if limit < 1 or limit > MAX_PAGE:
+        raise NetSuiteApiError(
+            400, "INVALID_PARAMETER",
+            f"Invalid query parameter value: limit. The value must be between 1 and {MAX_PAGE}.",
+            query_param="limit")
+    if offset < 0:
+        raise NetSuiteApiError(400, "INVALID_PARAMETER", "Invalid query parameter value: offset.",
+                               query_param="offset")
+    return limit, offset
+
+
+def _paged(base_href: str, items: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
+    total = len(items)
+    page = items[offset:offset + limit]
+    has_more = offset + len(page) < total
+
+    def href(off: int) -> str:
+        return f"{base_href}?{urlencode({'limit': limit, 'offset': off})}"
+
+    links = [{"rel": "self", "href": href(offset)}]
+    if offset > 0:
+        links.append({"rel": "previous", "href": href(max(0, offset - limit))})
+    if has_more:
+        links.append({"rel": "next", "href": href(offset + limit)})
+    links.append({"rel": "first", "href": href(0)})
+    last = max(0, ((total - 1) // limit) * limit) if total else 0
+    links.append({"rel": "last", "href": href(last)})
+    return {"links": links, "count": len(page), "hasMore": has_more, "items": page, "offset": offset,
+            "totalResults": total}
+
+
+class _Handler:
+    def __init__(self, emu: NetSuiteEmulator) -> None:
+        self.emu = emu
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        signed = SignedRequest(
+            method=request.method,
+            scheme=request.url.scheme,
+            host=request.headers.get("host", request.url.netloc),
+            raw_path=(request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1"),
+            query_string=request.scope.get("query_string", b"").decode("latin-1"),
+            authorization=request.headers.get("authorization"),
+            body=body,
+        )
+        try:
+            account_key = self.emu.verifier.account_for(signed)
+            self.emu.verifier.verify(account_key, signed)
+        except NetSuiteApiError as exc:
+            return _error(exc)
+        acct = self.emu.accounts[account_key]
+        gov = acct.governance
+        gov.in_flight += 1
+        if self.emu.limits_enabled and gov.in_flight > gov.limit:
+            gov.in_flight -= 1
+            gov.rejected_429 += 1
+            return JSONResponse(ns_error_body(429, "CONCURRENCY_LIMIT_EXCEEDED", CONCURRENCY_DETAIL),
+                                status_code=429)
+        gov.max_in_flight = max(gov.max_in_flight, gov.in_flight)
+        try:
+            if gov.latency_ms:
+                await asyncio.sleep(gov.latency_ms / 1000)
+            base = f"{signed.scheme}://{signed.host}"
+            return self.dispatch(acct, request, body, base)
+        except NetSuiteApiError as exc:
+            return _error(exc)
+        finally:
+            gov.in_flight -= 1
+
+    def dispatch(self, acct: AccountState, request: Request, raw: bytes, base: str) -> Response:
+        # Split the *raw* path: an external id may contain an encoded "/" (eid:BILL%2F2030).
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        path = raw_path.decode("latin-1").rstrip("/")
+        method = request.method
+        if path == SUITEQL_PATH:
+            if method != "POST":
+                raise NetSuiteApiError(405, "INVALID_REQUEST", "SuiteQL queries must be sent with POST.")
+            return self.suiteql(acct, request, raw, base)
+        if not path.startswith(RECORD_PREFIX + "/"):
+            raise NetSuiteApiError(404, "INVALID_REQUEST", f"The requested URL {path} was not found.")
+        parts = [unquote(p) for p in path[len(RECORD_PREFIX) + 1:].split("/")]
+        record_type = parts[0]
+        if record_type == "metadata-catalog" and method == "GET":
+            return JSONResponse({"items": [
+                {"name": rt, "links": [{"rel": "canonical", "href": f"{base}{RECORD_PREFIX}/{rt}"}]}
+                for rt in sorted(RECORD_TYPES)]})
+        if record_type not in RECORD_TYPES or len(parts) > 2:
+            raise NetSuiteApiError(404, "NONEXISTENT_ID", f"Record type '{record_type}' does not exist.")
+        validation = request.headers.get("x-netsuite-propertynamevalidation", "Error")
+        with self.emu.lock:
+            if len(parts) == 1:
+                if method == "GET":
+                    return self.list_records(acct, request, record_type, base)
+                if method == "POST":
+                    new_id, _ = acct.write(record_type, _json_object(raw), validation=validation)
+                    return _created(base, record_type, new_id)
+                raise NetSuiteApiError(405, "INVALID_REQUEST", f"{method} is not allowed on a collection.")
+            key = parts[1]
+            replace = {p for p in request.query_params.get("replace", "").split(",") if p}
+            if method == "GET":
+                rec = acct.get(record_type, key)
+                return JSONResponse(_render(rec, record_type, base, request))
+            if method == "PATCH":
+                rec = acct.get(record_type, key)
+                rid, _ = acct.write(record_type, _json_object(raw), existing=rec, replace=replace,
+                                    validation=validation)
+                return _created(base, record_type, rid)
+            if method == "PUT":
+                if not key.startswith("eid:") or len(key) <= 4:
+                    raise NetSuiteApiError(
+                        405, "INVALID_REQUEST",
+                        "PUT is only supported with an external ID (eid:<externalId>) for upsert.")
+                existing = acct.find(record_type, key)
+                rid, _ = acct.write(record_type, _json_object(raw), existing=existing, external_id=key[4:],
+                                    replace=replace, validation=validation)
+                return _created(base, record_type, rid)
+            if method == "DELETE":
+                acct.delete(record_type, key)
+                return Response(status_code=204)
+        raise NetSuiteApiError(405, "INVALID_REQUEST", f"{method} is not allowed on a record.")
+
+    def list_records(self, acct: AccountState, request: Request, record_type: str, base: str) -> Response:
+        if request.query_params.get("q"):
+            raise NetSuiteApiError(400, "INVALID_PARAMETER",
+                                   "The sandbox does not support the q parameter; use SuiteQL.",
+                                   query_param="q")
+        limit, offset = _page_params(request)
+        href = f"{base}{RECORD_PREFIX}/{record_type}"
+        ids = sorted(acct.records[record_type], key=lambda i: (len(i), i))
+        items = [{"links": [{"rel": "self", "href": f"{href}/{i}"}], "id": i} for i in ids]
+        return JSONResponse(_paged(href, items, limit, offset))
+
+    def suiteql(self, acct: AccountState, request: Request, raw: bytes, base: str) -> Response:
+        prefer = request.headers.get("prefer", "")
+        if "transient" not in prefer.lower():
+            raise NetSuiteApiError(
+                400, "INVALID_HEADER",
+                "SuiteQL requests must include the header 'Prefer: transient'.", header="Prefer")
+        limit, offset = _page_params(request)
+        body = _json_object(raw)
+        query = body.get("q")
+        if not isinstance(query, str):
+            raise user_error("The request body must contain the SuiteQL query in 'q'.", error_path="q")
+        with self.emu.lock:
+            rows = execute(query, build_tables(acct))
+        items = [{"links": [], **row} for row in rows]
+        return JSONResponse(_paged(f"{base}{SUITEQL_PATH}", items, limit, offset))
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise user_error("Invalid content in the request body. The body must be valid JSON.") from None
+    if not isinstance(body, dict):
+        raise user_error("Invalid content in the request body. The body must be a JSON object.")
+    return body
+
+
+def _created(base: str, record_type: str, rid: str) -> Response:
+    return Response(status_code=204, headers={"Location": f"{base}{RECORD_PREFIX}/{record_type}/{rid}"})
+
+
+def _render(rec: dict[str, Any], record_type: str, base: str, request: Request) -> dict[str, Any]:
+    href = f"{base}{RECORD_PREFIX}/{record_type}/{rec['id']}"
+    out: dict[str, Any] = {"links": [{"rel": "self", "href": href}]}
+    expand = request.query_params.get("expandSubResources", "false").lower() == "true"
+    for key, value in rec.items():
+        if key == "refName":
+            continue
+        if key == "item" and isinstance(value, list):
+            sub_href = f"{href}/item"
+            if expand:
+                lines = [{"links": [{"rel": "self", "href": f"{sub_href}/{ln['line']}"}], **ln}
+                         for ln in value]
+                out["item"] = {"links": [{"rel": "self", "href": sub_href}], "count": len(lines),
+                               "hasMore": False, "items": lines, "offset": 0, "totalResults": len(lines)}
+            else:
+                out["item"] = {"links": [{"rel": "self", "href": sub_href}]}
+            continue
+        out[key] = value
+    fields = request.query_params.get("fields")
+    if fields:
+        keep = {f.strip() for f in fields.split(",")} | {"links", "id"}
+        out = {k: v for k, v in out.items() if k in keep}
+    return out
+
+
+def build_app(emu: NetSuiteEmulator) -> ASGIApp:
+    app = FastAPI(title="m3sh NetSuite sandbox", docs_url=None, redoc_url=None, openapi_url=None)
+    handler = _Handler(emu)
+    app.add_api_route("/{path:path}", handler, methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                      include_in_schema=False)
+    return cast("ASGIApp", app)

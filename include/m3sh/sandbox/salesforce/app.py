@@ -1,0 +1,370 @@
+"""The Salesforce emulator: SOAP login, REST query/sObject/describe/limits routes, daily API limit.
+
+simple-salesforce (through Airflow's ``SalesforceHook``) is the judge: it must run unchanged
+against this app once its https URLs are routed here (see ``m3sh.hooks.salesforce``). So paths,
+trailing slashes, status codes and the JSON-array error body follow what the client sends and
+parses (crm-erp.md C.2/C.3), not what would be convenient.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from m3sh.sandbox.common import ASGIApp, Emulator
+from m3sh.sandbox.salesforce import auth
+from m3sh.sandbox.salesforce.schema import OBJECTS, ObjectDef, get_object
+from m3sh.sandbox.salesforce.seed import seed_demo
+from m3sh.sandbox.salesforce.store import ApiError, Store
+
+DEFAULT_DAILY_LIMIT = 15000  # Developer Edition; enough headroom for a demo day of hourly syncs
+_VERSION_RE = re.compile(r"^(\d{2})\.0$")
+_BATCH_RE = re.compile(r"batchSize\s*=\s*(\d+)", re.IGNORECASE)
+_ERROR_CODES = {
+    400: "BAD_REQUEST", 401: "INVALID_SESSION_ID", 403: "REQUEST_LIMIT_EXCEEDED", 404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED", 429: "REQUEST_LIMIT_EXCEEDED", 503: "SERVER_UNAVAILABLE",
+}
+_NOT_FOUND = "The requested resource does not exist"
+_NO_EXT_FIELD = "Provided external ID field does not exist or is not accessible: "
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+class SalesforceEmulator(Emulator):
+    """A one-org Salesforce: Northwind Cloud's accounts, contracts, opportunities and invoices."""
+
+    name = "salesforce"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = Store()
+        self.sessions: set[str] = set()
+        self.daily_max = DEFAULT_DAILY_LIMIT
+        self.api_used = 0
+        self.admin_actions["daily_limit"] = self._admin_daily_limit
+        self.admin_actions["expire_sessions"] = self._admin_expire_sessions
+        self.admin_actions["insert"] = self._admin_insert
+        self.admin_actions["set_fields"] = self._admin_set_fields
+        self.app = cast("ASGIApp", _build_app(self))
+
+    # ------------------------------------------------------------------------- Emulator API
+    def reset(self, seed: str = "empty") -> None:
+        with self.lock:
+            self.store = Store()
+            self.sessions.clear()
+            self.api_used = 0
+            self.daily_max = DEFAULT_DAILY_LIMIT
+            if seed == "demo":
+                seed_demo(self.store)
+            elif seed != "empty":
+                raise ValueError(f"unknown seed {seed!r}; use 'demo' or 'empty'")
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "objects": {name: list(table.values()) for name, table in self.store.records.items()},
+                "api_usage": {"used": self.api_used, "max": self.daily_max},
+                "sessions": len(self.sessions),
+                "open_cursors": len(self.store.cursors),
+            }
+
+    def error_body(self, status: int, message: str) -> Any:
+        code = _ERROR_CODES.get(status, "UNKNOWN_EXCEPTION" if status >= 500 else "BAD_REQUEST")
+        return [{"message": message, "errorCode": code}]
+
+    # ----------------------------------------------------------------------- admin actions
+    def _admin_daily_limit(self, body: dict[str, Any]) -> dict[str, int]:
+        """``{"max": n, "used": m?}``: shrink the daily API allowance so tests can hit it quickly."""
+        if "max" in body:
+            self.daily_max = int(body["max"])
+        if "used" in body:
+            self.api_used = int(body["used"])
+        return {"max": self.daily_max, "used": self.api_used}
+
+    def _admin_expire_sessions(self, body: dict[str, Any]) -> dict[str, int]:
+        """Invalidate every session, as a server-side timeout would; clients must log in again."""
+        n = len(self.sessions)
+        self.sessions.clear()
+        return {"expired": n}
+
+    def _admin_insert(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"sobject": name, "records": [...]}``: bulk-create through the normal write rules."""
+        try:
+            obj = _object_or_error(str(body.get("sobject", "")))
+            ids = [self.store.create(obj, rec)["Id"] for rec in body.get("records", [])]
+        except ApiError as exc:
+            raise ValueError(f"{exc.error_code}: {exc.message}") from None
+        return {"ids": ids}
+
+    def _admin_set_fields(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"sobject", "id", "fields"}``: set any field, system ones included (e.g. a past
+        ``SystemModstamp`` for backfill tests). Bypasses validation on purpose."""
+        obj = get_object(str(body.get("sobject", "")))
+        if obj is None:
+            raise ValueError(f"unknown sobject {body.get('sobject')!r}")
+        rec = self.store.find(obj, str(body.get("id", "")), include_deleted=True)
+        if rec is None:
+            raise ValueError(f"no {obj.name} with id {body.get('id')!r}")
+        for key, value in dict(body.get("fields", {})).items():
+            f = obj.field(key)
+            if f is None:
+                raise ValueError(f"unknown field {key!r} on {obj.name}")
+            rec[f.name] = value
+        return rec
+
+    # ---------------------------------------------------------------------------- guards
+    def authorize(self, request: Request) -> None:
+        """Session check, then the daily API allowance (each authenticated call counts, as in Salesforce)."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        with self.lock:
+            if scheme.lower() not in ("bearer", "oauth") or token.strip() not in self.sessions:
+                raise ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid")
+            if self.limits_enabled and self.api_used >= self.daily_max:
+                raise ApiError(403, "REQUEST_LIMIT_EXCEEDED",
+                               f"TotalRequests Limit exceeded. ({self.daily_max})")
+            self.api_used += 1
+
+    def limit_header(self) -> dict[str, str]:
+        return {"Sforce-Limit-Info": f"api-usage={self.api_used}/{self.daily_max}"}
+
+    def json(self, status: int, body: Any) -> JSONResponse:
+        return JSONResponse(body, status_code=status, headers=self.limit_header(),
+                            media_type="application/json;charset=UTF-8")
+
+
+def _object_or_error(name: str) -> ObjectDef:
+    obj = get_object(name)
+    if obj is None:
+        raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+    return obj
+
+
+def _check_version(version: str) -> str:
+    m = _VERSION_RE.match(version)
+    if m is None or not 20 <= int(m.group(1)) <= 62:
+        raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+    return version
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        data = json.loads(raw or b"{}")
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "JSON_PARSER_ERROR", f"Unexpected character in request body: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "JSON_PARSER_ERROR",
+                       "Cannot deserialize instance of sObject from a non-object value")
+    return data
+
+
+def _build_app(emu: SalesforceEmulator) -> FastAPI:
+    app = FastAPI(title="m3sh Salesforce sandbox", docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)
+    base = "/services/data/v{version}"
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return emu.json(exc.status, exc.body())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = _NOT_FOUND if exc.status_code == 404 else str(exc.detail)
+        return emu.json(exc.status_code, emu.error_body(exc.status_code, message))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return emu.json(400, [{"message": str(exc.errors()[:1]), "errorCode": "BAD_REQUEST"}])
+
+    # ------------------------------------------------------------------------------ login
+    @app.post("/services/Soap/u/{version}")
+    async def soap_login(version: str, request: Request) -> Response:
+        body = (await request.body()).decode("utf-8", errors="replace")
+        if not auth.check_login(body):
+            return Response(auth.login_fault(), status_code=500, media_type="text/xml;charset=UTF-8")
+        session_id = auth.new_session_id()
+        with emu.lock:
+            emu.sessions.add(session_id)
+        return Response(auth.login_response(session_id, version), media_type="text/xml;charset=UTF-8")
+
+    @app.get("/services/data")
+    @app.get("/services/data/")
+    async def versions() -> Response:
+        return JSONResponse([{"label": f"v{v}.0", "url": f"/services/data/v{v}.0", "version": f"{v}.0"}
+                             for v in range(50, 63)])
+
+    # ------------------------------------------------------------------------ resources
+    @app.get(base)
+    @app.get(base + "/")
+    async def resources(version: str, request: Request) -> Response:
+        emu.authorize(request)
+        v = _check_version(version)
+        root = f"/services/data/v{v}"
+        return emu.json(200, {"sobjects": f"{root}/sobjects", "query": f"{root}/query",
+                              "queryAll": f"{root}/queryAll", "limits": f"{root}/limits"})
+
+    @app.get(base + "/limits")
+    @app.get(base + "/limits/")
+    async def limits(version: str, request: Request) -> Response:
+        emu.authorize(request)
+        _check_version(version)
+        with emu.lock:
+            remaining = max(0, emu.daily_max - emu.api_used)
+            return emu.json(200, {
+                "DailyApiRequests": {"Max": emu.daily_max, "Remaining": remaining},
+                "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+                "DataStorageMB": {"Max": 1024, "Remaining": 1000},
+                "SingleEmailMessages": {"Max": 5000, "Remaining": 5000},
+            })
+
+    @app.get(base + "/sobjects")
+    @app.get(base + "/sobjects/")
+    async def describe_global(version: str, request: Request) -> Response:
+        emu.authorize(request)
+        v = _check_version(version)
+        return emu.json(200, {"encoding": "UTF-8", "maxBatchSize": 200,
+                              "sobjects": [o.summary(v) for o in OBJECTS.values()]})
+
+    # ---------------------------------------------------------------------------- query
+    async def _query(version: str, request: Request, include_deleted: bool) -> Response:
+        emu.authorize(request)
+        v = _check_version(version)
+        q = request.query_params.get("q")
+        if not q:
+            raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
+        m = _BATCH_RE.search(request.headers.get("sforce-query-options", ""))
+        with emu.lock:
+            result = emu.store.run_query(q, v, include_deleted, int(m.group(1)) if m else None)
+        return emu.json(200, result)
+
+    async def _query_more(version: str, locator: str, request: Request) -> Response:
+        emu.authorize(request)
+        v = _check_version(version)
+        with emu.lock:
+            return emu.json(200, emu.store.query_more(locator, v))
+
+    @app.get(base + "/query")
+    @app.get(base + "/query/")
+    async def query(version: str, request: Request) -> Response:
+        return await _query(version, request, include_deleted=False)
+
+    @app.get(base + "/queryAll")
+    @app.get(base + "/queryAll/")
+    async def query_all(version: str, request: Request) -> Response:
+        return await _query(version, request, include_deleted=True)
+
+    @app.get(base + "/query/{locator}")
+    @app.get(base + "/queryAll/{locator}")
+    async def query_more(version: str, locator: str, request: Request) -> Response:
+        return await _query_more(version, locator, request)
+
+    # ------------------------------------------------------------------------- sobjects
+    @app.get(base + "/sobjects/{sobject}")
+    @app.get(base + "/sobjects/{sobject}/")
+    async def sobject_info(version: str, sobject: str, request: Request) -> Response:
+        emu.authorize(request)
+        v = _check_version(version)
+        obj = _object_or_error(sobject)
+        return emu.json(200, {"objectDescribe": obj.summary(v), "recentItems": []})
+
+    @app.post(base + "/sobjects/{sobject}")
+    @app.post(base + "/sobjects/{sobject}/")
+    async def create(version: str, sobject: str, request: Request) -> Response:
+        emu.authorize(request)
+        _check_version(version)
+        obj = _object_or_error(sobject)
+        data = await _json_body(request)
+        with emu.lock:
+            rec = emu.store.create(obj, data)
+        return emu.json(201, {"id": rec["Id"], "success": True, "errors": []})
+
+    @app.get(base + "/sobjects/{sobject}/describe")
+    @app.get(base + "/sobjects/{sobject}/describe/")
+    async def describe(version: str, sobject: str, request: Request) -> Response:
+        emu.authorize(request)
+        v = _check_version(version)
+        return emu.json(200, _object_or_error(sobject).describe(v))
+
+    @app.get(base + "/sobjects/{sobject}/{record_id}")
+    async def get_record(version: str, sobject: str, record_id: str, request: Request) -> Response:
+        emu.authorize(request)
+        v = _check_version(version)
+        obj = _object_or_error(sobject)
+        fields = request.query_params.get("fields")
+        with emu.lock:
+            rec = emu.store.find(obj, record_id)
+            if rec is None:
+                raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+            return emu.json(200, emu.store.full_record(obj, rec, v, fields.split(",") if fields else None))
+
+    @app.patch(base + "/sobjects/{sobject}/{record_id}")
+    async def update(version: str, sobject: str, record_id: str, request: Request) -> Response:
+        emu.authorize(request)
+        _check_version(version)
+        obj = _object_or_error(sobject)
+        data = await _json_body(request)
+        with emu.lock:
+            rec = emu.store.find(obj, record_id, include_deleted=True)
+            if rec is None:
+                raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+            if rec.get("IsDeleted"):
+                raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted")
+            emu.store.update(obj, rec, data)
+        return Response(status_code=204, headers=emu.limit_header())
+
+    @app.delete(base + "/sobjects/{sobject}/{record_id}")
+    async def delete(version: str, sobject: str, record_id: str, request: Request) -> Response:
+        emu.authorize(request)
+        _check_version(version)
+        obj = _object_or_error(sobject)
+        with emu.lock:
+            rec = emu.store.find(obj, record_id, include_deleted=True)
+            if rec is None:
+                raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+            if rec.get("IsDeleted"):
+                raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted")
+            emu.store.delete(obj, rec)
+        return Response(status_code=204, headers=emu.limit_header())
+
+    @app.get(base + "/sobjects/{sobject}/{ext_field}/{value:path}")
+    async def get_by_external_id(version: str, sobject: str, ext_field: str, value: str,
+                                 request: Request) -> Response:
+        emu.authorize(request)
+        v = _check_version(version)
+        obj = _object_or_error(sobject)
+        f = obj.field(ext_field)
+        if f is None or not (f.external_id or f.name == "Id"):
+            raise ApiError(404, "NOT_FOUND", _NO_EXT_FIELD + ext_field)
+        with emu.lock:
+            matches = emu.store.find_by_field(obj, f, value)
+            if not matches:
+                raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+            if len(matches) > 1:
+                return emu.json(300, [emu.store.attributes(obj, r["Id"], v)["url"] for r in matches])
+            return emu.json(200, emu.store.full_record(obj, matches[0], v))
+
+    @app.patch(base + "/sobjects/{sobject}/{ext_field}/{value:path}")
+    async def upsert(version: str, sobject: str, ext_field: str, value: str, request: Request) -> Response:
+        """201 when created; 200 with ``created: false`` when updated (API v46.0+), 204 before v46."""
+        emu.authorize(request)
+        v = _check_version(version)
+        obj = _object_or_error(sobject)
+        data = await _json_body(request)
+        with emu.lock:
+            rec, created = emu.store.upsert(obj, ext_field, value, data)
+        body = {"id": rec["Id"], "success": True, "errors": [], "created": created}
+        if created:
+            return emu.json(201, body)
+        if float(v) < 46:
+            return Response(status_code=204, headers=emu.limit_header())
+        return emu.json(200, body)
+
+    return app

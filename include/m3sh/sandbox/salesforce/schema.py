@@ -1,0 +1,286 @@
+"""The emulated org's metadata: which sObjects exist, their key prefixes and typed fields.
+
+One table drives describe, SOQL validation, write validation and value formatting, so the
+emulator cannot describe a field it then refuses to query (or the other way round).
+Field names and types follow the Salesforce object reference (crm-erp.md C.4); the custom fields
+(``__c``) are the ones a billing integration adds to an org: m3ter ids written back to the CRM and
+an ``Invoice__c`` object keyed by the m3ter bill id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Field types as reported by describe (``fields[].type``).
+STRING_TYPES = frozenset({"string", "textarea", "picklist", "email", "url", "phone", "id", "reference"})
+NUMBER_TYPES = frozenset({"double", "currency", "percent", "int"})
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    name: str
+    type: str
+    label: str = ""
+    createable: bool = True
+    updateable: bool = True
+    nillable: bool = True
+    external_id: bool = False
+    unique: bool = False
+    reference_to: str | None = None  # target sObject of a lookup
+    relationship_name: str | None = None  # name used to traverse the lookup in SOQL
+    picklist: tuple[str, ...] = ()
+
+    @property
+    def custom(self) -> bool:
+        return self.name.endswith("__c")
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "label": self.label or self.name.removesuffix("__c").replace("_", " "),
+            "type": self.type,
+            "soapType": _SOAP_TYPES.get(self.type, "xsd:string"),
+            "length": 255 if self.type in STRING_TYPES - {"id", "reference", "textarea"} else 0,
+            "nillable": self.nillable,
+            "createable": self.createable,
+            "updateable": self.updateable,
+            "filterable": True,
+            "sortable": self.type != "textarea",
+            "externalId": self.external_id,
+            "unique": self.unique,
+            "idLookup": self.name == "Id" or self.external_id,
+            "custom": self.custom,
+            "calculated": False,
+            "referenceTo": [self.reference_to] if self.reference_to else [],
+            "relationshipName": self.relationship_name,
+            "picklistValues": [
+                {"value": v, "label": v, "active": True, "defaultValue": False} for v in self.picklist
+            ],
+        }
+
+
+_SOAP_TYPES = {
+    "id": "tns:ID", "reference": "tns:ID", "boolean": "xsd:boolean", "date": "xsd:date",
+    "datetime": "xsd:dateTime", "double": "xsd:double", "currency": "xsd:double",
+    "percent": "xsd:double", "int": "xsd:int",
+}
+
+
+@dataclass(frozen=True)
+class ObjectDef:
+    name: str
+    prefix: str
+    label: str
+    fields: dict[str, FieldDef] = field(default_factory=dict)
+    required: tuple[str, ...] = ()  # required on create (beyond system fields)
+    name_defaults_to_id: bool = False  # custom objects with a text Name field
+
+    @property
+    def custom(self) -> bool:
+        return self.name.endswith("__c")
+
+    def field(self, name: str) -> FieldDef | None:
+        """Case-insensitive lookup, as SOQL and the REST API are case-insensitive on names."""
+        return self._lower.get(name.lower())
+
+    def relationship(self, name: str) -> FieldDef | None:
+        lowered = name.lower()
+        for f in self.fields.values():
+            if f.relationship_name and f.relationship_name.lower() == lowered:
+                return f
+        return None
+
+    @property
+    def _lower(self) -> dict[str, FieldDef]:
+        cache = self.__dict__.get("_lower_cache")
+        if cache is None:
+            cache = {k.lower(): v for k, v in self.fields.items()}
+            object.__setattr__(self, "_lower_cache", cache)
+        return cache
+
+    def describe(self, version: str) -> dict[str, object]:
+        base = f"/services/data/v{version}/sobjects/{self.name}"
+        return {
+            **self.summary(version),
+            "fields": [f.describe() for f in self.fields.values()],
+            "childRelationships": [],
+            "recordTypeInfos": [],
+            "urls": {"sobject": base, "describe": f"{base}/describe", "rowTemplate": f"{base}/{{ID}}"},
+        }
+
+    def summary(self, version: str) -> dict[str, object]:
+        base = f"/services/data/v{version}/sobjects/{self.name}"
+        return {
+            "name": self.name,
+            "label": self.label,
+            "labelPlural": self.label + "s",
+            "keyPrefix": self.prefix,
+            "custom": self.custom,
+            "createable": True,
+            "updateable": True,
+            "deletable": True,
+            "queryable": True,
+            "searchable": True,
+            "urls": {"sobject": base, "describe": f"{base}/describe", "rowTemplate": f"{base}/{{ID}}"},
+        }
+
+
+def _ro(name: str, type_: str, **kw: object) -> FieldDef:
+    """A field the API computes (system audit fields, formulas): readable, never writable."""
+    return FieldDef(name, type_, createable=False, updateable=False, **kw)  # type: ignore[arg-type]
+
+
+def _ref(name: str, target: str, rel: str, **kw: object) -> FieldDef:
+    return FieldDef(name, "reference", reference_to=target, relationship_name=rel, **kw)  # type: ignore[arg-type]
+
+
+_CURRENCY = FieldDef("CurrencyIsoCode", "picklist", picklist=("USD", "EUR", "GBP"))
+
+
+def _system(owner: bool = True) -> list[FieldDef]:
+    fields = [
+        _ro("Id", "id", nillable=False),
+        _ro("IsDeleted", "boolean", nillable=False),
+        _ro("CreatedDate", "datetime", nillable=False),
+        _ro("LastModifiedDate", "datetime", nillable=False),
+        _ro("SystemModstamp", "datetime", nillable=False),
+    ]
+    if owner:
+        fields.append(_ref("OwnerId", "User", "Owner"))
+    return fields
+
+
+def _obj(name: str, prefix: str, label: str, fields: list[FieldDef], **kw: object) -> ObjectDef:
+    return ObjectDef(name, prefix, label, {f.name: f for f in fields}, **kw)  # type: ignore[arg-type]
+
+
+OBJECTS: dict[str, ObjectDef] = {
+    o.name: o
+    for o in [
+        _obj("User", "005", "User", [
+            *_system(owner=False),
+            _ro("Name", "string"),
+            FieldDef("FirstName", "string"),
+            FieldDef("LastName", "string", nillable=False),
+            FieldDef("Email", "email"),
+            FieldDef("Username", "string"),
+            FieldDef("IsActive", "boolean"),
+        ], required=("LastName",)),
+        _obj("Account", "001", "Account", [
+            *_system(),
+            FieldDef("Name", "string", nillable=False),
+            FieldDef("AccountNumber", "string"),
+            FieldDef("Type", "picklist", picklist=("Prospect", "Customer", "Partner", "Other")),
+            FieldDef("Industry", "picklist"),
+            _ref("ParentId", "Account", "Parent"),
+            FieldDef("BillingStreet", "textarea"),
+            FieldDef("BillingCity", "string"),
+            FieldDef("BillingState", "string"),
+            FieldDef("BillingPostalCode", "string"),
+            FieldDef("BillingCountry", "string"),
+            FieldDef("Phone", "phone"),
+            FieldDef("Website", "url"),
+            FieldDef("Description", "textarea"),
+            _CURRENCY,
+            FieldDef("Owner_Name__c", "string"),
+            FieldDef("Billing_Email__c", "email"),
+            FieldDef("M3ter_Account_Id__c", "string", external_id=True, unique=True),
+        ], required=("Name",)),
+        _obj("Contact", "003", "Contact", [
+            *_system(),
+            _ref("AccountId", "Account", "Account"),
+            _ro("Name", "string"),
+            FieldDef("FirstName", "string"),
+            FieldDef("LastName", "string", nillable=False),
+            FieldDef("Email", "email"),
+            FieldDef("Phone", "phone"),
+            FieldDef("Title", "string"),
+            _CURRENCY,
+        ], required=("LastName",)),
+        _obj("Product2", "01t", "Product", [
+            *_system(owner=False),
+            FieldDef("Name", "string", nillable=False),
+            FieldDef("ProductCode", "string"),
+            FieldDef("Description", "textarea"),
+            FieldDef("Family", "picklist"),
+            FieldDef("IsActive", "boolean"),
+            FieldDef("QuantityUnitOfMeasure", "picklist"),
+            _CURRENCY,
+        ], required=("Name",)),
+        _obj("Contract", "800", "Contract", [
+            *_system(),
+            _ref("AccountId", "Account", "Account", nillable=False),
+            _ro("ContractNumber", "string"),
+            FieldDef("Name", "string"),
+            FieldDef("StartDate", "date"),
+            FieldDef("EndDate", "date"),
+            FieldDef("ContractTerm", "int"),
+            FieldDef("Status", "picklist", picklist=("Draft", "In Approval Process", "Activated")),
+            _ro("StatusCode", "picklist", picklist=("Draft", "InApproval", "Activated")),
+            FieldDef("ActivatedDate", "datetime"),
+            FieldDef("SpecialTerms", "textarea"),
+            FieldDef("Description", "textarea"),
+            _CURRENCY,
+            FieldDef("M3ter_Contract_Id__c", "string", external_id=True, unique=True),
+        ], required=("AccountId",)),
+        _obj("Opportunity", "006", "Opportunity", [
+            *_system(),
+            FieldDef("Name", "string", nillable=False),
+            _ref("AccountId", "Account", "Account"),
+            _ref("ContractId", "Contract", "Contract"),
+            FieldDef("StageName", "picklist", nillable=False, picklist=(
+                "Prospecting", "Qualification", "Proposal/Price Quote", "Negotiation/Review",
+                "Closed Won", "Closed Lost")),
+            FieldDef("CloseDate", "date", nillable=False),
+            FieldDef("Amount", "currency"),
+            FieldDef("Probability", "percent"),
+            _ro("IsClosed", "boolean"),
+            _ro("IsWon", "boolean"),
+            FieldDef("Type", "picklist", picklist=("New Business", "Existing Business")),
+            _ro("HasOpportunityLineItem", "boolean"),
+            FieldDef("Description", "textarea"),
+            _CURRENCY,
+            FieldDef("PO_Number__c", "string"),
+        ], required=("Name", "StageName", "CloseDate")),
+        _obj("OpportunityLineItem", "00k", "Opportunity Product", [
+            *_system(owner=False),
+            _ref("OpportunityId", "Opportunity", "Opportunity", nillable=False, updateable=False),
+            _ref("Product2Id", "Product2", "Product2", updateable=False),
+            _ro("ProductCode", "string"),
+            _ro("Name", "string"),
+            FieldDef("Quantity", "double", nillable=False),
+            FieldDef("UnitPrice", "currency"),
+            FieldDef("ListPrice", "currency"),
+            _ro("TotalPrice", "currency"),
+            FieldDef("Discount", "percent"),
+            FieldDef("ServiceDate", "date"),
+            FieldDef("Description", "string"),
+            _CURRENCY,
+        ], required=("OpportunityId", "Product2Id", "Quantity", "UnitPrice")),
+        _obj("Invoice__c", "a0X", "Invoice", [
+            *_system(),
+            FieldDef("Name", "string"),
+            _ref("Account__c", "Account", "Account__r"),
+            _ref("Opportunity__c", "Opportunity", "Opportunity__r"),
+            FieldDef("M3ter_Bill_Id__c", "string", external_id=True, unique=True),
+            FieldDef("Invoice_Number__c", "string"),
+            FieldDef("Amount__c", "currency"),
+            FieldDef("Currency__c", "string"),
+            FieldDef("Status__c", "picklist",
+                     picklist=("Draft", "Pending", "Approved", "Posted", "Paid", "Void")),
+            FieldDef("Invoice_Date__c", "date"),
+            FieldDef("Due_Date__c", "date"),
+        ], name_defaults_to_id=True),
+    ]
+}
+
+_LOWER_OBJECTS = {k.lower(): v for k, v in OBJECTS.items()}
+_BY_PREFIX = {o.prefix: o for o in OBJECTS.values()}
+
+
+def get_object(name: str) -> ObjectDef | None:
+    return _LOWER_OBJECTS.get(name.lower())
+
+
+def object_for_id(record_id: str) -> ObjectDef | None:
+    return _BY_PREFIX.get(record_id[:3])

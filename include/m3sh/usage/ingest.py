@@ -1,0 +1,238 @@
+"""Exactly-once ingest of one usage file: stream -> validate -> batch -> m3ter, with a manifest.
+
+Exactly-once comes from two layers:
+
+1. every measurement carries a deterministic ``uid`` that m3ter de-duplicates, so a re-sent batch
+   is harmless;
+2. a manifest per file (keyed by object key + ETag) records rows sent so far, checkpointed after
+   every few batches; a retry after a crash skips what was confirmed, a re-run of a finished file
+   skips it entirely, and a changed file (new ETag) is processed again.
+
+Invalid rows never stop a file: each goes to ``dead-letter/usage/<feed>/<key>.jsonl`` with file,
+line, field and reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
+
+from m3sh.config import UsageFeed
+from m3sh.exceptions import InvalidRecord
+from m3sh.hooks.m3ter import M3terHook, measurement_batches
+from m3sh.storage import Storage
+from m3sh.usage.measurements import MeasurementBuilder
+from m3sh.usage.reader import BadFile, detect_format, iter_rows
+
+log = logging.getLogger(__name__)
+MANIFEST_VERSION = 1
+CHECKPOINT_EVERY_BATCHES = 5
+
+
+@dataclass
+class FileResult:
+    feed: str
+    key: str
+    status: str = "pending"  # complete | skipped | failed
+    rows_read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    batches_sent: int = 0
+    rows_sent: int = 0
+    dead_letter_key: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    etag: str = ""
+    manifest_version: int = MANIFEST_VERSION
+    finished_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AccountLookup:
+    """Cached "does this account code exist in m3ter?": one paged listing, then a set lookup.
+
+    Unknown codes are re-checked individually once (an account created after the listing), then
+    remembered as missing for the rest of the task.
+    """
+
+    def __init__(self, hook: M3terHook) -> None:
+        self.hook = hook
+        self._known: set[str] | None = None
+        self._missing: set[str] = set()
+
+    def __call__(self, code: str) -> bool:
+        if self._known is None:
+            self._known = {a["code"] for a in self.hook.iter_entities("accounts") if a.get("code")}
+        if code in self._known:
+            return True
+        if code in self._missing:
+            return False
+        if self.hook.find_by_code("accounts", code) is not None:
+            self._known.add(code)
+            return True
+        self._missing.add(code)
+        return False
+
+
+def manifest_key(storage: Storage, feed: str, key: str, etag: str) -> str:
+    digest = hashlib.sha256(f"{key}|{etag}".encode()).hexdigest()[:24]
+    return storage.key("manifests", "usage", feed, f"{digest}.json")
+
+
+class _Progress:
+    def __init__(self, source: str, total_bytes: int, every: int) -> None:
+        self.source, self.total, self.every = source, total_bytes, every
+        self.t0 = time.monotonic()
+        self.next_at = every
+
+    def maybe_log(self, rows: int, bytes_read: int) -> None:
+        if rows < self.next_at:
+            return
+        self.next_at += self.every
+        elapsed = max(time.monotonic() - self.t0, 1e-6)
+        rate = rows / elapsed
+        eta = (elapsed / bytes_read * (self.total - bytes_read)) if bytes_read and self.total else float("nan")
+        log.info("%s: %d rows done, %.0f rows/s, %.0f%% of bytes, ETA %.0fs", self.source, rows, rate,
+                 100 * bytes_read / self.total if self.total else 0, eta)
+
+
+class _CountingStream:
+    """Wraps the S3 body to know how far we are (for the ETA) without buffering it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.bytes_read = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self.bytes_read += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        return None
+
+
+def ingest_s3_object(
+    *,
+    feed: UsageFeed,
+    key: str,
+    m3ter: M3terHook,
+    source_storage: Storage,
+    state: Storage,
+    account_exists: Callable[[str], bool],
+    progress_every: int = 50_000,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+) -> FileResult:
+    """Ingest one object of ``feed``; never raises for bad rows, raises BadFile only via the result."""
+    t0 = time.monotonic()
+    head = source_storage.client.head_object(Bucket=source_storage.bucket, Key=key)
+    etag = str(head.get("ETag", "")).strip('"')
+    mkey = manifest_key(state, feed.name, key, etag)
+    previous = state.get_json(mkey) or {}
+    if previous.get("status") == "complete":
+        log.info("usage file s3://%s/%s already ingested (%s rows accepted); skipping",
+                 source_storage.bucket, key, previous.get("accepted"))
+        return FileResult(**{**previous, "status": "skipped"})
+    resume_after = int(previous.get("rows_sent", 0)) if previous.get("etag") == etag else 0
+    if resume_after:
+        log.info("resuming s3://%s/%s after %d confirmed measurements", source_storage.bucket, key, resume_after)
+    result = FileResult(feed=feed.name, key=key, etag=etag, rows_sent=resume_after)
+    source = f"s3://{source_storage.bucket}/{key}"
+    builder = MeasurementBuilder(feed, account_exists, now=now)
+    body = _CountingStream(source_storage.client.get_object(Bucket=source_storage.bucket, Key=key)["Body"])
+    progress = _Progress(source, int(head.get("ContentLength", 0)), progress_every)
+    dead = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; invalid rows spool to disk, memory stays flat
+
+    def valid_measurements() -> Iterator[dict[str, Any]]:
+        fmt, gz = detect_format(key, feed.format)
+        for line, row in iter_rows(body, source, fmt, gz):  # type: ignore[arg-type]
+            result.rows_read += 1
+            progress.maybe_log(result.rows_read, body.bytes_read)
+            try:
+                if isinstance(row, InvalidRecord):
+                    raise row
+                m = builder.build(row, source, line)
+            except InvalidRecord as bad:
+                result.rejected += 1
+                _dead_letter(dead, bad, row if isinstance(row, dict) else None)
+                continue
+            result.accepted += 1
+            if result.accepted > resume_after:
+                yield m
+
+    try:
+        for i, batch in enumerate(measurement_batches(valid_measurements()), start=1):
+            if not dry_run:
+                m3ter.submit_measurements(batch)
+            result.batches_sent += 1
+            result.rows_sent += len(batch)
+            if i % CHECKPOINT_EVERY_BATCHES == 0 and not dry_run:
+                state.put_json(mkey, {**result.to_dict(), "status": "in_progress"})
+    except BadFile as exc:
+        result.status, result.error = "failed", str(exc)
+        log.error("%s", exc)
+    else:
+        result.status = "complete"
+    result.seconds = round(time.monotonic() - t0, 3)
+    if result.rejected:
+        result.dead_letter_key = state.key("dead-letter", "usage", feed.name, key + ".jsonl")
+        dead.seek(0)
+        state.put_bytes(result.dead_letter_key, dead.read(), "application/x-ndjson")
+        log.warning("%s: %d invalid row(s) dead-lettered to %s", source, result.rejected,
+                    state.uri(result.dead_letter_key))
+    dead.close()
+    result.finished_at = dt.datetime.now(dt.UTC).isoformat()
+    if not dry_run and result.status == "complete":
+        state.put_json(mkey, result.to_dict())
+    log.info("%s: %s — read %d, accepted %d, rejected %d, %d batch(es) in %.1fs", source, result.status,
+             result.rows_read, result.accepted, result.rejected, result.batches_sent, result.seconds)
+    return result
+
+
+def _dead_letter(out: IO[bytes], bad: InvalidRecord, row: dict[str, Any] | None) -> None:
+    import json
+
+    entry = {"file": bad.source, "line": bad.line, "field": bad.field, "reason": bad.reason, "row": row}
+    out.write(json.dumps(entry, default=str).encode() + b"\n")
+
+
+@dataclass
+class FeedFiles:
+    feed: str
+    keys: list[str] = field(default_factory=list)
+
+
+def list_feed_objects(storage: Storage, prefix: str, start: dt.datetime | None, end: dt.datetime | None) -> list[str]:
+    """Object keys under ``prefix`` last modified in ``[start, end)`` (all of them when no window)."""
+    keys = []
+    for obj in storage.list_keys(prefix):
+        modified = obj["LastModified"]
+        if start is not None and modified < start:
+            continue
+        if end is not None and modified >= end:
+            continue
+        if obj["Key"].endswith("/"):
+            continue
+        keys.append(obj["Key"])
+    return sorted(keys)

@@ -1,0 +1,268 @@
+"""The HubSpot emulator judged by the official ``hubspot-api-client`` (unmodified, host pointed at it)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+import requests
+from hubspot import HubSpot
+from urllib3.util import Retry
+from hubspot.crm.associations.v4 import BatchInputPublicFetchAssociationsBatchRequest
+from hubspot.crm.companies import (
+    BatchInputSimplePublicObjectBatchInputUpsert,
+    PublicObjectSearchRequest,
+    SimplePublicObjectInput,
+)
+from hubspot.crm.companies.exceptions import ApiException as CompaniesApiException
+from hubspot.crm.contacts import SimplePublicObjectInputForCreate as ContactCreate
+from hubspot.crm.properties import PropertyCreate
+from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
+
+from m3sh.sandbox import credentials
+from m3sh.sandbox.seed import demo_company
+
+pytestmark = pytest.mark.sandbox
+
+HUBSPOT_CUSTOMERS = demo_company().by_crm("hubspot")
+
+
+@pytest.fixture
+def client(fresh_sandbox) -> HubSpot:  # type: ignore[no-untyped-def]
+    return HubSpot(access_token=credentials.HUBSPOT_TOKEN, host=fresh_sandbox.url("hubspot"))
+
+
+def _ms(ts: dt.datetime) -> str:
+    return str(int(ts.timestamp() * 1000))
+
+
+def test_list_pages_of_100_cover_every_demo_company(client: HubSpot) -> None:
+    seen: list[str] = []
+    after = None
+    pages = 0
+    while True:
+        page = client.crm.companies.basic_api.get_page(limit=100, after=after, properties=["name", "domain"])
+        pages += 1
+        seen.extend(r.id for r in page.results)
+        if page.paging is None:
+            break
+        after = page.paging.next.after
+    assert sorted(seen) == sorted(c.hubspot_id for c in HUBSPOT_CUSTOMERS)
+    assert pages == -(-len(HUBSPOT_CUSTOMERS) // 100)
+    with pytest.raises(CompaniesApiException) as err:
+        client.crm.companies.basic_api.get_page(limit=101)
+    assert err.value.status == 400
+
+
+def test_demo_seed_tells_the_shared_story(client: HubSpot) -> None:
+    customer = HUBSPOT_CUSTOMERS[0]
+    company = client.crm.companies.basic_api.get_by_id(
+        customer.hubspot_id, properties=["name", "domain", "billing_email", "country", "m3ter_account_id"],
+        associations=["deals"],
+    )
+    assert company.properties["name"] == customer.name
+    assert company.properties["billing_email"] == customer.email
+    assert company.properties["m3ter_account_id"] is None
+    modified = dt.datetime.fromisoformat(company.properties["hs_lastmodifieddate"].replace("Z", "+00:00"))
+    assert modified == customer.modified_at
+    deal_id = company.associations["deals"].results[0].id
+    deal = client.crm.deals.basic_api.get_by_id(
+        deal_id, properties=["dealstage", "contract_start", "contract_end", "deal_currency_code"],
+        associations=["line_items"],
+    )
+    assert deal.properties["dealstage"] == "closedwon"
+    assert deal.properties["contract_start"] == customer.contract_start.isoformat()
+    assert deal.properties["deal_currency_code"] == customer.currency
+    item_id = deal.associations["line_items"].results[0].id
+    item = client.crm.line_items.basic_api.get_by_id(item_id, properties=["hs_sku", "hs_product_id"])
+    assert item.properties["hs_sku"] == customer.plan_code
+    product = client.crm.products.basic_api.get_by_id(item.properties["hs_product_id"], properties=["hs_sku"])
+    assert product.properties["hs_sku"] == customer.plan_code
+
+
+def test_search_by_lastmodified_window_matches_the_seed(client: HubSpot) -> None:
+    times = sorted(c.modified_at for c in HUBSPOT_CUSTOMERS)
+    lo, hi = times[10], times[60]
+    expected = {c.hubspot_id for c in HUBSPOT_CUSTOMERS if lo <= c.modified_at < hi}
+    found: list[str] = []
+    stamps: list[str] = []
+    after = None
+    while True:
+        resp = client.crm.companies.search_api.do_search(public_object_search_request=PublicObjectSearchRequest(
+            filter_groups=[{"filters": [
+                {"propertyName": "hs_lastmodifieddate", "operator": "GTE", "value": _ms(lo)},
+                {"propertyName": "hs_lastmodifieddate", "operator": "LT", "value": _ms(hi)},
+            ]}],
+            sorts=["hs_lastmodifieddate"], properties=["name"], limit=20, after=after,
+        ))
+        assert resp.total == len(expected)
+        found.extend(r.id for r in resp.results)
+        stamps.extend(r.properties["hs_lastmodifieddate"] for r in resp.results)
+        if resp.paging is None:
+            break
+        after = resp.paging.next.after
+    assert set(found) == expected and len(found) == len(expected)
+    assert stamps == sorted(stamps)
+
+
+def test_search_operators(fresh_sandbox, client: HubSpot) -> None:  # type: ignore[no-untyped-def]
+    fresh_sandbox.admin("hubspot", "limits", "POST", enabled=False)  # >5 searches/s on purpose
+    def total(filters: list[dict], groups: int = 1) -> int:
+        req = PublicObjectSearchRequest(filter_groups=[{"filters": filters}] * groups, limit=1)
+        return client.crm.deals.search_api.do_search(public_object_search_request=req).total
+
+    with_po = sum(1 for c in HUBSPOT_CUSTOMERS if c.po_number)
+    assert total([{"propertyName": "po_number", "operator": "HAS_PROPERTY"}]) == with_po
+    assert total([{"propertyName": "po_number", "operator": "NOT_HAS_PROPERTY"}]) == len(HUBSPOT_CUSTOMERS) - with_po
+    eur = sum(1 for c in HUBSPOT_CUSTOMERS if c.currency == "EUR")
+    assert total([{"propertyName": "deal_currency_code", "operator": "EQ", "value": "EUR"}]) == eur
+    assert total([{"propertyName": "deal_currency_code", "operator": "NEQ", "value": "EUR"}]) == len(
+        HUBSPOT_CUSTOMERS) - eur
+    plans = {"starter_usd", "growth_usd"}
+    assert total([{"propertyName": "plan_code", "operator": "IN", "values": sorted(plans)}]) == sum(
+        1 for c in HUBSPOT_CUSTOMERS if c.plan_code in plans)
+    assert total([{"propertyName": "amount", "operator": "BETWEEN", "value": "5000", "highValue": "7000"}]) == sum(
+        1 for c in HUBSPOT_CUSTOMERS if c.plan_code.startswith("growth"))
+    assert total([{"propertyName": "amount", "operator": "GT", "value": "20000"}]) == sum(
+        1 for c in HUBSPOT_CUSTOMERS if c.plan_code.startswith("enterprise"))
+    with pytest.raises(Exception) as err:  # noqa: PT011 - the deals package raises its own ApiException
+        client.crm.deals.search_api.do_search(
+            public_object_search_request=PublicObjectSearchRequest(filter_groups=[], limit=201))
+    assert err.value.status == 400
+
+
+def test_search_refuses_to_page_past_10000(fresh_sandbox, client: HubSpot) -> None:  # type: ignore[no-untyped-def]
+    fresh_sandbox.admin("hubspot", "bulk_create", "POST", object_type="companies", count=10_050,
+                        modified_from="2020-01-01T00:00:00Z", modified_to="2020-12-01T00:00:00Z")
+    flt = [{"propertyName": "hs_lastmodifieddate", "operator": "LT", "value": _ms(dt.datetime(2021, 1, 1,
+                                                                                           tzinfo=dt.UTC))}]
+
+    def page(after: str | None) -> object:
+        return client.crm.companies.search_api.do_search(public_object_search_request=PublicObjectSearchRequest(
+            filter_groups=[{"filters": flt}], sorts=["hs_lastmodifieddate"], limit=200, after=after))
+
+    last_ok = page("9800")
+    assert last_ok.total == 10_050 and len(last_ok.results) == 200
+    assert last_ok.paging.next.after == "10000"
+    with pytest.raises(CompaniesApiException) as err:
+        page("10000")
+    assert err.value.status == 400
+    body = json.loads(err.value.body)
+    assert body["category"] == "VALIDATION_ERROR" and body["status"] == "error" and body["correlationId"]
+
+
+def test_writes_maintain_lastmodified_dates(client: HubSpot) -> None:
+    customer = HUBSPOT_CUSTOMERS[1]
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    updated = client.crm.companies.basic_api.update(
+        customer.hubspot_id, SimplePublicObjectInput(properties={"city": "Lisbon"}))
+    stamp = dt.datetime.fromisoformat(updated.properties["hs_lastmodifieddate"].replace("Z", "+00:00"))
+    assert stamp >= before > customer.modified_at
+    assert updated.updated_at >= before
+    contact = client.crm.contacts.basic_api.create(ContactCreate(properties={"email": "new@example.com"}))
+    assert contact.properties["lastmodifieddate"] and contact.properties["createdate"]
+    with pytest.raises(Exception) as err:  # noqa: PT011 - contacts ApiException; the unique email clashes
+        client.crm.contacts.basic_api.create(ContactCreate(properties={"email": "new@example.com"}))
+    assert err.value.status == 409
+
+
+def test_batch_upsert_reports_partial_failures_as_207(client: HubSpot) -> None:
+    api = client.crm.companies.batch_api
+    inputs = [
+        {"id": "acc-1", "idProperty": "m3ter_account_id", "properties": {"name": "One"}, "objectWriteTraceId": "0"},
+        {"id": "acc-2", "idProperty": "m3ter_account_id", "properties": {"nope": "x"}, "objectWriteTraceId": "1"},
+        {"id": "acc-3", "idProperty": "m3ter_account_id", "properties": {"name": "Three"}, "objectWriteTraceId": "2"},
+    ]
+    resp = api.upsert(BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs))
+    assert resp.num_errors == 1 and len(resp.results) == 2
+    assert all(r.new for r in resp.results)
+    error = resp.errors[0]
+    assert error.category == "VALIDATION_ERROR" and "PROPERTY_DOESNT_EXIST" in error.message
+    assert error.context["objectWriteTraceId"] == ["1"]
+    again = api.upsert(BatchInputSimplePublicObjectBatchInputUpsert(inputs=[inputs[0]]))
+    assert type(again).__name__ == "BatchResponseSimplePublicUpsertObject"  # 200, not 207
+    assert not again.results[0].new
+    assert again.results[0].id == resp.results[0].id
+    with pytest.raises(CompaniesApiException) as err:
+        api.upsert(BatchInputSimplePublicObjectBatchInputUpsert(inputs=[
+            {"id": f"x{i}", "idProperty": "m3ter_account_id", "properties": {}} for i in range(101)]))
+    assert err.value.status == 400
+
+
+def test_associations_v4(client: HubSpot) -> None:
+    customer = HUBSPOT_CUSTOMERS[2]
+    v4 = client.crm.associations.v4
+    deals = v4.basic_api.get_page("companies", customer.hubspot_id, "deals")
+    assert len(deals.results) == 1
+    assert {t.type_id for t in deals.results[0].association_types} == {342, 6}
+    contact = client.crm.contacts.basic_api.create(ContactCreate(properties={"email": "cfo@example.com"}))
+    created = v4.basic_api.create_default("contacts", contact.id, "companies", customer.hubspot_id)
+    assert created.results[0].association_spec.association_type_id == 279
+    batch = v4.batch_api.get_page("companies", "contacts", BatchInputPublicFetchAssociationsBatchRequest(
+        inputs=[{"id": customer.hubspot_id}, {"id": HUBSPOT_CUSTOMERS[3].hubspot_id}]))
+    by_company = {r._from.id: {str(t.to_object_id) for t in r.to} for r in batch.results}
+    assert contact.id in by_company[customer.hubspot_id]
+    assert len(by_company[customer.hubspot_id]) == 2  # the seeded billing contact and the new one
+
+
+def test_properties_api_and_unknown_property_errors(client: HubSpot) -> None:
+    props = client.crm.properties.core_api
+    assert "m3ter_account_id" in {p.name for p in props.get_all("companies").results}
+    customer = HUBSPOT_CUSTOMERS[0]
+    with pytest.raises(CompaniesApiException) as err:
+        client.crm.companies.basic_api.update(customer.hubspot_id,
+                                              SimplePublicObjectInput(properties={"m3ter_plan": "x"}))
+    assert err.value.status == 400 and "PROPERTY_DOESNT_EXIST" in json.loads(err.value.body)["message"]
+    created = props.create("companies", PropertyCreate(name="m3ter_plan", label="m3ter plan", type="string",
+                                                       field_type="text", group_name="m3sh"))
+    assert created.name == "m3ter_plan" and not created.hubspot_defined
+    updated = client.crm.companies.basic_api.update(customer.hubspot_id,
+                                                    SimplePublicObjectInput(properties={"m3ter_plan": "growth"}))
+    assert updated.properties["m3ter_plan"] == "growth"
+    with pytest.raises(PropertiesApiException) as dup:
+        props.create("companies", PropertyCreate(name="m3ter_plan", label="again", type="string",
+                                                 field_type="text", group_name="m3sh"))
+    assert dup.value.status == 409
+
+
+def test_bad_or_missing_token_is_401_without_echoing_it(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
+    bad = "pat-na1-not-the-right-token"
+    client = HubSpot(access_token=bad, host=fresh_sandbox.url("hubspot"))
+    with pytest.raises(CompaniesApiException) as err:
+        client.crm.companies.basic_api.get_page(limit=1)
+    assert err.value.status == 401
+    body = json.loads(err.value.body)
+    assert body["category"] == "INVALID_AUTHENTICATION" and bad not in str(err.value.body)
+    missing = requests.get(f"{fresh_sandbox.url('hubspot')}/crm/v3/objects/companies", timeout=5)
+    assert missing.status_code == 401 and missing.json()["category"] == "INVALID_AUTHENTICATION"
+
+
+def test_rate_limit_answers_429_like_hubspot(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
+    # urllib3's default Retry (used by the client unless told otherwise) silently retries GETs that
+    # get a 429 with Retry-After; switch it off to see the raw answer.
+    client = HubSpot(access_token=credentials.HUBSPOT_TOKEN, host=fresh_sandbox.url("hubspot"),
+                     retry=Retry(total=0, raise_on_status=False))
+    fresh_sandbox.admin("hubspot", "rate_limit", "POST", ten_secondly=5, window_s=5)
+    api = client.crm.companies.basic_api
+    ok = api.get_page_with_http_info(limit=1)
+    assert ok[2]["X-HubSpot-RateLimit-Max"] == "5" and ok[2]["X-HubSpot-RateLimit-Remaining"] == "4"
+    for _ in range(4):
+        api.get_page(limit=1)
+    with pytest.raises(CompaniesApiException) as err:
+        api.get_page(limit=1)
+    assert err.value.status == 429
+    body = json.loads(err.value.body)
+    assert body["errorType"] == "RATE_LIMIT" and body["policyName"] == "TEN_SECONDLY_ROLLING"
+    assert int(err.value.headers["Retry-After"]) >= 1
+    # search has its own secondly policy, so it still works while the burst budget is spent
+    search = client.crm.companies.search_api
+    statuses = []
+    for _ in range(7):
+        try:
+            search.do_search(public_object_search_request=PublicObjectSearchRequest(limit=1))
+            statuses.append(200)
+        except CompaniesApiException as exc:
+            statuses.append(exc.status)
+            assert json.loads(exc.body)["message"] == "You have reached your secondly limit."
+    assert statuses[0] == 200 and 429 in statuses

@@ -1,0 +1,337 @@
+"""The NetSuite emulator judged by the client real integrations use: requests + requests-oauthlib TBA."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from m3sh.sandbox.credentials import NETSUITE, NetSuiteCredentials
+from m3sh.sandbox.seed import NETSUITE_ITEMS
+from requests_oauthlib import OAuth1
+
+pytestmark = pytest.mark.sandbox
+
+US, EU = NETSUITE["default"], NETSUITE["eu"]
+
+
+def oauth(creds: NetSuiteCredentials, **kw: Any) -> OAuth1:
+    return OAuth1(creds.consumer_key, creds.consumer_secret, creds.token_id, creds.token_secret,
+                  realm=creds.account_id, signature_method=kw.pop("signature_method", "HMAC-SHA256"), **kw)
+
+
+class Client:
+    """A thin TBA client, as the Airbyte/jacobsvante integrations build it."""
+
+    def __init__(self, base: str, creds: NetSuiteCredentials, **session_headers: str) -> None:
+        self.base = base + "/services/rest"
+        self.session = requests.Session()
+        self.session.auth = oauth(creds)
+        self.session.headers.update(session_headers)
+
+    def req(self, method: str, path: str, **kw: Any) -> requests.Response:
+        return self.session.request(method, self.base + path, timeout=10, **kw)
+
+    def create(self, record_type: str, body: dict[str, Any]) -> str:
+        r = self.req("POST", f"/record/v1/{record_type}", json=body)
+        assert r.status_code == 204, r.text
+        assert r.content == b""
+        return r.headers["Location"].rsplit("/", 1)[1]
+
+    def suiteql(self, q: str, **params: Any) -> requests.Response:
+        return self.req("POST", "/query/v1/suiteql", params=params, json={"q": q},
+                        headers={"Prefer": "transient"})
+
+
+def error_of(r: requests.Response) -> dict[str, Any]:
+    body = r.json()
+    assert set(body) >= {"type", "title", "status", "o:errorDetails"}
+    assert body["status"] == r.status_code
+    detail: dict[str, Any] = body["o:errorDetails"][0]
+    return detail
+
+
+@pytest.fixture
+def ns(fresh_sandbox: Any) -> Iterator[Client]:
+    yield Client(fresh_sandbox.url("netsuite"), US)
+
+
+@pytest.fixture
+def ns_eu(fresh_sandbox: Any) -> Client:
+    return Client(fresh_sandbox.url("netsuite"), EU)
+
+
+def new_customer(c: Client, eid: str = "CUST-1", **extra: Any) -> str:
+    return c.create("customer", {"companyName": f"Customer {eid}", "externalId": eid, "email": "a@x.example",
+                                 **extra})
+
+
+def invoice_body(customer_id: str, **extra: Any) -> dict[str, Any]:
+    return {"entity": {"id": customer_id}, "tranDate": "2030-01-31",
+            "item": {"items": [{"item": {"id": NETSUITE_ITEMS["usage"]}, "quantity": 3, "rate": 12.5,
+                                "description": "API calls"},
+                               {"item": {"id": NETSUITE_ITEMS["standing_charge"]}, "amount": 49}]}, **extra}
+
+
+# -- authentication ------------------------------------------------------------------------------
+def test_signed_requests_pass_and_unsigned_fail(ns: Client, fresh_sandbox: Any) -> None:
+    assert ns.req("GET", "/record/v1/subsidiary/1").status_code == 200
+    r = requests.get(ns.base + "/record/v1/subsidiary/1", timeout=10)
+    assert r.status_code == 401
+    assert error_of(r)["o:errorCode"] == "INVALID_LOGIN"
+
+
+def test_tampered_signature_is_rejected(ns: Client, fresh_sandbox: Any) -> None:
+    prepared = ns.session.prepare_request(requests.Request("GET", ns.base + "/record/v1/subsidiary/1"))
+    header = prepared.headers["Authorization"]
+    header = header.decode() if isinstance(header, bytes) else header
+    sig = re.search(r'oauth_signature="([^"]+)"', header)
+    assert sig
+    forged = sig.group(1)[:-4] + ("AAAA" if not sig.group(1)[:-4].endswith("AAAA") else "BBBB")
+    prepared.headers["Authorization"] = header.replace(sig.group(1), forged)
+    r = ns.session.send(prepared, timeout=10)
+    assert r.status_code == 401
+    assert error_of(r)["o:errorCode"] == "INVALID_LOGIN"
+    assert fresh_sandbox.state("netsuite")["auth_failures"][-1]["reason"] == "signature mismatch"
+
+
+def test_signature_covers_query_parameters(ns: Client, fresh_sandbox: Any) -> None:
+    prepared = ns.session.prepare_request(
+        requests.Request("GET", ns.base + "/record/v1/customer", params={"limit": 5}))
+    assert prepared.url is not None
+    prepared.url = prepared.url.replace("limit=5", "limit=6")
+    assert ns.session.send(prepared, timeout=10).status_code == 401
+
+
+def test_replayed_nonce_is_rejected(ns: Client, fresh_sandbox: Any) -> None:
+    prepared = ns.session.prepare_request(requests.Request("GET", ns.base + "/record/v1/subsidiary/1"))
+    assert ns.session.send(prepared, timeout=10).status_code == 200
+    r = ns.session.send(prepared, timeout=10)
+    assert r.status_code == 401
+    assert fresh_sandbox.state("netsuite")["auth_failures"][-1]["reason"] == "nonce already used"
+
+
+@pytest.mark.parametrize("skew_s", [-600, 600])
+def test_stale_or_future_timestamp_is_rejected(ns: Client, fresh_sandbox: Any, skew_s: int) -> None:
+    auth = oauth(US, timestamp=str(int(time.time()) + skew_s))
+    r = requests.get(ns.base + "/record/v1/subsidiary/1", auth=auth, timeout=10)
+    assert r.status_code == 401
+    assert "window" in fresh_sandbox.state("netsuite")["auth_failures"][-1]["reason"]
+
+
+def test_wrong_method_key_or_realm_is_rejected(ns: Client, fresh_sandbox: Any) -> None:
+    url = ns.base + "/record/v1/subsidiary/1"
+    assert requests.get(url, auth=oauth(US, signature_method="HMAC-SHA1"), timeout=10).status_code == 401
+    other_key = NetSuiteCredentials(US.account_id, "not-a-key", US.consumer_secret, US.token_id,
+                                    US.token_secret)
+    assert requests.get(url, auth=oauth(other_key), timeout=10).status_code == 401
+    # US credentials presented for the EU account: the EU account does not know this token.
+    crossed = NetSuiteCredentials(EU.account_id, US.consumer_key, US.consumer_secret, US.token_id,
+                                  US.token_secret)
+    assert requests.get(url, auth=oauth(crossed), timeout=10).status_code == 401
+
+
+def test_host_names_the_account(fresh_sandbox: Any) -> None:
+    """``1234567-eu.suitetalk...`` routes to the EU account; a contradicting realm is refused."""
+    host = {"Host": "1234567-eu.suitetalk.api.netsuite.com"}
+    eu = Client(fresh_sandbox.url("netsuite"), EU, **host)
+    r = eu.req("GET", "/record/v1/subsidiary/1")
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "Northwind Cloud EU BV"
+    assert r.json()["links"][0]["href"].startswith("http://1234567-eu.suitetalk.api.netsuite.com/")
+    us_via_eu_host = Client(fresh_sandbox.url("netsuite"), US, **host)
+    assert us_via_eu_host.req("GET", "/record/v1/subsidiary/1").status_code == 401
+
+
+# -- records -------------------------------------------------------------------------------------
+def test_customer_crud_by_internal_and_external_id(ns: Client) -> None:
+    cid = new_customer(ns, "CUST-42")
+    r = ns.req("GET", f"/record/v1/customer/{cid}")
+    assert r.status_code == 200
+    rec = r.json()
+    assert rec["id"] == cid and rec["externalId"] == "CUST-42"
+    assert rec["subsidiary"]["id"] == "1" and rec["currency"]["refName"] == "USD"
+    assert ns.req("GET", "/record/v1/customer/eid:CUST-42").json()["id"] == cid
+
+    r = ns.req("PATCH", f"/record/v1/customer/{cid}", json={"email": "new@x.example"})
+    assert r.status_code == 204
+    assert ns.req("GET", "/record/v1/customer/eid:CUST-42").json()["email"] == "new@x.example"
+
+    assert ns.req("DELETE", f"/record/v1/customer/{cid}").status_code == 204
+    r = ns.req("GET", f"/record/v1/customer/{cid}")
+    assert r.status_code == 404
+    assert error_of(r)["o:errorCode"] == "NONEXISTENT_ID"
+
+
+def test_duplicate_external_id_on_create_is_a_user_error(ns: Client) -> None:
+    new_customer(ns, "DUP")
+    r = ns.req("POST", "/record/v1/customer", json={"companyName": "Again", "externalId": "DUP"})
+    assert r.status_code == 400
+    assert error_of(r)["o:errorCode"] == "USER_ERROR"
+
+
+def test_invoice_totals_lines_and_references(ns: Client) -> None:
+    cid = new_customer(ns)
+    iid = ns.create("invoice", invoice_body(cid, externalId="BILL-1", otherRefNum="PO-1"))
+    brief = ns.req("GET", f"/record/v1/invoice/{iid}").json()
+    assert set(brief["item"]) == {"links"}  # sublists only expand on request
+    inv = ns.req("GET", f"/record/v1/invoice/{iid}", params={"expandSubResources": "true"}).json()
+    assert inv["total"] == 86.5 and inv["amountRemaining"] == 86.5
+    assert inv["entity"]["id"] == cid and inv["currency"]["refName"] == "USD"
+    assert inv["status"] == {"id": "A", "refName": "Open"}
+    assert [ln["amount"] for ln in inv["item"]["items"]] == [37.5, 49.0]
+    assert inv["tranId"].startswith("INV")
+
+    r = ns.req("POST", "/record/v1/invoice", json=invoice_body("999999"))
+    assert r.status_code == 400
+    detail = error_of(r)
+    assert detail["o:errorCode"] == "INVALID_KEY_OR_REF" and detail["o:errorPath"] == "entity"
+
+    body = invoice_body(cid)
+    body["item"]["items"][0]["item"] = {"id": "424242"}
+    assert error_of(ns.req("POST", "/record/v1/invoice", json=body))["o:errorCode"] == "INVALID_KEY_OR_REF"
+    r = ns.req("POST", "/record/v1/invoice", json=invoice_body(cid, currency={"refName": "EUR"}))
+    assert error_of(r)["o:errorPath"] == "currency"
+    r = ns.req("POST", "/record/v1/invoice", json=invoice_body(cid, bogusField=1))
+    assert error_of(r)["o:errorCode"] == "NONEXISTENT_FIELD"
+
+
+def test_upsert_is_idempotent(ns: Client) -> None:
+    cid = new_customer(ns)
+    path = "/record/v1/invoice/eid:m3ter-bill-abc"
+    first = ns.req("PUT", path, params={"replace": "item"}, json=invoice_body(cid))
+    second = ns.req("PUT", path, params={"replace": "item"}, json=invoice_body(cid, memo="again"))
+    assert first.status_code == second.status_code == 204
+    assert first.headers["Location"] == second.headers["Location"]
+    rows = ns.suiteql("SELECT COUNT(*) AS n, SUM(foreigntotal) AS total FROM transaction "
+                      "WHERE externalid = 'm3ter-bill-abc'").json()["items"]
+    assert rows == [{"links": [], "n": "1", "total": "86.5"}]
+    # Without replace=item NetSuite adds the lines again: the reason the hook always sends it.
+    ns.req("PUT", path, json=invoice_body(cid))
+    inv = ns.req("GET", path, params={"expandSubResources": "true"}).json()
+    assert inv["item"]["count"] == 4 and inv["total"] == 173.0
+
+
+def test_closed_period_blocks_transactions(ns: Client, fresh_sandbox: Any) -> None:
+    cid = new_customer(ns)
+    fresh_sandbox.admin("netsuite", "close_period", "POST", account=US.account_id, before="2030-02-01")
+    r = ns.req("PUT", "/record/v1/invoice/eid:OLD", json=invoice_body(cid))
+    assert r.status_code == 400
+    detail = error_of(r)
+    assert detail["o:errorCode"] == "USER_ERROR"
+    assert detail["detail"].startswith("The accounting period is closed")
+    r = ns.req("PUT", "/record/v1/invoice/eid:NEW", json=invoice_body(cid, tranDate="2030-02-01"))
+    assert r.status_code == 204
+    # The EU account's periods are its own.
+    eu = Client(fresh_sandbox.url("netsuite"), EU)
+    eu_cid = new_customer(eu)
+    assert eu.req("PUT", "/record/v1/invoice/eid:OLD", json=invoice_body(eu_cid)).status_code == 204
+
+
+# -- SuiteQL -------------------------------------------------------------------------------------
+def test_suiteql_paging_and_prefer_header(ns: Client) -> None:
+    for i in range(7):
+        new_customer(ns, f"C{i}")
+    seen: list[str] = []
+    offset, pages = 0, []
+    while True:
+        page = ns.suiteql("SELECT id, externalid FROM customer ORDER BY id", limit=3, offset=offset).json()
+        pages.append((page["count"], page["hasMore"], page["totalResults"]))
+        seen += [row["externalid"] for row in page["items"]]
+        if not page["hasMore"]:
+            break
+        assert any(link["rel"] == "next" for link in page["links"])
+        offset += page["count"]
+    assert pages == [(3, True, 7), (3, True, 7), (1, False, 7)]
+    assert seen == [f"C{i}" for i in range(7)]
+
+    r = ns.req("POST", "/query/v1/suiteql", json={"q": "SELECT id FROM customer"})
+    assert r.status_code == 400 and error_of(r)["o:errorHeader"] == "Prefer"
+    r = ns.suiteql("SELECT id FROM customer", limit=1001)
+    assert r.status_code == 400 and error_of(r)["o:errorQueryParam"] == "limit"
+    r = ns.suiteql("DELETE FROM customer")
+    assert r.status_code == 400
+    r = ns.suiteql("SELECT nosuchcolumn FROM customer")
+    assert r.status_code == 400 and "nosuchcolumn" in error_of(r)["detail"]
+
+
+def test_suiteql_transaction_table_for_reconciliation(ns: Client) -> None:
+    cid = new_customer(ns)
+    ns.req("PUT", "/record/v1/invoice/eid:B1", params={"replace": "item"}, json=invoice_body(cid))
+    ns.req("PUT", "/record/v1/invoice/eid:B2", params={"replace": "item"},
+           json=invoice_body(cid, tranDate="2030-02-28"))
+    ns.req("PUT", "/record/v1/creditMemo/eid:CM1", params={"replace": "item"}, json=invoice_body(cid))
+    rows = ns.suiteql(
+        "SELECT t.externalid, t.type, TO_CHAR(t.trandate, 'YYYY-MM-DD') AS d, t.foreigntotal, "
+        "BUILTIN.DF(t.currency) AS cur FROM transaction t WHERE t.type IN ('CustInvc', 'CustCred') "
+        "AND t.trandate >= TO_DATE('2030-01-01', 'YYYY-MM-DD') ORDER BY t.externalid").json()["items"]
+    assert [(r["externalid"], r["type"], r["d"], r["foreigntotal"], r["cur"]) for r in rows] == [
+        ("B1", "CustInvc", "2030-01-31", "86.5", "USD"),
+        ("B2", "CustInvc", "2030-02-28", "86.5", "USD"),
+        ("CM1", "CustCred", "2030-01-31", "-86.5", "USD"),
+    ]
+    grouped = ns.suiteql("SELECT type, COUNT(*) AS n FROM transaction GROUP BY type ORDER BY type").json()
+    assert [(r["type"], r["n"]) for r in grouped["items"]] == [("CustCred", "1"), ("CustInvc", "2")]
+    only_jan = ns.suiteql(
+        "SELECT id FROM transaction WHERE type = 'CustInvc' AND trandate < '2030-02-01'").json()
+    assert only_jan["totalResults"] == 1
+
+
+# -- accounts, governance, faults ----------------------------------------------------------------
+def test_accounts_are_isolated(ns: Client, ns_eu: Client, fresh_sandbox: Any) -> None:
+    us_id = new_customer(ns, "SAME")
+    eu_id = new_customer(ns_eu, "SAME")
+    assert ns.req("GET", "/record/v1/customer/eid:SAME").json()["currency"]["refName"] == "USD"
+    assert ns_eu.req("GET", "/record/v1/customer/eid:SAME").json()["currency"]["refName"] == "EUR"
+    ns.req("PATCH", f"/record/v1/customer/{us_id}", json={"email": "us@x.example"})
+    assert ns_eu.req("GET", f"/record/v1/customer/{eu_id}").json()["email"] == "a@x.example"
+    state = fresh_sandbox.state("netsuite")["accounts"]
+    assert state["1234567"]["counts"]["customer"] == 1 and state["1234567_EU"]["counts"]["customer"] == 1
+    assert state["1234567_EU"]["subsidiaries"][0]["name"] == "Northwind Cloud EU BV"
+
+
+def test_concurrency_limit_rejects_unthrottled_clients(fresh_sandbox: Any) -> None:
+    fresh_sandbox.admin("netsuite", "concurrency", "POST", account=US.account_id, limit=2)
+    fresh_sandbox.admin("netsuite", "latency", "POST", account=US.account_id, ms=150)
+    statuses: list[int] = []
+    errors: list[str] = []
+
+    def call() -> None:
+        c = Client(fresh_sandbox.url("netsuite"), US)
+        r = c.req("GET", "/record/v1/subsidiary/1")
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            errors.append(error_of(r)["o:errorCode"])
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gov = fresh_sandbox.state("netsuite")["accounts"]["1234567"]["governance"]
+    assert statuses.count(429) >= 1 and statuses.count(200) >= 2
+    assert set(errors) == {"CONCURRENCY_LIMIT_EXCEEDED"}
+    assert gov["max_in_flight"] == 2 and gov["rejected_429"] == statuses.count(429)
+    # The other account has its own budget.
+    assert fresh_sandbox.state("netsuite")["accounts"]["1234567_EU"]["governance"]["rejected_429"] == 0
+
+
+def test_injected_faults_use_netsuite_error_shape(ns: Client, fresh_sandbox: Any) -> None:
+    fresh_sandbox.faults("netsuite", fail_next=1, error_status=503)
+    r = ns.req("GET", "/record/v1/subsidiary/1")
+    assert r.status_code == 503 and error_of(r)["o:errorCode"] == "SERVICE_UNAVAILABLE"
+    fresh_sandbox.faults("netsuite", burst_429=1)
+    r = ns.req("GET", "/record/v1/subsidiary/1")
+    assert r.status_code == 429 and error_of(r)["o:errorCode"] == "CONCURRENCY_LIMIT_EXCEEDED"
+
+
+def test_demo_seed_has_reference_data_only(fresh_sandbox: Any) -> None:
+    state = fresh_sandbox.state("netsuite")["accounts"]
+    for acct in state.values():
+        assert {i["id"] for i in acct["items"]} == set(NETSUITE_ITEMS.values())
+        assert acct["customers"] == [] and acct["invoices"] == []
+    assert state["1234567"]["subsidiaries"][0]["currency"]["refName"] == "USD"

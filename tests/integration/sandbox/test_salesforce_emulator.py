@@ -1,0 +1,336 @@
+"""The Salesforce emulator, judged by the official client: Airflow's SalesforceHook + simple-salesforce.
+
+Everything goes through ``m3sh.hooks.salesforce.salesforce_hook()`` (the unmodified provider hook
+with a redirecting requests session), so a passing test means the real client accepted the wire
+format: SOAP login, query paging, describe, CRUD/upsert status codes and the error array.
+"""
+
+# SOQL in these tests is built from fixed test values, not user input.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+import requests
+from m3sh.hooks.salesforce import salesforce_hook
+from m3sh.sandbox import credentials as cred
+from m3sh.sandbox.seed import PLANS, demo_company
+from simple_salesforce import exceptions as sf_exc
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture
+def sb(fresh_sandbox: Any) -> Any:
+    return fresh_sandbox
+
+
+@pytest.fixture
+def hook(sb: Any) -> Any:
+    return salesforce_hook()
+
+
+@pytest.fixture
+def sf(hook: Any) -> Any:
+    return hook.get_conn()
+
+
+def _parse_ts(value: str) -> dt.datetime:
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
+
+
+def _error_code(exc: sf_exc.SalesforceError) -> str:
+    return str(exc.content[0]["errorCode"])
+
+
+# ---------------------------------------------------------------------------------- auth
+def test_soap_login_gives_instance_and_test_connection_passes(hook: Any, sb: Any) -> None:
+    assert hook.test_connection() == (True, "Connection successfully tested")
+    sf = hook.get_conn()
+    assert sf.sf_instance == "northwind.my.salesforce.com"
+    assert sf.session_id.startswith("00D")
+    # Sforce-Limit-Info is parsed by the client into api_usage (describe above counted too)
+    sf.query("SELECT Id FROM Product2")
+    assert sf.api_usage["api-usage"].total == 15000
+    assert sf.api_usage["api-usage"].used == 2
+    assert sb.state("salesforce")["sessions"] == 1
+
+
+@pytest.mark.parametrize("field", ["password", "security_token", "login"])
+def test_wrong_credentials_are_rejected_as_invalid_login(sb: Any, monkeypatch: pytest.MonkeyPatch,
+                                                        field: str) -> None:
+    conn = {"conn_type": "salesforce", "login": cred.SALESFORCE_USERNAME, "password": cred.SALESFORCE_PASSWORD,
+            "extra": {"security_token": cred.SALESFORCE_SECURITY_TOKEN, "version": "59.0",
+                      "sandbox_base_url": sb.url("salesforce")}}
+    if field == "security_token":
+        conn["extra"]["security_token"] = "wrong-token"  # type: ignore[index]
+    else:
+        conn[field] = "wrong-" + str(conn[field])
+    monkeypatch.setenv("AIRFLOW_CONN_SF_BAD", json.dumps(conn))
+    with pytest.raises(sf_exc.SalesforceAuthenticationFailed) as info:
+        salesforce_hook("sf_bad").get_conn()
+    assert info.value.code == "INVALID_LOGIN"
+    assert salesforce_hook("sf_bad").test_connection()[0] is False
+    assert sb.state("salesforce")["sessions"] == 0
+
+
+def test_rest_calls_need_a_session(sb: Any) -> None:
+    r = requests.get(f"{sb.url('salesforce')}/services/data/v59.0/query/", params={"q": "SELECT Id FROM Account"},
+                     headers={"Authorization": "Bearer 00Dforged!token"}, timeout=10)
+    assert r.status_code == 401
+    assert r.json() == [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID", "fields": []}]
+
+
+def test_expired_session_is_renewed_transparently_by_the_client(sf: Any, sb: Any) -> None:
+    first = sf.session_id
+    sb.admin("salesforce", "expire_sessions", "POST")
+    assert sf.query("SELECT COUNT() FROM Product2")["totalSize"] == len(PLANS)
+    assert sf.session_id != first
+
+
+def test_daily_api_limit_refuses_with_403(sf: Any, sb: Any) -> None:
+    sf.query("SELECT Id FROM Product2")
+    used = sf.api_usage["api-usage"].used
+    sb.admin("salesforce", "daily_limit", "POST", max=used + 2)
+    sf.query("SELECT Id FROM Product2")
+    sf.query("SELECT Id FROM Product2")
+    assert sf.api_usage["api-usage"].used == used + 2
+    with pytest.raises(sf_exc.SalesforceRefusedRequest) as info:
+        sf.query("SELECT Id FROM Product2")
+    assert _error_code(info.value) == "REQUEST_LIMIT_EXCEEDED"
+    # switching documented limits off lifts it (sandbox convenience for demos)
+    sb.admin("salesforce", "limits", "POST", enabled=False)
+    assert sf.query("SELECT Id FROM Product2")["totalSize"] == len(PLANS)
+
+
+def test_limits_resource(sf: Any) -> None:
+    limits = sf.limits()
+    assert limits["DailyApiRequests"]["Max"] == 15000
+    assert 0 < limits["DailyApiRequests"]["Remaining"] < 15000
+
+
+# ------------------------------------------------------------------------------- queries
+def test_make_query_follows_next_records_url_across_pages(hook: Any, sb: Any) -> None:
+    sb.admin("salesforce", "insert", "POST", sobject="Account",
+             records=[{"Name": f"Bulk {i:03d}"} for i in range(250)])
+    n_accounts = len(demo_company().by_crm("salesforce")) + 250
+    result = hook.make_query("SELECT Id, Name FROM Account ORDER BY Name, Id",
+                             query_params={"headers": {"Sforce-Query-Options": "batchSize=200"}})
+    assert result["totalSize"] == n_accounts
+    ids = [r["Id"] for r in result["records"]]
+    assert len(set(ids)) == n_accounts
+    names = [r["Name"].lower() for r in result["records"]]
+    assert names == sorted(names)
+    more = [e for e in sb.stats("salesforce")["recent"] if "/query/01g" in e["path"]]
+    assert len(more) == 2  # 200 + 200 + rest: two follow-up pages
+    assert all(e["status"] == 200 for e in more)
+
+
+def test_query_page_shape_and_default_batch(sf: Any) -> None:
+    first = sf.query("SELECT Id FROM Account")
+    assert first["done"] is True and "nextRecordsUrl" not in first
+    assert first["totalSize"] == len(demo_company().by_crm("salesforce"))
+    rec = first["records"][0]
+    assert rec["attributes"] == {"type": "Account", "url": f"/services/data/v59.0/sobjects/Account/{rec['Id']}"}
+    page = sf.query("SELECT Id FROM Account", headers={"Sforce-Query-Options": "batchSize=200"})
+    assert page["done"] is True  # fewer than 200 demo accounts
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.query_more("01gDOESNOTEXIST00-200", identifier_is_url=False)
+    assert _error_code(info.value) == "INVALID_QUERY_LOCATOR"
+
+
+def test_soql_filters_ordering_limit_and_relationships(sf: Any) -> None:
+    customers = demo_company().by_crm("salesforce")
+    eur = [c for c in customers if c.currency == "EUR"]
+    r = sf.query("SELECT Id FROM Account WHERE CurrencyIsoCode = 'EUR'")
+    assert {x["Id"] for x in r["records"]} == {c.salesforce_id for c in eur}
+    r = sf.query("SELECT COUNT() FROM Account WHERE CurrencyIsoCode IN ('EUR', 'GBP') AND BillingCountry != 'US'")
+    assert r["totalSize"] == len(eur)
+    r = sf.query("SELECT COUNT() FROM Account WHERE NOT (CurrencyIsoCode = 'eur')")  # text compare ignores case
+    assert r["totalSize"] == len(customers) - len(eur)
+    with_po = [c for c in customers if c.po_number]
+    r = sf.query("SELECT COUNT() FROM Opportunity WHERE PO_Number__c != null AND StageName = 'Closed Won'")
+    assert r["totalSize"] == len(with_po)
+    r = sf.query("SELECT Name FROM Account WHERE Name LIKE 'acme%' ORDER BY Name DESC LIMIT 2 OFFSET 1")
+    acme = sorted((c.name for c in customers if c.name.lower().startswith("acme")), key=str.lower, reverse=True)
+    assert [x["Name"] for x in r["records"]] == acme[1:3]
+    # a relationship path in SELECT and WHERE; nested the way the REST API nests it
+    r = sf.query("SELECT Id, ProductCode, Opportunity.Account.Name, Opportunity.PO_Number__c "
+                 "FROM OpportunityLineItem WHERE Product2.ProductCode LIKE '%\\_eur'")
+    assert r["totalSize"] == len(eur)
+    names = {x["Opportunity"]["Account"]["Name"] for x in r["records"]}
+    assert names == {c.name for c in eur}
+    assert all(x["ProductCode"].endswith("_eur") for x in r["records"])
+    assert r["records"][0]["Opportunity"]["attributes"]["type"] == "Opportunity"
+    r = sf.query("SELECT AccountId, Account.Owner.Name FROM Contract WHERE Status = 'Activated' "
+                 "AND (EndDate < TODAY OR EndDate = NEXT_N_DAYS:29)")
+    today = dt.datetime.now(dt.UTC).date()
+    expected = {c.salesforce_id for c in customers
+                if c.contract_end < today or today < c.contract_end <= today + dt.timedelta(days=29)}
+    assert {x["AccountId"] for x in r["records"]} == expected
+    owners = {c.salesforce_id: c.owner for c in customers}
+    assert all(x["Account"]["Owner"]["Name"] == owners[x["AccountId"]] for x in r["records"])
+
+
+def test_datetime_and_date_literals(sf: Any) -> None:
+    customers = demo_company().by_crm("salesforce")
+    stamps = sorted({c.modified_at for c in customers})
+    cut = stamps[len(stamps) // 2]
+    lit = cut.strftime("%Y-%m-%dT%H:%M:%SZ")
+    r = sf.query(f"SELECT COUNT() FROM Account WHERE SystemModstamp >= {lit}")
+    assert r["totalSize"] == sum(1 for c in customers if c.modified_at >= cut)
+    alt = cut.strftime("%Y-%m-%dT%H:%M:%S+0000")
+    assert sf.query(f"SELECT COUNT() FROM Account WHERE SystemModstamp < {alt}")["totalSize"] == sum(
+        1 for c in customers if c.modified_at < cut)
+    day = sorted(c.contract_start for c in customers)[10]
+    r = sf.query(f"SELECT COUNT() FROM Contract WHERE StartDate <= {day.isoformat()}")
+    assert r["totalSize"] == sum(1 for c in customers if c.contract_start <= day)
+
+
+@pytest.mark.parametrize(("soql", "code"), [
+    ("SELECT Id FROM", "MALFORMED_QUERY"),
+    ("SELECT Id FROM Account WHERE", "MALFORMED_QUERY"),
+    ("SELEC Id FROM Account", "MALFORMED_QUERY"),
+    ("SELECT Id FROM Account WHERE Name = 'a' AND Name = 'b' OR Name = 'c'", "MALFORMED_QUERY"),
+    ("SELECT Id FROM Account LIMIT x", "MALFORMED_QUERY"),
+    ("SELECT Id, (SELECT Id FROM Contacts) FROM Account", "MALFORMED_QUERY"),
+    ("SELECT Id FROM Accountz", "INVALID_TYPE"),
+    ("SELECT Id, Nonexistent__c FROM Account", "INVALID_FIELD"),
+    ("SELECT Id FROM Account ORDER BY Bogus", "INVALID_FIELD"),
+    ("SELECT Id, Bogus__r.Name FROM Invoice__c", "INVALID_FIELD"),
+    ("SELECT Id FROM Account WHERE SystemModstamp > '2026-01-01T00:00:00Z'", "INVALID_QUERY_FILTER_OPERATOR"),
+    ("SELECT Id FROM Contract WHERE StartDate > 2026-01-01T00:00:00Z", "INVALID_QUERY_FILTER_OPERATOR"),
+    ("SELECT Id FROM Opportunity WHERE Amount = '5'", "INVALID_QUERY_FILTER_OPERATOR"),
+])
+def test_invalid_soql_is_a_malformed_request(hook: Any, soql: str, code: str) -> None:
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        hook.make_query(soql)
+    assert info.value.status == 400
+    assert _error_code(info.value) == code
+
+
+# ----------------------------------------------------------------------- describe, CRUD
+def test_describe_and_available_fields(hook: Any, sf: Any) -> None:
+    fields = hook.get_available_fields("Account")
+    for name in ("Id", "Name", "Website", "Billing_Email__c", "M3ter_Account_Id__c", "SystemModstamp"):
+        assert name in fields
+    desc = hook.describe_object("Invoice__c")
+    assert desc["keyPrefix"] == "a0X" and desc["custom"] is True
+    by_name = {f["name"]: f for f in desc["fields"]}
+    assert by_name["M3ter_Bill_Id__c"]["externalId"] is True
+    assert by_name["Account__c"]["type"] == "reference"
+    assert by_name["Account__c"]["referenceTo"] == ["Account"]
+    assert by_name["Invoice_Date__c"]["type"] == "date"
+    assert by_name["Amount__c"]["type"] == "currency"
+    assert by_name["SystemModstamp"]["updateable"] is False
+    names = {o["name"] for o in sf.describe()["sobjects"]}
+    assert {"Account", "Contract", "Opportunity", "OpportunityLineItem", "Product2", "Invoice__c"} <= names
+    with pytest.raises(sf_exc.SalesforceResourceNotFound):
+        hook.describe_object("NoSuchThing__c")
+
+
+def test_crud_round_trip_bumps_system_modstamp(sf: Any, sb: Any) -> None:
+    created = sf.Account.create({"Name": "Zeta Corp", "Website": "zeta.example", "CurrencyIsoCode": "USD"})
+    assert created["success"] is True and created["errors"] == []
+    acc_id = created["id"]
+    assert acc_id.startswith("001") and len(acc_id) == 18
+    rec = sf.Account.get(acc_id)
+    assert rec["Name"] == "Zeta Corp" and rec["attributes"]["type"] == "Account"
+    before = _parse_ts(rec["SystemModstamp"])
+
+    assert sf.Account.update(acc_id, {"Billing_Email__c": "ap@zeta.example"}) == 204
+    after = sf.Account.get(acc_id)
+    assert after["Billing_Email__c"] == "ap@zeta.example"
+    assert _parse_ts(after["SystemModstamp"]) >= before
+    assert after["LastModifiedDate"] == after["SystemModstamp"]
+
+    assert sf.Account.delete(acc_id) == 204
+    with pytest.raises(sf_exc.SalesforceResourceNotFound):
+        sf.Account.get(acc_id)
+    assert sf.query(f"SELECT COUNT() FROM Account WHERE Id = '{acc_id}'")["totalSize"] == 0
+    deleted = sf.query_all(f"SELECT Id, IsDeleted FROM Account WHERE Id = '{acc_id}'", include_deleted=True)
+    assert deleted["records"][0]["IsDeleted"] is True
+    rest_writes = [(e["method"], e["status"]) for e in sb.stats("salesforce")["recent"]
+                   if e["path"].startswith("/services/data/") and e["method"] != "GET"]
+    assert rest_writes == [("POST", 201), ("PATCH", 204), ("DELETE", 204)]
+
+
+def test_writes_are_validated(sf: Any) -> None:
+    acc_id = demo_company().by_crm("salesforce")[0].salesforce_id
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Account.update(acc_id, {"Not_A_Field__c": 1})
+    assert _error_code(info.value) == "INVALID_FIELD"
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Account.update(acc_id, {"SystemModstamp": "2020-01-01T00:00:00Z"})
+    assert _error_code(info.value) == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Opportunity.create({"Name": "No stage"})
+    assert _error_code(info.value) == "REQUIRED_FIELD_MISSING"
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Contract.create({"AccountId": "006000000000000AAA"})
+    assert _error_code(info.value) == "FIELD_INTEGRITY_EXCEPTION"
+    with pytest.raises(sf_exc.SalesforceResourceNotFound):
+        sf.Account.update("001000000000000AAA", {"Name": "x"})
+
+
+def test_upsert_by_external_id_is_idempotent(sf: Any, sb: Any) -> None:
+    acc_id = demo_company().by_crm("salesforce")[0].salesforce_id
+    body = {"Account__c": acc_id, "Amount__c": 120.5, "Currency__c": "USD", "Status__c": "Posted",
+            "Invoice_Date__c": "2026-01-31"}
+    assert sf.Invoice__c.upsert("M3ter_Bill_Id__c/bill-xyz", body) == 201
+    assert sf.Invoice__c.upsert("M3ter_Bill_Id__c/bill-xyz", {**body, "Amount__c": 130.0}) == 200
+    invoices = sb.state("salesforce")["objects"]["Invoice__c"]
+    assert len(invoices) == 1
+    inv = invoices[0]
+    assert inv["M3ter_Bill_Id__c"] == "bill-xyz" and inv["Amount__c"] == 130.0
+    assert inv["Id"].startswith("a0X")
+    got = sf.Invoice__c.get_by_custom_id("M3ter_Bill_Id__c", "bill-xyz")
+    assert got["Id"] == inv["Id"]
+    r = sf.query("SELECT Name, Account__r.Name FROM Invoice__c WHERE M3ter_Bill_Id__c = 'bill-xyz'")
+    assert r["records"][0]["Account__r"]["Name"] == demo_company().by_crm("salesforce")[0].name
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Invoice__c.upsert("Amount__c/5", {"Currency__c": "USD"})  # not an external id field
+    assert _error_code(info.value) == "INVALID_FIELD"
+
+
+# ------------------------------------------------------------------------------ seed
+def test_demo_seed_matches_the_demo_company(sf: Any) -> None:
+    customers = {c.salesforce_id: c for c in demo_company().by_crm("salesforce")}
+    accounts = sf.query_all("SELECT Id, Name, Website, Billing_Email__c, BillingCountry, CurrencyIsoCode, "
+                            "Owner_Name__c, SystemModstamp FROM Account")["records"]
+    assert {a["Id"] for a in accounts} == set(customers)
+    for a in accounts:
+        c = customers[a["Id"]]
+        assert (a["Name"], a["Website"], a["Billing_Email__c"], a["Owner_Name__c"]) == (
+            c.name, c.domain, c.email, c.owner)
+        assert (a["BillingCountry"], a["CurrencyIsoCode"]) == (c.country, c.currency)
+        assert _parse_ts(a["SystemModstamp"]) == c.modified_at
+    contracts = sf.query_all("SELECT AccountId, StartDate, EndDate, Status FROM Contract")["records"]
+    assert len(contracts) == len(customers)
+    for k in contracts:
+        c = customers[k["AccountId"]]
+        assert (k["StartDate"], k["EndDate"], k["Status"]) == (
+            c.contract_start.isoformat(), c.contract_end.isoformat(), "Activated")
+    lines = sf.query_all("SELECT ProductCode, Opportunity.AccountId, Opportunity.StageName, "
+                         "Opportunity.PO_Number__c FROM OpportunityLineItem")["records"]
+    assert len(lines) == len(customers)
+    for li in lines:
+        c = customers[li["Opportunity"]["AccountId"]]
+        assert li["ProductCode"] == c.plan_code
+        assert li["Opportunity"]["StageName"] == "Closed Won"
+        assert li["Opportunity"]["PO_Number__c"] == c.po_number
+    products = sf.query_all("SELECT ProductCode FROM Product2")["records"]
+    assert sorted(p["ProductCode"] for p in products) == sorted(PLANS)
+
+
+def test_injected_faults_use_salesforce_error_shape(sf: Any, sb: Any) -> None:
+    sb.faults("salesforce", fail_next=1, error_status=503, path_regex="/query")
+    with pytest.raises(sf_exc.SalesforceGeneralError) as info:
+        sf.query("SELECT Id FROM Product2")
+    assert info.value.status == 503
+    assert _error_code(info.value) == "SERVER_UNAVAILABLE"
+    assert sf.query("SELECT COUNT() FROM Product2")["totalSize"] == len(PLANS)

@@ -1,0 +1,92 @@
+"""m3sh.yaml validation: the shipped demo config is valid, and every kind of mistake is reported
+with the YAML path and line a person needs to fix it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from m3sh.config import DEFAULT_CONFIG_PATH, load_config, parse_config
+from m3sh.config_reference import render_reference
+from m3sh.exceptions import ConfigError
+
+DEMO = DEFAULT_CONFIG_PATH.read_text()
+
+
+def _error(text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, source="m3sh.yaml")
+    return str(exc.value)
+
+
+def test_demo_config_is_valid() -> None:
+    cfg = load_config()
+    assert {s.name for s in cfg.crm.sources} == {"salesforce", "hubspot"}
+    assert [d.name for d in cfg.invoicing.destinations] == ["netsuite_us", "netsuite_eu", "salesforce", "archive"]
+    assert cfg.crm.ownership.owner_of("email") == "fill_missing"
+    assert cfg.crm.ownership.owner_of("name") == "crm_wins"
+
+
+def test_unknown_key_names_path_and_line() -> None:
+    lines = DEMO.splitlines()
+    idx = next(i for i, line in enumerate(lines) if "conn_id: netsuite_eu" in line)
+    text = DEMO.replace("conn_id: netsuite_eu", "conn_idd: netsuite_eu")
+    msg = _error(text)
+    assert f"m3sh.yaml:{idx + 1} invoicing.destinations[1].conn_idd: unknown key" in msg
+    assert "invoicing.destinations[1].conn_id: Field required" in msg
+
+
+def test_wrong_type_and_bad_literal() -> None:
+    msg = _error(DEMO.replace("account_code_from: domain_name", "account_code_from: guess"))
+    assert "m3ter.account_code_from" in msg and "domain_name" in msg
+    msg = _error(DEMO.replace("files_per_task: 10", "files_per_task: lots"))
+    assert "usage.files_per_task" in msg and "valid integer" in msg
+
+
+def test_cross_references_are_checked_with_lines() -> None:
+    text = DEMO.replace("to: [netsuite_eu, archive]", "to: [netsuite_xx, archive]")
+    msg = _error(text)
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "netsuite_xx" in ln)
+    assert f"m3sh.yaml:{line} invoicing.routes[1].to[0]: unknown destination 'netsuite_xx'" in msg
+    msg = _error(DEMO.replace("- notify: ops_slack", "- notify: pager"))
+    assert "triggers[0].actions[3].notify: unknown notifier 'pager'" in msg
+    msg = _error(DEMO.replace("- switch_plan: growth_usd\n      - reset", "- switch_plan: platinum\n      - reset"))
+    assert "triggers[0].actions[0].switch_plan: plan 'platinum'" in msg
+
+
+def test_condition_needs_exactly_one_kind() -> None:
+    msg = _error(DEMO.replace("when: {contract_ending_within_days: 30}",
+                              "when: {contract_ending_within_days: 30, contract_ended: true}"))
+    assert "triggers[1].when" in msg and "exactly one kind" in msg
+
+
+def test_not_yaml_and_not_a_mapping() -> None:
+    assert "not valid YAML" in _error("a: [1, 2")
+    assert "top level must be a mapping" in _error("- 1\n- 2\n")
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read m3sh config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_validate_exit_codes(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "m3sh.cli", "config", "validate", str(DEFAULT_CONFIG_PATH)],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK ")
+    broken = tmp_path / "m3sh.yaml"
+    broken.write_text(DEMO.replace("bucket: m3sh-usage", "bucket: m3sh-usage\n      colour: blue"))
+    bad = subprocess.run([sys.executable, "-m", "m3sh.cli", "config", "validate", str(broken)],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 1
+    assert f"{broken}:" in bad.stderr and "usage.feeds[0].colour: unknown key" in bad.stderr
+
+
+def test_reference_documents_every_section() -> None:
+    ref = render_reference()
+    for key in ("`crm.sources[]`", "`invoicing.routes[]`", "`triggers[].actions[]`", "`alerting.notifiers[]`",
+                "| `write_back_field` |", "| `cutover_from` |"):
+        assert key in ref

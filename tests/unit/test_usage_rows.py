@@ -1,0 +1,98 @@
+"""Usage rows -> measurements: readers, validation errors that name the field, deterministic uids."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import json
+
+import pytest
+from m3sh.config import MeterDefinition, UsageFeed
+from m3sh.exceptions import InvalidRecord
+from m3sh.hooks.m3ter import MAX_BATCH_BYTES, measurement_batches
+from m3sh.usage.measurements import MeasurementBuilder, measurement_uid
+from m3sh.usage.reader import BadFile, detect_format, iter_rows
+
+NOW = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+FEED = UsageFeed(name="f", type="s3", conn_id="aws_default", bucket="b", meters=[
+    MeterDefinition(code="api_calls", measures={"calls": "quantity"}, dimensions={"region": "region"}),
+])
+
+
+def builder(known: set[str] | None = None) -> MeasurementBuilder:
+    known = {"acme"} if known is None else known
+    return MeasurementBuilder(FEED, lambda code: code in known, now=NOW)
+
+
+def row(**over: str) -> dict[str, str]:
+    base = {"event_id": "e1", "account": "acme", "meter": "api_calls", "ts": "2026-11-20T10:00:00Z",
+            "quantity": "12", "region": "us-east-1"}
+    return {**base, **over}
+
+
+def test_valid_row_becomes_a_measurement() -> None:
+    m = builder().build(row(), "s3://b/k.csv", 2)
+    assert m == {"uid": measurement_uid("f", "s3://b/k.csv", 2, "e1"), "meter": "api_calls", "account": "acme",
+                 "ts": "2026-11-20T10:00:00.000Z", "measure": {"calls": 12.0}, "where": {"region": "us-east-1"}}
+    assert len(m["uid"]) <= 50
+
+
+@pytest.mark.parametrize(("over", "field", "reason"), [
+    ({"quantity": "lots"}, "quantity", "not a number"),
+    ({"quantity": "nan"}, "quantity", "not a finite number"),
+    ({"ts": ""}, "ts", "invalid timestamp"),
+    ({"ts": "2027-01-01T00:00:00Z"}, "ts", "in the future"),
+    ({"ts": "2025-01-01T00:00:00Z"}, "ts", "older than 90 days"),
+    ({"account": "ghost"}, "account", "does not exist in m3ter"),
+    ({"account": ""}, "account", "missing account"),
+    ({"meter": "bananas"}, "meter", "unknown meter"),
+])
+def test_invalid_rows_name_the_field(over: dict[str, str], field: str, reason: str) -> None:
+    with pytest.raises(InvalidRecord) as exc:
+        builder().build(row(**over), "s3://b/k.csv", 7)
+    assert exc.value.field == field
+    assert reason in exc.value.reason
+    assert str(exc.value).startswith("s3://b/k.csv:7 field")
+
+
+def test_uid_is_stable_and_id_based() -> None:
+    assert measurement_uid("f", "a.csv", 1, "x") == measurement_uid("f", "b.csv", 9, "x")
+    assert measurement_uid("f", "a.csv", 1, None) != measurement_uid("f", "a.csv", 2, None)
+    assert measurement_uid("f", "a.csv", 1, "x") != measurement_uid("g", "a.csv", 1, "x")
+
+
+def test_readers_stream_csv_jsonl_and_gzip() -> None:
+    csv_bytes = b"event_id,account,quantity\ne1,acme,1\ne2,acme\n\ne3,acme,3\n"
+    rows = list(iter_rows(io.BytesIO(gzip.compress(csv_bytes)), "k.csv.gz", "csv", True))
+    assert [line for line, _ in rows] == [2, 3, 5]
+    assert isinstance(rows[1][1], InvalidRecord) and "expected 3 columns" in rows[1][1].reason
+    jsonl = b'{"a": 1}\nnot json\n[1]\n'
+    out = list(iter_rows(io.BytesIO(jsonl), "k.jsonl", "jsonl", False))
+    assert out[0] == (1, {"a": 1})
+    assert isinstance(out[1][1], InvalidRecord) and isinstance(out[2][1], InvalidRecord)
+
+
+def test_bad_files_raise_badfile() -> None:
+    truncated = gzip.compress(b"a,b\n1,2\n" * 1000)[:-30]
+    with pytest.raises(BadFile, match="truncated or not gzip"):
+        list(iter_rows(io.BytesIO(truncated), "k.csv.gz", "csv", True))
+    with pytest.raises(BadFile, match="not UTF-8"):
+        list(iter_rows(io.BytesIO(b"a,b\n\xff\xfe,1\n"), "k.csv", "csv", False))
+    with pytest.raises(BadFile, match="missing CSV header"):
+        list(iter_rows(io.BytesIO(b""), "k.csv", "csv", False))
+    with pytest.raises(BadFile, match="cannot tell the format"):
+        detect_format("usage.parquet")
+    assert detect_format("x/usage.jsonl.gz") == ("jsonl", True)
+
+
+def test_batches_respect_item_and_byte_limits() -> None:
+    small = [{"uid": str(i), "meter": "m", "account": "a", "ts": "t"} for i in range(2500)]
+    sizes = [len(b) for b in measurement_batches(small)]
+    assert sizes == [1000, 1000, 500]
+    big = [{"uid": str(i), "metadata": {"blob": "x" * 2000}} for i in range(600)]
+    batches = list(measurement_batches(big))
+    assert sum(len(b) for b in batches) == 600
+    for b in batches:
+        assert len(json.dumps({"measurements": b}).encode()) < MAX_BATCH_BYTES
+    assert len(batches) > 2
