@@ -277,6 +277,15 @@ class AlertingConfig(_Model):
     ui_base_url: str = "http://localhost:8080"
 
 
+class DagDefaults(_Model):
+    """Retry policy every m3sh task gets (exponential backoff between tries)."""
+
+    retries: int = Field(3, ge=0, le=20)
+    retry_delay_s: float = Field(20, ge=0)
+    max_retry_delay_s: float = Field(600, ge=0)
+    start_date: date = Field(date(2026, 11, 1), description="First data interval of the scheduled DAGs")
+
+
 # ---------------------------------------------------------------------------------------- root
 class M3shConfig(_Model):
     version: Literal[1] = 1
@@ -288,6 +297,7 @@ class M3shConfig(_Model):
     triggers: list[TriggerRule] = Field(default_factory=list)
     alerting: AlertingConfig = AlertingConfig()
     owner: str = "m3sh"
+    dag_defaults: DagDefaults = DagDefaults()
 
     def reference_errors(self) -> list[tuple[tuple[int | str, ...], str]]:
         """Cross-references between sections, as (location, message) so errors can carry lines."""

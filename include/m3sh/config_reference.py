@@ -13,6 +13,7 @@ from m3sh import config as c
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("(root)", c.M3shConfig),
+    ("dag_defaults", c.DagDefaults),
     ("m3ter", c.M3terConfig),
     ("storage", c.StorageConfig),
     ("crm", c.CrmSyncConfig),

@@ -7,7 +7,10 @@ from typing import Any
 
 from m3sh.config import M3shConfig
 
-DEFAULT_START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def start_date(cfg: M3shConfig) -> dt.datetime:
+    return dt.datetime.combine(cfg.dag_defaults.start_date, dt.time(0), dt.UTC)
 
 
 def default_args(cfg: M3shConfig) -> dict[str, Any]:
@@ -15,11 +18,11 @@ def default_args(cfg: M3shConfig) -> dict[str, Any]:
 
     args: dict[str, Any] = {
         "owner": cfg.owner,
-        "retries": 3,
-        "retry_delay": dt.timedelta(seconds=20),
+        "retries": cfg.dag_defaults.retries,
+        "retry_delay": dt.timedelta(seconds=cfg.dag_defaults.retry_delay_s),
         # Airflow 3: a float multiplier; 20s, 40s, 80s ... capped below.
         "retry_exponential_backoff": 2.0,
-        "max_retry_delay": dt.timedelta(minutes=10),
+        "max_retry_delay": dt.timedelta(seconds=cfg.dag_defaults.max_retry_delay_s),
         "on_failure_callback": failure_callbacks(cfg),
     }
     retry = retry_callbacks(cfg)

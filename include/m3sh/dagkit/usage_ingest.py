@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from m3sh.config import M3shConfig, get_config
-from m3sh.dagkit.defaults import DEFAULT_START, dag_tags, default_args
+from m3sh.dagkit.defaults import dag_tags, default_args, start_date
 from m3sh.dagkit.errors import RunFailed
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
         dag_id=DAG_ID,
         description="Usage files (S3: CSV/JSONL, gzip) -> m3ter measurements, exactly once",
         schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
-        start_date=DEFAULT_START,
+        start_date=start_date(cfg),
         catchup=False,
         max_active_runs=1,
         default_args=default_args(cfg),

@@ -157,6 +157,13 @@ class _TokenCache:
         with self._lock:
             self._tokens.clear()
 
+    def invalidate(self, settings: M3terSettings, token: CachedToken | None) -> None:
+        """Forget a token the API rejected (revoked, or the org was reset) unless already replaced."""
+        key = (settings.base_url, settings.api_key)
+        with self._lock:
+            if token is None or self._tokens.get(key) is token:
+                self._tokens.pop(key, None)
+
 
 TOKEN_CACHE = _TokenCache()
 
@@ -192,6 +199,10 @@ def _message(exc: Exception) -> str:
     if isinstance(body, dict) and body.get("message"):
         return str(body["message"])
     return exc.__class__.__name__
+
+
+def is_token_rejected(exc: Exception) -> bool:
+    return isinstance(exc, m3ter.PermissionDeniedError) and "token" in _message(exc).lower()
 
 
 def is_version_conflict(exc: Exception) -> bool:
@@ -295,6 +306,23 @@ class M3terHook(BaseHook):
             self._client_token = tok
         return self._client
 
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One SDK request; a rejected token is dropped and the request retried once with a new one."""
+        for attempt in (1, 2):
+            client = self.get_conn()
+            fn = getattr(client, method)
+            try:
+                if method == "get":
+                    return fn(path, cast_to=_JSON)
+                return fn(path, body=body if body is not None else {}, cast_to=_JSON)
+            except m3ter.PermissionDeniedError as exc:
+                if attempt == 1 and is_token_rejected(exc):
+                    log.warning("m3ter rejected the cached token; fetching a new one")
+                    TOKEN_CACHE.invalidate(self.settings, self._client_token)
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- generic wire-format access --------------------------------------------------------
     def iter_entities(self, path: str, page_size: int | None = None, **params: Any) -> Iterator[dict[str, Any]]:
         """Every entity of a list endpoint (e.g. ``accounts``), following ``nextToken``."""
@@ -302,15 +330,22 @@ class M3terHook(BaseHook):
         query = {k: (",".join(v) if isinstance(v, list | tuple) else v) for k, v in params.items() if v is not None}
         query["pageSize"] = page_size or self.settings.page_size
         try:
-            cursor = client.get_api_list(self.settings.org_path(path), model=object, page=SyncCursor[object],
-                                         options={"params": query})
+            try:
+                cursor = client.get_api_list(self.settings.org_path(path), model=object, page=SyncCursor[object],
+                                             options={"params": query})
+            except m3ter.PermissionDeniedError as exc:
+                if not is_token_rejected(exc):
+                    raise
+                TOKEN_CACHE.invalidate(self.settings, self._client_token)
+                cursor = self.get_conn().get_api_list(self.settings.org_path(path), model=object,
+                                                      page=SyncCursor[object], options={"params": query})
             yield from cursor  # type: ignore[misc]
         except m3ter.APIError as exc:
             raise translate_error(exc, entity=path) from exc
 
     def get(self, path: str, entity_id: str) -> dict[str, Any]:
         try:
-            return self.get_conn().get(self.settings.org_path(f"{path}/{entity_id}"), cast_to=_JSON)
+            return self._request("get", self.settings.org_path(f"{path}/{entity_id}"))  # type: ignore[no-any-return]
         except m3ter.APIError as exc:
             raise translate_error(exc, entity=path, record_id=entity_id) from exc
 
@@ -319,19 +354,19 @@ class M3terHook(BaseHook):
 
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self.get_conn().post(self.settings.org_path(path), body=body, cast_to=_JSON)
+            return self._request("post", self.settings.org_path(path), body)  # type: ignore[no-any-return]
         except m3ter.APIError as exc:
             raise translate_error(exc, entity=path, record_id=body.get("code")) from exc
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            return self.get_conn().post(self.settings.org_path(path), body=body or {}, cast_to=_JSON)
+            return self._request("post", self.settings.org_path(path), body or {})
         except m3ter.APIError as exc:
             raise translate_error(exc, entity=path) from exc
 
     def put(self, path: str, body: dict[str, Any]) -> Any:
         try:
-            return self.get_conn().put(self.settings.org_path(path), body=body, cast_to=_JSON)
+            return self._request("put", self.settings.org_path(path), body)
         except m3ter.APIError as exc:
             raise translate_error(exc, entity=path) from exc
 
@@ -375,12 +410,11 @@ class M3terHook(BaseHook):
     # -- measurements -------------------------------------------------------------------------
     def submit_measurements(self, measurements: Iterable[dict[str, Any]]) -> IngestResult:
         """Ingest in <=1000-item, <512,000-byte requests. Idempotent when every measurement has a uid."""
-        client = self.get_conn()
         path = self.settings.org_path("measurements")
         result = IngestResult()
         for batch in measurement_batches(measurements):
             try:
-                client.post(path, body={"measurements": batch}, cast_to=_JSON)
+                self._request("post", path, {"measurements": batch})
             except m3ter.APIError as exc:
                 first, last = batch[0].get("uid"), batch[-1].get("uid")
                 raise translate_error(exc, entity="measurements", record_id=f"{first}..{last}") from exc
@@ -390,7 +424,7 @@ class M3terHook(BaseHook):
 
     def query_usage(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self.get_conn().post(self.settings.org_path("usage/query"), body=body, cast_to=_JSON)
+            return self._request("post", self.settings.org_path("usage/query"), body)  # type: ignore[no-any-return]
         except m3ter.APIError as exc:
             raise translate_error(exc, entity="usage query") from exc
 

@@ -234,10 +234,13 @@ class SalesforceSync:
             raise translate_error(exc, "query", sobject) from None
 
     def query_modified(self, sobject: str, fields: Iterable[str], start: dt.datetime, end: dt.datetime,
-                       extra_where: str | None = None) -> Iterator[dict[str, Any]]:
+                       extra_where: str | None = None, *,
+                       include_deleted: bool = False) -> Iterator[dict[str, Any]]:
         """Records of ``sobject`` whose ``SystemModstamp`` lies in ``[start, end)``, oldest first.
 
         ``extra_where`` is ANDed in parentheses; build its values with :func:`soql_literal`.
+        ``include_deleted`` uses ``queryAll`` so deletions in the window come back too (with
+        ``IsDeleted`` true; a delete bumps ``SystemModstamp``), letting a sync propagate them.
         """
         if end <= start:
             raise ValueError(f"empty window: end {end!r} is not after start {start!r}")
@@ -250,7 +253,7 @@ class SalesforceSync:
             where += f" AND ({extra_where})"
         # Names are checked against _NAME_RE and values are SOQL literals, so this is not injectable.
         soql = f"SELECT {', '.join(wanted)} FROM {sobject} WHERE {where} ORDER BY SystemModstamp, Id"  # noqa: S608
-        return self.query(soql, sobject=sobject)
+        return self.query(soql, sobject=sobject, include_deleted=include_deleted)
 
     def get_record(self, sobject: str, record_id: str, fields: Iterable[str] | None = None) -> dict[str, Any]:
         """One record by Id; raises :class:`SalesforceNotFoundError` if missing or deleted."""

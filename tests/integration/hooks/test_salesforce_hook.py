@@ -103,6 +103,16 @@ def test_query_modified_extra_where_and_relationship_fields(sync: SalesforceSync
     assert got[0]["Account"]["Name"]
 
 
+def test_query_modified_can_include_deletions(sync: SalesforceSync) -> None:
+    t0 = dt.datetime.now(UTC) - dt.timedelta(seconds=1)
+    gone = _sf_customers()[4].salesforce_id
+    sync.client.Account.delete(gone)
+    t1 = dt.datetime.now(UTC) + dt.timedelta(seconds=1)
+    assert list(sync.query_modified("Account", ["IsDeleted"], t0, t1)) == []
+    got = list(sync.query_modified("Account", ["IsDeleted"], t0, t1, include_deleted=True))
+    assert [(r["Id"], r["IsDeleted"]) for r in got] == [(gone, True)]
+
+
 def test_query_modified_pages_across_next_records_url(sb: Any) -> None:
     acc_id = _sf_customers()[0].salesforce_id
     t0 = dt.datetime.now(UTC) - dt.timedelta(seconds=1)

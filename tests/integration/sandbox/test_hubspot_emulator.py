@@ -8,7 +8,6 @@ import json
 import pytest
 import requests
 from hubspot import HubSpot
-from urllib3.util import Retry
 from hubspot.crm.associations.v4 import BatchInputPublicFetchAssociationsBatchRequest
 from hubspot.crm.companies import (
     BatchInputSimplePublicObjectBatchInputUpsert,
@@ -17,11 +16,13 @@ from hubspot.crm.companies import (
 )
 from hubspot.crm.companies.exceptions import ApiException as CompaniesApiException
 from hubspot.crm.contacts import SimplePublicObjectInputForCreate as ContactCreate
+from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
+from hubspot.crm.deals.exceptions import ApiException as DealsApiException
 from hubspot.crm.properties import PropertyCreate
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
-
 from m3sh.sandbox import credentials
 from m3sh.sandbox.seed import demo_company
+from urllib3.util import Retry
 
 pytestmark = pytest.mark.sandbox
 
@@ -126,7 +127,7 @@ def test_search_operators(fresh_sandbox, client: HubSpot) -> None:  # type: igno
         1 for c in HUBSPOT_CUSTOMERS if c.plan_code.startswith("growth"))
     assert total([{"propertyName": "amount", "operator": "GT", "value": "20000"}]) == sum(
         1 for c in HUBSPOT_CUSTOMERS if c.plan_code.startswith("enterprise"))
-    with pytest.raises(Exception) as err:  # noqa: PT011 - the deals package raises its own ApiException
+    with pytest.raises(DealsApiException) as err:
         client.crm.deals.search_api.do_search(
             public_object_search_request=PublicObjectSearchRequest(filter_groups=[], limit=201))
     assert err.value.status == 400
@@ -162,7 +163,7 @@ def test_writes_maintain_lastmodified_dates(client: HubSpot) -> None:
     assert updated.updated_at >= before
     contact = client.crm.contacts.basic_api.create(ContactCreate(properties={"email": "new@example.com"}))
     assert contact.properties["lastmodifieddate"] and contact.properties["createdate"]
-    with pytest.raises(Exception) as err:  # noqa: PT011 - contacts ApiException; the unique email clashes
+    with pytest.raises(ContactsApiException) as err:  # the unique email clashes
         client.crm.contacts.basic_api.create(ContactCreate(properties={"email": "new@example.com"}))
     assert err.value.status == 409
 
@@ -266,3 +267,19 @@ def test_rate_limit_answers_429_like_hubspot(fresh_sandbox) -> None:  # type: ig
             statuses.append(exc.status)
             assert json.loads(exc.body)["message"] == "You have reached your secondly limit."
     assert statuses[0] == 200 and 429 in statuses
+
+
+def test_get_by_id_property_archive_and_archived_listing(client: HubSpot) -> None:
+    customer = HUBSPOT_CUSTOMERS[4]
+    api = client.crm.companies.basic_api
+    api.update(customer.hubspot_id, SimplePublicObjectInput(properties={"m3ter_account_id": "acc-42"}))
+    by_unique = api.get_by_id("acc-42", id_property="m3ter_account_id", properties=["name"])
+    assert by_unique.id == customer.hubspot_id
+    api.archive(customer.hubspot_id)
+    with pytest.raises(CompaniesApiException) as err:
+        api.get_by_id(customer.hubspot_id)
+    assert err.value.status == 404 and json.loads(err.value.body)["category"] == "OBJECT_NOT_FOUND"
+    archived = api.get_page(archived=True, limit=100)
+    assert [r.id for r in archived.results] == [customer.hubspot_id] and archived.results[0].archived
+    live = client.crm.companies.get_all()
+    assert customer.hubspot_id not in {r.id for r in live} and len(live) == len(HUBSPOT_CUSTOMERS) - 1

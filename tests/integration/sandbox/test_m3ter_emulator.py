@@ -22,15 +22,13 @@ from typing import Any
 import m3ter
 import pytest
 import requests
-
 from m3sh.sandbox import credentials as cred
 from m3sh.sandbox import seed
-
 
 pytestmark = pytest.mark.sandbox
 
 # naive on purpose: SDK 0.9.0 compares token_expiry with the naive datetime.now()
-FAR_FUTURE = dt.datetime(2999, 1, 1)  # noqa: DTZ001
+FAR_FUTURE = dt.datetime(2999, 1, 1)
 
 
 def _client(url: str, **kw: Any) -> m3ter.M3ter:

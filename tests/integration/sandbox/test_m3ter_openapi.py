@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import requests
-
 from m3sh.sandbox import credentials as cred
 
 pytestmark = pytest.mark.sandbox
@@ -87,7 +86,7 @@ class Checker:
         prepared = resp.request.copy()
         prepared.url = host + prepared.url[len(self.url):]  # type: ignore[index]
         self.openapi.validate_response(self._req(prepared), self._resp(resp))
-        tpl = _template(path.split("?")[0], self.templates)
+        tpl = _template(path.split("?", maxsplit=1)[0], self.templates)
         if tpl:
             self.covered.add((method, tpl))
         return resp.json()

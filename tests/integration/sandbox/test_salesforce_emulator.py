@@ -297,6 +297,25 @@ def test_upsert_by_external_id_is_idempotent(sf: Any, sb: Any) -> None:
     assert _error_code(info.value) == "INVALID_FIELD"
 
 
+def test_replication_updated_and_deleted_resources(sf: Any, sb: Any) -> None:
+    now = dt.datetime.now(dt.UTC)
+    start = now - dt.timedelta(days=2)
+    customers = demo_company().by_crm("salesforce")
+    floor = start.replace(second=0, microsecond=0)
+    expected = {c.salesforce_id for c in customers if c.modified_at >= floor}
+    assert set(sf.Account.updated(start, now)["ids"]) == expected
+    gone = customers[0].salesforce_id
+    sf.Account.delete(gone)
+    five_min_ago = (now - dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+    sb.admin("salesforce", "set_fields", "POST", sobject="Account", id=gone, fields={"SystemModstamp": five_min_ago})
+    deleted = sf.Account.deleted(now - dt.timedelta(hours=1), now)
+    assert [d["id"] for d in deleted["deletedRecords"]] == [gone]
+    assert gone not in sf.Account.updated(now - dt.timedelta(hours=1), now)["ids"]
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Account.updated(now - dt.timedelta(days=40), now)
+    assert _error_code(info.value) == "INVALID_REPLICATION_DATE"
+
+
 # ------------------------------------------------------------------------------ seed
 def test_demo_seed_matches_the_demo_company(sf: Any) -> None:
     customers = {c.salesforce_id: c for c in demo_company().by_crm("salesforce")}

@@ -293,6 +293,28 @@ def _build_app(emu: SalesforceEmulator) -> FastAPI:
         v = _check_version(version)
         return emu.json(200, _object_or_error(sobject).describe(v))
 
+    @app.get(base + "/sobjects/{sobject}/updated")
+    @app.get(base + "/sobjects/{sobject}/updated/")
+    async def updated(version: str, sobject: str, request: Request) -> Response:
+        """Replication API: ids changed in [start, end) (minute precision, last 30 days)."""
+        emu.authorize(request)
+        _check_version(version)
+        obj = _object_or_error(sobject)
+        with emu.lock:
+            return emu.json(200, emu.store.replicate(obj, request.query_params.get("start"),
+                                                     request.query_params.get("end"), deleted=False))
+
+    @app.get(base + "/sobjects/{sobject}/deleted")
+    @app.get(base + "/sobjects/{sobject}/deleted/")
+    async def deleted(version: str, sobject: str, request: Request) -> Response:
+        """Replication API: records deleted in [start, end), from the recycle bin."""
+        emu.authorize(request)
+        _check_version(version)
+        obj = _object_or_error(sobject)
+        with emu.lock:
+            return emu.json(200, emu.store.replicate(obj, request.query_params.get("start"),
+                                                     request.query_params.get("end"), deleted=True))
+
     @app.get(base + "/sobjects/{sobject}/{record_id}")
     async def get_record(version: str, sobject: str, record_id: str, request: Request) -> Response:
         emu.authorize(request)

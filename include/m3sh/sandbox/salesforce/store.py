@@ -276,6 +276,29 @@ class Store:
         if obj.name_defaults_to_id and not rec.get("Name"):
             rec["Name"] = rec["Id"]
 
+    # ----------------------------------------------------------------------------- replication
+    def replicate(self, obj: ObjectDef, start_s: str | None, end_s: str | None, deleted: bool) -> dict[str, Any]:
+        """``updated``/``deleted`` resources: seconds are ignored and the window is at most 30 days old."""
+        now = now_utc()
+        try:
+            start = soql.parse_datetime(start_s or "").replace(second=0, microsecond=0)
+            end = soql.parse_datetime(end_s or "").replace(second=0, microsecond=0)
+        except ValueError:
+            raise ApiError(400, "INVALID_REPLICATION_DATE", "start and end must be ISO 8601 datetimes") from None
+        if end <= start or start < now - dt.timedelta(days=30):
+            raise ApiError(400, "INVALID_REPLICATION_DATE",
+                           "start must be before end and within the last 30 days")
+        latest = min(end, now.replace(second=0, microsecond=0))
+        hits = [r for r in self.records[obj.name].values()
+                if bool(r.get("IsDeleted")) == deleted
+                and start <= soql.parse_datetime(r["SystemModstamp"]) < latest]
+        covered = soql.format_datetime(latest)
+        if not deleted:
+            return {"ids": [r["Id"] for r in hits], "latestDateCovered": covered}
+        return {"deletedRecords": [{"id": r["Id"], "deletedDate": r["SystemModstamp"]} for r in hits],
+                "earliestDateAvailable": soql.format_datetime(now - dt.timedelta(days=15)),
+                "latestDateCovered": covered}
+
     # --------------------------------------------------------------------------------- queries
     def run_query(self, text: str, version: str, include_deleted: bool, batch: int | None) -> dict[str, Any]:
         try:
