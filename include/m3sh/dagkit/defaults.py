@@ -8,7 +8,6 @@ from typing import Any
 from m3sh.config import M3shConfig
 
 
-
 def start_date(cfg: M3shConfig) -> dt.datetime:
     return dt.datetime.combine(cfg.dag_defaults.start_date, dt.time(0), dt.UTC)
 

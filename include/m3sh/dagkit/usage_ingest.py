@@ -100,8 +100,8 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
         @task(trigger_rule="all_done")
         def summarize(results: list[list[dict[str, Any]]]) -> dict[str, Any]:
             flat = [r for chunk in (results or []) if chunk for r in chunk]
-            totals: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in flat) for k in ("rows_read", "accepted", "rejected",
-                                                                          "batches_sent")}
+            counted = ("rows_read", "accepted", "rejected", "batches_sent")
+            totals: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in flat) for k in counted}
             totals["files"] = len(flat)
             totals["skipped"] = sum(1 for r in flat if r["status"] == "skipped")
             failed = [r for r in flat if r["status"] == "failed"]

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import io
 import json
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from m3sh.sandbox.aws_seed import s3_client
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
