@@ -148,14 +148,26 @@ class _Destination(_Model):
 
 
 class NetSuiteDestination(_Destination):
+    """One NetSuite account. Customers are upserted by external id = m3ter account id, invoices by
+    external id = m3ter bill id, so any re-run converges on one record each."""
+
     type: Literal["netsuite"]
     conn_id: str
-    subsidiary_id: str
-    currency_id: str | None = None
-    item_map: dict[str, str] = Field(default_factory=dict, description="m3ter line type/product -> item id")
+    subsidiary_id: str = Field(description="NetSuite internal id of the subsidiary new customers belong to")
+    currency_id: str | None = Field(None, description="NetSuite currency internal id; default: looked up by "
+                                                      "the bill's ISO code")
+    item_map: dict[str, str] = Field(default_factory=dict,
+                                     description="m3ter line type or product code -> NetSuite item id")
     default_item_id: str
-    concurrency: int = Field(5, ge=1, le=50)
-    locked_invoice_policy: Literal["update", "credit_memo"] = "credit_memo"
+    concurrency: int = Field(5, ge=1, le=50, description="Concurrent requests this account allows")
+    pool: str | None = Field(None, description="Airflow pool the delivery tasks use; create it with "
+                                               "`airflow pools set <pool> <concurrency> ...` (m3sh prints "
+                                               "the command: see the README)")
+    locked_invoice_policy: Literal["update", "credit_memo"] = Field(
+        "credit_memo",
+        description="A bill changed after its invoice's period closed: 'credit_memo' books the difference "
+                    "as a credit memo (or an adjustment invoice) dated today; 'update' tries to edit the "
+                    "invoice and lists the refusal as action needed")
 
 
 class SalesforceDestination(_Destination):
@@ -191,11 +203,14 @@ Destination = Annotated[
 
 
 class RouteMatch(_Model):
+    """All given conditions must hold (AND); an empty match takes every bill."""
+
     currency: list[str] | None = None
     subsidiary: list[str] | None = None
-    accounts: list[str] | None = None
+    accounts: list[str] | None = Field(None, description="m3ter account codes or ids")
     min_amount: float | None = None
-    custom_field: dict[str, str] | None = None
+    max_amount: float | None = None
+    custom_field: dict[str, str] | None = Field(None, description="m3ter account custom field -> value")
 
 
 class Route(_Model):
@@ -205,17 +220,38 @@ class Route(_Model):
 
 
 class InvoicingConfig(_Model):
+    """Which m3ter bills are exported, how they are enriched and where they go (every matching route)."""
+
     bill_states: list[BillState] = Field(default_factory=lambda: list(DEFAULT_BILL_STATES))
     destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
-    required_enrichment: list[str] = Field(default_factory=lambda: ["subsidiary"])
-    exported_field: str = "exported_at"
+    required_enrichment: list[str] = Field(
+        default_factory=lambda: ["subsidiary"],
+        description="Enriched fields a bill must have to be exported (subsidiary, tax_code, department, "
+                    "owner, po_number, crm_id, billing_address); a bill missing one is set aside")
+    subsidiary_by_currency: dict[str, str] = Field(
+        default_factory=dict,
+        description="Subsidiary for accounts whose 'subsidiary' custom field is empty, by bill currency")
+    exported_field: str = Field("exported_at", description="m3ter account custom field stamped on export")
+    catchup: bool = Field(True, description="Run missed daily intervals (backfill)")
+    bills_per_task: int = Field(50, ge=1, le=1000, description="Bills per mapped delivery task")
+    reconcile_lookback_days: int = Field(90, ge=1, description="Bills dated this far back are reconciled")
 
 
 # -------------------------------------------------------------------------------------- triggers
 class BalanceBelow(_Model):
+    """A prepaid balance under an absolute amount or a share of its original credit.
+
+    The original is the sum of the balance's credit transactions (m3ter's ``totalCreditAmount``),
+    so a top-up raises it. ``balance_codes``/``product_codes`` narrow which balances count.
+    """
+
     amount: float | None = None
     percent_of_original: float | None = Field(None, gt=0, le=100)
+    balance_codes: list[str] | None = Field(
+        None, description="Only balances whose code matches one of these shell patterns (e.g. 'prepaid-*')")
+    product_codes: list[str] | None = Field(
+        None, description="Only balances that draw down for one of these m3ter product codes")
 
     @model_validator(mode="after")
     def _one(self) -> BalanceBelow:
@@ -225,9 +261,12 @@ class BalanceBelow(_Model):
 
 
 class UsageOverLimit(_Model):
+    """Usage of one meter, aggregated per account over the current (calendar-month) billing period."""
+
     meter: str
     limit: float
     aggregation: Literal["SUM", "COUNT", "MAX"] = "SUM"
+    field: str = Field("quantity", description="Meter measure field the aggregation runs over")
 
 
 class Condition(_Model):
@@ -243,22 +282,54 @@ class Condition(_Model):
             raise ValueError(f"a condition needs exactly one kind, got {set_fields or 'none'}")
         return self
 
+    @property
+    def kind(self) -> str:
+        """``balance_below`` | ``usage_over_limit`` | ``contract_ending`` | ``contract_ended``."""
+        if self.balance_below is not None:
+            return "balance_below"
+        if self.usage_over_limit is not None:
+            return "usage_over_limit"
+        return "contract_ending" if self.contract_ending_within_days is not None else "contract_ended"
+
 
 class Action(_Model):
-    switch_plan: str | None = Field(None, description="m3ter plan code to attach")
-    top_up_balance: float | None = None
-    reset_balance_to: float | None = None
+    """One step of a rule; exactly one kind per list item, run in the order listed."""
+
+    switch_plan: str | None = Field(
+        None, description="m3ter plan code to attach: the current plan of the same product ends at the event time")
+    top_up_balance: float | None = Field(None, gt=0, description="Credit added to the firing balance (type top_up)")
+    reset_balance_to: float | None = Field(None, ge=0, description="Balance amount after the reset")
     set_custom_fields: dict[str, str | float] | None = None
-    update_crm_fields: dict[str, str] | None = None
+    custom_fields_on: Literal["account", "accountplan"] = Field(
+        "account", description="Where set_custom_fields writes: the account or its current account plan")
+    update_crm_fields: dict[str, str] | None = Field(
+        None, description="CRM field -> value on the account's CRM record (found through m3ter external "
+                          "mappings). Prefix a key with 'salesforce.' or 'hubspot.' to target one CRM only")
     notify: str | None = Field(None, description="Notifier name from alerting.notifiers")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Action:
+        kinds = [k for k in ("switch_plan", "top_up_balance", "reset_balance_to", "set_custom_fields",
+                             "update_crm_fields", "notify") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"an action needs exactly one kind, got {kinds or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("switch_plan", "top_up_balance", "reset_balance_to", "set_custom_fields",
+                                "update_crm_fields", "notify") if getattr(self, k) is not None)
 
 
 class TriggerRule(_Model):
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Unique; part of every firing key")
     enabled: bool = True
     when: Condition
     actions: list[Action] = Field(min_length=1)
     accounts: list[str] | None = Field(None, description="Only these account codes")
+    notification_code: str | None = Field(
+        None, description="Code of the m3ter notification `m3sh triggers sync-notifications` manages for this "
+                          "rule (default m3sh_<name>); only balance rules have one")
 
 
 # -------------------------------------------------------------------------------------- alerting

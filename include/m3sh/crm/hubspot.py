@@ -32,17 +32,15 @@ def extract_hubspot(source: CrmSource, start: dt.datetime, end: dt.datetime,
     companies = {str(c["id"]): c for c in hook.search_modified("companies", start, end, props)}
     changed_deals = {str(d["id"]): d for d in hook.search_modified("deals", start, end, DEAL_PROPS)}
     if changed_deals:
-        for company_ids in hook.get_associations("deals", list(changed_deals), "companies").values():
-            for cid in company_ids:
-                if cid not in companies:
-                    companies[cid] = hook.get_object("companies", cid, props)
+        linked = {cid for ids in hook.get_associations("deals", list(changed_deals), "companies").values()
+                  for cid in ids}
+        companies.update(hook.batch_read("companies", sorted(linked - set(companies)), props))
     deal_links = hook.get_associations("companies", list(companies), "deals") if companies else {}
+    wanted = sorted({d for ids in deal_links.values() for d in ids} - set(changed_deals))
+    all_deals = {**changed_deals, **hook.batch_read("deals", wanted, DEAL_PROPS)}
     out = []
     for cid, company in companies.items():
-        deals = []
-        for deal_id in deal_links.get(cid, []):
-            deal = changed_deals.get(deal_id) or hook.get_object("deals", deal_id, DEAL_PROPS)
-            deals.append(_props(deal))
+        deals = [_props(all_deals[d]) for d in deal_links.get(cid, []) if d in all_deals]
         won = sorted((d for d in deals if d.get("dealstage") == "closedwon"),
                      key=lambda d: str(d.get("contract_start") or ""), reverse=True)
         deal = won[0] if won else {}

@@ -57,12 +57,14 @@ class SyncReport:
                 "write_backs": self.write_backs}
 
 
-def _is_active(ap: dict[str, Any], now: dt.datetime) -> bool:
-    def parse(v: str | None) -> dt.datetime | None:
-        return dt.datetime.fromisoformat(v.replace("Z", "+00:00")) if v else None
+def _parse_dt(v: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(v.replace("Z", "+00:00")) if v else None
 
-    start, end = parse(ap.get("startDate")), parse(ap.get("endDate"))
-    return (start is None or start <= now) and (end is None or end > now)
+
+def overlaps(ap: dict[str, Any], start: dt.datetime, end: dt.datetime | None) -> bool:
+    """Does an account plan's [startDate, endDate) overlap [start, end)? (open ends are infinite)"""
+    ap_start, ap_end = _parse_dt(ap.get("startDate")), _parse_dt(ap.get("endDate"))
+    return (ap_end is None or ap_end > start) and (end is None or ap_start is None or ap_start < end)
 
 
 class M3terIndex:
@@ -75,10 +77,9 @@ class M3terIndex:
         self.contracts = {c["code"]: c for c in hook.iter_entities("contracts") if c.get("code")}
         self.mappings = {(m["externalSystem"], m["externalTable"], m["externalId"]): m
                          for m in hook.iter_entities("externalmappings", page_size=200)}
-        self.active_plans: dict[str, list[dict[str, Any]]] = {}
-        for ap in hook.iter_entities("accountplans"):
-            if _is_active(ap, self.now):
-                self.active_plans.setdefault(ap["accountId"], []).append(ap)
+        self.account_plans: dict[str, list[dict[str, Any]]] = {}
+        for ap in hook.iter_entities("accountplans", includeall="true"):
+            self.account_plans.setdefault(ap["accountId"], []).append(ap)
 
     def match_codes(self) -> dict[str, str]:
         """Match key -> account code for accounts m3ter already has (identity owned by m3ter)."""
@@ -178,21 +179,26 @@ class CrmToM3ter:
             self.report.add(Change("account_plan", customer.code, "error",
                                    detail=f"plan {plan_code!r} (CRM product {crm_plan!r}) does not exist in m3ter"))
             return
-        active = self.index.active_plans.get(account["id"], [])
-        same_product = [ap for ap in active if ap.get("productId") in (None, plan.get("productId"))]
-        if any(ap.get("planId") == plan["id"] for ap in same_product):
-            return
-        if same_product:
-            # m3ter owns the live plan (a trigger may have switched it); report, never fight it.
-            self.report.add(Change("account_plan", customer.code, "conflict",
-                                   before={"planId": same_product[0].get("planId")}, after={"plan": plan_code},
-                                   detail="CRM product differs from the active m3ter plan; m3ter wins"))
-            return
         rec = next((r for r in customer.records if r.contract_start), None)
-        start = rec.contract_start if rec and rec.contract_start else self.index.now.date()
+        start_d = rec.contract_start if rec and rec.contract_start else self.index.now.date()
+        end_d = rec.contract_end if rec else None
+        start = dt.datetime.combine(start_d, dt.time(0), dt.UTC)
+        end = dt.datetime.combine(end_d, dt.time(0), dt.UTC) if end_d else None
+        existing = [ap for ap in self.index.account_plans.get(account["id"], [])
+                    if ap.get("productId") in (None, plan.get("productId")) and overlaps(ap, start, end)]
+        if any(ap.get("planId") == plan["id"] for ap in existing):
+            return
+        if existing:
+            # m3ter owns the plan history (a trigger may have switched it); report, never fight it.
+            self.report.add(Change("account_plan", customer.code, "conflict",
+                                   before={"planId": existing[0].get("planId")}, after={"plan": plan_code},
+                                   detail="CRM product differs from the m3ter plan for this period; m3ter wins"))
+            return
         body: dict[str, Any] = {"accountId": account["id"], "planId": plan["id"],
-                                "startDate": f"{start.isoformat()}T00:00:00Z",
-                                "code": f"{customer.code}-{plan_code}"[:80]}
+                                "startDate": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                "code": f"{customer.code}-{plan_code}-{start_d:%Y%m%d}"[:80]}
+        if end is not None:
+            body["endDate"] = end.strftime("%Y-%m-%dT%H:%M:%SZ")
         if contract and contract.get("id"):
             body["contractId"] = contract["id"]
         self.report.add(Change("account_plan", customer.code, "create", after=body))
@@ -204,7 +210,7 @@ class CrmToM3ter:
                 self.report.changes[-1].detail = str(exc)
                 self.report.m3ter_writes -= 1
                 return
-            self.index.active_plans.setdefault(account["id"], []).append(created)
+            self.index.account_plans.setdefault(account["id"], []).append(created)
 
     # -- links ------------------------------------------------------------------------------------
     def sync_links(self, customer: Customer, account: dict[str, Any]) -> None:

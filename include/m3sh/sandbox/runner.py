@@ -97,8 +97,6 @@ class SandboxEndpoints:
                 "conn_type": "smtp",
                 "host": self.host,
                 "port": self.port_base + SMTP_OFFSET,
-                "login": "m3sh",
-                "password": "sandbox-smtp",
                 "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "m3sh@northwind.example"},
             },
         }
@@ -147,6 +145,9 @@ class Sandbox:
         if unknown:
             raise SandboxError(f"unknown emulators {sorted(unknown)}; choose from {sorted(PORT_OFFSETS)}")
         self.names = [n for n in PORT_OFFSETS if not selected or n in selected]
+        # In a container (docker-compose's m3sh-sandbox service) the emulators must listen on every
+        # interface while the health checks still use the endpoints' host: M3SH_SANDBOX_BIND_HOST=0.0.0.0.
+        self.bind_host = os.environ.get("M3SH_SANDBOX_BIND_HOST") or self.endpoints.host
 
     # -- process management -------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -173,12 +174,12 @@ class Sandbox:
             pids[name] = self._spawn(
                 name,
                 [sys.executable, "-m", "m3sh.sandbox.serve", name, "--port", str(self.endpoints.port(name)),
-                 "--seed", seed, "--limits", "on" if limits else "off"],
+                 "--seed", seed, "--limits", "on" if limits else "off", "--host", self.bind_host],
             )
         if "moto" in self.names:
             pids["moto"] = self._spawn(
                 "moto",
-                [sys.executable, "-m", "moto.server", "-H", self.endpoints.host, "-p",
+                [sys.executable, "-m", "moto.server", "-H", self.bind_host, "-p",
                  str(self.endpoints.port("moto"))],
             )
         state = {"pids": pids, "port_base": self.endpoints.port_base, "seed": seed}

@@ -119,6 +119,13 @@ class _CountingStream:
     def readable(self) -> bool:
         return True
 
+    # io.TextIOWrapper probes these on plain (not gzipped) CSV/JSONL bodies.
+    def writable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
     def readinto(self, b: Any) -> int:
         data = self.read(len(b))
         b[: len(data)] = data

@@ -75,6 +75,9 @@ class M3terEmulator(Emulator):
 
         self.admin_actions["run_billing"] = lambda body: billing.admin_run_billing(self, body)
         self.admin_actions["drawdown"] = lambda body: billing.admin_drawdown(self, body)
+        from m3sh.sandbox.m3ter import bulk
+
+        self.admin_actions["bulk_seed"] = lambda body: bulk.admin_bulk_seed(self, body)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def reset(self, seed: str = "empty") -> None:

@@ -134,7 +134,7 @@ def _seed(emu: M3terEmulator) -> None:
                 **({"purchaseOrderNumber": c.po_number} if c.po_number else {}),
                 "customFields": {
                     **ACCOUNT_CUSTOM_FIELDS,
-                    "crm_source": c.crm,
+                    "crm_source": "hubspot,salesforce" if c.crm == "both" else c.crm,
                     "crm_id": c.salesforce_id or c.hubspot_id or "",
                 },
             },

@@ -8,6 +8,9 @@ Admin actions (``POST /_sandbox/<name>``, see :mod:`m3sh.sandbox.common`):
   in-flight slot, so client-side concurrency control becomes measurable (``max_in_flight``).
 * ``close_period`` ``{"account": "1234567", "before": "YYYY-MM-DD"}`` closes every accounting
   period before that date (``null`` reopens everything).
+* ``account_fault`` ``{"account": "eu", "status": 503}`` makes every request of one account answer
+  that status (the generic ``faults`` cannot tell accounts apart: they share a port and paths);
+  ``{"account": "eu"}`` (no status) ends it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class NetSuiteEmulator(Emulator):
             concurrency=self._admin_concurrency,
             latency=self._admin_latency,
             close_period=self._admin_close_period,
+            account_fault=self._admin_account_fault,
         )
         self.app = build_app(self)
         self.reset("empty")
@@ -121,6 +125,15 @@ class NetSuiteEmulator(Emulator):
         for acct in targets:
             acct.governance.latency_ms = ms
         return {a.account_id: a.governance.latency_ms for a in targets}
+
+    def _admin_account_fault(self, body: dict[str, Any]) -> dict[str, Any]:
+        status = body.get("status")
+        if status is not None and not 400 <= int(status) <= 599:
+            raise ValueError("status must be an HTTP error status (400..599)")
+        targets = self._targets(body)
+        for acct in targets:
+            acct.governance.fault_status = int(status) if status is not None else None
+        return {a.account_id: a.governance.fault_status for a in targets}
 
     def _admin_close_period(self, body: dict[str, Any]) -> dict[str, Any]:
         if "account" not in body:

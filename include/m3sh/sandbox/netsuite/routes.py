@@ -97,6 +97,9 @@ class _Handler:
             return _error(exc)
         acct = self.emu.accounts[account_key]
         gov = acct.governance
+        if gov.fault_status is not None:
+            return JSONResponse(ns_error_body(gov.fault_status, None, "Injected fault (account_fault)"),
+                                status_code=gov.fault_status)
         gov.in_flight += 1
         if self.emu.limits_enabled and gov.in_flight > gov.limit:
             gov.in_flight -= 1

@@ -93,6 +93,8 @@ class Governance:
     max_in_flight: int = 0
     rejected_429: int = 0
     latency_ms: int = 0
+    # account_fault admin action: answer this status to every request of the account (None: off)
+    fault_status: int | None = None
 
     def snapshot(self) -> dict[str, int]:
         return {"concurrency_limit": self.limit, "in_flight": self.in_flight,

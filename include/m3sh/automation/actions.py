@@ -1,0 +1,327 @@
+"""Actions a firing runs, in the rule's order, each idempotent by checking current state first.
+
+* ``switch_plan``: the account plan of the target plan's product that is active at the event time
+  is ended there (PUT with ``version``) and the configured plan attached from that instant (keeping
+  the old plan's end date and contract). Already on the plan, or the plan already attached from
+  that instant: nothing to do. For contract rules the event time is the contract's end, so the
+  new plan is the renewal that starts when the old term ends.
+* ``reset_balance_to`` / ``top_up_balance``: one balance transaction whose description carries the
+  firing key; an existing transaction with that description means it was already applied.
+* ``set_custom_fields``: written only when a value differs (account, or its current account plan).
+* ``update_crm_fields``: the account's CRM records come from m3ter external mappings
+  (``salesforce``/``Account`` and ``hubspot``/``companies``, written by ``m3sh_crm_sync``); fields
+  are read first and only differing ones written. No mapping: skipped with the reason.
+* ``notify``: one message through the configured notifier; exactly once through the ledger
+  (recorded right after sending; a crash in between can repeat it once).
+
+:func:`apply_firing` runs a firing under its ledger claim and records every action's outcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from m3sh.automation.rules import Firing, active_at, parse_instant
+from m3sh.config import Action, M3shConfig, TriggerRule
+
+if TYPE_CHECKING:
+    from m3sh.automation.ledger import Ledger
+    from m3sh.hooks.m3ter import M3terHook
+
+log = logging.getLogger(__name__)
+CRM_TABLES = {"salesforce": "Account", "hubspot": "companies"}
+TX_TYPE_CREDIT = "prepaid_credit"
+TX_TYPE_TOP_UP = "top_up"
+
+
+@dataclass
+class Outcome:
+    status: str  # done | unchanged | skipped | failed | planned
+    detail: str = ""
+
+
+def describe(action: Action) -> str:
+    """A one-line description for dry runs and logs (no secrets in config, so safe to print)."""
+    kind = action.kind
+    value = getattr(action, kind)
+    if kind == "set_custom_fields":
+        return f"set_custom_fields on {action.custom_fields_on}: {value}"
+    return f"{kind}: {value}"
+
+
+def marker(firing: Firing, kind: str) -> str:
+    return f"m3sh {kind} {firing.key}"
+
+
+def _same_instant(a: str | None, b: dt.datetime) -> bool:
+    return bool(a) and parse_instant(str(a)) == b
+
+
+class ActionRunner:
+    """Runs actions against m3ter, the CRMs and notifiers; caches plan/type lookups per instance."""
+
+    def __init__(self, cfg: M3shConfig, hook: M3terHook) -> None:
+        self.cfg = cfg
+        self.hook = hook
+        self._plans: dict[str, dict[str, Any] | None] = {}
+        self._tx_types: dict[str, str | None] = {}
+
+    # -- lookups ------------------------------------------------------------------------------
+    def plan(self, code: str) -> dict[str, Any]:
+        if code not in self._plans:
+            self._plans[code] = self.hook.find_by_code("plans", code)
+        plan = self._plans[code]
+        if plan is None:
+            raise ValueError(f"m3ter has no plan with code {code!r} (switch_plan)")
+        return plan
+
+    def tx_type(self, code: str) -> str | None:
+        if code not in self._tx_types:
+            found = self.hook.find_by_code("picklists/transactiontypes", code)
+            self._tx_types[code] = found["id"] if found else None
+        return self._tx_types[code]
+
+    def account_plans(self, account_id: str) -> list[dict[str, Any]]:
+        return list(self.hook.iter_entities("accountplans", account=account_id, includeall=True))
+
+    def target_balance(self, firing: Firing) -> dict[str, Any] | None:
+        if firing.entity == "balance":
+            return self.hook.get("balances", firing.entity_id)
+        now = dt.datetime.now(dt.UTC)
+        live = [b for b in self.hook.iter_entities("balances", accountId=firing.account_id) if active_at(b, now)]
+        return live[0] if live else None
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def run(self, firing: Firing, action: Action, rule: TriggerRule) -> Outcome:
+        kind = action.kind
+        if kind == "switch_plan":
+            return self.switch_plan(firing, str(action.switch_plan))
+        if kind == "reset_balance_to":
+            return self.adjust_balance(firing, reset_to=action.reset_balance_to)
+        if kind == "top_up_balance":
+            return self.adjust_balance(firing, top_up=action.top_up_balance)
+        if kind == "set_custom_fields":
+            return self.set_custom_fields(firing, dict(action.set_custom_fields or {}), action.custom_fields_on)
+        if kind == "update_crm_fields":
+            return self.update_crm_fields(firing, dict(action.update_crm_fields or {}))
+        if kind == "notify":
+            return self.notify(firing, str(action.notify), rule)
+        raise ValueError(f"unknown action kind {kind!r}")  # pragma: no cover - the model forbids it
+
+    # -- switch plan --------------------------------------------------------------------------
+    def switch_plan(self, firing: Firing, plan_code: str) -> Outcome:
+        plan = self.plan(plan_code)
+        at = parse_instant(firing.event_time)
+        same_product = [ap for ap in self.account_plans(firing.account_id)
+                        if ap.get("productId") in (None, plan.get("productId"))]
+        current = next((ap for ap in same_product if active_at(ap, at)), None)
+        if current is not None and current.get("planId") == plan["id"]:
+            return Outcome("unchanged", f"already on {plan_code} at {firing.event_time} (account plan {current['id']})")
+        later = [ap for ap in same_product if ap is not current and ap.get("startDate")
+                 and parse_instant(ap["startDate"]) >= at]
+        if any(ap.get("planId") == plan["id"] for ap in later):
+            return Outcome("unchanged", f"{plan_code} already attached from {firing.event_time}")
+        if later:
+            ap = min(later, key=lambda a: parse_instant(a["startDate"]))
+            return Outcome("skipped", f"account already has account plan {ap['id']} (plan {ap.get('planId')}) "
+                                      f"starting {ap['startDate']}; not overlapping it")
+        body: dict[str, Any] = {"accountId": firing.account_id, "planId": plan["id"],
+                                "startDate": firing.event_time}
+        ended = ""
+        if current is not None:
+            old_end = current.get("endDate")
+            if old_end and parse_instant(old_end) > at:
+                body["endDate"] = old_end
+            if current.get("contractId"):
+                body["contractId"] = current["contractId"]
+            self.hook.update("accountplans", current["id"], {"endDate": firing.event_time}, current=current)
+            ended = f"ended account plan {current['id']} (plan {current.get('planId')}) at {firing.event_time}; "
+        created = self.hook.create("accountplans", body)
+        return Outcome("done", f"{ended}attached {plan_code} as account plan {created.get('id')}")
+
+    # -- balances -----------------------------------------------------------------------------
+    def adjust_balance(self, firing: Firing, *, reset_to: float | None = None,
+                       top_up: float | None = None) -> Outcome:
+        kind = "reset" if reset_to is not None else "top_up"
+        balance = self.target_balance(firing)
+        if balance is None:
+            return Outcome("skipped", f"account {firing.account_code or firing.account_id} has no active balance")
+        note = marker(firing, kind)
+        done = [t for t in self.hook.iter_entities(f"balances/{balance['id']}/transactions", page_size=200)
+                if t.get("description") == note]
+        if done:
+            return Outcome("unchanged", f"{kind} already applied to balance {balance['id']} "
+                                        f"(transaction {done[0].get('id')})")
+        amount = float(balance.get("amount") or 0.0)
+        delta = round((reset_to - amount) if reset_to is not None else float(top_up or 0.0), 6)
+        if abs(delta) < 1e-9:
+            return Outcome("unchanged", f"balance {balance['id']} is already {amount:g}")
+        body: dict[str, Any] = {"amount": delta, "description": note}
+        type_code = TX_TYPE_TOP_UP if kind == "top_up" else TX_TYPE_CREDIT
+        type_id = self.tx_type(type_code) if delta > 0 else None
+        if type_id:
+            body["transactionTypeId"] = type_id
+        tx = self.hook.post(f"balances/{balance['id']}/transactions", body)
+        return Outcome("done", f"balance {balance['id']}: {amount:g} -> {amount + delta:g} (transaction "
+                               f"{(tx or {}).get('id')})")
+
+    # -- custom fields ------------------------------------------------------------------------
+    def set_custom_fields(self, firing: Firing, fields: dict[str, Any], on: str) -> Outcome:
+        if on == "accountplan":
+            now = dt.datetime.now(dt.UTC)
+            at = max(now, parse_instant(firing.event_time)) if firing.entity == "contract" else now
+            plans = [ap for ap in self.account_plans(firing.account_id) if active_at(ap, at)]
+            if not plans:
+                return Outcome("skipped", f"account {firing.account_code} has no account plan active at {at:%Y-%m-%d}")
+            target, path = plans[0], "accountplans"
+        else:
+            target, path = self.hook.get("accounts", firing.account_id), "accounts"
+        current = target.get("customFields") or {}
+        diff = {k: v for k, v in fields.items() if current.get(k) != v}
+        if not diff:
+            return Outcome("unchanged", f"{path} {target['id']} custom fields already {fields}")
+        self.hook.update(path, target["id"], {"customFields": diff}, current=target)
+        return Outcome("done", f"{path} {target['id']} custom fields set: {diff}")
+
+    # -- CRM ----------------------------------------------------------------------------------
+    def crm_records(self, account_id: str) -> list[tuple[str, str]]:
+        """``(system, record id)`` for every CRM record mapped to the account."""
+        out = []
+        for m in self.hook.iter_entities(f"externalmappings/external/Account/{account_id}", page_size=200):
+            system = str(m.get("externalSystem", "")).lower()
+            if CRM_TABLES.get(system) == m.get("externalTable"):
+                out.append((system, str(m["externalId"])))
+        return sorted(set(out))
+
+    def _crm_conn(self, system: str) -> str | None:
+        return next((s.conn_id for s in self.cfg.crm.sources if s.type == system and s.enabled), None)
+
+    def update_crm_fields(self, firing: Firing, fields: dict[str, str]) -> Outcome:
+        records = self.crm_records(firing.account_id)
+        if not records:
+            return Outcome("skipped", f"account {firing.account_code or firing.account_id} has no external mapping "
+                                      "to a Salesforce Account or HubSpot company (run m3sh_crm_sync first)")
+        notes, changed = [], False
+        for system, record_id in records:
+            wanted = {k.split(".", 1)[1] if "." in k else k: v for k, v in fields.items()
+                      if "." not in k or k.split(".", 1)[0] == system}
+            if not wanted:
+                continue
+            conn_id = self._crm_conn(system)
+            if conn_id is None:
+                notes.append(f"{system} {record_id}: no enabled {system} source in crm.sources; skipped")
+                continue
+            diff = self._crm_write(system, conn_id, record_id, wanted)
+            changed = changed or bool(diff)
+            what = f"set {sorted(diff)}" if diff else "unchanged"
+            notes.append(f"{system} {CRM_TABLES[system]} {record_id}: {what}")
+        return Outcome("done" if changed else "unchanged", "; ".join(notes) or "no field targets these CRMs")
+
+    def _crm_write(self, system: str, conn_id: str, record_id: str, wanted: dict[str, str]) -> dict[str, str]:
+        if system == "salesforce":
+            from m3sh.hooks.salesforce import SalesforceSync
+
+            sf = SalesforceSync(conn_id=conn_id)
+            current = sf.get_record("Account", record_id, fields=list(wanted))
+            diff = {k: v for k, v in wanted.items() if current.get(k) != v}
+            if diff:
+                sf.update_record("Account", record_id, diff)
+            return diff
+        from m3sh.hooks.hubspot import HubSpotError, HubSpotHook
+
+        hs = HubSpotHook(hubspot_conn_id=conn_id)
+        current = (hs.get_object("companies", record_id, properties=list(wanted)).get("properties") or {})
+        diff = {k: v for k, v in wanted.items() if current.get(k) != v}
+        if diff:
+            result = hs.batch_update("companies", [{"id": record_id, "properties": diff}])
+            if not result.ok:
+                raise HubSpotError(f"HubSpot company {record_id}: update refused: {result.failed[0][1]}",
+                                   object_type="companies", object_id=record_id)
+        return diff
+
+    # -- notify -------------------------------------------------------------------------------
+    def notify(self, firing: Firing, notifier: str, rule: TriggerRule) -> Outcome:
+        from m3sh.notifiers.alerts import send
+
+        channel = next((n.model_dump() for n in self.cfg.alerting.notifiers if n.name == notifier), None)
+        if channel is None:
+            raise ValueError(f"notifier {notifier!r} is not in alerting.notifiers")
+        actions = [describe(a) for a in rule.actions if a.notify is None]
+        alert: dict[str, Any] = {
+                 "event": "trigger", "rule": firing.rule, "key": firing.key, "account": firing.account_code,
+                 "account_id": firing.account_id, "condition": firing.kind, "detail": firing.detail,
+                 "actions": actions,
+                 "dag_id": "m3sh_plan_triggers", "task_id": "apply_firings", "cause": firing.kind, "records": [],
+                 "run_id": None, "try_number": None, "map_index": -1, "log_url": None}
+        detail = ", ".join(f"{k}={v}" for k, v in firing.detail.items())
+        text = (f":zap: m3sh rule {firing.rule} fired for account {firing.account_code} ({firing.kind}: {detail})\n"
+                f"actions: {'; '.join(actions) or 'none'}")
+        send(channel, alert, text)
+        return Outcome("done", f"sent to {notifier} ({channel['type']})")
+
+
+# ------------------------------------------------------------------------------------ engine
+def plan_actions(firing: Firing, rule: TriggerRule, ledger_entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a dry run reports for one firing: would it act, and which actions."""
+    status = (ledger_entry or {}).get("status")
+    would_act = status not in ("done", "abandoned")
+    return {"key": firing.key, "rule": firing.rule, "account": firing.account_code,
+            "status": "would_fire" if would_act else f"already_{status}",
+            "actions": [describe(a) for a in rule.actions] if would_act else [], "detail": firing.detail}
+
+
+def apply_firing(firing: Firing, rule: TriggerRule, runner: ActionRunner, ledger: Ledger,
+                 run_id: str) -> dict[str, Any]:
+    """Claim the key, run the rule's remaining actions in order, record each outcome.
+
+    An action that fails stops the rule's later actions (they may depend on it, e.g. a reset after
+    a plan switch); the entry is ``failed`` and the next pass resumes from that action.
+    """
+    claim = ledger.claim(firing, run_id)
+    if not claim.acquired:
+        log.info("%s: not acting: %s", firing.key, claim.reason)
+        return {"key": firing.key, "rule": firing.rule, "account": firing.account_code, "status": "skipped",
+                "reason": claim.reason}
+    # Re-use the first claim's event time so a resumed plan switch lands on the same instant.
+    event_time = claim.entry.get("event_time") or firing.event_time
+    if event_time != firing.event_time:
+        firing = Firing.from_dict({**firing.to_dict(), "event_time": event_time})
+    finished = {a["index"]: a for a in claim.entry.get("actions", [])
+                if a["status"] in ("done", "unchanged", "skipped")}
+    results: list[dict[str, Any]] = []
+    error: str | None = None
+    for index, action in enumerate(rule.actions):
+        if index in finished:
+            results.append(finished[index])
+            continue
+        try:
+            out = runner.run(firing, action, rule)
+        except Exception as exc:  # recorded per firing; one bad account never blocks the others
+            error = f"{action.kind}: {type(exc).__name__}: {str(exc)[:500]}"
+            out = Outcome("failed", error)
+            log.warning("%s: action %d (%s) failed: %s", firing.key, index, action.kind, error)
+        log.info("%s: action %d %s -> %s %s", firing.key, index, describe(action), out.status, out.detail)
+        record = {"index": index, "kind": action.kind, "status": out.status, "detail": out.detail,
+                  "at": dt.datetime.now(dt.UTC).isoformat()}
+        results.append(record)
+        claim.entry["actions"] = [*(a for a in claim.entry.get("actions", []) if a["index"] != index), record]
+        ledger.update(claim)
+        if out.status == "failed":
+            break
+    ledger.finish(claim, "failed" if error else "done", error)
+    return {"key": firing.key, "rule": firing.rule, "account": firing.account_code,
+            "status": "failed" if error else "fired", "error": error,
+            "actions": [f"{r['kind']}:{r['status']}" for r in results]}
+
+
+def summarize(outcomes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    outs = list(outcomes)
+    by_status: dict[str, int] = {}
+    for o in outs:
+        by_status[str(o.get("status"))] = by_status.get(str(o.get("status")), 0) + 1
+    return {"firings": len(outs), **by_status,
+            "failed_keys": [o["key"] for o in outs if o.get("status") == "failed"]}

@@ -1,0 +1,301 @@
+"""``m3sh demo``: the sandbox + ``airflow standalone`` + one run of each use case, in one command.
+
+What it starts, it stops: Ctrl-C (or SIGTERM) ends the standalone process group and the sandbox
+(unless the sandbox was already running before the demo, e.g. from ``m3sh sandbox up``). Running
+it again works: a previous demo's Airflow that was left behind (its pid is in
+``.airflow/m3sh-demo.json``) is stopped first, the sandbox is reset to the demo seed, and the SQLite
+metadata DB is reused.
+
+``--once`` is the non-interactive form for CI and tests: it waits for the triggered runs, prints
+each run's state and a result summary, stops everything and exits 0 only if every run succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+
+from m3sh.airflow_env import (
+    ADMIN_USER,
+    AirflowApi,
+    AirflowEnv,
+    AirflowEnvError,
+    existing_use_case_dags,
+    venv_bin,
+    write_task_config,
+)
+from m3sh.sandbox.runner import DEFAULT_PORT_BASE, Sandbox, SandboxEndpoints, SandboxError
+
+PID_FILE = "m3sh-demo.json"
+T = TypeVar("T")
+
+
+class _Stop(Exception):
+    """SIGTERM turned into an exception so the same clean-up runs as for Ctrl-C."""
+
+
+def _say(msg: str) -> None:
+    print(f"[m3sh demo] {msg}", flush=True)
+
+
+def _with_progress(label: str, fn: Callable[[], T], every_s: float = 5.0) -> T:
+    """Run ``fn`` in a thread and print a line every few seconds, so no wait is silent."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    t0 = time.monotonic()
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    while th.is_alive():
+        th.join(every_s)
+        if th.is_alive():
+            _say(f"{label}: still working ({time.monotonic() - t0:.0f}s)")
+    if "error" in result:
+        raise result["error"]
+    _say(f"{label}: done ({time.monotonic() - t0:.1f}s)")
+    return result["value"]  # type: ignore[no-any-return]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_group(pgid: int, proc: subprocess.Popen[bytes] | None = None, grace_s: float = 20.0) -> None:
+    """Stop the standalone process group the way Ctrl-C in its terminal would, then harder.
+
+    SIGINT goes to the standalone parent only: it then terminates each component, and the
+    scheduler shuts its LocalExecutor workers down in order (about 3 s). SIGINT to the whole group
+    would hit those workers directly and leave the scheduler waiting for them until SIGKILL.
+    """
+    steps: list[tuple[Callable[[], None], float]] = [
+        (lambda: os.kill(pgid, signal.SIGINT), grace_s),
+        (lambda: os.killpg(pgid, signal.SIGTERM), 5.0),
+        (lambda: os.killpg(pgid, signal.SIGKILL), 2.0),
+    ]
+    for send, wait_s in steps:
+        with contextlib.suppress(ProcessLookupError):
+            send()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if proc is not None:
+                proc.poll()  # reap our child so a zombie does not count as alive
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.2)
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop_previous(home: Path) -> None:
+    """Stop an Airflow left behind by an earlier demo (killed terminal, kill -9); drop a stale pid file."""
+    path = home / PID_FILE
+    if not path.exists():
+        return
+    try:
+        pgid = int(json.loads(path.read_text()).get("standalone_pgid", 0))
+    except (ValueError, OSError):
+        pgid = 0
+    if pgid and _alive(pgid) and _is_airflow(pgid):
+        _say(f"stopping the Airflow of a previous demo (process group {pgid})")
+        _stop_group(pgid)
+    path.unlink(missing_ok=True)
+
+
+def _is_airflow(pid: int) -> bool:
+    """A recycled pid of an unrelated program must never be killed because of a stale pid file."""
+    try:
+        return b"airflow" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _summary(api: AirflowApi, runs: dict[str, str], endpoints: SandboxEndpoints) -> list[str]:
+    """A few lines of results: what each run reported and what landed in the m3ter emulator."""
+    lines: list[str] = []
+    xcom_tasks = {"m3sh_crm_sync": "sync_to_m3ter", "m3sh_usage_ingest": "summarize"}
+    for dag_id, run_id in runs.items():
+        task_id = xcom_tasks.get(dag_id)
+        if not task_id:
+            continue
+        try:
+            value = api.xcom(dag_id, run_id, task_id)
+        except AirflowEnvError:
+            continue
+        if isinstance(value, dict):
+            shown = value.get("counts", value)
+            if isinstance(shown, dict):
+                shown = {k: v for k, v in shown.items() if not isinstance(v, list | dict)}
+            lines.append(f"{dag_id}: {shown}")
+    try:
+        state = requests.get(f"{endpoints.url('m3ter')}/_sandbox/state", timeout=30).json()
+        usage = state.get("usage", {})
+        lines.append(f"m3ter sandbox: {len(state['entities'].get('accounts', []))} accounts, "
+                     f"{usage.get('uids', 0)} distinct measurements ({usage.get('duplicates', 0)} duplicate "
+                     f"re-sends de-duplicated by uid)")
+    except (requests.RequestException, KeyError, ValueError):
+        lines.append("m3ter sandbox: state not readable")
+    return lines
+
+
+def _guide(env: AirflowEnv, sandbox_dir: Path) -> list[str]:
+    return [
+        f"Airflow UI: {env.ui_url}   login: {ADMIN_USER} / {env.password}",
+        "What to look at:",
+        f"  * {env.ui_url}/dags?tags=m3sh - the m3sh DAGs; open a run's Graph and the task logs",
+        f"  * {env.ui_url}/dags/m3sh_usage_ingest - mapped ingest tasks, one per chunk of files",
+        "  * Trigger a DAG with params (play button -> 'Trigger with config'), e.g. dry_run",
+        f"  * sandbox connections and emulator logs: {sandbox_dir} (source env for the shell)",
+        f"  * Airflow logs: {env.home / 'standalone.log'}",
+    ]
+
+
+def run_demo(root: Path, port: int = 8080, once: bool = False) -> int:
+    """Start the demo; return the process exit code (see the module docstring)."""
+    t_start = time.monotonic()
+    root = root.resolve()
+    if not (root / "dags").is_dir():
+        _say(f"no dags/ folder in {root}: run from the m3sh checkout or pass --root")
+        return 2
+    if not (venv_bin() / "airflow").exists():
+        _say(f"airflow is not installed next to {venv_bin()}: run `make demo` (it bootstraps .venv)")
+        return 2
+    home = Path(os.environ.get("M3SH_DEMO_AIRFLOW_HOME") or root / ".airflow").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    port_base = int(os.environ.get("M3SH_SANDBOX_PORT_BASE") or DEFAULT_PORT_BASE)
+    endpoints = SandboxEndpoints(port_base=port_base)
+
+    _stop_previous(home)
+    if _port_in_use(port):
+        _say(f"port {port} is already in use (another Airflow?); stop it or pass --port")
+        return 2
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        raise _Stop
+
+    previous_handler = signal.signal(signal.SIGTERM, on_term)
+    sandbox = Sandbox(root, endpoints)
+    started_sandbox = False
+    proc: subprocess.Popen[bytes] | None = None
+    rc = 1
+    try:
+        started_sandbox = not sandbox.healthy()
+        _say(f"starting the sandbox (demo seed) on ports {port_base + 1}-{port_base + 7}"
+             if started_sandbox else "sandbox already running: resetting it to the demo seed")
+        _with_progress("sandbox", lambda: sandbox.up(seed="demo"))
+
+        today = dt.datetime.now(dt.UTC).date()
+        # --once: no scheduled runs at all (only ours); interactive: the hourly schedule starts today.
+        start = today + dt.timedelta(days=365) if once else today
+        cfg_path = write_task_config(home, Path(os.environ["M3SH_CONFIG"]) if os.environ.get("M3SH_CONFIG")
+                                     else None, start_date=start, ui_base_url=f"http://localhost:{port}")
+        env = AirflowEnv(root=root, home=home, port=port, sandbox=endpoints, config_path=cfg_path)
+        log_path = home / "standalone.log"
+        _say(f"starting Airflow standalone (AIRFLOW_HOME={home}, SQLite, LocalExecutor); log: {log_path}")
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([str(venv_bin() / "airflow"), "standalone"], stdout=log,
+                                    stderr=subprocess.STDOUT, env=env.env(), cwd=root, start_new_session=True)
+        (home / PID_FILE).write_text(json.dumps({"standalone_pgid": proc.pid, "demo_pid": os.getpid(),
+                                                 "port": port, "sandbox_port_base": port_base}))
+
+        def died() -> str | None:
+            if proc is not None and proc.poll() is not None:
+                return f"airflow standalone exited with {proc.returncode}; last log lines:\n{_tail(log_path)}"
+            return None
+
+        api = env.api(progress=_say)
+        api.wait_healthy(timeout_s=240, alive=died)
+        _say(f"Airflow UI is up: {env.ui_url}  (login {ADMIN_USER} / {env.password})")
+        use_cases = existing_use_case_dags(root)
+        api.wait_dags([d for d, _ in use_cases], timeout_s=180, alive=died)
+        for dag_id in sorted(api.dag_ids()):
+            api.unpause(dag_id)
+        _say(f"unpaused {len(api.dag_ids())} m3sh DAG(s)")
+
+        runs: dict[str, str] = {}
+        first, *rest = use_cases
+        runs[first[0]] = api.trigger(first[0], first[1], note="m3sh demo")
+        _say(f"triggered {first[0]} {first[1]}: accounts from the CRMs into m3ter first, the others need them")
+        states = api.wait_runs({first[0]: runs[first[0]]}, timeout_s=600)
+        _say(f"{first[0]}: {states[first[0]]}")
+        for dag_id, conf in rest:
+            runs[dag_id] = api.trigger(dag_id, conf, note="m3sh demo")
+            _say(f"triggered {dag_id} {conf}")
+        states.update(api.wait_runs({d: runs[d] for d, _ in rest}, timeout_s=900) if rest else {})
+
+        _say("results:")
+        for dag_id, state in states.items():
+            _say(f"  {dag_id:<22} {state:<8} run {runs[dag_id]}")
+        for line in _summary(api, runs, endpoints):
+            _say(f"  {line}")
+        failed_tis = {d: [f"{t['task_id']}[{t['map_index']}]" if t.get("map_index", -1) >= 0 else t["task_id"]
+                          for t in api.task_instances(d, r) if t.get("state") in ("failed", "upstream_failed")]
+                      for d, r in runs.items()}
+        for dag_id, tis in failed_tis.items():
+            if tis:
+                _say(f"  {dag_id}: failed task(s) {', '.join(tis)} (see their logs in the UI)")
+        ok = all(s == "success" for s in states.values()) and not any(failed_tis.values())
+        if once:
+            _say(f"demo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - t_start:.0f}s; stopping")
+            return 0 if ok else 1
+        for line in _guide(env, sandbox.dir):
+            _say(line)
+        _say("Ctrl-C stops Airflow and the sandbox.")
+        while proc.poll() is None:
+            time.sleep(1)
+        _say(f"airflow standalone exited with {proc.returncode}; last log lines:\n{_tail(log_path)}")
+        rc = proc.returncode or 1
+    except (KeyboardInterrupt, _Stop):
+        _say("stopping ...")
+        rc = 0 if not once else 130
+    except (AirflowEnvError, SandboxError) as exc:
+        _say(f"failed: {exc}")
+        rc = 1
+    finally:
+        if proc is not None:
+            pgid, child = proc.pid, proc
+            _with_progress("stopping Airflow", lambda: _stop_group(pgid, child))
+        (home / PID_FILE).unlink(missing_ok=True)
+        if started_sandbox:
+            sandbox.down(quiet=True)
+            _say("sandbox stopped")
+        signal.signal(signal.SIGTERM, previous_handler)
+    return rc

@@ -1,0 +1,351 @@
+"""The m3ter notification webhook receiver, mounted in the Airflow api-server by the m3sh plugin.
+
+``POST /m3sh/webhooks/m3ter`` (prefix from the plugin): verify the signature, reject stale and
+replayed deliveries with **401**, then record an Airflow **asset event** on
+``m3sh://m3ter/notifications``; ``m3sh_plan_triggers`` is scheduled on that asset (or every 5
+minutes), so the scheduler starts a run within seconds.
+
+Signature scheme (an **assumption**: m3ter's ``M3TER_SIGNED_REQUEST`` scheme is not public; this
+matches the sandbox emulator and is configurable through the connection's extras):
+
+* ``X-m3ter-Signature``: hex HMAC-SHA256 of ``timestamp + "." + raw body`` with the secret;
+* ``X-m3ter-Timestamp``: unix seconds, accepted within ``tolerance_s`` (300) of the server clock;
+* ``X-m3ter-Event-Id``: the event id, accepted once (replay protection).
+
+Secret and scheme come from the Airflow connection ``m3ter_webhook`` (password = secret; extras
+``signature_header``, ``timestamp_header``, ``event_id_header``, ``algorithm`` (sha256|sha512),
+``tolerance_s``), or, without that connection, the Airflow variable ``m3sh_webhook_secret``.
+
+Replay protection: one S3 object per event id, created with ``If-None-Match: *`` (atomic; shared by
+every api-server using the same bucket) behind an in-process cache. Limits: if S3 is unreachable
+the receiver answers 503 (m3ter retries) rather than accept unguarded; a replay needs a valid
+signature *and* a fresh timestamp, so the window an attacker has is ``tolerance_s``; markers are
+never deleted automatically (add an S3 lifecycle rule on ``<prefix>webhooks/seen/``). Even a
+duplicate that got through would only start another evaluation pass: the trigger ledger keeps
+actions exactly once.
+
+Asset events are recorded in process through Airflow's asset manager (the same call the public
+``POST /api/v2/assets/events`` endpoint makes; the plugin runs inside the api-server, which owns
+the metadata DB). Set an ``m3sh_airflow_api`` connection (host = api-server URL, login/password)
+to go through the public REST API with a token instead (e.g. when the receiver runs elsewhere).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+ASSET_URI = "m3sh://m3ter/notifications"
+WEBHOOK_CONN_ID = "m3ter_webhook"
+SECRET_VARIABLE = "m3sh_webhook_secret"  # noqa: S105 - a variable name, not a secret
+API_CONN_ID = "m3sh_airflow_api"
+_ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+
+
+# ------------------------------------------------------------------------------ signature scheme
+@dataclass(frozen=True)
+class WebhookScheme:
+    signature_header: str = "X-m3ter-Signature"
+    timestamp_header: str = "X-m3ter-Timestamp"
+    event_id_header: str = "X-m3ter-Event-Id"
+    algorithm: str = "sha256"
+    tolerance_s: float = 300.0
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> WebhookScheme:
+        known = {k: extra[k] for k in ("signature_header", "timestamp_header", "event_id_header", "algorithm")
+                 if extra.get(k)}
+        if "tolerance_s" in extra:
+            known["tolerance_s"] = float(extra["tolerance_s"])
+        scheme = cls(**known)
+        if scheme.algorithm not in _ALGORITHMS:
+            raise ValueError(f"connection {WEBHOOK_CONN_ID}: algorithm must be one of {sorted(_ALGORITHMS)}")
+        return scheme
+
+    def sign(self, secret: str, timestamp: str, body: bytes) -> str:
+        return hmac.new(secret.encode(), timestamp.encode() + b"." + body, _ALGORITHMS[self.algorithm]).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    secret: str = field(repr=False)
+    scheme: WebhookScheme = WebhookScheme()
+
+
+class Rejected(Exception):
+    """A delivery the receiver refuses with 401; the message is safe to return (no secrets)."""
+
+
+def verify(headers: Any, body: bytes, settings: ReceiverSettings, now: float | None = None) -> str:
+    """Check signature and freshness; return the event id. Raises :class:`Rejected`."""
+    s = settings.scheme
+    signature, stamp, event_id = (headers.get(s.signature_header), headers.get(s.timestamp_header),
+                                  headers.get(s.event_id_header))
+    if not signature or not stamp or not event_id:
+        raise Rejected("missing signature, timestamp or event id header")
+    try:
+        sent = float(stamp)
+    except ValueError:
+        raise Rejected("timestamp is not unix seconds") from None
+    expected = s.sign(settings.secret, stamp, body)
+    if not hmac.compare_digest(expected, signature.strip().lower()):
+        raise Rejected("signature mismatch")
+    if abs((now or time.time()) - sent) > s.tolerance_s:
+        raise Rejected(f"stale delivery (timestamp more than {s.tolerance_s:g}s from now)")
+    return str(event_id)
+
+
+def load_settings(conn_id: str = WEBHOOK_CONN_ID) -> ReceiverSettings:
+    """Secret + scheme from the Airflow connection, else the secret from the variable."""
+    conn = _get_connection(conn_id)
+    if conn is not None and conn.password:
+        return ReceiverSettings(secret=str(conn.password), scheme=WebhookScheme.from_extra(conn.extra_dejson or {}))
+    try:
+        from airflow.models.variable import Variable
+
+        secret = Variable.get(SECRET_VARIABLE, default_var=None)
+    except Exception:
+        secret = None
+    if not secret:
+        raise RuntimeError(f"no webhook secret: set the password of connection {conn_id!r} "
+                           f"or the variable {SECRET_VARIABLE!r}")
+    return ReceiverSettings(secret=str(secret))
+
+
+def _get_connection(conn_id: str) -> Any:
+    """Server-side lookup (env vars, secrets backends, metadata DB); None when it doesn't exist."""
+    try:
+        from airflow.models.connection import Connection
+
+        return Connection.get_connection_from_secrets(conn_id)
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------- replay protection
+class ReplayGuard(Protocol):
+    def first_time(self, event_id: str) -> bool: ...
+
+    def forget(self, event_id: str) -> None: ...
+
+
+class MemoryReplayGuard:
+    """Event ids seen by this process (bounded); enough alone only for a single, never-restarted server."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.size = size
+
+    def first_time(self, event_id: str) -> bool:
+        with self._lock:
+            if event_id in self._seen:
+                return False
+            self._seen[event_id] = None
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+            return True
+
+    def forget(self, event_id: str) -> None:
+        with self._lock:
+            self._seen.pop(event_id, None)
+
+
+class S3ReplayGuard:
+    """Durable: one marker object per event id, created atomically with ``If-None-Match: *``."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+        self.memory = MemoryReplayGuard()
+
+    def _key(self, event_id: str) -> str:
+        return str(self.storage.key("webhooks", "seen", hashlib.sha256(event_id.encode()).hexdigest() + ".json"))
+
+    def first_time(self, event_id: str) -> bool:
+        if not self.memory.first_time(event_id):
+            return False
+        body = json.dumps({"event_id": event_id, "received_at": time.time()}).encode()
+        try:
+            self.storage.client.put_object(Bucket=self.storage.bucket, Key=self._key(event_id), Body=body,
+                                           IfNoneMatch="*", ContentType="application/json")
+        except Exception as exc:
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                return False
+            self.memory.forget(event_id)
+            raise
+        return True
+
+    def forget(self, event_id: str) -> None:
+        self.memory.forget(event_id)
+        try:
+            self.storage.delete(self._key(event_id))
+        except Exception:  # best effort: a leftover marker only blocks m3ter's retry of this event
+            log.warning("could not delete replay marker for event %s", event_id)
+
+
+# --------------------------------------------------------------------------- asset event recorders
+class AssetRecorder(Protocol):
+    def record(self, uri: str, extra: dict[str, Any]) -> None: ...
+
+
+class InProcessAssetRecorder:
+    """Records the event through Airflow's asset manager, as ``POST /api/v2/assets/events`` does."""
+
+    def record(self, uri: str, extra: dict[str, Any]) -> None:
+        from airflow.assets.manager import asset_manager
+        from airflow.models.asset import AssetActive, AssetModel
+        from airflow.utils import timezone  # type: ignore[attr-defined]
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            asset = session.scalar(
+                select(AssetModel).join(AssetActive, (AssetActive.name == AssetModel.name)
+                                        & (AssetActive.uri == AssetModel.uri))
+                .where(AssetModel.uri == uri).limit(1))
+            if asset is None:
+                raise LookupError(f"asset {uri} is not registered (is the m3sh_plan_triggers DAG parsed?)")
+            event = asset_manager.register_asset_change(asset=asset, timestamp=timezone.utcnow(), extra=extra,
+                                                        source_is_api=True, session=session)
+            if event is None:
+                raise LookupError(f"asset {uri}: Airflow did not record the event")
+
+
+class RestAssetRecorder:
+    """Records the event through the public REST API (``/auth/token`` then ``/api/v2/assets/events``)."""
+
+    def __init__(self, conn_id: str = API_CONN_ID, timeout_s: float = 10.0) -> None:
+        self.conn_id = conn_id
+        self.timeout_s = timeout_s
+        self._token: tuple[str, float] | None = None
+        self._asset_ids: dict[str, int] = {}
+
+    def _base(self) -> tuple[str, Any]:
+        conn = _get_connection(self.conn_id)
+        if conn is None or not conn.host:
+            raise RuntimeError(f"connection {self.conn_id!r} (Airflow api-server URL + user) is not set")
+        host = str(conn.host)
+        if "://" not in host:
+            host = f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")
+        return host.rstrip("/"), conn
+
+    def _auth(self, base: str, conn: Any) -> dict[str, str]:
+        import requests
+
+        if self._token is None or self._token[1] < time.time():
+            r = requests.post(f"{base}/auth/token", json={"username": conn.login, "password": conn.password},
+                              timeout=self.timeout_s)
+            r.raise_for_status()
+            self._token = (str(r.json()["access_token"]), time.time() + 3000)
+        return {"Authorization": f"Bearer {self._token[0]}"}
+
+    def record(self, uri: str, extra: dict[str, Any]) -> None:
+        import requests
+
+        base, conn = self._base()
+        headers = self._auth(base, conn)
+        if uri not in self._asset_ids:
+            r = requests.get(f"{base}/api/v2/assets", params={"uri_pattern": uri, "limit": "10"}, headers=headers,
+                             timeout=self.timeout_s)
+            r.raise_for_status()
+            match = [a for a in r.json().get("assets", []) if a.get("uri") == uri]
+            if not match:
+                raise LookupError(f"asset {uri} is not registered in Airflow")
+            self._asset_ids[uri] = int(match[0]["id"])
+        r = requests.post(f"{base}/api/v2/assets/events", json={"asset_id": self._asset_ids[uri], "extra": extra},
+                          headers=headers, timeout=self.timeout_s)
+        r.raise_for_status()
+
+
+def default_recorder() -> AssetRecorder:
+    return RestAssetRecorder() if _get_connection(API_CONN_ID) is not None else InProcessAssetRecorder()
+
+
+def default_replay_guard() -> ReplayGuard:
+    from m3sh.config import get_config
+    from m3sh.storage import Storage
+
+    return S3ReplayGuard(Storage.from_config(get_config().storage))
+
+
+# ------------------------------------------------------------------------------------------ app
+def _event_extra(event_id: str, body: bytes) -> dict[str, Any]:
+    """Small, secret-free facts for the asset event (the DAG re-reads state from m3ter anyway)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = {}
+    m3ter_event = payload.get("m3terEvent") or {} if isinstance(payload, dict) else {}
+    data = m3ter_event.get("eventData") or {}
+    dto = data.get("newDto") or data.get("oldDto") or {}
+    return {"event_id": event_id, "event_name": payload.get("eventName") if isinstance(payload, dict) else None,
+            "notification": (m3ter_event.get("notification") or {}).get("code"),
+            "account_id": dto.get("accountId"), "entity_id": dto.get("id")}
+
+
+def create_app(settings: Callable[[], ReceiverSettings] | None = None, recorder: AssetRecorder | None = None,
+               replay: ReplayGuard | None = None, asset_uri: str = ASSET_URI) -> FastAPI:
+    """The receiver app; every dependency is created lazily at the first delivery (plugin import stays cheap)."""
+    app = FastAPI(title="m3sh webhook receiver", docs_url=None, redoc_url=None, openapi_url=None)
+    state: dict[str, Any] = {"settings": None, "settings_at": 0.0, "recorder": recorder, "replay": replay}
+    settings_ttl_s = 60.0
+
+    def current_settings() -> ReceiverSettings:
+        if state["settings"] is None or time.time() - state["settings_at"] > settings_ttl_s:
+            state["settings"] = (settings or load_settings)()
+            state["settings_at"] = time.time()
+        return state["settings"]  # type: ignore[no-any-return]
+
+    @app.get("/webhooks/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "asset": asset_uri}
+
+    @app.post("/webhooks/m3ter")
+    async def m3ter_webhook(request: Request) -> JSONResponse:
+        body = await request.body()
+        try:
+            cfg = current_settings()
+        except Exception as exc:
+            log.error("webhook receiver is not configured: %s", exc)
+            return JSONResponse({"detail": "receiver not configured"}, status_code=503)
+        try:
+            event_id = verify(request.headers, body, cfg)
+        except Rejected as exc:
+            log.warning("m3ter webhook rejected: %s", exc)
+            return JSONResponse({"detail": f"rejected: {exc}"}, status_code=401)
+        guard: ReplayGuard = state["replay"] or default_replay_guard()
+        state["replay"] = guard
+        try:
+            fresh = guard.first_time(event_id)
+        except Exception as exc:
+            log.error("replay store unavailable (%s); refusing event %s so m3ter retries", type(exc).__name__, event_id)
+            return JSONResponse({"detail": "replay store unavailable"}, status_code=503)
+        if not fresh:
+            log.warning("m3ter webhook rejected: event %s was already received (replay)", event_id)
+            return JSONResponse({"detail": "rejected: replayed event"}, status_code=401)
+        rec: AssetRecorder = state["recorder"] or default_recorder()
+        state["recorder"] = rec
+        extra = _event_extra(event_id, body)
+        try:
+            rec.record(asset_uri, extra)
+        except Exception as exc:
+            guard.forget(event_id)  # let m3ter's retry through
+            log.error("could not record the asset event for m3ter event %s: %s", event_id, exc)
+            return JSONResponse({"detail": "could not record the event"}, status_code=503)
+        log.info("m3ter event %s accepted -> asset event on %s", event_id, asset_uri)
+        return JSONResponse({"status": "accepted", "event_id": event_id}, status_code=202)
+
+    return app

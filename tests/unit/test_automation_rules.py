@@ -1,0 +1,108 @@
+"""Pure rule evaluation: thresholds, crossings, periods, contract windows and deterministic keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from m3sh.automation import rules as R
+from m3sh.config import TriggerRule
+
+NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+
+
+def rule(when: dict[str, Any], name: str = "r", **extra: Any) -> TriggerRule:
+    return TriggerRule.model_validate({"name": name, "when": when, "actions": [{"reset_balance_to": 0}], **extra})
+
+
+def bal(bid: str, amount: float, **extra: Any) -> dict[str, Any]:
+    return {"id": bid, "accountId": f"acc-{bid}", "code": f"prepaid-{bid}", "amount": amount,
+            "startDate": "2026-01-01T00:00:00Z", "endDate": "2027-01-01T00:00:00Z", "version": 3, **extra}
+
+
+def test_absolute_threshold_fires_below_only_and_key_names_the_crossing() -> None:
+    r = rule({"balance_below": {"amount": 100}})
+    balances = [bal("a", 99.99), bal("b", 100), bal("c", 5, endDate="2026-11-01T00:00:00Z")]  # c has expired
+    cands = R.balance_candidates(r, balances, NOW)
+    assert [b["id"] for b in cands] == ["a"]
+    (f,) = R.balance_firings(r, cands, {"a": 1000.0}, NOW)
+    assert f.key == "r|acc-a|balance:a|credits=1000"
+    assert f.detail["threshold"] == 100 and f.event_time == "2026-11-20T12:00:00Z"
+
+
+def test_key_is_stable_across_passes_and_changes_with_a_top_up() -> None:
+    r = rule({"balance_below": {"amount": 100}})
+    first = R.balance_firings(r, [bal("a", 40)], {"a": 500.0}, NOW)[0].key
+    later = R.balance_firings(r, [bal("a", 0)], {"a": 500.0}, NOW + dt.timedelta(hours=3))[0].key
+    after_top_up = R.balance_firings(r, [bal("a", 10)], {"a": 1500.0}, NOW)[0].key
+    assert first == later != after_top_up
+
+
+def test_percent_of_original_needs_the_credit_and_uses_it() -> None:
+    r = rule({"balance_below": {"percent_of_original": 10}})
+    cands = R.balance_candidates(r, [bal("a", 90), bal("b", 110)], NOW)
+    assert len(cands) == 2  # every in-scope balance: the threshold depends on its credit
+    fired = R.balance_firings(r, cands, {"a": 1000.0, "b": 1000.0}, NOW)
+    assert [f.entity_id for f in fired] == ["a"]
+    assert R.balance_firings(r, cands, {}, NOW) == []  # unknown original: never guess
+
+
+def test_balance_code_and_product_filters() -> None:
+    r = rule({"balance_below": {"amount": 100, "balance_codes": ["prepaid-a*"], "product_codes": ["api"]}})
+    balances = [bal("a1", 1, productIds=["p-api"]), bal("a2", 1, productIds=["p-other"]), bal("a3", 1),
+                bal("b1", 1)]
+    assert [b["id"] for b in R.balance_candidates(r, balances, NOW, {"p-api"})] == ["a1", "a3"]
+
+
+def test_usage_over_limit_per_account_and_period() -> None:
+    r = rule({"usage_over_limit": {"meter": "api_calls", "limit": 1000}})
+    body = R.usage_query_body(r, "m-1", NOW)
+    assert body["startDate"] == "2026-11-01T00:00:00Z" and body["endDate"] == "2026-12-01T00:00:00Z"
+    assert body["groups"] == [{"groupType": "ACCOUNT"}] and body["aggregations"][0]["function"] == "SUM"
+    rows = [{"accountId": "x", "accountCode": "xco", "quantity_sum": 1001},
+            {"accountId": "y", "accountCode": "yco", "quantity_sum": 1000}]
+    (f,) = R.usage_firings(r, rows, NOW)
+    assert f.key == "r|x|meter:api_calls|period=2026-11" and f.account_code == "xco"
+
+
+def test_billing_period_wraps_december() -> None:
+    assert R.billing_period(dt.datetime(2026, 12, 31, tzinfo=dt.UTC))[1] == dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+
+
+def test_contract_windows_renewals_and_event_time() -> None:
+    ending = rule({"contract_ending_within_days": 30})
+    ended = rule({"contract_ended": True}, name="e")
+    contracts = [
+        {"id": "c1", "accountId": "a1", "startDate": "2025-01-01", "endDate": "2026-11-30"},  # 10 days left
+        {"id": "c2", "accountId": "a2", "startDate": "2025-01-01", "endDate": "2027-03-01"},  # too far
+        {"id": "c3", "accountId": "a3", "startDate": "2025-01-01", "endDate": "2026-11-10"},  # ended
+        {"id": "c4", "accountId": "a4", "startDate": "2025-01-01", "endDate": "2026-11-25"},  # renewed already
+        {"id": "c5", "accountId": "a4", "startDate": "2026-11-26", "endDate": "2027-11-25"},
+    ]
+    (f,) = R.contract_firings(ending, contracts, NOW)
+    assert f.key == "r|a1|contract:c1|end=2026-11-30"
+    assert f.event_time == "2026-12-01T00:00:00Z" and f.detail["days_left"] == 10
+    assert [x.entity_id for x in R.contract_firings(ended, contracts, NOW)] == ["c3"]
+
+
+def test_select_rules_and_account_filters() -> None:
+    rules = [rule({"balance_below": {"amount": 1}}, name="a", accounts=["acme"]),
+             rule({"contract_ended": True}, name="b"), rule({"contract_ended": True}, name="c", enabled=False)]
+    assert [r.name for r in R.select_rules(rules)] == ["a", "b"]
+    assert [r.name for r in R.select_rules(rules, kinds=["balance_below"])] == ["a"]
+    with pytest.raises(ValueError, match="unknown trigger rule"):
+        R.select_rules(rules, ["zzz"])
+    f1 = R.Firing("a", "balance_below", "1", "balance", "b", "x", "t", "acme")
+    f2 = R.Firing("a", "balance_below", "2", "balance", "b", "x", "t", "other")
+    f3 = R.Firing("b", "contract_ended", "2", "contract", "c", "x", "t", "other")
+    by_name = {r.name: r for r in rules}
+    assert R.filter_accounts([f1, f2, f3], by_name) == [f1, f3]
+    assert R.filter_accounts([f1, f2, f3], by_name, ["other"]) == [f3]
+    assert R.Firing.from_dict(f1.to_dict()) == f1 and R.dedupe([f1, f1, f3]) == [f1, f3]
+
+
+def test_action_needs_exactly_one_kind() -> None:
+    with pytest.raises(ValueError, match="exactly one kind"):
+        TriggerRule.model_validate({"name": "x", "when": {"contract_ended": True},
+                                    "actions": [{"switch_plan": "a", "reset_balance_to": 0}]})
