@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import requests
+
 from m3sh.sandbox import credentials as cred
 from m3sh.sandbox import seed
 from m3sh.sandbox.runner import PORT_OFFSETS, Sandbox, SandboxEndpoints

@@ -20,6 +20,7 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 import pytest  # noqa: E402
 import requests  # noqa: E402
+
 from m3sh.sandbox.runner import Sandbox, SandboxEndpoints  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -133,10 +133,8 @@ class Stack:
         for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            try:  # whatever is left of the group (task processes, pool children)
+            with contextlib.suppress(ProcessLookupError):  # what is left of the group (pool, tasks)
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture(scope="module")

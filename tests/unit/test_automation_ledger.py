@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from m3sh.automation.actions import Outcome, apply_firing, plan_actions
 from m3sh.automation.ledger import Ledger
 from m3sh.automation.rules import Firing

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+
 from m3sh.automation import rules as R
 from m3sh.config import TriggerRule
 

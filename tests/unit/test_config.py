@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from m3sh.config import DEFAULT_CONFIG_PATH, load_config, parse_config
 from m3sh.config_reference import render_reference
 from m3sh.exceptions import ConfigError

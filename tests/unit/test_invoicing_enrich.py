@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+
 from m3sh.config import InvoicingConfig, parse_config
 from m3sh.invoicing.enrich import Enricher, crm_link, enrich_bill
 from m3sh.invoicing.models import CrmInfo, EnrichmentError

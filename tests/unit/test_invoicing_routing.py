@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+
 from m3sh.config import parse_config
 from m3sh.invoicing.models import BillLine, EnrichedBill
 from m3sh.invoicing.routing import route_bill

@@ -12,6 +12,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+
 from m3sh.automation.rules import Firing
 from m3sh.config import TriggerRule
 from m3sh.triggers.m3ter import (
@@ -109,6 +110,7 @@ def test_contract_end_trigger_against_the_sandbox(fresh_sandbox: Any) -> None:
 @pytest.mark.sandbox
 def test_sensor_defers_to_its_trigger_when_nothing_fires_yet(sandbox: Any) -> None:
     from airflow.sdk.exceptions import TaskDeferred
+
     from m3sh.sensors.m3ter import M3terBalanceSensor
 
     sandbox.reset("demo")
@@ -127,6 +129,7 @@ def test_sensor_defers_to_its_trigger_when_nothing_fires_yet(sandbox: Any) -> No
 @pytest.mark.sandbox
 def test_sensor_poke_mode_fallback_and_execute_complete(sandbox: Any) -> None:
     from airflow.sdk.exceptions import AirflowException
+
     from m3sh.hooks.m3ter import M3terHook
     from m3sh.sensors.m3ter import M3terBalanceSensor
 

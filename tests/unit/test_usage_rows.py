@@ -8,6 +8,7 @@ import io
 import json
 
 import pytest
+
 from m3sh.config import MeterDefinition, UsageFeed
 from m3sh.exceptions import InvalidRecord
 from m3sh.hooks.m3ter import MAX_BATCH_BYTES, measurement_batches

@@ -64,7 +64,8 @@ def test_full_sync_then_rerun_writes_nothing(crm_env: Any) -> None:
     assert set(accounts) == {c.key for c in company.customers}
     both = [c for c in company.customers if c.crm == "both"]
     sources = {c.key: accounts[c.key]["customFields"].get("crm_source") for c in both}
-    assert both and all(v == "hubspot,salesforce" for v in sources.values()), {k: v for k, v in sources.items() if v != "hubspot,salesforce"}
+    wrong = {k: v for k, v in sources.items() if v != "hubspot,salesforce"}
+    assert both and not wrong, wrong
     # pre-existing prepaid accounts kept their identity (m3ter owns it) and were linked, not duplicated
     prepaid = [c for c in company.customers if c.in_m3ter]
     assert all(accounts[c.key]["emailAddress"] == c.email for c in prepaid)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from m3sh.sandbox.seed import demo_company
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from m3sh.sandbox.aws_seed import s3_client
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from m3sh.hooks.hubspot import BatchResult, HubSpotError, HubSpotHook, HubSpotRetryableError
 from m3sh.sandbox import credentials
 from m3sh.sandbox.seed import demo_company

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from m3sh.hooks.netsuite import NetSuiteError, NetSuiteHook
 from m3sh.sandbox.credentials import NETSUITE
 from m3sh.sandbox.seed import NETSUITE_ITEMS

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
+
 from m3sh.exceptions import ExternalApiError, RetryableError
 from m3sh.hooks.salesforce import (
     SalesforceAuthError,

@@ -20,9 +20,10 @@ from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
 from hubspot.crm.deals.exceptions import ApiException as DealsApiException
 from hubspot.crm.properties import PropertyCreate
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
+from urllib3.util import Retry
+
 from m3sh.sandbox import credentials
 from m3sh.sandbox.seed import demo_company
-from urllib3.util import Retry
 
 pytestmark = pytest.mark.sandbox
 

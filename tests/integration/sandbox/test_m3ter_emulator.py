@@ -22,6 +22,7 @@ from typing import Any
 import m3ter
 import pytest
 import requests
+
 from m3sh.sandbox import credentials as cred
 from m3sh.sandbox import seed
 

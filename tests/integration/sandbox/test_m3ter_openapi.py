@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+
 from m3sh.sandbox import credentials as cred
 
 pytestmark = pytest.mark.sandbox

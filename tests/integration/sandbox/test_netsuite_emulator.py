@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import requests
+from requests_oauthlib import OAuth1
+
 from m3sh.sandbox.credentials import NETSUITE, NetSuiteCredentials
 from m3sh.sandbox.seed import NETSUITE_ITEMS
-from requests_oauthlib import OAuth1
 
 pytestmark = pytest.mark.sandbox
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 import requests
+from simple_salesforce import exceptions as sf_exc
+
 from m3sh.hooks.salesforce import salesforce_hook
 from m3sh.sandbox import credentials as cred
 from m3sh.sandbox.seed import PLANS, demo_company
-from simple_salesforce import exceptions as sf_exc
 
 pytestmark = pytest.mark.sandbox
 
