@@ -95,6 +95,43 @@ def _cmd_triggers_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pools_sync(args: argparse.Namespace) -> int:
+    """Create/resize the Airflow pools m3sh.yaml asks for (NetSuite concurrency per account).
+
+    Uses ``airflow pools import`` so it works against whatever metadata DB the environment points
+    at (SQLite demo, Postgres in production) without m3sh touching the DB itself.
+    """
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from m3sh.config import load_config
+    from m3sh.dagkit.invoice_sync import required_pools
+
+    pools = required_pools(load_config(args.config))
+    if not pools:
+        print("no pools required by this config")
+        return 0
+    spec = {name: {"slots": slots, "description": "m3sh: NetSuite per-account concurrency",
+                   "include_deferred": False} for name, slots in pools.items()}
+    for name, slots in pools.items():
+        print(f"pool {name}: {slots} slot(s)")
+    if args.dry_run:
+        return 0
+    airflow = shutil.which("airflow") or str(Path(sys.executable).parent / "airflow")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(spec, fh)
+    try:
+        done = subprocess.run([airflow, "pools", "import", fh.name], capture_output=True, text=True,
+                              env=os.environ.copy(), check=False)
+    finally:
+        Path(fh.name).unlink(missing_ok=True)
+    if done.returncode != 0:
+        print(done.stderr.strip()[-2000:], file=sys.stderr)
+    return done.returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     from m3sh.sandbox.runner import DEFAULT_PORT_BASE
 
@@ -128,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=8080)
     d.add_argument("--once", action="store_true", help="run the demo DAGs, print results and stop")
     d.set_defaults(func=_cmd_demo)
+
+    pl = sub.add_parser("pools", help="Airflow pools from m3sh.yaml").add_subparsers(dest="sub", required=True)
+    ps = pl.add_parser("sync", help="create or resize the pools the config needs (airflow pools import)")
+    ps.add_argument("--config", default=None)
+    ps.add_argument("--dry-run", action="store_true")
+    ps.set_defaults(func=_cmd_pools_sync)
 
     t = sub.add_parser("triggers", help="plan automation helpers").add_subparsers(dest="sub", required=True)
     s = t.add_parser("sync-notifications", help="create/update m3ter notifications + webhook from the rules")
