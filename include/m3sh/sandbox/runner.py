@@ -88,6 +88,12 @@ class SandboxEndpoints:
                 "host": self.url("platform") + "/hooks",
                 "password": cred.WEBHOOK_SECRET,
             },
+            # Secret m3sh's webhook receiver verifies m3ter notification signatures with; the same
+            # secret is given to m3ter by `m3sh triggers sync-notifications`.
+            "m3ter_webhook": {
+                "conn_type": "generic",
+                "password": cred.WEBHOOK_SECRET,
+            },
             "m3sh_slack": {
                 "conn_type": "slackwebhook",
                 "host": self.url("platform") + "/slack",
