@@ -345,6 +345,7 @@ class AlertingConfig(_Model):
     notifiers: list[Notifier] = Field(default_factory=list)
     on_failure: list[str] = Field(default_factory=list, description="Notifier names for failed tasks")
     on_retry: list[str] = Field(default_factory=list)
+    send_resolved: bool = Field(True, description="Send a 'resolved' message when an alerted task succeeds again")
     ui_base_url: str = "http://localhost:8080"
 
 
@@ -355,6 +356,39 @@ class DagDefaults(_Model):
     retry_delay_s: float = Field(20, ge=0)
     max_retry_delay_s: float = Field(600, ge=0)
     start_date: date = Field(date(2026, 11, 1), description="First data interval of the scheduled DAGs")
+
+
+# ------------------------------------------------------------------------------------- analytics
+AnalyticsTable = Literal["usage_daily", "bills", "bill_line_items", "balances", "balance_transactions",
+                         "account_plans", "accounts", "account_links", "bill_links"]
+ANALYTICS_TABLES: tuple[AnalyticsTable, ...] = (
+    "usage_daily", "bills", "bill_line_items", "balances", "balance_transactions", "account_plans", "accounts",
+    "account_links", "bill_links")
+
+
+class AnalyticsConfig(_Model):
+    """``m3sh_analytics_export``: one day of m3ter data per run, as Parquet in S3 for BI tools.
+
+    Files land under ``s3://<bucket>/<prefix><table>/date=YYYY-MM-DD/part-0.parquet`` with a
+    ``_manifest.json`` beside each (see docs/analytics.md for the schemas and the reader protocol).
+    """
+
+    enabled: bool = Field(True, description="Build the m3sh_analytics_export DAG")
+    source: Literal["api", "data_export"] = Field(
+        "api",
+        description="'api' pages m3ter's API; 'data_export' uses m3ter's ad-hoc data export jobs for usage "
+                    "(the org must have data exports enabled); other tables always come from the API")
+    conn_id: str | None = Field(None, description="aws connection; default: storage.conn_id")
+    bucket: str | None = Field(None, description="Bucket; default: storage.bucket")
+    prefix: str | None = Field(None, description="Key prefix ending in '/'; default: '<storage.prefix>analytics/'")
+    tables: list[AnalyticsTable] = Field(default_factory=lambda: list(ANALYTICS_TABLES),
+                                         description="Tables exported on every run")
+    start_date: date | None = Field(
+        None, description="First day exported (backfills go back to it); default: dag_defaults.start_date")
+    catchup: bool = Field(True, description="Run missed days (backfill) after a pause or a later start_date")
+    max_active_runs: int = Field(4, ge=1, le=64, description="Days exported in parallel during a backfill")
+    export_timeout_s: float = Field(900, gt=0, description="How long a data export job may take (data_export)")
+    export_poll_s: float = Field(5, gt=0, description="Data export job polling interval (data_export)")
 
 
 # ---------------------------------------------------------------------------------------- root
@@ -369,6 +403,7 @@ class M3shConfig(_Model):
     alerting: AlertingConfig = AlertingConfig()
     owner: str = "m3sh"
     dag_defaults: DagDefaults = DagDefaults()
+    analytics: AnalyticsConfig = AnalyticsConfig()
 
     def reference_errors(self) -> list[tuple[tuple[int | str, ...], str]]:
         """Cross-references between sections, as (location, message) so errors can carry lines."""

@@ -291,18 +291,18 @@ def test_killing_a_worker_mid_ingest_still_lands_every_measurement_once(stack: d
                   json={"path_regex": "/measurements$", "methods": ["POST"], "latency_ms": 1500}).raise_for_status()
     run_id = api.trigger("m3sh_usage_ingest", {"scan_all": True}, note="distributed test: worker killed")
 
-    victim, victim_ti = None, None
+    # Kill once measurements are landing and an ingest task is still running on a worker: mid-run.
+    victim, victim_ti, sent_before_kill = None, None, 0
     deadline = time.monotonic() + 120
     while victim is None and time.monotonic() < deadline:
-        for ti in api.task_instances("m3sh_usage_ingest", run_id):
-            if ti["task_id"] == "ingest_files" and ti["state"] == "running" and ti.get("hostname") in WORKERS:
-                victim, victim_ti = ti["hostname"], ti
-                break
+        sent_before_kill = _m3ter_state(endpoints)["usage"]["uids"]
+        running = [ti for ti in api.task_instances("m3sh_usage_ingest", run_id)
+                   if ti["task_id"] == "ingest_files" and ti["state"] == "running" and ti.get("hostname") in WORKERS]
+        if sent_before_kill > 0 and running:
+            victim, victim_ti = running[0]["hostname"], running[0]
         else:
             time.sleep(0.5)
-    assert victim is not None and victim_ti is not None, "no ingest task ever ran"
-    time.sleep(2)  # let it send a batch or two, so the kill lands mid-file
-    sent_before_kill = _m3ter_state(endpoints)["usage"]["uids"]
+    assert victim is not None and victim_ti is not None, "no ingest task was running while measurements landed"
     st.kill9(victim)
     print(f"[distributed] killed {victim} (pid group) while it ran ingest_files[{victim_ti['map_index']}]; "
           f"{sent_before_kill} measurements had landed", flush=True)

@@ -13,7 +13,7 @@ def start_date(cfg: M3shConfig) -> dt.datetime:
 
 
 def default_args(cfg: M3shConfig) -> dict[str, Any]:
-    from m3sh.notifiers.alerts import failure_callbacks, retry_callbacks
+    from m3sh.notifiers.alerts import failure_callbacks, retry_callbacks, success_callbacks
 
     args: dict[str, Any] = {
         "owner": cfg.owner,
@@ -24,6 +24,9 @@ def default_args(cfg: M3shConfig) -> dict[str, Any]:
         "max_retry_delay": dt.timedelta(seconds=cfg.dag_defaults.max_retry_delay_s),
         "on_failure_callback": failure_callbacks(cfg),
     }
+    resolved = success_callbacks(cfg)
+    if resolved:
+        args["on_success_callback"] = resolved
     retry = retry_callbacks(cfg)
     if retry:
         args["on_retry_callback"] = retry

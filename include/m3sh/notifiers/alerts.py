@@ -81,8 +81,48 @@ def format_text(alert: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class OpenAlerts:
+    """Which tasks are currently alerted, kept in durable storage (S3) so any worker sees it.
+
+    One object per (DAG, task): a failure with the same cause as the open alert is not re-sent (a
+    task failing every hour alerts once, not 24 times); the next success of that task sends one
+    "resolved" message and closes it.
+    """
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+
+    def key(self, dag_id: str, task_id: str) -> str:
+        return str(self.storage.key("alerts", "open", dag_id, f"{task_id}.json"))
+
+    def get(self, dag_id: str, task_id: str) -> dict[str, Any] | None:
+        value = self.storage.get_json(self.key(dag_id, task_id))
+        return value if isinstance(value, dict) else None
+
+    def open(self, alert: dict[str, Any]) -> None:
+        self.storage.put_json(self.key(alert["dag_id"], alert["task_id"]), {**alert, "opened_at": time.time()})
+
+    def close(self, dag_id: str, task_id: str) -> None:
+        self.storage.delete(self.key(dag_id, task_id))
+
+
+def _open_alerts() -> OpenAlerts | None:
+    try:
+        from m3sh.config import get_config
+        from m3sh.storage import Storage
+
+        return OpenAlerts(Storage.from_config(get_config().storage))
+    except Exception:  # alerting must never fail because its bookkeeping is unavailable
+        log.exception("m3sh alert bookkeeping unavailable; alerting without de-duplication")
+        return None
+
+
 class M3shAlertNotifier(BaseNotifier):
-    """Sends one alert to several channels. Channels are plain dicts so the notifier serializes."""
+    """Sends one alert to several channels. Channels are plain dicts so the notifier serializes.
+
+    ``event`` is ``failure`` (de-duplicated against the open alert of the task), ``retry`` (always
+    sent) or ``success`` (sends "resolved" only when the task had an open alert).
+    """
 
     template_fields = ()
 
@@ -93,6 +133,26 @@ class M3shAlertNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         alert = build_alert(dict(context), self.event)
+        book = _open_alerts() if self.event in ("failure", "success") else None
+        if self.event == "success":
+            previous = book.get(alert["dag_id"], alert["task_id"]) if book else None
+            if previous is None:
+                return
+            alert = {**alert, "event": "resolved", "cause": f"was: {previous.get('cause')}"}
+            self._fan_out(alert)
+            book.close(alert["dag_id"], alert["task_id"])  # type: ignore[union-attr]
+            return
+        if book is not None and self.event == "failure":
+            previous = book.get(alert["dag_id"], alert["task_id"])
+            if previous is not None and previous.get("cause") == alert["cause"]:
+                log.warning("m3sh alert for %s.%s not re-sent: same cause as the open alert of run %s",
+                            alert["dag_id"], alert["task_id"], previous.get("run_id"))
+                return
+        self._fan_out(alert)
+        if book is not None and self.event == "failure":
+            book.open(alert)
+
+    def _fan_out(self, alert: dict[str, Any]) -> None:
         text = format_text(alert)
         for channel in self.channels:
             try:
@@ -148,6 +208,11 @@ def _channels(cfg: M3shConfig, names: list[str]) -> list[dict[str, Any]]:
 def failure_callbacks(cfg: M3shConfig) -> list[M3shAlertNotifier]:
     chans = _channels(cfg, cfg.alerting.on_failure)
     return [M3shAlertNotifier(chans, "failure")] if chans else [_LogOnly()]
+
+
+def success_callbacks(cfg: M3shConfig) -> list[M3shAlertNotifier]:
+    chans = _channels(cfg, cfg.alerting.on_failure)
+    return [M3shAlertNotifier(chans, "success")] if chans and cfg.alerting.send_resolved else []
 
 
 def retry_callbacks(cfg: M3shConfig) -> list[M3shAlertNotifier]:
