@@ -81,7 +81,7 @@ def sandbox(names: list[str], *, limits: bool, seed: str = "demo", start: int = 
         os.environ.update(saved)
 
 
-def admin(box: Sandbox, emulator: str, action: str, method: str = "POST", body: dict[str, Any] | None = None,
+def admin(box: Sandbox, emulator: str, action: str, method: str = "POST", *, body: dict[str, Any] | None = None,
           timeout: float = 300) -> Any:
     """Call an emulator's admin endpoint (``/_sandbox/<action>``) and return its JSON answer."""
     r = requests.request(method, f"{box.endpoints.url(emulator)}/_sandbox/{action}", json=body, timeout=timeout)

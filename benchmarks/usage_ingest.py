@@ -3,8 +3,9 @@
 Starts m3ter + moto (limits off), writes a gzipped CSV of N usage rows (0.1 % malformed) to the
 sandbox S3 and ingests it with the real code path (``m3sh.usage.ingest.ingest_s3_object``, a real
 ``M3terHook`` and ``AccountLookup``) in a *child process*, which reports its own peak RSS; a second
-file of N/4 rows shows whether memory is flat in file size. The same rows sent one measurement per
-request (the naive client, on a sample) give the speed-up.
+file of N/4 rows shows whether memory is flat in file size. Rows sent one measurement per request
+(the naive client, on a sample) give the speed-up, measured against the local emulator (no network
+latency: the strictest comparison) and again with ``--wan-latency-ms`` added to every ingest request.
 
 Phase 2 switches m3ter's documented limits on (ingest: 50 requests/s per org) and ingests another
 file: ``achieved_rps`` is accepted ingest requests over the time between the first and the last
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -129,9 +131,10 @@ def child(key: str, ingest_rps: str | None) -> None:
         last: float = 0.0
         requests = 0
 
-        def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                     content: bytes | None = None) -> Any:
             start = time.time()
-            out = super()._request(method, path, body)
+            out = super()._request(method, path, body, content)
             if path.endswith("/measurements"):
                 type(self).first = start if type(self).first is None else type(self).first
                 type(self).last = time.time()
@@ -143,6 +146,7 @@ def child(key: str, ingest_rps: str | None) -> None:
     hook = TimedHook(cfg.m3ter.conn_id)
     baseline = current_rss_mb()
     attempts = 0
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     while True:  # an Airflow task retry: the manifest lets the next attempt resume, uids make re-sends safe
         attempts += 1
@@ -156,10 +160,16 @@ def child(key: str, ingest_rps: str | None) -> None:
                 raise
             print(f"  [ingest] attempt {attempts} failed ({exc}); retrying as Airflow would", file=sys.stderr)
     seconds = time.perf_counter() - t0
-    emit({"key": key, "status": result.status, "rows_read": result.rows_read, "accepted": result.accepted,
+    emit({"cpu_seconds": _cpu() - cpu0, "key": key, "status": result.status, "rows_read": result.rows_read,
+          "accepted": result.accepted,
           "rejected": result.rejected, "batches_sent": result.batches_sent, "seconds": seconds,
           "attempts": attempts, "first_submit": TimedHook.first, "last_submit": TimedHook.last,
           "accepted_requests": TimedHook.requests, "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()})
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_child(key: str, ingest_rps: float | None = None) -> dict[str, Any]:
@@ -174,7 +184,7 @@ def run_child(key: str, ingest_rps: float | None = None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- naive path
-def naive_rate(sample: int, accounts: list[str]) -> float:
+def naive_rate(sample: int, accounts: list[str], tag: str) -> float:
     """Rows/s of the per-row client: validate one row, POST one measurement, repeat."""
     from m3sh.config import get_config
     from m3sh.hooks.m3ter import M3terHook
@@ -186,29 +196,25 @@ def naive_rate(sample: int, accounts: list[str]) -> float:
     hook = M3terHook(cfg.m3ter.conn_id)
     builder = MeasurementBuilder(feed, AccountLookup(hook))
     ts = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    rows = [{"event_id": f"naive-{i}", "account": accounts[i % len(accounts)], "meter": "api_calls", "ts": ts,
+    rows = [{"event_id": f"{tag}-{i}", "account": accounts[i % len(accounts)], "meter": "api_calls", "ts": ts,
              "quantity": str(i % 97 + 1), "region": "us-east-1"} for i in range(sample)]
-    builder.build(rows[0], "naive", 1)  # warm the account cache and the token outside the clock
+    builder.build(rows[0], tag, 1)  # warm the account cache and the token outside the clock
     start = time.perf_counter()
     for line, row in enumerate(rows, start=2):
-        hook.submit_measurements([builder.build(row, "naive", line)])
+        hook.submit_measurements([builder.build(row, tag, line)])
     return sample / (time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------------------------- main
-def run(rows: int, limited_rows: int, sample: int) -> dict[str, Any]:
+def run(rows: int, limited_rows: int, sample: int, wan_ms: int) -> dict[str, Any]:
     accounts = demo_accounts()
     tmp = Path(tempfile.mkdtemp(prefix="m3sh-bench-usage-"))
-    files = {
-        "full": (rows, "full"),
-        "quarter": (max(rows // 4, 1), "quarter"),
-        "limited": (limited_rows, "limited"),
-    }
+    files = {"full": rows, "quarter": max(rows // 4, 1), "wan": max(rows // 4, 1), "limited": limited_rows}
     valid: dict[str, int] = {}
     t = time.perf_counter()
-    for name, (n, tag) in files.items():
-        valid[name] = write_usage_file(tmp / f"{name}.csv.gz", n, tag, accounts)
-    print(f"generated {sum(n for n, _ in files.values())} rows in {time.perf_counter() - t:.1f}s "
+    for name, n in files.items():
+        valid[name] = write_usage_file(tmp / f"{name}.csv.gz", n, name, accounts)
+    print(f"generated {sum(files.values())} rows in {time.perf_counter() - t:.1f}s "
           f"({sum((tmp / f'{n}.csv.gz').stat().st_size for n in files) / 2**20:.1f} MiB gzipped)", flush=True)
 
     with sandbox(["m3ter", "moto"], limits=False) as box:
@@ -224,12 +230,21 @@ def run(rows: int, limited_rows: int, sample: int) -> dict[str, Any]:
         quarter = run_child(f"{PREFIX}quarter.csv.gz", ingest_rps=0)
         print(f"quarter: {quarter['rows_read']} rows in {quarter['seconds']:.2f}s, "
               f"peak RSS {quarter['peak_rss_mb']} MiB", flush=True)
-        naive = naive_rate(sample, accounts)
+        naive = naive_rate(sample, accounts, "naive")
         print(f"naive: {naive:.0f} rows/s on {sample} rows", flush=True)
-        lost_unlimited = valid["full"] + valid["quarter"] + sample - usage_count(box)
+
+        # The same comparison with a WAN-like round trip added to every ingest request.
+        admin(box, "m3ter", "faults", body={"path_regex": "/measurements$", "latency_ms": wan_ms})
+        wan = run_child(f"{PREFIX}wan.csv.gz", ingest_rps=0)
+        naive_wan = naive_rate(max(sample // 5, 20), accounts, "naive-wan")
+        admin(box, "m3ter", "faults", "DELETE")
+        print(f"+{wan_ms} ms: batched {wan['rows_read'] / wan['seconds']:.0f} rows/s, naive {naive_wan:.1f} rows/s",
+              flush=True)
+        lost_unlimited = (valid["full"] + valid["quarter"] + valid["wan"] + sample + max(sample // 5, 20)
+                          - usage_count(box))
 
         # Phase 2: m3ter's documented limits on; the hook paces ingest at the connection's ingest_rps
-        # (default: the documented 50/s) and rides out any 429 with the SDK's Retry-After handling.
+        # (default: the documented 50/s less 2 %) and rides out any 429 with the SDK's Retry-After handling.
         admin(box, "m3ter", "reset", body={"seed": "demo", "limits": True})
         limited = run_child(f"{PREFIX}limited.csv.gz")
         counts = stats(box, "m3ter")
@@ -239,11 +254,13 @@ def run(rows: int, limited_rows: int, sample: int) -> dict[str, Any]:
         lost = valid["limited"] - usage_count(box)
 
     rows_per_s = full["rows_read"] / full["seconds"]
+    rows_per_s_wan = wan["rows_read"] / wan["seconds"]
     return {
         "benchmark": "usage_ingest",
         "rows": full["rows_read"],
         "seconds": round(full["seconds"], 3),
         "rows_per_s": round(rows_per_s),
+        "cpu_rows_per_s": round(full["rows_read"] / full["cpu_seconds"]),
         "peak_rss_mb": full["peak_rss_mb"],
         "peak_rss_mb_quarter": quarter["peak_rss_mb"],
         "baseline_rss_mb": full["baseline_rss_mb"],
@@ -253,6 +270,10 @@ def run(rows: int, limited_rows: int, sample: int) -> dict[str, Any]:
         "naive_sample": sample,
         "naive_rows_per_s": round(naive, 1),
         "speedup_vs_naive": round(rows_per_s / naive, 1),
+        "wan_latency_ms": wan_ms,
+        "rows_per_s_wan": round(rows_per_s_wan),
+        "naive_rows_per_s_wan": round(naive_wan, 2),
+        "speedup_vs_naive_wan": round(rows_per_s_wan / naive_wan, 1),
         "lost_unlimited": lost_unlimited,
         "limited_rows": limited["rows_read"],
         "limited_seconds": round(limited["seconds"], 3),
@@ -262,6 +283,7 @@ def run(rows: int, limited_rows: int, sample: int) -> dict[str, Any]:
         "limited_429s": int(counts.get(MEASUREMENTS_PATH, 0)) - limited["accepted_requests"],
         "limited_attempts": limited["attempts"],
         "lost": lost,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -271,6 +293,8 @@ def main() -> None:
     parser.add_argument("--limited-rows", type=int, default=None,
                         help="rows for the rate-limited phase (default: rows/2, at least 50 requests' worth)")
     parser.add_argument("--naive-sample", type=int, default=500)
+    parser.add_argument("--wan-latency-ms", type=int, default=20,
+                        help="round trip added to every ingest request for the *_wan comparison")
     parser.add_argument("--child", metavar="KEY", help=argparse.SUPPRESS)
     parser.add_argument("--ingest-rps", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -278,7 +302,7 @@ def main() -> None:
         child(args.child, args.ingest_rps)
         return
     limited_rows = args.limited_rows or max(args.rows // 2, 50_000)
-    emit(run(args.rows, limited_rows, args.naive_sample))
+    emit(run(args.rows, limited_rows, args.naive_sample, args.wan_latency_ms))
 
 
 if __name__ == "__main__":

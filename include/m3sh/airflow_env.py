@@ -178,9 +178,10 @@ class AirflowEnv:
             "AIRFLOW__API__PORT": str(self.port),
             # Workers reach the Execution API here; it must follow the port (see api-notes 3.5).
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-            # Log servers move with the port so a test stack can run beside a demo (8080 -> 8793/8794).
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.port + 713),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.port + 714),
+            # Log servers: Airflow's defaults beside the default port, else right after the API port,
+            # so a test stack (e.g. 19880 -> 19883/19884) stays inside its own port range.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(8793 if self.port == 8080 else self.port + 3),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(8794 if self.port == 8080 else self.port + 4),
             # New and changed DAG files show up within seconds instead of minutes.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
@@ -221,29 +222,43 @@ class AirflowApi:
     # -- plumbing -------------------------------------------------------------------------------
     def _auth(self) -> dict[str, str]:
         if self._token is None:
-            r = self.session.post(f"{self.base_url}/auth/token", timeout=30,
-                                  json={"username": self.username, "password": self._password})
+            try:
+                r = self.session.post(f"{self.base_url}/auth/token", timeout=60,
+                                      json={"username": self.username, "password": self._password})
+            except requests.RequestException as exc:
+                raise AirflowEnvError(f"login to {self.base_url} failed: {exc.__class__.__name__}") from None
             if r.status_code != 201:
                 raise AirflowEnvError(f"login to {self.base_url} as {self.username!r} failed: HTTP {r.status_code}")
             self._token = r.json()["access_token"]
         return {"Authorization": f"Bearer {self._token}"}
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        r = self.session.request(method, f"{self.base_url}/api/v2{path}", headers=self._auth(), timeout=30,
-                                 **kwargs)
-        if r.status_code == 401:  # token expired: log in again once
-            self._token = None
-            r = self.session.request(method, f"{self.base_url}/api/v2{path}", headers=self._auth(), timeout=30,
-                                     **kwargs)
-        if r.status_code >= 400:
-            raise AirflowEnvError(f"{method} {path}: HTTP {r.status_code} {r.text[:300]}")
-        return r.json() if r.content else None
+        """One API call; reads are retried on timeouts (a busy SQLite-backed api-server can stall)."""
+        attempts = 3 if method == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                r = self.session.request(method, f"{self.base_url}/api/v2{path}", headers=self._auth(),
+                                         timeout=60, **kwargs)
+                if r.status_code == 401:  # token expired: log in again once
+                    self._token = None
+                    r = self.session.request(method, f"{self.base_url}/api/v2{path}", headers=self._auth(),
+                                             timeout=60, **kwargs)
+            except requests.RequestException as exc:
+                if attempt < attempts:
+                    self.progress(f"{method} {path}: {exc.__class__.__name__}, retrying")
+                    time.sleep(2 * attempt)
+                    continue
+                raise AirflowEnvError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from None
+            if r.status_code >= 400:
+                raise AirflowEnvError(f"{method} {path}: HTTP {r.status_code} {r.text[:300]}")
+            return r.json() if r.content else None
+        raise AssertionError("unreachable")
 
     # -- readiness ------------------------------------------------------------------------------
     def healthy(self) -> dict[str, Any] | None:
         """The monitor/health document, or None while the api-server is not answering."""
         try:
-            r = self.session.get(f"{self.base_url}/api/v2/monitor/health", timeout=2)
+            r = self.session.get(f"{self.base_url}/api/v2/monitor/health", timeout=10)
         except requests.RequestException:
             return None
         return r.json() if r.status_code == 200 else None

@@ -110,7 +110,12 @@ class UsageFeed(_Model):
     format: Literal["auto", "csv", "jsonl"] = "auto"
     # http
     endpoint: str | None = Field(None, description="Path on the connection host, paged JSON")
-    page_param: str = "cursor"
+    page_param: str = Field("cursor", description="Query parameter carrying the page cursor")
+    page_size: int = Field(500, ge=1, le=10_000, description="Rows requested per page ('limit')")
+    since_param: str = Field("since", description="Query parameter for the window start (ISO-8601)")
+    until_param: str = Field("until", description="Query parameter for the window end (ISO-8601, exclusive)")
+    data_field: str = Field("data", description="Response field holding the rows")
+    next_field: str = Field("next_cursor", description="Response field holding the next cursor (null: done)")
     # both
     meter_field: str = Field("meter", description="Row column naming the meter; rows route by it")
     id_field: str | None = Field("event_id", description="Row column used in the deterministic uid")
@@ -449,13 +454,33 @@ class M3shConfig(_Model):
 # --------------------------------------------------------------------------- loading with lines
 _SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used (ints, floats, dates, bools)
 
-def _construct(node: yaml.Node) -> Any:
-    """Plain Python data from a YAML node (safe: only scalars, lists and string-keyed maps)."""
+_MAX_DEPTH = 64
+
+
+def _construct(node: yaml.Node, source: str = "m3sh.yaml", depth: int = 0) -> Any:
+    """Plain Python data from a YAML node (safe: only scalars, lists and string-keyed maps).
+
+    Anything unreadable (a bad date, an unknown tag, a list as a key, an alias that contains
+    itself) becomes a :class:`ConfigError` naming the file and line, never a bare exception.
+    """
+    line = node.start_mark.line + 1
+    if depth > _MAX_DEPTH:
+        raise ConfigError(f"{source}:{line} nested deeper than {_MAX_DEPTH} levels (an alias that contains itself?)")
     if isinstance(node, yaml.MappingNode):
-        return {_construct(k): _construct(v) for k, v in node.value}
+        out: dict[Any, Any] = {}
+        for k, v in node.value:
+            key = _construct(k, source, depth + 1)
+            if isinstance(key, list | dict):
+                raise ConfigError(f"{source}:{k.start_mark.line + 1} a key must be a plain name, not a list or mapping")
+            out[key] = _construct(v, source, depth + 1)
+        return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(v) for v in node.value]
-    return _SCALARS.construct_object(node)
+        return [_construct(v, source, depth + 1) for v in node.value]
+    try:
+        return _SCALARS.construct_object(node)
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        why = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"{source}:{line} cannot read the value {str(node.value)[:60]!r}: {why}") from None
 
 
 def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
@@ -494,8 +519,10 @@ def parse_config(text: str, source: str = "m3sh.yaml") -> M3shConfig:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    data = _construct(root) if root is not None else {}
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else f"{source}:1"
+        raise ConfigError(f"{where} not valid YAML: {exc}") from None
+    data = _construct(root, source) if root is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1 the top level must be a mapping of sections")
     problems: list[tuple[tuple[int | str, ...], str]] = []

@@ -219,7 +219,7 @@ def schema_markdown() -> str:
                 f"One row per {t.grain}; the `date=` partition holds {t.selection}.", "",
                 "| column | type | null | meaning |", "|---|---|---|---|"]
         for f in t.schema:
-            doc = (f.metadata or {}).get(b"doc", b"").decode()
+            doc = (f.metadata or {}).get(b"doc", b"").decode().replace("|", "\\|")
             out.append(f"| `{f.name}` | {f.type} | {'yes' if f.nullable else 'no'} | {doc} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"

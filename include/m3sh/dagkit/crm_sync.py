@@ -108,7 +108,9 @@ def build_crm_sync_dag(cfg: M3shConfig | None = None) -> DAG:
             dry_run = bool(params.get("dry_run"))
             report = CrmToM3ter(hook, conf, index, dry_run=dry_run).apply(customers)
             report_key = storage.key("reports", DAG_ID, f"{run_id}.json")
-            storage.put_json(report_key, {"run_id": run_id, "records": len(records), **report.to_dict()})
+            storage.put_json(report_key, {"run_id": run_id, "records": len(records),
+                                          "sources": {s["source"]: s["records"] for s in staged},
+                                          **report.to_dict()})
             wb_key = _staging_key(storage, run_id, "write_backs")
             storage.put_jsonl(wb_key, [] if dry_run else report.write_backs)
             counts = report.counts()

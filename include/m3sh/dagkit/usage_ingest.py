@@ -64,8 +64,8 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
                     why = "disabled in m3sh.yaml" if not feed.enabled else "not selected"
                     log.info("usage feed %s skipped (%s)", feed.name, why)
                     continue
-                if feed.type != "s3":
-                    log.info("usage feed %s is %s; handled by the HTTP task", feed.name, feed.type)
+                if feed.type == "http":
+                    chunks.append({"feed": feed.name, "keys": [feed.endpoint or ""]})
                     continue
                 src = Storage(feed.conn_id, feed.bucket or "")
                 keys = list_feed_objects(src, feed.prefix, *window)
@@ -78,7 +78,9 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
             return chunks
 
         @task(map_index_template=MAP_LABEL)
-        def ingest_files(chunk: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+        def ingest_files(chunk: dict[str, Any], params: dict[str, Any],
+                         data_interval_start: dt.datetime | None = None,
+                         data_interval_end: dt.datetime | None = None) -> list[dict[str, Any]]:
             from m3sh.hooks.m3ter import M3terHook
             from m3sh.storage import Storage
             from m3sh.usage.ingest import AccountLookup, ingest_s3_object
@@ -87,8 +89,15 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
             feed = next(f for f in conf.usage.feeds if f.name == chunk["feed"])
             m3ter = M3terHook(conf.m3ter.conn_id)
             lookup = AccountLookup(m3ter)
-            src = Storage(feed.conn_id, feed.bucket or "")
             state = Storage.from_config(conf.storage)
+            if feed.type == "http":
+                from m3sh.usage.http_feed import ingest_http_feed
+
+                start, end = (None, None) if params.get("scan_all") else (data_interval_start, data_interval_end)
+                r = ingest_http_feed(feed=feed, m3ter=m3ter, state=state, account_exists=lookup, start=start,
+                                     end=end, dry_run=bool(params.get("dry_run")))
+                return [r.to_dict()]
+            src = Storage(feed.conn_id, feed.bucket or "")
             results = []
             for key in chunk["keys"]:
                 r = ingest_s3_object(feed=feed, key=key, m3ter=m3ter, source_storage=src, state=state,
@@ -98,16 +107,26 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
             return results
 
         @task(trigger_rule="all_done")
-        def summarize(results: list[list[dict[str, Any]]]) -> dict[str, Any]:
-            flat = [r for chunk in (results or []) if chunk for r in chunk]
+        def summarize(planned: list[dict[str, Any]], results: list[list[dict[str, Any]] | None]) -> dict[str, Any]:
+            done = [chunk for chunk in (results or []) if chunk is not None]
+            flat = [r for chunk in done for r in chunk]
             counted = ("rows_read", "accepted", "rejected", "batches_sent")
             totals: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in flat) for k in counted}
             totals["files"] = len(flat)
             totals["skipped"] = sum(1 for r in flat if r["status"] == "skipped")
             failed = [r for r in flat if r["status"] == "failed"]
             totals["failed"] = len(failed)
+            lost_chunks = len(planned or []) - len(done)
             totals["dead_letter_keys"] = [r["dead_letter_key"] for r in flat if r.get("dead_letter_key")]
             log.info("usage ingest summary: %s", totals)
+            if lost_chunks > 0:
+                reported = {(r["feed"], r["key"]) for r in flat}
+                missing = [f"{c['feed']}:{k}" for c in planned for k in c["keys"]
+                           if (c["feed"], k) not in reported and not (c["keys"] and k == c["keys"][0] and
+                                                                      any(r["feed"] == c["feed"] for r in flat))]
+                raise RunFailed(f"{lost_chunks} ingest task(s) failed after their retries; their files/feeds were "
+                                f"not (fully) ingested and will be resumed by the next run: {missing[:20]}",
+                                records=missing[:50])
             if failed:
                 raise RunFailed(
                     f"{len(failed)} usage file(s) failed: " + "; ".join(f"{r['key']}: {r['error']}" for r in failed),
@@ -116,5 +135,5 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
 
         planned = plan_files()  # type: ignore[call-arg,misc]
         ingested = ingest_files.partial().expand(chunk=planned)
-        summarize(ingested)  # type: ignore[arg-type]
+        summarize(planned, ingested)  # type: ignore[arg-type]
     return dag

@@ -101,7 +101,13 @@ class PlatformEmulator(Emulator):
                 raise HTTPException(401, "invalid or missing bearer token")
             if not 1 <= limit <= MAX_PAGE:
                 raise HTTPException(400, f"limit must be 1..{MAX_PAGE}")
-            rows = [r for r in self.usage if (not since or r["ts"] >= since) and (not until or r["ts"] < until)]
+            # The platform returns whatever it stores, malformed rows included (m3sh must dead-letter
+            # them); rows without a usable timestamp are kept when no window is asked for.
+            def in_window(r: dict[str, Any]) -> bool:
+                ts = str(r.get("ts") or "") if isinstance(r, dict) else ""
+                return (not since or ts >= since) and (not until or ts < until)
+
+            rows = [r for r in self.usage if (not since and not until) or in_window(r)]
             page = rows[cursor:cursor + limit]
             nxt = cursor + limit if cursor + limit < len(rows) else None
             return {"data": page, "next_cursor": nxt}

@@ -65,6 +65,9 @@ def _jsonl(text: io.TextIOWrapper, source: str) -> Iterator[tuple[int, dict[str,
         except json.JSONDecodeError as exc:
             yield line_no, InvalidRecord(f"not valid JSON ({exc.msg})", source=source, line=line_no)
             continue
+        except (ValueError, RecursionError) as exc:  # an integer over 4300 digits, absurdly deep nesting
+            yield line_no, InvalidRecord(f"not usable JSON ({str(exc)[:120]})", source=source, line=line_no)
+            continue
         if not isinstance(row, dict):
             yield line_no, InvalidRecord("a JSONL line must be an object", source=source, line=line_no)
             continue
@@ -73,12 +76,22 @@ def _jsonl(text: io.TextIOWrapper, source: str) -> Iterator[tuple[int, dict[str,
 
 def _csv(text: io.TextIOWrapper, source: str) -> Iterator[tuple[int, dict[str, Any] | InvalidRecord]]:
     reader = csv.reader(text)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise BadFile(source, f"unreadable CSV header row ({exc})") from exc
     if not header:
         raise BadFile(source, "empty file or missing CSV header row")
     header = [h.strip() for h in header]
     width = len(header)
-    for values in reader:
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): that row only, the file goes on
+            yield reader.line_num, InvalidRecord(f"unreadable CSV row ({exc})", source=source, line=reader.line_num)
+            continue
         line_no = reader.line_num
         if not values or (len(values) == 1 and not values[0].strip()):
             continue

@@ -39,7 +39,7 @@ def alert_env(fresh_sandbox: Any, airflow_db: Path, tmp_path: Path, monkeypatch:
 def _run() -> Any:
     from m3sh.dagkit.usage_ingest import build_usage_ingest_dag
 
-    return build_usage_ingest_dag().test(run_conf={"scan_all": True})
+    return build_usage_ingest_dag().test(run_conf={"scan_all": True, "feeds": ["platform_files"]})
 
 
 def _slack(sandbox: Any) -> list[str]:

@@ -94,7 +94,7 @@ def _dead_letters(s3: Any) -> list[dict[str, Any]]:
 def _run(**conf: Any) -> Any:
     from m3sh.dagkit.usage_ingest import build_usage_ingest_dag
 
-    return build_usage_ingest_dag().test(run_conf=conf)
+    return build_usage_ingest_dag().test(run_conf={"feeds": ["platform_files"], **conf})
 
 
 def test_exactly_valid_rows_land_and_bad_rows_are_dead_lettered(usage_setup: dict) -> None:
@@ -151,3 +151,18 @@ def test_rides_out_429_and_5xx(usage_setup: dict) -> None:
     assert count == usage_setup["valid"]
     counts = usage_setup["sandbox"].stats("m3ter")["counts"]
     assert counts.get("POST /organizations/{id}/measurements", 0) >= 10 + 4  # 10 batches + 4 faulted
+
+
+def test_an_ingest_task_that_keeps_failing_fails_the_run(usage_setup: dict) -> None:
+    """The leaf summary task runs on all_done; it must still fail the run when a chunk was lost."""
+    from m3sh.usage import ingest
+
+    def broken(**kwargs: Any) -> Any:
+        raise ConnectionError("m3ter unreachable (injected)")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ingest, "ingest_s3_object", broken)
+        run = _run(scan_all=True)
+    assert run.state == "failed"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["summarize"] == "failed"
