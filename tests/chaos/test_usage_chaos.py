@@ -21,12 +21,14 @@ from tests.chaos.conftest import USAGE_PREFIX, Chaos, make_usage_file
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun, pytest.mark.chaos]
 MEASUREMENTS = "POST /organizations/{id}/measurements"
+FEED = "platform_files"
 
 
 def _run(**conf: Any) -> Any:
     from m3sh.dagkit.usage_ingest import build_usage_ingest_dag
 
-    return build_usage_ingest_dag().test(run_conf={"scan_all": True, **conf})
+    # only the S3 feed: the demo's HTTP feed would add its own (correct) measurements to the totals
+    return build_usage_ingest_dag().test(run_conf={"scan_all": True, "feeds": [FEED], **conf})
 
 
 def _accounts(chaos: Chaos) -> list[str]:
@@ -49,8 +51,11 @@ def m3ter_few_retries(chaos: Chaos, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_storm_drops_latency_and_a_truncated_upload_lose_and_duplicate_nothing(
         chaos: Chaos, m3ter_few_retries: None) -> None:
     accounts = _accounts(chaos)
-    a = make_usage_file(USAGE_PREFIX + "a.csv.gz", accounts[:20], 3500, seed=1)
-    b_full = make_usage_file(USAGE_PREFIX + "b.csv.gz", accounts[20:30], 2600, seed=2)
+    third = len(accounts) // 3
+    assert third >= 1
+    # disjoint accounts per file, so each file's landing can be checked on its own
+    a = make_usage_file(USAGE_PREFIX + "a.csv.gz", accounts[:third], 3500, seed=1)
+    b_full = make_usage_file(USAGE_PREFIX + "b.csv.gz", accounts[third:2 * third], 2600, seed=2)
     truncated = b_full.data[: int(len(b_full.data) * 0.7)]  # an upload cut off mid-stream
     chaos.put_usage(a)
     chaos.put_usage(type(b_full)(b_full.key, truncated, 0, {}))
@@ -72,7 +77,7 @@ def test_storm_drops_latency_and_a_truncated_upload_lose_and_duplicate_nothing(
     assert all(sums.get(k, 0) <= v for k, v in b_full.sums.items())
 
     # The complete file is re-uploaded (new ETag), a new file arrives, and m3ter answers slowly (2 s).
-    c = make_usage_file(USAGE_PREFIX + "c.csv.gz", accounts[30:40], 400, seed=3)
+    c = make_usage_file(USAGE_PREFIX + "c.csv.gz", accounts[2 * third:], 400, seed=3)
     chaos.put_usage(b_full)
     chaos.put_usage(c)
     chaos.faults("m3ter", path_regex="/measurements$", methods=["POST"], latency_ms=2000)
@@ -94,7 +99,7 @@ _WORKER = textwrap.dedent("""
     from m3sh.usage.ingest import AccountLookup, ingest_s3_object
 
     cfg = get_config()
-    feed = cfg.usage.feeds[0]
+    feed = next(f for f in cfg.usage.feeds if f.name == "platform_files")
     hook = M3terHook(cfg.m3ter.conn_id)
     ingest_s3_object(feed=feed, key=sys.argv[1], m3ter=hook, source_storage=Storage(feed.conn_id, feed.bucket),
                      state=Storage.from_config(cfg.storage), account_exists=AccountLookup(hook))
@@ -107,7 +112,7 @@ def test_worker_killed_mid_batch_then_the_dag_retries_exactly_once(chaos: Chaos)
     manifest checkpointed after 5); the DAG run afterwards resumes from the checkpoint and m3ter
     ends with every valid row exactly once."""
     accounts = _accounts(chaos)
-    f = make_usage_file(USAGE_PREFIX + "killed.csv.gz", accounts[:25], 12_000, seed=4)
+    f = make_usage_file(USAGE_PREFIX + "killed.csv.gz", accounts, 12_000, seed=4)
     chaos.put_usage(f)
     # slow batches so the kill lands mid-file, while a request is in flight
     chaos.faults("m3ter", path_regex="/measurements$", methods=["POST"], latency_ms=400)

@@ -64,8 +64,8 @@ def state(sandbox: Any, airflow_db: Path, tmp_path_factory: pytest.TempPathFacto
         from m3sh.dagkit.crm_sync import build_crm_sync_dag
         from m3sh.dagkit.usage_ingest import build_usage_ingest_dag
 
-        usage_run = build_usage_ingest_dag().test()
-        crm_run = build_crm_sync_dag().test(run_conf={"dry_run": True})
+        usage_run = build_usage_ingest_dag().test(run_conf={"feeds": ["platform_files"], "scan_all": True})
+        crm_run = build_crm_sync_dag().test(run_conf={"dry_run": True, "full_resync": True})
         assert usage_run.state == "success" and crm_run.state == "success"
         yield {"config": get_config(), "crm_run_id": crm_run.run_id, "usage_run_id": usage_run.run_id,
                "accounts": accounts, "tag": tag}

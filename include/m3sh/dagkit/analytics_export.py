@@ -14,8 +14,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
-from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 
 from m3sh.config import ANALYTICS_TABLES, M3shConfig, get_config
 from m3sh.dagkit.defaults import dag_tags, default_args, start_date

@@ -27,8 +27,7 @@ import logging
 import math
 from typing import Any
 
-from airflow.sdk import DAG, Param, TaskGroup, task
-from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, TaskGroup, task
 
 from m3sh.config import M3shConfig, NetSuiteDestination, get_config
 from m3sh.dagkit.defaults import dag_tags, default_args, start_date

@@ -15,8 +15,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
-from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 
 from m3sh.config import M3shConfig, get_config
 from m3sh.dagkit.defaults import dag_tags, default_args, start_date

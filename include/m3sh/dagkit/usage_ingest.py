@@ -11,9 +11,8 @@ import datetime as dt
 import logging
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 from airflow.sdk.exceptions import AirflowFailException
-from airflow.timetables.interval import CronDataIntervalTimetable
 
 from m3sh.config import M3shConfig, get_config
 from m3sh.dagkit.defaults import dag_tags, default_args, start_date
@@ -28,12 +27,34 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def usage_schedule(cfg: M3shConfig) -> Any:
+    """Hourly data intervals; plus, for feeds with an ``event_queue``, an asset fed by an AssetWatcher
+    on the Amazon provider's ``SqsSensorTrigger`` (S3 -> SQS notifications), so new files start a run
+    within seconds. Constructing the trigger does no I/O, so parsing stays cheap."""
+    hourly = CronDataIntervalTimetable("0 * * * *", timezone="UTC")
+    assets = []
+    for feed in cfg.usage.feeds:
+        if feed.enabled and feed.type == "s3" and feed.event_queue:
+            from airflow.providers.amazon.aws.triggers.sqs import SqsSensorTrigger
+            from airflow.sdk import Asset, AssetWatcher
+
+            trigger = SqsSensorTrigger(sqs_queue=feed.event_queue, aws_conn_id=feed.conn_id, max_messages=10,
+                                       wait_time_seconds=10, waiter_delay=5)
+            assets.append(Asset(name=f"m3sh_usage_{feed.name}", uri=f"s3://{feed.bucket}/{feed.prefix}",
+                                watchers=[AssetWatcher(name=f"m3sh_usage_{feed.name}_events", trigger=trigger)]))
+    if not assets:
+        return hourly
+    from airflow.sdk import AssetOrTimeSchedule
+
+    return AssetOrTimeSchedule(timetable=hourly, assets=assets)
+
+
 def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
     cfg = cfg or get_config()
     with DAG(
         dag_id=DAG_ID,
         description="Usage files (S3: CSV/JSONL, gzip) -> m3ter measurements, exactly once",
-        schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+        schedule=usage_schedule(cfg),
         start_date=start_date(cfg),
         catchup=False,
         max_active_runs=1,
@@ -51,13 +72,17 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
 
         @task
         def plan_files(params: dict[str, Any], data_interval_start: dt.datetime | None = None,
-                       data_interval_end: dt.datetime | None = None) -> list[dict[str, Any]]:
+                       data_interval_end: dt.datetime | None = None, dag_run: Any = None) -> list[dict[str, Any]]:
             from m3sh.storage import Storage
             from m3sh.usage.ingest import list_feed_objects
 
             conf = get_config()
             wanted = set(params.get("feeds") or [])
-            window = (None, None) if params.get("scan_all") else (data_interval_start, data_interval_end)
+            # An S3 event (asset-triggered run) means "new files, whenever they landed": consider every
+            # object; manifests skip the finished ones, so this is exact and cheap.
+            event_run = str(getattr(dag_run, "run_type", "")).endswith("asset_triggered")
+            scan_all = bool(params.get("scan_all")) or event_run
+            window = (None, None) if scan_all else (data_interval_start, data_interval_end)
             chunks: list[dict[str, Any]] = []
             for feed in conf.usage.feeds:
                 if not feed.enabled or (wanted and feed.name not in wanted):

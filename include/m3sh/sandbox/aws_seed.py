@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import random
+from typing import Any
 
 import boto3
 
@@ -21,6 +22,8 @@ from m3sh.sandbox.seed import ARCHIVE_BUCKET, USAGE_BUCKET, DemoCompany, demo_co
 
 USAGE_COLUMNS = ["event_id", "account", "meter", "ts", "quantity", "region"]
 ALERT_TOPIC = "m3sh-alerts"
+USAGE_EVENTS_QUEUE = "m3sh-usage-events"
+MOTO_ACCOUNT = "123456789012"
 
 
 def s3_client(endpoint_url: str):  # type: ignore[no-untyped-def]
@@ -83,8 +86,24 @@ def seed_aws(endpoint_url: str, seed: str) -> None:
     sns = boto3.client("sns", endpoint_url=endpoint_url, aws_access_key_id=cred.AWS_ACCESS_KEY,
                        aws_secret_access_key=cred.AWS_SECRET_KEY, region_name="us-east-1")
     sns.create_topic(Name=ALERT_TOPIC)
-    if seed != "demo":
-        return
+    sqs = boto3.client("sqs", endpoint_url=endpoint_url, aws_access_key_id=cred.AWS_ACCESS_KEY,
+                       aws_secret_access_key=cred.AWS_SECRET_KEY, region_name="us-east-1")
+    sqs.create_queue(QueueName=USAGE_EVENTS_QUEUE)
+    if seed == "demo":
+        _seed_usage_files(s3)
+    # Notifications are switched on after the seed files exist: the demo month is picked up by the
+    # scheduled/manual runs, files uploaded later arrive as events.
+    s3.put_bucket_notification_configuration(Bucket=USAGE_BUCKET, NotificationConfiguration={
+        "QueueConfigurations": [{
+            "QueueArn": f"arn:aws:sqs:us-east-1:{MOTO_ACCOUNT}:{USAGE_EVENTS_QUEUE}",
+            "Events": ["s3:ObjectCreated:*"],
+            "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "usage/"}]}},
+        }],
+    })
+    sqs.purge_queue(QueueUrl=sqs.get_queue_url(QueueName=USAGE_EVENTS_QUEUE)["QueueUrl"])
+
+
+def _seed_usage_files(s3: Any) -> None:
     company = demo_company()
     day = company.anchor
     # the demo month: the whole previous month
