@@ -98,3 +98,25 @@ def airflow_db() -> Path:
 def run_dag(dag: object, **conf: object) -> object:
     """Run a whole DAG with ``dag.test()`` and return the DagRun; conf becomes the run's params."""
     return dag.test(run_conf=conf or None)  # type: ignore[attr-defined]
+
+
+FAST_RETRIES = "\ndag_defaults: {retries: 1, retry_delay_s: 0.1, max_retry_delay_s: 1}\n"
+
+
+@pytest.fixture
+def m3sh_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Factory: write a copy of the demo config (with string replacements and extra YAML appended;
+    fast retries by default), point ``M3SH_CONFIG`` at it and return its path."""
+    from m3sh.config import DEFAULT_CONFIG_PATH
+
+    def make(replace: dict[str, str] | None = None, extra: str = FAST_RETRIES) -> Path:
+        text = DEFAULT_CONFIG_PATH.read_text()
+        for old, new in (replace or {}).items():
+            assert old in text, f"demo config has no {old!r}"
+            text = text.replace(old, new)
+        path = tmp_path / "m3sh.yaml"
+        path.write_text(text + extra)
+        monkeypatch.setenv("M3SH_CONFIG", str(path))
+        return path
+
+    return make

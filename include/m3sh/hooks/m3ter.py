@@ -12,7 +12,10 @@ errors, with jittered backoff), its typed errors and its ``nextToken`` cursors. 
   ``SyncCursor``), so m3sh's mapping layer and the API docs speak the same field names.
 * **Read-modify-write with ``version``**, retried on a version conflict, and upserts by ``code`` that
   write nothing when nothing changed.
-* **Measurement batching** to <= 1000 items and < 512,000 bytes per request.
+* **Measurement batching** to <= 1000 items and < 512,000 bytes per request, each measurement
+  serialised once (the encoded body travels with the batch).
+* **Client-side pacing** to the documented per-org limits (Config and Ingest API, 50 requests/s
+  each), so a fast or multi-threaded client runs at the limit instead of stalling on 429s.
 """
 
 from __future__ import annotations
@@ -63,10 +66,11 @@ class M3terSettings:
     max_retries: int = 5
     timeout_s: float = 60.0
     page_size: int = 100
-    # Client-side pacing of measurement requests: the documented 50/s per-org ingest limit less 2 %
-    # for network jitter by default; 0 turns it off (an org whose limit m3ter raised, a sandbox with
-    # limits off). Several ingest workers sharing one org should split it between them.
+    # Client-side pacing (requests/s) of the Ingest and the Config API: the documented 50/s per-org
+    # limits less 2 % for network jitter by default; 0 turns pacing off (an org whose limits m3ter
+    # raised, a sandbox with limits off). Several workers sharing one org should split the rate.
     ingest_rps: float = 49.0
+    config_rps: float = 49.0
 
     @classmethod
     def from_connection(cls, conn: Connection) -> M3terSettings:
@@ -88,6 +92,7 @@ class M3terSettings:
             timeout_s=float(extra.get("timeout_s", 60.0)),
             page_size=int(extra.get("page_size", 100)),
             ingest_rps=float(extra.get("ingest_rps", 49.0)),
+            config_rps=float(extra.get("config_rps", 49.0)),
         )
 
     def token_request(self) -> tuple[str, dict[str, str], dict[str, str]]:
@@ -285,12 +290,16 @@ def _seal_group(group: list[dict[str, Any]], max_items: int, max_bytes: int) -> 
         yield batch.seal(parts)
 
 
-class IngestPacer:
-    """Client-side pacing of ingest requests to the org's documented rate (50 requests/s).
+class Pacer:
+    """Client-side pacing of requests to one of m3ter's per-org rate limits (50 requests/s each for
+    the Config and the Ingest API).
 
     Without it a fast client bursts past the limit, gets 429 with ``Retry-After: 1`` and the SDK
-    stalls a whole second, losing a third of the throughput; paced, it never trips the limit.
-    One pacer per (host, org) per process, shared by every hook and thread.
+    stalls a whole second, which costs about a third of the achievable rate; paced, requests leave
+    evenly spaced and never trip the limit. The schedule is absolute (no burst credit builds up
+    while the client is slower than the pace). One pacer per (host, org, API) per process, shared
+    by every hook and thread through the SDK client's request event hook, so retries and
+    pagination requests are paced too.
     """
 
     def __init__(self, rate: float) -> None:
@@ -307,16 +316,34 @@ class IngestPacer:
             time.sleep(at - now)
 
 
-_PACERS: dict[tuple[str, str, float], IngestPacer] = {}
+_PACERS: dict[tuple[str, str, str, float], Pacer] = {}
 _PACERS_LOCK = threading.Lock()
 
 
-def ingest_pacer(settings: M3terSettings) -> IngestPacer | None:
-    if settings.ingest_rps <= 0:
+def _pacer(settings: M3terSettings, api: str, rate: float) -> Pacer | None:
+    if rate <= 0:
         return None
-    key = (settings.base_url, settings.org_id, settings.ingest_rps)
+    key = (settings.base_url, settings.org_id, api, rate)
     with _PACERS_LOCK:
-        return _PACERS.setdefault(key, IngestPacer(settings.ingest_rps))
+        return _PACERS.setdefault(key, Pacer(rate))
+
+
+def pacing_hook(settings: M3terSettings) -> Any:
+    """An httpx ``request`` event hook pacing ingest and config requests to their own limits."""
+    ingest = _pacer(settings, "ingest", settings.ingest_rps)
+    config = _pacer(settings, "config", settings.config_rps)
+    org_prefix = f"/organizations/{settings.org_id}/"
+
+    def pace(request: httpx.Request) -> None:
+        path = request.url.path
+        if not path.startswith(org_prefix):
+            return  # the token endpoint and anything else outside the org: not rate limited
+        is_ingest = request.method == "POST" and path.rstrip("/").endswith("/measurements")
+        pacer = ingest if is_ingest else config
+        if pacer is not None:
+            pacer.wait()
+
+    return pace
 
 
 def changed_fields(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
@@ -388,10 +415,13 @@ class M3terHook(BaseHook):
         s = self.settings
         tok = TOKEN_CACHE.get(s)
         if self._client is None or self._client_token is not tok:
+            http_client = None
+            if s.ingest_rps > 0 or s.config_rps > 0:
+                http_client = m3ter.DefaultHttpxClient(event_hooks={"request": [pacing_hook(s)]})
             self._client = m3ter.M3ter(
                 api_key=s.api_key, api_secret=s.api_secret, org_id=s.org_id, base_url=s.base_url,
                 token=tok.access_token, token_expiry=tok.expiry_naive_local,
-                max_retries=s.max_retries, timeout=s.timeout_s,
+                max_retries=s.max_retries, timeout=s.timeout_s, http_client=http_client,
             )
             self._client_token = tok
         return self._client
@@ -507,15 +537,12 @@ class M3terHook(BaseHook):
     def submit_measurements(self, measurements: Iterable[dict[str, Any]]) -> IngestResult:
         """Ingest in <=1000-item, <512,000-byte requests. Idempotent when every measurement has a uid."""
         path = self.settings.org_path("measurements")
-        pacer = ingest_pacer(self.settings)
         result = IngestResult()
         # A batch from measurement_batches() arrives encoded already: send its body, don't re-batch.
         batches: Iterable[EncodedBatch] = (
             [measurements] if isinstance(measurements, EncodedBatch) and measurements.fresh
             else measurement_batches(measurements))
         for batch in batches:
-            if pacer is not None:
-                pacer.wait()
             try:
                 self._request("post", path, content=batch.body)
             except m3ter.APIError as exc:

@@ -22,14 +22,9 @@ BAD_KEY = PREFIX + "broken.csv.gz"
 
 
 @pytest.fixture
-def alert_env(fresh_sandbox: Any, airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from m3sh.config import DEFAULT_CONFIG_PATH
-
-    cfg = DEFAULT_CONFIG_PATH.read_text().replace("prefix: usage/\n", f"prefix: {PREFIX}\n")
-    cfg += "\ndag_defaults: {retries: 0, retry_delay_s: 0.1, max_retry_delay_s: 1}\n"
-    path = tmp_path / "m3sh.yaml"
-    path.write_text(cfg)
-    monkeypatch.setenv("M3SH_CONFIG", str(path))
+def alert_env(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> Any:
+    m3sh_config({"prefix: usage/\n": f"prefix: {PREFIX}\n"},
+                extra="\ndag_defaults: {retries: 0, retry_delay_s: 0.1, max_retry_delay_s: 1}\n")
     s3 = s3_client(fresh_sandbox.url("moto"))
     truncated = gzip.compress(b"event_id,account,meter,ts,quantity,region\n" * 2000)[:-40]
     s3.put_object(Bucket="m3sh-usage", Key=BAD_KEY, Body=truncated)

@@ -18,13 +18,8 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
 
 
 @pytest.fixture
-def crm_env(fresh_sandbox: Any, airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from m3sh.config import DEFAULT_CONFIG_PATH
-
-    path = tmp_path / "m3sh.yaml"
-    path.write_text(DEFAULT_CONFIG_PATH.read_text()
-                    + "\ndag_defaults: {retries: 1, retry_delay_s: 0.1, max_retry_delay_s: 1}\n")
-    monkeypatch.setenv("M3SH_CONFIG", str(path))
+def crm_env(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> Any:
+    m3sh_config()
     return fresh_sandbox
 
 

@@ -12,15 +12,10 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
 
 
 @pytest.fixture
-def feed_env(fresh_sandbox: Any, airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    from m3sh.config import DEFAULT_CONFIG_PATH
+def feed_env(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> dict:
     from m3sh.hooks.m3ter import M3terHook
 
-    cfg = DEFAULT_CONFIG_PATH.read_text().replace("prefix: usage/\n", "prefix: usage/none/\n")
-    cfg += "\ndag_defaults: {retries: 1, retry_delay_s: 0.1, max_retry_delay_s: 1}\n"
-    path = tmp_path / "m3sh.yaml"
-    path.write_text(cfg)
-    monkeypatch.setenv("M3SH_CONFIG", str(path))
+    m3sh_config({"prefix: usage/\n": "prefix: usage/none/\n"})
     hook = M3terHook()
     accounts = sorted(a["code"] for a in hook.iter_entities("accounts"))[:10]
     base = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).replace(minute=0, second=0, microsecond=0)

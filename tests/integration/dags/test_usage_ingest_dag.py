@@ -53,15 +53,11 @@ def _make_file(accounts: list[str]) -> tuple[bytes, int, dict[str, float], int]:
 
 
 @pytest.fixture
-def usage_setup(fresh_sandbox: Any, airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    from m3sh.config import DEFAULT_CONFIG_PATH
+def usage_setup(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> dict:
     from m3sh.hooks.m3ter import M3terHook
 
-    cfg = DEFAULT_CONFIG_PATH.read_text().replace("prefix: usage/\n", f"prefix: {PREFIX}\n")
-    cfg += "\ndag_defaults: {retries: 2, retry_delay_s: 0.1, max_retry_delay_s: 1}\n"
-    path = tmp_path / "m3sh.yaml"
-    path.write_text(cfg)
-    monkeypatch.setenv("M3SH_CONFIG", str(path))
+    m3sh_config({"prefix: usage/\n": f"prefix: {PREFIX}\n"},
+                extra="\ndag_defaults: {retries: 2, retry_delay_s: 0.1, max_retry_delay_s: 1}\n")
     hook = M3terHook()
     accounts = sorted(a["code"] for a in hook.iter_entities("accounts"))[:20]
     data, valid, expected, bad = _make_file(accounts)

@@ -1,0 +1,44 @@
+"""Headless or source of truth: switching a field's ownership in m3sh.yaml takes effect on the next
+run, without a migration. ``name: m3ter_wins`` keeps a name edited in m3ter; back to ``crm_wins``,
+the CRM's value wins again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from m3sh.sandbox.seed import demo_company
+
+from .conftest import crm_sync
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
+
+
+def _set_name_owner(owner: str) -> Any:
+    def change(d: dict[str, Any]) -> None:
+        d["crm"]["ownership"]["fields"]["name"] = owner
+
+    return change
+
+
+def test_switching_name_ownership_takes_effect_on_the_next_run(stack: Any) -> None:
+    from m3sh.hooks.m3ter import M3terHook
+
+    c = next(c for c in demo_company().customers if c.crm == "salesforce" and not c.in_m3ter)
+    assert crm_sync(accounts=[c.domain]).state == "success"
+    hook = M3terHook()
+    account = hook.find_by_code("accounts", c.key)
+    assert account["name"] == c.name
+    hook.update("accounts", account["id"], {"name": "Named by Finance"}, current=account)
+
+    cfg = stack.edit(_set_name_owner("m3ter_wins"))  # m3ter becomes the source of truth for names
+    assert cfg.crm.ownership.owner_of("name") == "m3ter_wins"
+    assert crm_sync(accounts=[c.domain]).state == "success"
+    assert hook.find_by_code("accounts", c.key)["name"] == "Named by Finance"
+
+    cfg = stack.edit(_set_name_owner("crm_wins"))  # and back: the CRM owns names again
+    assert cfg.crm.ownership.owner_of("name") == "crm_wins"
+    assert crm_sync(accounts=[c.domain]).state == "success"
+    after = hook.find_by_code("accounts", c.key)
+    assert after["name"] == c.name and after["id"] == account["id"]
