@@ -57,7 +57,7 @@ CONTEXT: dict[str, list[str]] = {
     "usage_ingest": ["rows", "seconds", "api_requests", "naive_rows_per_s", "speedup_vs_naive_wan",
                      "achieved_rps", "limit_rps"],
     "crm_sync": ["accounts", "seconds", "binding_api", "binding_limit_rps", "achieved_rps", "m3ter_writes"],
-    "dag_parse": ["destinations", "files"],
+    "dag_parse": ["destinations", "files", "slowest_file", "max_warm_parse_s"],
     "sandbox_ingest": ["measurements", "seconds"],
     "invoice_sync": ["bills", "seconds", "bound_seconds"],
     "triggers": ["accounts", "api_calls_cold"],
@@ -222,7 +222,10 @@ def write_readme_table(records: list[dict[str, Any]]) -> Path:
             f"Measured {when[:10]} on " + ("; ".join(sorted(machines)) or "an unknown machine") + ". "
             + ("Some figures come from a `--quick` run (smaller sizes). " if any(r.get("quick") for r in records)
                else "")
-            + "Each row is one run of `python -m benchmarks.<name>`; raw figures in `benchmarks/results/<name>.json`.",
+            + "Each row is one run of `python -m benchmarks.<name>`; raw figures in `benchmarks/results/<name>.json`. "
+            + "1-minute load average when each started (other work on the machine slows every figure): "
+            + ", ".join(f"{r['benchmark']} {r['machine'].get('load_avg_1m')}" for r in records if r.get("machine"))
+            + ".",
             ""]
     path = RESULTS / "README_table.md"
     path.write_text("\n".join(text))

@@ -82,7 +82,6 @@ class CrmSyncConfig(_Model):
     plan_map: dict[str, str] = Field(
         default_factory=dict, description="CRM product code / SKU -> m3ter plan code")
     default_plan: str | None = Field(None, description="m3ter plan code when no product maps")
-    delete_missing: bool = Field(False, description="Never delete in m3ter unless explicitly enabled")
     lookback_minutes: int = Field(5, ge=0, description="Overlap added before each window (clock skew)")
 
 

@@ -9,11 +9,12 @@ own port base. ``.ci/start-services.sh`` starts Postgres and Redis where they ar
 
 1. Every m3sh DAG is unpaused and triggered through the REST API and runs to success; task
    instances ran on both workers (their ``hostname`` comes from ``worker_identity.py``); the m3ter
-   emulator holds the accounts from the CRM sync and exactly the valid usage rows.
+   emulator holds the accounts from the CRM sync and every valid usage row of the seed, once.
 2. The sandbox is reset, and while ``m3sh_usage_ingest`` is ingesting (latency injected into
    m3ter's measurements endpoint keeps it in flight) one worker is killed with SIGKILL, its whole
    process group, like a lost machine. The scheduler notices the missing heartbeat, the task is
-   retried on the surviving worker, and m3ter ends with the same measurements as in 1, no duplicate.
+   retried on the surviving worker, and m3ter ends with exactly the measurements of 1 (same count
+   and sums per account and meter): nothing lost, nothing doubled.
 
 Run: ``.venv/bin/pytest -m distributed tests/distributed -q`` (about 3-4 minutes on 2 cores).
 """
@@ -221,7 +222,7 @@ def _usage_totals(state: dict[str, Any]) -> dict[str, tuple[int, dict[str, float
 
 
 def _expected_valid_usage_rows() -> int:
-    """Valid rows in the demo seed's usage files, computed from the seed itself (not from Airflow)."""
+    """Valid rows in the demo seed's S3 usage files, computed from the seed itself (not from Airflow)."""
     import datetime as dt
 
     from m3sh.sandbox.aws_seed import usage_rows
@@ -272,9 +273,9 @@ def test_every_m3sh_dag_runs_to_success_across_both_workers(stack: dict[str, Any
 
     state = _m3ter_state(stack["endpoints"])
     assert len(state["entities"]["accounts"]) > 0
-    expected = _expected_valid_usage_rows()
-    assert state["usage"]["uids"] == expected
-    assert sum(r["count"] for r in state["usage"]["totals"]) == expected
+    # every valid row of the seeded usage files landed (HTTP feeds may add more), each exactly once
+    assert state["usage"]["uids"] >= _expected_valid_usage_rows()
+    assert sum(r["count"] for r in state["usage"]["totals"]) == state["usage"]["uids"]
     stack["baseline"] = _usage_totals(state)
 
 
@@ -325,5 +326,5 @@ def test_killing_a_worker_mid_ingest_still_lands_every_measurement_once(stack: d
     # right results, no duplicates: exactly the baseline of the undisturbed run
     state = _m3ter_state(endpoints)
     assert 0 < sent_before_kill < state["usage"]["uids"]
-    assert state["usage"]["uids"] == _expected_valid_usage_rows()
+    assert sum(r["count"] for r in state["usage"]["totals"]) == state["usage"]["uids"]
     assert _usage_totals(state) == stack["baseline"]

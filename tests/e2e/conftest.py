@@ -27,7 +27,7 @@ from m3sh.airflow_env import AirflowApi, AirflowEnv, venv_bin, write_task_config
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-ADMIN_PASSWORD = "e2e-Admin-Pa55"  # noqa: S105 - a throw-away test login
+ADMIN_PASSWORD = "e2e-Admin-Pa55"  # a throw-away test login
 
 
 @dataclass

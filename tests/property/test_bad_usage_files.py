@@ -171,9 +171,10 @@ def test_examples_that_found_bugs() -> None:
     huge_csv_field = ("event_id,meter,account,ts,quantity\n1,api_calls,acc-1," + "x" * 140_000
                       + ",1\n2,api_calls,acc-1,2026-03-01T09:00:00Z,2\n")
     assert _read_all("f/a.csv", huge_csv_field.encode()) == (1, 1)  # the row after it still counts
-    huge_json_int = '{"meter": "api_calls", "account": "acc-1", "ts": "2026-03-01T09:00:00Z", "quantity": ' + "9" * 5000 + "}\n"
+    row = '{"meter": "api_calls", "account": "acc-1", "ts": "2026-03-01T09:00:00Z", "quantity": '
+    huge_json_int = row + "9" * 5000 + "}\n"
     assert _read_all("f/b.jsonl", huge_json_int.encode()) == (0, 1)
-    float_overflow = '{"meter": "api_calls", "account": "acc-1", "ts": "2026-03-01T09:00:00Z", "quantity": 1' + "0" * 400 + "}\n"
+    float_overflow = row + "1" + "0" * 400 + "}\n"
     assert _read_all("f/c.jsonl", float_overflow.encode()) == (0, 1)
     deep = "[" * 100_000 + "]" * 100_000 + "\n"
     assert _read_all("f/d.jsonl", deep.encode()) == (0, 1)

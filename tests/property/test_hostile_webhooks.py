@@ -113,9 +113,9 @@ def test_signed_delivery_of_any_body_is_never_a_5xx(body: bytes) -> None:
     assert (r.status_code == 202) == (len(rec.events) == 1)
 
 
-@pytest.mark.xfail(strict=True, reason="receiver bug (include/m3sh/web/receiver.py _event_extra): a signed body whose "
-                                       "m3terEvent/eventData/notification is not an object raises AttributeError -> 500; "
-                                       "reported, owned by the web helper")
+@pytest.mark.xfail(strict=True, reason="receiver bug (include/m3sh/web/receiver.py _event_extra): a signed body "
+                                       "whose m3terEvent/eventData/notification is not an object raises "
+                                       "AttributeError -> 500; reported, owned by the web helper")
 @pytest.mark.parametrize("body", [b'{"m3terEvent": "x"}', b'{"m3terEvent": {"eventData": [1]}}',
                                   b'{"m3terEvent": {"notification": 5}}'])
 def test_signed_delivery_with_unexpected_shapes_is_not_a_500(body: bytes) -> None:

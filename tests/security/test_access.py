@@ -99,7 +99,7 @@ def test_a_replay_with_a_swapped_event_id_header_is_refused() -> None:
 
 
 # ---------------------------------------------------------------------------------------- UI view
-PASSWORD = "sec-test-password"  # noqa: S105 - throw-away login of a test-only auth manager
+PASSWORD = "sec-test-password"  # a throw-away login of a test-only auth manager
 
 
 @pytest.fixture(scope="module")

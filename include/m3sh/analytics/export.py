@@ -35,7 +35,7 @@ def table_rows(cfg: M3shConfig, hook: M3terHook, table: str, day: dt.date) -> li
     return extract.rows(table)
 
 
-def stage_table(cfg: M3shConfig, hook: M3terHook, table: str, day: dt.date, run_id: str,
+def stage_table(cfg: M3shConfig, hook: M3terHook, table: str, day: dt.date, run_id: str, *,
                 dry_run: bool = False) -> dict[str, Any]:
     """Extract one table for the day and write it to the run's staging prefix (nothing when dry)."""
     s = spec(table)

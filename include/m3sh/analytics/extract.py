@@ -110,7 +110,7 @@ class DayExtract:
 
     @cached_property
     def transaction_types(self) -> dict[str, str]:
-        return {t["id"]: t.get("code") or t.get("name") for t in
+        return {t["id"]: str(t.get("code") or t.get("name") or t["id"]) for t in
                 self.hook.iter_entities("picklists/transactiontypes")}
 
     def code_of(self, account_id: str | None) -> str | None:

@@ -108,8 +108,8 @@ class PartitionStore:
         client, bucket = self.storage.client, self.storage.bucket
         table = staged["table"]
         final = self.data_key(table, day)
-        copied = client.copy_object(Bucket=bucket, Key=final, CopySource={"Bucket": bucket, "Key": staged["staged_key"]},
-                                     MetadataDirective="COPY")
+        copied = client.copy_object(Bucket=bucket, Key=final, MetadataDirective="COPY",
+                                    CopySource={"Bucket": bucket, "Key": staged["staged_key"]})
         etag = str(copied["CopyObjectResult"]["ETag"]).strip('"')
         for obj in self.storage.list_keys(self.partition(table, day)):
             if obj["Key"] not in (final, self.manifest_key(table, day)):  # e.g. files of an older layout

@@ -49,7 +49,7 @@ _ACCOUNT = [
 TABLES: dict[str, TableSpec] = {}
 
 
-def _table(name: str, doc: str, grain: str, selection: str, fields: list[pa.Field],
+def _table(name: str, doc: str, grain: str, selection: str, fields: list[pa.Field], *,
            sort_by: tuple[str, ...]) -> None:
     TABLES[name] = TableSpec(name, doc, grain, selection, pa.schema(fields), sort_by)
 
@@ -66,7 +66,7 @@ _table(
      _f("value_min", pa.float64(), "MIN of the field over the day"),
      _f("value_max", pa.float64(), "MAX of the field over the day"),
      _f("measurement_count", pa.int64(), "number of measurements of the meter that day")],
-    ("account_id", "meter_id", "measure"))
+    sort_by=("account_id", "meter_id", "measure"))
 
 _table(
     "bills", "m3ter bills, one row each.", "bill", "bills whose billDate is the day",
@@ -86,7 +86,7 @@ _table(
      _f("bill_job_id", pa.string(), "bill job that last (re)calculated the bill"),
      _f("last_calculated_at", _TS, "lastCalculatedDate"),
      _f("last_modified_at", _TS, "dtLastModified")],
-    ("bill_id",))
+    sort_by=("bill_id",))
 
 _table(
     "bill_line_items", "Line items of the bills in the same day's bills partition.", "bill line item",
@@ -113,7 +113,7 @@ _table(
      _f("service_period_start", _TS, "servicePeriodStartDate"),
      _f("service_period_end", _TS, "servicePeriodEndDate (exclusive)"),
      _f("sequence_number", pa.int32(), "position on the bill")],
-    ("bill_id", "sequence_number", "line_item_id"))
+    sort_by=("bill_id", "sequence_number", "line_item_id"))
 
 _table(
     "balances", "Balances as of the end of the day, rebuilt from their transactions (so a backfill shows "
@@ -130,7 +130,7 @@ _table(
      _f("debits_to_date", pa.float64(), "sum of negative transactions (as a positive number), same cut-off"),
      _f("closing_amount", pa.float64(), "credits_to_date - debits_to_date"),
      _f("transaction_count", pa.int64(), "transactions dated before the end of the day")],
-    ("balance_id",))
+    sort_by=("balance_id",))
 
 _table(
     "balance_transactions", "Balance transactions (credits, top-ups, draw-downs).", "transaction",
@@ -147,7 +147,7 @@ _table(
      _f("entity_id", pa.string(), "id of that entity (e.g. the bill)"),
      _f("transaction_type_id", pa.string(), "m3ter transaction type id"),
      _f("transaction_type_code", pa.string(), "m3ter transaction type code")],
-    ("transaction_id",))
+    sort_by=("transaction_id",))
 
 _table(
     "account_plans", "Plans attached to accounts during the day.", "account plan",
@@ -161,7 +161,7 @@ _table(
      _f("contract_id", pa.string(), "m3ter contract id"),
      _f("start_date", _TS, "startDate"),
      _f("end_date", _TS, "endDate (exclusive; null = open)")],
-    ("account_id", "start_date", "account_plan_id"))
+    sort_by=("account_id", "start_date", "account_plan_id"))
 
 _table(
     "accounts", "Every m3ter account, with the CRM m3sh links it to (a daily snapshot).", "account",
@@ -176,7 +176,7 @@ _table(
      _f("crm_id", pa.string(), "record id in the primary CRM"),
      _f("subsidiary", pa.string(), "m3ter custom field 'subsidiary'"),
      _f("created_at", _TS, "dtCreated")],
-    ("account_id",))
+    sort_by=("account_id",))
 
 _table(
     "account_links", "Identifiers of each account in the CRMs and ERPs m3sh links it to: m3ter external "
@@ -189,7 +189,7 @@ _table(
      _f("external_table", pa.string(), "external object (Account, companies, customer)"),
      _f("external_id", pa.string(), "record id in that system", nullable=False),
      _f("origin", pa.string(), "m3ter_external_mapping | m3sh_invoicing_ledger")],
-    ("account_id", "system", "external_table", "external_id"))
+    sort_by=("account_id", "system", "external_table", "external_id"))
 
 _table(
     "bill_links", "Where each bill of the day's bills partition was delivered (m3sh invoicing ledger).",
@@ -201,7 +201,7 @@ _table(
      _f("delivered_at", _TS, "when m3sh delivered it"),
      _f("total", pa.float64(), "total sent"),
      _f("currency", pa.string(), "currency sent")],
-    ("bill_id", "destination"))
+    sort_by=("bill_id", "destination"))
 
 
 def spec(name: str) -> TableSpec:

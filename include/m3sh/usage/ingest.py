@@ -151,6 +151,7 @@ def ingest_s3_object(
     progress_every: int = 50_000,
     dry_run: bool = False,
     now: dt.datetime | None = None,
+    batch_size: int = 1000,
 ) -> FileResult:
     """Ingest one object of ``feed``; never raises for bad rows, raises BadFile only via the result."""
     t0 = time.monotonic()
@@ -208,7 +209,7 @@ def ingest_s3_object(
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3sh-ingest") as sender:
         try:
-            for batch in measurement_batches(valid_measurements()):
+            for batch in measurement_batches(valid_measurements(), max_items=batch_size):
                 if dry_run:
                     result.batches_sent += 1
                     result.rows_sent += len(batch)

@@ -52,8 +52,12 @@ def test_new_usage_feed_is_picked_up_and_old_files_are_not_resent(stack: Any) ->
     s3.put_object(Bucket="m3sh-usage", Key="partner/evo-b/batch.jsonl",
                   Body="\n".join(json.dumps(r) for r in _rows("b", accounts, 30)).encode())
 
-    # before: one feed (the demo feed, pointed at this test's prefix)
-    stack.edit(lambda d: d["usage"]["feeds"][0].update(prefix="usage/evo-a/"))
+    # before: one feed (the demo's S3 feed, pointed at this test's prefix)
+    def one_feed(d: dict[str, Any]) -> None:
+        feed = next(f for f in d["usage"]["feeds"] if f["name"] == "platform_files")
+        d["usage"]["feeds"] = [{**feed, "prefix": "usage/evo-a/"}]
+
+    stack.edit(one_feed)
     _, run = _ingest()
     assert run.state == "success"
     assert _count(hook) == 40
@@ -69,10 +73,10 @@ def test_new_usage_feed_is_picked_up_and_old_files_are_not_resent(stack: Any) ->
     cfg = stack.edit(add_feed)
     assert [f.name for f in cfg.usage.feeds] == ["platform_files", "partner_feed"]
     posts_before = stack.sandbox.stats("m3ter")["counts"].get("POST /organizations/{id}/measurements", 0)
-    dag, run = _ingest()
+    _, run = _ingest()
     assert run.state == "success"
     assert _count(hook) == 70  # the new feed's 30 rows, and the old feed's 40 exactly once
     posts = stack.sandbox.stats("m3ter")["counts"].get("POST /organizations/{id}/measurements", 0) - posts_before
     assert posts == 1  # one batch: the new file only; the two old files were skipped by their manifests
     summary = run.get_task_instance("summarize").xcom_pull(task_ids="summarize")
-    assert summary["files"] == 3 and summary["skipped"] == 2 and summary["accepted"] == 30
+    assert summary["files"] == 3 and summary["skipped"] == 2 and summary["failed"] == 0

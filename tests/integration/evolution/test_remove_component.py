@@ -16,19 +16,20 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
 
 
 def _pick() -> tuple[list[Any], list[Any]]:
-    cs = [c for c in demo_company().customers if not c.in_m3ter]
-    return [c for c in cs if c.crm == "salesforce"][:3], [c for c in cs if c.crm == "hubspot"][:3]
+    cs = demo_company().customers
+    return ([c for c in cs if c.crm == "salesforce" and not c.in_m3ter][:3],
+            [c for c in cs if c.crm == "hubspot" and c.in_m3ter][:2])
 
 
 def test_disabled_then_deleted_crm_source_is_left_alone(stack: Any, caplog: pytest.LogCaptureFixture) -> None:
     from m3sh.dagkit.crm_sync import build_crm_sync_dag
     from m3sh.hooks.m3ter import M3terHook
 
-    sf_only, hs_only = _pick()
+    sf_only, hs_only = _pick()  # HubSpot customers already in m3ter (history that must survive)
     domains = [c.domain for c in sf_only + hs_only]
-    assert crm_sync(accounts=domains).state == "success"  # both CRMs in use
     hook = M3terHook()
-    assert all(hook.find_by_code("accounts", c.key) for c in sf_only + hs_only)
+    hs_before = {c.key: hook.find_by_code("accounts", c.key) for c in hs_only}
+    assert all(hs_before.values())
 
     # disable HubSpot
     cfg = stack.edit(lambda d: next(s for s in d["crm"]["sources"] if s["name"] == "hubspot").update(enabled=False))
@@ -38,19 +39,21 @@ def test_disabled_then_deleted_crm_source_is_left_alone(stack: Any, caplog: pyte
     assert "CRM source hubspot is disabled in m3sh.yaml: not read or written" in caplog.text
     assert not {"extract_hubspot", "write_back_hubspot"} & set(dag.task_ids)
     stack.sandbox.admin("hubspot", "stats", "DELETE")
-    # a Salesforce change still flows; HubSpot is not touched, and its accounts stay in m3ter
-    stack.sandbox.admin("salesforce", "set_fields", "POST", sobject="Account", id=sf_only[0].salesforce_id,
-                        fields={"Name": "Renamed After Removal"})
+    # Salesforce keeps flowing; HubSpot is not touched, and its accounts stay in m3ter unchanged
     assert crm_sync(accounts=domains).state == "success"
     assert request_count(stack.sandbox, "hubspot") == 0
-    assert hook.find_by_code("accounts", sf_only[0].key)["name"] == "Renamed After Removal"
-    assert all(hook.find_by_code("accounts", c.key) for c in hs_only)  # delete_missing is off: history kept
+    assert all(hook.find_by_code("accounts", c.key) for c in sf_only)
+    assert {c.key: hook.find_by_code("accounts", c.key) for c in hs_only} == hs_before  # delete_missing is off
 
-    # delete it from the file altogether
+    # delete it from the file altogether; a Salesforce change still flows
     def delete(d: dict[str, Any]) -> None:
         d["crm"]["sources"] = [s for s in d["crm"]["sources"] if s["name"] != "hubspot"]
 
     cfg = stack.edit(delete)
     assert [s.name for s in cfg.crm.sources] == ["salesforce"]
+    stack.sandbox.admin("salesforce", "set_fields", "POST", sobject="Account", id=sf_only[0].salesforce_id,
+                        fields={"Name": "Renamed After Removal"})
     assert crm_sync(accounts=domains).state == "success"
     assert request_count(stack.sandbox, "hubspot") == 0
+    assert hook.find_by_code("accounts", sf_only[0].key)["name"] == "Renamed After Removal"
+    assert {c.key: hook.find_by_code("accounts", c.key) for c in hs_only} == hs_before

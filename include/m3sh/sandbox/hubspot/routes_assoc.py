@@ -33,11 +33,12 @@ def _default_results(from_type: str, from_id: str, to_type: str, to_id: str,
 def _labels_pair(s: PortalState, from_type: str, from_id: str, to_type: str, to_id: str) -> dict[str, Any]:
     labels = [
         t["label"]
-        for item in s.associated(from_type, from_id, to_type) if str(item["toObjectId"]) == to_id
-        for t in item["associationTypes"] if t["label"]
+        for item in s.associated(from_type, from_id, to_type) if item["toObjectId"] == to_id
+        for t in item["associationTypes"] if t.get("label")
     ]
-    return {"fromObjectTypeId": OBJECT_TYPE_IDS[from_type], "fromObjectId": int(from_id),
-            "toObjectTypeId": OBJECT_TYPE_IDS[to_type], "toObjectId": int(to_id), "labels": labels}
+    # LabelsBetweenObjectPair types every id as a string.
+    return {"fromObjectTypeId": OBJECT_TYPE_IDS[from_type], "fromObjectId": from_id,
+            "toObjectTypeId": OBJECT_TYPE_IDS[to_type], "toObjectId": to_id, "labels": labels}
 
 
 def _spec_types(raw: Any) -> list[tuple[str, int]]:

@@ -123,8 +123,8 @@ def _with_associations(state: PortalState, object_type: str, rec: Record, out: d
         results = []
         for item in state.associated(object_type, rec.id, to_type):
             for t in item["associationTypes"]:
-                label = "" if t["label"] is None else f"_{t['label'].lower()}"
-                results.append({"id": str(item["toObjectId"]),
+                label = f"_{t['label'].lower()}" if t.get("label") else ""
+                results.append({"id": item["toObjectId"],
                                 "type": f"{SINGULAR[object_type]}_to_{SINGULAR[to_type]}{label}"})
         if results:
             assoc[raw] = {"results": results}

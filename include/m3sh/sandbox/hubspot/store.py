@@ -227,19 +227,20 @@ class PortalState:
         self.associations.get((to_type, to_id, from_type), {}).pop(from_id, None)
 
     def associated(self, from_type: str, from_id: str, to_type: str) -> list[dict[str, Any]]:
-        """``MultiAssociatedObjectWithLabel`` entries, ordered by numeric id."""
+        """``MultiAssociatedObjectWithLabel`` entries, ordered by numeric id.
+
+        As the spec types them: ``toObjectId`` is a string and ``label`` is present only for
+        labelled types (it is an optional, non-nullable string in ``AssociationSpecWithLabel``).
+        """
         links = self.associations.get((from_type, from_id, to_type), {})
         out = []
         for to_id in sorted(links, key=_id_key):
             types = sorted(links[to_id], key=lambda t: t[1])
-            out.append({
-                "toObjectId": int(to_id) if to_id.isdigit() else to_id,
-                "associationTypes": [
-                    {"category": c, "typeId": t,
-                     "label": (KNOWN_ASSOCIATION_TYPES.get(t) or (None, None, None))[2]}
-                    for c, t in types
-                ],
-            })
+            specs: list[dict[str, Any]] = []
+            for c, t in types:
+                label = (KNOWN_ASSOCIATION_TYPES.get(t) or (None, None, None))[2]
+                specs.append({"category": c, "typeId": t, **({"label": label} if label else {})})
+            out.append({"toObjectId": to_id, "associationTypes": specs})
         return out
 
     def require(self, object_type: str, object_id: str) -> Record:
