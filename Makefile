@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint typecheck unit bench sandbox clean distributed
+.PHONY: venv demo test lint typecheck unit bench sandbox clean services
 
 $(STAMP): pyproject.toml
 	@echo ">> bootstrapping $(VENV) (python: $$($(PYTHON) --version))"
@@ -23,9 +23,13 @@ venv: $(STAMP)
 demo: venv
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/m3sh demo --root .
 
-## test: lint, type check, then every test suite (unit, sandbox, hooks, DAG runs)
-test: lint typecheck
+## test: lint, type check, then every test suite (unit, sandbox, hooks, DAG runs, chaos, e2e, distributed)
+test: lint typecheck services
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+## services: PostgreSQL + Redis for the distributed-engine test (starts them only if they are down)
+services:
+	@bash .ci/start-services.sh || echo "!! could not start PostgreSQL/Redis: the distributed tests will fail and say why"
 
 lint: venv
 	@$(BIN)/ruff check include dags plugins tests benchmarks

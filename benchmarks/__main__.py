@@ -168,7 +168,8 @@ def rows_for(record: dict[str, Any]) -> list[tuple[str, str, str, str, bool | No
         if figure in result and f"{name}.{figure}" not in TARGETS:
             out.append((name, figure, _fmt(result[figure]), "", None))
     if not out:  # a new benchmark without targets yet: show its numeric figures
-        out = [(name, k, _fmt(v), "", None) for k, v in result.items() if isinstance(v, int | float)][:8]
+        out.extend((name, str(k), _fmt(v), "", None) for k, v in list(result.items())[:8]
+                   if isinstance(v, int | float))
     if record.get("error"):
         out.append((name, "error", str(record["error"]), "", False))
     return out

@@ -1,4 +1,4 @@
-"""Airflow DAG: m3ter usage, bills, balances and plans -> daily Parquet in S3. Built from m3sh.yaml; docs/analytics.md."""
+"""Airflow DAG: m3ter usage, bills, balances, plans -> daily Parquet in S3. Built from m3sh.yaml; docs/analytics.md."""
 
 from m3sh.dagkit.analytics_export import enabled_dag
 

@@ -101,10 +101,9 @@ def start_standalone(home: Path, port: int, endpoints: Any) -> AirflowStack:
 
 @pytest.fixture(scope="module")
 def airflow_stack(sandbox: Any) -> Iterator[AirflowStack]:
-    from conftest import TEST_PORT_BASE
-
     base = Path(os.environ.get("M3SH_TEST_AIRFLOW_HOME") or "/tmp/m3sh-e2e")
-    stack = start_standalone(base / "e2e-standalone", TEST_PORT_BASE + 80, sandbox.endpoints)
+    stack = start_standalone(base / "e2e-standalone", sandbox.endpoints.port_base + 80,
+                             sandbox.endpoints)
     try:
         yield stack
     finally:
@@ -144,5 +143,6 @@ def browser_page(chromium: str, tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def artifacts(request: pytest.FixtureRequest) -> Path:
     path = ARTIFACTS / request.node.name
-    path.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(path, ignore_errors=True)  # screenshots of an earlier run must not pass for this one's
+    path.mkdir(parents=True)
     return path

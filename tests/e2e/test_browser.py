@@ -59,14 +59,15 @@ def test_trigger_crm_sync_dry_run_from_the_ui_and_find_it_on_the_m3sh_page(
         before = {r["dag_run_id"] for r in airflow_stack.api.request(
             "GET", f"/dags/{DAG_ID}/dagRuns", params={"limit": 100})["dag_runs"]}
         page.get_by_role("button", name="Trigger Dag").click()
-        dialog = page.get_by_role("dialog")
+        dialog = page.get_by_role("dialog").filter(has_text=f"Trigger Dag - {DAG_ID}")
         expect(dialog.get_by_text("Run Parameters")).to_be_visible()
         # No logical date: a manual run "now", like the REST API's logical_date=null. (The test config starts
         # the schedule in a year so no scheduled run interferes, and tasks never run for logical dates
         # before their start date.)
-        logical = dialog.locator("input[type='datetime-local']")
-        logical.fill("")
-        expect(logical).to_have_value("")
+        page.get_by_test_id("datetime-input").click()
+        page.get_by_role("button", name="Clear start date").click()
+        dialog.get_by_text(f"Trigger Dag - {DAG_ID}").click()  # closes the date popover
+        expect(page.get_by_test_id("datetime-input")).to_have_text("Select date and time")
         for param in ("dry_run", "full_resync"):
             switch = dialog.locator(f"input[name=element_{param}]")
             dialog.locator(f"label:has(input[name=element_{param}])").click()
@@ -79,7 +80,7 @@ def test_trigger_crm_sync_dry_run_from_the_ui_and_find_it_on_the_m3sh_page(
         states = airflow_stack.api.wait_runs({DAG_ID: run_id}, timeout_s=120)
         assert states[DAG_ID] == "success", airflow_stack.tail()
         run = airflow_stack.api.run(DAG_ID, run_id)
-        assert run["conf"]["dry_run"] is True and run["conf"]["full_resync"] is True
+        assert run["conf"]["dry_run"] is True and run["conf"]["full_resync"] is True and run["logical_date"] is None
         tis = {t["task_id"]: t["state"] for t in airflow_stack.api.task_instances(DAG_ID, run_id)}
         assert tis.get("sync_to_m3ter") == "success", tis
         page.goto(f"{base}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}")

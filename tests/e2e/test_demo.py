@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,11 +27,12 @@ AIRFLOW_PORT = PORT_BASE + 80
 
 
 @pytest.fixture
-def demo_root() -> Path:
+def demo_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="af-demo-e2e-", dir="/tmp"))
     (root / "dags").symlink_to(REPO / "dags")
     (root / "plugins").symlink_to(REPO / "plugins")
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _run_demo(root: Path) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,7 @@ def table_rows(cfg: M3shConfig, hook: M3terHook, table: str, day: dt.date) -> li
     if table == "usage_daily" and cfg.analytics.source == "data_export":
         from m3sh.analytics.data_export import usage_via_data_export
 
-        data = usage_via_data_export(hook, day, extract, timeout_s=cfg.analytics.export_timeout_s,
+        data = usage_via_data_export(hook, extract, timeout_s=cfg.analytics.export_timeout_s,
                                      poll_s=cfg.analytics.export_poll_s)
         return list(extract.usage_rows_from(data))
     return extract.rows(table)

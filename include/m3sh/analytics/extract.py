@@ -144,17 +144,20 @@ class DayExtract:
         return [f["code"] for f in meter.get("dataFields", []) + meter.get("derivedFields", [])
                 if f.get("category") == "MEASURE"]
 
-    def _query(self, meters: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        body = {
+    def usage_query_body(self, meters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The day's usage query: grouped by account and day, SUM/MIN/MAX/COUNT of every MEASURE field."""
+        meters = meters if meters is not None else [m for m in self.meters.values() if self._measures(m)]
+        return {
             "startDate": self.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "endDate": self.end.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "meterIds": [m["id"] for m in meters],
             "groups": [{"groupType": "ACCOUNT"}, {"groupType": "TIME", "frequency": "DAY"}],
             "aggregations": [{"meterId": m["id"], "fieldCode": field, "fieldType": "MEASURE", "function": fn}
                              for m in meters for field in self._measures(m) for fn in USAGE_FUNCTIONS],
-            "limit": USAGE_QUERY_LIMIT,
         }
-        result = self.hook.query_usage(body)
+
+    def _query(self, meters: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        result = self.hook.query_usage({**self.usage_query_body(meters), "limit": USAGE_QUERY_LIMIT})
         return None if result.get("hasMoreData") else list(result.get("data") or [])
 
     def usage_rows_from(self, data: Iterable[dict[str, Any]]) -> Iterator[Row]:

@@ -257,7 +257,7 @@ table { border-collapse:collapse; width:100%; margin:8px 0 4px; font-variant-num
 th, td { text-align:left; padding:6px 8px; border-bottom:1px solid var(--line); vertical-align:top; }
 th { color:var(--muted); font-weight:600; font-size:12px; text-transform:uppercase; letter-spacing:.03em; }
 td.num, th.num { text-align:right; }
-.badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600;
+.badge { display:inline-block; white-space:nowrap; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600;
          background:#eef2f6; color:var(--muted); }
 .badge.success, .badge.done, .badge.ok, .badge.clean { background:#e3f4ea; color:var(--ok); }
 .badge.failed, .badge.abandoned, .badge.error, .badge.drift { background:#fde8e7; color:var(--bad); }
@@ -341,14 +341,14 @@ def _crm_html(data: dict[str, Any], ui_base: str) -> str:
     if not runs:
         return out + '<p class="empty">No CRM sync has run yet.</p>'
     out += "<h3 class='sub'>Recent syncs</h3>" + _table(
-        ["When", "Run", "Mode", "CRM records", "Customers", "Created", "Updated", "Conflicts", "Errors",
+        ["When", "Run", "Mode", "CRM records", "Customers", "Creates", "Updates", "Conflicts", "Errors",
          "m3ter writes", "Write-backs"],
         [[_when(r["at"]), _run_link(ui_base, CRM_DAG, r["run_id"]),
           _badge("dry", "dry run") if r["dry_run"] else _badge("ok", "live"), _n(r["records"]), _n(r["customers"]),
           _n(r["created"]), _n(r["updated"]), _n(r["conflicts"]),
           _badge("failed", str(r["errors"])) if r["errors"] else "0", _n(r["m3ter_writes"]), _n(r["write_backs"])]
          for r in runs], numeric=[3, 4, 5, 6, 7, 9, 10])
-    return out
+    return out + '<p class="note">For a dry run, creates, updates and write-backs are what a live run would do.</p>'
 
 
 def _usage_html(data: dict[str, Any]) -> str:

@@ -144,6 +144,32 @@ def test_usage_day_matches_m3ter(seeded: dict[str, Any]) -> None:
     assert not [k for k in _all_keys() if "_staging" in k]
 
 
+def test_data_export_source_gives_the_same_usage_table(seeded: dict[str, Any], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``analytics.source: data_export``: ad-hoc export job -> download -> the same rows as the API path."""
+    import os
+
+    day = seeded["usage_day"]
+    via_api = _reader().partition("usage_daily", day)
+    if via_api is None:
+        assert _export(day, tables=["usage_daily"]).state == "success"
+        via_api = _reader().partition("usage_daily", day)
+    text = Path(os.environ["M3SH_CONFIG"]).read_text()
+    assert "\n  source: api " in text
+    path = tmp_path / "m3sh.yaml"
+    path.write_text(text.replace("\n  source: api ", "\n  source: data_export "))
+    monkeypatch.setenv("M3SH_CONFIG", str(path))
+    before = seeded["sandbox"].stats("m3ter")["counts"]
+    assert _export(day, tables=["usage_daily"]).state == "success"
+    counts = seeded["sandbox"].stats("m3ter")["counts"]
+    assert counts.get("POST /organizations/{id}/dataexports/adhoc", 0) == before.get(
+        "POST /organizations/{id}/dataexports/adhoc", 0) + 1
+    assert counts.get("POST /organizations/{id}/usage/query", 0) == before.get(
+        "POST /organizations/{id}/usage/query", 0)  # the usage query was not used
+    assert _reader().manifest("usage_daily", day)["source"] == "data_export"
+    assert _reader().partition("usage_daily", day).equals(via_api)
+
+
 def test_bill_day_matches_m3ter_and_rerun_is_identical(seeded: dict[str, Any]) -> None:
     from m3sh.analytics.schemas import spec
     from m3sh.config import get_config

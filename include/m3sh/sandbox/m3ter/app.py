@@ -205,7 +205,7 @@ class M3terEmulator(Emulator):
 
     # -- ASGI -----------------------------------------------------------------------------------
     def _build_api(self) -> FastAPI:
-        from m3sh.sandbox.m3ter import billing, routes_config, routes_misc
+        from m3sh.sandbox.m3ter import billing, dataexports, routes_config, routes_misc
 
         api = FastAPI(title="m3ter sandbox", openapi_url=None, docs_url=None, redoc_url=None)
 
@@ -219,6 +219,7 @@ class M3terEmulator(Emulator):
 
         routes_misc.register(api, self)
         billing.register(api, self)
+        dataexports.register(api, self)
         routes_config.register(api, self)
         return api
 
