@@ -33,6 +33,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("triggers[]", c.TriggerRule),
     ("triggers[].when", c.Condition),
     ("triggers[].actions[]", c.Action),
+    ("analytics", c.AnalyticsConfig),
     ("alerting", c.AlertingConfig),
     ("alerting.notifiers[]", c.Notifier),
 ]

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED = {"m3sh_usage_ingest", "m3sh_crm_sync", "m3sh_invoice_sync", "m3sh_reconcile", "m3sh_plan_triggers"}
+EXPECTED = {"m3sh_usage_ingest", "m3sh_crm_sync", "m3sh_invoice_sync", "m3sh_reconcile", "m3sh_plan_triggers",
+            "m3sh_analytics_export"}
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def state(sandbox: Any, airflow_db: Path, tmp_path_factory: pytest.TempPathFacto
                "accounts": accounts, "tag": tag}
     finally:
         mp.undo()
-    
+
 
 def _seed_other_sections(cfg: Any) -> None:
     """Trigger ledger through the real Ledger; invoice + reconcile summaries as their DAGs write them."""

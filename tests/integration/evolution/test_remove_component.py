@@ -43,7 +43,7 @@ def test_disabled_then_deleted_crm_source_is_left_alone(stack: Any, caplog: pyte
     assert crm_sync(accounts=domains).state == "success"
     assert request_count(stack.sandbox, "hubspot") == 0
     assert all(hook.find_by_code("accounts", c.key) for c in sf_only)
-    assert {c.key: hook.find_by_code("accounts", c.key) for c in hs_only} == hs_before  # delete_missing is off
+    assert {c.key: hook.find_by_code("accounts", c.key) for c in hs_only} == hs_before  # m3sh never deletes in m3ter
 
     # delete it from the file altogether; a Salesforce change still flows
     def delete(d: dict[str, Any]) -> None:
