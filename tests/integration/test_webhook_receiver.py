@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+
 from m3sh.web.receiver import (
     ASSET_URI,
     MemoryReplayGuard,
@@ -54,6 +55,18 @@ def _delivery(event_id: str = "ev-1", secret: str = SECRET, age_s: float = 0, sc
     stamp = str(int(time.time() - age_s))
     return body, {s.timestamp_header: stamp, s.event_id_header: event_id, s.signature_header: sign(secret, stamp, body),
                   "Content-Type": "application/json"}
+
+
+def test_event_id_header_must_match_the_signed_body() -> None:
+    """The header is not signed: a captured delivery re-sent under a new event id is refused."""
+    rec = ListRecorder()
+    body, headers = _delivery("ev-7")
+    client = _client(rec)
+    assert client.post("/webhooks/m3ter", content=body, headers=headers).status_code == 202
+    replay = {**headers, WebhookScheme().event_id_header: "ev-8"}
+    r = client.post("/webhooks/m3ter", content=body, headers=replay)
+    assert r.status_code == 401 and "does not match" in r.json()["detail"]
+    assert len(rec.events) == 1
 
 
 def test_signed_delivery_is_accepted_and_records_one_asset_event() -> None:
@@ -107,7 +120,7 @@ def test_header_names_and_algorithm_are_configurable() -> None:
     scheme = WebhookScheme.from_extra({"signature_header": "X-Sig", "timestamp_header": "X-Ts",
                                        "event_id_header": "X-Id", "algorithm": "sha512", "tolerance_s": 60})
     rec = ListRecorder()
-    body, _ = _delivery()
+    body, _ = _delivery("e9")
     stamp = str(int(time.time()))
     sig = hmac.new(SECRET.encode(), stamp.encode() + b"." + body, hashlib.sha512).hexdigest()
     r = _client(rec, scheme).post("/webhooks/m3ter", content=body, headers={"X-Sig": sig, "X-Ts": stamp, "X-Id": "e9"})
@@ -147,6 +160,7 @@ def _free_port(preferred: int) -> int:
 def test_m3ter_notification_reaches_the_receiver_records_a_real_asset_event_and_the_pass_acts_once(
         fresh_sandbox: Any, airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn
+
     from m3sh.automation.ledger import Ledger
     from m3sh.automation.notifications import sync_notifications
     from m3sh.config import DEFAULT_CONFIG_PATH, load_config

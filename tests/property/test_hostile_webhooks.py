@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from m3sh.web.receiver import MemoryReplayGuard, ReceiverSettings, WebhookScheme, create_app
@@ -83,27 +83,10 @@ def test_unsigned_or_forged_deliveries_get_401_whatever_the_body(body: bytes, ts
     assert SECRET not in r.text
 
 
-def _hits_known_shape_bug(body: bytes) -> bool:
-    """The shapes pinned by the strict xfail below; drop this filter when that test starts passing."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return False
-    if not isinstance(payload, dict):
-        return False
-    event = payload.get("m3terEvent") or {}
-    if not isinstance(event, dict):
-        return True
-    data = event.get("eventData") or {}
-    return (not isinstance(data, dict) or not isinstance(event.get("notification") or {}, dict)
-            or not isinstance(data.get("newDto") or data.get("oldDto") or {}, dict))
-
-
 @_SETTINGS
 @given(body=bodies)
 def test_signed_delivery_of_any_body_is_never_a_5xx(body: bytes) -> None:
     """m3ter may change its payload shape: a correctly signed delivery must not crash the receiver."""
-    assume(not _hits_known_shape_bug(body))
     client, rec = _client()
     stamp = str(int(time.time()))
     headers = {SCHEME.timestamp_header: stamp, SCHEME.event_id_header: "ev-1",
@@ -113,9 +96,6 @@ def test_signed_delivery_of_any_body_is_never_a_5xx(body: bytes) -> None:
     assert (r.status_code == 202) == (len(rec.events) == 1)
 
 
-@pytest.mark.xfail(strict=True, reason="receiver bug (include/m3sh/web/receiver.py _event_extra): a signed body "
-                                       "whose m3terEvent/eventData/notification is not an object raises "
-                                       "AttributeError -> 500; reported, owned by the web helper")
 @pytest.mark.parametrize("body", [b'{"m3terEvent": "x"}', b'{"m3terEvent": {"eventData": [1]}}',
                                   b'{"m3terEvent": {"notification": 5}}'])
 def test_signed_delivery_with_unexpected_shapes_is_not_a_500(body: bytes) -> None:
@@ -127,9 +107,6 @@ def test_signed_delivery_with_unexpected_shapes_is_not_a_500(body: bytes) -> Non
     assert r.status_code < 500
 
 
-@pytest.mark.xfail(strict=True, reason="receiver bug (include/m3sh/web/receiver.py verify): float('nan') passes the "
-                                       "staleness comparison, so a signed delivery stamped 'nan' is never stale; "
-                                       "reported, owned by the web helper")
 def test_a_signed_delivery_stamped_nan_is_rejected_as_stale() -> None:
     client, rec = _client()
     body = b"{}"

@@ -81,11 +81,6 @@ def test_receiver_wired_like_production_rejects_unsigned_forged_stale_and_replay
                            "notification": "m3sh_prepaid_depleted", "account_id": "a-1", "entity_id": "b-1"}]
 
 
-@pytest.mark.xfail(strict=True, reason="receiver bug (include/m3sh/web/receiver.py): the event-id header is not "
-                                       "covered by the signature and is the only replay key, so a captured delivery "
-                                       "replayed with a new X-m3ter-Event-Id within tolerance_s is accepted; reported "
-                                       "(fix: key replays on the signature, or require the header to equal the "
-                                       "body's id), owned by the web helper")
 def test_a_replay_with_a_swapped_event_id_header_is_refused() -> None:
     from m3sh.web.receiver import MemoryReplayGuard, ReceiverSettings, create_app
 

@@ -140,7 +140,12 @@ class ActionRunner:
                 body["contractId"] = current["contractId"]
             self.hook.update("accountplans", current["id"], {"endDate": firing.event_time}, current=current)
             ended = f"ended account plan {current['id']} (plan {current.get('planId')}) at {firing.event_time}; "
-        created = self.hook.create("accountplans", body)
+        def landed() -> dict[str, Any] | None:  # after a lost response: did m3ter attach it?
+            return next((ap for ap in self.account_plans(firing.account_id)
+                         if ap.get("planId") == plan["id"] and ap.get("startDate")
+                         and parse_instant(ap["startDate"]) == at), None)
+
+        created = self.hook.create("accountplans", body, find_existing=landed)
         return Outcome("done", f"{ended}attached {plan_code} as account plan {created.get('id')}")
 
     # -- balances -----------------------------------------------------------------------------
@@ -165,7 +170,7 @@ class ActionRunner:
         type_id = self.tx_type(type_code) if delta > 0 else None
         if type_id:
             body["transactionTypeId"] = type_id
-        tx = self.hook.post(f"balances/{balance['id']}/transactions", body)
+        tx = self.hook.create_balance_transaction(balance["id"], body)
         return Outcome("done", f"balance {balance['id']}: {amount:g} -> {amount + delta:g} (transaction "
                                f"{(tx or {}).get('id')})")
 

@@ -240,13 +240,26 @@ class CrmToM3ter:
                                        "create" if mapping is None else "update", after=body))
                 if not out.dry_run:
                     if mapping is None:
-                        self.index.mappings[key] = self.hook.create("externalmappings", body)
+                        self.index.mappings[key] = self.hook.create(
+                            "externalmappings", body, find_existing=self._mapping_finder(rec))
                     else:
                         self.index.mappings[key] = self.hook.update("externalmappings", mapping["id"],
                                                                     changed_fields(mapping, body), current=mapping)
             if rec.m3ter_id != account_id:
                 out.write_backs.append({"source": rec.source, "crm_object": rec.crm_object,
                                                 "crm_id": rec.crm_id, "m3ter_id": account_id})
+
+    def _mapping_finder(self, rec: CrmAccount) -> Any:
+        """After a lost create response: is the mapping there? (m3ter's lookup by external id)."""
+        from urllib.parse import quote
+
+        def find() -> dict[str, Any] | None:
+            path = (f"externalmappings/externalid/{quote(rec.source_type, safe='')}/"
+                    f"{quote(rec.crm_object, safe='')}/{quote(rec.crm_id, safe='')}")
+            found = list(self.hook.iter_entities(path))
+            return found[0] if found else None
+
+        return find
 
     def apply(self, customers: list[Customer]) -> SyncReport:
         """Sync every customer; up to ``threads`` customers at once, the report in input order.

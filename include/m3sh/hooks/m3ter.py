@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -211,6 +211,18 @@ def _message(exc: Exception) -> str:
     return exc.__class__.__name__
 
 
+def _retry_after_s(exc: Exception, attempt: int) -> float:
+    """Seconds to wait before the next attempt: Retry-After when given (<= 60 s), else 0.5 * 2^n (<= 8 s)."""
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    try:
+        if header is not None and 0 <= float(header) <= 60:
+            return float(header)
+    except ValueError:
+        pass
+    return float(min(0.5 * 2 ** (attempt - 1), 8.0))
+
+
 def is_token_rejected(exc: Exception) -> bool:
     return isinstance(exc, m3ter.PermissionDeniedError) and "token" in _message(exc).lower()
 
@@ -296,22 +308,24 @@ class Pacer:
 
     Without it a fast client bursts past the limit, gets 429 with ``Retry-After: 1`` and the SDK
     stalls a whole second, which costs about a third of the achievable rate; paced, requests leave
-    evenly spaced and never trip the limit. The schedule is absolute (no burst credit builds up
-    while the client is slower than the pace). One pacer per (host, org, API) per process, shared
-    by every hook and thread through the SDK client's request event hook, so retries and
-    pagination requests are paced too.
+    evenly spaced and never trip the limit. It is a GCRA (virtual scheduling) with a tolerance of
+    half an interval: a request that arrives a little late keeps the schedule instead of losing its
+    slot, while any 1-second window still holds at most ``rate + 1`` requests. One pacer per (host,
+    org, API) per process, shared by every hook and thread through the SDK client's request event
+    hook, so retries and pagination requests are paced too.
     """
 
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
-        self._next = 0.0
+        self.tolerance = self.interval / 2
+        self._tat = 0.0  # theoretical arrival time of the next request
         self._lock = threading.Lock()
 
     def wait(self) -> None:
         with self._lock:
             now = time.monotonic()
-            at = max(now, self._next)
-            self._next = at + self.interval
+            at = max(now, self._tat - self.tolerance)
+            self._tat = max(self._tat, at) + self.interval
         if at > now:
             time.sleep(at - now)
 
@@ -478,11 +492,70 @@ class M3terHook(BaseHook):
     def find_by_code(self, path: str, code: str) -> dict[str, Any] | None:
         return next(iter(self.iter_entities(path, codes=[code], page_size=1)), None)
 
-    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, path: str, body: dict[str, Any],
+               find_existing: Callable[[], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+        """Create an entity exactly once.
+
+        m3ter has no idempotency key, and the SDK re-sends a POST whose response was lost (the
+        entity may already exist). So creates go out without SDK retries; after a lost response or
+        a 5xx, ``find_existing`` (default: look the entity up by its ``code``) decides whether the
+        first attempt landed before anything is sent again. 429s are retried as usual: m3ter did
+        not apply them.
+        """
+        if find_existing is None and body.get("code"):
+            code = str(body["code"])
+
+            def find_existing() -> dict[str, Any] | None:
+                return self.find_by_code(path, code)
+
         try:
-            return self._request("post", self.settings.org_path(path), body)  # type: ignore[no-any-return]
+            return self._create_once(path, body, find_existing)  # type: ignore[no-any-return]
         except m3ter.APIError as exc:
             raise translate_error(exc, entity=path, record_id=body.get("code")) from exc
+
+    def _create_once(self, path: str, body: dict[str, Any],
+                     find_existing: Callable[[], dict[str, Any] | None] | None) -> Any:
+        if find_existing is None:
+            return self._request("post", self.settings.org_path(path), body)
+        s = self.settings
+        for attempt in range(1, s.max_retries + 2):
+            client = self.get_conn().with_options(max_retries=0)
+            try:
+                return client.post(s.org_path(path), body=body, cast_to=_JSON)
+            except m3ter.RateLimitError as exc:
+                if attempt > s.max_retries:
+                    raise
+                time.sleep(_retry_after_s(exc, attempt))
+            except (m3ter.APIConnectionError, m3ter.InternalServerError) as exc:
+                existing = find_existing()
+                if existing is not None:
+                    log.warning("m3ter %s: the response to a create was lost (%s) but the entity exists; "
+                                "using it instead of creating it again", path, exc.__class__.__name__)
+                    return existing
+                if attempt > s.max_retries:
+                    raise
+                time.sleep(_retry_after_s(exc, attempt))
+            except m3ter.PermissionDeniedError as exc:
+                if attempt > 1 or not is_token_rejected(exc):
+                    raise
+                TOKEN_CACHE.invalidate(s, self._client_token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def create_balance_transaction(self, balance_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Post a balance transaction exactly once; its ``description`` must identify it uniquely.
+
+        Balance transactions have no code, so the description (m3sh puts the firing key in it) is
+        what tells a lost-response retry that the first attempt was applied.
+        """
+        note = body.get("description")
+        if not note:
+            raise ValueError("a balance transaction needs a unique description to be posted exactly once")
+        path = f"balances/{balance_id}/transactions"
+
+        def find_existing() -> dict[str, Any] | None:
+            return next((t for t in self.iter_entities(path, page_size=200) if t.get("description") == note), None)
+
+        return self.create(path, body, find_existing=find_existing)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         try:

@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -99,12 +100,25 @@ def verify(headers: Any, body: bytes, settings: ReceiverSettings, now: float | N
         sent = float(stamp)
     except ValueError:
         raise Rejected("timestamp is not unix seconds") from None
+    if not math.isfinite(sent):
+        raise Rejected("timestamp is not unix seconds")
     expected = s.sign(settings.secret, stamp, body)
     if not hmac.compare_digest(expected, signature.strip().lower()):
         raise Rejected("signature mismatch")
     if abs((now or time.time()) - sent) > s.tolerance_s:
         raise Rejected(f"stale delivery (timestamp more than {s.tolerance_s:g}s from now)")
-    return str(event_id)
+    # The event-id header is not covered by the signature, so it cannot be the replay key on its
+    # own: the signed body's own id must match it; without one, the signature itself is the key.
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    body_id = payload.get("id") if isinstance(payload, dict) else None
+    if isinstance(body_id, str) and body_id:
+        if body_id != str(event_id):
+            raise Rejected("event id header does not match the signed body")
+        return body_id
+    return "sig-" + hashlib.sha256(signature.strip().lower().encode()).hexdigest()[:40]
 
 
 def load_settings(conn_id: str = WEBHOOK_CONN_ID) -> ReceiverSettings:
@@ -288,12 +302,19 @@ def _event_extra(event_id: str, body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except ValueError:
         payload = {}
-    m3ter_event = payload.get("m3terEvent") or {} if isinstance(payload, dict) else {}
-    data = m3ter_event.get("eventData") or {}
-    dto = data.get("newDto") or data.get("oldDto") or {}
-    return {"event_id": event_id, "event_name": payload.get("eventName") if isinstance(payload, dict) else None,
-            "notification": (m3ter_event.get("notification") or {}).get("code"),
-            "account_id": dto.get("accountId"), "entity_id": dto.get("id")}
+    def obj(value: Any) -> dict[str, Any]:  # signed does not mean well-formed: never trust the shape
+        return value if isinstance(value, dict) else {}
+
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) else None
+
+    payload = obj(payload)
+    m3ter_event = obj(payload.get("m3terEvent"))
+    data = obj(m3ter_event.get("eventData"))
+    dto = obj(data.get("newDto")) or obj(data.get("oldDto"))
+    return {"event_id": event_id, "event_name": text(payload.get("eventName")),
+            "notification": text(obj(m3ter_event.get("notification")).get("code")),
+            "account_id": text(dto.get("accountId")), "entity_id": text(dto.get("id"))}
 
 
 def create_app(settings: Callable[[], ReceiverSettings] | None = None, recorder: AssetRecorder | None = None,
