@@ -178,6 +178,7 @@ def _measure(sandbox: Any, cfg_path: Path, n_accounts: int, samples: int) -> dic
 def _webhook_latency(m3ter_url: str, hook: Any, cfg: Any, cache: Any, rules: list[Any], runner: Any,  # noqa: PLR0917
                      ledger: Any, lock: threading.Lock, samples: int) -> dict[str, Any]:
     import uvicorn
+
     from m3sh.automation.actions import apply_firing
     from m3sh.automation.evaluate import Evaluator
     from m3sh.automation.notifications import sync_notifications

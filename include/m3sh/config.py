@@ -109,7 +109,7 @@ class UsageFeed(_Model):
     format: Literal["auto", "csv", "jsonl"] = "auto"
     event_queue: str | None = Field(
         None, description="SQS queue URL receiving the bucket's s3:ObjectCreated notifications; when set, new "
-                          "objects trigger a run within seconds (AssetWatcher on the Amazon provider's SqsSensorTrigger)")
+                          "objects trigger a run within seconds (AssetWatcher on the Amazon SqsSensorTrigger)")
     # http
     endpoint: str | None = Field(None, description="Path on the connection host, paged JSON")
     page_param: str = Field("cursor", description="Query parameter carrying the page cursor")
