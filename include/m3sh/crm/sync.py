@@ -135,7 +135,7 @@ class CrmToM3ter:
             srcs |= {r.source for r in customer.records}
             desired.setdefault("customFields", {})["crm_source"] = ",".join(sorted(srcs))
         try:
-            result = self.hook.upsert_by_code("accounts", customer.code, desired, existing=current,
+            result = self.hook.upsert_by_code("accounts", customer.code, desired, existing=current, known_missing=True,
                                               dry_run=out.dry_run)
         except ExternalApiError as exc:
             out.add(Change("account", customer.code, "error", detail=str(exc)))
@@ -167,7 +167,7 @@ class CrmToM3ter:
             desired["purchaseOrderNumber"] = po
         current = self.index.contracts.get(code)
         try:
-            result = self.hook.upsert_by_code("contracts", code, desired, existing=current,
+            result = self.hook.upsert_by_code("contracts", code, desired, existing=current, known_missing=True,
                                               dry_run=out.dry_run)
         except ExternalApiError as exc:
             out.add(Change("contract", code, "error", detail=str(exc)))

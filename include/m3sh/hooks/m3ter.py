@@ -591,10 +591,15 @@ class M3terHook(BaseHook):
                 raise translate_error(exc, entity=path, record_id=entity_id) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def upsert_by_code(self, path: str, code: str, desired: dict[str, Any],
-                       existing: dict[str, Any] | None = None, dry_run: bool = False) -> UpsertResult:
-        """Create the entity with ``code`` or update only what differs; no write when unchanged."""
-        current = existing if existing is not None else self.find_by_code(path, code)
+    def upsert_by_code(self, path: str, code: str, desired: dict[str, Any], *,
+                       existing: dict[str, Any] | None = None, dry_run: bool = False,
+                       known_missing: bool = False) -> UpsertResult:
+        """Create the entity with ``code`` or update only what differs; no write when unchanged.
+
+        ``known_missing`` skips the look-up when the caller just listed the collection (a create
+        that races another writer is still safe: m3ter refuses the duplicate code).
+        """
+        current = existing if existing is not None or known_missing else self.find_by_code(path, code)
         if current is None:
             if dry_run:
                 return UpsertResult({"code": code, **desired}, "created", desired)
