@@ -17,7 +17,7 @@ from typing import Any
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 
 from m3sh.config import ANALYTICS_TABLES, M3shConfig, get_config
-from m3sh.dagkit.defaults import dag_tags, default_args, start_date
+from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,9 @@ def build_analytics_export_dag(cfg: M3shConfig | None = None) -> DAG:
         dag_id=DAG_ID,
         description="m3ter usage, bills, balances, plans + CRM/ERP ids -> daily Parquet partitions in S3",
         schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-        start_date=dt.datetime.combine(first, dt.time(0), dt.UTC) if first else start_date(cfg),
-        catchup=cfg.analytics.catchup,
-        max_active_runs=cfg.analytics.max_active_runs,
-        default_args=default_args(cfg),
-        tags=dag_tags("analytics", "reporting"),
+        **common_dag_args(cfg, "analytics", "reporting", catchup=cfg.analytics.catchup,
+                          start=dt.datetime.combine(first, dt.time(0), dt.UTC) if first else None,
+                          max_active_runs=cfg.analytics.max_active_runs),
         params={
             "dry_run": Param(False, type="boolean", description="Extract and count, write nothing"),
             "tables": Param([], type="array", description=f"Only these tables (empty: analytics.tables); "

@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 
 from m3sh.config import M3shConfig, get_config
-from m3sh.dagkit.defaults import dag_tags, default_args, start_date
+from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,7 @@ def build_crm_sync_dag(cfg: M3shConfig | None = None) -> DAG:
         dag_id=DAG_ID,
         description="Salesforce + HubSpot accounts/contracts -> m3ter accounts, contracts, plans, mappings",
         schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
-        start_date=start_date(cfg),
-        catchup=True,
-        max_active_runs=1,
-        default_args=default_args(cfg),
-        tags=dag_tags("crm", "unified-billing"),
+        **common_dag_args(cfg, "crm", "unified-billing", catchup=True),
         params={
             "dry_run": Param(False, type="boolean", description="Compute and store the diff, write nothing"),
             "full_resync": Param(False, type="boolean", description="Ignore the data interval: every record"),

@@ -35,3 +35,16 @@ def default_args(cfg: M3shConfig) -> dict[str, Any]:
 
 def dag_tags(*extra: str) -> list[str]:
     return ["m3sh", *extra]
+
+
+def common_dag_args(cfg: M3shConfig, *tags: str, catchup: bool = False, start: dt.datetime | None = None,
+                    max_active_runs: int = 1) -> dict[str, Any]:
+    """What every m3sh DAG shares: start date, catch-up, one run at a time, retries and alerting
+    (``default_args``) and the ``m3sh`` tag. Builders add id, schedule, params and docs."""
+    return {
+        "start_date": start or start_date(cfg),
+        "catchup": catchup,
+        "max_active_runs": max_active_runs,
+        "default_args": default_args(cfg),
+        "tags": dag_tags(*tags),
+    }

@@ -30,7 +30,7 @@ from typing import Any
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, TaskGroup, task
 
 from m3sh.config import M3shConfig, NetSuiteDestination, get_config
-from m3sh.dagkit.defaults import dag_tags, default_args, start_date
+from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed
 from m3sh.exceptions import RetryableError
 
@@ -66,11 +66,7 @@ def build_invoice_sync_dag(cfg: M3shConfig | None = None) -> DAG:
         dag_id=DAG_ID,
         description="m3ter bills -> enriched, routed -> NetSuite accounts, Salesforce, HubSpot, S3, webhooks",
         schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-        start_date=start_date(cfg),
-        catchup=cfg.invoicing.catchup,
-        max_active_runs=1,
-        default_args=default_args(cfg),
-        tags=dag_tags("invoicing", "erp"),
+        **common_dag_args(cfg, "invoicing", "erp", catchup=cfg.invoicing.catchup),
         params={
             "bill_ids": Param([], type="array", description="Only these m3ter bill ids (any change time)"),
             "dry_run": Param(False, type="boolean", description="Enrich, route and report; write nothing"),

@@ -20,7 +20,7 @@ from typing import Any
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from m3sh.config import M3shConfig, get_config
-from m3sh.dagkit.defaults import dag_tags, default_args, start_date
+from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,7 @@ def build_plan_triggers_dag(cfg: M3shConfig | None = None) -> DAG:
         description="Balances, usage limits and contract dates -> plan switches, resets, fields; exactly once",
         schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("*/5 * * * *", timezone="UTC"),
                                      assets=notifications_asset()),
-        start_date=start_date(cfg),
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(cfg),
-        tags=dag_tags("triggers", "plan-automation"),
+        **common_dag_args(cfg, "triggers", "plan-automation"),
         params={
             "dry_run": Param(False, type="boolean",
                              description="List what would fire and which actions; change nothing"),

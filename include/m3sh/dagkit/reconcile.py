@@ -18,7 +18,7 @@ from typing import Any
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 
 from m3sh.config import M3shConfig, get_config
-from m3sh.dagkit.defaults import dag_tags, default_args, start_date
+from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,7 @@ def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
         dag_id=DAG_ID,
         description="CRM <-> m3ter accounts; m3ter bills <-> NetSuite accounts <-> Salesforce <-> S3 archive",
         schedule=CronDataIntervalTimetable("0 6 * * *", timezone="UTC"),
-        start_date=start_date(cfg),
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(cfg),
-        tags=dag_tags("invoicing", "reconcile"),
+        **common_dag_args(cfg, "invoicing", "reconcile"),
         params={
             "dry_run": Param(False, type="boolean",
                              description="Compare and log the differences; write no report and raise no alert"),

@@ -15,7 +15,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from m3sh.config import M3shConfig, get_config
-from m3sh.dagkit.defaults import dag_tags, default_args, start_date
+from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,7 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
         dag_id=DAG_ID,
         description="Usage files (S3: CSV/JSONL, gzip) -> m3ter measurements, exactly once",
         schedule=usage_schedule(cfg),
-        start_date=start_date(cfg),
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(cfg),
-        tags=dag_tags("usage", "unified-billing"),
+        **common_dag_args(cfg, "usage", "unified-billing"),
         params={
             "dry_run": Param(False, type="boolean", description="Validate and count, send nothing"),
             "scan_all": Param(False, type="boolean",
