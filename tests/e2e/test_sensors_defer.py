@@ -1,0 +1,229 @@
+"""The deferrable m3ter sensors really defer in a running Airflow and resume from the triggerer.
+
+A real Airflow (``airflow db migrate``, then scheduler, dag-processor, triggerer and api-server as
+separate processes, configured by :class:`m3sh.airflow_env.AirflowEnv` exactly like the demo) runs
+``tests/e2e/dags/m3sh_example_balance_watch.py``. While no prepaid balance is under the
+``prepaid_depleted`` threshold the sensor must sit in ``deferred`` with a trigger row assigned to
+the running triggerer and no pool slot running; the triggerer must keep polling m3ter. A negative
+balance transaction (the public m3ter API, as a customer's usage draw-down would) must then let the
+trigger fire, the sensor resume on a worker (same try, no reschedule) and the downstream task run.
+
+Ports: sandbox base ``M3SH_TEST_PORT_BASE`` (21100 in CI for this file), Airflow API on base + 80.
+Everything started here is stopped at the end (each process group by its id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from m3sh.airflow_env import AirflowApi, AirflowEnv, AirflowEnvError, venv_bin, write_task_config
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = Path(__file__).resolve().parent / "dags"
+DAG_ID = "m3sh_example_balance_watch"
+SENSOR = "wait_for_depleted_balance"
+DOWNSTREAM = "act_on_firings"
+TRIGGER_CLASSPATH = "m3sh.triggers.m3ter.M3terBalanceTrigger"
+THRESHOLD = 100.0  # prepaid_depleted in include/m3sh.yaml: balance_below {amount: 100}
+COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+WAIT_S = 90.0
+
+
+@dataclass
+class Stack:
+    env: AirflowEnv
+    api: AirflowApi
+    procs: dict[str, subprocess.Popen[bytes]]
+    logs: dict[str, Path]
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs[name]
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def died(self) -> str | None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                return f"airflow {name} exited with {proc.returncode}:\n{self.tail(name)}"
+        return None
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """TERM then KILL the process groups this test started (each its own session: pid == pgid).
+
+    All groups are signalled together so the components shut down in parallel.
+    """
+    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 3.0)):
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            alive = []
+            for proc in procs:
+                proc.poll()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 0)
+                    alive.append(proc)
+            if not alive:
+                return
+            time.sleep(0.2)
+
+
+def _progress(msg: str) -> None:
+    print(f"[sensors-e2e] {msg}", flush=True)
+
+
+@pytest.fixture(scope="module")
+def stack(sandbox: Any) -> Iterator[Stack]:
+    home = Path(os.environ.get("M3SH_SENSORS_AIRFLOW_HOME") or "/tmp/af-sensors") / "airflow"
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    cfg = write_task_config(home, start_date=dt.datetime.now(dt.UTC).date() + dt.timedelta(days=365))
+    env = AirflowEnv(root=REPO, home=home, port=sandbox.endpoints.port_base + 80, sandbox=sandbox.endpoints,
+                     config_path=cfg, sql_alchemy_conn=f"sqlite:///{home / 'airflow.db'}",
+                     extra={"AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+                            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2"})
+    proc_env = env.env()
+    t0 = time.monotonic()
+    migrate = subprocess.run([str(venv_bin() / "airflow"), "db", "migrate"], check=False, env=proc_env,
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    _progress(f"db migrate: {time.monotonic() - t0:.1f}s")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs: dict[str, Path] = {}
+    for name in COMPONENTS:
+        logs[name] = home / f"{name}.log"
+        with open(logs[name], "ab") as log:
+            procs[name] = subprocess.Popen([str(venv_bin() / "airflow"), name], stdout=log,
+                                           stderr=subprocess.STDOUT, env=proc_env, cwd=REPO,
+                                           start_new_session=True)
+    st = Stack(env, env.api(progress=_progress), procs, logs)
+    try:
+        st.api.wait_healthy(timeout_s=150, alive=st.died,
+                            components=("metadatabase", "scheduler", "dag_processor", "triggerer"))
+        st.api.wait_dags([DAG_ID], timeout_s=120, alive=st.died)
+        _progress(f"stack up: {time.monotonic() - t0:.1f}s")
+        yield st
+    finally:
+        t_stop = time.monotonic()
+        _stop_all(list(procs.values()))
+        _progress(f"stack stopped: {time.monotonic() - t_stop:.1f}s")
+
+
+def _wait(api: AirflowApi, what: str, check: Callable[[], Any], stack: Stack, timeout_s: float = WAIT_S) -> Any:
+    return api.wait_until(what, check, timeout_s, every_s=0.5, alive=stack.died)
+
+
+def _balance_polls(sandbox: Any) -> int:
+    counts: dict[str, int] = sandbox.stats("m3ter")["counts"]
+    return sum(n for k, n in counts.items() if k.startswith("GET ") and k.endswith("/balances"))
+
+
+def test_balance_sensor_defers_then_resumes_on_depletion(stack: Stack, fresh_sandbox: Any) -> None:
+    from sqlalchemy import create_engine, text
+
+    from m3sh.hooks.m3ter import M3terHook
+
+    api = stack.api
+    hook = M3terHook()
+    balances = list(hook.iter_entities("balances"))
+    assert balances, "the demo seed has prepaid balances"
+    now = dt.datetime.now(dt.UTC).isoformat()
+    live = [b for b in balances if b["startDate"] <= now < b["endDate"]]
+    assert live and all(float(b["amount"]) >= THRESHOLD for b in live), \
+        "precondition: no active balance is under the threshold yet"
+    target = max(live, key=lambda b: b["endDate"])
+
+    t0 = time.monotonic()
+    api.unpause(DAG_ID)
+    run_id = api.trigger(DAG_ID, note="e2e: sensors defer")
+    ti_path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
+
+    def sensor() -> dict[str, Any]:
+        doc: dict[str, Any] = api.request("GET", f"{ti_path}/{SENSOR}")
+        return doc
+
+    seen: list[str | None] = []
+
+    def deferred() -> dict[str, Any] | None:
+        ti = sensor()
+        if not seen or seen[-1] != ti["state"]:
+            seen.append(ti["state"])
+        return ti if ti["state"] == "deferred" else None
+
+    try:
+        ti = _wait(api, "sensor deferred", deferred, stack)
+    except AirflowEnvError as exc:
+        raise AssertionError(f"{SENSOR} never deferred; its states were {seen}: {exc}") from None
+    t_deferred = time.monotonic() - t0
+    # The REST view of the task instance names its trigger; the trigger row in the metadata DB
+    # belongs to a live triggerer (assigned), so the wait is the triggerer's, not a worker's.
+    assert ti["trigger"] and ti["trigger"]["classpath"] == TRIGGER_CLASSPATH, ti.get("trigger")
+    trigger_id = ti["trigger"]["id"]
+    engine = create_engine(stack.env.sql_alchemy_conn or "")
+    try:
+        with engine.connect() as db:
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                db.rollback()  # new snapshot each poll
+                row = db.execute(text(
+                    "SELECT t.classpath, t.triggerer_id, j.state, j.job_type FROM trigger t "
+                    "LEFT JOIN job j ON j.id = t.triggerer_id WHERE t.id = :id"), {"id": trigger_id}).first()
+                assert row is not None, f"no trigger row {trigger_id} for the deferred sensor"
+                if row.triggerer_id is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            ti_rows = db.execute(text(
+                "SELECT state, trigger_id, next_method FROM task_instance "
+                "WHERE dag_id = :d AND run_id = :r AND task_id = :t"),
+                {"d": DAG_ID, "r": run_id, "t": SENSOR}).all()
+    finally:
+        engine.dispose()
+    assert row.classpath == TRIGGER_CLASSPATH
+    assert row.triggerer_id is not None, "trigger never picked up by a triggerer"
+    assert (row.job_type, row.state) == ("TriggererJob", "running"), row
+    assert [tuple(r) for r in ti_rows] == [("deferred", trigger_id, "execute_complete")]
+    pool = api.request("GET", "/pools/default_pool")
+    assert pool["running_slots"] == 0 and pool["deferred_slots"] == 1, pool
+
+    # Still deferred while the triggerer keeps polling m3ter (poll_interval 2 s: several passes).
+    polls = _balance_polls(fresh_sandbox)
+    _wait(api, "triggerer polling m3ter", lambda: _balance_polls(fresh_sandbox) >= polls + 2, stack, 30)
+    assert sensor()["state"] == "deferred"
+
+    # Deplete one prepaid balance through m3ter's public API: amount - X = THRESHOLD / 2.
+    drawdown = round(float(target["amount"]) - THRESHOLD / 2, 2)
+    t_drawdown = time.monotonic()
+    hook.create_balance_transaction(target["id"], {"amount": -drawdown, "description": "test drawdown"})
+
+    run = _wait(api, "run finished", lambda: (r := api.run(DAG_ID, run_id))["state"] in ("success", "failed")
+                and r, stack)
+    t_resumed = time.monotonic() - t_drawdown
+    states = {t["task_id"]: t["state"] for t in api.task_instances(DAG_ID, run_id)}
+    assert run["state"] == "success", (states, stack.tail("scheduler"))
+    assert states == {SENSOR: "success", DOWNSTREAM: "success"}
+    done = sensor()
+    assert done["try_number"] == 1, "resumed from the trigger, not retried"
+    assert done["trigger"] is None
+    firings = api.xcom(DAG_ID, run_id, SENSOR)
+    assert [(f["rule"], f["entity_id"]) for f in firings] == [("prepaid_depleted", target["id"])]
+    assert firings[0]["detail"]["amount"] == pytest.approx(THRESHOLD / 2)
+    summary = api.xcom(DAG_ID, run_id, DOWNSTREAM)
+    assert summary["count"] == 1 and summary["balance_ids"] == [target["id"]]
+    _progress(f"timings: deferred {t_deferred:.1f}s after trigger; success {t_resumed:.1f}s after draw-down")
