@@ -198,8 +198,8 @@ def sync_once(box: Any, start: dt.datetime, end: dt.datetime) -> tuple[Phases, d
     sf = next(s for s in cfg.crm.sources if s.type == "salesforce")
     hs = next(s for s in cfg.crm.sources if s.type == "hubspot")
     ph = Phases(box)
-    records = ph.run("extract_salesforce", lambda: extract_salesforce(sf, start, end))
-    records += ph.run("extract_hubspot", lambda: extract_hubspot(hs, start, end))
+    records = ph.run("extract_salesforce", lambda: extract_salesforce(sf, start, end, plan_map=cfg.crm.plan_map))
+    records += ph.run("extract_hubspot", lambda: extract_hubspot(hs, start, end, plan_map=cfg.crm.plan_map))
 
     def to_m3ter() -> Any:
         hook = M3terHook(cfg.m3ter.conn_id)

@@ -1,19 +1,32 @@
-"""Extract HubSpot companies changed in a window, with their (closed-won) deal as the contract."""
+"""Extract HubSpot companies changed in a window, with their (closed-won) deal as the contract.
+
+The m3ter plan comes from the deal's line items, as it does from opportunity line items in
+Salesforce: each line item's ``hs_sku`` (then ``hs_product_id``, then ``name``) is looked up in
+``crm.plan_map``; the deal's ``plan_code`` property is only a fallback for deals without a mapped
+line item (precedence in :func:`m3sh.mapping.crm.deal_product`).
+
+Incremental on ``hs_lastmodifieddate`` of companies, deals *and* line items: editing a line item
+need not touch its deal's timestamp, so a swapped SKU would otherwise never re-sync the company.
+Every read is a search or a batch call (associations 1,000 and records 100 per request), never one
+request per deal.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from m3sh.config import CrmSource
 from m3sh.hooks.hubspot import HubSpotHook
-from m3sh.mapping.crm import to_crm_account
+from m3sh.mapping.crm import LINE_ITEM_PRODUCT_KEYS, deal_product, mapped_line_item_products, to_crm_account
 from m3sh.models.records import CrmAccount
 
 log = logging.getLogger(__name__)
 DEAL_PROPS = ["dealname", "dealstage", "contract_start", "contract_end", "plan_code", "po_number", "closedate",
               "hs_lastmodifieddate"]
+LINE_ITEM_PROPS = [*LINE_ITEM_PRODUCT_KEYS, "hs_lastmodifieddate"]
 
 
 def _props(rec: dict[str, Any]) -> dict[str, Any]:
@@ -24,13 +37,29 @@ def _date(v: Any) -> dt.date | None:
     return dt.date.fromisoformat(str(v)[:10]) if v else None
 
 
+def _id_order(record_id: str) -> tuple[int, str]:
+    """HubSpot ids are numeric strings: numeric order, so "the first line item" is stable."""
+    return len(record_id), record_id
+
+
 def extract_hubspot(source: CrmSource, start: dt.datetime, end: dt.datetime,
-                    hook: HubSpotHook | None = None) -> list[CrmAccount]:
+                    hook: HubSpotHook | None = None, plan_map: Mapping[str, str] | None = None) -> list[CrmAccount]:
+    """Companies changed in ``[start, end)`` themselves or through a deal or a deal's line item.
+
+    ``plan_map`` is ``crm.plan_map``: it decides which line item names the subscribed product.
+    Without it no line item maps and the deal's ``plan_code`` property (or the first SKU) is used.
+    """
     hook = hook or HubSpotHook(hubspot_conn_id=source.conn_id)
+    plan_map = plan_map or {}
     props = sorted({*source.account_fields.values(), *([source.write_back_field] if source.write_back_field else []),
                     "hs_lastmodifieddate"})
     companies = {str(c["id"]): c for c in hook.search_modified("companies", start, end, props)}
     changed_deals = {str(d["id"]): d for d in hook.search_modified("deals", start, end, DEAL_PROPS)}
+    changed_items = {str(li["id"]): li for li in hook.search_modified("line_items", start, end, LINE_ITEM_PROPS)}
+    if changed_items:
+        via_items = {d for ids in hook.get_associations("line_items", list(changed_items), "deals").values()
+                     for d in ids}
+        changed_deals.update(hook.batch_read("deals", sorted(via_items - set(changed_deals)), DEAL_PROPS))
     if changed_deals:
         linked = {cid for ids in hook.get_associations("deals", list(changed_deals), "companies").values()
                   for cid in ids}
@@ -38,23 +67,37 @@ def extract_hubspot(source: CrmSource, start: dt.datetime, end: dt.datetime,
     deal_links = hook.get_associations("companies", list(companies), "deals") if companies else {}
     wanted = sorted({d for ids in deal_links.values() for d in ids} - set(changed_deals))
     all_deals = {**changed_deals, **hook.batch_read("deals", wanted, DEAL_PROPS)}
+    won_deal: dict[str, str] = {}  # company id -> its latest closed-won deal id
+    for cid in companies:
+        won = sorted((d for d in deal_links.get(cid, []) if d in all_deals
+                      and _props(all_deals[d]).get("dealstage") == "closedwon"),
+                     key=lambda d: str(_props(all_deals[d]).get("contract_start") or ""), reverse=True)
+        if won:
+            won_deal[cid] = won[0]
+    item_links = hook.get_associations("deals", sorted(set(won_deal.values())), "line_items") if won_deal else {}
+    wanted_items = sorted({i for ids in item_links.values() for i in ids} - set(changed_items))
+    all_items = {**changed_items, **hook.batch_read("line_items", wanted_items, LINE_ITEM_PROPS)}
     out = []
     for cid, company in companies.items():
-        deals = [_props(all_deals[d]) for d in deal_links.get(cid, []) if d in all_deals]
-        won = sorted((d for d in deals if d.get("dealstage") == "closedwon"),
-                     key=lambda d: str(d.get("contract_start") or ""), reverse=True)
-        deal = won[0] if won else {}
+        deal_id = won_deal.get(cid)
+        deal = _props(all_deals[deal_id]) if deal_id else {}
+        item_ids = sorted((i for i in item_links.get(deal_id or "", []) if i in all_items), key=_id_order)
+        items = [_props(all_items[i]) for i in item_ids]
+        plans = {plan_map[p] for p in mapped_line_item_products(items, plan_map)}
+        if len(plans) > 1:
+            log.warning("hubspot %s deal %s (company %s): line items %s map to several plans %s; using the "
+                        "first line item's", source.name, deal_id, cid, item_ids, sorted(plans))
         extra: dict[str, Any] = {
-            "contract_id": str(deal_links.get(cid, [None])[0]) if deal else None,
+            "contract_id": deal_id,
             "contract_start": _date(deal.get("contract_start")),
             "contract_end": _date(deal.get("contract_end")),
-            "plan_code": deal.get("plan_code"),
+            "plan_code": deal_product(deal, items, plan_map) if deal_id else None,
         }
         if deal.get("po_number") and "po_number" not in source.account_fields:
             extra["po_number"] = deal["po_number"]
         out.append(to_crm_account(_props(company), source, crm_id=cid, crm_object="companies", extra=extra))
-    log.info("hubspot %s: %d compan(y/ies) changed in %s..%s (%d deal change(s))", source.name, len(out),
-             start, end, len(changed_deals))
+    log.info("hubspot %s: %d compan(y/ies) changed in %s..%s (%d deal change(s), %d line item change(s))",
+             source.name, len(out), start, end, len(changed_deals), len(changed_items))
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from m3sh.config import CrmSource
@@ -35,7 +35,13 @@ def _date(v: Any) -> dt.date | None:
 
 
 def extract_salesforce(source: CrmSource, start: dt.datetime, end: dt.datetime,
-                       sf: SalesforceSync | None = None) -> list[CrmAccount]:
+                       sf: SalesforceSync | None = None, plan_map: Mapping[str, str] | None = None) -> list[CrmAccount]:
+    """Accounts changed in ``[start, end)`` themselves or through a contract or opportunity.
+
+    ``plan_map`` is ``crm.plan_map``: of an opportunity's line items, the first (by id) whose
+    ProductCode it maps chooses the plan, so a set-up fee or add-on line never does; with none
+    mapped, the first ProductCode is kept so the sync report names the unmapped product.
+    """
     sf = sf or SalesforceSync(conn_id=source.conn_id)
     fields = sorted({"Id", *source.account_fields.values(),
                      *([source.write_back_field] if source.write_back_field else [])})
@@ -51,7 +57,7 @@ def extract_salesforce(source: CrmSource, start: dt.datetime, end: dt.datetime,
     ids = sorted(accounts)
     contracts: dict[str, dict[str, Any]] = {}
     opps: dict[str, dict[str, Any]] = {}
-    plan_by_opp: dict[str, str | None] = {}
+    codes_by_opp: dict[str, list[str]] = {}
     for chunk in _chunks(ids):
         for c in sf.query("SELECT Id, AccountId, StartDate, EndDate, Status FROM Contract "
                           f"WHERE AccountId IN {_in(chunk)} ORDER BY StartDate DESC", "Contract"):
@@ -63,8 +69,11 @@ def extract_salesforce(source: CrmSource, start: dt.datetime, end: dt.datetime,
     opp_ids = sorted(o["Id"] for o in opps.values())
     for chunk in _chunks(opp_ids):
         for li in sf.query(f"SELECT Id, OpportunityId, ProductCode FROM OpportunityLineItem "
-                           f"WHERE OpportunityId IN {_in(chunk)}", "OpportunityLineItem"):
-            plan_by_opp.setdefault(li["OpportunityId"], li.get("ProductCode"))
+                           f"WHERE OpportunityId IN {_in(chunk)} ORDER BY Id", "OpportunityLineItem"):
+            if li.get("ProductCode"):
+                codes_by_opp.setdefault(li["OpportunityId"], []).append(str(li["ProductCode"]))
+    mapping = plan_map or {}
+    plan_by_opp = {opp_id: next((c for c in codes if c in mapping), codes[0]) for opp_id, codes in codes_by_opp.items()}
     out = []
     for acc_id, rec in accounts.items():
         contract = contracts.get(acc_id) or {}

@@ -69,11 +69,11 @@ def build_crm_sync_dag(cfg: M3shConfig | None = None) -> DAG:
                 if source.type == "salesforce":
                     from m3sh.crm.salesforce import extract_salesforce
 
-                    records = extract_salesforce(source, start, end)
+                    records = extract_salesforce(source, start, end, plan_map=conf.crm.plan_map)
                 else:
                     from m3sh.crm.hubspot import extract_hubspot
 
-                    records = extract_hubspot(source, start, end)
+                    records = extract_hubspot(source, start, end, plan_map=conf.crm.plan_map)
                 if params.get("accounts"):
                     records = filter_accounts(records, list(params["accounts"]))
                 storage = Storage.from_config(conf.storage)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from m3sh.config import CrmSource, FieldOwnership
@@ -52,6 +52,44 @@ def to_crm_account(record: dict[str, Any], source: CrmSource, *, crm_id: str, cr
         m3ter_id=str(m3ter_id) if m3ter_id else None, priority=source.priority,
         **values, **(extra or {}),
     )
+
+
+# HubSpot line item properties that can name the subscribed product, tried in this order against
+# ``crm.plan_map`` (the map Salesforce's OpportunityLineItem.ProductCode goes through too).
+LINE_ITEM_PRODUCT_KEYS = ("hs_sku", "hs_product_id", "name")
+
+
+def mapped_line_item_products(items: Iterable[Mapping[str, Any]], plan_map: Mapping[str, str]) -> list[str]:
+    """Per line item (its properties), the first of ``LINE_ITEM_PRODUCT_KEYS`` that is a ``plan_map`` key.
+
+    Line items none of whose keys map (set-up fees, add-ons, services) are skipped rather than
+    guessed at: only a mapped product may choose a plan.
+    """
+    out = []
+    for props in items:
+        for key in LINE_ITEM_PRODUCT_KEYS:
+            value = props.get(key)
+            if value not in (None, "") and str(value) in plan_map:
+                out.append(str(value))
+                break
+    return out
+
+
+def deal_product(deal: Mapping[str, Any], items: Sequence[Mapping[str, Any]],
+                 plan_map: Mapping[str, str]) -> str | None:
+    """The CRM product code of a HubSpot deal, which ``crm.plan_map`` turns into the m3ter plan.
+
+    Precedence: (1) the first line item (in the given order) whose SKU, product id or name is a
+    ``plan_map`` key, as Salesforce's opportunity line items decide; (2) the deal's legacy
+    ``plan_code`` property; (3) the first line item's SKU even though it maps to nothing, so the
+    sync report names the unmapped product (the sync then falls back to ``crm.default_plan``).
+    """
+    mapped = mapped_line_item_products(items, plan_map)
+    if mapped:
+        return mapped[0]
+    if deal.get("plan_code") not in (None, ""):
+        return str(deal["plan_code"])
+    return next((str(i["hs_sku"]) for i in items if i.get("hs_sku") not in (None, "")), None)
 
 
 def account_code(rec: CrmAccount, mode: str) -> str:

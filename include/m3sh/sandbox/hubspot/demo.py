@@ -5,6 +5,10 @@ and one line item that references the product whose ``hs_sku`` is the plan code;
 deal<->company, line_item<->deal, contact<->company and deal<->contact. Custom properties used by
 m3sh exist from the start; ``m3ter_account_id`` is empty until the CRM sync writes it back.
 
+The line item's ``hs_sku`` is what the CRM sync maps to the m3ter plan (a key of ``crm.plan_map``
+in ``include/m3sh.yaml``); the deal's ``plan_code`` property carries the same code and is only the
+fallback for deals without a mapped line item, so the demo's plans do not depend on it.
+
 Custom properties (all ``hubspotDefined: false``, group ``m3sh``):
 
 * companies: ``billing_email``, ``billing_currency`` (ISO code), ``m3ter_account_code`` (the
