@@ -163,7 +163,9 @@ def child(key: str, ingest_rps: str | None) -> None:
         try:
             result = ingest_s3_object(feed=feed, key=key, m3ter=hook, source_storage=Storage(feed.conn_id, BUCKET),
                                       state=Storage.from_config(cfg.storage), account_exists=AccountLookup(hook),
-                                      progress_every=cfg.usage.progress_every_rows)
+                                      progress_every=cfg.usage.progress_every_rows,
+                                      batch_size=cfg.m3ter.ingest_batch_size,
+                                      max_in_flight=cfg.m3ter.ingest_requests_in_flight)
             break
         except RetryableError as exc:
             if attempts >= 3:

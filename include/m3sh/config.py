@@ -9,7 +9,8 @@ without reading a traceback.
 from __future__ import annotations
 
 import os
-from datetime import date
+import string
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,6 +44,10 @@ class M3terConfig(_Model):
         description="How stable m3ter account codes are derived for new CRM customers: the domain without its "
                     "top-level label (acme.com -> acme), the whole domain, or '<source>-<crm id>'")
     ingest_batch_size: int = Field(1000, ge=1, le=1000, description="Measurements per ingest request")
+    ingest_requests_in_flight: int = Field(
+        4, ge=1, le=16,
+        description="Ingest requests one file keeps in flight while reading the next rows; batches are still "
+                    "confirmed in order, so a retry resumes after the last confirmed one")
 
 
 # ----------------------------------------------------------------------------------- CRM sources
@@ -177,17 +182,52 @@ class NetSuiteDestination(_Destination):
                     "invoice and lists the refusal as action needed")
 
 
+InvoiceStatusValue = Literal["invoice", "status", "date", "amount", "currency", "bill_id"]
+DEFAULT_INVOICE_STATUS_FIELDS: dict[InvoiceStatusValue, str] = {
+    "invoice": "M3ter_Last_Invoice__c", "status": "M3ter_Invoice_Status__c",
+    "date": "M3ter_Last_Invoice_Date__c", "amount": "M3ter_Last_Invoice_Amount__c"}
+_SF_FIELD_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
+_STATUS_FIELDS_HELP = (
+    "latest-invoice value -> {record} field (values: invoice = invoice number, status = Approved/Posted, "
+    "date = bill date, amount, currency, bill_id); written only when it differs and only from the "
+    "customer's latest bill (by 'date', which is therefore required); {{}} writes nothing there")
+
+
 class SalesforceDestination(_Destination):
+    """Each bill as an ``Invoice__c`` (upserted by bill id); the latest invoice on Account and Opportunity.
+
+    The Account and the customer's latest won Opportunity show the latest invoice's number, status,
+    date and amount (``account_fields`` / ``opportunity_fields``)."""
+
     type: Literal["salesforce"]
     conn_id: str = "salesforce_default"
     invoice_object: str = "Invoice__c"
     external_id_field: str = "M3ter_Bill_Id__c"
+    account_fields: dict[InvoiceStatusValue, Annotated[str, Field(pattern=_SF_FIELD_NAME)]] = Field(
+        default_factory=lambda: dict(DEFAULT_INVOICE_STATUS_FIELDS),
+        description=_STATUS_FIELDS_HELP.format(record="Account"))
+    opportunity_fields: dict[InvoiceStatusValue, Annotated[str, Field(pattern=_SF_FIELD_NAME)]] = Field(
+        default_factory=lambda: dict(DEFAULT_INVOICE_STATUS_FIELDS),
+        description=_STATUS_FIELDS_HELP.format(record="Opportunity"))
+
+    @model_validator(mode="after")
+    def _dated(self) -> SalesforceDestination:
+        for key in ("account_fields", "opportunity_fields"):
+            if getattr(self, key) and "date" not in getattr(self, key):
+                raise ValueError(f"{key} needs a 'date' field: without it an older bill delivered later "
+                                 f"would overwrite the latest invoice shown (or set {key}: {{}})")
+        return self
 
 
 class HubSpotDestination(_Destination):
+    """The latest invoice as a one-line summary in a property of the company's latest closed-won deal.
+
+    The property is created on first use and written only when it differs."""
+
     type: Literal["hubspot"]
     conn_id: str = "hubspot_default"
-    deal_property: str = "m3ter_last_invoice"
+    deal_property: str = Field("m3ter_last_invoice", pattern=r"^[a-z][a-z0-9_]*$",
+                               description="Deal property (internal name) holding the latest invoice")
 
 
 class S3Destination(_Destination):
@@ -299,6 +339,55 @@ class Condition(_Model):
         return "contract_ending" if self.contract_ending_within_days is not None else "contract_ended"
 
 
+NEXT_BALANCE_CODE_FIELDS = ("code", "series", "start", "end")
+
+
+class OpenNextBalance(_Model):
+    """Open the firing balance's next period: a new balance like it, credited once.
+
+    The new balance keeps the currency, products, draw-down and rollover settings (and the contract
+    while it still runs). m3ter balances cover one period each, so a prepaid customer who used up
+    this period's credit gets the next period opened (at the balance's end, or right away with
+    ``start: event_time``) instead of an empty account. The new balance's code is derived from the
+    firing balance and the new period's start, which is what makes re-runs and retries find it
+    instead of opening another.
+    """
+
+    amount: float | None = Field(
+        None, ge=0, description="Credit of the new balance; default: the firing balance's initial credit "
+                                "(m3ter's initialCreditAmount; top-ups during the period are not carried over)")
+    months: int | None = Field(
+        None, ge=1, le=120, description="Length of the new period in calendar months; default: the firing "
+                                        "balance's length (whole months when it spans whole months)")
+    start: Literal["balance_end", "event_time"] = Field(
+        "balance_end", description="Where the new period starts: the firing balance's endDate, or the firing's "
+                                   "event time (the old balance then keeps running until its own end)")
+    code: str = Field(
+        "{series}-{start:%Y%m%d}",
+        description="Code of the new balance. Placeholders: {code} (firing balance code), {series} (that code "
+                    "without a trailing -YYYYMMDD, so codes don't grow period after period), {start}, {end} "
+                    "(date-times; strftime format after ':'). Must contain {start}")
+
+    @model_validator(mode="after")
+    def _code_pattern(self) -> OpenNextBalance:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(self.code) if name is not None}
+            unknown = sorted(n for n in names if n not in NEXT_BALANCE_CODE_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown placeholder(s) {unknown}; known: {list(NEXT_BALANCE_CODE_FIELDS)}")
+            at = datetime(2026, 1, 1, tzinfo=UTC)
+            self.code.format(code="prepaid-x", series="prepaid-x", start=at, end=at)
+        except (ValueError, IndexError, KeyError) as exc:
+            raise ValueError(f"code {self.code!r} is not a valid pattern: {exc}") from None
+        if "start" not in names:
+            raise ValueError(f"code {self.code!r} must contain {{start}} so each period gets its own code")
+        return self
+
+
+ACTION_KINDS = ("switch_plan", "top_up_balance", "reset_balance_to", "open_next_balance", "set_custom_fields",
+                "update_crm_fields", "notify")
+
+
 class Action(_Model):
     """One step of a rule; exactly one kind per list item, run in the order listed."""
 
@@ -306,6 +395,9 @@ class Action(_Model):
         None, description="m3ter plan code to attach: the current plan of the same product ends at the event time")
     top_up_balance: float | None = Field(None, gt=0, description="Credit added to the firing balance (type top_up)")
     reset_balance_to: float | None = Field(None, ge=0, description="Balance amount after the reset")
+    open_next_balance: OpenNextBalance | None = Field(
+        None, description="Open the firing balance's next period (balance_below rules only); "
+                          "`{}` for the defaults")
     set_custom_fields: dict[str, str | float] | None = None
     custom_fields_on: Literal["account", "accountplan"] = Field(
         "account", description="Where set_custom_fields writes: the account or its current account plan")
@@ -316,16 +408,14 @@ class Action(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Action:
-        kinds = [k for k in ("switch_plan", "top_up_balance", "reset_balance_to", "set_custom_fields",
-                             "update_crm_fields", "notify") if getattr(self, k) is not None]
+        kinds = [k for k in ACTION_KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(f"an action needs exactly one kind, got {kinds or 'none'}")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("switch_plan", "top_up_balance", "reset_balance_to", "set_custom_fields",
-                                "update_crm_fields", "notify") if getattr(self, k) is not None)
+        return next(k for k in ACTION_KINDS if getattr(self, k) is not None)
 
 
 class TriggerRule(_Model):
@@ -447,6 +537,11 @@ class M3shConfig(_Model):
                 if action.switch_plan and plans and action.switch_plan not in plans:
                     errors.append((("triggers", i, "actions", j, "switch_plan"),
                                    f"plan {action.switch_plan!r} is not in crm.plan_map values or crm.default_plan"))
+                if action.open_next_balance is not None and rule.when.kind != "balance_below":
+                    errors.append((("triggers", i, "actions", j, "open_next_balance"),
+                                   f"rule {rule.name!r}: open_next_balance opens the next period of the balance "
+                                   f"that fired, and only balance_below rules have one (this rule's condition "
+                                   f"is {rule.when.kind})"))
         return errors
 
     def destination(self, name: str) -> Any:

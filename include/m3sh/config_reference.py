@@ -33,6 +33,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("triggers[]", c.TriggerRule),
     ("triggers[].when", c.Condition),
     ("triggers[].actions[]", c.Action),
+    ("triggers[].actions[].open_next_balance", c.OpenNextBalance),
     ("analytics", c.AnalyticsConfig),
     ("alerting", c.AlertingConfig),
     ("alerting.notifiers[]", c.Notifier),

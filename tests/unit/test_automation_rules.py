@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
@@ -107,3 +108,75 @@ def test_action_needs_exactly_one_kind() -> None:
     with pytest.raises(ValueError, match="exactly one kind"):
         TriggerRule.model_validate({"name": "x", "when": {"contract_ended": True},
                                     "actions": [{"switch_plan": "a", "reset_balance_to": 0}]})
+
+
+# ------------------------------------------------------------------------------ open_next_balance
+OPEN_NEXT = """
+triggers:
+  - name: low
+    when: {balance_below: {amount: 100}}
+    actions:
+      - open_next_balance: {}
+  - name: renew
+    when: {contract_ending_within_days: 30}
+    actions:
+      - notify: ops
+      - open_next_balance: {months: 12}
+alerting:
+  notifiers: [{name: ops, type: slack_webhook, conn_id: slack}]
+"""
+
+
+def test_open_next_balance_is_rejected_on_rules_without_a_firing_balance() -> None:
+    from m3sh.config import parse_config
+    from m3sh.exceptions import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        parse_config(OPEN_NEXT, source="m3sh.yaml")
+    (problem,) = str(exc.value).splitlines()[1:]
+    assert problem.strip().startswith("m3sh.yaml:11 triggers[1].actions[1].open_next_balance: rule 'renew'")
+    assert "only balance_below rules" in problem and "contract_ending" in problem
+    # the balance rule alone is fine, and `{}` means every default
+    cfg = parse_config(OPEN_NEXT.split("  - name: renew", maxsplit=1)[0])
+    spec = cfg.triggers[0].actions[0].open_next_balance
+    assert spec is not None and (spec.amount, spec.months, spec.start) == (None, None, "balance_end")
+
+
+@pytest.mark.parametrize(("code", "why"), [
+    ("{series}-next", "must contain {start}"),
+    ("{series}-{start:%Y}-{account}", "unknown placeholder(s) ['account']"),
+    ("{series}-{start", "not a valid pattern"),
+])
+def test_open_next_balance_code_pattern_is_checked(code: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        TriggerRule.model_validate({"name": "x", "when": {"balance_below": {"amount": 1}},
+                                    "actions": [{"open_next_balance": {"code": code}}]})
+
+
+def test_open_next_balance_period_code_and_description() -> None:
+    from m3sh.automation.actions import describe, next_balance_code, next_period, whole_months
+    from m3sh.config import Action, OpenNextBalance
+
+    month = bal("a", 0, startDate="2026-11-01T00:00:00Z", endDate="2026-12-01T00:00:00Z", code="prepaid-a-20261101")
+    start, end = next_period(month, OpenNextBalance(), NOW)
+    assert (start, end) == (dt.datetime(2026, 12, 1, tzinfo=dt.UTC), dt.datetime(2027, 1, 1, tzinfo=dt.UTC))
+    # the period suffix is replaced, not appended, so codes keep their length period after period
+    assert next_balance_code(OpenNextBalance(), month, start, end) == "prepaid-a-20261201"
+    assert next_balance_code(OpenNextBalance(code="{code}/{start:%Y-%m}/{end:%Y-%m}"), month, start, end) == \
+        "prepaid-a-20261101/2026-12/2027-01"
+    # from the event time, for 3 months; a month-end start stays on the last day of shorter months
+    assert next_period(month, OpenNextBalance(start="event_time", months=3), NOW)[1] == \
+        dt.datetime(2027, 2, 20, 12, tzinfo=dt.UTC)
+    jan31 = dt.datetime(2027, 1, 31, tzinfo=dt.UTC)
+    assert next_period(bal("b", 0, endDate="2027-01-31T00:00:00Z"), OpenNextBalance(months=1), NOW)[1] == \
+        dt.datetime(2027, 2, 28, tzinfo=dt.UTC)
+    assert whole_months(jan31 - dt.timedelta(days=30), jan31) is None
+    # not whole months: the same length in time
+    odd = bal("c", 0, startDate="2026-11-05T00:00:00Z", endDate="2026-11-15T00:00:00Z")
+    assert next_period(odd, OpenNextBalance(), NOW) == (dt.datetime(2026, 11, 15, tzinfo=dt.UTC),
+                                                        dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    with pytest.raises(ValueError, match="not a valid m3ter balance code"):
+        next_balance_code(OpenNextBalance(code="x" * 80 + "{start:%Y}"), month, start, end)
+    text = describe(Action(open_next_balance=OpenNextBalance(months=1, amount=500)))
+    assert text == ("open_next_balance: at the balance's end, for 1 month(s), credit 500, "
+                    "code {series}-{start:%Y%m%d}")

@@ -7,6 +7,12 @@
   new plan is the renewal that starts when the old term ends.
 * ``reset_balance_to`` / ``top_up_balance``: one balance transaction whose description carries the
   firing key; an existing transaction with that description means it was already applied.
+* ``open_next_balance``: a new balance for the firing balance's next period (same currency, products
+  and settings), then one credit transaction on it. Its code is derived from the firing balance and
+  the new start, so a retry or re-run finds it (also after a lost create response) instead of
+  opening another; a balance of the same currency and products that already starts inside the
+  firing balance's period (opened by hand, or by an earlier firing) means there is nothing to do.
+  The credit is found again by its ``m3sh open_next_balance`` description.
 * ``set_custom_fields``: written only when a value differs (account, or its current account plan).
 * ``update_crm_fields``: the account's CRM records come from m3ter external mappings
   (``salesforce``/``Account`` and ``hubspot``/``companies``, written by ``m3sh_crm_sync``); fields
@@ -21,12 +27,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from m3sh.automation.rules import Firing, active_at, parse_instant
-from m3sh.config import Action, M3shConfig, TriggerRule
+from m3sh.automation.evaluate import _total_credit
+from m3sh.automation.rules import Firing, active_at, contract_end_instant, iso_instant, parse_instant
+from m3sh.config import Action, M3shConfig, OpenNextBalance, TriggerRule
 
 if TYPE_CHECKING:
     from m3sh.automation.ledger import Ledger
@@ -36,6 +44,13 @@ log = logging.getLogger(__name__)
 CRM_TABLES = {"salesforce": "Account", "hubspot": "companies"}
 TX_TYPE_CREDIT = "prepaid_credit"
 TX_TYPE_TOP_UP = "top_up"
+# Balance settings a next period inherits (m3ter's BalanceRequest minus identity, dates and contract).
+NEXT_BALANCE_COPIED = ("currency", "description", "balanceDrawDownDescription", "overageSurchargePercent",
+                       "overageDescription", "productIds", "lineItemTypes", "consumptionsAccountingProductId",
+                       "feesAccountingProductId", "allowOverdraft", "customFields")
+MAX_BALANCE_CODE = 80
+_PERIOD_SUFFIX = re.compile(r"-\d{8}$")
+_NAME_PERIOD_SUFFIX = re.compile(r" \(from \d{4}-\d{2}-\d{2}\)$")
 
 
 @dataclass
@@ -50,6 +65,11 @@ def describe(action: Action) -> str:
     value = getattr(action, kind)
     if kind == "set_custom_fields":
         return f"set_custom_fields on {action.custom_fields_on}: {value}"
+    if isinstance(value, OpenNextBalance):
+        start = "at the balance's end" if value.start == "balance_end" else "at the event time"
+        length = f"{value.months} month(s)" if value.months else "the balance's length"
+        credit = f"{value.amount:g}" if value.amount is not None else "the balance's initial credit"
+        return f"{kind}: {start}, for {length}, credit {credit}, code {value.code}"
     return f"{kind}: {value}"
 
 
@@ -104,6 +124,9 @@ class ActionRunner:
             return self.adjust_balance(firing, reset_to=action.reset_balance_to)
         if kind == "top_up_balance":
             return self.adjust_balance(firing, top_up=action.top_up_balance)
+        if kind == "open_next_balance":
+            assert action.open_next_balance is not None
+            return self.open_next_balance(firing, action.open_next_balance)
         if kind == "set_custom_fields":
             return self.set_custom_fields(firing, dict(action.set_custom_fields or {}), action.custom_fields_on)
         if kind == "update_crm_fields":
@@ -173,6 +196,73 @@ class ActionRunner:
         tx = self.hook.create_balance_transaction(balance["id"], body)
         return Outcome("done", f"balance {balance['id']}: {amount:g} -> {amount + delta:g} (transaction "
                                f"{(tx or {}).get('id')})")
+
+    def open_next_balance(self, firing: Firing, spec: OpenNextBalance) -> Outcome:
+        """Open the firing balance's next period once, then credit it once (see the module doc)."""
+        if firing.entity != "balance":  # config validation rejects this; a hand-made firing may not
+            return Outcome("skipped", f"rule {firing.rule} has no firing balance (condition {firing.kind})")
+        current = self.hook.get("balances", firing.entity_id)
+        start, end = next_period(current, spec, parse_instant(firing.event_time))
+        code = next_balance_code(spec, current, start, end)
+        account = firing.account_code or firing.account_id
+        siblings = list(self.hook.iter_entities("balances", accountId=firing.account_id))
+        opened = next((b for b in siblings if b.get("code") == code), None)
+        fresh = opened is None
+        if opened is not None:
+            note = f"balance {code} ({opened['id']}) already open"
+        else:
+            other = next((b for b in siblings if b["id"] != current["id"] and _next_of(current, b)), None)
+            if other is not None:
+                return Outcome("unchanged", f"account {account} already has balance {other.get('code')} "
+                                            f"({other['id']}) from {other.get('startDate')} after balance "
+                                            f"{current.get('code')}; not opening another")
+            body = self._next_balance_body(current, code, start, end)
+
+            def landed() -> dict[str, Any] | None:  # after a lost response: did m3ter create it?
+                return next((b for b in self.hook.iter_entities("balances", accountId=firing.account_id)
+                             if b.get("code") == code), None)
+
+            opened = self.hook.create("balances", body, find_existing=landed)
+            note = (f"opened balance {code} ({opened.get('id')}) {body['startDate']}..{body['endDate']}"
+                    + (" without a contract (the old one ends before it)"
+                       if current.get("contractId") and "contractId" not in body else ""))
+        credited = next((t for t in self.hook.iter_entities(f"balances/{opened['id']}/transactions", page_size=200)
+                         if str(t.get("description", "")).startswith("m3sh open_next_balance ")), None)
+        if credited is not None:
+            return Outcome("done" if fresh else "unchanged",
+                           f"{note}; credit already applied (transaction {credited.get('id')})")
+        amount = spec.amount if spec.amount is not None else self._initial_credit(current)
+        if not amount:
+            return Outcome("done" if fresh else "unchanged", f"{note}; no credit (amount 0)")
+        body = {"amount": amount, "description": marker(firing, "open_next_balance")}
+        type_id = self.tx_type(TX_TYPE_CREDIT)
+        if type_id:
+            body["transactionTypeId"] = type_id
+        tx = self.hook.create_balance_transaction(opened["id"], body)
+        return Outcome("done", f"{note}; credited {amount:g} (transaction {(tx or {}).get('id')})")
+
+    def _initial_credit(self, balance: Mapping[str, Any]) -> float:
+        """The credit the period was opened with; top-ups during it are not carried over."""
+        summary = self.hook.get("balances", f"{balance['id']}/transactions/summary") or {}
+        initial = summary.get("initialCreditAmount")
+        return float(initial) if initial else float(_total_credit(summary) or 0.0)
+
+    def _next_balance_body(self, current: Mapping[str, Any], code: str, start: dt.datetime,
+                           end: dt.datetime) -> dict[str, Any]:
+        body: dict[str, Any] = {k: current[k] for k in NEXT_BALANCE_COPIED if current.get(k) is not None}
+        name = _NAME_PERIOD_SUFFIX.sub("", str(current.get("name") or current.get("code")))
+        body.update(accountId=current["accountId"], code=code, name=f"{name} (from {start:%Y-%m-%d})",
+                    startDate=iso_instant(start), endDate=iso_instant(end))
+        if current.get("rolloverEndDate"):  # the grace period keeps its length after the new end
+            grace = parse_instant(str(current["rolloverEndDate"])) - parse_instant(str(current["endDate"]))
+            body["rolloverEndDate"] = iso_instant(end + grace)
+            if current.get("rolloverAmount") is not None:
+                body["rolloverAmount"] = current["rolloverAmount"]
+        if current.get("contractId"):
+            contract = self.hook.get("contracts", str(current["contractId"]))
+            if contract.get("endDate") and contract_end_instant(contract) > start:
+                body["contractId"] = contract["id"]
+        return body
 
     # -- custom fields ------------------------------------------------------------------------
     def set_custom_fields(self, firing: Firing, fields: dict[str, Any], on: str) -> Outcome:
@@ -267,6 +357,53 @@ class ActionRunner:
                 f"actions: {'; '.join(actions) or 'none'}")
         send(channel, alert, text)
         return Outcome("done", f"sent to {notifier} ({channel['type']})")
+
+
+# ------------------------------------------------------------------------------ next balance
+def add_months(at: dt.datetime, months: int) -> dt.datetime:
+    """``at`` plus whole calendar months; a day past the month's end becomes its last day."""
+    index = at.year * 12 + at.month - 1 + months
+    year, month = divmod(index, 12)
+    month += 1
+    last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
+    return at.replace(year=year, month=month, day=min(at.day, last))
+
+
+def whole_months(start: dt.datetime, end: dt.datetime) -> int | None:
+    """How many calendar months ``start..end`` spans, or None when it is not a whole number of them."""
+    n = (end.year - start.year) * 12 + end.month - start.month
+    return n if n >= 1 and add_months(start, n) == end else None
+
+
+def next_period(current: Mapping[str, Any], spec: OpenNextBalance,
+                event_time: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """Start and end of the period after ``current``: as long as it (in months when it spans whole
+    months, so a monthly balance stays on the calendar) unless ``spec.months`` says otherwise."""
+    old_start, old_end = parse_instant(str(current["startDate"])), parse_instant(str(current["endDate"]))
+    start = old_end if spec.start == "balance_end" else min(event_time, old_end)
+    months = spec.months or whole_months(old_start, old_end)
+    return start, (add_months(start, months) if months else start + (old_end - old_start))
+
+
+def next_balance_code(spec: OpenNextBalance, current: Mapping[str, Any], start: dt.datetime,
+                      end: dt.datetime) -> str:
+    code = str(current.get("code") or current["id"])
+    out = spec.code.format(code=code, series=_PERIOD_SUFFIX.sub("", code), start=start, end=end)
+    if not 0 < len(out) <= MAX_BALANCE_CODE or out != out.strip():
+        raise ValueError(f"open_next_balance: code {out!r} for the balance after {code!r} is not a valid m3ter "
+                         f"balance code (1..{MAX_BALANCE_CODE} characters, no surrounding spaces)")
+    return out
+
+
+def _next_of(current: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Is ``other`` a next period of ``current``: same currency and products, starting inside or right
+    at the end of ``current``'s period."""
+    if not other.get("startDate") or other.get("currency") != current.get("currency"):
+        return False
+    if sorted(other.get("productIds") or []) != sorted(current.get("productIds") or []):
+        return False
+    at = parse_instant(str(other["startDate"]))
+    return parse_instant(str(current["startDate"])) < at <= parse_instant(str(current["endDate"]))
 
 
 # ------------------------------------------------------------------------------------ engine

@@ -124,6 +124,7 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
                 r = ingest_s3_object(feed=feed, key=key, m3ter=m3ter, source_storage=src, state=state,
                                      account_exists=lookup, progress_every=conf.usage.progress_every_rows,
                                      batch_size=conf.m3ter.ingest_batch_size,
+                                     max_in_flight=conf.m3ter.ingest_requests_in_flight,
                                      dry_run=bool(params.get("dry_run")))
                 results.append(r.to_dict())
             return results

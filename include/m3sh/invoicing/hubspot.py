@@ -1,22 +1,32 @@
 """HubSpot delivery: the latest invoice as a deal property on the company's most recent won deal.
 
 HubSpot has no invoice object in the CRM API m3sh uses, so the deal carries a one-line summary
-(``INV-000123 2026-12-01 1234.50 USD (m3ter bill <id>)``); writing the same value twice is a no-op.
+(``INV-000123 2026-12-01 1234.50 USD (m3ter bill <id>)``). The deal is read first: a deal that
+already shows this summary, or a later invoice (by bill date, then invoice number), is left alone,
+so a repeated or forced delivery writes nothing and an older bill never replaces a newer one.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from m3sh.config import HubSpotDestination
-from m3sh.invoicing.base import DestinationDelivery
+from m3sh.invoicing.base import DestinationDelivery, KeyedLocks, invoice_ref, shows_newer
 from m3sh.invoicing.ledger import Ledger
 from m3sh.invoicing.models import EnrichedBill
 
+_SUMMARY = re.compile(r"^(?P<ref>\S+) (?P<date>\d{4}-\d{2}-\d{2}) ")
+
 
 def summary_value(bill: EnrichedBill) -> str:
-    return (f"{bill.invoice_number or bill.bill_id} {bill.bill_date} {bill.erp_total:.2f} {bill.currency} "
-            f"(m3ter bill {bill.bill_id})")
+    return f"{invoice_ref(bill)} {bill.bill_date} {bill.erp_total:.2f} {bill.currency} (m3ter bill {bill.bill_id})"
+
+
+def shown_invoice(value: Any) -> tuple[str | None, str | None]:
+    """``(date, invoice)`` of the summary a deal shows now; ``(None, None)`` for anything else."""
+    found = _SUMMARY.match(str(value or ""))
+    return (found["date"], found["ref"]) if found else (None, None)
 
 
 class HubSpotDelivery(DestinationDelivery):
@@ -25,6 +35,7 @@ class HubSpotDelivery(DestinationDelivery):
         self.dest = dest
         self._hook = hook
         self._property_ready = False
+        self._deal_lock = KeyedLocks()
 
     @property
     def hook(self) -> Any:
@@ -35,15 +46,27 @@ class HubSpotDelivery(DestinationDelivery):
         return self._hook
 
     def send(self, bill: EnrichedBill) -> tuple[str, str | None, str]:
-        if bill.crm.source != "hubspot" or not bill.crm.opportunity_id:
+        deal_id = bill.crm.opportunity_id
+        if bill.crm.source != "hubspot" or not deal_id:
             return "not_applicable", None, "the account has no HubSpot deal to update"
-        if not self._property_ready:
-            self.hook.ensure_property("deals", self.dest.deal_property, "m3ter last invoice",
-                                      description="Written by m3sh_invoice_sync")
+        prop = self.dest.deal_property
+        if not self._property_ready:  # a concurrent first call is harmless: ensure_property is idempotent
+            self.hook.ensure_property("deals", prop, "m3ter last invoice", description="Written by m3sh_invoice_sync")
             self._property_ready = True
-        result = self.hook.batch_update("deals", [{"id": bill.crm.opportunity_id,
-                                                   "properties": {self.dest.deal_property: summary_value(bill)}}])
+        value = summary_value(bill)
+        with self._deal_lock(deal_id):
+            deal = self.hook.batch_read("deals", [deal_id], [prop]).get(deal_id)
+            if deal is None:
+                raise RuntimeError(f"HubSpot deal {deal_id} of company {bill.crm.account_id} (bill {bill.bill_id}) "
+                                   "was not found: deleted or merged since the bill was enriched")
+            shown = (deal.get("properties") or {}).get(prop)
+            if shown == value:
+                return "delivered", deal_id, f"deal {deal_id} already shows it"
+            shown_date, shown_ref = shown_invoice(shown)
+            if shows_newer(bill, shown_date, shown_ref):
+                return "delivered", deal_id, f"deal {deal_id} left alone: it shows a later invoice ({shown})"
+            result = self.hook.batch_update("deals", [{"id": deal_id, "properties": {prop: value}}])
         if not result.ok:
             reason = result.failed[0][1] if result.failed else "unknown"
-            raise RuntimeError(f"HubSpot deal {bill.crm.opportunity_id}: {reason}")
-        return "delivered", bill.crm.opportunity_id, f"deal {bill.crm.opportunity_id} updated"
+            raise RuntimeError(f"HubSpot deal {deal_id} (bill {bill.bill_id}), property {prop}: {reason}")
+        return "delivered", deal_id, f"deal {deal_id} updated"

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -152,6 +153,7 @@ def ingest_s3_object(
     dry_run: bool = False,
     now: dt.datetime | None = None,
     batch_size: int = 1000,
+    max_in_flight: int = 4,
 ) -> FileResult:
     """Ingest one object of ``feed``; never raises for bad rows, raises BadFile only via the result."""
     t0 = time.monotonic()
@@ -190,37 +192,45 @@ def ingest_s3_object(
             if result.accepted > resume_after:
                 yield m
 
-    # One request in flight while the next batch is read and validated: the HTTP round trip overlaps
-    # the CPU work. Only one, so batches are confirmed strictly in order and a failure stops the
-    # file before anything after it is sent (the manifest's rows_sent stays a confirmed prefix).
-    in_flight: tuple[Future[Any], int] | None = None
+    # Up to ``max_in_flight`` requests in flight while the next batches are read and validated: the
+    # round trips overlap the CPU work and each other (with one in flight a 22 ms round trip caps a
+    # 50 req/s ingest limit at ~45/s). Batches are still *confirmed* strictly in order, so the
+    # manifest's rows_sent stays a confirmed prefix: after a failure the retry re-sends from the
+    # first unconfirmed batch, and any later batch that did land is dropped by m3ter's uid de-dup.
+    in_flight: deque[tuple[Future[Any], int]] = deque()
 
-    def confirm() -> None:
-        nonlocal in_flight
-        if in_flight is None:
-            return
-        future, size = in_flight
-        in_flight = None
+    def confirm_oldest() -> None:
+        future, size = in_flight.popleft()
         future.result()  # re-raises the submit's error in this thread
         result.batches_sent += 1
         result.rows_sent += size
         if result.batches_sent % CHECKPOINT_EVERY_BATCHES == 0:
             state.put_json(mkey, {**result.to_dict(), "status": "in_progress"})
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3sh-ingest") as sender:
+    def confirm_all() -> None:
+        while in_flight:
+            confirm_oldest()
+
+    window = max(1, max_in_flight)
+    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="m3sh-ingest") as sender:
         try:
             for batch in measurement_batches(valid_measurements(), max_items=batch_size):
                 if dry_run:
                     result.batches_sent += 1
                     result.rows_sent += len(batch)
                     continue
-                confirm()
-                in_flight = (sender.submit(m3ter.submit_measurements, batch), len(batch))
-            confirm()
+                if len(in_flight) >= window:
+                    confirm_oldest()
+                in_flight.append((sender.submit(m3ter.submit_measurements, batch), len(batch)))
+            confirm_all()
         except BadFile as exc:
-            confirm()
+            confirm_all()
             result.status, result.error = "failed", str(exc)
             log.error("%s", exc)
+        except BaseException:
+            for future, _ in in_flight:  # not started yet: don't send after the task has failed
+                future.cancel()
+            raise
         else:
             result.status = "complete"
     result.seconds = round(time.monotonic() - t0, 3)

@@ -84,18 +84,21 @@ def _csv(text: io.TextIOWrapper, source: str) -> Iterator[tuple[int, dict[str, A
         raise BadFile(source, "empty file or missing CSV header row")
     header = [h.strip() for h in header]
     width = len(header)
+    wide = width > 1  # a 1-column file needs the blank-row check below before its fast path
+    # A plain for loop over the reader (the per-row hot path); a csv.Error ends that loop, is
+    # reported for its row, and the outer loop resumes with the next row.
     while True:
         try:
-            values = next(reader)
-        except StopIteration:
+            for values in reader:
+                if len(values) == width and wide:
+                    yield reader.line_num, dict(zip(header, values))  # noqa: B905 - width checked above
+                elif not values or (len(values) == 1 and not values[0].strip()):
+                    continue
+                elif len(values) == width:
+                    yield reader.line_num, dict(zip(header, values))  # noqa: B905 - width checked above
+                else:
+                    yield reader.line_num, InvalidRecord(f"expected {width} columns, got {len(values)}",
+                                                         source=source, line=reader.line_num)
             return
         except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): that row only, the file goes on
             yield reader.line_num, InvalidRecord(f"unreadable CSV row ({exc})", source=source, line=reader.line_num)
-            continue
-        line_no = reader.line_num
-        if not values or (len(values) == 1 and not values[0].strip()):
-            continue
-        if len(values) != width:
-            yield line_no, InvalidRecord(f"expected {width} columns, got {len(values)}", source=source, line=line_no)
-            continue
-        yield line_no, dict(zip(header, values, strict=True))

@@ -150,6 +150,20 @@ def _system(owner: bool = True) -> list[FieldDef]:
     return fields
 
 
+_INVOICE_STATUSES = ("Draft", "Pending", "Approved", "Posted", "Paid", "Void")
+
+
+def _last_invoice() -> list[FieldDef]:
+    """The latest m3ter invoice as m3sh's Salesforce destination writes it onto Accounts and
+    Opportunities (``account_fields`` / ``opportunity_fields`` defaults)."""
+    return [
+        FieldDef("M3ter_Last_Invoice__c", "string"),
+        FieldDef("M3ter_Invoice_Status__c", "picklist", picklist=_INVOICE_STATUSES),
+        FieldDef("M3ter_Last_Invoice_Date__c", "date"),
+        FieldDef("M3ter_Last_Invoice_Amount__c", "currency"),
+    ]
+
+
 def _obj(name: str, prefix: str, label: str, fields: list[FieldDef], **kw: object) -> ObjectDef:
     return ObjectDef(name, prefix, label, {f.name: f for f in fields}, **kw)  # type: ignore[arg-type]
 
@@ -185,6 +199,7 @@ OBJECTS: dict[str, ObjectDef] = {
             FieldDef("Owner_Name__c", "string"),
             FieldDef("Billing_Email__c", "email"),
             FieldDef("M3ter_Account_Id__c", "string", external_id=True, unique=True),
+            *_last_invoice(),
         ], required=("Name",)),
         _obj("Contact", "003", "Contact", [
             *_system(),
@@ -241,6 +256,7 @@ OBJECTS: dict[str, ObjectDef] = {
             FieldDef("Description", "textarea"),
             _CURRENCY,
             FieldDef("PO_Number__c", "string"),
+            *_last_invoice(),
         ], required=("Name", "StageName", "CloseDate")),
         _obj("OpportunityLineItem", "00k", "Opportunity Product", [
             *_system(owner=False),
@@ -266,8 +282,7 @@ OBJECTS: dict[str, ObjectDef] = {
             FieldDef("Invoice_Number__c", "string"),
             FieldDef("Amount__c", "currency"),
             FieldDef("Currency__c", "string"),
-            FieldDef("Status__c", "picklist",
-                     picklist=("Draft", "Pending", "Approved", "Posted", "Paid", "Void")),
+            FieldDef("Status__c", "picklist", picklist=_INVOICE_STATUSES),
             FieldDef("Invoice_Date__c", "date"),
             FieldDef("Due_Date__c", "date"),
         ], name_defaults_to_id=True),
