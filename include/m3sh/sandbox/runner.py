@@ -192,9 +192,15 @@ class Sandbox:
         (self.dir / "state.json").write_text(json.dumps(state, indent=2))
         (self.dir / "env").write_text("\n".join(self.endpoints.env_lines()) + "\n")
         if wait:
-            self.wait_healthy()
-            if "moto" in self.names:
-                self._seed_aws(seed)
+            try:
+                self.wait_healthy()
+                if "moto" in self.names:
+                    self._seed_aws(seed)
+            except BaseException:
+                # One emulator failed to start: stop the others too, or they keep the ports and the
+                # next `up` on them meets stale state (state.json still lists every pid).
+                self.down(quiet=True)
+                raise
         return state
 
     def wait_healthy(self, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
