@@ -13,6 +13,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -112,12 +113,7 @@ class SalesforceEmulator(Emulator):
         rec = self.store.find(obj, str(body.get("id", "")), include_deleted=True)
         if rec is None:
             raise ValueError(f"no {obj.name} with id {body.get('id')!r}")
-        for key, value in dict(body.get("fields", {})).items():
-            f = obj.field(key)
-            if f is None:
-                raise ValueError(f"unknown field {key!r} on {obj.name}")
-            rec[f.name] = value
-        return rec
+        return self.store.set_fields(obj, rec, dict(body.get("fields", {})))
 
     # ---------------------------------------------------------------------------- guards
     def authorize(self, request: Request) -> None:
@@ -136,8 +132,20 @@ class SalesforceEmulator(Emulator):
         return {"Sforce-Limit-Info": f"api-usage={self.api_used}/{self.daily_max}"}
 
     def json(self, status: int, body: Any) -> JSONResponse:
-        return JSONResponse(body, status_code=status, headers=self.limit_header(),
-                            media_type="application/json;charset=UTF-8")
+        return _FastJSONResponse(body, status_code=status, headers=self.limit_header(),
+                                 media_type="application/json;charset=UTF-8")
+
+
+class _FastJSONResponse(JSONResponse):
+    """orjson encodes a 2,000-record query page several times faster than the stdlib encoder;
+    same compact UTF-8 JSON. Anything orjson refuses (an int beyond 64 bits set by an admin
+    action) falls back to the stdlib."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except TypeError:  # orjson.JSONEncodeError
+            return super().render(content)
 
 
 def _object_or_error(name: str) -> ObjectDef:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from m3sh.sandbox.salesforce.schema import NUMBER_TYPES, FieldDef, ObjectDef, get_object
@@ -383,6 +384,14 @@ def parse(soql: str) -> Query:
     return _Parser(soql.strip()).parse()
 
 
+@lru_cache(maxsize=256)
+def compile_query(soql: str) -> Query:
+    """Parsed and bound, cached by text: a poller re-sending one query parses it once.
+
+    The cached :class:`Query` is shared, so nothing may change it after :func:`bind`."""
+    return bind(parse(soql))
+
+
 # ---------------------------------------------------------------------------------- date values
 _RANGES = {"TODAY", "YESTERDAY", "TOMORROW", "LAST_MONTH", "THIS_MONTH", "NEXT_MONTH"}
 _N_RANGES = {"LAST_N_DAYS", "NEXT_N_DAYS"}
@@ -529,8 +538,13 @@ def _check_value(q: Query, ref: FieldRef, value: Literal, op: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- evaluation
+# A query is compiled once into closures (per-field value getters, literals converted up front,
+# IN lists as sets) and then run over the records: a 200-value ``IN`` costs one set lookup per
+# record rather than 200 comparisons, which is what keeps 10k-record orgs fast.
 Record = dict[str, Any]
 Resolver = Callable[[str, str], Record | None]  # (sobject, id) -> stored record
+Predicate = Callable[[Record], bool]
+Getter = Callable[[Record], Any]
 
 
 def field_value(record: Record, ref: FieldRef, resolve: Resolver) -> Any:
@@ -546,21 +560,61 @@ def field_value(record: Record, ref: FieldRef, resolve: Resolver) -> Any:
     return current.get(ref.target.name) if current is not None else None
 
 
+def _id15(value: Any) -> str:
+    return str(value)[:15]  # 15- and 18-char forms of one id are equal
+
+
+def _folded(value: Any) -> str:
+    return str(value).lower()
+
+
+@cache
+def converter(f: FieldDef) -> Callable[[Any], Any]:
+    """The non-null half of :func:`comparable` for ``f``'s type, looked up once per field."""
+    if f.type == "datetime":
+        return parse_datetime
+    if f.type == "date":
+        return dt.date.fromisoformat
+    if f.type in NUMBER_TYPES:
+        return float
+    if f.type == "boolean":
+        return bool
+    if f.type in ("id", "reference"):
+        return _id15
+    return _folded
+
+
 def comparable(f: FieldDef, value: Any) -> Any:
     """Normalise a stored value for comparison: SOQL text comparisons are case-insensitive."""
-    if value is None:
-        return None
-    if f.type == "datetime":
-        return parse_datetime(value)
-    if f.type == "date":
-        return dt.date.fromisoformat(value)
-    if f.type in NUMBER_TYPES:
-        return float(value)
-    if f.type == "boolean":
-        return bool(value)
-    if f.type in ("id", "reference"):
-        return str(value)[:15]  # 15- and 18-char forms of one id are equal
-    return str(value).lower()
+    return None if value is None else converter(f)(value)
+
+
+def raw_getter(ref: FieldRef, resolve: Resolver) -> Getter:
+    """The stored value of ``ref`` for a record; plain fields skip the lookup walk."""
+    assert ref.target is not None
+    if ref.hops:
+        return lambda r: field_value(r, ref, resolve)
+    name = ref.target.name
+    return lambda r: r.get(name)
+
+
+def comparable_getter(ref: FieldRef, resolve: Resolver) -> Getter:
+    """:func:`comparable` of ``ref``'s value for a record (one call deep for plain fields)."""
+    assert ref.target is not None
+    conv = converter(ref.target)
+    if ref.hops:
+        def walk(r: Record) -> Any:
+            v = field_value(r, ref, resolve)
+            return None if v is None else conv(v)
+
+        return walk
+    name = ref.target.name
+
+    def get(r: Record) -> Any:
+        v = r.get(name)
+        return None if v is None else conv(v)
+
+    return get
 
 
 def _literal(f: FieldDef, lit: Literal) -> Any:
@@ -568,66 +622,140 @@ def _literal(f: FieldDef, lit: Literal) -> Any:
         return comparable(f, lit.value)
     if lit.kind == "number":
         return float(lit.value)
-    if lit.kind == "datetime" and f.type == "datetime":
-        return lit.value
     return lit.value
 
 
+def _plain(lit: Literal) -> bool:
+    """A literal that compares by value (not null, not a date range): usable as a hash key."""
+    return lit.kind not in ("null", "daterange")
+
+
+def index_keys(cond: Cond | None) -> list[tuple[str, frozenset[Any]]]:
+    """Top-level ``field = value`` / ``field IN (...)`` conjuncts on plain fields, as (field, keys).
+
+    Every match of the whole condition has, in that field, a :func:`comparable` value among the
+    keys, so a hash index on the field narrows the records to check (they are still checked)."""
+    if cond is None:
+        return []
+    conjuncts = cond.items if isinstance(cond, BoolOp) and cond.op == "and" else [cond]
+    out: list[tuple[str, frozenset[Any]]] = []
+    for c in conjuncts:
+        if isinstance(c, Compare) and c.op == "=" and not c.field.hops and _plain(c.value):
+            values = [c.value]
+        elif isinstance(c, InList) and not c.negate and not c.field.hops and all(map(_plain, c.values)):
+            values = c.values
+        else:
+            continue
+        f = c.field.target
+        assert f is not None
+        out.append((f.name, frozenset(_literal(f, v) for v in values)))
+    return out
+
+
+def _always(record: Record) -> bool:
+    return True
+
+
+def _all_of(parts: list[Predicate]) -> Predicate:
+    if len(parts) == 2:  # the usual window (``>= start AND < end``): no loop per record
+        first, second = parts
+        return lambda r: first(r) and second(r)
+
+    def all_of(r: Record) -> bool:
+        return all(p(r) for p in parts)
+
+    return all_of
+
+
+def _any_of(parts: list[Predicate]) -> Predicate:
+    def any_of(r: Record) -> bool:
+        return any(p(r) for p in parts)
+
+    return any_of
+
+
 class Evaluator:
+    """Compiles a bound WHERE clause into a predicate; ``now`` anchors TODAY, LAST_N_DAYS:n..."""
+
     def __init__(self, resolve: Resolver, now: dt.datetime) -> None:
         self.resolve = resolve
         self.now = now
 
-    def matches(self, cond: Cond | None, record: Record) -> bool:
+    def compile(self, cond: Cond | None) -> Predicate:
         if cond is None:
-            return True
+            return _always
         if isinstance(cond, BoolOp):
-            if cond.op == "and":
-                return all(self.matches(c, record) for c in cond.items)
-            return any(self.matches(c, record) for c in cond.items)
+            parts = [self.compile(c) for c in cond.items]
+            return _all_of(parts) if cond.op == "and" else _any_of(parts)
         if isinstance(cond, Not):
-            return not self.matches(cond.item, record)
-        assert cond.field.target is not None
+            inner = self.compile(cond.item)
+            return lambda r: not inner(r)
         f = cond.field.target
-        value = comparable(f, field_value(record, cond.field, self.resolve))
+        assert f is not None
+        value_of = comparable_getter(cond.field, self.resolve)
+        if isinstance(cond, Compare) and _plain(cond.value):  # the hot case: no nested test call
+            other, compare, is_ne = _literal(f, cond.value), _OPS[cond.op], cond.op == "!="
+
+            def compare_plain(r: Record) -> bool:
+                v = value_of(r)
+                return is_ne if v is None else compare(v, other)
+
+            return compare_plain
         if isinstance(cond, Compare):
-            return self._compare(f, value, cond.op, cond.value)
+            test = self._test(f, cond.op, cond.value)
+            return lambda r: test(value_of(r))
         if isinstance(cond, InList):
-            hit = any(self._compare(f, value, "=", v) for v in cond.values)
-            return hit != cond.negate
-        if value is None:
-            return False
-        return _like_regex(str(cond.pattern.value)).match(str(value)) is not None
+            return self._in_list(f, cond, value_of)
+        regex = _like_regex(str(cond.pattern.value))
 
-    def _compare(self, f: FieldDef, value: Any, op: str, lit: Literal) -> bool:
+        def like(r: Record) -> bool:
+            v = value_of(r)
+            return v is not None and regex.match(str(v)) is not None
+
+        return like
+
+    def _in_list(self, f: FieldDef, cond: InList, value_of: Getter) -> Predicate:
+        """``=`` against each value, ORed: a set lookup for plain values, date ranges one by one."""
+        keys = frozenset(_literal(f, v) for v in cond.values if _plain(v))
+        ranges = [self._test(f, "=", v) for v in cond.values if v.kind == "daterange"]
+        has_null, negate = any(v.kind == "null" for v in cond.values), cond.negate
+
+        def member(r: Record) -> bool:
+            v = value_of(r)
+            if v is None:
+                return has_null != negate
+            return (v in keys or any(t(v) for t in ranges)) != negate
+
+        return member
+
+    def _test(self, f: FieldDef, op: str, lit: Literal) -> Callable[[Any], bool]:
         if lit.kind == "null":
-            return (value is None) == (op == "=")
+            want_null = op == "="
+            return lambda v: (v is None) == want_null
         if lit.kind == "daterange":
-            return self._in_range(f, value, op, lit)
-        if value is None:
-            return op == "!="
-        other = _literal(f, lit)
-        return _OPS[op](value, other)
+            return self._in_range(f, op, lit)
+        other, compare, is_ne = _literal(f, lit), _OPS[op], op == "!="
+        return lambda v: is_ne if v is None else compare(v, other)
 
-    def _in_range(self, f: FieldDef, value: Any, op: str, lit: Literal) -> bool:
-        if value is None:
-            return op == "!="
+    def _in_range(self, f: FieldDef, op: str, lit: Literal) -> Callable[[Any], bool]:
         name, n = lit.value
         start, end = date_range(name, n, self.now.astimezone(dt.UTC).date())
-        d = value.date() if f.type == "datetime" else value
-        return {
-            "=": start <= d <= end, "!=": not start <= d <= end, "<": d < start,
-            "<=": d <= end, ">": d > end, ">=": d >= start,
+        is_datetime = f.type == "datetime"
+        within: Callable[[dt.date], bool] = {
+            "=": lambda d: start <= d <= end, "!=": lambda d: not start <= d <= end,
+            "<": lambda d: d < start, "<=": lambda d: d <= end, ">": lambda d: d > end, ">=": lambda d: d >= start,
         }[op]
+        is_ne = op == "!="
+        return lambda v: is_ne if v is None else within(v.date() if is_datetime else v)
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "=": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 
 
@@ -651,15 +779,19 @@ def sort_records(records: list[Record], order: list[OrderItem], resolve: Resolve
     """Stable multi-key sort; nulls first unless NULLS LAST (SOQL's default)."""
     out = list(records)
     for item in reversed(order):
-        f = item.field.target
-        assert f is not None
-        null_rank = 0 if item.nulls_first != item.desc else 2
-
-        def key(r: Record, item: OrderItem = item, f: FieldDef = f, null_rank: int = null_rank) -> Any:
-            v = comparable(f, field_value(r, item.field, resolve))
-            if f.type == "id":
-                v = field_value(r, item.field, resolve)  # ids sort case-sensitively
-            return (null_rank, 0) if v is None else (1, v)
-
-        out.sort(key=key, reverse=item.desc)
+        out.sort(key=_sort_part(item, resolve), reverse=item.desc)
     return out
+
+
+def _sort_part(item: OrderItem, resolve: Resolver) -> Callable[[Record], tuple[int, Any]]:
+    f = item.field.target
+    assert f is not None
+    null_rank = 0 if item.nulls_first != item.desc else 2
+    # ids sort case-sensitively on the stored value; everything else on its comparable form
+    get = raw_getter(item.field, resolve) if f.type == "id" else comparable_getter(item.field, resolve)
+
+    def key(r: Record) -> tuple[int, Any]:
+        v = get(r)
+        return (null_rank, 0) if v is None else (1, v)
+
+    return key

@@ -2,6 +2,11 @@
 
 Kept free of HTTP so the rules (what a write may touch, what bumps ``SystemModstamp``, how a
 query pages) can be read in one place; ``app.py`` only maps them to routes and status codes.
+
+Id, lookup and external-id/unique fields have hash indexes so that ``WHERE AccountId IN (...)``,
+upserts and reference checks don't scan every record of a 10k-account org. Records must
+therefore only change through :class:`Store` methods (``create``/``update``/``set_fields``...),
+which keep the indexes current.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import datetime as dt
 import itertools
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +76,23 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# Fields worth a hash index: ids, lookups and external-id/unique keys (all text, so their
+# comparable form never fails to compute whatever an admin stored).
+_INDEXED: dict[str, tuple[FieldDef, ...]] = {
+    obj.name: tuple(f for f in obj.fields.values()
+                    if (f.type in ("id", "reference") or f.external_id or f.unique)
+                    and f.type not in NUMBER_TYPES and f.type not in ("date", "datetime", "boolean"))
+    for obj in OBJECTS.values()
+}
+
+
+def _indexed(obj: ObjectDef) -> tuple[FieldDef, ...]:
+    return _INDEXED[obj.name]
+
+
+IndexKeys = list[tuple[str, Any]]
+
+
 @dataclass
 class Cursor:
     query: soql.Query
@@ -83,6 +106,10 @@ class Store:
 
     def __init__(self) -> None:
         self.records: dict[str, dict[str, Record]] = {name: {} for name in OBJECTS}
+        # object -> field -> comparable value -> {record id: record}; None values aren't indexed
+        self._index: dict[str, dict[str, dict[Any, dict[str, Record]]]] = {
+            name: {f.name: {} for f in _indexed(obj)} for name, obj in OBJECTS.items()}
+        self._position: dict[str, dict[str, int]] = {name: {} for name in OBJECTS}  # insertion order
         self.cursors: collections.OrderedDict[str, Cursor] = collections.OrderedDict()
         self._seq = itertools.count(1)
         self._contract_seq = itertools.count(100)
@@ -97,7 +124,7 @@ class Store:
         table = self.records[obj.name]
         rec = table.get(record_id)
         if rec is None and len(record_id) == 15:
-            rec = next((r for k, r in table.items() if k[:15] == record_id), None)
+            rec = next(iter(self._lookup(obj, "Id", {record_id})), None)
         if rec is None or (rec.get("IsDeleted") and not include_deleted):
             return None
         return rec
@@ -108,8 +135,38 @@ class Store:
 
     def find_by_field(self, obj: ObjectDef, f: FieldDef, value: str) -> list[Record]:
         want = soql.comparable(f, value)
-        return [r for r in self.records[obj.name].values()
+        if want is not None and f.name in self._index[obj.name]:
+            candidates: Iterable[Record] = self._lookup(obj, f.name, {want})
+        else:
+            candidates = self.records[obj.name].values()
+        return [r for r in candidates
                 if not r.get("IsDeleted") and soql.comparable(f, r.get(f.name)) == want]
+
+    def _lookup(self, obj: ObjectDef, field_name: str, keys: Iterable[Any]) -> list[Record]:
+        """Records (deleted too) whose indexed ``field_name`` has one of ``keys``, in insertion order."""
+        index = self._index[obj.name][field_name]
+        found: dict[str, Record] = {}
+        for key in keys:
+            found.update(index.get(key, {}))
+        position = self._position[obj.name]
+        return [found[rid] for rid in sorted(found, key=position.__getitem__)]
+
+    def _index_keys(self, obj: ObjectDef, rec: Record) -> IndexKeys:
+        return [(f.name, soql.comparable(f, rec.get(f.name))) for f in _indexed(obj)]
+
+    def _reindex(self, obj: ObjectDef, rid: str, rec: Record, before: IndexKeys) -> None:
+        """Move ``rec`` to the index buckets of its current values (``before``: its old keys)."""
+        indexes = self._index[obj.name]
+        for (name, old), (_, new) in zip(before, self._index_keys(obj, rec), strict=True):
+            if old == new:
+                continue
+            if old is not None:
+                bucket = indexes[name].get(old, {})
+                bucket.pop(rid, None)
+                if not bucket:
+                    indexes[name].pop(old, None)
+            if new is not None:
+                indexes[name].setdefault(new, {})[rid] = rec
 
     # ---------------------------------------------------------------------------------- writes
     def create(self, obj: ObjectDef, data: dict[str, Any], now: dt.datetime | None = None,
@@ -128,7 +185,13 @@ class Store:
         if not trusted:
             self._check_unique(obj, rec)
         self._derive(obj, rec)
-        self.records[obj.name][rid] = rec
+        table = self.records[obj.name]
+        if rid in table:  # a re-used id replaces the record, as before indexes existed
+            self._reindex(obj, rid, {}, self._index_keys(obj, table[rid]))
+        else:
+            self._position[obj.name][rid] = len(self._position[obj.name])
+        table[rid] = rec
+        self._reindex(obj, rid, rec, [(f.name, None) for f in _indexed(obj)])
         return rec
 
     def update(self, obj: ObjectDef, rec: Record, data: dict[str, Any]) -> Record:
@@ -138,10 +201,35 @@ class Store:
             if name in values and values[name] in (None, ""):
                 raise _missing([name])
         self._check_unique(obj, candidate)
+        before = self._index_keys(obj, rec)
         rec.update(values)
         self._derive(obj, rec)
         self._touch(rec)
+        self._reindex(obj, self._rid(obj, rec), rec, before)
         return rec
+
+    def set_fields(self, obj: ObjectDef, rec: Record, fields: dict[str, Any]) -> Record:
+        """Set any field, system ones included, without validation (admin/test back door)."""
+        names = []
+        for key in fields:
+            f = obj.field(key)
+            if f is None:
+                raise ValueError(f"unknown field {key!r} on {obj.name}")
+            names.append(f.name)
+        rid = self._rid(obj, rec)
+        before = self._index_keys(obj, rec)
+        for name, value in zip(names, fields.values(), strict=True):
+            rec[name] = value
+        self._reindex(obj, rid, rec, before)
+        return rec
+
+    def _rid(self, obj: ObjectDef, rec: Record) -> str:
+        """The table key of ``rec`` (its ``Id`` unless an admin rewrote that field)."""
+        rid = rec.get("Id")
+        table = self.records[obj.name]
+        if isinstance(rid, str) and table.get(rid) is rec:
+            return rid
+        return next(k for k, r in table.items() if r is rec)
 
     def delete(self, obj: ObjectDef, rec: Record) -> None:
         rec["IsDeleted"] = True
@@ -301,15 +389,16 @@ class Store:
 
     # --------------------------------------------------------------------------------- queries
     def run_query(self, text: str, version: str, include_deleted: bool, batch: int | None) -> dict[str, Any]:
+        """Evaluate once; the projected rows stay in the cursor that ``query_more`` pages through."""
         try:
-            q = soql.bind(soql.parse(text))
+            q = soql.compile_query(text)
         except soql.SoqlError as exc:
             raise ApiError(400, exc.error_code, exc.message) from None
         assert q.obj is not None
         obj = q.obj
-        evaluator = soql.Evaluator(self.resolve, now_utc())
-        rows = [r for r in self.records[obj.name].values()
-                if (include_deleted or not r.get("IsDeleted")) and evaluator.matches(q.where, r)]
+        matches = soql.Evaluator(self.resolve, now_utc()).compile(q.where)
+        rows = [r for r in self._candidates(obj, q.where)
+                if (include_deleted or not r.get("IsDeleted")) and matches(r)]
         if q.order:
             rows = soql.sort_records(rows, q.order, self.resolve)
         if q.offset:
@@ -323,10 +412,23 @@ class Store:
             n = sum(1 for r in rows if soql.field_value(r, q.count_field, self.resolve) is not None)
             return {"totalSize": 1, "done": True,
                     "records": [{"attributes": {"type": "AggregateResult"}, q.count_alias: n}]}
-        projected = [self._project(obj, r, q, version) for r in rows]
+        plain = all(not ref.hops for ref in q.fields)
+        names = [ref.names[-1] for ref in q.fields]
+        projected = [self._project_plain(obj, r, names, version) if plain else self._project(obj, r, q, version)
+                     for r in rows]
         size = min(max(batch or DEFAULT_BATCH, MIN_BATCH), DEFAULT_BATCH)
         endpoint = "queryAll" if include_deleted else "query"
         return self._page(Cursor(q, projected, size, endpoint), 0, version, new=True)
+
+    def _candidates(self, obj: ObjectDef, where: soql.Cond | None) -> Iterable[Record]:
+        """The records a WHERE can match: an indexed ``=``/``IN`` conjunct narrows them (the
+        fewest keys wins); otherwise all, in insertion order either way."""
+        usable = [(len(keys), name, keys) for name, keys in soql.index_keys(where)
+                  if name in self._index[obj.name]]
+        if not usable:
+            return self.records[obj.name].values()
+        _, name, keys = min(usable, key=lambda u: u[0])
+        return self._lookup(obj, name, keys)
 
     def query_more(self, locator: str, version: str) -> dict[str, Any]:
         cursor_id, _, offset_s = locator.rpartition("-")
@@ -357,6 +459,13 @@ class Store:
         out: Record = {"attributes": self.attributes(obj, rec["Id"], version)}
         for ref in q.fields:
             self._put(out, rec, ref, version)
+        return out
+
+    def _project_plain(self, obj: ObjectDef, rec: Record, names: list[str], version: str) -> Record:
+        """:meth:`_project` for queries without relationship fields (the common, hot case)."""
+        out: Record = {"attributes": self.attributes(obj, rec["Id"], version)}
+        for name in names:
+            out[name] = rec.get(name)
         return out
 
     def _put(self, out: Record, rec: Record, ref: soql.FieldRef, version: str) -> None:
