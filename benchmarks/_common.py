@@ -69,7 +69,8 @@ def sandbox(names: list[str], *, limits: bool, seed: str = "demo", start: int = 
     from m3sh.sandbox.runner import Sandbox, SandboxEndpoints
 
     root = Path(tempfile.mkdtemp(prefix="m3sh-bench-"))
-    box = Sandbox(root, SandboxEndpoints(port_base=free_port_base(names, start=start)), only=names)
+    stop = max(PORT_STOP, start + PORT_STOP - PORT_START)  # a start above the default range searches as far
+    box = Sandbox(root, SandboxEndpoints(port_base=free_port_base(names, start=start, stop=stop)), only=names)
     box.up(seed=seed, limits=limits)
     saved = dict(os.environ)
     os.environ.update(box.endpoints.env())

@@ -6,17 +6,22 @@ a project-local ``AIRFLOW_HOME``, this repository's ``dags/`` and ``plugins/``, 
 connections as ``AIRFLOW_CONN_*`` variables, an ``m3sh.yaml`` for the tasks (``M3SH_CONFIG``), one
 JWT secret shared by every component, a known login for the REST API, and the Execution API URL
 matching the api-server port (otherwise every task fails with "connection refused"). Keeping that
-in one place means the demo and the distributed test cannot drift apart.
+in one place means the demo and the distributed test cannot drift apart. :func:`launch_standalone`
+and :func:`stop_standalone` start and stop an ``airflow standalone`` with that environment (the
+e2e tests and the trigger benchmark's live phase).
 
 Everything here is cheap and import-safe: no Airflow import (the CLI must start fast).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import secrets
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -292,6 +297,24 @@ class AirflowApi:
             return bool(doc) and all((doc or {}).get(c, {}).get("status") == "healthy" for c in wanted)
 
         self.wait_until(f"Airflow at {self.base_url} healthy ({', '.join(wanted)})", ok, timeout_s, alive=alive)
+        self.warm_execution_api(timeout_s)
+
+    def warm_execution_api(self, timeout_s: float = 180) -> None:
+        """Make the api-server build its Execution API now rather than on the first task's start call.
+
+        Airflow 3.3's Execution API (a Cadwyn app) generates its versioned routes on its first request,
+        on the api-server's event loop: 30-60 s on a busy 2-core machine, during which the api-server
+        answers nothing. The first task's start call then times out, the task fails and waits for its
+        retry delay. One request here pays that cost before any task runs. A failure is only reported:
+        tasks would then pay it as before.
+        """
+        t0 = time.monotonic()
+        try:
+            self.session.get(f"{self.base_url}/execution/health", timeout=timeout_s)
+        except requests.RequestException as exc:
+            self.progress(f"Execution API warm-up failed ({exc.__class__.__name__}); the first task may retry")
+            return
+        self.progress(f"Execution API ready ({time.monotonic() - t0:.0f}s)")
 
     def dag_ids(self) -> set[str]:
         doc = self.request("GET", "/dags", params={"limit": 100, "dag_id_pattern": "m3sh"})
@@ -315,6 +338,25 @@ class AirflowApi:
         self.wait_until(f"DAGs parsed ({len(wanted)})", ok, timeout_s, every_s=1.5, alive=alive)
 
     # -- actions --------------------------------------------------------------------------------
+    def ensure_pool(self, name: str, slots: int, description: str) -> str:
+        """Create the pool, or resize it when its slots differ; returns what it did.
+
+        Airflow never schedules a task whose pool does not exist (it stays "scheduled", with only a
+        scheduler log line saying why), so m3sh creates the pools its config names before any run.
+        """
+        try:
+            pool: dict[str, Any] = self.request("GET", f"/pools/{name}")
+        except AirflowEnvError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+            self.request("POST", "/pools", json={"name": name, "slots": slots, "description": description,
+                                                  "include_deferred": False})
+            return "created"
+        if int(pool.get("slots", -1)) == slots:
+            return "unchanged"
+        self.request("PATCH", f"/pools/{name}", json={"slots": slots})
+        return "resized"
+
     def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
@@ -378,3 +420,79 @@ class AirflowApi:
                 self.progress(f"runs ({now - t0:.0f}s): " + "; ".join(parts))
                 last_note = now
             time.sleep(1.0)
+
+
+# ------------------------------------------------------------------------------ airflow standalone
+@dataclass
+class StandaloneStack:
+    """A running ``airflow standalone`` (its own process group) and a REST client for it."""
+
+    env: AirflowEnv
+    api: AirflowApi
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return self.env.base_url
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def died(self) -> str | None:
+        """Why the standalone is gone (exit code and last log lines), or None while it runs."""
+        if self.proc.poll() is not None:
+            return f"airflow standalone exited with {self.proc.returncode}:\n{self.tail()}"
+        return None
+
+    def stop(self) -> None:
+        stop_standalone(self.proc)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_standalone(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGINT to the standalone parent (it stops its components in order), then TERM/KILL its group.
+
+    SIGINT to the whole group would hit the LocalExecutor workers directly and leave the scheduler
+    waiting for them until SIGKILL; only the group this process started is signalled.
+    """
+    pgid = proc.pid
+    for send, wait_s in ((lambda: os.kill(pgid, signal.SIGINT), grace_s),
+                         (lambda: os.killpg(pgid, signal.SIGTERM), 5.0),
+                         (lambda: os.killpg(pgid, signal.SIGKILL), 2.0)):
+        with contextlib.suppress(ProcessLookupError):
+            send()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap our child so a zombie does not count as alive
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.2)
+
+
+def launch_standalone(env: AirflowEnv, wait_dags: Iterable[str], *, cwd: Path | None = None,
+                      progress: Callable[[str], None] | None = None, healthy_timeout_s: float = 180,
+                      dags_timeout_s: float = 120) -> StandaloneStack:
+    """Start ``airflow standalone`` with ``env`` (log in ``<home>/standalone.log``) and wait until it is
+    healthy and ``wait_dags`` are parsed; on any failure it is stopped again before the error propagates.
+    """
+    log_path = env.home / "standalone.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([str(venv_bin() / "airflow"), "standalone"], stdout=log, stderr=subprocess.STDOUT,
+                                env=env.env(), cwd=cwd or env.root, start_new_session=True)
+    stack = StandaloneStack(env, env.api(progress=progress), proc, log_path)
+    try:
+        stack.api.wait_healthy(timeout_s=healthy_timeout_s, alive=stack.died)
+        stack.api.wait_dags(wait_dags, timeout_s=dags_timeout_s, alive=stack.died)
+    except BaseException:
+        stop_standalone(proc)
+        raise
+    return stack

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from m3sh.airflow_env import AirflowEnv, existing_use_case_dags, write_task_config
+from m3sh.airflow_env import AirflowApi, AirflowEnv, existing_use_case_dags, write_task_config
 from m3sh.config import load_config
 from m3sh.sandbox.runner import SandboxEndpoints
 
@@ -80,3 +83,48 @@ def test_use_cases_follow_the_dag_files(tmp_path: Path) -> None:
     (tmp_path / "dags" / "m3sh_crm_sync.py").write_text("")
     assert existing_use_case_dags(tmp_path) == [("m3sh_crm_sync", {"full_resync": True}),
                                                 ("m3sh_usage_ingest", {"scan_all": True})]
+
+
+class _FakeApiServer(http.server.ThreadingHTTPServer):
+    """Answers the two readiness paths like a healthy api-server and records every path asked for."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.paths.append(self.path)
+                health = {c: {"status": "healthy"} for c in ("metadatabase", "scheduler", "dag_processor")}
+                body = json.dumps(health if self.path == "/api/v2/monitor/health" else {"status": "healthy"})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_healthy_means_the_execution_api_was_built_before_any_task_runs() -> None:
+    server = _FakeApiServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        notes: list[str] = []
+        AirflowApi(f"http://127.0.0.1:{server.server_port}", "admin", "pw", progress=notes.append).wait_healthy(10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.paths == ["/api/v2/monitor/health", "/execution/health"]
+    assert any(n.startswith("Execution API ready") for n in notes)
+
+
+def test_a_failed_execution_api_warm_up_is_reported_not_raised() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    notes: list[str] = []
+    AirflowApi(f"http://127.0.0.1:{port}", "admin", "pw", progress=notes.append).warm_execution_api(timeout_s=2)
+    assert notes == ["Execution API warm-up failed (ConnectionError); the first task may retry"]

@@ -9,65 +9,27 @@ metadata DB.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from m3sh.airflow_env import AirflowApi, AirflowEnv, venv_bin, write_task_config
+from m3sh.airflow_env import (
+    AirflowEnv,
+    StandaloneStack,
+    launch_standalone,
+    stop_standalone,
+    write_task_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 ADMIN_PASSWORD = "e2e-Admin-Pa55"  # a throw-away test login
-
-
-@dataclass
-class AirflowStack:
-    env: AirflowEnv
-    api: AirflowApi
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return self.env.base_url
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop_standalone(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
-    """SIGINT to the standalone parent (it stops its components in order), then TERM/KILL its group."""
-    pgid = proc.pid
-    for send, wait_s in ((lambda: os.kill(pgid, signal.SIGINT), grace_s),
-                         (lambda: os.killpg(pgid, signal.SIGTERM), 5.0),
-                         (lambda: os.killpg(pgid, signal.SIGKILL), 2.0)):
-        with contextlib.suppress(ProcessLookupError):
-            send()
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            proc.poll()
-            if not _group_alive(pgid):
-                return
-            time.sleep(0.2)
+AirflowStack = StandaloneStack  # the name the e2e tests use
 
 
 def start_standalone(home: Path, port: int, endpoints: Any) -> AirflowStack:
@@ -79,24 +41,7 @@ def start_standalone(home: Path, port: int, endpoints: Any) -> AirflowStack:
     cfg = write_task_config(home, start_date=dt.datetime.now(dt.UTC).date() + dt.timedelta(days=365),
                             ui_base_url=f"http://localhost:{port}")
     env = AirflowEnv(root=REPO, home=home, port=port, sandbox=endpoints, config_path=cfg, password=ADMIN_PASSWORD)
-    log_path = home / "standalone.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([str(venv_bin() / "airflow"), "standalone"], stdout=log, stderr=subprocess.STDOUT,
-                                env=env.env(), cwd=REPO, start_new_session=True)
-    stack = AirflowStack(env, env.api(progress=lambda m: print(f"[e2e] {m}", flush=True)), proc, log_path)
-
-    def died() -> str | None:
-        if proc.poll() is not None:
-            return f"airflow standalone exited with {proc.returncode}:\n{stack.tail()}"
-        return None
-
-    try:
-        stack.api.wait_healthy(timeout_s=180, alive=died)
-        stack.api.wait_dags(["m3sh_crm_sync"], timeout_s=120, alive=died)
-    except BaseException:
-        stop_standalone(proc)
-        raise
-    return stack
+    return launch_standalone(env, ["m3sh_crm_sync"], progress=lambda m: print(f"[e2e] {m}", flush=True))
 
 
 @pytest.fixture(scope="module")
