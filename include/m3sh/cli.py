@@ -107,13 +107,13 @@ def _cmd_pools_sync(args: argparse.Namespace) -> int:
     import tempfile
 
     from m3sh.config import load_config
-    from m3sh.dagkit.invoice_sync import required_pools
+    from m3sh.dagkit.invoice_sync import POOL_DESCRIPTION, required_pools
 
     pools = required_pools(load_config(args.config))
     if not pools:
         print("no pools required by this config")
         return 0
-    spec = {name: {"slots": slots, "description": "m3sh: NetSuite per-account concurrency",
+    spec = {name: {"slots": slots, "description": POOL_DESCRIPTION,
                    "include_deferred": False} for name, slots in pools.items()}
     for name, slots in pools.items():
         print(f"pool {name}: {slots} slot(s)")

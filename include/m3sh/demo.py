@@ -36,6 +36,8 @@ from m3sh.airflow_env import (
     venv_bin,
     write_task_config,
 )
+from m3sh.config import load_config
+from m3sh.dagkit.invoice_sync import POOL_DESCRIPTION, required_pools
 from m3sh.sandbox.runner import DEFAULT_PORT_BASE, Sandbox, SandboxEndpoints, SandboxError
 
 PID_FILE = "m3sh-demo.json"
@@ -173,7 +175,35 @@ def _summary(api: AirflowApi, runs: dict[str, str], endpoints: SandboxEndpoints)
                      f"re-sends de-duplicated by uid)")
     except (requests.RequestException, KeyError, ValueError):
         lines.append("m3ter sandbox: state not readable")
+    try:
+        ns = requests.get(f"{endpoints.url('netsuite')}/_sandbox/state", timeout=30).json()
+        per_account = ", ".join(f"{acct}: {info['counts'].get('invoice', 0)}"
+                                for acct, info in sorted(ns["accounts"].items()))
+        lines.append(f"netsuite sandbox: invoices per account ({per_account})")
+    except (requests.RequestException, KeyError, ValueError, AttributeError):
+        lines.append("netsuite sandbox: state not readable")
     return lines
+
+
+DEMO_STAGES: tuple[frozenset[str], ...] = (
+    frozenset({"m3sh_crm_sync"}),  # accounts first: everything else needs them
+    frozenset({"m3sh_usage_ingest"}),
+    frozenset({"m3sh_invoice_sync", "m3sh_plan_triggers"}),
+    frozenset({"m3sh_reconcile"}),
+)
+BILL_RUN_BEFORE_STAGE = 2
+
+
+def _bill_run(endpoints: SandboxEndpoints) -> str:
+    """What m3ter's scheduler and a billing admin do at month end, done on the m3ter emulator:
+    last month's bills for every account with a plan, approved, so the invoicing DAG has bills."""
+    try:
+        r = requests.post(f"{endpoints.url('m3ter')}/_sandbox/run_billing", json={"approve": True}, timeout=120)
+        r.raise_for_status()
+        n = len(r.json().get("billIds", []))
+    except (requests.RequestException, ValueError) as exc:
+        return f"m3ter sandbox bill run failed ({exc.__class__.__name__}); m3sh_invoice_sync will find no bills"
+    return f"m3ter sandbox bill run: {n} bill(s) for last month, approved (m3sh_invoice_sync exports them next)"
 
 
 def _guide(env: AirflowEnv, sandbox_dir: Path) -> list[str]:
@@ -253,16 +283,27 @@ def run_demo(root: Path, port: int = 8080, once: bool = False) -> int:
             api.unpause(dag_id)
         _say(f"unpaused {len(to_unpause)} m3sh DAG(s): {', '.join(to_unpause)}")
 
+        for pool, slots in required_pools(load_config(cfg_path)).items():
+            done = api.ensure_pool(pool, slots, POOL_DESCRIPTION)
+            _say(f"pool {pool}: {slots} slot(s) ({done})")
+
+        # In the order the data flows: accounts from the CRMs, then usage against them, then m3ter's
+        # bill run (emulated), then what reads bills and balances side by side, then reconciliation
+        # (run beside the invoice export it would report every bill still in flight as missing).
         runs: dict[str, str] = {}
-        first, *rest = use_cases
-        runs[first[0]] = api.trigger(first[0], first[1], note="m3sh demo")
-        _say(f"triggered {first[0]} {first[1]}: accounts from the CRMs into m3ter first, the others need them")
-        states = api.wait_runs({first[0]: runs[first[0]]}, timeout_s=600)
-        _say(f"{first[0]}: {states[first[0]]}")
-        for dag_id, conf in rest:
+        states: dict[str, str] = {}
+        for i, dag_ids in enumerate(DEMO_STAGES):
+            stage = [u for u in use_cases if u[0] in dag_ids]
+            if i == BILL_RUN_BEFORE_STAGE:
+                _say(_bill_run(endpoints))
+            for dag_id, conf in stage:
+                runs[dag_id] = api.trigger(dag_id, conf, note="m3sh demo")
+                _say(f"triggered {dag_id} {conf}")
+            if stage:
+                states.update(api.wait_runs({d: runs[d] for d, _ in stage}, timeout_s=900))
+        for dag_id, conf in (u for u in use_cases if u[0] not in runs):  # a use case no stage names
             runs[dag_id] = api.trigger(dag_id, conf, note="m3sh demo")
-            _say(f"triggered {dag_id} {conf}")
-        states.update(api.wait_runs({d: runs[d] for d, _ in rest}, timeout_s=900) if rest else {})
+            states.update(api.wait_runs({dag_id: runs[dag_id]}, timeout_s=900))
 
         _say("results:")
         for dag_id, state in states.items():

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from m3sh.config import load_config
+from m3sh.dagkit.invoice_sync import required_pools
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +43,7 @@ def _run_demo(root: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "M3SH_"))}
     env.update({"M3SH_SANDBOX_PORT_BASE": str(PORT_BASE), "PATH": f"{bin_dir}:{env.get('PATH', '')}"})
     return subprocess.run([str(bin_dir / "m3sh"), "demo", "--root", str(root), "--port", str(AIRFLOW_PORT),
-                           "--once"], env=env, capture_output=True, text=True, timeout=420, check=False)
+                           "--once"], env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_demo_once_runs_every_use_case_to_success_stops_everything_and_runs_again(demo_root: Path) -> None:
@@ -58,6 +61,14 @@ def test_demo_once_runs_every_use_case_to_success_stops_everything_and_runs_agai
     m = re.search(r"m3ter sandbox: (\d+) accounts, (\d+) distinct measurements", out)
     assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, out[-3000:]
     assert "login admin / " in out and "demo succeeded" in out
+    # The NetSuite pools the config names were created before the runs (Airflow never schedules a
+    # task whose pool is missing), and the deliveries running in them landed invoices in both accounts.
+    for pool in required_pools(load_config(REPO / "include" / "m3sh.yaml")):
+        assert re.search(rf"pool {pool}: \d+ slot\(s\) \(created\)", out), out[-3000:]
+    bills = re.search(r"m3ter sandbox bill run: (\d+) bill\(s\)", out)
+    assert bills and int(bills.group(1)) > 0, out[-3000:]
+    ns = re.search(r"netsuite sandbox: invoices per account \((.*)\)", out)
+    assert ns and all(int(n) > 0 for n in re.findall(r": (\d+)", ns.group(1))), out[-3000:]
     # everything it started is stopped: pid file gone, sandbox state cleared, standalone exited cleanly
     assert not (demo_root / ".airflow" / "m3sh-demo.json").exists()
     assert not (demo_root / ".sandbox" / "state.json").exists()
@@ -71,3 +82,4 @@ def test_demo_once_runs_every_use_case_to_success_stops_everything_and_runs_agai
     # the sandbox was reset to the demo seed, so the second run reports the same m3ter totals
     m2 = re.search(r"m3ter sandbox: (\d+) accounts, (\d+) distinct measurements", out2)
     assert m2 and m2.groups() == m.groups(), (m.groups(), out2[-2000:])
+    assert re.search(r"pool \S+: \d+ slot\(s\) \(unchanged\)", out2), out2[-3000:]

@@ -41,6 +41,9 @@ NON_NETSUITE_THREADS = 4
 MAP_LABEL = "{{ task.op_kwargs['chunk']['dest'] }} part {{ task.op_kwargs['chunk']['index'] + 1 }}"
 
 
+POOL_DESCRIPTION = "m3sh: NetSuite per-account concurrency"
+
+
 def required_pools(cfg: M3shConfig) -> dict[str, int]:
     """Airflow pools the NetSuite groups use, sized from config (``airflow pools set <name> <slots> ''``)."""
     return {d.pool: d.concurrency for d in cfg.invoicing.destinations

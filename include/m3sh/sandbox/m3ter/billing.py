@@ -418,9 +418,19 @@ def _set_status(emu: M3terEmulator, bill: Entity, status: str) -> None:
 
 # -- admin actions ------------------------------------------------------------------------------
 def admin_run_billing(emu: M3terEmulator, body: dict[str, Any]) -> dict[str, Any]:
+    """A bill job as m3ter's scheduler would run it; ``"approve": true`` also approves its pending
+    bills, as a billing admin would before the ERP export (the demo's bill run does both)."""
+    body = dict(body)
+    approve = bool(body.pop("approve", False))
     try:
         fields = validate_body("billjobs", body)
-        return public(run_bill_job(emu, fields))
+        job = run_bill_job(emu, fields)
+        if approve:
+            for bill_id in job["billIds"]:
+                bill = emu.store.get("bills", bill_id, "Bill")
+                if bill["status"] == "PENDING" and not bill["locked"]:
+                    _set_status(emu, bill, "APPROVED")
+        return public(job)
     except ApiError as exc:
         raise ValueError(exc.message) from None
 
