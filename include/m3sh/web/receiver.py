@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger(__name__)
 ASSET_URI = "m3sh://m3ter/notifications"
@@ -337,13 +338,19 @@ def create_app(settings: Callable[[], ReceiverSettings] | None = None, recorder:
     @app.post("/webhooks/m3ter")
     async def m3ter_webhook(request: Request) -> JSONResponse:
         body = await request.body()
+        # Everything after reading the body blocks (connection look-up, the S3 replay marker, the
+        # asset-event write): off the event loop, or one slow delivery stalls the whole Airflow
+        # api-server, the Execution API included, and m3ter's retry of it meets a "replay" 401.
+        return await run_in_threadpool(handle, request.headers, body)
+
+    def handle(headers: Any, body: bytes) -> JSONResponse:
         try:
             cfg = current_settings()
         except Exception as exc:
             log.error("webhook receiver is not configured: %s", exc)
             return JSONResponse({"detail": "receiver not configured"}, status_code=503)
         try:
-            event_id = verify(request.headers, body, cfg)
+            event_id = verify(headers, body, cfg)
         except Rejected as exc:
             log.warning("m3ter webhook rejected: %s", exc)
             return JSONResponse({"detail": f"rejected: {exc}"}, status_code=401)

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 Prepare = Callable[["M3terEmulator", Entity, Entity | None], None]
 Filter = Callable[["M3terEmulator", list[Entity], Any], list[Entity]]
+# (query param, entity field, multi-valued): an exact-match filter the kind's Filter applies, so a
+# list request carrying it can start from the store's index instead of the whole collection.
+Narrow = tuple[tuple[str, str, bool], ...]
+IDS_CODES: Narrow = (("ids", "id", True), ("codes", "code", True))
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Kind:
     unique_code: bool = True
     prepare: Prepare | None = None
     filters: Filter | None = None
+    narrow: Narrow = ()  # must only name params ``filters`` matches exactly (see _candidates)
     render: Callable[[Entity], Entity] = public
     defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -178,10 +183,10 @@ def _prep_accountplan(emu: M3terEmulator, body: Entity, old: Entity | None) -> N
     end = parse_datetime(body["endDate"], "endDate") if body.get("endDate") else None
     if end is not None and end <= start:
         raise ApiError(400, "endDate: must be after startDate")
-    for other in emu.store.coll("accountplans").values():
+    for other in emu.store.select("accountplans", "accountId", [body["accountId"]]):
         if old is not None and other["id"] == old["id"]:
             continue
-        if other["accountId"] != body["accountId"] or other.get("productId") != body["productId"]:
+        if other.get("productId") != body["productId"]:
             continue
         o_start = parse_datetime(other["startDate"])
         o_end = parse_datetime(other["endDate"]) if other.get("endDate") else None
@@ -269,7 +274,7 @@ def _prep_webhook(emu: M3terEmulator, body: Entity, old: Entity | None) -> None:
 
 
 def _prep_mapping(emu: M3terEmulator, body: Entity, old: Entity | None) -> None:
-    for other in emu.store.coll("externalmappings").values():
+    for other in emu.store.select("externalmappings", "externalId", [body["externalId"]]):
         if old is not None and other["id"] == old["id"]:
             continue
         same_external = all(
@@ -291,7 +296,15 @@ def _webhook_render(entity: Entity) -> Entity:
 
 
 KINDS: list[Kind] = [
-    Kind("products", "products", "Product", "configuration.product", page_max=200, filters=_ids_codes),
+    Kind(
+        "products",
+        "products",
+        "Product",
+        "configuration.product",
+        page_max=200,
+        filters=_ids_codes,
+        narrow=IDS_CODES,
+    ),
     Kind(
         "plantemplates",
         "plantemplates",
@@ -299,6 +312,7 @@ KINDS: list[Kind] = [
         "configuration.plantemplate",
         prepare=_prep_plantemplate,
         filters=_eq(("productId", "productId")),
+        narrow=IDS_CODES,
     ),
     Kind(
         "plans",
@@ -307,9 +321,16 @@ KINDS: list[Kind] = [
         "configuration.plan",
         prepare=_prep_plan,
         filters=_eq(("productId", "productId"), ("accountId", "accountId")),
+        narrow=(*IDS_CODES, ("accountId", "accountId", True)),
     ),
     Kind(
-        "accounts", "accounts", "Account", "configuration.account", prepare=_prep_account, filters=_ids_codes
+        "accounts",
+        "accounts",
+        "Account",
+        "configuration.account",
+        prepare=_prep_account,
+        filters=_ids_codes,
+        narrow=IDS_CODES,
     ),
     Kind(
         "accountplans",
@@ -318,6 +339,7 @@ KINDS: list[Kind] = [
         "configuration.accountplan",
         prepare=_prep_accountplan,
         filters=_accountplan_filter,
+        narrow=(*IDS_CODES, ("account", "accountId", False)),
     ),
     Kind(
         "contracts",
@@ -326,9 +348,16 @@ KINDS: list[Kind] = [
         "configuration.contract",
         prepare=_prep_contract,
         filters=_eq(("accountId", "accountId")),
+        narrow=(*IDS_CODES, ("accountId", "accountId", True)),
     ),
     Kind(
-        "balances", "balances", "Balance", "billing.balance", prepare=_prep_balance, filters=_balance_filter
+        "balances",
+        "balances",
+        "Balance",
+        "billing.balance",
+        prepare=_prep_balance,
+        filters=_balance_filter,
+        narrow=(*IDS_CODES, ("accountId", "accountId", True)),
     ),
     Kind(
         "meters",
@@ -337,6 +366,7 @@ KINDS: list[Kind] = [
         "configuration.meter",
         prepare=_prep_meter,
         filters=_eq(("productId", "productId")),
+        narrow=IDS_CODES,
     ),
     Kind(
         "aggregations",
@@ -345,6 +375,7 @@ KINDS: list[Kind] = [
         "configuration.aggregation",
         prepare=_prep_aggregation,
         filters=_eq(("productId", "productId")),
+        narrow=IDS_CODES,
     ),
     Kind(
         "externalmappings",
@@ -355,6 +386,7 @@ KINDS: list[Kind] = [
         unique_code=False,
         prepare=_prep_mapping,
         filters=_mapping_filter,
+        narrow=(("m3terIds", "m3terId", True),),
     ),
     Kind(
         "notifications",
@@ -363,6 +395,7 @@ KINDS: list[Kind] = [
         None,
         prepare=_prep_notification,
         filters=_bool_filter("active", "active", True),
+        narrow=IDS_CODES,
     ),
     Kind(
         "webhooks",
@@ -373,6 +406,7 @@ KINDS: list[Kind] = [
         unique_code=True,
         prepare=_prep_webhook,
         filters=_ids_codes,
+        narrow=IDS_CODES,
         render=_webhook_render,
     ),
     Kind(
@@ -381,6 +415,7 @@ KINDS: list[Kind] = [
         "TransactionType",
         "configuration.transactiontype",
         filters=_bool_filter("archived", "archived", False),
+        narrow=IDS_CODES,
         defaults={"archived": False},
     ),
 ]
@@ -404,8 +439,8 @@ def _check_code(emu: M3terEmulator, kind: Kind, fields: Entity, old: Entity | No
     code = fields.get("code")
     if not kind.unique_code or not code:
         return
-    for other in emu.store.coll(kind.kind).values():
-        if other.get("code") == code and (old is None or other["id"] != old["id"]):
+    for other in emu.store.select(kind.kind, "code", [code]):
+        if old is None or other["id"] != old["id"]:
             raise ApiError(400, f"{kind.label} code {code!r} is already in use by {other['id']}")
 
 
@@ -418,22 +453,20 @@ def register(api: FastAPI, emu: M3terEmulator) -> None:
         with emu.lock:
             items = [
                 e
-                for e in emu.store.coll("externalmappings").values()
-                if e["externalSystem"] == system
-                and e["externalTable"] == table
-                and e["externalId"] == external_id
+                for e in emu.store.select("externalmappings", "externalId", [external_id])
+                if e["externalSystem"] == system and e["externalTable"] == table
             ]
-            return ok(paginate(items, request.query_params, 200))
+            return ok(paginate(items, request.query_params, 200, in_seq_order=True))
 
     @api.get(ORG + "/externalmappings/external/{entity}/{m3ter_id}")
     async def mappings_by_m3ter(request: Request, entity: str, m3ter_id: str) -> Response:
         with emu.lock:
             items = [
                 e
-                for e in emu.store.coll("externalmappings").values()
-                if e["m3terEntity"].lower() == entity.lower() and e["m3terId"] == m3ter_id
+                for e in emu.store.select("externalmappings", "m3terId", [m3ter_id])
+                if e["m3terEntity"].lower() == entity.lower()
             ]
-            return ok(paginate(items, request.query_params, 200))
+            return ok(paginate(items, request.query_params, 200, in_seq_order=True))
 
     @api.put(ORG + "/integrationdestinations/webhooks/{entity_id}/active")
     async def webhook_active(request: Request, entity_id: str) -> Response:
@@ -446,16 +479,27 @@ def register(api: FastAPI, emu: M3terEmulator) -> None:
             return ok(_webhook_render(entity))
 
 
+def _candidates(emu: M3terEmulator, kind: Kind, query: Any) -> list[Entity]:
+    """The entities a list request can return, oldest first: the whole collection, or only those
+    the first indexed filter param in the query matches. The kind's filter still runs on them, so
+    this narrows the work, never the result."""
+    for param, fld, is_multi in kind.narrow:
+        wanted = multi(query, param) if is_multi else [query.get(param) or ""]
+        if any(wanted):
+            return emu.store.select(kind.kind, fld, wanted)
+    return list(emu.store.coll(kind.kind).values())
+
+
 def _register_kind(api: FastAPI, emu: M3terEmulator, kind: Kind) -> None:
     base = f"{ORG}/{kind.path}"
     render = kind.render
 
     async def list_(request: Request) -> Response:
         with emu.lock:
-            items = list(emu.store.coll(kind.kind).values())
+            items = _candidates(emu, kind, request.query_params)
             if kind.filters:
                 items = kind.filters(emu, items, request.query_params)
-            return ok(paginate(items, request.query_params, kind.page_max, render))
+            return ok(paginate(items, request.query_params, kind.page_max, render, in_seq_order=True))
 
     async def create(request: Request) -> Response:
         entity = create_entity(emu, kind, await read_json(request))

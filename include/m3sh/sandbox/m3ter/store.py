@@ -3,13 +3,21 @@
 Entities are kept as the camelCase JSON dicts the API returns, so responses need no mapping
 layer. Each entity carries a private ``_seq`` (creation order) that drives the newest-first
 cursor pagination; keys starting with ``_`` are never sent to clients.
+
+Orgs of 20,000+ accounts must not make each request scan a collection, so a collection's dict
+order is kept equal to ``_seq`` order (pages need no sort) and the fields requests look up by
+value (:data:`INDEXED_FIELDS`) have hash indexes. Both hold because entities enter, change and
+leave only through :meth:`Store.insert`, :meth:`Store.replace` and :meth:`Store.delete`; nothing
+mutates an indexed field in place.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import collections
+import operator
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,6 +32,10 @@ DEFAULT_PAGE_SIZE = 10
 MAX_EVENTS = 20_000
 
 Entity = dict[str, Any]
+# Fields looked up by value on hot paths: unique codes and find-by-code, per-account filters
+# (contracts, account plans, balances), external mapping look-ups and their uniqueness check.
+INDEXED_FIELDS = ("code", "accountId", "externalId", "m3terId")
+_SEQ = operator.itemgetter("_seq")
 
 
 def public(entity: Entity) -> Entity:
@@ -72,22 +84,36 @@ def multi(query: Any, name: str) -> list[str]:
 
 
 def paginate(
-    items: Iterable[Entity], query: Any, maximum: int, render: Callable[[Entity], Entity] = public
+    items: Iterable[Entity],
+    query: Any,
+    maximum: int,
+    render: Callable[[Entity], Entity] = public,
+    *,
+    in_seq_order: bool = False,
 ) -> dict[str, Any]:
     """Newest first, cursor = creation sequence of the last item returned.
 
     A sequence cursor (rather than an offset) keeps pages stable while entities are created or
-    deleted between page requests, which is what a cursor API promises.
+    deleted between page requests, which is what a cursor API promises. ``in_seq_order`` says
+    ``items`` already ascend by ``_seq`` (a collection, or a filtered copy of one), so the page is
+    cut with a binary search instead of sorting the whole collection on every page.
     """
     size = page_size(query, maximum)
     token = query.get("nextToken")
     after = decode_token(token) if token else None
-    ordered = sorted(items, key=lambda e: e["_seq"], reverse=True)
-    if after is not None:
-        ordered = [e for e in ordered if e["_seq"] < after]
-    page = ordered[:size]
+    if in_seq_order:
+        ascending = items if isinstance(items, list) else list(items)
+        end = len(ascending) if after is None else bisect.bisect_left(ascending, after, key=_SEQ)
+        page = ascending[max(0, end - size) : end][::-1]
+        more = end > size
+    else:
+        ordered = sorted(items, key=_SEQ, reverse=True)
+        # first position with _seq < after: the keys -_seq ascend along the newest-first list
+        start = 0 if after is None else bisect.bisect_right(ordered, -after, key=lambda e: -e["_seq"])
+        page = ordered[start : start + size]
+        more = len(ordered) - start > size
     body: dict[str, Any] = {"data": [render(e) for e in page]}
-    if len(ordered) > size:
+    if more:
         body["nextToken"] = encode_token(page[-1]["_seq"])
     return body
 
@@ -101,6 +127,8 @@ class Store:
         self.events: collections.OrderedDict[str, Entity] = collections.OrderedDict()
         self.custom_fields: Entity = {}
         self._seq = 0
+        # (kind, field) -> value -> {id: entity}; only str values are indexed
+        self._index: dict[tuple[str, str], dict[str, dict[str, Entity]]] = collections.defaultdict(dict)
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -116,10 +144,45 @@ class Store:
         return entity
 
     def find(self, kind: str, field: str, value: Any) -> Entity | None:
-        for entity in self.entities[kind].values():
-            if entity.get(field) == value:
-                return entity
-        return None
+        """The oldest entity whose ``field`` equals ``value``."""
+        found = self.select(kind, field, [value])
+        return found[0] if found else None
+
+    def select(self, kind: str, field: str, values: Iterable[Any]) -> list[Entity]:
+        """Entities whose ``field`` is one of ``values``, oldest first.
+
+        By ``id`` or an indexed field this costs O(matches), not a scan of the collection; other
+        fields (or non-string values, which are never indexed) fall back to the scan.
+        """
+        wanted = list(values)
+        coll = self.entities[kind]
+        if (field != "id" and field not in INDEXED_FIELDS) or not all(isinstance(v, str) for v in wanted):
+            return [e for e in coll.values() if e.get(field) in wanted]
+        if field == "id":
+            hits = {v: coll[v] for v in wanted if v in coll}
+        else:
+            index = self._index[(kind, field)]
+            # an entity dropped from the collection behind the store's back is not returned
+            hits = {
+                e["id"]: e for v in wanted for e in index.get(v, {}).values() if coll.get(e["id"]) is e
+            }
+        return sorted(hits.values(), key=_SEQ)
+
+    def _index_add(self, kind: str, entity: Entity) -> None:
+        for field in INDEXED_FIELDS:
+            value = entity.get(field)
+            if isinstance(value, str):
+                self._index[(kind, field)].setdefault(value, {})[entity["id"]] = entity
+
+    def _index_drop(self, kind: str, entity: Entity) -> None:
+        for field in INDEXED_FIELDS:
+            value = entity.get(field)
+            if isinstance(value, str):
+                bucket = self._index[(kind, field)].get(value)
+                if bucket is not None:
+                    bucket.pop(entity["id"], None)
+                    if not bucket:
+                        del self._index[(kind, field)][value]
 
     def insert(self, kind: str, fields: Entity, entity_id: str | None = None) -> Entity:
         stamp = now_iso()
@@ -133,7 +196,12 @@ class Store:
             "lastModifiedBy": SERVICE_USER,
             "_seq": self.next_seq(),
         }
-        self.entities[kind][entity["id"]] = entity
+        coll = self.entities[kind]
+        previous = coll.pop(entity["id"], None)  # re-append: dict order stays _seq order
+        if previous is not None:
+            self._index_drop(kind, previous)
+        coll[entity["id"]] = entity
+        self._index_add(kind, entity)
         return entity
 
     def replace(self, kind: str, entity_id: str, fields: Entity, label: str | None = None) -> Entity:
@@ -157,7 +225,9 @@ class Store:
             "lastModifiedBy": SERVICE_USER,
             **private,
         }
-        self.entities[kind][entity_id] = updated
+        self._index_drop(kind, current)
+        self.entities[kind][entity_id] = updated  # same key: keeps its place, and _seq is kept
+        self._index_add(kind, updated)
         return updated
 
     def touch(self, entity: Entity) -> None:
@@ -168,6 +238,7 @@ class Store:
     def delete(self, kind: str, entity_id: str, label: str | None = None) -> Entity:
         entity = self.get(kind, entity_id, label)
         del self.entities[kind][entity_id]
+        self._index_drop(kind, entity)
         return entity
 
     def add_event(self, event: Entity) -> None:
