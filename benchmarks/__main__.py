@@ -224,8 +224,11 @@ def write_readme_table(records: list[dict[str, Any]]) -> Path:
             + ("Some figures come from a `--quick` run (smaller sizes). " if any(r.get("quick") for r in records)
                else "")
             + "Each row is one run of `python -m benchmarks.<name>`; raw figures in `benchmarks/results/<name>.json`. "
-            + "1-minute load average when each started (other work on the machine slows every figure): "
-            + ", ".join(f"{r['benchmark']} {r['machine'].get('load_avg_1m')}" for r in records if r.get("machine"))
+            + "Per benchmark, the CPU it ran on (the same code is ~1.5-2x slower per core on some hosts this "
+            + "machine is scheduled on) and the 1-minute load average when it started (other work on the "
+            + "machine slows every figure): "
+            + ", ".join(f"{r['benchmark']} {r['machine'].get('cpu_model')} load {r['machine'].get('load_avg_1m')}"
+                        for r in records if r.get("machine"))
             + ".",
             ""]
     path = RESULTS / "README_table.md"

@@ -3,7 +3,10 @@
 Starts only the NetSuite emulator (both demo accounts, limits on), sets 20 ms latency and a
 concurrency limit of 5 per account, then delivers N synthetic enriched bills (half per account,
 spread over 20 customers each) with the real :class:`~m3sh.invoicing.netsuite.NetSuiteDelivery`,
-one thread pool of ``concurrency`` threads per account, both accounts in parallel.
+one thread pool per account, both accounts in parallel. The pool has twice ``concurrency`` threads:
+the hook's per-account semaphore keeps at most ``concurrency`` requests in flight (``max_in_flight``
+is reported, straight from the emulator), while the other threads prepare their next bill (ledger
+look-up, body, signing) so a slot never waits on the client's own CPU work.
 
 ``bound_seconds`` is the governance floor: bills per account x latency / concurrency (one request
 per invoice; the few customer upserts and the currency lookup are overhead). A second pass with an
@@ -73,7 +76,7 @@ def run_pass(work: dict[str, list[EnrichedBill]], ledgers: dict[str, Any], concu
     def one(conn_id: str) -> None:
         nonlocal failed
         deliverer = NetSuiteDelivery(destination(conn_id, concurrency), ledgers[conn_id])
-        results = deliver_batch(deliverer, work[conn_id], conn_id, threads=concurrency)
+        results = deliver_batch(deliverer, work[conn_id], conn_id, threads=2 * concurrency)
         bad = [r for r in results if r.status != "delivered"]
         with lock:
             failed += len(bad)
