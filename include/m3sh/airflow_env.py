@@ -450,7 +450,8 @@ class StandaloneStack:
         stop_standalone(self.proc)
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still exists (signal 0 probes without signalling)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -473,7 +474,7 @@ def stop_standalone(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> Non
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             proc.poll()  # reap our child so a zombie does not count as alive
-            if not _group_alive(pgid):
+            if not group_alive(pgid):
                 return
             time.sleep(0.2)
 

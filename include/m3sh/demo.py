@@ -33,6 +33,7 @@ from m3sh.airflow_env import (
     AirflowEnv,
     AirflowEnvError,
     existing_use_case_dags,
+    group_alive,
     venv_bin,
     write_task_config,
 )
@@ -83,14 +84,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _stop_group(pgid: int, proc: subprocess.Popen[bytes] | None = None, grace_s: float = 20.0) -> None:
     """Stop the standalone process group the way Ctrl-C in its terminal would, then harder.
 
@@ -110,7 +103,7 @@ def _stop_group(pgid: int, proc: subprocess.Popen[bytes] | None = None, grace_s:
         while time.monotonic() < deadline:
             if proc is not None:
                 proc.poll()  # reap our child so a zombie does not count as alive
-            if not _group_alive(pgid):
+            if not group_alive(pgid):
                 return
             time.sleep(0.2)
 
