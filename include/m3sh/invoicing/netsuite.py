@@ -24,6 +24,7 @@ from typing import Any
 
 from m3sh.config import NetSuiteDestination
 from m3sh.hooks.netsuite import NetSuiteError, NetSuiteHook
+from m3sh.invoicing.base import KeyedLocks
 from m3sh.invoicing.ledger import Ledger, now_iso
 from m3sh.invoicing.models import BillLine, Delivery, EnrichedBill
 
@@ -93,7 +94,7 @@ class NetSuiteDelivery:
         self.hook = hook or NetSuiteHook(dest.conn_id)
         self._currencies: dict[str, str] | None = None
         self._customers: dict[str, str] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self._account_lock = KeyedLocks()  # one customer upsert at a time per m3ter account
         self._guard = threading.Lock()
 
     # -- reference data -----------------------------------------------------------------------
@@ -110,10 +111,6 @@ class NetSuiteDelivery:
                                 f"Currency {code} is not enabled in NetSuite account {self.hook.account_id}.",
                                 record_type="currency", external_id=code)
         return found
-
-    def _account_lock(self, account_id: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(account_id, threading.Lock())
 
     def ensure_customer(self, bill: EnrichedBill, currency_id: str) -> str:
         """The customer's internal id, upserting it at most once per run and content version."""
