@@ -6,6 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: a test file runs whole on one worker (its module fixtures,
+# ports and stacks stay together), in collection order so the long e2e files start first; 2 keeps
+# both cores busy while one worker waits on Airflow.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test lint typecheck unit bench sandbox clean services
 
@@ -25,7 +29,7 @@ demo: venv
 
 ## test: lint, type check, then every test suite (unit, sandbox, hooks, DAG runs, chaos, e2e, distributed)
 test: lint typecheck services
-	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 ## services: PostgreSQL + Redis for the distributed-engine test (starts them only if they are down)
 services:

@@ -37,15 +37,12 @@ LIMITS = {
     "hubspot": 10.0,  # private app: 100 requests per rolling 10 s (search excluded)
     "hubspot_search": 5.0,  # CRM search: its own 5 requests/s
 }
-_READ_SUFFIXES = ("/search", "/batch/read", "/oauth/token", "/token")
-
-
 def is_write(key: str) -> bool:
     """Whether a stats key (``"METHOD /path"``) is a write: POSTs that only read don't count."""
+    from m3sh.sandbox.common import is_data_write
+
     method, _, path = key.partition(" ")
-    if method in ("PUT", "PATCH", "DELETE"):
-        return True
-    return method == "POST" and not path.rstrip("/").endswith(_READ_SUFFIXES) and "/Soap/" not in path
+    return " " in key and is_data_write(method, path)
 
 
 def pools(counts: dict[str, dict[str, int]]) -> dict[str, int]:

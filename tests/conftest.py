@@ -11,8 +11,20 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-_AIRFLOW_HOME = Path(os.environ.get("M3SH_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="m3sh-airflow-"))
+# Under pytest-xdist (``make test`` runs two workers, a file per worker at a time) each worker is a
+# separate session: its own Airflow home (SQLite metadata DB), sandbox ports and standalone homes.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_WORKER_INDEX = int(_WORKER[2:]) if _WORKER.startswith("gw") and _WORKER[2:].isdigit() else 0
+if os.environ.get("M3SH_TEST_AIRFLOW_HOME"):
+    _AIRFLOW_HOME = Path(os.environ["M3SH_TEST_AIRFLOW_HOME"]) / (_WORKER or "main")
+    _AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+else:
+    _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix=f"m3sh-airflow-{_WORKER or 'main'}-"))
 os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+# Where the e2e suites put their ``airflow standalone`` homes: one folder per worker, never shared.
+# (Set, not defaulted: xdist workers inherit the controller's environment.) Removed at session end.
+_STACK_ROOT = tempfile.mkdtemp(prefix=f"m3sh-stacks-{_WORKER or 'main'}-")
+os.environ["M3SH_TEST_STACK_ROOT"] = _STACK_ROOT
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
@@ -24,7 +36,8 @@ import requests  # noqa: E402
 from m3sh.sandbox.runner import Sandbox, SandboxEndpoints  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TEST_PORT_BASE = int(os.environ.get("M3SH_TEST_PORT_BASE", "18710"))
+# Each xdist worker's sandbox (and the standalones at its base + 80) 500 ports above the previous one.
+TEST_PORT_BASE = int(os.environ.get("M3SH_TEST_PORT_BASE", "18710")) + 500 * _WORKER_INDEX
 
 
 class SandboxHandle:
@@ -120,3 +133,10 @@ def m3sh_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignor
         return path
 
     return make
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this session's standalone homes (their logs matter only while a test is failing)."""
+    import shutil
+
+    shutil.rmtree(_STACK_ROOT, ignore_errors=True)

@@ -360,6 +360,15 @@ class AirflowApi:
     def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
+    def pause(self, dag_id: str) -> None:
+        """Pause a DAG: no new scheduled or asset-triggered runs are queued for it (running ones go on)."""
+        self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
+
+    def active_runs(self, dag_id: str) -> list[str]:
+        """Run ids of the DAG's runs that are still running (queued runs of a paused DAG stay queued)."""
+        doc = self.request("GET", f"/dags/{dag_id}/dagRuns", params={"state": "running", "limit": 100})
+        return [str(r["dag_run_id"]) for r in doc["dag_runs"]]
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, note: str | None = None) -> str:
         body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
         if note:

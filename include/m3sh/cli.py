@@ -84,7 +84,7 @@ def _cmd_sandbox_status(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from m3sh.demo import run_demo
 
-    return run_demo(Path(args.root).resolve(), port=args.port, once=args.once)
+    return run_demo(Path(args.root).resolve(), port=args.port, once=args.once, only=args.only)
 
 
 def _cmd_triggers_sync(args: argparse.Namespace) -> int:
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", default=".")
     d.add_argument("--port", type=int, default=8080)
     d.add_argument("--once", action="store_true", help="run the demo DAGs, print results and stop")
+    d.add_argument("--only", action="append", metavar="DAG_ID",
+                   help="run just this use-case DAG (repeatable; default: all, in data-flow order)")
     d.set_defaults(func=_cmd_demo)
 
     pl = sub.add_parser("pools", help="Airflow pools from m3sh.yaml").add_subparsers(dest="sub", required=True)

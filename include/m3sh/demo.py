@@ -8,6 +8,11 @@ metadata DB is reused.
 
 ``--once`` is the non-interactive form for CI and tests: it waits for the triggered runs, prints
 each run's state and a result summary, stops everything and exits 0 only if every run succeeded.
+``--only DAG_ID`` (repeatable) runs just those use cases, still in data-flow order.
+
+Each DAG is unpaused only when its stage comes: the seeded usage files' S3 notifications would
+otherwise start an asset-triggered ingest run before the CRM sync has created the accounts, and
+every row would be dead-lettered as "unknown account".
 """
 
 from __future__ import annotations
@@ -211,12 +216,16 @@ def _guide(env: AirflowEnv, sandbox_dir: Path) -> list[str]:
     ]
 
 
-def run_demo(root: Path, port: int = 8080, once: bool = False) -> int:
+def run_demo(root: Path, port: int = 8080, once: bool = False, only: list[str] | None = None) -> int:
     """Start the demo; return the process exit code (see the module docstring)."""
     t_start = time.monotonic()
     root = root.resolve()
     if not (root / "dags").is_dir():
         _say(f"no dags/ folder in {root}: run from the m3sh checkout or pass --root")
+        return 2
+    known = [d for d, _ in existing_use_case_dags(root)]
+    if unknown := sorted(set(only or []) - set(known)):
+        _say(f"--only {', '.join(unknown)}: not a use-case DAG here (choose from {', '.join(known)})")
         return 2
     if not (venv_bin() / "airflow").exists():
         _say(f"airflow is not installed next to {venv_bin()}: run `make demo` (it bootstraps .venv)")
@@ -267,14 +276,8 @@ def run_demo(root: Path, port: int = 8080, once: bool = False) -> int:
         api = env.api(progress=_say)
         api.wait_healthy(timeout_s=240, alive=died)
         _say(f"Airflow UI is up: {env.ui_url}  (login {ADMIN_USER} / {env.password})")
-        use_cases = existing_use_case_dags(root)
+        use_cases = [u for u in existing_use_case_dags(root) if not only or u[0] in only]
         api.wait_dags([d for d, _ in use_cases], timeout_s=180, alive=died)
-        # Interactive: every m3sh DAG runs on its schedule. --once: only the DAGs it triggers, so a
-        # DAG with its own catch-up cannot crowd the executor and the result is deterministic.
-        to_unpause = sorted(api.dag_ids()) if not once else [d for d, _ in use_cases]
-        for dag_id in to_unpause:
-            api.unpause(dag_id)
-        _say(f"unpaused {len(to_unpause)} m3sh DAG(s): {', '.join(to_unpause)}")
 
         for pool, slots in required_pools(load_config(cfg_path)).items():
             done = api.ensure_pool(pool, slots, POOL_DESCRIPTION)
@@ -287,16 +290,25 @@ def run_demo(root: Path, port: int = 8080, once: bool = False) -> int:
         states: dict[str, str] = {}
         for i, dag_ids in enumerate(DEMO_STAGES):
             stage = [u for u in use_cases if u[0] in dag_ids]
-            if i == BILL_RUN_BEFORE_STAGE:
+            if i == BILL_RUN_BEFORE_STAGE and stage:
                 _say(_bill_run(endpoints))
+            for dag_id, _ in stage:  # unpaused only now: see the module docstring
+                api.unpause(dag_id)
             for dag_id, conf in stage:
                 runs[dag_id] = api.trigger(dag_id, conf, note="m3sh demo")
                 _say(f"triggered {dag_id} {conf}")
             if stage:
                 states.update(api.wait_runs({d: runs[d] for d, _ in stage}, timeout_s=900))
         for dag_id, conf in (u for u in use_cases if u[0] not in runs):  # a use case no stage names
+            api.unpause(dag_id)
             runs[dag_id] = api.trigger(dag_id, conf, note="m3sh demo")
             states.update(api.wait_runs({dag_id: runs[dag_id]}, timeout_s=900))
+        # Interactive: from now on every m3sh DAG runs on its schedule. --once: only the DAGs it
+        # triggered were ever unpaused, so no catch-up crowds the executor and the result is deterministic.
+        if not once:
+            for dag_id in sorted(api.dag_ids()):
+                api.unpause(dag_id)
+        _say(f"unpaused: {', '.join(sorted(runs)) if once else 'every m3sh DAG (on their schedules now)'}")
 
         _say("results:")
         for dag_id, state in states.items():

@@ -253,12 +253,15 @@ def test_every_m3sh_dag_runs_to_success_across_both_workers(stack: dict[str, Any
     api, st = stack["api"], stack["stack"]
     use_cases = existing_use_case_dags(REPO)
     api.wait_dags([d for d, _ in use_cases], timeout_s=120, alive=st.dead)
-    for dag_id, _ in use_cases:  # only these: another DAG's catch-up must not crowd the two workers
-        api.unpause(dag_id)
     t0 = time.monotonic()
     (first, first_conf), *rest = use_cases
+    # The accounts first; the rest stay paused till then, so no asset-triggered ingest run (the seeded
+    # usage files' S3 notifications) reads usage for accounts that do not exist yet.
+    api.unpause(first)
     runs = {first: api.trigger(first, first_conf, note="distributed test")}
     states = api.wait_runs(dict(runs), timeout_s=240)
+    for dag_id, _ in rest:  # only these: another DAG's catch-up must not crowd the two workers
+        api.unpause(dag_id)
     for dag_id, conf in rest:
         runs[dag_id] = api.trigger(dag_id, conf, note="distributed test")
     states.update(api.wait_runs({d: runs[d] for d, _ in rest}, timeout_s=300))
@@ -283,9 +286,16 @@ def test_killing_a_worker_mid_ingest_still_lands_every_measurement_once(stack: d
     if "baseline" not in stack:
         pytest.skip("needs the baseline of the first test")
     api, st, sandbox, endpoints = stack["api"], stack["stack"], stack["sandbox"], stack["endpoints"]
+    # The reset re-seeds the usage files, whose S3 notifications start an asset-triggered ingest run.
+    # Run before the CRM sync has re-created the accounts, it would (rightly) dead-letter every row of
+    # an unknown account and finish those files; paused, no such run is queued until the accounts exist.
+    api.pause("m3sh_usage_ingest")
+    api.wait_until("no m3sh_usage_ingest run in flight", lambda: not api.active_runs("m3sh_usage_ingest"),
+                   timeout_s=240)
     sandbox.reset("demo")
     crm = api.trigger("m3sh_crm_sync", {"full_resync": True}, note="distributed test: before the kill")
     assert api.wait_runs({"m3sh_crm_sync": crm}, timeout_s=240) == {"m3sh_crm_sync": "success"}
+    api.unpause("m3sh_usage_ingest")
 
     # Every measurements request takes 1.5 s: each ingest task stays in flight for several seconds.
     requests.post(f"{endpoints.url('m3ter')}/_sandbox/faults", timeout=10,

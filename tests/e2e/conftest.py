@@ -46,7 +46,7 @@ def start_standalone(home: Path, port: int, endpoints: Any) -> AirflowStack:
 
 @pytest.fixture(scope="module")
 def airflow_stack(sandbox: Any) -> Iterator[AirflowStack]:
-    base = Path(os.environ.get("M3SH_TEST_AIRFLOW_HOME") or "/tmp/m3sh-e2e")
+    base = Path(os.environ["M3SH_TEST_STACK_ROOT"])  # per xdist worker (tests/conftest.py)
     stack = start_standalone(base / "e2e-standalone", sandbox.endpoints.port_base + 80,
                              sandbox.endpoints)
     try:

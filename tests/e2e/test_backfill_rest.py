@@ -81,7 +81,7 @@ def create_backfill(api: AirflowApi, start: dt.datetime, end: dt.datetime, **ext
 @pytest.fixture(scope="module")
 def stack(sandbox: Any) -> Iterator[AirflowStack]:
     """A standalone whose crm_sync schedule starts 3 days back, fenced so no catch-up runs, unpaused."""
-    base = Path(os.environ.get("M3SH_TEST_AIRFLOW_HOME") or "/tmp/af-backfill")
+    base = Path(os.environ["M3SH_TEST_STACK_ROOT"])  # per xdist worker (tests/conftest.py)
     home = base / "backfill-standalone"
     if home.exists():
         shutil.rmtree(home)
@@ -141,17 +141,12 @@ def _m3ter_accounts() -> dict[str, dict[str, Any]]:
     return _m3ter("accounts")
 
 
-READ_ONLY_POSTS = ("token", "/search", "/query", "/_sandbox", "/services/Soap/")  # Soap: SF login
-
-
 def _data_writes(sandbox: Any, names: tuple[str, ...], since: float) -> dict[str, list[str]]:
-    """Every emulator request since ``since`` that changes data: POST/PUT/PATCH/DELETE minus the
-    token requests and the searches/queries that CRMs and m3ter serve through POST."""
+    """Every emulator request since ``since`` that changes data (the emulator marks them: token
+    requests and the searches, batch reads and queries that CRMs and m3ter serve through POST are not)."""
     out: dict[str, list[str]] = {}
     for n in names:
-        out[n] = [f"{r['method']} {r['path']}" for r in sandbox.stats(n)["recent"]
-                  if r["t"] >= since and r["method"] in ("POST", "PUT", "PATCH", "DELETE")
-                  and not any(marker in r["path"] for marker in READ_ONLY_POSTS)]
+        out[n] = [f"{r['method']} {r['path']}" for r in sandbox.stats(n)["recent"] if r["t"] >= since and r["write"]]
     return out
 
 

@@ -90,7 +90,7 @@ def _progress(msg: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack(sandbox: Any) -> Iterator[Stack]:
-    home = Path(os.environ.get("M3SH_SENSORS_AIRFLOW_HOME") or "/tmp/af-sensors") / "airflow"
+    home = Path(os.environ["M3SH_TEST_STACK_ROOT"]) / "sensors-airflow"  # per xdist worker
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)

@@ -96,8 +96,24 @@ class WindowLimiter:
             self._hits.clear()
 
 
+# POSTs that only read: searches, batch reads, logins and token requests, queries (m3ter usage
+# query, SuiteQL). Every API here serves some reads through POST, so "is it a write?" needs these.
+READ_ONLY_POST_MARKERS = ("/search", "/batch/read", "token", "/services/Soap/", "/query", "/suiteql")
+
+
+def is_data_write(method: str, path: str) -> bool:
+    """Whether a request changes data in the emulated system (what "zero writes on re-run" counts)."""
+    if method in ("PUT", "PATCH", "DELETE"):
+        return True
+    return method == "POST" and not any(marker in path for marker in READ_ONLY_POST_MARKERS)
+
+
 class RequestStats:
-    """Counts requests so tests can assert e.g. "zero writes on re-run" or "one token request"."""
+    """Counts requests so tests can assert e.g. "zero writes on re-run" or "one token request".
+
+    ``counts["writes"]`` and each recent entry's ``write`` are data writes (:func:`is_data_write`),
+    so a test or benchmark does not need its own list of which POSTs only read.
+    """
 
     def __init__(self, keep: int = 20000) -> None:
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
@@ -106,9 +122,10 @@ class RequestStats:
     def record(self, method: str, path: str, status: int) -> None:
         self.counts[f"{method} {_normalise_path(path)}"] += 1
         self.counts["total"] += 1
-        if method in {"POST", "PUT", "PATCH", "DELETE"}:
+        write = is_data_write(method, path)
+        if write:
             self.counts["writes"] += 1
-        self.recent.append({"method": method, "path": path, "status": status, "t": time.time()})
+        self.recent.append({"method": method, "path": path, "status": status, "t": time.time(), "write": write})
 
     def snapshot(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "recent": list(self.recent)[-500:]}
