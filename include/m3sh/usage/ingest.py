@@ -14,10 +14,14 @@ line, field and reason.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import hashlib
 import logging
+import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -156,6 +160,63 @@ def ingest_s3_object(
     max_in_flight: int = 4,
 ) -> FileResult:
     """Ingest one object of ``feed``; never raises for bad rows, raises BadFile only via the result."""
+    _ = source_storage.client, state.client  # built before the heap is frozen (see _SteadySenders)
+    with _steady_senders():
+        return _ingest_s3_object(feed=feed, key=key, m3ter=m3ter, source_storage=source_storage, state=state,
+                                 account_exists=account_exists, progress_every=progress_every, dry_run=dry_run,
+                                 now=now, batch_size=batch_size, max_in_flight=max_in_flight)
+
+
+class _SteadySenders:
+    """Let paced measurement requests *arrive* evenly, or m3ter's 50 req/s limit answers 429 (and its
+    1 s Retry-After stalls the in-order window). Two things bunch them up, both because the parsing
+    thread holds the GIL while the senders wait for it:
+
+    * a task process already holds ~1M objects (Airflow, the SDKs), and millions of short-lived row
+      dicts make the cyclic GC run a full collection over all of them every ~100 batches (~150 ms).
+      Frozen, that heap is skipped (botocore's endpoint rules, ~50k objects loaded with the first
+      S3 client, too: the caller builds its clients first); unfrozen when the last file is done;
+    * a sender woken by the pacer waits up to the 5 ms switch interval at each of its several GIL
+      hand-offs before its bytes leave; 1 ms keeps that jitter well inside one pacing interval.
+
+    Measured with m3ter's limits on (paced at 49/s): 6 429s per 300 requests before, none after in
+    three runs; the usage_ingest benchmark went from 0.57 to 0.98 of the limit. Re-entrant across
+    threads: the first file in sets both, the last one out restores them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved_switch_interval = sys.getswitchinterval()
+        self._unfreeze = True
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._saved_switch_interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved_switch_interval, 0.001))
+                # A process that froze its heap itself (e.g. forked by an executor) stays frozen.
+                self._unfreeze = gc.get_freeze_count() == 0
+            self._depth += 1
+            gc.freeze()  # also freezes what an earlier file in this process left behind
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    sys.setswitchinterval(self._saved_switch_interval)
+                    if self._unfreeze:
+                        gc.unfreeze()
+
+
+_steady_senders = _SteadySenders()
+
+
+def _ingest_s3_object(*, feed: UsageFeed, key: str, m3ter: M3terHook, source_storage: Storage, state: Storage,
+                      account_exists: Callable[[str], bool], progress_every: int, dry_run: bool,
+                      now: dt.datetime | None, batch_size: int, max_in_flight: int) -> FileResult:
     t0 = time.monotonic()
     head = source_storage.client.head_object(Bucket=source_storage.bucket, Key=key)
     etag = str(head.get("ETag", "")).strip('"')
