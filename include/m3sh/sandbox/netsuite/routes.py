@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlencode
 
@@ -80,6 +81,7 @@ class _Handler:
         self.emu = emu
 
     async def __call__(self, request: Request) -> Response:
+        arrived = time.monotonic()
         body = await request.body()
         signed = SignedRequest(
             method=request.method,
@@ -108,12 +110,19 @@ class _Handler:
                                 status_code=429)
         gov.max_in_flight = max(gov.max_in_flight, gov.in_flight)
         try:
+            try:
+                response = self.dispatch(acct, request, body, f"{signed.scheme}://{signed.host}")
+            except NetSuiteApiError as exc:
+                response = _error(exc)
             if gov.latency_ms:
-                await asyncio.sleep(gov.latency_ms / 1000)
-            base = f"{signed.scheme}://{signed.host}"
-            return self.dispatch(acct, request, body, base)
-        except NetSuiteApiError as exc:
-            return _error(exc)
+                # The answer leaves ``latency_ms`` after the request arrived, the emulator's own work
+                # (signature check, the write) included: what is emulated is NetSuite's time, not
+                # ours. As with the real service, the write is committed before the answer comes
+                # back, so a client that times out meanwhile must not assume nothing happened.
+                remaining = gov.latency_ms / 1000 - (time.monotonic() - arrived)
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+            return response
         finally:
             gov.in_flight -= 1
 
