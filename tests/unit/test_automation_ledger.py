@@ -115,3 +115,33 @@ def test_dry_run_plan_reports_without_writing(storage: Storage) -> None:
     assert plan_actions(FIRING, RULE, {"status": "done"})["status"] == "already_done"
     assert list(Ledger(storage).entries()) == []
     assert dt.datetime.fromisoformat(FIRING.event_time.replace("Z", "+00:00")).tzinfo is not None
+
+
+def test_final_keys_come_from_one_listing_of_markers_and_only_final_states_get_one(storage: Storage) -> None:
+    ledger = Ledger(storage, max_attempts=1)
+    done, failing, pending = (Firing("low", "balance_below", f"acc-{n}", "balance", f"bal-{n}", "credits=500",
+                                     "2026-11-20T00:00:00Z", f"c{n}") for n in (1, 2, 3))
+    other_rule = Firing("other", "balance_below", "acc-1", "balance", "bal-1", "credits=500",
+                        "2026-11-20T00:00:00Z", "c1")
+    keys = [done.key, failing.key, pending.key, other_rule.key]
+    assert ledger.final_keys(keys) == set()
+
+    assert apply_firing(done, RULE, FakeRunner(), ledger, "r1")["status"] == "fired"  # type: ignore[arg-type]
+    runner = FakeRunner(fail_on={"switch_plan"})
+    assert apply_firing(failing, RULE, runner, ledger, "r1")["status"] == "failed"  # type: ignore[arg-type]
+    ledger.claim(pending, "r1")  # claimed, still running
+    assert ledger.final_keys(keys) == {done.key}  # failed and claimed are not final
+    assert "abandoned" in apply_firing(failing, RULE, runner, ledger, "r2")["reason"]  # type: ignore[arg-type]
+    assert ledger.final_keys(keys) == {done.key, failing.key}
+    # the markers live outside the ledger entries: listing entries still shows exactly the firings
+    assert sorted(e["key"] for e in ledger.entries(rule="low")) == sorted([done.key, failing.key, pending.key])
+
+
+def test_an_entry_finished_before_markers_existed_gets_its_marker_on_the_next_claim(storage: Storage) -> None:
+    ledger = Ledger(storage)
+    claim = ledger.claim(FIRING, "run-1")
+    ledger.finish(claim, "done")
+    storage.delete(ledger._final_marker_key(FIRING.key))  # as an older m3sh left it
+    assert ledger.final_keys([FIRING.key]) == set()
+    assert not ledger.claim(FIRING, "run-2").acquired
+    assert ledger.final_keys([FIRING.key]) == {FIRING.key}

@@ -12,6 +12,13 @@ reason), ``failed`` (an action failed; the next pass retries the remaining actio
 
 The ledger lives in S3 (``storage.prefix + triggers/ledger/``), never on local disk, so it survives
 worker loss; :meth:`Ledger.entries` lists it for the UI and reports.
+
+A key that reached a final state also gets an empty marker (``triggers/final/<rule>/<digest>``):
+a condition usually stays true after its firing is done (a depleted balance stays depleted until
+the next period), so every pass finds the same firings again. One listing of the markers (1,000
+keys a request) lets the evaluation drop them, instead of two requests per firing to re-claim it
+and read "already done". A marker is only a hint that can lag (then the claim still says no):
+final states are never left, so it is never wrong.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,11 +68,34 @@ class Ledger:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.prefix = storage.key("triggers", "ledger") + "/"
+        self.final_prefix = storage.key("triggers", "final") + "/"
+
+    @staticmethod
+    def _digest(firing_key: str) -> str:
+        return hashlib.sha256(firing_key.encode()).hexdigest()[:40]
 
     def object_key(self, firing_key: str) -> str:
         rule = firing_key.split("|", 1)[0]
-        digest = hashlib.sha256(firing_key.encode()).hexdigest()[:40]
-        return f"{self.prefix}{rule}/{digest}.json"
+        return f"{self.prefix}{rule}/{self._digest(firing_key)}.json"
+
+    def _final_marker_key(self, firing_key: str) -> str:
+        rule = firing_key.split("|", 1)[0]
+        return f"{self.final_prefix}{rule}/{self._digest(firing_key)}"
+
+    def final_keys(self, firing_keys: Iterable[str]) -> set[str]:
+        """Those of ``firing_keys`` that are known to be final (done or abandoned), from one listing
+        of the markers per rule involved (see the module docstring)."""
+        by_rule: dict[str, list[str]] = {}
+        for key in firing_keys:
+            by_rule.setdefault(key.split("|", 1)[0], []).append(key)
+        final: set[str] = set()
+        for rule, keys in by_rule.items():
+            marked = {obj["Key"].rsplit("/", 1)[-1] for obj in self.storage.list_keys(f"{self.final_prefix}{rule}/")}
+            final.update(k for k in keys if self._digest(k) in marked)
+        return final
+
+    def _mark_final(self, firing_key: str) -> None:
+        self.storage.put_bytes(self._final_marker_key(firing_key), b"", "text/plain")
 
     # -- reads --------------------------------------------------------------------------------
     def _read(self, firing_key: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -121,6 +151,7 @@ class Ledger:
             return self.claim(firing, run_id)
         status = current.get("status")
         if status in FINAL:
+            self._mark_final(firing.key)  # finished before markers existed (or the marker write was lost)
             return Claim(False, current, f"already {status} (first seen {current.get('first_seen')})", etag)
         age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(
             str(current.get("claimed_at")).replace("Z", "+00:00"))).total_seconds()
@@ -130,6 +161,7 @@ class Ledger:
             current["status"] = "abandoned"
             current["history"] = [*current.get("history", []), {"at": _now(), "status": "abandoned"}]
             self._put(current, if_match=etag)
+            self._mark_final(firing.key)
             return Claim(False, current, f"abandoned after {current['attempts']} attempt(s)", etag)
         taken = {**current, "status": "claimed", "claimed_by": run_id, "claimed_at": _now(),
                  "attempts": int(current.get("attempts", 1)) + 1}
@@ -152,3 +184,5 @@ class Ledger:
                                   {"at": _now(), "status": status, "run": claim.entry.get("claimed_by"),
                                    **({"error": error} if error else {})}]
         self.update(claim)
+        if status in FINAL:
+            self._mark_final(str(claim.entry["key"]))

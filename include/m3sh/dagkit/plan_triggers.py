@@ -81,7 +81,11 @@ def build_plan_triggers_dag(cfg: M3shConfig | None = None) -> DAG:
                     log.info("DRY RUN %s %s account=%s actions=%s", p["status"], p["key"], p["account"], p["actions"])
                 return {"chunks": [], "firings": len(plan), "dry_run": True,
                         "would_fire": [p["key"] for p in plan if p["status"] == "would_fire"][:200]}
-            firings = [f.to_dict() for f in result.firings]
+            # Firings whose key is already final would only be re-claimed to read "already done".
+            final = Ledger(storage).final_keys(f.key for f in result.firings)
+            if final:
+                log.info("%d firing(s) already done or abandoned (ledger markers): not re-applied", len(final))
+            firings = [f.to_dict() for f in result.firings if f.key not in final]
             chunks = [firings[i:i + FIRINGS_PER_TASK] for i in range(0, len(firings), FIRINGS_PER_TASK)]
             if len(chunks) > 1024:
                 raise RunFailed(f"{len(firings)} firings exceed 1024 mapped tasks", records=[])

@@ -128,11 +128,15 @@ def test_usage_depletes_prepaid_balance_then_plan_switch_reset_and_field_exactly
     assert entry is not None and entry["status"] == "done" and entry["attempts"] == 1
     assert [a["status"] for a in entry["actions"]] == ["done", "done", "done", "done"]
 
-    # a second pass (all rules) and a manual re-run of the balance rule act on nothing
+    # a second pass (all rules) and a manual re-run of the balance rule act on nothing: the done
+    # key is dropped at evaluation (its ledger marker), not even re-claimed
+    assert env["ledger"].final_keys([key]) == {key}
     writes = _writes(env)
-    _run(rules=["prepaid_depleted"])
+    second = _run(rules=["prepaid_depleted"])
     _run(rules=["prepaid_depleted"], accounts=[account["code"]])
     assert _writes(env) == writes
+    evaluation = second.get_task_instance("evaluate").xcom_pull(task_ids="evaluate")
+    assert key not in {f["key"] for chunk in evaluation["chunks"] for f in chunk}, evaluation
     assert _plans_of(env, account["id"]) == plans
     txs = list(hook.iter_entities(f"balances/{balance['id']}/transactions", page_size=200))
     assert sum(1 for t in txs if str(t.get("description", "")).startswith("m3sh reset")) == 1
