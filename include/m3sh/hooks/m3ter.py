@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import m3ter
@@ -41,6 +41,7 @@ from m3sh.exceptions import M3terApiError, M3terVersionConflict, RetryableError
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.m3ter.com"
@@ -443,45 +444,39 @@ class M3terHook(BaseHook):
             self._client_token = tok
         return self._client
 
+    def _with_fresh_token(self, call: Callable[[m3ter.M3ter], T]) -> T:
+        """``call(client)``; if m3ter rejects the cached token (revoked, or expired early), drop it
+        and call once more with a new one. Every request path goes through here."""
+        try:
+            return call(self.get_conn())
+        except m3ter.PermissionDeniedError as exc:
+            if not is_token_rejected(exc):
+                raise
+            log.warning("m3ter rejected the cached token; fetching a new one")
+            TOKEN_CACHE.invalidate(self.settings, self._client_token)
+        return call(self.get_conn())
+
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                  content: bytes | None = None) -> Any:
-        """One SDK request; a rejected token is dropped and the request retried once with a new one.
-
-        ``content`` is an already-serialised JSON body (measurement batches), sent as is.
-        """
-        for attempt in (1, 2):
-            client = self.get_conn()
+        """One SDK request. ``content`` is an already-serialised JSON body (measurement batches), sent as is."""
+        def call(client: m3ter.M3ter) -> Any:
             fn = getattr(client, method)
-            try:
-                if method == "get":
-                    return fn(path, cast_to=_JSON)
-                if content is not None:
-                    return fn(path, content=content, cast_to=_JSON)
-                return fn(path, body=body if body is not None else {}, cast_to=_JSON)
-            except m3ter.PermissionDeniedError as exc:
-                if attempt == 1 and is_token_rejected(exc):
-                    log.warning("m3ter rejected the cached token; fetching a new one")
-                    TOKEN_CACHE.invalidate(self.settings, self._client_token)
-                    continue
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+            if method == "get":
+                return fn(path, cast_to=_JSON)
+            if content is not None:
+                return fn(path, content=content, cast_to=_JSON)
+            return fn(path, body=body if body is not None else {}, cast_to=_JSON)
+
+        return self._with_fresh_token(call)
 
     # -- generic wire-format access --------------------------------------------------------
     def iter_entities(self, path: str, page_size: int | None = None, **params: Any) -> Iterator[dict[str, Any]]:
         """Every entity of a list endpoint (e.g. ``accounts``), following ``nextToken``."""
-        client = self.get_conn()
         query = {k: (",".join(v) if isinstance(v, list | tuple) else v) for k, v in params.items() if v is not None}
         query["pageSize"] = page_size or self.settings.page_size
         try:
-            try:
-                cursor = client.get_api_list(self.settings.org_path(path), model=object, page=SyncCursor[object],
-                                             options={"params": query})
-            except m3ter.PermissionDeniedError as exc:
-                if not is_token_rejected(exc):
-                    raise
-                TOKEN_CACHE.invalidate(self.settings, self._client_token)
-                cursor = self.get_conn().get_api_list(self.settings.org_path(path), model=object,
-                                                      page=SyncCursor[object], options={"params": query})
+            cursor = self._with_fresh_token(lambda client: client.get_api_list(  # the first page is fetched here
+                self.settings.org_path(path), model=object, page=SyncCursor[object], options={"params": query}))
             yield from cursor  # type: ignore[misc]
         except m3ter.APIError as exc:
             raise translate_error(exc, entity=path) from exc
@@ -522,9 +517,9 @@ class M3terHook(BaseHook):
             return self._request("post", self.settings.org_path(path), body)
         s = self.settings
         for attempt in range(1, s.max_retries + 2):
-            client = self.get_conn().with_options(max_retries=0)
             try:
-                return client.post(s.org_path(path), body=body, cast_to=_JSON)
+                return self._with_fresh_token(
+                    lambda client: client.with_options(max_retries=0).post(s.org_path(path), body=body, cast_to=_JSON))
             except m3ter.RateLimitError as exc:
                 if attempt > s.max_retries:
                     raise
@@ -538,10 +533,6 @@ class M3terHook(BaseHook):
                 if attempt > s.max_retries:
                     raise
                 time.sleep(_retry_after_s(exc, attempt))
-            except m3ter.PermissionDeniedError as exc:
-                if attempt > 1 or not is_token_rejected(exc):
-                    raise
-                TOKEN_CACHE.invalidate(s, self._client_token)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def create_balance_transaction(self, balance_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -580,8 +571,7 @@ class M3terHook(BaseHook):
                 current = self.get(path, entity_id)
             body = merge_for_put(current, changes)
             try:
-                return self.get_conn().put(self.settings.org_path(f"{path}/{entity_id}"), body=body,  # type: ignore[return-value]
-                                           cast_to=_JSON)
+                return self._request("put", self.settings.org_path(f"{path}/{entity_id}"), body)  # type: ignore[no-any-return]
             except m3ter.APIError as exc:
                 if is_version_conflict(exc) and attempt < VERSION_CONFLICT_RETRIES:
                     log.info("m3ter %s %s: version %s is stale, re-reading (attempt %d)", path, entity_id,
@@ -668,24 +658,39 @@ class M3terAsyncHook(M3terHook):
 
     async def aget_conn(self) -> m3ter.AsyncM3ter:
         s = await self.aget_settings()
-        tok = await TOKEN_CACHE.aget(s)
+        return self._async_client(s, await TOKEN_CACHE.aget(s))
+
+    @staticmethod
+    def _async_client(s: M3terSettings, tok: CachedToken) -> m3ter.AsyncM3ter:
         return m3ter.AsyncM3ter(api_key=s.api_key, api_secret=s.api_secret, org_id=s.org_id,
                                 base_url=s.base_url, token=tok.access_token, max_retries=s.max_retries,
                                 timeout=s.timeout_s)
 
     async def aiter_entities(self, path: str, page_size: int = 100, **params: Any) -> Any:
+        """Like :meth:`M3terHook.iter_entities`, a rejected token included: dropped, and the listing
+        started once more with a new one (only before anything was yielded, so nothing repeats)."""
         s = await self.aget_settings()
-        client = await self.aget_conn()
         query = {k: (",".join(v) if isinstance(v, list | tuple) else v) for k, v in params.items() if v is not None}
         query["pageSize"] = page_size
-        try:
-            async with client:
-                cursor = client.get_api_list(s.org_path(path), model=object, page=AsyncCursor[object],
-                                             options={"params": query})
-                async for item in cursor:
-                    yield item
-        except m3ter.APIError as exc:
-            raise translate_error(exc, entity=path) from exc
+        for attempt in (1, 2):
+            tok = await TOKEN_CACHE.aget(s)
+            yielded = False
+            try:
+                async with self._async_client(s, tok) as client:
+                    cursor = client.get_api_list(s.org_path(path), model=object, page=AsyncCursor[object],
+                                                 options={"params": query})
+                    async for item in cursor:
+                        yielded = True
+                        yield item
+                return
+            except m3ter.PermissionDeniedError as exc:
+                if attempt == 1 and not yielded and is_token_rejected(exc):
+                    log.warning("m3ter rejected the cached token; fetching a new one")
+                    TOKEN_CACHE.invalidate(s, tok)
+                    continue
+                raise translate_error(exc, entity=path) from exc
+            except m3ter.APIError as exc:
+                raise translate_error(exc, entity=path) from exc
 
     async def alist_all(self, path: str, page_size: int = 100, **params: Any) -> list[dict[str, Any]]:
         return [item async for item in self.aiter_entities(path, page_size=page_size, **params)]

@@ -61,6 +61,37 @@ def test_a_rejected_token_is_replaced_once(m3: Any) -> None:
     assert _token_requests(m3) - before == 1
 
 
+def _kill_cached_token(m3: Any) -> None:
+    """The token the hooks cached (issued with a long TTL) stops being accepted by the emulator."""
+    m3.admin("m3ter", "token_ttl", "POST", seconds=1)
+    time.sleep(1.2)
+
+
+def test_a_write_meeting_a_rejected_token_replaces_it_once(m3: Any) -> None:
+    hook = M3terHook()
+    account = next(iter(hook.iter_entities("accounts", page_size=1)))
+    before = _token_requests(m3)
+    _kill_cached_token(m3)
+    try:
+        updated = hook.update("accounts", account["id"], {"name": account["name"]}, current=account)
+    finally:
+        m3.admin("m3ter", "token_ttl", "POST", seconds=18000)
+    assert updated["version"] == account["version"] + 1
+    assert _token_requests(m3) - before == 1
+
+
+def test_an_async_listing_meeting_a_rejected_token_replaces_it_once(m3: Any) -> None:
+    expected = len(list(M3terHook().iter_entities("accounts")))
+    before = _token_requests(m3)
+    _kill_cached_token(m3)
+    try:
+        accounts = asyncio.run(M3terAsyncHook().alist_all("accounts", page_size=7))
+    finally:
+        m3.admin("m3ter", "token_ttl", "POST", seconds=18000)
+    assert len(accounts) == expected
+    assert _token_requests(m3) - before == 1
+
+
 def test_measurements_are_batched_by_count_and_bytes(m3: Any) -> None:
     hook = M3terHook()
     small = [{"uid": f"b-{i}", "meter": "api_calls", "account": "acme-media", "ts": "2026-11-20T10:00:00Z",
