@@ -143,9 +143,7 @@ def _rate(emu: M3terEmulator, bill: Entity, account: Entity, start_d: dt.date, e
     lines: list[Entity] = []
     currency = account.get("currency") or "USD"
     usage_value_drawn = 0.0
-    for ap in emu.store.coll("accountplans").values():
-        if ap["accountId"] != account["id"]:
-            continue
+    for ap in emu.store.select("accountplans", "accountId", [account["id"]]):  # indexed: not every account's plans
         ap_start = parse_datetime(ap["startDate"])
         ap_end = parse_datetime(ap["endDate"]) if ap.get("endDate") else None
         if ap_start >= end or (ap_end is not None and ap_end <= start):
@@ -343,14 +341,10 @@ def run_bill_job(emu: M3terEmulator, fields: Entity) -> Entity:
 
 def _has_plan_in(emu: M3terEmulator, account_id: str, start_d: dt.date, end_d: dt.date) -> bool:
     start, end = day_start(start_d), day_start(end_d)
-    for ap in emu.store.coll("accountplans").values():
-        if (
-            ap["accountId"] == account_id
-            and parse_datetime(ap["startDate"]) < end
-            and (not ap.get("endDate") or parse_datetime(ap["endDate"]) > start)
-        ):
-            return True
-    return False
+    return any(
+        parse_datetime(ap["startDate"]) < end and (not ap.get("endDate") or parse_datetime(ap["endDate"]) > start)
+        for ap in emu.store.select("accountplans", "accountId", [account_id])
+    )
 
 
 def _render_bill(bill: Entity, exclude_lines: bool = False) -> Entity:
@@ -458,9 +452,9 @@ def admin_drawdown(emu: M3terEmulator, body: dict[str, Any]) -> dict[str, Any]:
             charge = float(body["amount"])
         else:
             charge = 0.0
-            for ap in emu.store.coll("accountplans").values():
+            for ap in emu.store.select("accountplans", "accountId", [account["id"]]):
                 plan = emu.store.coll("plans").get(ap.get("planId", ""))
-                if ap["accountId"] != account["id"] or plan is None:
+                if plan is None:
                     continue
                 meter_code, fld, price = _usage_terms(emu, plan)
                 quantity, _ = emu.usage.totals(account["code"], meter_code, fld)
