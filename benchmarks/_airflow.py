@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks._common import _bindable
+from m3sh.sandbox.runner import port_bindable
 
 if TYPE_CHECKING:
     from m3sh.airflow_env import StandaloneStack
@@ -37,7 +37,7 @@ STARTUP_TIMEOUT_S = 600.0
 def free_airflow_port(start: int, stop: int = 65_000, step: int = 10) -> int:
     """The first api-server port from ``start`` whose log-server ports are free as well."""
     for port in range(start, stop, step):
-        if all(_bindable(port + off) for off in _PORT_OFFSETS):
+        if all(port_bindable(port + off) for off in _PORT_OFFSETS):
             return port
     raise RuntimeError(f"no free port for Airflow between {start} and {stop}")
 

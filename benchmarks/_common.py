@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -42,22 +41,9 @@ def sized(full: int, small: int) -> int:
 
 def free_port_base(names: list[str], start: int = PORT_START, stop: int = PORT_STOP, step: int = PORT_STEP) -> int:
     """The first port base at which every port the named emulators need can be bound right now."""
-    from m3sh.sandbox.runner import PORT_OFFSETS, SMTP_OFFSET
+    from m3sh.sandbox.runner import free_port_base as find
 
-    offsets = [PORT_OFFSETS[n] for n in names] + ([SMTP_OFFSET] if "platform" in names else [])
-    for base in range(start, stop, step):
-        if all(_bindable(base + off) for off in offsets):
-            return base
-    raise RuntimeError(f"no free port base between {start} and {stop} for {names}")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return find(names, start=start, stop=stop, step=step)
 
 
 @contextlib.contextmanager

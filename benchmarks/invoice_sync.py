@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -31,21 +30,10 @@ from m3sh.invoicing.deliver import deliver_batch
 from m3sh.invoicing.ledger import MemoryLedger, WriteOnlyLedger
 from m3sh.invoicing.models import BillLine, EnrichedBill
 from m3sh.invoicing.netsuite import NetSuiteDelivery
-from m3sh.sandbox.runner import PORT_OFFSETS, Sandbox, SandboxEndpoints
+from m3sh.sandbox.runner import Sandbox, SandboxEndpoints, free_port_base
 
 ACCOUNTS = {"netsuite_default": "USD", "netsuite_eu": "EUR"}
 CUSTOMERS_PER_ACCOUNT = 20
-
-
-def free_port_base(start: int = 19650, stop: int = 29000, step: int = 10) -> int:
-    for base in range(start, stop, step):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + PORT_OFFSETS["netsuite"]))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no free port base found")
 
 
 def make_bills(n: int, currency: str, tag: str) -> list[EnrichedBill]:
@@ -100,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="m3sh-bench-invoice-"))
-    sandbox = Sandbox(root, SandboxEndpoints(port_base=free_port_base()), only=["netsuite"])
+    sandbox = Sandbox(root, SandboxEndpoints(port_base=free_port_base(["netsuite"], start=19650)), only=["netsuite"])
     sandbox.up(seed="demo", limits=True)
     os.environ.update(sandbox.endpoints.env())
     admin = sandbox.endpoints.url("netsuite") + "/_sandbox/"

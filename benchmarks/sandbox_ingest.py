@@ -12,7 +12,6 @@ import argparse
 import base64
 import datetime as dt
 import json
-import socket
 import tempfile
 import threading
 import time
@@ -22,21 +21,9 @@ import requests
 
 from m3sh.sandbox import credentials as cred
 from m3sh.sandbox import seed
-from m3sh.sandbox.runner import PORT_OFFSETS, Sandbox, SandboxEndpoints
+from m3sh.sandbox.runner import Sandbox, SandboxEndpoints, free_port_base
 
 TARGET = 60_000
-
-
-def free_port_base(start: int = 19400, stop: int = 29000, step: int = 10) -> int:
-    """First base whose m3ter port can be bound (the others are not started here)."""
-    for base in range(start, stop, step):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + PORT_OFFSETS["m3ter"]))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no free port base found")
 
 
 def build_bodies(batches: int, size: int) -> list[bytes]:
@@ -52,7 +39,7 @@ def build_bodies(batches: int, size: int) -> list[bytes]:
 
 
 def run(batches: int, threads: int, size: int) -> dict[str, float | int]:
-    base = free_port_base()
+    base = free_port_base(["m3ter"], start=19400)
     root = Path(tempfile.mkdtemp(prefix="m3sh-bench-"))
     sandbox = Sandbox(root, SandboxEndpoints(port_base=base), only=["m3ter"])
     sandbox.up(seed="demo", limits=False)

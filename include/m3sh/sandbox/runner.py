@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,33 @@ HEALTH_TIMEOUT_S = 20.0
 
 class SandboxError(RuntimeError):
     """The sandbox could not start, stop or be reached; the message says which emulator and why."""
+
+
+def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` can be bound right now (nobody listens on it)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(names: Iterable[str] = tuple(PORT_OFFSETS), start: int = 20000, stop: int = 29000,
+                   step: int = 10, extra_offsets: Iterable[int] = ()) -> int:
+    """The first port base from ``start`` at which every port the named emulators need (and
+    ``extra_offsets``, e.g. an Airflow api-server at base + 80) can be bound right now.
+
+    Why: :meth:`Sandbox.up` on a base where a sandbox already answers resets and adopts it, which is
+    right for ``m3sh sandbox up`` but wrong for a test session or benchmark beside someone else's.
+    """
+    wanted = list(names)
+    offsets = [PORT_OFFSETS[n] for n in wanted] + ([SMTP_OFFSET] if "platform" in wanted else [])
+    offsets += list(extra_offsets)
+    for base in range(start, stop, step):
+        if all(port_bindable(base + off) for off in offsets):
+            return base
+    raise SandboxError(f"no free port base between {start} and {stop} for {', '.join(wanted)}")
 
 
 @dataclass(frozen=True)
