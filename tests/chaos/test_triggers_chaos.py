@@ -35,12 +35,6 @@ def _run(**conf: Any) -> Any:
     return build_plan_triggers_dag().test(run_conf=conf or None)
 
 
-def _m3ter_writes(chaos: Chaos) -> int:
-    counts = chaos.sb.stats("m3ter")["counts"]
-    return sum(n for k, n in counts.items()
-               if k.split(" ")[0] in ("POST", "PUT", "PATCH", "DELETE") and not k.endswith("/usage/query"))
-
-
 def test_trigger_actions_apply_once_under_faults_and_duplicate_notifications(chaos: Chaos) -> None:
     from m3sh.automation.ledger import Ledger
     from m3sh.sandbox import credentials as cred
@@ -86,10 +80,10 @@ def test_trigger_actions_apply_once_under_faults_and_duplicate_notifications(cha
     alerts = chaos.failure_alerts()
     assert _run(rules=["prepaid_depleted"]).state == "success"
     # ... then the scheduled pass and a duplicate that slipped through both evaluate again
-    writes = _m3ter_writes(chaos)
+    writes = chaos.writes("m3ter")
     assert _run(rules=["prepaid_depleted"]).state == "success"
     assert _run(rules=["prepaid_depleted"], accounts=[account["code"]]).state == "success"
-    assert _m3ter_writes(chaos) == writes
+    assert chaos.writes("m3ter") == writes
     assert chaos.failure_alerts() == alerts
 
     # m3ter: one plan switch, one reset transaction, the field set; Slack: one message.
