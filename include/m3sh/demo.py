@@ -278,6 +278,8 @@ def run_demo(root: Path, port: int = 8080, once: bool = False, only: list[str] |
         _say(f"Airflow UI is up: {env.ui_url}  (login {ADMIN_USER} / {env.password})")
         use_cases = [u for u in existing_use_case_dags(root) if not only or u[0] in only]
         api.wait_dags([d for d, _ in use_cases], timeout_s=180, alive=died)
+        for dag_id in sorted(api.dag_ids()):  # an earlier interactive demo left them unpaused (same DB)
+            api.pause(dag_id)
 
         for pool, slots in required_pools(load_config(cfg_path)).items():
             done = api.ensure_pool(pool, slots, POOL_DESCRIPTION)
