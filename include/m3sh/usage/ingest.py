@@ -145,28 +145,6 @@ class _CountingStream:
         return None
 
 
-def ingest_s3_object(
-    *,
-    feed: UsageFeed,
-    key: str,
-    m3ter: M3terHook,
-    source_storage: Storage,
-    state: Storage,
-    account_exists: Callable[[str], bool],
-    progress_every: int = 50_000,
-    dry_run: bool = False,
-    now: dt.datetime | None = None,
-    batch_size: int = 1000,
-    max_in_flight: int = 4,
-) -> FileResult:
-    """Ingest one object of ``feed``; never raises for bad rows, raises BadFile only via the result."""
-    _ = source_storage.client, state.client  # built before the heap is frozen (see _SteadySenders)
-    with _steady_senders():
-        return _ingest_s3_object(feed=feed, key=key, m3ter=m3ter, source_storage=source_storage, state=state,
-                                 account_exists=account_exists, progress_every=progress_every, dry_run=dry_run,
-                                 now=now, batch_size=batch_size, max_in_flight=max_in_flight)
-
-
 class _SteadySenders:
     """Let paced measurement requests *arrive* evenly, or m3ter's 50 req/s limit answers 429 (and its
     1 s Retry-After stalls the in-order window). Two things bunch them up, both because the parsing
@@ -175,7 +153,7 @@ class _SteadySenders:
     * a task process already holds ~1M objects (Airflow, the SDKs), and millions of short-lived row
       dicts make the cyclic GC run a full collection over all of them every ~100 batches (~150 ms).
       Frozen, that heap is skipped (botocore's endpoint rules, ~50k objects loaded with the first
-      S3 client, too: the caller builds its clients first); unfrozen when the last file is done;
+      S3 client, too: it is entered once the clients exist); unfrozen when the last file is done;
     * a sender woken by the pacer waits up to the 5 ms switch interval at each of its several GIL
       hand-offs before its bytes leave; 1 ms keeps that jitter well inside one pacing interval.
 
@@ -214,9 +192,21 @@ class _SteadySenders:
 _steady_senders = _SteadySenders()
 
 
-def _ingest_s3_object(*, feed: UsageFeed, key: str, m3ter: M3terHook, source_storage: Storage, state: Storage,
-                      account_exists: Callable[[str], bool], progress_every: int, dry_run: bool,
-                      now: dt.datetime | None, batch_size: int, max_in_flight: int) -> FileResult:
+def ingest_s3_object(
+    *,
+    feed: UsageFeed,
+    key: str,
+    m3ter: M3terHook,
+    source_storage: Storage,
+    state: Storage,
+    account_exists: Callable[[str], bool],
+    progress_every: int = 50_000,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    batch_size: int = 1000,
+    max_in_flight: int = 4,
+) -> FileResult:
+    """Ingest one object of ``feed``; never raises for bad rows, raises BadFile only via the result."""
     t0 = time.monotonic()
     head = source_storage.client.head_object(Bucket=source_storage.bucket, Key=key)
     etag = str(head.get("ETag", "")).strip('"')
@@ -273,7 +263,8 @@ def _ingest_s3_object(*, feed: UsageFeed, key: str, m3ter: M3terHook, source_sto
             confirm_oldest()
 
     window = max(1, max_in_flight)
-    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="m3sh-ingest") as sender:
+    # Both S3 clients exist by now (head_object, the manifest read): their objects are frozen too.
+    with _steady_senders(), ThreadPoolExecutor(max_workers=window, thread_name_prefix="m3sh-ingest") as sender:
         try:
             for batch in measurement_batches(valid_measurements(), max_items=batch_size):
                 if dry_run:
