@@ -74,20 +74,22 @@ class Ledger:
     def _digest(firing_key: str) -> str:
         return hashlib.sha256(firing_key.encode()).hexdigest()[:40]
 
+    @staticmethod
+    def _rule(firing_key: str) -> str:
+        return firing_key.split("|", 1)[0]
+
     def object_key(self, firing_key: str) -> str:
-        rule = firing_key.split("|", 1)[0]
-        return f"{self.prefix}{rule}/{self._digest(firing_key)}.json"
+        return f"{self.prefix}{self._rule(firing_key)}/{self._digest(firing_key)}.json"
 
     def _final_marker_key(self, firing_key: str) -> str:
-        rule = firing_key.split("|", 1)[0]
-        return f"{self.final_prefix}{rule}/{self._digest(firing_key)}"
+        return f"{self.final_prefix}{self._rule(firing_key)}/{self._digest(firing_key)}"
 
     def final_keys(self, firing_keys: Iterable[str]) -> set[str]:
         """Those of ``firing_keys`` that are known to be final (done or abandoned), from one listing
         of the markers per rule involved (see the module docstring)."""
         by_rule: dict[str, list[str]] = {}
         for key in firing_keys:
-            by_rule.setdefault(key.split("|", 1)[0], []).append(key)
+            by_rule.setdefault(self._rule(key), []).append(key)
         final: set[str] = set()
         for rule, keys in by_rule.items():
             marked = {obj["Key"].rsplit("/", 1)[-1] for obj in self.storage.list_keys(f"{self.final_prefix}{rule}/")}

@@ -212,6 +212,14 @@ def _message(exc: Exception) -> str:
     return exc.__class__.__name__
 
 
+def _list_query(params: dict[str, Any], page_size: int) -> dict[str, Any]:
+    """List-endpoint query parameters: list values comma-joined (the SDK's form; the API takes both),
+    ``None`` dropped, and the page size."""
+    query = {k: (",".join(v) if isinstance(v, list | tuple) else v) for k, v in params.items() if v is not None}
+    query["pageSize"] = page_size
+    return query
+
+
 def _retry_after_s(exc: Exception, attempt: int) -> float:
     """Seconds to wait before the next attempt: Retry-After when given (<= 60 s), else 0.5 * 2^n (<= 8 s)."""
     response = getattr(exc, "response", None)
@@ -472,8 +480,7 @@ class M3terHook(BaseHook):
     # -- generic wire-format access --------------------------------------------------------
     def iter_entities(self, path: str, page_size: int | None = None, **params: Any) -> Iterator[dict[str, Any]]:
         """Every entity of a list endpoint (e.g. ``accounts``), following ``nextToken``."""
-        query = {k: (",".join(v) if isinstance(v, list | tuple) else v) for k, v in params.items() if v is not None}
-        query["pageSize"] = page_size or self.settings.page_size
+        query = _list_query(params, page_size or self.settings.page_size)
         try:
             cursor = self._with_fresh_token(lambda client: client.get_api_list(  # the first page is fetched here
                 self.settings.org_path(path), model=object, page=SyncCursor[object], options={"params": query}))
@@ -670,8 +677,7 @@ class M3terAsyncHook(M3terHook):
         """Like :meth:`M3terHook.iter_entities`, a rejected token included: dropped, and the listing
         started once more with a new one (only before anything was yielded, so nothing repeats)."""
         s = await self.aget_settings()
-        query = {k: (",".join(v) if isinstance(v, list | tuple) else v) for k, v in params.items() if v is not None}
-        query["pageSize"] = page_size
+        query = _list_query(params, page_size)
         for attempt in (1, 2):
             tok = await TOKEN_CACHE.aget(s)
             yielded = False
