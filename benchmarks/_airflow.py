@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from m3sh.sandbox.runner import port_bindable
+from m3sh.airflow_env import STACK_PORT_OFFSETS
+from m3sh.sandbox.runner import free_port_base
 
 if TYPE_CHECKING:
     from m3sh.airflow_env import StandaloneStack
@@ -29,17 +30,12 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 HOME_ENV = "M3SH_BENCH_AIRFLOW_HOME"
-# AirflowEnv puts the worker and triggerer log servers at api port + 3 and + 4.
-_PORT_OFFSETS = (0, 3, 4)
 STARTUP_TIMEOUT_S = 600.0
 
 
 def free_airflow_port(start: int, stop: int = 65_000, step: int = 10) -> int:
     """The first api-server port from ``start`` whose log-server ports are free as well."""
-    for port in range(start, stop, step):
-        if all(port_bindable(port + off) for off in _PORT_OFFSETS):
-            return port
-    raise RuntimeError(f"no free port for Airflow between {start} and {stop}")
+    return free_port_base((), start=start, stop=stop, step=step, extra_offsets=STACK_PORT_OFFSETS)
 
 
 def _progress(msg: str) -> None:

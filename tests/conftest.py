@@ -71,13 +71,15 @@ class SandboxHandle:
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
     """The sandbox emulators, started once per test session on a test-only port range."""
+    from m3sh.airflow_env import STACK_PORT_OFFSETS
     from m3sh.sandbox.runner import free_port_base
 
     root = tmp_path_factory.mktemp("sandbox")
     # Never adopt a sandbox that answers on the base already (another test session, e.g. CI beside
     # a developer's run, or a demo): `up` would reset it under that session's feet. The e2e stacks
-    # use base + 80 and their log servers base + 83/84.
-    base = free_port_base(start=TEST_PORT_BASE, stop=TEST_PORT_BASE + 450, step=50, extra_offsets=(80, 83, 84))
+    # run at base + 80 (with their log servers).
+    base = free_port_base(start=TEST_PORT_BASE, stop=TEST_PORT_BASE + 450, step=50,
+                          extra_offsets=[80 + off for off in STACK_PORT_OFFSETS])
     sb = Sandbox(root, SandboxEndpoints(port_base=base))
     sb.up(seed="demo")
     saved = {k: os.environ.get(k) for k in sb.endpoints.env()}

@@ -38,6 +38,10 @@ ADMIN_USER = "admin"
 SECRETS_FILE = "m3sh-secrets.json"
 PASSWORDS_FILE = "m3sh-passwords.json"
 TERMINAL_RUN_STATES = {"success", "failed"}
+# Beside a non-default api-server port, the worker and triggerer log servers sit at port + 3 / + 4;
+# whoever picks a free port for a stack must keep these free too.
+WORKER_LOG_OFFSET, TRIGGER_LOG_OFFSET = 3, 4
+STACK_PORT_OFFSETS = (0, WORKER_LOG_OFFSET, TRIGGER_LOG_OFFSET)
 # The use-case DAGs, in the order the demo triggers them, with the params of a first full run.
 USE_CASE_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("m3sh_crm_sync", {"full_resync": True}),
@@ -185,8 +189,10 @@ class AirflowEnv:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
             # Log servers: Airflow's defaults beside the default port, else right after the API port,
             # so a test stack (e.g. 19880 -> 19883/19884) stays inside its own port range.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(8793 if self.port == 8080 else self.port + 3),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(8794 if self.port == 8080 else self.port + 4),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(
+                8793 if self.port == 8080 else self.port + WORKER_LOG_OFFSET),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(
+                8794 if self.port == 8080 else self.port + TRIGGER_LOG_OFFSET),
             # New and changed DAG files show up within seconds instead of minutes.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
