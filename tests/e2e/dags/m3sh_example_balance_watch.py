@@ -5,7 +5,7 @@
 on the triggerer, so no worker slot is held. When a balance crosses the threshold the task resumes
 and ``act_on_firings`` receives the firings (keys, ids, a few numbers) through XCom.
 
-Used by ``tests/e2e/test_sensors_defer.py``; cheap to parse (no I/O at import: the sensor reads
+Used by ``tests/e2e/test_plan_automation_live.py``; cheap to parse (no I/O at import: the sensor reads
 ``m3sh.yaml`` when it runs).
 """
 

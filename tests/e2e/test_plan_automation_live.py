@@ -1,14 +1,22 @@
-"""The deferrable m3ter sensors really defer in a running Airflow and resume from the triggerer.
+"""Plan automation in a running Airflow: sensors defer on the triggerer, webhooks start runs.
 
 A real Airflow (``airflow db migrate``, then scheduler, dag-processor, triggerer and api-server as
 separate processes, configured by :class:`m3sh.airflow_env.AirflowEnv` exactly like the demo) runs
-``tests/e2e/dags/m3sh_example_balance_watch.py``. While no prepaid balance is under the
-``prepaid_depleted`` threshold the sensor must sit in ``deferred`` with a trigger row assigned to
-the running triggerer and no pool slot running; the triggerer must keep polling m3ter. A negative
-balance transaction (the public m3ter API, as a customer's usage draw-down would) must then let the
-trigger fire, the sensor resume on a worker (same try, no reschedule) and the downstream task run.
+``tests/e2e/dags/m3sh_example_balance_watch.py`` and the shipped ``dags/m3sh_plan_triggers.py``
+(both copied into this stack's DAG folder), with the m3sh plugin (webhook receiver) in the api-server.
 
-Ports: sandbox base ``M3SH_TEST_PORT_BASE`` (21100 in CI for this file), Airflow API on base + 80.
+1. Sensors: while no prepaid balance is under the ``prepaid_depleted`` threshold the sensor must sit
+   in ``deferred`` with a trigger row assigned to the running triggerer and no pool slot running;
+   the triggerer must keep polling m3ter. A negative balance transaction (the public m3ter API, as
+   a customer's usage draw-down would) must then let the trigger fire, the sensor resume on a
+   worker (same try, no reschedule) and the downstream task run.
+2. Webhooks: ``sync_notifications`` points m3ter's notification at the receiver in this api-server;
+   a draw-down in the m3ter emulator makes m3ter send a signed delivery, the receiver records an
+   asset event, the scheduler starts an asset-triggered ``m3sh_plan_triggers`` run and the rule's
+   actions complete once. Forged, unsigned and replayed deliveries get 401, record no asset event
+   and start no run. (How fast, end to end, is measured by ``python -m benchmarks.triggers``.)
+
+Ports: sandbox base ``M3SH_TEST_PORT_BASE`` (per xdist worker), Airflow API on base + 80.
 Everything started here is stopped at the end (each process group by its id).
 """
 
@@ -16,25 +24,30 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from m3sh.airflow_env import AirflowApi, AirflowEnv, AirflowEnvError, venv_bin, write_task_config
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-DAGS = Path(__file__).resolve().parent / "dags"
+EXAMPLE_DAG_FILE = Path(__file__).resolve().parent / "dags" / "m3sh_example_balance_watch.py"
 DAG_ID = "m3sh_example_balance_watch"
+PLAN_DAG_ID = "m3sh_plan_triggers"
+RULE = "prepaid_depleted"
 SENSOR = "wait_for_depleted_balance"
 DOWNSTREAM = "act_on_firings"
 TRIGGER_CLASSPATH = "m3sh.triggers.m3ter.M3terBalanceTrigger"
@@ -85,19 +98,24 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _progress(msg: str) -> None:
-    print(f"[sensors-e2e] {msg}", flush=True)
+    print(f"[automation-e2e] {msg}", flush=True)
 
 
 @pytest.fixture(scope="module")
 def stack(sandbox: Any) -> Iterator[Stack]:
-    home = Path(os.environ["M3SH_TEST_STACK_ROOT"]) / "sensors-airflow"  # per xdist worker
+    home = Path(os.environ["M3SH_TEST_STACK_ROOT"]) / "automation-airflow"  # per xdist worker
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
+    # The schedules start in a year: the only runs are the ones the tests cause (manual, asset-triggered).
     cfg = write_task_config(home, start_date=dt.datetime.now(dt.UTC).date() + dt.timedelta(days=365))
+    dags = home / "dags"
+    dags.mkdir()
+    for dag_file in (EXAMPLE_DAG_FILE, REPO / "dags" / f"{PLAN_DAG_ID}.py"):
+        shutil.copy(dag_file, dags / dag_file.name)
     env = AirflowEnv(root=REPO, home=home, port=sandbox.endpoints.port_base + 80, sandbox=sandbox.endpoints,
                      config_path=cfg, sql_alchemy_conn=f"sqlite:///{home / 'airflow.db'}",
-                     extra={"AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+                     extra={"AIRFLOW__CORE__DAGS_FOLDER": str(dags),
                             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2"})
     proc_env = env.env()
     t0 = time.monotonic()
@@ -117,7 +135,7 @@ def stack(sandbox: Any) -> Iterator[Stack]:
     try:
         st.api.wait_healthy(timeout_s=150, alive=st.died,
                             components=("metadatabase", "scheduler", "dag_processor", "triggerer"))
-        st.api.wait_dags([DAG_ID], timeout_s=120, alive=st.died)
+        st.api.wait_dags([DAG_ID, PLAN_DAG_ID], timeout_s=120, alive=st.died)
         _progress(f"stack up: {time.monotonic() - t0:.1f}s")
         yield st
     finally:
@@ -227,3 +245,114 @@ def test_balance_sensor_defers_then_resumes_on_depletion(stack: Stack, fresh_san
     summary = api.xcom(DAG_ID, run_id, DOWNSTREAM)
     assert summary["count"] == 1 and summary["balance_ids"] == [target["id"]]
     _progress(f"timings: deferred {t_deferred:.1f}s after trigger; success {t_resumed:.1f}s after draw-down")
+
+
+def _asset_event_count(api: AirflowApi) -> int:
+    """Asset events Airflow holds for the receiver's asset (what the scheduler turns into runs)."""
+    from m3sh.web.receiver import ASSET_URI
+
+    assets = api.request("GET", "/assets", params={"uri_pattern": ASSET_URI})["assets"]
+    ids = [a["id"] for a in assets if a["uri"] == ASSET_URI]
+    assert ids, f"{PLAN_DAG_ID} is scheduled on {ASSET_URI}, so Airflow knows that asset"
+    return int(api.request("GET", "/assets/events", params={"asset_id": ids[0], "limit": 1})["total_entries"])
+
+
+def _plan_run_ids(api: AirflowApi) -> set[str]:
+    runs = api.request("GET", f"/dags/{PLAN_DAG_ID}/dagRuns", params={"limit": 100})["dag_runs"]
+    return {str(r["dag_run_id"]) for r in runs}
+
+
+def _delivery(event_id: str, account_id: str, secret: str | None, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
+    """A delivery shaped like m3ter's balance notification; ``secret=None`` leaves it unsigned."""
+    from m3sh.web.receiver import WebhookScheme
+
+    scheme = WebhookScheme()  # the sandbox's m3ter_webhook connection keeps the documented defaults
+    body = json.dumps({"id": event_id, "eventName": "billing.balanceamount.updated",
+                       "m3terEvent": {"notification": {"code": f"m3sh_{RULE}"},
+                                      "eventData": {"newDto": {"accountId": account_id}}}}).encode()
+    stamp = str(int(time.time() - age_s))
+    headers = {"Content-Type": "application/json", scheme.timestamp_header: stamp, scheme.event_id_header: event_id}
+    if secret is not None:
+        headers[scheme.signature_header] = scheme.sign(secret, stamp, body)
+    return body, headers
+
+
+def test_signed_m3ter_webhook_starts_an_asset_triggered_run_that_acts_once_and_forgeries_start_nothing(
+        stack: Stack, fresh_sandbox: Any) -> None:
+    from m3sh.automation.ledger import Ledger
+    from m3sh.automation.notifications import sync_notifications
+    from m3sh.config import load_config
+    from m3sh.hooks.m3ter import M3terHook
+    from m3sh.sandbox.credentials import WEBHOOK_SECRET
+    from m3sh.storage import Storage
+
+    api = stack.api
+    assert stack.env.config_path is not None
+    cfg = load_config(stack.env.config_path)
+    hook = M3terHook(cfg.m3ter.conn_id)
+    ledger = Ledger(Storage.from_config(cfg.storage))
+    plans = {p["id"]: p["code"] for p in hook.iter_entities("plans")}
+    receiver = f"{stack.env.base_url}/m3sh/webhooks/m3ter"
+
+    # m3ter's notification now delivers to the receiver in this stack's api-server.
+    api.unpause(PLAN_DAG_ID)
+    synced = sync_notifications(str(stack.env.config_path), webhook_url=receiver)
+    assert synced["webhook"]["action"] == "created"
+    assert (f"m3sh_{RULE}", "created") in [(n["code"], n["action"]) for n in synced["notifications"]]
+
+    horizon = (dt.datetime.now(dt.UTC) + dt.timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    balance = sorted(hook.iter_entities("balances", endDateStart=horizon), key=lambda b: b["code"])[0]
+    account = hook.get("accounts", balance["accountId"])
+    assert float(balance["amount"]) >= THRESHOLD, "precondition: the demo seed's balance is healthy"
+    runs_before, events_before = _plan_run_ids(api), _asset_event_count(api)
+
+    # A usage draw-down in m3ter leaves 20 of the credit: m3ter notifies, signed, on its own.
+    t0 = time.monotonic()
+    fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=account["code"],
+                        amount=float(balance["amount"]) - 20)
+
+    def done_entry() -> dict[str, Any] | None:
+        return next((e for e in ledger.entries(rule=RULE)
+                     if e.get("account_code") == account["code"] and e.get("status") == "done"), None)
+
+    entry = _wait(api, "the firing done in the ledger", done_entry, stack)
+    t_action = time.monotonic() - t0
+    run_id = str(entry["claimed_by"])
+    run = _wait(api, f"run {run_id} finished",
+                lambda: (r := api.run(PLAN_DAG_ID, run_id))["state"] in ("success", "failed") and r, stack)
+    assert run["state"] == "success", stack.tail("scheduler")
+    assert run["run_type"] == "asset_triggered", run  # the webhook started it: no schedule, no manual run
+    assert _plan_run_ids(api) - runs_before == {run_id}
+    assert _asset_event_count(api) == events_before + 1
+    deliveries = fresh_sandbox.state("m3ter")["webhook_deliveries"]
+    assert [(d["url"], d["status"]) for d in deliveries] == [(receiver, 202)]
+    _progress(f"webhook: action done {t_action:.1f}s after the draw-down (run {run_id})")
+
+    # The rule's actions, applied once, seen through m3ter's public API.
+    assert [a["status"] for a in entry["actions"]] == ["done"] * len(entry["actions"])
+    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(0)
+    assert hook.get("accounts", account["id"])["customFields"]["lifecycle"] == "converted_from_prepaid"
+    current = [plans[ap["planId"]] for ap in hook.iter_entities("accountplans", account=account["id"],
+                                                                  includeall=True) if not ap.get("endDate")
+               or ap["endDate"] > dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
+    assert "growth_usd" in current and "prepaid_usd" not in current, current
+    txs = list(hook.iter_entities(f"balances/{balance['id']}/transactions", page_size=200))
+    assert sum(1 for t in txs if str(t.get("description", "")).startswith("m3sh reset")) == 1
+
+    # Forged, unsigned, stale and replayed deliveries: 401, no asset event, no run. The replay is
+    # the delivered event re-sent with a valid signature and a fresh timestamp, so only the
+    # receiver's event-id guard can stop it.
+    events_after = _asset_event_count(api)
+    forged = {
+        "wrong secret": _delivery(f"forged-{uuid.uuid4().hex}", account["id"], "not-the-webhook-secret"),
+        "unsigned": _delivery(f"unsigned-{uuid.uuid4().hex}", account["id"], None),
+        "stale": _delivery(f"stale-{uuid.uuid4().hex}", account["id"], WEBHOOK_SECRET, age_s=3600),
+        "replayed": _delivery(str(deliveries[0]["eventId"]), account["id"], WEBHOOK_SECRET),
+    }
+    answers = {case: requests.post(receiver, data=body, headers=headers, timeout=30).status_code
+               for case, (body, headers) in forged.items()}
+    assert answers == dict.fromkeys(forged, 401)
+    assert _asset_event_count(api) == events_after  # recorded synchronously: nothing for the scheduler
+    time.sleep(3 * 2.0)  # three scheduler heartbeats: an asset-triggered run would have been created
+    assert _plan_run_ids(api) - runs_before == {run_id}
+    assert ledger.get(entry["key"])["attempts"] == 1  # type: ignore[index]
