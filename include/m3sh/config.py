@@ -35,6 +35,13 @@ class _Model(BaseModel):
 
 
 # --------------------------------------------------------------------------------------- m3ter
+class CustomFieldDeclarations(_Model):
+    """Names of the m3ter custom fields m3sh may write (m3ter itself accepts any name)."""
+
+    account: list[str] = Field(default_factory=list, description="Fields on accounts")
+    accountplan: list[str] = Field(default_factory=list, description="Fields on account plans")
+
+
 class M3terConfig(_Model):
     """Where the central m3ter org is and how m3sh names the entities it creates there."""
 
@@ -48,6 +55,15 @@ class M3terConfig(_Model):
         4, ge=1, le=16,
         description="Ingest requests one file keeps in flight while reading the next rows; batches are still "
                     "confirmed in order, so a retry resumes after the last confirmed one")
+    plans: list[str] = Field(
+        default_factory=list,
+        description="m3ter plan codes trigger rules may switch to besides crm.plan_map values and "
+                    "crm.default_plan (e.g. a downgrade plan no CRM product maps to); `m3sh config validate` "
+                    "rejects a switch_plan to any other code, so a typo fails before it reaches m3ter")
+    custom_fields: CustomFieldDeclarations = Field(
+        CustomFieldDeclarations(),
+        description="Custom fields m3sh writes in m3ter, per entity; a trigger rule's set_custom_fields may only "
+                    "name declared fields, so a typo cannot silently create a new field on every account")
 
 
 # ----------------------------------------------------------------------------------- CRM sources
@@ -528,20 +544,48 @@ class M3shConfig(_Model):
             for j, name in enumerate(getattr(self.alerting, section)):
                 if name not in notifiers:
                     errors.append((("alerting", section, j), f"unknown notifier {name!r}; known: {sorted(notifiers)}"))
-        plans = set(self.crm.plan_map.values()) | ({self.crm.default_plan} if self.crm.default_plan else set())
         for i, rule in enumerate(self.triggers):
             for j, action in enumerate(rule.actions):
                 if action.notify and action.notify not in notifiers:
                     errors.append((("triggers", i, "actions", j, "notify"),
                                    f"unknown notifier {action.notify!r}; known: {sorted(notifiers)}"))
-                if action.switch_plan and plans and action.switch_plan not in plans:
-                    errors.append((("triggers", i, "actions", j, "switch_plan"),
-                                   f"plan {action.switch_plan!r} is not in crm.plan_map values or crm.default_plan"))
+                errors.extend(((("triggers", i, "actions", j, *loc), msg) for loc, msg in self._action_errors(action)))
                 if action.open_next_balance is not None and rule.when.kind != "balance_below":
                     errors.append((("triggers", i, "actions", j, "open_next_balance"),
                                    f"rule {rule.name!r}: open_next_balance opens the next period of the balance "
                                    f"that fired, and only balance_below rules have one (this rule's condition "
                                    f"is {rule.when.kind})"))
+        return errors
+
+    def known_plans(self) -> set[str]:
+        """Plan codes declared anywhere in the config (what a switch_plan may name)."""
+        default = {self.crm.default_plan} if self.crm.default_plan else set()
+        return set(self.crm.plan_map.values()) | default | set(self.m3ter.plans)
+
+    def _action_errors(self, action: Action) -> list[tuple[tuple[int | str, ...], str]]:
+        """A trigger action's references to plans, m3ter custom fields and CRM fields."""
+        errors: list[tuple[tuple[int | str, ...], str]] = []
+        plans = self.known_plans()
+        if action.switch_plan and action.switch_plan not in plans:
+            errors.append((("switch_plan",), f"plan {action.switch_plan!r} is not declared; declare it in "
+                                             f"m3ter.plans (or crm.plan_map); declared: {sorted(plans)}"))
+        target = action.custom_fields_on
+        declared = getattr(self.m3ter.custom_fields, target)
+        for name in action.set_custom_fields or {}:
+            if name not in declared:
+                errors.append((("set_custom_fields", name),
+                               f"custom field {name!r} on the {target} is not declared in "
+                               f"m3ter.custom_fields.{target}; declared: {sorted(declared)}"))
+        sources = [s for s in self.crm.sources if s.enabled]
+        prefixes = {s.type for s in sources} | {s.name for s in sources}
+        for key in action.update_crm_fields or {}:
+            prefix = key.split(".", 1)[0] if "." in key else None
+            if prefix is not None and prefix not in prefixes:
+                errors.append((("update_crm_fields", key),
+                               f"{key!r} targets CRM {prefix!r}, which is not an enabled crm.sources type or name; "
+                               f"known: {sorted(prefixes)}"))
+            elif prefix is None and not sources:
+                errors.append((("update_crm_fields", key), f"{key!r}: no enabled CRM source in crm.sources"))
         return errors
 
     def destination(self, name: str) -> Any:

@@ -15,6 +15,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("(root)", c.M3shConfig),
     ("dag_defaults", c.DagDefaults),
     ("m3ter", c.M3terConfig),
+    ("m3ter.custom_fields", c.CustomFieldDeclarations),
     ("storage", c.StorageConfig),
     ("crm", c.CrmSyncConfig),
     ("crm.sources[]", c.CrmSource),

@@ -57,6 +57,32 @@ def test_cross_references_are_checked_with_lines() -> None:
     assert "triggers[0].actions[0].switch_plan: plan 'platinum'" in msg
 
 
+def test_trigger_actions_name_only_declared_plans_custom_fields_and_crms() -> None:
+    """A typo in a rule's plan, custom field or CRM prefix fails validation, at its line."""
+    text = DEMO.replace("{lifecycle: converted_from_prepaid}", "{lifecyle: converted_from_prepaid}")
+    msg = _error(text)
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "lifecyle" in ln)
+    assert (f"m3sh.yaml:{line} triggers[0].actions[2].set_custom_fields.lifecyle: custom field 'lifecyle' on the "
+            "account is not declared in m3ter.custom_fields.account") in msg
+    # declared for accounts only: the same field on the account plan is a different declaration
+    on_plan = DEMO.replace("accountplan: [lifecycle, renewal_status]", "accountplan: []").replace(
+        "- set_custom_fields: {renewal_status: due}",
+        "- set_custom_fields: {renewal_status: due}\n        custom_fields_on: accountplan")
+    assert "custom field 'renewal_status' on the accountplan is not declared" in _error(on_plan)
+    msg = _error(DEMO.replace("hubspot.description:", "hubspt.description:"))
+    assert ("triggers[1].actions[1].update_crm_fields.hubspt.description: 'hubspt.description' targets CRM "
+            "'hubspt', which is not an enabled crm.sources type or name") in msg
+    head, rest = DEMO.split("  sources:\n", 1)
+    no_crm = head + "  sources: []\n" + rest[rest.index("\nusage:"):]
+    msg = _error(no_crm.replace('salesforce.Description: "Renewal due (m3sh)", hubspot.description', "Description"))
+    assert "update_crm_fields.Description: 'Description': no enabled CRM source in crm.sources" in msg
+    # a plan only the rules use (say a downgrade no CRM product maps to) is declared in m3ter.plans
+    downgrade = DEMO.replace("- switch_plan: growth_usd\n      - reset", "- switch_plan: lite_usd\n      - reset")
+    assert "plan 'lite_usd' is not declared; declare it in m3ter.plans" in _error(downgrade)
+    parse_config(downgrade.replace("  account_code_from: domain_name\n",
+                                   "  account_code_from: domain_name\n  plans: [lite_usd]\n", 1))
+
+
 def test_condition_needs_exactly_one_kind() -> None:
     msg = _error(DEMO.replace("when: {contract_ending_within_days: 30}",
                               "when: {contract_ending_within_days: 30, contract_ended: true}"))
