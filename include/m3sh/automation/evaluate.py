@@ -6,8 +6,8 @@ query per usage rule, one ``meters``/``products`` lookup, and ``ceil(F/100)`` ac
 the F accounts that fired. Total credit (the "original" of a balance and the identity of a
 threshold crossing) needs a transaction-summary call per balance; the sync evaluator keeps a
 cache in S3 keyed by the balance ``version`` so only balances that changed since the last pass
-cost a call. Triggers (async, on the triggerer) do not touch S3 and look credits up for their
-candidates only.
+cost a call. Triggers (async, on the triggerer) do not touch S3: they keep the same cache in memory
+for as long as they poll.
 
 :class:`Evaluator` (sync hook, workers) and :func:`aevaluate` (async hook, triggerer) fetch; the
 decisions are the pure functions of :mod:`m3sh.automation.rules`.
@@ -200,10 +200,16 @@ class Evaluator:
 
 
 # ---------------------------------------------------------------------------------------- async
-async def aevaluate(hook: M3terAsyncHook, rules: Sequence[TriggerRule], now: dt.datetime | None = None,
+async def aevaluate(hook: M3terAsyncHook, rules: Sequence[TriggerRule], now: dt.datetime | None = None, *,
                     accounts: Sequence[str] | None = None,
-                    concurrency: int = CREDIT_LOOKUP_CONCURRENCY) -> Evaluation:
-    """The async twin of :meth:`Evaluator.run` for triggers: no blocking call, no S3."""
+                    concurrency: int = CREDIT_LOOKUP_CONCURRENCY,
+                    credit_cache: dict[str, tuple[Any, float]] | None = None) -> Evaluation:
+    """The async twin of :meth:`Evaluator.run` for triggers: no blocking call, no S3.
+
+    ``credit_cache`` (``{balance id: (version, total credit)}``) is kept by the caller across passes:
+    a trigger polls for hours, and a ``percent_of_original`` rule makes every balance in scope a
+    candidate, so without it each poll would cost one summary call per balance.
+    """
     now = now or dt.datetime.now(dt.UTC)
     kinds = _kinds(rules)
     result = Evaluation([], counts={})
@@ -234,12 +240,22 @@ async def aevaluate(hook: M3terAsyncHook, rules: Sequence[TriggerRule], now: dt.
             wanted = {str(b["id"]): b for group in candidates.values() for b in group}
             sem = asyncio.Semaphore(concurrency)
 
+            cache: dict[str, tuple[Any, float]] = {} if credit_cache is None else credit_cache
+            credits: dict[str, float | None] = {bid: hit[1] for bid, b in wanted.items()
+                                                if (hit := cache.get(bid)) and hit[0] == b.get("version")}
+
             async def credit(bid: str) -> tuple[str, float | None]:
                 async with sem:
-                    return bid, _total_credit(await get(f"balances/{bid}/transactions/summary"))
+                    total = _total_credit(await get(f"balances/{bid}/transactions/summary"))
+                if total is not None:
+                    cache[bid] = (wanted[bid].get("version"), total)
+                return bid, total
 
-            credits = dict(await asyncio.gather(*(credit(b) for b in wanted)))
-            result.counts["credit_lookups"] = len(wanted)
+            missing = [bid for bid in wanted if bid not in credits]
+            credits.update(await asyncio.gather(*(credit(bid) for bid in missing)))
+            for stale in set(cache) - {str(b["id"]) for b in balances}:
+                del cache[stale]
+            result.counts["credit_lookups"] = len(missing)
             for rule in balance_rules:
                 firings += R.balance_firings(rule, candidates[rule.name], credits, now)
         for rule in (r for r in rules if r.when.kind == "usage_over_limit"):

@@ -71,9 +71,10 @@ class M3terRuleTrigger(BaseTrigger):
             hook = self._hook()
             excluded = set(self.exclude_keys)
             passes = 0
+            credits: dict[str, tuple[Any, float]] = {}  # balance credit totals by version, across passes
             while True:
                 passes += 1
-                result = await aevaluate(hook, rules, accounts=self.accounts or None)
+                result = await aevaluate(hook, rules, accounts=self.accounts or None, credit_cache=credits)
                 new = [f for f in result.firings if f.key not in excluded]
                 if new:
                     firings = [{"key": f.key, "rule": f.rule, "account_id": f.account_id,

@@ -1,0 +1,76 @@
+"""Evaluation passes of ``percent_of_original`` rules against the m3ter emulator.
+
+Such a rule makes every balance in scope a candidate, and a balance's original credit needs one
+transaction-summary call. The worker pass (:class:`Evaluator`, S3 cache) and the triggerer pass
+(:func:`aevaluate`, the trigger's in-memory cache) must agree on the firings, and both must pay
+for a balance's credit once per balance version, not once per pass: a trigger polls for hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from m3sh.config import TriggerRule
+
+pytestmark = pytest.mark.sandbox
+
+RULE = TriggerRule.model_validate({"name": "half_spent", "when": {"balance_below": {"percent_of_original": 50}},
+                                   "actions": [{"reset_balance_to": 0}]})
+
+
+def _summary_calls(sandbox: Any) -> int:
+    counts: dict[str, int] = sandbox.stats("m3ter")["counts"]
+    return sum(n for k, n in counts.items() if k.startswith("GET ") and k.endswith("/transactions/summary"))
+
+
+def test_percent_rule_passes_agree_and_look_each_credit_up_once_per_balance_version(fresh_sandbox: Any) -> None:
+    from m3sh.automation.evaluate import CreditsCache, Evaluator, aevaluate
+    from m3sh.config import StorageConfig
+    from m3sh.hooks.m3ter import M3terAsyncHook, M3terHook
+    from m3sh.storage import Storage
+
+    hook = M3terHook()
+    now = dt.datetime.now(dt.UTC).isoformat()
+    # in scope: the balances running now (an ended or future period cannot fire)
+    balances = sorted((b for b in hook.iter_entities("balances") if b["startDate"] <= now < b["endDate"]),
+                      key=lambda b: b["code"])
+    assert len(balances) >= 2, "the demo seed has running prepaid balances"
+    spent, other = balances[0], balances[1]
+    code = hook.get("accounts", spent["accountId"])["code"]
+    fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=code, amount=float(spent["amount"]) * 0.6)
+
+    cache: dict[str, tuple[Any, float]] = {}
+    ahook = M3terAsyncHook()
+
+    def async_pass() -> Any:
+        return asyncio.run(aevaluate(ahook, [RULE], credit_cache=cache))
+
+    before = _summary_calls(fresh_sandbox)
+    first = async_pass()
+    keys = [f.key for f in first.firings]
+    assert [f.entity_id for f in first.firings] == [spent["id"]], keys
+    assert first.counts["credit_lookups"] == len(balances)
+    assert _summary_calls(fresh_sandbox) - before == len(balances)
+
+    second = async_pass()
+    assert [f.key for f in second.firings] == keys
+    assert second.counts["credit_lookups"] == 0
+    assert _summary_calls(fresh_sandbox) - before == len(balances)
+
+    # A top-up changes one balance's version (and its original): only that one is looked up again.
+    hook.create_balance_transaction(other["id"], {"amount": 10, "description": f"test top-up {uuid.uuid4().hex}"})
+    third = async_pass()
+    assert third.counts["credit_lookups"] == 1
+    assert [f.key for f in third.firings] == keys
+
+    # The worker pass (S3 cache) reaches the same firings.
+    storage = Storage.from_config(StorageConfig(prefix=f"t-{uuid.uuid4().hex[:8]}/"))
+    worker = Evaluator(hook, CreditsCache(storage).load()).run([RULE])
+    assert [f.key for f in worker.firings] == keys
+    assert worker.counts["credit_lookups"] == len(balances)
+    assert Evaluator(hook, CreditsCache(storage).load()).run([RULE]).counts["credit_lookups"] == 0
