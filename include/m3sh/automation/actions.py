@@ -267,9 +267,13 @@ class ActionRunner:
     # -- custom fields ------------------------------------------------------------------------
     def set_custom_fields(self, firing: Firing, fields: dict[str, Any], on: str) -> Outcome:
         if on == "accountplan":
+            # Contract rules aim at the plan from the contract's end (a renewal a switch_plan before
+            # attached); without one the plan running now is current (it ends with the contract).
             now = dt.datetime.now(dt.UTC)
             at = max(now, parse_instant(firing.event_time)) if firing.entity == "contract" else now
-            plans = [ap for ap in self.account_plans(firing.account_id) if active_at(ap, at)]
+            account_plans = self.account_plans(firing.account_id)
+            plans = ([ap for ap in account_plans if active_at(ap, at)]
+                     or [ap for ap in account_plans if active_at(ap, now)])
             if not plans:
                 return Outcome("skipped", f"account {firing.account_code} has no account plan active at {at:%Y-%m-%d}")
             target, path = plans[0], "accountplans"

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DAG_ID = "m3sh_plan_triggers"
 NOTIFICATIONS_ASSET_URI = "m3sh://m3ter/notifications"
 FIRINGS_PER_TASK = 50
+DRY_RUN_LISTED = 200  # firings a dry run lists in its result
 MAP_LABEL = "{{ task.op_kwargs['chunk'] | length }} firing(s)"
 
 
@@ -79,8 +80,12 @@ def build_plan_triggers_dag(cfg: M3shConfig | None = None) -> DAG:
                 plan = [plan_actions(f, by_name[f.rule], ledger.get(f.key)) for f in result.firings]
                 for p in plan:
                     log.info("DRY RUN %s %s account=%s actions=%s", p["status"], p["key"], p["account"], p["actions"])
+                # The run's result (XCom, Airflow UI) names each firing and its actions; capped so a
+                # dry run over a big org stays a small XCom (the log above has every line).
                 return {"chunks": [], "firings": len(plan), "dry_run": True,
-                        "would_fire": [p["key"] for p in plan if p["status"] == "would_fire"][:200]}
+                        "would_fire": [p["key"] for p in plan if p["status"] == "would_fire"][:DRY_RUN_LISTED],
+                        "plan": [{k: p[k] for k in ("key", "account", "status", "actions")}
+                                 for p in plan[:DRY_RUN_LISTED]]}
             # Firings whose key is already final would only be re-claimed to read "already done".
             final = Ledger(storage).final_keys(f.key for f in result.firings)
             if final:
@@ -127,6 +132,7 @@ def build_plan_triggers_dag(cfg: M3shConfig | None = None) -> DAG:
             if evaluation.get("dry_run"):
                 totals["firings"] = evaluation.get("firings", 0)
                 totals["would_fire"] = evaluation.get("would_fire", [])
+                totals["plan"] = evaluation.get("plan", [])
             log.info("plan triggers summary: %s", totals)
             if totals["failed_keys"]:
                 raise RunFailed(f"{len(totals['failed_keys'])} firing(s) had a failed action; the next pass "
