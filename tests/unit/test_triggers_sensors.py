@@ -15,6 +15,12 @@ import pytest
 
 from m3sh.automation.rules import Firing
 from m3sh.config import TriggerRule
+from m3sh.sensors.m3ter import (
+    M3terBalanceSensor,
+    M3terContractEndSensor,
+    M3terRuleSensor,
+    M3terUsageLimitSensor,
+)
 from m3sh.triggers.m3ter import (
     M3terBalanceTrigger,
     M3terContractEndTrigger,
@@ -111,8 +117,6 @@ def test_contract_end_trigger_against_the_sandbox(fresh_sandbox: Any) -> None:
 def test_sensor_defers_to_its_trigger_when_nothing_fires_yet(sandbox: Any) -> None:
     from airflow.sdk.exceptions import TaskDeferred
 
-    from m3sh.sensors.m3ter import M3terBalanceSensor
-
     sandbox.reset("demo")
     sensor = M3terBalanceSensor(task_id="wait_low_balance", rules=["prepaid_depleted"], deferrable=True,
                                 poll_interval=30, timeout=600)
@@ -131,7 +135,6 @@ def test_sensor_poke_mode_fallback_and_execute_complete(sandbox: Any) -> None:
     from airflow.sdk.exceptions import AirflowException
 
     from m3sh.hooks.m3ter import M3terHook
-    from m3sh.sensors.m3ter import M3terBalanceSensor
 
     sandbox.reset("demo")
     sensor = M3terBalanceSensor(task_id="wait", rules=["prepaid_depleted"], deferrable=False, exclude_handled=False)
@@ -146,3 +149,24 @@ def test_sensor_poke_mode_fallback_and_execute_complete(sandbox: Any) -> None:
                                         "message": "1 firing"}) == poked.xcom_value
     with pytest.raises(AirflowException, match="trigger failed: boom"):
         sensor.execute_complete({}, {"status": "error", "message": "boom", "firings": []})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cls", [M3terBalanceSensor, M3terUsageLimitSensor, M3terContractEndSensor])
+def test_resuming_with_an_error_event_fails_the_task_with_the_trigger_message(cls: type[M3terRuleSensor]) -> None:
+    """The task runner resumes a deferred sensor through ``resume_execution``: an error event (or
+    none) must fail the task naming the task and the trigger's reason, and ``soft_fail`` must skip it."""
+    from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+
+    sensor = cls(task_id="wait_rule", deferrable=True)
+    error = {"status": "error", "message": "APIConnectionError: m3ter unreachable", "firings": []}
+    with pytest.raises(AirflowException, match="wait_rule: trigger failed: APIConnectionError: m3ter unreachable"):
+        sensor.resume_execution("execute_complete", {"event": error}, context={})
+    with pytest.raises(AirflowException, match="wait_rule: trigger failed: no event"):
+        sensor.execute_complete({}, None)  # type: ignore[arg-type]
+    firings = [{"key": "r|a1|meter:api_calls|period=2026-11", "rule": "r", "account_id": "a1",
+                "account_code": "acme", "entity_id": "api_calls", "detail": {"usage": 2.0}}]
+    assert sensor.resume_execution("execute_complete", {"event": {"status": "success", "message": "1 firing(s)",
+                                                                  "firings": firings}}, context={}) == firings
+    soft = cls(task_id="wait_soft", deferrable=True, soft_fail=True)
+    with pytest.raises(AirflowSkipException):
+        soft.resume_execution("execute_complete", {"event": error}, context={})
