@@ -10,16 +10,15 @@ action, then measures with the real m3sh code:
   webhook racing a scheduled pass would), then counted as m3sh reset transactions per balance;
   the live phase's firings are counted the same way and added;
 * ``webhook_to_action_*``: the live phase, in a running ``airflow standalone`` (SQLite,
-  LocalExecutor; :mod:`benchmarks._airflow`). It gets a fresh small sandbox (the m3ter demo seed
-  plus 300 prepaid accounts, the demo company's size): at N = 10,000 every ``m3sh_plan_triggers``
-  run also re-claims the 100 standing firings (three mapped tasks) and took 60-120 s on a shared
-  2-core machine. K+1 of the prepaid accounts are depleted one after another through the emulator
-  (a usage draw-down from 1000 to 50); each time m3ter's notification sends a signed delivery to
-  the m3sh receiver served by the Airflow api-server plugin (``/m3sh/webhooks/m3ter``), which
-  records an asset event; the scheduler queues ``m3sh_plan_triggers``, whose tasks evaluate every
-  account and apply the rule. A sample is the time from the draw-down until the firing's ledger
-  entry in S3 is ``done`` (the balance reset and the custom field written in m3ter), polled every
-  0.2 s; the run then finishes before the next draw-down. The first sample (first delivery to the
+  LocalExecutor; :mod:`benchmarks._airflow`) on the same sandbox: the N accounts, their 1% depleted
+  firings already done in the ledger (a pass drops them through the final-key markers), plus K+1
+  healthy prepaid accounts that are depleted one after another through the emulator (a usage
+  draw-down from 1000 to 50). Each time m3ter's notification sends a signed delivery to the m3sh
+  receiver served by the Airflow api-server plugin (``/m3sh/webhooks/m3ter``), which records an
+  asset event; the scheduler queues ``m3sh_plan_triggers``, whose tasks evaluate every account
+  and apply the rule. A sample is the time from the draw-down until the firing's ledger entry in
+  S3 is ``done`` (the balance reset and the custom field written in m3ter), polled every 0.2 s;
+  the run then finishes before the next draw-down. The first sample (first delivery to the
   receiver, first task processes) is reported as ``webhook_to_action_warmup_s``, not in the
   percentiles. ``webhook_breakdown_p50_s`` splits the time by Airflow's own timestamps (run
   queued, ``evaluate`` start/end, first ``apply_firings`` start, ledger entry finished).
@@ -63,7 +62,6 @@ triggers:
 EMULATORS = ["m3ter", "moto", "platform"]
 PORT_START_ENV = "M3SH_BENCH_PORT_START"  # also reaches this module through `python -m benchmarks`
 LIVE_PREFIX = "live"
-LIVE_ACCOUNTS = 300  # prepaid accounts in the live phase's sandbox: the demo company's size
 HEALTHY = 1000.0  # a sampled balance holds this much before its draw-down ...
 DRAWDOWN = 950.0  # ... and this draw-down takes it under the rule's threshold of 100
 SAMPLE_TIMEOUT_S = 90.0
@@ -94,9 +92,7 @@ def run(n_accounts: int, samples: int, port_start: int = PORT_START) -> dict[str
     with sandbox(EMULATORS, limits=True, start=port_start) as box:
         os.environ["M3SH_CONFIG"] = str(_config(Path(tempfile.mkdtemp(prefix="m3sh-bench-triggers-"))))
         result = _measure(box, Path(os.environ["M3SH_CONFIG"]), n_accounts)
-    # The live phase gets a fresh, small sandbox: see the module docstring for why.
-    with sandbox(EMULATORS, limits=True, start=port_start) as box:
-        os.environ["M3SH_CONFIG"] = str(_config(Path(tempfile.mkdtemp(prefix="m3sh-bench-triggers-"))))
+        # The live phase runs on the same N accounts, its 1% depleted firings done in the ledger.
         live = _live_latency(box, Path(os.environ["M3SH_CONFIG"]), samples)
     result["double_fires"] += live.pop("double_fires")
     result.update(live)
@@ -182,8 +178,8 @@ def _live_latency(box: Any, cfg_path: Path, samples: int) -> dict[str, Any]:
     from m3sh.hooks.m3ter import M3terHook
     from m3sh.storage import Storage
 
-    # Healthy prepaid accounts beside the demo seed's; the first samples + 1 are depleted one after another.
-    admin(box, "m3ter", "bulk_seed", body={"accounts": max(LIVE_ACCOUNTS, samples + 1), "prefix": LIVE_PREFIX,
+    # samples + 1 healthy prepaid accounts beside the N measured above, depleted one after another.
+    admin(box, "m3ter", "bulk_seed", body={"accounts": samples + 1, "prefix": LIVE_PREFIX,
                                            "credit": HEALTHY, "depleted_every": 0})
     codes = [f"{LIVE_PREFIX}-{i:05d}" for i in range(samples + 1)]
     cfg = load_config(cfg_path)
@@ -216,14 +212,13 @@ def _live_latency(box: Any, cfg_path: Path, samples: int) -> dict[str, Any]:
         "double_fires": sum(_extra_resets(hook, b) for b in balances),
         "airflow_startup_s": round(startup_s, 1),
         "airflow_settings": LIVE_AIRFLOW_SETTINGS,
-        "note": "webhook_to_action_*: live `airflow standalone` (SQLite, LocalExecutor) on a fresh small sandbox "
-                f"(m3ter demo seed + {LIVE_ACCOUNTS} prepaid accounts, {accounts} accounts in all; at 10k accounts "
-                "each DAG run also re-claims the 100 standing firings and took 60-120 s on a shared 2-core machine): "
-                "m3ter emulator draw-down -> notification -> signed delivery to the receiver in the Airflow "
-                f"api-server -> asset event -> asset-triggered {DAG_ID} run (evaluate every account, apply) -> "
-                "ledger entry done, one depletion at a time from an idle Airflow; percentiles over the samples "
-                "after one warm-up. breakdown: seconds from the draw-down. m3ter rate limits on. api_calls, "
-                "seconds: 10k-account sandbox, no Airflow; double_fires: its racing runs plus the live samples.",
+        "note": "webhook_to_action_*: live `airflow standalone` (SQLite, LocalExecutor) on the benchmark's sandbox "
+                f"({accounts} accounts, the 1% depleted ones already done): m3ter emulator draw-down -> "
+                "notification -> signed delivery to the receiver in the Airflow api-server -> asset event -> "
+                f"asset-triggered {DAG_ID} run (evaluate every account, apply) -> ledger entry done, one depletion "
+                "at a time from an idle Airflow; percentiles over the samples after one warm-up. breakdown: "
+                "seconds from the draw-down. m3ter rate limits on. api_calls, seconds: the same sandbox without "
+                "Airflow; double_fires: its racing runs plus the live samples.",
     }
 
 
