@@ -7,6 +7,7 @@ in a pre-commit hook, so it must not import Airflow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -87,7 +88,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.root).resolve(), port=args.port, once=args.once, only=args.only)
 
 
+def _airflow_logs_to_stderr() -> None:
+    """Keep stdout for the command's JSON: Airflow's log set-up (done on its first import) binds
+    its console logger to the stdout of that moment, and its warnings (e.g. an empty Fernet key)
+    would otherwise land in the middle of output that scripts parse."""
+    with contextlib.redirect_stdout(sys.stderr):
+        import airflow  # noqa: F401  # the import configures logging
+
+
 def _cmd_triggers_sync(args: argparse.Namespace) -> int:
+    _airflow_logs_to_stderr()
     from m3sh.automation.notifications import sync_notifications
 
     result = sync_notifications(args.config, webhook_url=args.webhook_url, dry_run=args.dry_run)
