@@ -74,3 +74,31 @@ def test_percent_rule_passes_agree_and_look_each_credit_up_once_per_balance_vers
     assert [f.key for f in worker.firings] == keys
     assert worker.counts["credit_lookups"] == len(balances)
     assert Evaluator(hook, CreditsCache(storage).load()).run([RULE]).counts["credit_lookups"] == 0
+
+
+def test_product_filter_limits_a_rule_to_balances_drawing_down_for_its_products(fresh_sandbox: Any) -> None:
+    """``product_codes`` are resolved to m3ter product ids once per pass (both passes); a balance
+    restricted to another product is out of scope, one without products covers every product."""
+    from m3sh.automation.evaluate import Evaluator, aevaluate
+    from m3sh.hooks.m3ter import M3terAsyncHook, M3terHook
+    from m3sh.sandbox.seed import PRODUCT_CODE
+
+    hook = M3terHook()
+    now = dt.datetime.now(dt.UTC).isoformat()
+    running = sorted((b for b in hook.iter_entities("balances") if b["startDate"] <= now < b["endDate"]),
+                     key=lambda b: b["code"])
+    api_only, addon_only, unrestricted = running[:3]
+    api = hook.find_by_code("products", PRODUCT_CODE)
+    addon = hook.upsert_by_code("products", "storage_addon", {"name": "Storage add-on"}).entity
+    assert api is not None and addon is not None
+    hook.update("balances", api_only["id"], {"productIds": [api["id"]]}, current=api_only)
+    hook.update("balances", addon_only["id"], {"productIds": [addon["id"]]}, current=addon_only)
+    for b in (api_only, addon_only, unrestricted):
+        fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=hook.get("accounts", b["accountId"])["code"],
+                            amount=float(b["amount"]) - 40)
+    rule = TriggerRule.model_validate({"name": "api_low", "actions": [{"reset_balance_to": 0}],
+                                       "when": {"balance_below": {"amount": 100, "product_codes": [PRODUCT_CODE]}}})
+
+    worker = sorted(f.entity_id for f in Evaluator(hook).run([rule]).firings)
+    triggerer = sorted(f.entity_id for f in asyncio.run(aevaluate(M3terAsyncHook(), [rule])).firings)
+    assert worker == triggerer == sorted([api_only["id"], unrestricted["id"]])
