@@ -13,7 +13,7 @@ import string
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -576,16 +576,14 @@ class M3shConfig(_Model):
                 errors.append((("set_custom_fields", name),
                                f"custom field {name!r} on the {target} is not declared in "
                                f"m3ter.custom_fields.{target}; declared: {sorted(declared)}"))
-        sources = [s for s in self.crm.sources if s.enabled]
-        prefixes = {s.type for s in sources} | {s.name for s in sources}
+        # A CRM type, configured or not: disabling or removing a CRM must not invalidate the rules
+        # (such writes are skipped at run time, with the reason in the ledger); anything else is a typo.
+        prefixes = set(get_args(CrmSource.model_fields["type"].annotation))
         for key in action.update_crm_fields or {}:
             prefix = key.split(".", 1)[0] if "." in key else None
             if prefix is not None and prefix not in prefixes:
                 errors.append((("update_crm_fields", key),
-                               f"{key!r} targets CRM {prefix!r}, which is not an enabled crm.sources type or name; "
-                               f"known: {sorted(prefixes)}"))
-            elif prefix is None and not sources:
-                errors.append((("update_crm_fields", key), f"{key!r}: no enabled CRM source in crm.sources"))
+                               f"{key!r} targets CRM {prefix!r}; a prefix names a CRM type: {sorted(prefixes)}"))
         return errors
 
     def destination(self, name: str) -> Any:

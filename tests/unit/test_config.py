@@ -71,11 +71,10 @@ def test_trigger_actions_name_only_declared_plans_custom_fields_and_crms() -> No
     assert "custom field 'renewal_status' on the accountplan is not declared" in _error(on_plan)
     msg = _error(DEMO.replace("hubspot.description:", "hubspt.description:"))
     assert ("triggers[1].actions[1].update_crm_fields.hubspt.description: 'hubspt.description' targets CRM "
-            "'hubspt', which is not an enabled crm.sources type or name") in msg
-    head, rest = DEMO.split("  sources:\n", 1)
-    no_crm = head + "  sources: []\n" + rest[rest.index("\nusage:"):]
-    msg = _error(no_crm.replace('salesforce.Description: "Renewal due (m3sh)", hubspot.description', "Description"))
-    assert "update_crm_fields.Description: 'Description': no enabled CRM source in crm.sources" in msg
+            "'hubspt'; a prefix names a CRM type: ['hubspot', 'salesforce']") in msg
+    # without a HubSpot source the rule stays valid (consolidating CRMs must not break the rules)
+    head, rest = DEMO.split("    - name: hubspot\n", 1)
+    parse_config(head + rest[rest.index("\nusage:"):])
     # a plan only the rules use (say a downgrade no CRM product maps to) is declared in m3ter.plans
     downgrade = DEMO.replace("- switch_plan: growth_usd\n      - reset", "- switch_plan: lite_usd\n      - reset")
     assert "plan 'lite_usd' is not declared; declare it in m3ter.plans" in _error(downgrade)
