@@ -322,6 +322,9 @@ def test_signed_m3ter_webhook_starts_an_asset_triggered_run_that_acts_once_and_f
                 lambda: (r := api.run(PLAN_DAG_ID, run_id))["state"] in ("success", "failed") and r, stack)
     assert run["state"] == "success", stack.tail("scheduler")
     assert run["run_type"] == "asset_triggered", run  # the webhook started it: no schedule, no manual run
+    # ... and read only the notified account's balances (the asset event named it)
+    evaluated = api.xcom(PLAN_DAG_ID, run_id, "evaluate")
+    assert evaluated["scope"] == f"balance rules of the notified account(s) {[account['id']]}", evaluated
     assert _plan_run_ids(api) - runs_before == {run_id}
     assert _asset_event_count(api) == events_before + 1
     deliveries = fresh_sandbox.state("m3ter")["webhook_deliveries"]

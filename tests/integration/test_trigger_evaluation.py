@@ -102,3 +102,40 @@ def test_product_filter_limits_a_rule_to_balances_drawing_down_for_its_products(
     worker = sorted(f.entity_id for f in Evaluator(hook).run([rule]).firings)
     triggerer = sorted(f.entity_id for f in asyncio.run(aevaluate(M3terAsyncHook(), [rule])).firings)
     assert worker == triggerer == sorted([api_only["id"], unrestricted["id"]])
+
+
+def test_a_notified_pass_reads_only_the_notified_accounts_balances_and_keeps_the_credit_cache(
+        fresh_sandbox: Any) -> None:
+    """What a webhook-started run does: one balance call per notified account, balance rules only,
+    the same firing as a full pass, and the S3 credit cache of the other balances left intact."""
+    from m3sh.automation.evaluate import CreditsCache, Evaluator
+    from m3sh.config import StorageConfig
+    from m3sh.hooks.m3ter import M3terHook
+    from m3sh.storage import Storage
+
+    hook = M3terHook()
+    balance = sorted(hook.iter_entities("balances"), key=lambda b: b["code"])[0]
+    code = hook.get("accounts", balance["accountId"])["code"]
+    fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=code, amount=float(balance["amount"]) - 40)
+    low = TriggerRule.model_validate({"name": "low", "when": {"balance_below": {"amount": 100}},
+                                      "actions": [{"reset_balance_to": 0}]})
+    contract = TriggerRule.model_validate({"name": "renew", "when": {"contract_ending_within_days": 3650},
+                                           "actions": [{"notify": "ops_slack"}]})
+    storage = Storage.from_config(StorageConfig(prefix=f"t-{uuid.uuid4().hex[:8]}/"))
+    full = Evaluator(hook, CreditsCache(storage).load()).run([low])
+    cached = dict(CreditsCache(storage).load().entries)
+    assert [f.entity_id for f in full.firings] == [balance["id"]] and cached
+
+    def gets() -> dict[str, int]:
+        return {k: n for k, n in fresh_sandbox.stats("m3ter")["counts"].items() if k.startswith("GET ")}
+
+    before = gets()
+    narrowed = Evaluator(hook, CreditsCache(storage).load()).run(
+        [low, contract], notified_account_ids=[balance["accountId"]])
+    made = {k: n - before.get(k, 0) for k, n in gets().items() if n != before.get(k, 0)}
+    assert [f.key for f in narrowed.firings] == [f.key for f in full.firings]  # the contract rule is not run
+    assert narrowed.counts["balances"] == len([b for b in hook.iter_entities("balances")
+                                               if b["accountId"] == balance["accountId"]])
+    assert sum(n for k, n in made.items() if k.endswith("/balances")) == 1, made  # one page, one account
+    assert not any(k.endswith("/contracts") for k in made), made
+    assert CreditsCache(storage).load().entries == cached

@@ -180,3 +180,25 @@ def test_open_next_balance_period_code_and_description() -> None:
     text = describe(Action(open_next_balance=OpenNextBalance(months=1, amount=500)))
     assert text == ("open_next_balance: at the balance's end, for 1 month(s), credit 500, "
                     "code {series}-{start:%Y%m%d}")
+
+
+# ------------------------------------------------------------------- webhook-started run scope
+class _Event:
+    def __init__(self, extra: dict[str, object] | None) -> None:
+        self.extra = extra
+
+
+@pytest.mark.parametrize(("events", "expected"), [
+    (None, None),  # scheduled, manual or backfill run
+    ({"m3sh://m3ter/notifications": []}, None),
+    ({"m3sh://m3ter/notifications": [_Event({"account_id": "a2"}), _Event({"account_id": "a1"}),
+                                     _Event({"account_id": "a2"})]}, ["a1", "a2"]),
+    # an event without an account (created by hand in the UI) or a malformed one: full pass
+    ({"m3sh://m3ter/notifications": [_Event({"account_id": "a1"}), _Event({})]}, None),
+    ({"m3sh://m3ter/notifications": [_Event({"account_id": 7})]}, None),
+    ({"m3sh://m3ter/notifications": [_Event({"account_id": f"a{i}"}) for i in range(21)]}, None),
+])
+def test_a_webhook_started_run_narrows_to_the_notified_accounts(events: object, expected: object) -> None:
+    from m3sh.dagkit.plan_triggers import notified_account_ids
+
+    assert notified_account_ids(events) == expected

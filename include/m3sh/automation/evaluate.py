@@ -107,14 +107,23 @@ class Evaluator:
         self.concurrency = concurrency
 
     def run(self, rules: Sequence[TriggerRule], now: dt.datetime | None = None,
-            accounts: Sequence[str] | None = None, persist_cache: bool = True) -> Evaluation:
+            accounts: Sequence[str] | None = None, persist_cache: bool = True,
+            notified_account_ids: Sequence[str] | None = None) -> Evaluation:
+        """One pass; ``notified_account_ids`` narrows it to the balance rules of those accounts.
+
+        m3ter's notifications are balance events that name their account, so the run they start
+        reads that account's balances (one call each) instead of paging through every balance of
+        the org; usage and contract rules are left to the scheduled pass.
+        """
         now = now or dt.datetime.now(dt.UTC)
+        if notified_account_ids is not None:
+            rules = [r for r in rules if r.when.kind == "balance_below"]
         kinds = _kinds(rules)
         result = Evaluation([], counts={})
         firings: list[Firing] = []
         if "balance_below" in kinds:
             firings += self._balances([r for r in rules if r.when.kind == "balance_below"], now, result,
-                                      persist_cache)
+                                      persist_cache, notified_account_ids)
         for rule in (r for r in rules if r.when.kind == "usage_over_limit"):
             firings += self._usage(rule, now, result)
         contract_rules = [r for r in rules if r.when.kind in ("contract_ending", "contract_ended")]
@@ -128,8 +137,13 @@ class Evaluator:
         return result
 
     def _balances(self, rules: list[TriggerRule], now: dt.datetime, result: Evaluation,
-                  persist_cache: bool) -> list[Firing]:
-        balances = list(self.hook.iter_entities("balances", page_size=PAGE))
+                  persist_cache: bool, account_ids: Sequence[str] | None = None) -> list[Firing]:
+        if account_ids is None:
+            balances = list(self.hook.iter_entities("balances", page_size=PAGE))
+        else:
+            balances = [b for aid in sorted(set(account_ids))
+                        for b in self.hook.iter_entities("balances", page_size=PAGE, accountId=aid)]
+            persist_cache = False  # a partial listing must not prune the other balances' cached credits
         result.counts["balances"] = len(balances)
         products = self._product_ids(rules)
         candidates: dict[str, list[Mapping[str, Any]]] = {}

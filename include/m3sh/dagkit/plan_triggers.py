@@ -3,7 +3,9 @@ resets, custom fields, CRM fields and notifications, each firing acted on exactl
 
 Schedule: every 5 minutes **or** when the m3sh webhook receiver records an event on the asset
 ``m3sh://m3ter/notifications`` (a signed m3ter notification arrived), so a depleted balance is
-handled within seconds instead of at the next poll.
+handled within seconds instead of at the next poll. A run started by notifications evaluates the
+balance rules of the accounts they name (one balance call each, whatever the org's size); the
+scheduled pass covers everything, every 5 minutes.
 
 Graph: ``evaluate`` (one pass over m3ter list endpoints for every account) -> ``apply_firings``
 (mapped over chunks of firings; each firing claimed in the S3 ledger, actions in order, every
@@ -28,11 +30,30 @@ DAG_ID = "m3sh_plan_triggers"
 NOTIFICATIONS_ASSET_URI = "m3sh://m3ter/notifications"
 FIRINGS_PER_TASK = 50
 DRY_RUN_LISTED = 200  # firings a dry run lists in its result
+# A webhook-started run reads each notified account's balances (one call each); past this many
+# accounts one full pass (~N/100 pages) is cheaper than that many calls.
+MAX_NOTIFIED_ACCOUNTS = 20
 MAP_LABEL = "{{ task.op_kwargs['chunk'] | length }} firing(s)"
 
 
 def notifications_asset() -> Asset:
     return Asset(uri=NOTIFICATIONS_ASSET_URI, name="m3ter_notifications")
+
+
+def notified_account_ids(events: Any) -> list[str] | None:
+    """The m3ter account ids named by the notifications that started this run, or ``None`` for a
+    full pass: a scheduled, manual or backfill run, an event without an account (e.g. one created
+    by hand in the UI), or more accounts than a narrowed pass is worth."""
+    if not events:
+        return None
+    ids: set[str] = set()
+    for asset in events:
+        for event in events[asset]:
+            account_id = (getattr(event, "extra", None) or {}).get("account_id")
+            if not isinstance(account_id, str) or not account_id:
+                return None
+            ids.add(account_id)
+    return sorted(ids) if 0 < len(ids) <= MAX_NOTIFIED_ACCOUNTS else None
 
 
 def build_plan_triggers_dag(cfg: M3shConfig | None = None) -> DAG:
@@ -53,7 +74,8 @@ def build_plan_triggers_dag(cfg: M3shConfig | None = None) -> DAG:
     ) as dag:
 
         @task
-        def evaluate(params: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        def evaluate(params: dict[str, Any], run_id: str | None = None,
+                     triggering_asset_events: Any = None) -> dict[str, Any]:
             from m3sh.automation.actions import plan_actions
             from m3sh.automation.evaluate import CreditsCache, Evaluator
             from m3sh.automation.ledger import Ledger
@@ -68,9 +90,17 @@ def build_plan_triggers_dag(cfg: M3shConfig | None = None) -> DAG:
                 log.info("no enabled trigger rule selected; nothing to evaluate")
                 return {"chunks": [], "firings": 0, "dry_run": dry_run}
             storage = Storage.from_config(conf.storage)
-            cache = CreditsCache(storage).load()
+            notified = notified_account_ids(triggering_asset_events)
+            if notified is None:
+                scope = "all accounts"
+                cache = CreditsCache(storage).load()
+            else:  # a webhook-started run: the notified accounts' balances only (see Evaluator.run)
+                scope = f"balance rules of the notified account(s) {notified}"
+                cache = None
+            log.info("evaluating %s", scope)
             result = Evaluator(M3terHook(conf.m3ter.conn_id), cache).run(
-                rules, accounts=params.get("accounts") or None, persist_cache=not dry_run)
+                rules, accounts=params.get("accounts") or None, persist_cache=not dry_run,
+                notified_account_ids=notified)
             for note in result.notes:
                 log.warning("%s", note)
             log.info("evaluated %d rule(s): %s; %d firing(s)", len(rules), result.counts, len(result.firings))
@@ -82,7 +112,7 @@ def build_plan_triggers_dag(cfg: M3shConfig | None = None) -> DAG:
                     log.info("DRY RUN %s %s account=%s actions=%s", p["status"], p["key"], p["account"], p["actions"])
                 # The run's result (XCom, Airflow UI) names each firing and its actions; capped so a
                 # dry run over a big org stays a small XCom (the log above has every line).
-                return {"chunks": [], "firings": len(plan), "dry_run": True,
+                return {"chunks": [], "firings": len(plan), "dry_run": True, "scope": scope,
                         "would_fire": [p["key"] for p in plan if p["status"] == "would_fire"][:DRY_RUN_LISTED],
                         "plan": [{k: p[k] for k in ("key", "account", "status", "actions")}
                                  for p in plan[:DRY_RUN_LISTED]]}
@@ -94,7 +124,7 @@ def build_plan_triggers_dag(cfg: M3shConfig | None = None) -> DAG:
             chunks = [firings[i:i + FIRINGS_PER_TASK] for i in range(0, len(firings), FIRINGS_PER_TASK)]
             if len(chunks) > 1024:
                 raise RunFailed(f"{len(firings)} firings exceed 1024 mapped tasks", records=[])
-            return {"chunks": chunks, "firings": len(firings), "dry_run": False}
+            return {"chunks": chunks, "firings": len(firings), "dry_run": False, "scope": scope}
 
         @task
         def chunks_of(evaluation: dict[str, Any]) -> list[list[dict[str, Any]]]:
