@@ -15,10 +15,11 @@ action, then measures with the real m3sh code:
   healthy prepaid accounts that are depleted one after another through the emulator (a usage
   draw-down from 1000 to 50). Each time m3ter's notification sends a signed delivery to the m3sh
   receiver served by the Airflow api-server plugin (``/m3sh/webhooks/m3ter``), which records an
-  asset event; the scheduler queues ``m3sh_plan_triggers``, whose tasks evaluate every account
-  and apply the rule. A sample is the time from the draw-down until the firing's ledger entry in
-  S3 is ``done`` (the balance reset and the custom field written in m3ter), polled every 0.2 s;
-  the run then finishes before the next draw-down. The first sample (first delivery to the
+  asset event; the scheduler queues ``m3sh_plan_triggers``, whose tasks evaluate the balance rules
+  of the account the notification names (a webhook-started run) and apply the rule. A sample is
+  the time from the draw-down until the firing's ledger entry in S3 is ``done`` (the balance reset
+  and the custom field written in m3ter), polled every 0.2 s; the run then finishes before the
+  next draw-down. The first sample (first delivery to the
   receiver, first task processes) is reported as ``webhook_to_action_warmup_s``, not in the
   percentiles. ``webhook_breakdown_p50_s`` splits the time by Airflow's own timestamps (run
   queued, ``evaluate`` start/end, first ``apply_firings`` start, ledger entry finished).
@@ -215,7 +216,8 @@ def _live_latency(box: Any, cfg_path: Path, samples: int) -> dict[str, Any]:
         "note": "webhook_to_action_*: live `airflow standalone` (SQLite, LocalExecutor) on the benchmark's sandbox "
                 f"({accounts} accounts, the 1% depleted ones already done): m3ter emulator draw-down -> "
                 "notification -> signed delivery to the receiver in the Airflow api-server -> asset event -> "
-                f"asset-triggered {DAG_ID} run (evaluate every account, apply) -> ledger entry done, one depletion "
+                f"asset-triggered {DAG_ID} run (evaluate the notified account's balances, apply) -> ledger entry "
+                "done, one depletion "
                 "at a time from an idle Airflow; percentiles over the samples after one warm-up. breakdown: "
                 "seconds from the draw-down. m3ter rate limits on. api_calls, seconds: the same sandbox without "
                 "Airflow; double_fires: its racing runs plus the live samples.",
