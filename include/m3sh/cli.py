@@ -18,13 +18,16 @@ from m3sh.exceptions import ConfigError
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
-    from m3sh.config import load_config
+    from m3sh.config import config_warnings, parse_config, read_config_text
 
     try:
-        cfg = load_config(args.path)
+        text, source = read_config_text(args.path)
+        cfg = parse_config(text, source)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    for warning in config_warnings(text, source):  # valid, but something could not be checked
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"OK {args.path or 'default config'}: {len(cfg.crm.sources)} CRM source(s), {len(cfg.usage.feeds)} usage "
         f"feed(s), {len(cfg.invoicing.destinations)} destination(s), {len(cfg.invoicing.routes)} route(s), "
@@ -88,20 +91,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.root).resolve(), port=args.port, once=args.once, only=args.only)
 
 
-def _airflow_logs_to_stderr() -> None:
-    """Keep stdout for the command's JSON: Airflow's log set-up (done on its first import) binds
-    its console logger to the stdout of that moment, and its warnings (e.g. an empty Fernet key)
-    would otherwise land in the middle of output that scripts parse."""
-    with contextlib.redirect_stdout(sys.stderr):
-        import airflow  # noqa: F401  # the import configures logging
-
-
 def _cmd_triggers_sync(args: argparse.Namespace) -> int:
-    _airflow_logs_to_stderr()
-    from m3sh.automation.notifications import sync_notifications
+    # stdout carries only the JSON result, for scripts: everything the command runs prints (Airflow
+    # and its task SDK log to stdout, e.g. an empty-Fernet-key warning) goes to stderr instead.
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        from m3sh.automation.notifications import sync_notifications
 
-    result = sync_notifications(args.config, webhook_url=args.webhook_url, dry_run=args.dry_run)
-    print(json.dumps(result, indent=2))
+        result = sync_notifications(args.config, webhook_url=args.webhook_url, dry_run=args.dry_run)
+    print(json.dumps(result, indent=2), file=out)
     return 0
 
 

@@ -60,10 +60,11 @@ class M3terConfig(_Model):
         description="m3ter plan codes trigger rules may switch to besides crm.plan_map values and "
                     "crm.default_plan (e.g. a downgrade plan no CRM product maps to); `m3sh config validate` "
                     "rejects a switch_plan to any other code, so a typo fails before it reaches m3ter")
-    custom_fields: CustomFieldDeclarations = Field(
-        CustomFieldDeclarations(),
-        description="Custom fields m3sh writes in m3ter, per entity; a trigger rule's set_custom_fields may only "
-                    "name declared fields, so a typo cannot silently create a new field on every account")
+    custom_fields: CustomFieldDeclarations | None = Field(
+        None,
+        description="Custom fields m3sh writes in m3ter, per entity; once declared, a trigger rule's "
+                    "set_custom_fields may only name declared fields, so a typo cannot silently create a new field "
+                    "on every account (without it, `m3sh config validate` warns that field names are unchecked)")
 
 
 # ----------------------------------------------------------------------------------- CRM sources
@@ -557,6 +558,25 @@ class M3shConfig(_Model):
                                    f"is {rule.when.kind})"))
         return errors
 
+    def reference_warnings(self) -> list[tuple[tuple[int | str, ...], str]]:
+        """References that cannot be checked because nothing is declared to check them against.
+
+        Not errors: a config written before the declarations existed must keep loading (a config
+        error fails every DAG's import); ``m3sh config validate`` shows these so they get declared.
+        """
+        warnings: list[tuple[tuple[int | str, ...], str]] = []
+        for i, rule in enumerate(self.triggers):
+            for j, action in enumerate(rule.actions):
+                loc: tuple[int | str, ...] = ("triggers", i, "actions", j)
+                if action.switch_plan and not self.known_plans():
+                    warnings.append(((*loc, "switch_plan"), f"plan {action.switch_plan!r} is unchecked: declare the "
+                                                            "plans rules may switch to in m3ter.plans"))
+                if action.set_custom_fields and self.m3ter.custom_fields is None:
+                    warnings.append(((*loc, "set_custom_fields"),
+                                     f"custom field(s) {sorted(action.set_custom_fields)} are unchecked: declare the "
+                                     f"fields m3sh writes in m3ter.custom_fields.{action.custom_fields_on}"))
+        return warnings
+
     def known_plans(self) -> set[str]:
         """Plan codes declared anywhere in the config (what a switch_plan may name)."""
         default = {self.crm.default_plan} if self.crm.default_plan else set()
@@ -566,13 +586,14 @@ class M3shConfig(_Model):
         """A trigger action's references to plans, m3ter custom fields and CRM fields."""
         errors: list[tuple[tuple[int | str, ...], str]] = []
         plans = self.known_plans()
-        if action.switch_plan and action.switch_plan not in plans:
+        if action.switch_plan and plans and action.switch_plan not in plans:
             errors.append((("switch_plan",), f"plan {action.switch_plan!r} is not declared; declare it in "
                                              f"m3ter.plans (or crm.plan_map); declared: {sorted(plans)}"))
         target = action.custom_fields_on
-        declared = getattr(self.m3ter.custom_fields, target)
+        fields = self.m3ter.custom_fields
+        declared = getattr(fields, target) if fields is not None else None
         for name in action.set_custom_fields or {}:
-            if name not in declared:
+            if declared is not None and name not in declared:
                 errors.append((("set_custom_fields", name),
                                f"custom field {name!r} on the {target} is not declared in "
                                f"m3ter.custom_fields.{target}; declared: {sorted(declared)}"))
@@ -681,14 +702,30 @@ def parse_config(text: str, source: str = "m3sh.yaml") -> M3shConfig:
     return config
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> M3shConfig:
-    """Read and validate a config file (default: ``$M3SH_CONFIG`` or the shipped demo config)."""
-    p = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+def config_warnings(text: str, source: str = "m3sh.yaml") -> list[str]:
+    """``path:line location: message`` for each reference a valid config leaves unchecked."""
+    config = parse_config(text, source)
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    return [f"{source}:{_line_of(root, loc)} {_format_loc(loc)}: {msg}" for loc, msg in config.reference_warnings()]
+
+
+def _config_path(path: str | os.PathLike[str] | None) -> Path:
+    return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def read_config_text(path: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """The config's text and its name for messages (default: ``$M3SH_CONFIG`` or the demo config)."""
+    p = _config_path(path)
     try:
-        text = p.read_text()
+        return p.read_text(), str(p)
     except OSError as exc:
         raise ConfigError(f"cannot read m3sh config {p}: {exc.strerror}") from None
-    return parse_config(text, source=str(p))
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> M3shConfig:
+    """Read and validate a config file (default: ``$M3SH_CONFIG`` or the shipped demo config)."""
+    text, source = read_config_text(path)
+    return parse_config(text, source=source)
 
 
 @lru_cache(maxsize=8)
@@ -698,5 +735,5 @@ def _cached(path: str, mtime: float) -> M3shConfig:
 
 def get_config(path: str | None = None) -> M3shConfig:
     """Config for DAG files: cached per file and modification time so parsing stays cheap."""
-    p = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    p = _config_path(path)
     return _cached(str(p), p.stat().st_mtime if p.exists() else 0.0)

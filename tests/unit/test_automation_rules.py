@@ -202,3 +202,23 @@ def test_a_webhook_started_run_narrows_to_the_notified_accounts(events: object, 
     from m3sh.dagkit.plan_triggers import notified_account_ids
 
     assert notified_account_ids(events) == expected
+
+
+def test_the_run_context_s_triggering_asset_events_are_read_as_airflow_builds_them() -> None:
+    """The same accessor and event classes the task runner puts in the context (Airflow 3.3)."""
+    from airflow.sdk.api.datamodels._generated import AssetReferenceAssetEventDagRun
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    from m3sh.dagkit.plan_triggers import NOTIFICATIONS_ASSET_URI, notified_account_ids
+
+    def event(extra: dict[str, Any]) -> AssetEventDagRunReferenceResult:
+        asset = AssetReferenceAssetEventDagRun(name="m3ter_notifications", uri=NOTIFICATIONS_ASSET_URI, extra={})
+        return AssetEventDagRunReferenceResult(
+            asset=asset, extra=extra, source_task_id=None, source_dag_id=None, source_run_id=None,
+            source_map_index=None, source_aliases=[], timestamp=dt.datetime.now(dt.UTC))
+
+    events = TriggeringAssetEventsAccessor.build([event({"account_id": "acc-2", "event_id": "e1"}),
+                                                  event({"account_id": "acc-1", "event_id": "e2"})])
+    assert notified_account_ids(events) == ["acc-1", "acc-2"]
+    assert notified_account_ids(TriggeringAssetEventsAccessor.build([])) is None

@@ -82,6 +82,30 @@ def test_trigger_actions_name_only_declared_plans_custom_fields_and_crms() -> No
                                    "  account_code_from: domain_name\n  plans: [lite_usd]\n", 1))
 
 
+def test_a_config_without_declarations_still_loads_and_validate_warns(tmp_path: Path) -> None:
+    """Configs written before m3ter.custom_fields / m3ter.plans existed keep loading (a config error
+    fails every DAG's import); `m3sh config validate` names what it could not check."""
+    block = DEMO[DEMO.index("  # Custom fields m3sh may write"):DEMO.index("\nstorage:")]
+    legacy = DEMO.replace(block, "").replace("  default_plan: starter_usd\n", "")
+    head, rest = legacy.split("  plan_map:\n", 1)
+    legacy = head + rest[rest.index("  sources:"):]
+    parse_config(legacy)
+    path = tmp_path / "m3sh.yaml"
+    path.write_text(legacy)
+    out = subprocess.run([sys.executable, "-m", "m3sh.cli", "config", "validate", str(path)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.startswith("OK "), out.stderr
+    line = next(i for i, ln in enumerate(legacy.splitlines(), 1) if "{lifecycle: converted_from_prepaid}" in ln)
+    warnings = out.stderr.splitlines()
+    assert (f"warning: {path}:{line} triggers[0].actions[2].set_custom_fields: custom field(s) ['lifecycle'] are "
+            "unchecked: declare the fields m3sh writes in m3ter.custom_fields.account") in warnings
+    assert sum("switch_plan: plan 'growth_usd' is unchecked: declare" in w for w in warnings) == 2
+    assert len(warnings) == 4  # the two plan switches and the two custom-field actions of the demo rules
+    clean = subprocess.run([sys.executable, "-m", "m3sh.cli", "config", "validate", str(DEFAULT_CONFIG_PATH)],
+                           capture_output=True, text=True, check=False)
+    assert clean.returncode == 0 and "warning" not in clean.stderr
+
+
 def test_condition_needs_exactly_one_kind() -> None:
     msg = _error(DEMO.replace("when: {contract_ending_within_days: 30}",
                               "when: {contract_ending_within_days: 30, contract_ended: true}"))

@@ -72,7 +72,7 @@ class CreditsCache:
 
     def get(self, balance: Mapping[str, Any]) -> float | None:
         hit = self.entries.get(str(balance["id"]))
-        if hit and hit[0] == balance.get("version"):
+        if hit and hit[0] is not None and hit[0] == balance.get("version"):  # no version: never trusted
             return float(hit[1])
         return None
 
@@ -112,8 +112,9 @@ class Evaluator:
         """One pass; ``notified_account_ids`` narrows it to the balance rules of those accounts.
 
         m3ter's notifications are balance events that name their account, so the run they start
-        reads that account's balances (one call each) instead of paging through every balance of
-        the org; usage and contract rules are left to the scheduled pass.
+        lists that account's balances (a page each) instead of paging through every balance of the
+        org, then looks up credits for its candidates; usage and contract rules are left to the
+        scheduled pass.
         """
         now = now or dt.datetime.now(dt.UTC)
         if notified_account_ids is not None:
@@ -255,8 +256,9 @@ async def aevaluate(hook: M3terAsyncHook, rules: Sequence[TriggerRule], now: dt.
             sem = asyncio.Semaphore(concurrency)
 
             cache: dict[str, tuple[Any, float]] = {} if credit_cache is None else credit_cache
-            credits: dict[str, float | None] = {bid: hit[1] for bid, b in wanted.items()
-                                                if (hit := cache.get(bid)) and hit[0] == b.get("version")}
+            credits: dict[str, float | None] = {
+                bid: hit[1] for bid, b in wanted.items()
+                if (hit := cache.get(bid)) and hit[0] is not None and hit[0] == b.get("version")}
 
             async def credit(bid: str) -> tuple[str, float | None]:
                 async with sem:

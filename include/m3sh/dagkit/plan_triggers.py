@@ -4,8 +4,8 @@ resets, custom fields, CRM fields and notifications, each firing acted on exactl
 Schedule: every 5 minutes **or** when the m3sh webhook receiver records an event on the asset
 ``m3sh://m3ter/notifications`` (a signed m3ter notification arrived), so a depleted balance is
 handled within seconds instead of at the next poll. A run started by notifications evaluates the
-balance rules of the accounts they name (one balance call each, whatever the org's size); the
-scheduled pass covers everything, every 5 minutes.
+balance rules of the accounts they name (one balance listing each plus a credit lookup per low
+balance, whatever the org's size); the scheduled pass covers everything, every 5 minutes.
 
 Graph: ``evaluate`` (one pass over m3ter list endpoints for every account) -> ``apply_firings``
 (mapped over chunks of firings; each firing claimed in the S3 ledger, actions in order, every
