@@ -61,6 +61,11 @@ class SandboxHandle:
     def stats(self, name: str) -> dict:
         return self.admin(name, "stats")
 
+    def requests_to(self, name: str, method: str, path_suffix: str) -> int:
+        """How many ``method`` requests the emulator served on paths ending in ``path_suffix``."""
+        counts: dict[str, int] = self.stats(name)["counts"]
+        return sum(n for k, n in counts.items() if k.startswith(f"{method} ") and k.endswith(path_suffix))
+
     def faults(self, name: str, **config: object) -> dict:
         return self.admin(name, "faults", "POST", **config)
 

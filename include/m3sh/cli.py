@@ -26,7 +26,7 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    for warning in config_warnings(text, source):  # valid, but something could not be checked
+    for warning in config_warnings(cfg, text, source):  # valid, but something could not be checked
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"OK {args.path or 'default config'}: {len(cfg.crm.sources)} CRM source(s), {len(cfg.usage.feeds)} usage "

@@ -545,12 +545,14 @@ class M3shConfig(_Model):
             for j, name in enumerate(getattr(self.alerting, section)):
                 if name not in notifiers:
                     errors.append((("alerting", section, j), f"unknown notifier {name!r}; known: {sorted(notifiers)}"))
+        plans = self.known_plans()
         for i, rule in enumerate(self.triggers):
             for j, action in enumerate(rule.actions):
                 if action.notify and action.notify not in notifiers:
                     errors.append((("triggers", i, "actions", j, "notify"),
                                    f"unknown notifier {action.notify!r}; known: {sorted(notifiers)}"))
-                errors.extend(((("triggers", i, "actions", j, *loc), msg) for loc, msg in self._action_errors(action)))
+                errors.extend(((("triggers", i, "actions", j, *loc), msg)
+                               for loc, msg in self._action_errors(action, plans)))
                 if action.open_next_balance is not None and rule.when.kind != "balance_below":
                     errors.append((("triggers", i, "actions", j, "open_next_balance"),
                                    f"rule {rule.name!r}: open_next_balance opens the next period of the balance "
@@ -565,10 +567,11 @@ class M3shConfig(_Model):
         error fails every DAG's import); ``m3sh config validate`` shows these so they get declared.
         """
         warnings: list[tuple[tuple[int | str, ...], str]] = []
+        plans_declared = bool(self.known_plans())
         for i, rule in enumerate(self.triggers):
             for j, action in enumerate(rule.actions):
                 loc: tuple[int | str, ...] = ("triggers", i, "actions", j)
-                if action.switch_plan and not self.known_plans():
+                if action.switch_plan and not plans_declared:
                     warnings.append(((*loc, "switch_plan"), f"plan {action.switch_plan!r} is unchecked: declare the "
                                                             "plans rules may switch to in m3ter.plans"))
                 if action.set_custom_fields and self.m3ter.custom_fields is None:
@@ -582,10 +585,10 @@ class M3shConfig(_Model):
         default = {self.crm.default_plan} if self.crm.default_plan else set()
         return set(self.crm.plan_map.values()) | default | set(self.m3ter.plans)
 
-    def _action_errors(self, action: Action) -> list[tuple[tuple[int | str, ...], str]]:
-        """A trigger action's references to plans, m3ter custom fields and CRM fields."""
+    def _action_errors(self, action: Action, plans: set[str]) -> list[tuple[tuple[int | str, ...], str]]:
+        """A trigger action's references to plans (``plans``: :meth:`known_plans`), m3ter custom
+        fields and CRM fields."""
         errors: list[tuple[tuple[int | str, ...], str]] = []
-        plans = self.known_plans()
         if action.switch_plan and plans and action.switch_plan not in plans:
             errors.append((("switch_plan",), f"plan {action.switch_plan!r} is not declared; declare it in "
                                              f"m3ter.plans (or crm.plan_map); declared: {sorted(plans)}"))
@@ -702,9 +705,8 @@ def parse_config(text: str, source: str = "m3sh.yaml") -> M3shConfig:
     return config
 
 
-def config_warnings(text: str, source: str = "m3sh.yaml") -> list[str]:
-    """``path:line location: message`` for each reference a valid config leaves unchecked."""
-    config = parse_config(text, source)
+def config_warnings(config: M3shConfig, text: str, source: str = "m3sh.yaml") -> list[str]:
+    """``path:line location: message`` for each reference ``config`` (parsed from ``text``) leaves unchecked."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     return [f"{source}:{_line_of(root, loc)} {_format_loc(loc)}: {msg}" for loc, msg in config.reference_warnings()]
 

@@ -149,8 +149,7 @@ def _wait(api: AirflowApi, what: str, check: Callable[[], Any], stack: Stack, ti
 
 
 def _balance_polls(sandbox: Any) -> int:
-    counts: dict[str, int] = sandbox.stats("m3ter")["counts"]
-    return sum(n for k, n in counts.items() if k.startswith("GET ") and k.endswith("/balances"))
+    return int(sandbox.requests_to("m3ter", "GET", "/balances"))
 
 
 def test_balance_sensor_defers_then_resumes_on_depletion(stack: Stack, fresh_sandbox: Any) -> None:

@@ -261,8 +261,7 @@ def _register(dag: Any) -> None:
 
 
 def _usage_queries(env: Env) -> int:
-    counts: dict[str, int] = env.sb.stats("m3ter")["counts"]
-    return sum(n for k, n in counts.items() if k.startswith("POST ") and k.endswith("/usage/query"))
+    return int(env.sb.requests_to("m3ter", "POST", "/usage/query"))
 
 
 @pytest.mark.dagrun

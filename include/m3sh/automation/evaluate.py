@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PAGE = 100  # m3ter's maximum pageSize for balances, contracts and accounts
 CREDIT_LOOKUP_CONCURRENCY = 8
+CREDITS_OBJECT = ("triggers", "balance-credits.json")  # the workers' credit cache, under storage.prefix
 
 
 @dataclass
@@ -57,17 +58,21 @@ def _total_credit(summary: Mapping[str, Any] | None) -> float | None:
 
 
 class CreditsCache:
-    """``{balance id: [version, total credit]}`` in one S3 object: a balance's version changes with
-    every transaction, so an unchanged version means an unchanged credit total."""
+    """``{balance id: [version, total credit]}``: a balance's version changes with every transaction,
+    so an unchanged version means an unchanged credit total.
 
-    def __init__(self, storage: Storage) -> None:
+    Kept in one S3 object by workers (``storage``), or in memory only (``storage=None``) by a trigger,
+    which polls for hours in one process and must not touch S3 from the triggerer.
+    """
+
+    def __init__(self, storage: Storage | None) -> None:
         self.storage = storage
-        self.key = storage.key("triggers", "balance-credits.json")
         self.entries: dict[str, list[Any]] = {}
         self.dirty = False
 
     def load(self) -> CreditsCache:
-        self.entries = self.storage.get_json(self.key) or {}
+        if self.storage is not None:
+            self.entries = self.storage.get_json(self.storage.key(*CREDITS_OBJECT)) or {}
         return self
 
     def get(self, balance: Mapping[str, Any]) -> float | None:
@@ -81,15 +86,16 @@ class CreditsCache:
         self.dirty = True
 
     def save(self, live_ids: Iterable[str] | None = None) -> None:
+        """Drop balances not in ``live_ids`` (gone from m3ter), then write if anything changed."""
         if live_ids is not None:
             live = set(live_ids)
             stale = [k for k in self.entries if k not in live]
             for k in stale:
                 del self.entries[k]
             self.dirty = self.dirty or bool(stale)
-        if self.dirty:
-            self.storage.put_json(self.key, self.entries)
-            self.dirty = False
+        if self.dirty and self.storage is not None:
+            self.storage.put_json(self.storage.key(*CREDITS_OBJECT), self.entries)
+        self.dirty = False
 
 
 def _kinds(rules: Sequence[TriggerRule]) -> set[str]:
@@ -218,11 +224,11 @@ class Evaluator:
 async def aevaluate(hook: M3terAsyncHook, rules: Sequence[TriggerRule], now: dt.datetime | None = None, *,
                     accounts: Sequence[str] | None = None,
                     concurrency: int = CREDIT_LOOKUP_CONCURRENCY,
-                    credit_cache: dict[str, tuple[Any, float]] | None = None) -> Evaluation:
+                    credit_cache: CreditsCache | None = None) -> Evaluation:
     """The async twin of :meth:`Evaluator.run` for triggers: no blocking call, no S3.
 
-    ``credit_cache`` (``{balance id: (version, total credit)}``) is kept by the caller across passes:
-    a trigger polls for hours, and a ``percent_of_original`` rule makes every balance in scope a
+    ``credit_cache`` (in memory: ``CreditsCache(None)``) is kept by the caller across passes: a
+    trigger polls for hours, and a ``percent_of_original`` rule makes every balance in scope a
     candidate, so without it each poll would cost one summary call per balance.
     """
     now = now or dt.datetime.now(dt.UTC)
@@ -255,22 +261,20 @@ async def aevaluate(hook: M3terAsyncHook, rules: Sequence[TriggerRule], now: dt.
             wanted = {str(b["id"]): b for group in candidates.values() for b in group}
             sem = asyncio.Semaphore(concurrency)
 
-            cache: dict[str, tuple[Any, float]] = {} if credit_cache is None else credit_cache
+            cache = credit_cache if credit_cache is not None else CreditsCache(None)
             credits: dict[str, float | None] = {
-                bid: hit[1] for bid, b in wanted.items()
-                if (hit := cache.get(bid)) and hit[0] is not None and hit[0] == b.get("version")}
+                bid: hit for bid, b in wanted.items() if (hit := cache.get(b)) is not None}
 
             async def credit(bid: str) -> tuple[str, float | None]:
                 async with sem:
                     total = _total_credit(await get(f"balances/{bid}/transactions/summary"))
                 if total is not None:
-                    cache[bid] = (wanted[bid].get("version"), total)
+                    cache.put(wanted[bid], total)
                 return bid, total
 
             missing = [bid for bid in wanted if bid not in credits]
             credits.update(await asyncio.gather(*(credit(bid) for bid in missing)))
-            for stale in set(cache) - {str(b["id"]) for b in balances}:
-                del cache[stale]
+            cache.save(live_ids=[str(b["id"]) for b in balances])  # in memory: prunes gone balances only
             result.counts["credit_lookups"] = len(missing)
             for rule in balance_rules:
                 firings += R.balance_firings(rule, candidates[rule.name], credits, now)

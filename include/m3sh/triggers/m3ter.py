@@ -60,7 +60,7 @@ class M3terRuleTrigger(BaseTrigger):
         return M3terAsyncHook(m3ter_conn_id=self.m3ter_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from m3sh.automation.evaluate import aevaluate
+        from m3sh.automation.evaluate import CreditsCache, aevaluate
 
         try:
             rules = self.parsed_rules()
@@ -71,7 +71,7 @@ class M3terRuleTrigger(BaseTrigger):
             hook = self._hook()
             excluded = set(self.exclude_keys)
             passes = 0
-            credits: dict[str, tuple[Any, float]] = {}  # balance credit totals by version, across passes
+            credits = CreditsCache(None)  # balance credit totals by version, in memory across passes
             while True:
                 passes += 1
                 result = await aevaluate(hook, rules, accounts=self.accounts or None, credit_cache=credits)
