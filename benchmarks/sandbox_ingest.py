@@ -48,7 +48,7 @@ def run(batches: int, threads: int, size: int) -> dict[str, float | int]:
         basic = base64.b64encode(f"{cred.M3TER_ACCESS_KEY}:{cred.M3TER_API_SECRET}".encode()).decode()
         token = requests.post(f"{url}/oauth/token", json={"grant_type": "client_credentials"},
                               headers={"Authorization": f"Basic {basic}"}, timeout=10).json()["access_token"]
-        endpoint = f"{url}/organizations/{cred.M3TER_ORG_ID}/measurements"
+        endpoint = f"{sandbox.endpoints.url('m3ter_ingest')}/organizations/{cred.M3TER_ORG_ID}/measurements"
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         bodies = build_bodies(batches, size)
         errors: list[str] = []

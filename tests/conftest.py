@@ -50,6 +50,11 @@ class SandboxHandle:
     def url(self, name: str) -> str:
         return self.endpoints.url(name)
 
+    def sf_hosts(self) -> dict[str, str]:
+        """The Salesforce connection's host map (login host and instance, each on its own port)."""
+        hosts: dict[str, str] = self.endpoints.connections()["salesforce_default"]["extra"]["sandbox_hosts"]
+        return hosts
+
     def admin(self, name: str, action: str, method: str = "GET", **body: object) -> dict:
         r = requests.request(method, f"{self.url(name)}/_sandbox/{action}", json=body or None, timeout=30)
         r.raise_for_status()

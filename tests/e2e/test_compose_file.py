@@ -224,7 +224,7 @@ def test_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
 
 
 def test_sandbox_service_and_connections_match_the_sandbox(compose: dict[str, Any]) -> None:
-    from m3sh.sandbox.runner import PORT_OFFSETS, SMTP_OFFSET, SandboxEndpoints
+    from m3sh.sandbox.runner import LISTENERS, PORT_OFFSETS, SMTP_OFFSET, SandboxEndpoints
 
     sandbox = compose["services"]["m3sh-sandbox"]
     assert sandbox["command"][:5] == ["python", "-m", "m3sh.cli", "sandbox", "up"]
@@ -234,7 +234,8 @@ def test_sandbox_service_and_connections_match_the_sandbox(compose: dict[str, An
     for spec in sandbox["ports"]:
         lo, _, hi = spec.split(":")[0].partition("-")
         published |= set(range(int(lo), int(hi or lo) + 1))
-    assert {base + o for o in [*PORT_OFFSETS.values(), SMTP_OFFSET]} <= published
+    offsets = [*PORT_OFFSETS.values(), SMTP_OFFSET, *(off for _emu, _role, off in LISTENERS.values())]
+    assert {base + o for o in offsets} <= published
     # .env.example's connections are exactly what the sandbox provides, seen from other containers
     expected = SandboxEndpoints(port_base=base, host="m3sh-sandbox").env()
     example = read_env_file(ENV_EXAMPLE)

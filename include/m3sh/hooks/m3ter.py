@@ -45,6 +45,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.m3ter.com"
+# m3ter's OpenAPI document gives POST /organizations/{orgId}/measurements its own server, and the
+# SDK's usage.submit posts there unless base_url is overridden: the Ingest API is a separate host.
+DEFAULT_INGEST_URL = "https://ingest.m3ter.com"
 TOKEN_REFRESH_MARGIN_S = 300
 MAX_BATCH_ITEMS = 1000
 MAX_BATCH_BYTES = 512_000
@@ -64,6 +67,8 @@ class M3terSettings:
     api_key: str
     api_secret: str = field(repr=False)
     org_id: str
+    # The Ingest API's base URL (measurements only); see ingest_base_url().
+    ingest_url: str = DEFAULT_INGEST_URL
     max_retries: int = 5
     timeout_s: float = 60.0
     page_size: int = 100
@@ -81,11 +86,10 @@ class M3terSettings:
                                   ("extra.org_id", org_id)) if not v]
         if missing:
             raise M3terApiError(f"connection {conn.conn_id!r} is missing {', '.join(missing)}")
-        host = (conn.host or DEFAULT_BASE_URL).rstrip("/")
-        if "://" not in host:
-            host = f"https://{host}"
+        host = _absolute(conn.host or DEFAULT_BASE_URL)
         return cls(
             base_url=host,
+            ingest_url=ingest_base_url(host, extra.get("ingest_url")),
             api_key=str(conn.login),
             api_secret=str(conn.password),
             org_id=str(org_id),
@@ -103,6 +107,34 @@ class M3terSettings:
 
     def org_path(self, path: str) -> str:
         return f"/organizations/{self.org_id}/{path.lstrip('/')}"
+
+    def measurements_url(self) -> str:
+        """Where measurements go: the Ingest API host, never the Config API's (absolute, so the SDK
+        client, whose base URL is the Config API, sends it there as its own ``usage.submit`` does)."""
+        return f"{self.ingest_url}{self.org_path('measurements')}"
+
+
+def _absolute(url: str) -> str:
+    url = url.strip().rstrip("/")
+    return url if "://" in url else f"https://{url}"
+
+
+def ingest_base_url(config_url: str, configured: str | None = None) -> str:
+    """The Ingest API's base URL for a Config API base URL.
+
+    ``extra.ingest_url`` when the connection gives one (the sandbox does: its Ingest API listens on
+    a port of its own); else derived the way the SDK's ``usage.submit_all`` derives it, ``api.`` ->
+    ``ingest.`` in the host (``https://api.m3ter.com`` -> ``https://ingest.m3ter.com``). A host
+    without ``api.`` (a proxy, a stand-in) keeps the same host, as the SDK's ``usage.submit`` does
+    with an overridden base URL; name the ingest host in the extra if it differs.
+    """
+    if configured:
+        return _absolute(configured)
+    scheme, _, rest = config_url.partition("://")
+    host, sep, path = rest.partition("/")
+    if host.startswith("api."):
+        host = "ingest." + host[len("api."):]
+    return f"{scheme}://{host}{sep}{path}"
 
 
 @dataclass(frozen=True)
@@ -614,7 +646,7 @@ class M3terHook(BaseHook):
     # -- measurements -------------------------------------------------------------------------
     def submit_measurements(self, measurements: Iterable[dict[str, Any]]) -> IngestResult:
         """Ingest in <=1000-item, <512,000-byte requests. Idempotent when every measurement has a uid."""
-        path = self.settings.org_path("measurements")
+        path = self.settings.measurements_url()
         result = IngestResult()
         # A batch from measurement_batches() arrives encoded already: send its body, don't re-batch.
         batches: Iterable[EncodedBatch] = (

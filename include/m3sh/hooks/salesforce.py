@@ -8,13 +8,14 @@ session refresh and error parsing stay the provider's.
 Reaching the sandbox (or any plain-http Salesforce stand-in)
 -----------------------------------------------------------
 simple-salesforce always builds ``https://`` URLs and logs in against the hard-coded
-``https://login.salesforce.com`` (crm-erp.md C.2). The documented way to send it elsewhere without
-patching anything is the hook's ``session`` argument: if the connection's extra has
-``sandbox_base_url`` (``runner.py`` writes it for the sandbox), the hook gets a
-``requests.Session`` whose ``https://`` adapter rewrites scheme and host of every request to that
-base URL, keeping path and query. Login, ``serverUrl`` instance calls and ``nextRecordsUrl``
-pages all go through it. Without the extra, a plain ``SalesforceHook`` is returned, so pointing
-m3sh at a real org only means changing the Airflow connection.
+``https://login.salesforce.com`` (crm-erp.md C.2), then sends every REST call to the instance the
+login response's ``serverUrl`` names. The documented way to send it elsewhere without patching
+anything is the hook's ``session`` argument: if the connection's extra has ``sandbox_hosts`` (a map
+of production host -> base URL; ``runner.py`` writes it for the sandbox, whose login host and
+instance listen on separate ports as in production), the hook gets a ``requests.Session`` whose
+adapter sends each request to its host's base URL, keeping path and query, and refuses a host the
+map does not name. Without the extra, a plain ``SalesforceHook`` is returned, so pointing m3sh at a
+real org only means changing the Airflow connection.
 
 Incremental reads use ``SystemModstamp`` (changes by automation and system jobs too, unlike
 ``LastModifiedDate``) over a half-open window ``[start, end)`` so consecutive data intervals
@@ -41,31 +42,41 @@ from m3sh.exceptions import ExternalApiError, RetryableError
 
 log = logging.getLogger(__name__)
 
-SANDBOX_EXTRA = "sandbox_base_url"
+SANDBOX_EXTRA = "sandbox_hosts"
 MIN_BATCH_SIZE = 200
 MAX_BATCH_SIZE = 2000
 
 
-class _RedirectAdapter(HTTPAdapter):
-    """Sends every https request to ``base_url`` (scheme + host:port), keeping path and query."""
+class _HostMapAdapter(HTTPAdapter):
+    """Sends each request to the base URL (scheme + host:port) its host maps to, keeping path and query.
 
-    def __init__(self, base_url: str, **kwargs: Any) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"{SANDBOX_EXTRA} must be an absolute http(s) URL, got {base_url!r}")
-        self._scheme, self._netloc = parts.scheme, parts.netloc
+    A host the map does not name is refused rather than guessed: a request for the wrong host is a
+    bug that production would show too.
+    """
+
+    def __init__(self, hosts: Mapping[str, str], **kwargs: Any) -> None:
+        self._targets: dict[str, tuple[str, str]] = {}
+        for host, base_url in hosts.items():
+            parts = urlsplit(str(base_url))
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{SANDBOX_EXTRA}[{host!r}] must be an absolute http(s) URL, got {base_url!r}")
+            self._targets[host.lower()] = (parts.scheme, parts.netloc)
         super().__init__(**kwargs)
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         parts = urlsplit(request.url or "")
-        request.url = urlunsplit((self._scheme, self._netloc, parts.path, parts.query, parts.fragment))
+        target = self._targets.get((parts.hostname or "").lower())
+        if target is None:
+            raise requests.ConnectionError(
+                f"{SANDBOX_EXTRA} names no base URL for host {parts.hostname!r} (it has {sorted(self._targets)})")
+        request.url = urlunsplit((*target, parts.path, parts.query, parts.fragment))
         return super().send(request, *args, **kwargs)
 
 
-def sandbox_session(base_url: str) -> requests.Session:
-    """A session that routes simple-salesforce's https traffic to ``base_url``."""
+def sandbox_session(hosts: Mapping[str, str]) -> requests.Session:
+    """A session that routes simple-salesforce's https traffic host by host to ``hosts``' base URLs."""
     session = requests.Session()
-    adapter = _RedirectAdapter(base_url)
+    adapter = _HostMapAdapter(hosts)
     session.mount("https://", adapter)
     # http:// too, in case a redirect or absolute URL in a response uses it.
     session.mount("http://", adapter)
@@ -75,11 +86,17 @@ def sandbox_session(base_url: str) -> requests.Session:
 def salesforce_hook(conn_id: str = "salesforce_default") -> SalesforceHook:
     """The provider's ``SalesforceHook`` for ``conn_id``, routed to the sandbox when the extra says so."""
     conn = BaseHook.get_connection(conn_id)
-    base_url = (conn.extra_dejson or {}).get(SANDBOX_EXTRA)
-    if not base_url:
+    extra = conn.extra_dejson or {}
+    if "sandbox_base_url" in extra:
+        raise ValueError(f"connection {conn_id!r}: the extra 'sandbox_base_url' was replaced by "
+                         f"'{SANDBOX_EXTRA}' (login and instance hosts); `m3sh sandbox up` writes it")
+    hosts = extra.get(SANDBOX_EXTRA)
+    if not hosts:
         return SalesforceHook(salesforce_conn_id=conn_id)
-    log.info("Salesforce connection %s is routed to %s", conn_id, base_url)
-    return SalesforceHook(salesforce_conn_id=conn_id, session=sandbox_session(str(base_url)))
+    if not isinstance(hosts, Mapping):
+        raise ValueError(f"connection {conn_id!r}: extra '{SANDBOX_EXTRA}' must map hosts to base URLs")
+    log.info("Salesforce connection %s is routed to %s", conn_id, sorted(hosts.values()))
+    return SalesforceHook(salesforce_conn_id=conn_id, session=sandbox_session(hosts))
 
 
 # ----------------------------------------------------------------------------------- errors

@@ -163,6 +163,16 @@ class Emulator:
         self.admin_actions: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self.app: Any  # a FastAPI app (any ASGI callable)
 
+    def listener_apps(self) -> dict[str, Any]:
+        """Extra listeners of this emulator's process: role -> ASGI app, each served on a port of its own.
+
+        Where production splits one system across hosts (m3ter's Config and Ingest APIs, a
+        Salesforce login host and the org's instance, one NetSuite host per account), the sandbox
+        does too, so a client that sends a request to the wrong host fails here as it would there.
+        The roles share the process, so they share state.
+        """
+        return {}
+
     def reset(self, seed: str = "empty") -> None:
         raise NotImplementedError
 
@@ -200,6 +210,26 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
+class HostGate:
+    """One production host's share of an emulator: operations that host serves go to ``app``; the rest
+    are answered ``status`` with ``body``, as a request sent to the wrong host would be.
+
+    ``serves(method, path)`` decides. What a real host answers for an operation it does not serve is
+    not documented by any of the vendors (assumed: their plain 404); the body names the right host
+    so a misrouted client fails with a message that says what to fix.
+    """
+
+    def __init__(self, app: ASGIApp, serves: Callable[[str, str], bool], status: int, body: Any) -> None:
+        self.app, self.serves, self.status, self.body = app, serves, status, body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.serves(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        await _read_body(receive)
+        await _send_response(send, *_json_response(self.status, self.body))
+
+
 class DropConnection(Exception):
     """Raised mid-response so uvicorn closes the socket: the client sees a dropped connection."""
 
@@ -207,9 +237,9 @@ class DropConnection(Exception):
 class SandboxMiddleware:
     """Wraps an emulator's app with the admin API, fault injection and request stats."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, emulator: Emulator, app: ASGIApp | None = None) -> None:
         self.emulator = emulator
-        self.app = emulator.app
+        self.app = app if app is not None else emulator.app
         self.error_body = emulator.error_body
         self._rng = random.Random()
 
@@ -363,5 +393,12 @@ class SandboxMiddleware:
 _NO_FAULTS = FaultConfig()
 
 
-def build_asgi(emulator: Emulator) -> ASGIApp:
-    return SandboxMiddleware(emulator)
+def build_asgi(emulator: Emulator, role: str | None = None) -> ASGIApp:
+    """The emulator's main app (``role`` None) or one of its :meth:`~Emulator.listener_apps`, wrapped
+    with the admin API, fault injection and stats (shared by every listener of the process)."""
+    if role is None:
+        return SandboxMiddleware(emulator)
+    apps = emulator.listener_apps()
+    if role not in apps:
+        raise ValueError(f"emulator {emulator.name!r} has no listener {role!r}; it has {sorted(apps)}")
+    return SandboxMiddleware(emulator, apps[role])

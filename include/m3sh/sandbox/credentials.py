@@ -19,6 +19,10 @@ HUBSPOT_TOKEN = "pat-sandbox-hubspot-7c21"  # noqa: S105 - sandbox credential
 SALESFORCE_USERNAME = "integration@northwind.example"
 SALESFORCE_PASSWORD = "sandbox-sf-password-91"  # noqa: S105 - sandbox credential
 SALESFORCE_SECURITY_TOKEN = "sandbox-sf-token-55"  # noqa: S105 - sandbox credential
+# The hosts simple-salesforce talks to: the login host of a production org, then the instance the
+# login response's serverUrl names (a My Domain host). The sandbox serves each on its own port.
+SALESFORCE_LOGIN_HOST = "login.salesforce.com"
+SALESFORCE_INSTANCE_HOST = "northwind.my.salesforce.com"
 
 AWS_ACCESS_KEY = "sandbox-aws-key"
 AWS_SECRET_KEY = "sandbox-aws-secret-3e"  # noqa: S105 - sandbox credential

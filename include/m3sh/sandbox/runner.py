@@ -22,11 +22,28 @@ import requests
 
 from m3sh.sandbox import credentials as cred
 from m3sh.sandbox.platform import PLATFORM_TOKEN
+from m3sh.sandbox.seed import NETSUITE_ACCOUNTS
 from m3sh.sandbox.serve import EMULATORS
 
 DEFAULT_PORT_BASE = 8710
 PORT_OFFSETS = {"m3ter": 1, "hubspot": 2, "netsuite": 3, "salesforce": 4, "moto": 5, "platform": 6}
 SMTP_OFFSET = 7  # the platform emulator's SMTP catcher
+# Where production splits a system across hosts, the emulator's process also listens on ports of its
+# own for the other hosts (see Emulator.listener_apps): listener -> (emulator, role, port offset).
+# m3ter: api.m3ter.com (main port) vs ingest.m3ter.com; Salesforce: login.salesforce.com (main port)
+# vs the org's instance host; NetSuite: one <account>.suitetalk.api.netsuite.com host per account
+# (the main port is the default account's).
+LISTENERS: dict[str, tuple[str, str, int]] = {
+    "m3ter_ingest": ("m3ter", "ingest", 8),
+    "salesforce_instance": ("salesforce", "instance", 9),
+    **{f"netsuite_{name}": ("netsuite", name, 10 + i)
+       for i, name in enumerate(n for n in NETSUITE_ACCOUNTS if n != "default")},
+}
+
+
+def listeners_of(emulator: str) -> dict[str, tuple[str, int]]:
+    """The extra listeners of one emulator process: listener name -> (role, port offset)."""
+    return {name: (role, off) for name, (emu, role, off) in LISTENERS.items() if emu == emulator}
 HEALTH_TIMEOUT_S = 20.0
 
 
@@ -54,6 +71,7 @@ def free_port_base(names: Iterable[str] = tuple(PORT_OFFSETS), start: int = 2000
     """
     wanted = list(names)
     offsets = [PORT_OFFSETS[n] for n in wanted] + ([SMTP_OFFSET] if "platform" in wanted else [])
+    offsets += [off for n in wanted for _role, off in listeners_of(n).values()]
     offsets += list(extra_offsets)
     for base in range(start, stop, step):
         if all(port_bindable(base + off) for off in offsets):
@@ -69,6 +87,9 @@ class SandboxEndpoints:
     host: str = "127.0.0.1"
 
     def port(self, name: str) -> int:
+        """The port of an emulator (its main host) or of one of its :data:`LISTENERS`."""
+        if name in LISTENERS:
+            return self.port_base + LISTENERS[name][2]
         return self.port_base + PORT_OFFSETS[name]
 
     def url(self, name: str) -> str:
@@ -82,7 +103,7 @@ class SandboxEndpoints:
                 "host": self.url("m3ter"),
                 "login": cred.M3TER_ACCESS_KEY,
                 "password": cred.M3TER_API_SECRET,
-                "extra": {"org_id": cred.M3TER_ORG_ID},
+                "extra": {"org_id": cred.M3TER_ORG_ID, "ingest_url": self.url("m3ter_ingest")},
             },
             "hubspot_default": {
                 "conn_type": "hubspot",
@@ -96,9 +117,11 @@ class SandboxEndpoints:
                 "extra": {
                     "security_token": cred.SALESFORCE_SECURITY_TOKEN,
                     "version": "59.0",
-                    # Read by m3sh.hooks.salesforce: route simple-salesforce's https URLs to the
-                    # plain-http emulator through a requests adapter (no patching of SalesforceHook).
-                    "sandbox_base_url": self.url("salesforce"),
+                    # Read by m3sh.hooks.salesforce: route simple-salesforce's https URLs, host by
+                    # host, to the plain-http emulator's ports through a requests adapter (no
+                    # patching of SalesforceHook); any other host is refused.
+                    "sandbox_hosts": {cred.SALESFORCE_LOGIN_HOST: self.url("salesforce"),
+                                      cred.SALESFORCE_INSTANCE_HOST: self.url("salesforce_instance")},
                 },
             },
             "aws_default": {
@@ -139,7 +162,8 @@ class SandboxEndpoints:
             conn_id = "netsuite_default" if name == "default" else f"netsuite_{name}"
             conns[conn_id] = {
                 "conn_type": "netsuite",
-                "host": self.url("netsuite"),
+                # Each account its own host, as <account>.suitetalk.api.netsuite.com in production.
+                "host": self.url("netsuite" if name == "default" else f"netsuite_{name}"),
                 "login": ns.consumer_key,
                 "password": ns.consumer_secret,
                 "extra": {
@@ -206,10 +230,12 @@ class Sandbox:
         self.down(quiet=True)
         pids: dict[str, int] = {}
         for name in (n for n in EMULATORS if n in self.names):
+            listen = [f"--listen={role}={self.endpoints.port(lname)}" for lname, (role, _off)
+                      in listeners_of(name).items()]
             pids[name] = self._spawn(
                 name,
                 [sys.executable, "-m", "m3sh.sandbox.serve", name, "--port", str(self.endpoints.port(name)),
-                 "--seed", seed, "--limits", "on" if limits else "off", "--host", self.bind_host],
+                 "--seed", seed, "--limits", "on" if limits else "off", "--host", self.bind_host, *listen],
             )
         if "moto" in self.names:
             pids["moto"] = self._spawn(
@@ -255,8 +281,14 @@ class Sandbox:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def _is_healthy(self, name: str) -> bool:
-        url = (f"{self.endpoints.url('moto')}/moto-api/" if name == "moto"
-               else f"{self.endpoints.url(name)}/_sandbox/health")
+        if name != "moto" and not all(self._answers(f"{self.endpoints.url(lname)}/_sandbox/health")
+                                      for lname in listeners_of(name)):
+            return False
+        return self._answers(f"{self.endpoints.url('moto')}/moto-api/" if name == "moto"
+                             else f"{self.endpoints.url(name)}/_sandbox/health")
+
+    @staticmethod
+    def _answers(url: str) -> bool:
         try:
             return requests.get(url, timeout=1).status_code == 200
         except requests.RequestException:

@@ -7,6 +7,7 @@ emulator from slowing the others, and lets chaos tests kill one system at a time
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import importlib
 
@@ -37,7 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--seed", default="demo", choices=["demo", "empty"])
     parser.add_argument("--limits", default="on", choices=["on", "off"])
+    parser.add_argument("--listen", action="append", default=[], metavar="ROLE=PORT",
+                        help="also serve the emulator's listener ROLE on PORT (e.g. m3ter's ingest=8718)")
     args = parser.parse_args(argv)
+    listeners: list[tuple[str | None, int]] = [(None, args.port)]
+    for spec in args.listen:
+        role, sep, port = spec.partition("=")
+        if not sep or not port.isdigit():
+            parser.error(f"--listen wants ROLE=PORT, got {spec!r}")
+        listeners.append((role, int(port)))
     emulator = load_emulator(args.emulator)
     emulator.limits_enabled = args.limits == "on"
     emulator.reset(args.seed)
@@ -45,14 +54,19 @@ def main(argv: list[str] | None = None) -> None:
     # a 30-50 ms full pass stalls the event loop, and the requests queued meanwhile then meet the
     # rate limiter together, as a burst the client never sent.
     gc.freeze()
-    uvicorn.run(
-        build_asgi(emulator),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=30,
-    )
+    servers = [
+        uvicorn.Server(uvicorn.Config(build_asgi(emulator, role), host=args.host, port=port, log_level="warning",
+                                      access_log=False, timeout_keep_alive=30))
+        for role, port in listeners
+    ]
+    # One event loop (uvloop where uvicorn would pick it) serves every listener of the process: they
+    # share the emulator's state. On SIGTERM each server exits and re-raises it to the next one.
+    with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
+        runner.run(_serve_all(servers))
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    await asyncio.gather(*(server.serve() for server in servers))
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def test_daily_limit_and_server_errors_are_classified(sync: SalesforceSync, sb: 
 
 def test_bad_credentials_are_an_auth_error(sb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     conn = {"conn_type": "salesforce", "login": cred.SALESFORCE_USERNAME, "password": "not-the-password",
-            "extra": {"security_token": cred.SALESFORCE_SECURITY_TOKEN, "sandbox_base_url": sb.url("salesforce")}}
+            "extra": {"security_token": cred.SALESFORCE_SECURITY_TOKEN, "sandbox_hosts": sb.sf_hosts()}}
     monkeypatch.setenv("AIRFLOW_CONN_SF_WRONG", json.dumps(conn))
     with pytest.raises(SalesforceAuthError) as info:
         list(SalesforceSync(conn_id="sf_wrong").query("SELECT Id FROM Account"))
@@ -254,7 +254,7 @@ def test_no_secret_reaches_logs_or_output(sb: Any, caplog: pytest.LogCaptureFixt
         except ExternalApiError as exc:
             errors.append(str(exc))
     conn = {"conn_type": "salesforce", "login": cred.SALESFORCE_USERNAME, "password": "wrong-pass-x",
-            "extra": {"security_token": cred.SALESFORCE_SECURITY_TOKEN, "sandbox_base_url": sb.url("salesforce")}}
+            "extra": {"security_token": cred.SALESFORCE_SECURITY_TOKEN, "sandbox_hosts": sb.sf_hosts()}}
     monkeypatch.setenv("AIRFLOW_CONN_SF_WRONG2", json.dumps(conn))
     try:
         list(SalesforceSync(conn_id="sf_wrong2").query("SELECT Id FROM Account"))

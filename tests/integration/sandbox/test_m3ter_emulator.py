@@ -62,6 +62,26 @@ def client(sb: Any) -> m3ter.M3ter:
     return _client(sb.url("m3ter"), token=_token(sb.url("m3ter")), token_expiry=FAR_FUTURE)
 
 
+@pytest.fixture
+def ingest(sb: Any, client: m3ter.M3ter) -> m3ter.M3ter:
+    """The SDK pointed at the Ingest API's own host (``usage.submit`` posts to an overridden base URL)."""
+    return _client(sb.url("m3ter_ingest"), token=client.token, token_expiry=FAR_FUTURE)
+
+
+def test_config_and_ingest_apis_are_separate_hosts(sb: Any, client: m3ter.M3ter, ingest: m3ter.M3ter) -> None:
+    """As in production (the spec's per-operation ``servers``): measurements only on the Ingest host,
+    everything else (tokens included) only on the Config host."""
+    m = {"account": "x", "meter": "api_calls", "ts": "2024-01-01T00:00:00Z", "measure": {"quantity": 1}}
+    with pytest.raises(m3ter.NotFoundError, match="Ingest API host"):
+        client.usage.submit(measurements=[m])
+    with pytest.raises(m3ter.NotFoundError, match="Config API host"):
+        ingest.products.list()
+    r = requests.post(f"{sb.url('m3ter_ingest')}/oauth/token", json={"grant_type": "client_credentials"},
+                      headers={"Authorization": BASIC}, timeout=10)
+    assert r.status_code == 404
+    assert ingest.usage.submit(measurements=[m]).result == "accepted"
+
+
 def _uid() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -256,25 +276,25 @@ def _m(account: str, qty: float, uid: str | None = None, **kw: Any) -> dict[str,
     return item
 
 
-def test_ingest_limits_dedupe_and_query(client: m3ter.M3ter, sb: Any) -> None:
+def test_ingest_limits_dedupe_and_query(client: m3ter.M3ter, ingest: m3ter.M3ter, sb: Any) -> None:
     key = next(c.key for c in seed.demo_company().customers if c.in_m3ter)
     account = next(iter(client.accounts.list(codes=[key])))
     meter = next(iter(client.meters.list(codes=["api_calls"])))
-    assert client.usage.submit(measurements=[_m(key, 10, "u-1"), _m(key, 5, "u-2")]).result == "accepted"
-    client.usage.submit(measurements=[_m(key, 10, "u-1"), _m(key, 1, "u-3")])  # u-1 is a duplicate
+    assert ingest.usage.submit(measurements=[_m(key, 10, "u-1"), _m(key, 5, "u-2")]).result == "accepted"
+    ingest.usage.submit(measurements=[_m(key, 10, "u-1"), _m(key, 1, "u-3")])  # u-1 is a duplicate
     with pytest.raises(m3ter.BadRequestError, match="between 1 and 1000"):
-        client.usage.submit(measurements=[_m(key, 1) for _ in range(1001)])
+        ingest.usage.submit(measurements=[_m(key, 1) for _ in range(1001)])
     with pytest.raises(m3ter.BadRequestError):
-        client.usage.submit(measurements=[])
+        ingest.usage.submit(measurements=[])
     with pytest.raises(m3ter.PermissionDeniedError):
-        client.usage.submit(measurements=[_m(key, 1, metadata={"pad": "x" * 250}) for _ in range(1000)] * 1
+        ingest.usage.submit(measurements=[_m(key, 1, metadata={"pad": "x" * 250}) for _ in range(1000)] * 1
                             + [_m(key, 1, other={"pad": "y" * 300_000})])
     with pytest.raises(m3ter.BadRequestError, match=r"measurements\[1\]\.account"):
-        client.usage.submit(measurements=[_m(key, 1), {"meter": "api_calls", "ts": "2024-01-01T00:00:00Z"}])
+        ingest.usage.submit(measurements=[_m(key, 1), {"meter": "api_calls", "ts": "2024-01-01T00:00:00Z"}])
     with pytest.raises(m3ter.BadRequestError, match="future"):
-        client.usage.submit(measurements=[_m(key, 1, ts="2999-01-01T00:00:00Z")])
+        ingest.usage.submit(measurements=[_m(key, 1, ts="2999-01-01T00:00:00Z")])
     with pytest.raises(m3ter.BadRequestError, match=r"measure\.quantity"):
-        client.usage.submit(measurements=[{**_m(key, 1), "measure": {"quantity": "lots"}}])
+        ingest.usage.submit(measurements=[{**_m(key, 1), "measure": {"quantity": "lots"}}])
 
     result = client.usage.query(account_ids=[account.id], meter_ids=[meter.id], groups=[{"groupType": "ACCOUNT"}],
                                 aggregations=[{"meterId": meter.id, "fieldCode": "quantity", "fieldType": "MEASURE",
@@ -287,7 +307,7 @@ def test_ingest_limits_dedupe_and_query(client: m3ter.M3ter, sb: Any) -> None:
     dupes = client.events.list(event_type="IngestValidationFailure")
     assert [e.m3ter_event["eventData"]["failureType"] for e in dupes] == ["DuplicateUid"]  # type: ignore[index]
     # an unknown account code creates a skeleton account, as documented
-    client.usage.submit(measurements=[_m("brand-new-customer", 2)])
+    ingest.usage.submit(measurements=[_m("brand-new-customer", 2)])
     assert [a.name for a in client.accounts.list(codes=["brand-new-customer"])] == ["brand-new-customer"]
     window = client.usage.query(start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
                                 end_date=dt.datetime(2000, 1, 2, tzinfo=dt.UTC))
@@ -314,14 +334,14 @@ def test_rate_limit_429_is_retried_by_the_sdk(sb: Any) -> None:
 
 
 # -- billing ------------------------------------------------------------------------------------
-def test_bill_job_generates_bills_with_line_items(client: m3ter.M3ter) -> None:
+def test_bill_job_generates_bills_with_line_items(client: m3ter.M3ter, ingest: m3ter.M3ter) -> None:
     company = seed.demo_company()
     customer = next(c for c in company.customers if c.in_m3ter and c.prepaid_balance
                     and c.contract_start < company.anchor and c.contract_end > dt.date.today())
     account = next(iter(client.accounts.list(codes=[customer.key])))
     last_day = dt.date.today().replace(day=1) - dt.timedelta(days=1)
     ts = f"{last_day.replace(day=10).isoformat()}T12:00:00Z"
-    client.usage.submit(measurements=[_m(customer.key, 1000, f"b-{i}", ts=ts) for i in range(3)])
+    ingest.usage.submit(measurements=[_m(customer.key, 1000, f"b-{i}", ts=ts) for i in range(3)])
     job = client.bill_jobs.create(last_date_in_billing_period=last_day, account_ids=[account.id])
     assert job.status == "COMPLETE" and job.bill_ids and len(job.bill_ids) == 1
     assert client.bill_jobs.retrieve(job.id).status == "COMPLETE"

@@ -63,7 +63,7 @@ def ns(fresh_sandbox: Any) -> Iterator[Client]:
 
 @pytest.fixture
 def ns_eu(fresh_sandbox: Any) -> Client:
-    return Client(fresh_sandbox.url("netsuite"), EU)
+    return Client(fresh_sandbox.url("netsuite_eu"), EU)
 
 
 def new_customer(c: Client, eid: str = "CUST-1", **extra: Any) -> str:
@@ -136,16 +136,27 @@ def test_wrong_method_key_or_realm_is_rejected(ns: Client, fresh_sandbox: Any) -
     assert requests.get(url, auth=oauth(crossed), timeout=10).status_code == 401
 
 
-def test_host_names_the_account(fresh_sandbox: Any) -> None:
-    """``1234567-eu.suitetalk...`` routes to the EU account; a contradicting realm is refused."""
-    host = {"Host": "1234567-eu.suitetalk.api.netsuite.com"}
-    eu = Client(fresh_sandbox.url("netsuite"), EU, **host)
+def test_each_account_has_its_own_host(fresh_sandbox: Any) -> None:
+    """As ``<account>.suitetalk.api.netsuite.com`` in production, each account has its own host (port):
+    a request signed for another account's realm is refused there, whichever host it reached."""
+    eu = Client(fresh_sandbox.url("netsuite_eu"), EU)
     r = eu.req("GET", "/record/v1/subsidiary/1")
     assert r.status_code == 200, r.text
     assert r.json()["name"] == "Northwind Cloud EU BV"
+    us_at_eu_host = Client(fresh_sandbox.url("netsuite_eu"), US)
+    assert us_at_eu_host.req("GET", "/record/v1/subsidiary/1").status_code == 401
+    eu_at_us_host = Client(fresh_sandbox.url("netsuite"), EU)
+    assert eu_at_us_host.req("GET", "/record/v1/subsidiary/1").status_code == 401
+    failures = fresh_sandbox.state("netsuite")["auth_failures"]
+    assert any("does not match host account" in f["reason"] for f in failures)
+
+
+def test_host_header_names_the_account_for_links(fresh_sandbox: Any) -> None:
+    """Record links are built from the host the client addressed (NetSuite's own host in production)."""
+    eu = Client(fresh_sandbox.url("netsuite_eu"), EU, Host="1234567-eu.suitetalk.api.netsuite.com")
+    r = eu.req("GET", "/record/v1/subsidiary/1")
+    assert r.status_code == 200, r.text
     assert r.json()["links"][0]["href"].startswith("http://1234567-eu.suitetalk.api.netsuite.com/")
-    us_via_eu_host = Client(fresh_sandbox.url("netsuite"), US, **host)
-    assert us_via_eu_host.req("GET", "/record/v1/subsidiary/1").status_code == 401
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -228,7 +239,7 @@ def test_closed_period_blocks_transactions(ns: Client, fresh_sandbox: Any) -> No
     r = ns.req("PUT", "/record/v1/invoice/eid:NEW", json=invoice_body(cid, tranDate="2030-02-01"))
     assert r.status_code == 204
     # The EU account's periods are its own.
-    eu = Client(fresh_sandbox.url("netsuite"), EU)
+    eu = Client(fresh_sandbox.url("netsuite_eu"), EU)
     eu_cid = new_customer(eu)
     assert eu.req("PUT", "/record/v1/invoice/eid:OLD", json=invoice_body(eu_cid)).status_code == 204
 

@@ -66,7 +66,7 @@ def test_wrong_credentials_are_rejected_as_invalid_login(sb: Any, monkeypatch: p
                                                         field: str) -> None:
     conn = {"conn_type": "salesforce", "login": cred.SALESFORCE_USERNAME, "password": cred.SALESFORCE_PASSWORD,
             "extra": {"security_token": cred.SALESFORCE_SECURITY_TOKEN, "version": "59.0",
-                      "sandbox_base_url": sb.url("salesforce")}}
+                      "sandbox_hosts": sb.sf_hosts()}}
     if field == "security_token":
         conn["extra"]["security_token"] = "wrong-token"  # type: ignore[index]
     else:
@@ -79,9 +79,18 @@ def test_wrong_credentials_are_rejected_as_invalid_login(sb: Any, monkeypatch: p
     assert sb.state("salesforce")["sessions"] == 0
 
 
-def test_rest_calls_need_a_session(sb: Any) -> None:
+def test_login_host_serves_login_only(sb: Any) -> None:
+    """Production's shape: REST calls go to the instance the login response names, not the login host."""
     r = requests.get(f"{sb.url('salesforce')}/services/data/v59.0/query/", params={"q": "SELECT Id FROM Account"},
-                     headers={"Authorization": "Bearer 00Dforged!token"}, timeout=10)
+                     timeout=10)
+    assert r.status_code == 404 and r.json()[0]["errorCode"] == "NOT_FOUND"
+    assert "serverUrl" in r.json()[0]["message"]
+
+
+def test_rest_calls_need_a_session(sb: Any) -> None:
+    r = requests.get(f"{sb.url('salesforce_instance')}/services/data/v59.0/query/",
+                     params={"q": "SELECT Id FROM Account"}, headers={"Authorization": "Bearer 00Dforged!token"},
+                     timeout=10)
     assert r.status_code == 401
     assert r.json() == [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID", "fields": []}]
 

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m3sh.sandbox import credentials as cred
-from m3sh.sandbox.common import ASGIApp, Emulator, Receive, Scope, Send, WindowLimiter
+from m3sh.sandbox.common import ASGIApp, Emulator, HostGate, Receive, Scope, Send, WindowLimiter
 from m3sh.sandbox.m3ter import ingest, notify
 from m3sh.sandbox.m3ter.schemas import ApiError
 from m3sh.sandbox.m3ter.store import Store, new_id, public
@@ -29,6 +29,14 @@ from m3sh.sandbox.m3ter.timeutil import now_iso
 
 TOKEN_TTL_S = 18_000
 ORG_PREFIX = "/organizations/"
+
+
+def is_ingest_operation(method: str, path: str) -> bool:
+    """``POST /organizations/{orgId}/measurements``: the one operation of m3ter's Ingest API host."""
+    if method != "POST" or not path.startswith(ORG_PREFIX):
+        return False
+    _org, _, sub = path[len(ORG_PREFIX):].partition("/")
+    return sub.rstrip("/") == "measurements"
 
 
 class TokenBucket:
@@ -68,7 +76,15 @@ class M3terEmulator(Emulator):
         self._make_limiters()
         # Typed as a plain ASGI callable: the middleware and _asgi hand it plain dict scopes.
         self.api: ASGIApp = self._build_api()  # type: ignore[assignment]
-        self.app = self._asgi
+        # Production serves the Config API (and OAuth) at api.m3ter.com and measurements at
+        # ingest.m3ter.com only (the spec's operation-level ``servers``); so does the sandbox: the
+        # main port is the Config API, the ``ingest`` listener the Ingest API.
+        self.app = HostGate(self._asgi, lambda m, p: not is_ingest_operation(m, p), 404, {
+            "message": "Not Found: measurements go to the Ingest API host (https://ingest.m3ter.com; in the "
+                       "sandbox the m3ter_ingest port), not the Config API host"})
+        self.ingest_app = HostGate(self._asgi, is_ingest_operation, 404, {
+            "message": "Not Found: the Ingest API host serves POST /organizations/{orgId}/measurements only; "
+                       "everything else, OAuth tokens included, is on the Config API host"})
         self.admin_actions["token_ttl"] = self._admin_token_ttl
         # Imported here to avoid an import cycle (billing uses the emulator's helpers).
         from m3sh.sandbox.m3ter import billing
@@ -78,6 +94,9 @@ class M3terEmulator(Emulator):
         from m3sh.sandbox.m3ter import bulk
 
         self.admin_actions["bulk_seed"] = lambda body: bulk.admin_bulk_seed(self, body)
+
+    def listener_apps(self) -> dict[str, Any]:
+        return {"ingest": self.ingest_app}
 
     # -- lifecycle ------------------------------------------------------------------------------
     def reset(self, seed: str = "empty") -> None:

@@ -35,6 +35,9 @@ def normalise_account(account_id: str) -> str:
     return account_id.strip().upper().replace("-", "_")
 
 
+HOST_ACCOUNT_SCOPE_KEY = "m3sh.netsuite_account"  # ASGI scope key set by the account's listener
+
+
 @dataclass(frozen=True)
 class SignedRequest:
     """What the verifier needs from an HTTP request, independent of the web framework."""
@@ -46,6 +49,8 @@ class SignedRequest:
     query_string: str
     authorization: str | None
     body: bytes = b""
+    # The account whose host (port) the request reached, when the listener is bound to one.
+    host_account: str | None = None
 
 
 class TbaVerifier:
@@ -83,7 +88,7 @@ class TbaVerifier:
         """The account a request addresses: the host's first label if it is an account, else realm."""
         params = self.parse_header(req.authorization) or {}
         realm = normalise_account(params["realm"]) if params.get("realm") else None
-        host_account = normalise_account(req.host.split(":")[0].split(".")[0])
+        host_account = req.host_account or normalise_account(req.host.split(":")[0].split(".")[0])
         if host_account in self.accounts:
             if realm is not None and realm != host_account:
                 raise self._fail(host_account, f"realm {realm} does not match host account {host_account}")

@@ -19,14 +19,26 @@ import datetime as dt
 from typing import Any
 
 from m3sh.sandbox import credentials as cred
-from m3sh.sandbox.common import Emulator
+from m3sh.sandbox.common import Emulator, Receive, Scope, Send
 from m3sh.sandbox.netsuite import seed_data
-from m3sh.sandbox.netsuite.auth import TbaVerifier, normalise_account
+from m3sh.sandbox.netsuite.auth import HOST_ACCOUNT_SCOPE_KEY, TbaVerifier, normalise_account
 from m3sh.sandbox.netsuite.errors import CONCURRENCY_DETAIL, DEFAULT_CODES, ns_error_body
 from m3sh.sandbox.netsuite.routes import build_app
 from m3sh.sandbox.netsuite.state import ITEM_TYPES, TRANSACTION_TYPES, AccountState
 
 DEFAULT_CONCURRENCY = 5
+
+
+class AccountHost:
+    """An ASGI app as one account's host: tags each request's scope with the account it addresses."""
+
+    def __init__(self, app: Any, account_id: str) -> None:
+        self.app, self.account = app, normalise_account(account_id)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, HOST_ACCOUNT_SCOPE_KEY: self.account}
+        await self.app(scope, receive, send)
 
 
 class NetSuiteEmulator(Emulator):
@@ -44,8 +56,17 @@ class NetSuiteEmulator(Emulator):
             close_period=self._admin_close_period,
             account_fault=self._admin_account_fault,
         )
-        self.app = build_app(self)
+        # One host per account, as <account>.suitetalk.api.netsuite.com in production: the main port
+        # is the default account's host, each other account listens on its own port (its label is
+        # the listener role). A request signed for another account's realm fails there, as it would
+        # at NetSuite.
+        app = build_app(self)
+        self.account_apps = {label: AccountHost(app, creds.account_id) for label, creds in cred.NETSUITE.items()}
+        self.app = self.account_apps["default"]
         self.reset("empty")
+
+    def listener_apps(self) -> dict[str, Any]:
+        return {label: host for label, host in self.account_apps.items() if label != "default"}
 
     # -- Emulator contract --------------------------------------------------------------------
     def reset(self, seed: str = "empty") -> None:

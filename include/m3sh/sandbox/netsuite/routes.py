@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from m3sh.sandbox.common import ASGIApp
-from m3sh.sandbox.netsuite.auth import SignedRequest
+from m3sh.sandbox.netsuite.auth import HOST_ACCOUNT_SCOPE_KEY, SignedRequest
 from m3sh.sandbox.netsuite.errors import CONCURRENCY_DETAIL, NetSuiteApiError, ns_error_body, user_error
 from m3sh.sandbox.netsuite.state import RECORD_TYPES, AccountState
 from m3sh.sandbox.netsuite.suiteql import execute
@@ -91,6 +91,7 @@ class _Handler:
             query_string=request.scope.get("query_string", b"").decode("latin-1"),
             authorization=request.headers.get("authorization"),
             body=body,
+            host_account=request.scope.get(HOST_ACCOUNT_SCOPE_KEY),
         )
         try:
             account_key = self.emu.verifier.account_for(signed)

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from m3sh.sandbox.common import ASGIApp, Emulator
+from m3sh.sandbox.common import ASGIApp, Emulator, HostGate
 from m3sh.sandbox.salesforce import auth
 from m3sh.sandbox.salesforce.schema import OBJECTS, ObjectDef, get_object
 from m3sh.sandbox.salesforce.seed import seed_demo
@@ -38,6 +38,10 @@ _NO_EXT_FIELD = "Provided external ID field does not exist or is not accessible:
 Handler = Callable[..., Awaitable[Response]]
 
 
+def _login_host_operation(method: str, path: str) -> bool:
+    return (method == "POST" and path.startswith("/services/Soap/u/")) or path.rstrip("/") == "/services/data"
+
+
 class SalesforceEmulator(Emulator):
     """A one-org Salesforce: Northwind Cloud's accounts, contracts, opportunities and invoices."""
 
@@ -53,7 +57,18 @@ class SalesforceEmulator(Emulator):
         self.admin_actions["expire_sessions"] = self._admin_expire_sessions
         self.admin_actions["insert"] = self._admin_insert
         self.admin_actions["set_fields"] = self._admin_set_fields
-        self.app = cast("ASGIApp", _build_app(self))
+        # The main port stands in for login.salesforce.com: it logs in (SOAP) and lists API versions,
+        # nothing else; the ``instance`` listener is the org's My Domain host that the login
+        # response's serverUrl names, where every REST call goes (and login works too).
+        full = cast("ASGIApp", _build_app(self))
+        self.app = HostGate(full, _login_host_operation, 404, [{
+            "errorCode": "NOT_FOUND",
+            "message": f"The login host serves login only; REST calls go to the instance in the login "
+                       f"response's serverUrl (https://{auth.INSTANCE_HOST})"}])
+        self.instance_app = full
+
+    def listener_apps(self) -> dict[str, Any]:
+        return {"instance": self.instance_app}
 
     # ------------------------------------------------------------------------- Emulator API
     def reset(self, seed: str = "empty") -> None:

@@ -18,7 +18,7 @@ from m3sh.sandbox import credentials as cred
 
 ORG_ID = "00D5g000004NWTHEA4"
 USER_ID = "0055g00000A1b2CAAR"
-INSTANCE_HOST = "northwind.my.salesforce.com"
+INSTANCE_HOST = cred.SALESFORCE_INSTANCE_HOST
 _ENTITIES = {"&quot;": '"', "&apos;": "'"}
 
 
