@@ -127,7 +127,7 @@ def _measure(box: Any, cfg_path: Path, n_accounts: int) -> dict[str, Any]:
             calls = int(stats(box, "m3ter").get("total", 0))
         return result, calls, seconds
 
-    hook.iter_entities("products", page_size=1)  # warm the token (not part of a pass)
+    next(iter(hook.list_products(page_size=1)), None)  # warm the token (not part of a pass)
     _cold, cold_calls, cold_s = one_pass()
     warm, warm_calls, warm_s = one_pass()
 
@@ -166,7 +166,7 @@ def _measure(box: Any, cfg_path: Path, n_accounts: int) -> dict[str, Any]:
 
 def _extra_resets(hook: Any, balance_id: str) -> int:
     """Reset transactions m3sh wrote on a balance beyond the first (a firing acted on twice)."""
-    txs = hook.iter_entities(f"balances/{balance_id}/transactions", page_size=200)
+    txs = hook.list_balance_transactions(balance_id)
     applied = sum(1 for t in txs if str(t.get("description", "")).startswith("m3sh reset"))
     return max(0, applied - 1)
 
@@ -186,7 +186,7 @@ def _live_latency(box: Any, cfg_path: Path, samples: int) -> dict[str, Any]:
     cfg = load_config(cfg_path)
     hook = M3terHook(cfg.m3ter.conn_id)
     ledger = Ledger(Storage.from_config(cfg.storage))
-    accounts = sum(1 for _ in hook.iter_entities("accounts", page_size=100))
+    accounts = sum(1 for _ in hook.list_accounts(page_size=100))
     t_start = time.monotonic()
     with standalone(box, cfg_path, [DAG_ID], extra=LIVE_AIRFLOW_SETTINGS) as stack:
         startup_s = time.monotonic() - t_start
@@ -209,7 +209,7 @@ def _live_latency(box: Any, cfg_path: Path, samples: int) -> dict[str, Any]:
         "webhook_run_seconds_p50": _median([s["run_s"] for s in rest if s.get("run_s") is not None]),
         "webhook_run_types": sorted({s["run_type"] for s in measured if s.get("run_type")}),
         "live_accounts": accounts,
-        "live_balances_not_reset": [b for b in balances if float(hook.get("balances", b).get("amount") or 0) != 0],
+        "live_balances_not_reset": [b for b in balances if float(hook.get_balance(b).get("amount") or 0) != 0],
         "double_fires": sum(_extra_resets(hook, b) for b in balances),
         "airflow_startup_s": round(startup_s, 1),
         "airflow_settings": LIVE_AIRFLOW_SETTINGS,

@@ -93,7 +93,7 @@ def usage_count(box: Any) -> int:
 
     hook = M3terHook()
     total = 0
-    for meter in (m for m in hook.iter_entities("meters") if m["code"] in ("api_calls", "storage_gb")):
+    for meter in (m for m in hook.list_meters() if m["code"] in ("api_calls", "storage_gb")):
         body = {"startDate": "2000-01-01T00:00:00Z", "endDate": "2100-01-01T00:00:00Z", "meterIds": [meter["id"]],
                 "aggregations": [{"meterId": meter["id"], "fieldCode": "quantity", "fieldType": "MEASURE",
                                   "function": "COUNT"}]}

@@ -124,7 +124,7 @@ class Chaos:
     def usage_totals(self, meter: str = "api_calls") -> tuple[int, dict[str, float]]:
         """(measurement count, quantity sum per account) from m3ter's usage query."""
         hook = self.m3ter()
-        meter_id = next(m["id"] for m in hook.iter_entities("meters") if m["code"] == meter)
+        meter_id = next(m["id"] for m in hook.list_meters() if m["code"] == meter)
         body = {"startDate": "2000-01-01T00:00:00Z", "endDate": "2100-01-01T00:00:00Z", "meterIds": [meter_id],
                 "groups": [{"groupType": "ACCOUNT"}],
                 "aggregations": [{"meterId": meter_id, "fieldCode": "quantity", "fieldType": "MEASURE",

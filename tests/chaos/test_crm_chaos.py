@@ -30,18 +30,17 @@ def _run(**kw: Any) -> Any:
 def _assert_each_customer_once(chaos: Chaos) -> None:
     company = demo_company()
     hook = chaos.m3ter()
-    codes = collections.Counter(a["code"] for a in hook.iter_entities("accounts"))
+    codes = collections.Counter(a["code"] for a in hook.list_accounts())
     assert set(codes) == {c.key for c in company.customers}
     assert max(codes.values()) == 1, [c for c, n in codes.items() if n > 1]
-    contracts = collections.Counter(c["code"] for c in hook.iter_entities("contracts"))
+    contracts = collections.Counter(c["code"] for c in hook.list_contracts())
     assert max(contracts.values()) == 1, [c for c, n in contracts.items() if n > 1]
     assert {f"{c.key}-c{c.contract_start:%Y%m%d}" for c in company.customers} <= set(contracts)
     mappings = collections.Counter((m["externalSystem"], m["externalTable"], m["externalId"])
-                                   for m in hook.iter_entities("externalmappings", page_size=200))
+                                   for m in hook.list_external_mappings())
     assert max(mappings.values()) == 1
     assert len(mappings) == sum(2 if c.crm == "both" else 1 for c in company.customers)
-    plans = collections.Counter((ap["accountId"], ap["planId"], ap["startDate"]) for ap in hook.iter_entities(
-        "accountplans"))
+    plans = collections.Counter((ap["accountId"], ap["planId"], ap["startDate"]) for ap in hook.list_account_plans())
     assert max(plans.values()) == 1, "an account plan was attached twice"
 
 
@@ -71,7 +70,7 @@ def test_storms_and_lost_create_responses_then_backfill_rerun_create_nothing_twi
                    fields={"Name": "Renamed In Backfill",
                            "SystemModstamp": (hour - dt.timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%S.000+0000")})
     assert _run(logical_date=hour).state == "success"
-    assert chaos.m3ter().find_by_code("accounts", customer.key)["name"] == "Renamed In Backfill"
+    assert chaos.m3ter().find_account(customer.key)["name"] == "Renamed In Backfill"
     before = {n: chaos.writes(n) for n in ("m3ter", "salesforce", "hubspot")}
     chaos.faults("m3ter", methods=["GET"], burst_429=2, retry_after_s=0)  # the backfill meets a storm too
     for logical_date in (hour, hour - dt.timedelta(hours=1)):

@@ -42,10 +42,10 @@ def test_trigger_actions_apply_once_under_faults_and_duplicate_notifications(cha
     from m3sh.web.receiver import S3ReplayGuard, create_app
 
     hook = chaos.m3ter()
-    plans = {p["id"]: p["code"] for p in hook.iter_entities("plans")}
+    plans = {p["id"]: p["code"] for p in hook.list_plans()}
     horizon = (dt.datetime.now(dt.UTC) + dt.timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    balance = sorted(hook.iter_entities("balances", endDateStart=horizon), key=lambda b: b["code"])[0]
-    account = hook.get("accounts", balance["accountId"])
+    balance = sorted(hook.list_balances(end_date_start=horizon), key=lambda b: b["code"])[0]
+    account = hook.get_account(balance["accountId"])
     # usage that leaves 40 of the prepaid credit: the balance crosses the rule's 100 threshold
     calls = int((balance["amount"] - 40) / 0.002)
     ts = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -87,15 +87,15 @@ def test_trigger_actions_apply_once_under_faults_and_duplicate_notifications(cha
     assert chaos.failure_alerts() == alerts
 
     # m3ter: one plan switch, one reset transaction, the field set; Slack: one message.
-    aps = sorted(hook.iter_entities("accountplans", account=account["id"], includeall=True),
+    aps = sorted(hook.list_account_plans(account_id=account["id"], include_all=True),
                  key=lambda ap: ap["startDate"])
     assert [plans[ap["planId"]] for ap in aps] == ["prepaid_usd", "growth_usd"]
     assert aps[0]["endDate"] == aps[1]["startDate"]
-    txs = list(hook.iter_entities(f"balances/{balance['id']}/transactions", page_size=200))
+    txs = list(hook.list_balance_transactions(balance['id']))
     resets = [t for t in txs if str(t.get("description", "")).startswith("m3sh reset")]
     assert len(resets) == 1
-    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(0)
-    assert hook.get("accounts", account["id"])["customFields"]["lifecycle"] == "converted_from_prepaid"
+    assert hook.get_balance(balance["id"])["amount"] == pytest.approx(0)
+    assert hook.get_account(account["id"])["customFields"]["lifecycle"] == "converted_from_prepaid"
     notices = [m for m in chaos.sb.state("platform")["slack"] if account["code"] in (m.get("text") or "")]
     assert len(notices) == 1
 
@@ -112,11 +112,11 @@ def test_trigger_actions_apply_once_under_faults_and_duplicate_notifications(cha
 def test_a_lost_response_on_a_balance_transaction_does_not_apply_it_twice(chaos: Chaos) -> None:
     """m3ter applies the transaction but the response is lost: the hook must not re-send it blindly."""
     hook = chaos.m3ter()
-    balance = sorted(hook.iter_entities("balances"), key=lambda b: b["code"])[0]
+    balance = sorted(hook.list_balances(), key=lambda b: b["code"])[0]
     note = "m3sh reset chaos-lost-response"
     chaos.faults("m3ter", path_regex="/transactions$", methods=["POST"], drop_next=1, drop_after_processing=True)
     with contextlib.suppress(Exception):  # the caller may see the drop; what matters is m3ter's state
         hook.create_balance_transaction(balance["id"], {"amount": -1.0, "description": note})
-    txs = [t for t in hook.iter_entities(f"balances/{balance['id']}/transactions", page_size=200)
+    txs = [t for t in hook.list_balance_transactions(balance['id'])
            if t.get("description") == note]
     assert len(txs) == 1

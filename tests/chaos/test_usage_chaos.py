@@ -32,7 +32,7 @@ def _run(**conf: Any) -> Any:
 
 
 def _accounts(chaos: Chaos) -> list[str]:
-    return sorted(a["code"] for a in chaos.m3ter().iter_entities("accounts"))
+    return sorted(a["code"] for a in chaos.m3ter().list_accounts())
 
 
 def _posts(chaos: Chaos) -> int:

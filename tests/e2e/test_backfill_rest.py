@@ -131,10 +131,12 @@ def full_resync(stack: AirflowStack, sandbox: Any) -> str:
     return run_id
 
 
-def _m3ter(path: str = "accounts") -> dict[str, dict[str, Any]]:
+def _m3ter(collection: str = "accounts") -> dict[str, dict[str, Any]]:
     from m3sh.hooks.m3ter import M3terHook
 
-    return {a["id"]: a for a in M3terHook().iter_entities(path)}
+    hook = M3terHook()
+    found = hook.list_accounts() if collection == "accounts" else hook.list_contracts()
+    return {a["id"]: a for a in found}
 
 
 def _m3ter_accounts() -> dict[str, dict[str, Any]]:

@@ -159,7 +159,7 @@ def test_balance_sensor_defers_then_resumes_on_depletion(stack: Stack, fresh_san
 
     api = stack.api
     hook = M3terHook()
-    balances = list(hook.iter_entities("balances"))
+    balances = list(hook.list_balances())
     assert balances, "the demo seed has prepaid balances"
     now = dt.datetime.now(dt.UTC).isoformat()
     live = [b for b in balances if b["startDate"] <= now < b["endDate"]]
@@ -290,7 +290,7 @@ def test_signed_m3ter_webhook_starts_an_asset_triggered_run_that_acts_once_and_f
     cfg = load_config(stack.env.config_path)
     hook = M3terHook(cfg.m3ter.conn_id)
     ledger = Ledger(Storage.from_config(cfg.storage))
-    plans = {p["id"]: p["code"] for p in hook.iter_entities("plans")}
+    plans = {p["id"]: p["code"] for p in hook.list_plans()}
     receiver = f"{stack.env.base_url}/m3sh/webhooks/m3ter"
 
     # m3ter's notification now delivers to the receiver in this stack's api-server.
@@ -300,8 +300,8 @@ def test_signed_m3ter_webhook_starts_an_asset_triggered_run_that_acts_once_and_f
     assert (f"m3sh_{RULE}", "created") in [(n["code"], n["action"]) for n in synced["notifications"]]
 
     horizon = (dt.datetime.now(dt.UTC) + dt.timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    balance = sorted(hook.iter_entities("balances", endDateStart=horizon), key=lambda b: b["code"])[0]
-    account = hook.get("accounts", balance["accountId"])
+    balance = sorted(hook.list_balances(end_date_start=horizon), key=lambda b: b["code"])[0]
+    account = hook.get_account(balance["accountId"])
     assert float(balance["amount"]) >= THRESHOLD, "precondition: the demo seed's balance is healthy"
     runs_before, events_before = _plan_run_ids(api), _asset_event_count(api)
 
@@ -332,13 +332,13 @@ def test_signed_m3ter_webhook_starts_an_asset_triggered_run_that_acts_once_and_f
 
     # The rule's actions, applied once, seen through m3ter's public API.
     assert [a["status"] for a in entry["actions"]] == ["done"] * len(entry["actions"])
-    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(0)
-    assert hook.get("accounts", account["id"])["customFields"]["lifecycle"] == "converted_from_prepaid"
-    current = [plans[ap["planId"]] for ap in hook.iter_entities("accountplans", account=account["id"],
-                                                                  includeall=True) if not ap.get("endDate")
+    assert hook.get_balance(balance["id"])["amount"] == pytest.approx(0)
+    assert hook.get_account(account["id"])["customFields"]["lifecycle"] == "converted_from_prepaid"
+    current = [plans[ap["planId"]] for ap in hook.list_account_plans(account_id=account["id"],
+                                                                      include_all=True) if not ap.get("endDate")
                or ap["endDate"] > dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
     assert "growth_usd" in current and "prepaid_usd" not in current, current
-    txs = list(hook.iter_entities(f"balances/{balance['id']}/transactions", page_size=200))
+    txs = list(hook.list_balance_transactions(balance['id']))
     assert sum(1 for t in txs if str(t.get("description", "")).startswith("m3sh reset")) == 1
 
     # Forged, unsigned, stale and replayed deliveries: 401, no asset event, no run. The replay is

@@ -51,7 +51,7 @@ def _sync(config: Path, *extra: str) -> dict[str, Any]:
 def _m3ter_notifications() -> dict[str, dict[str, Any]]:
     from m3sh.hooks.m3ter import M3terHook
 
-    return {n["code"]: n for n in M3terHook().iter_entities("notifications/configurations")
+    return {n["code"]: n for n in M3terHook().list_notification_configurations()
             if str(n.get("code", "")).startswith("m3sh_")}
 
 
@@ -66,7 +66,7 @@ def test_cli_creates_updates_and_deactivates_notifications_from_the_rules(fresh_
     assert [(n["code"], n["action"]) for n in planned["notifications"]] == [
         ("m3sh_low_credit", "created"), ("m3sh_half_spent", "created"), ("m3sh_prepaid_depleted", "created")]
     assert _m3ter_notifications() == {}
-    assert M3terHook().find_by_code("integrationdestinations/webhooks", "m3sh_receiver") is None
+    assert M3terHook().find_webhook_destination("m3sh_receiver") is None
 
     done = _sync(config)
     assert done["webhook"]["action"] == "created"
@@ -75,7 +75,7 @@ def test_cli_creates_updates_and_deactivates_notifications_from_the_rules(fresh_
         "m3sh_low_credit": ("new.amount < 100 AND old.amount >= 100", True),
         "m3sh_half_spent": ("new.amount < old.amount", True),
         "m3sh_prepaid_depleted": ("new.amount < 100 AND old.amount >= 100", True)}
-    webhook = M3terHook().find_by_code("integrationdestinations/webhooks", "m3sh_receiver")
+    webhook = M3terHook().find_webhook_destination("m3sh_receiver")
     assert webhook is not None and webhook["url"] == URL
     again = _sync(config)
     assert again["webhook"]["action"] == "unchanged"

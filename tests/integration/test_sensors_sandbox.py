@@ -73,8 +73,8 @@ def _by_code(items: Any) -> list[dict[str, Any]]:
 
 def _deplete_balance(env: Env) -> str:
     """Draw the first prepaid balance down to 40 (under prepaid_depleted's 100)."""
-    balance = _by_code(env.hook.iter_entities("balances"))[0]
-    code = str(env.hook.get("accounts", balance["accountId"])["code"])
+    balance = _by_code(env.hook.list_balances())[0]
+    code = str(env.hook.get_account(balance["accountId"])["code"])
     env.sb.admin("m3ter", "drawdown", "POST", accountCode=code, amount=balance["amount"] - 40)
     return code
 
@@ -89,7 +89,7 @@ def _submit_heavy_usage(env: Env, code: str, quantity: int = HEAVY_USAGE) -> Non
 
 
 def _exceed_usage(env: Env) -> str:
-    code = str(_by_code(env.hook.iter_entities("accounts"))[0]["code"])
+    code = str(_by_code(env.hook.list_accounts())[0]["code"])
     _submit_heavy_usage(env, code)
     return code
 
@@ -97,7 +97,7 @@ def _exceed_usage(env: Env) -> str:
 def _far_contracts(env: Env) -> list[dict[str, Any]]:
     """Contracts whose last day is more than 60 days away (renewal_due does not see them)."""
     horizon = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=60)
-    return [c for c in _by_code(env.hook.iter_entities("contracts"))
+    return [c for c in _by_code(env.hook.list_contracts())
             if dt.date.fromisoformat(str(c["endDate"])[:10]) > horizon]
 
 
@@ -105,8 +105,8 @@ def _end_contract_soon(env: Env) -> str:
     """Move a far contract's last day to 10 days from today (inside renewal_due's 30)."""
     contract = _far_contracts(env)[0]
     end = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=10)
-    env.hook.update("contracts", contract["id"], {"endDate": end.isoformat()})
-    return str(env.hook.get("accounts", contract["accountId"])["code"])
+    env.hook.update_contract(contract["id"], {"endDate": end.isoformat()})
+    return str(env.hook.get_account(contract["accountId"])["code"])
 
 
 def _mark_current_firings_done(env: Env, rule: str) -> list[str]:
@@ -230,7 +230,7 @@ def test_usage_limit_trigger_against_the_sandbox_reports_only_the_heavy_account(
     under it stays out."""
     rule = {"name": "heavy", "when": {"usage_over_limit": {"meter": "api_calls", "limit": 150_000}},
             "actions": [{"switch_plan": "growth_usd"}]}
-    first, second = _by_code(env.hook.iter_entities("accounts"))[:2]
+    first, second = _by_code(env.hook.list_accounts())[:2]
     _submit_heavy_usage(env, first["code"])
     _submit_heavy_usage(env, second["code"], quantity=1_000)
     events = _events(M3terUsageLimitTrigger(rules=[rule], poll_interval=0))
@@ -273,8 +273,8 @@ def test_sensors_in_a_dag_run_poke_defer_and_push_their_firings(env: Env, airflo
 
     balance_code = _deplete_balance(env)
     contract_code = _end_contract_soon(env)
-    quiet_code = str(env.hook.get("accounts", _far_contracts(env)[0]["accountId"])["code"])
-    heavy_code = str(_by_code(env.hook.iter_entities("accounts"))[-1]["code"])
+    quiet_code = str(env.hook.get_account(_far_contracts(env)[0]["accountId"])["code"])
+    heavy_code = str(_by_code(env.hook.list_accounts())[-1]["code"])
     with DAG(f"m3sh_test_rule_sensors_{uuid.uuid4().hex[:6]}", schedule=None,
              start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)) as dag:
         M3terBalanceSensor(task_id="balance", rules=["prepaid_depleted"], accounts=[balance_code], deferrable=False)

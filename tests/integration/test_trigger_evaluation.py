@@ -36,11 +36,11 @@ def test_percent_rule_passes_agree_and_look_each_credit_up_once_per_balance_vers
     hook = M3terHook()
     now = dt.datetime.now(dt.UTC).isoformat()
     # in scope: the balances running now (an ended or future period cannot fire)
-    balances = sorted((b for b in hook.iter_entities("balances") if b["startDate"] <= now < b["endDate"]),
+    balances = sorted((b for b in hook.list_balances() if b["startDate"] <= now < b["endDate"]),
                       key=lambda b: b["code"])
     assert len(balances) >= 2, "the demo seed has running prepaid balances"
     spent, other = balances[0], balances[1]
-    code = hook.get("accounts", spent["accountId"])["code"]
+    code = hook.get_account(spent["accountId"])["code"]
     fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=code, amount=float(spent["amount"]) * 0.6)
 
     cache = CreditsCache(None)  # the trigger's: in memory, across its polls
@@ -84,16 +84,16 @@ def test_product_filter_limits_a_rule_to_balances_drawing_down_for_its_products(
 
     hook = M3terHook()
     now = dt.datetime.now(dt.UTC).isoformat()
-    running = sorted((b for b in hook.iter_entities("balances") if b["startDate"] <= now < b["endDate"]),
+    running = sorted((b for b in hook.list_balances() if b["startDate"] <= now < b["endDate"]),
                      key=lambda b: b["code"])
     api_only, addon_only, unrestricted = running[:3]
-    api = hook.find_by_code("products", PRODUCT_CODE)
-    addon = hook.upsert_by_code("products", "storage_addon", {"name": "Storage add-on"}).entity
+    api = hook.find_product(PRODUCT_CODE)
+    addon = hook.upsert_product("storage_addon", {"name": "Storage add-on"}).entity
     assert api is not None and addon is not None
-    hook.update("balances", api_only["id"], {"productIds": [api["id"]]}, current=api_only)
-    hook.update("balances", addon_only["id"], {"productIds": [addon["id"]]}, current=addon_only)
+    hook.update_balance(api_only["id"], {"productIds": [api["id"]]}, current=api_only)
+    hook.update_balance(addon_only["id"], {"productIds": [addon["id"]]}, current=addon_only)
     for b in (api_only, addon_only, unrestricted):
-        fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=hook.get("accounts", b["accountId"])["code"],
+        fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=hook.get_account(b["accountId"])["code"],
                             amount=float(b["amount"]) - 40)
     rule = TriggerRule.model_validate({"name": "api_low", "actions": [{"reset_balance_to": 0}],
                                        "when": {"balance_below": {"amount": 100, "product_codes": [PRODUCT_CODE]}}})
@@ -113,8 +113,8 @@ def test_a_notified_pass_reads_only_the_notified_accounts_balances_and_keeps_the
     from m3sh.storage import Storage
 
     hook = M3terHook()
-    balance = sorted(hook.iter_entities("balances"), key=lambda b: b["code"])[0]
-    code = hook.get("accounts", balance["accountId"])["code"]
+    balance = sorted(hook.list_balances(), key=lambda b: b["code"])[0]
+    code = hook.get_account(balance["accountId"])["code"]
     fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=code, amount=float(balance["amount"]) - 40)
     low = TriggerRule.model_validate({"name": "low", "when": {"balance_below": {"amount": 100}},
                                       "actions": [{"reset_balance_to": 0}]})
@@ -133,7 +133,7 @@ def test_a_notified_pass_reads_only_the_notified_accounts_balances_and_keeps_the
         [low, contract], notified_account_ids=[balance["accountId"]])
     made = {k: n - before.get(k, 0) for k, n in gets().items() if n != before.get(k, 0)}
     assert [f.key for f in narrowed.firings] == [f.key for f in full.firings]  # the contract rule is not run
-    assert narrowed.counts["balances"] == len([b for b in hook.iter_entities("balances")
+    assert narrowed.counts["balances"] == len([b for b in hook.list_balances()
                                                if b["accountId"] == balance["accountId"]])
     assert sum(n for k, n in made.items() if k.endswith("/balances")) == 1, made  # one page, one account
     assert not any(k.endswith("/contracts") for k in made), made

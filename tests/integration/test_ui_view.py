@@ -58,7 +58,7 @@ def state(sandbox: Any, airflow_db: Path, tmp_path_factory: pytest.TempPathFacto
     path.write_text(cfg_text)
     mp.setenv("M3SH_CONFIG", str(path))
     try:
-        accounts = sorted(a["code"] for a in M3terHook().iter_entities("accounts"))[:4]
+        accounts = sorted(a["code"] for a in M3terHook().list_accounts())[:4]
         s3_client(sandbox.url("moto")).put_object(Bucket="m3sh-usage", Key=usage_prefix + "day1.csv",
                                                   Body=_usage_csv(accounts))
         from m3sh.dagkit.crm_sync import build_crm_sync_dag

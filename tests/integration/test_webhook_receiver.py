@@ -212,8 +212,8 @@ def test_m3ter_notification_reaches_the_receiver_records_a_real_asset_event_and_
 
         hook = M3terHook()
         horizon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60 * 86400))
-        balance = sorted(hook.iter_entities("balances", endDateStart=horizon), key=lambda b: b["code"])[0]
-        code = hook.get("accounts", balance["accountId"])["code"]
+        balance = sorted(hook.list_balances(end_date_start=horizon), key=lambda b: b["code"])[0]
+        code = hook.get_account(balance["accountId"])["code"]
         fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=code, amount=balance["amount"] - 20)
         deadline = time.time() + 20
         while not Recorder.seen and time.time() < deadline:

@@ -128,7 +128,7 @@ def _hooks_at_debug(chaos: Chaos, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from m3sh.storage import Storage
 
     m3 = M3terHook()
-    assert list(m3.iter_entities("accounts", page_size=5))
+    assert list(m3.list_accounts(page_size=5))
     assert m3.test_connection()[0]
     assert next(iter(HubSpotHook().iter_objects("companies", ["name"])), None) is not None
     assert HubSpotHook().test_connection()[0]
@@ -177,7 +177,7 @@ def _dag_runs_at_debug(chaos: Chaos) -> list[Any]:
     from m3sh.dagkit.usage_ingest import build_usage_ingest_dag
 
     runs = []
-    accounts = sorted(a["code"] for a in chaos.m3ter().iter_entities("accounts"))
+    accounts = sorted(a["code"] for a in chaos.m3ter().list_accounts())
     chaos.put_usage(make_usage_file(USAGE_PREFIX + "s.csv.gz", accounts[:5], 300, seed=9, bad_every=20))
     chaos.put_usage(UsageFile(USAGE_PREFIX + "bad.csv.gz", b"\x1f\x8b\x08junk", 0, {}))
     runs.append(build_usage_ingest_dag().test(run_conf={"scan_all": True}))  # fails on the bad file: an alert

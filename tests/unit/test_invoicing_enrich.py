@@ -107,11 +107,10 @@ class FakeM3ter:
         self.accounts = {"acc-1": account(crm_source="salesforce", crm_id="0015g00000ABCDEFGH"),
                          "acc-2": {**account(), "id": "acc-2", "code": "nocrm", "currency": "GBP"}}
 
-    def get(self, path: str, entity_id: str) -> dict[str, Any]:
-        assert path == "accounts"
+    def get_account(self, entity_id: str) -> dict[str, Any]:
         return self.accounts[entity_id]
 
-    def iter_entities(self, path: str, **_: Any) -> list[dict[str, Any]]:
+    def list_external_mappings(self) -> list[dict[str, Any]]:
         return []
 
 

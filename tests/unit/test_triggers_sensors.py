@@ -90,8 +90,8 @@ def test_balance_trigger_against_the_sandbox_reports_the_depleted_account(fresh_
     from m3sh.hooks.m3ter import M3terHook
 
     hook = M3terHook()
-    balance = sorted(hook.iter_entities("balances"), key=lambda b: b["code"])[0]
-    account = hook.get("accounts", balance["accountId"])
+    balance = sorted(hook.list_balances(), key=lambda b: b["code"])[0]
+    account = hook.get_account(balance["accountId"])
     fresh_sandbox.admin("m3ter", "drawdown", "POST", accountCode=account["code"], amount=balance["amount"] - 40)
     event = _first_event(M3terBalanceTrigger(rules=[BALANCE_RULE], poll_interval=0))
     assert event["status"] == "success"
@@ -104,9 +104,9 @@ def test_contract_end_trigger_against_the_sandbox(fresh_sandbox: Any) -> None:
     from m3sh.hooks.m3ter import M3terHook
 
     hook = M3terHook()
-    contract = sorted(hook.iter_entities("contracts"), key=lambda c: c["code"])[0]
+    contract = sorted(hook.list_contracts(), key=lambda c: c["code"])[0]
     end = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=10)
-    hook.update("contracts", contract["id"], {"endDate": end.isoformat()})
+    hook.update_contract(contract["id"], {"endDate": end.isoformat()})
     event = _first_event(M3terContractEndTrigger(rules=[CONTRACT_RULE], accounts=[contract["code"]]))
     assert event["status"] == "success"
     assert [f["key"] for f in event["firings"]] == [
@@ -140,8 +140,8 @@ def test_sensor_poke_mode_fallback_and_execute_complete(sandbox: Any) -> None:
     sensor = M3terBalanceSensor(task_id="wait", rules=["prepaid_depleted"], deferrable=False, exclude_handled=False)
     assert sensor.poke({}).is_done is False  # type: ignore[arg-type]
     hook = M3terHook()
-    balance = sorted(hook.iter_entities("balances"), key=lambda b: b["code"])[0]
-    code = hook.get("accounts", balance["accountId"])["code"]
+    balance = sorted(hook.list_balances(), key=lambda b: b["code"])[0]
+    code = hook.get_account(balance["accountId"])["code"]
     sandbox.admin("m3ter", "drawdown", "POST", accountCode=code, amount=balance["amount"] - 10)
     poked = sensor.poke({})  # type: ignore[arg-type]
     assert poked.is_done and [f["account_code"] for f in poked.xcom_value] == [code]

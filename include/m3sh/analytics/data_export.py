@@ -53,11 +53,11 @@ def usage_via_data_export(hook: M3terHook, extract: DayExtract, *, timeout_s: fl
     body = {"sourceType": "USAGE", "exportFileFormat": "CSV", **extract.usage_query_body()}
     if not body["meterIds"]:
         return []
-    job_id = hook.post("dataexports/adhoc", body)["jobId"]
+    job_id = hook.create_adhoc_data_export(body)["jobId"]
     log.info("m3ter data export job %s for usage on %s started", job_id, extract.day)
     deadline = time.monotonic() + timeout_s
     while True:
-        job = hook.get("dataexports/jobs", job_id)
+        job = hook.get_data_export_job(job_id)
         status = job.get("status")
         if status == "SUCCEEDED":
             break
@@ -68,7 +68,7 @@ def usage_via_data_export(hook: M3terHook, extract: DayExtract, *, timeout_s: fl
             raise DataExportFailed(f"m3ter data export job {job_id} (usage {extract.day}) still {status} after "
                                    f"{timeout_s:.0f}s (analytics.export_timeout_s)")
         time.sleep(poll_s)
-    url = hook.get("dataexports/jobs", f"{job_id}/getdownloadurl")["url"]
+    url = hook.get_data_export_download_url(job_id)
     resp = requests.get(url, timeout=120)  # presigned: never send the m3ter token along
     if resp.status_code >= 500:
         raise RetryableError(f"data export download for job {job_id}: HTTP {resp.status_code}")

@@ -69,25 +69,25 @@ class DayExtract:
     # -- reference data (listed once) --------------------------------------------------------------
     @cached_property
     def accounts(self) -> dict[str, dict[str, Any]]:
-        return {a["id"]: a for a in self.hook.iter_entities("accounts")}
+        return {a["id"]: a for a in self.hook.list_accounts()}
 
     @cached_property
     def meters(self) -> dict[str, dict[str, Any]]:
-        return {m["id"]: m for m in self.hook.iter_entities("meters")}
+        return {m["id"]: m for m in self.hook.list_meters()}
 
     @cached_property
     def plans(self) -> dict[str, dict[str, Any]]:
-        return {p["id"]: p for p in self.hook.iter_entities("plans")}
+        return {p["id"]: p for p in self.hook.list_plans()}
 
     @cached_property
     def products(self) -> dict[str, dict[str, Any]]:
-        return {p["id"]: p for p in self.hook.iter_entities("products")}
+        return {p["id"]: p for p in self.hook.list_products()}
 
     @cached_property
     def mappings(self) -> dict[str, list[dict[str, Any]]]:
         """m3ter external mappings of accounts, by m3ter account id."""
         out: dict[str, list[dict[str, Any]]] = {}
-        for m in self.hook.iter_entities("externalmappings", page_size=200):
+        for m in self.hook.list_external_mappings():
             if str(m.get("m3terEntity", "")).lower() == "account":
                 out.setdefault(str(m["m3terId"]), []).append(m)
         return out
@@ -95,23 +95,23 @@ class DayExtract:
     @cached_property
     def bills(self) -> list[dict[str, Any]]:
         """Bills dated the day, with their line items."""
-        return list(self.hook.iter_entities("bills", billDate=self.day.isoformat()))
+        return list(self.hook.list_bills(bill_date=self.day.isoformat()))
 
     @cached_property
     def balances(self) -> list[dict[str, Any]]:
-        return [b for b in self.hook.iter_entities("balances")
+        return [b for b in self.hook.list_balances()
                 if _overlaps(b.get("startDate"), b.get("endDate"), self.start, self.end)]
 
     @cached_property
     def transactions(self) -> dict[str, list[dict[str, Any]]]:
         """Every transaction of the day's balances, by balance id (200 per page, m3ter's maximum)."""
-        return {b["id"]: list(self.hook.iter_entities(f"balances/{b['id']}/transactions", page_size=200))
+        return {b["id"]: list(self.hook.list_balance_transactions(b["id"]))
                 for b in self.balances}
 
     @cached_property
     def transaction_types(self) -> dict[str, str]:
         return {t["id"]: str(t.get("code") or t.get("name") or t["id"]) for t in
-                self.hook.iter_entities("picklists/transactiontypes")}
+                self.hook.list_transaction_types()}
 
     def code_of(self, account_id: str | None) -> str | None:
         return (self.accounts.get(account_id or "") or {}).get("code")
@@ -250,7 +250,7 @@ class DayExtract:
                        "transaction_type_code": self.transaction_types.get(type_id) if type_id else None}
 
     def table_account_plans(self) -> Iterable[Row]:
-        for ap in self.hook.iter_entities("accountplans"):
+        for ap in self.hook.list_account_plans():
             if not _overlaps(ap.get("startDate"), ap.get("endDate"), self.start, self.end):
                 continue
             plan = self.plans.get(ap.get("planId") or "") or {}

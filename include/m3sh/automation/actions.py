@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +93,7 @@ class ActionRunner:
     # -- lookups ------------------------------------------------------------------------------
     def plan(self, code: str) -> dict[str, Any]:
         if code not in self._plans:
-            self._plans[code] = self.hook.find_by_code("plans", code)
+            self._plans[code] = self.hook.find_plan(code)
         plan = self._plans[code]
         if plan is None:
             raise ValueError(f"m3ter has no plan with code {code!r} (switch_plan)")
@@ -101,18 +101,18 @@ class ActionRunner:
 
     def tx_type(self, code: str) -> str | None:
         if code not in self._tx_types:
-            found = self.hook.find_by_code("picklists/transactiontypes", code)
+            found = self.hook.find_transaction_type(code)
             self._tx_types[code] = found["id"] if found else None
         return self._tx_types[code]
 
     def account_plans(self, account_id: str) -> list[dict[str, Any]]:
-        return list(self.hook.iter_entities("accountplans", account=account_id, includeall=True))
+        return list(self.hook.list_account_plans(account_id=account_id, include_all=True))
 
     def target_balance(self, firing: Firing) -> dict[str, Any] | None:
         if firing.entity == "balance":
-            return self.hook.get("balances", firing.entity_id)
+            return self.hook.get_balance(firing.entity_id)
         now = dt.datetime.now(dt.UTC)
-        live = [b for b in self.hook.iter_entities("balances", accountId=firing.account_id) if active_at(b, now)]
+        live = [b for b in self.hook.list_balances(account_id=firing.account_id) if active_at(b, now)]
         return live[0] if live else None
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -161,14 +161,14 @@ class ActionRunner:
                 body["endDate"] = old_end
             if current.get("contractId"):
                 body["contractId"] = current["contractId"]
-            self.hook.update("accountplans", current["id"], {"endDate": firing.event_time}, current=current)
+            self.hook.update_account_plan(current["id"], {"endDate": firing.event_time}, current=current)
             ended = f"ended account plan {current['id']} (plan {current.get('planId')}) at {firing.event_time}; "
         def landed() -> dict[str, Any] | None:  # after a lost response: did m3ter attach it?
             return next((ap for ap in self.account_plans(firing.account_id)
                          if ap.get("planId") == plan["id"] and ap.get("startDate")
                          and parse_instant(ap["startDate"]) == at), None)
 
-        created = self.hook.create("accountplans", body, find_existing=landed)
+        created = self.hook.create_account_plan(body, find_existing=landed)
         return Outcome("done", f"{ended}attached {plan_code} as account plan {created.get('id')}")
 
     # -- balances -----------------------------------------------------------------------------
@@ -179,7 +179,7 @@ class ActionRunner:
         if balance is None:
             return Outcome("skipped", f"account {firing.account_code or firing.account_id} has no active balance")
         note = marker(firing, kind)
-        done = [t for t in self.hook.iter_entities(f"balances/{balance['id']}/transactions", page_size=200)
+        done = [t for t in self.hook.list_balance_transactions(balance["id"])
                 if t.get("description") == note]
         if done:
             return Outcome("unchanged", f"{kind} already applied to balance {balance['id']} "
@@ -201,11 +201,11 @@ class ActionRunner:
         """Open the firing balance's next period once, then credit it once (see the module doc)."""
         if firing.entity != "balance":  # config validation rejects this; a hand-made firing may not
             return Outcome("skipped", f"rule {firing.rule} has no firing balance (condition {firing.kind})")
-        current = self.hook.get("balances", firing.entity_id)
+        current = self.hook.get_balance(firing.entity_id)
         start, end = next_period(current, spec, parse_instant(firing.event_time))
         code = next_balance_code(spec, current, start, end)
         account = firing.account_code or firing.account_id
-        siblings = list(self.hook.iter_entities("balances", accountId=firing.account_id))
+        siblings = list(self.hook.list_balances(account_id=firing.account_id))
         opened = next((b for b in siblings if b.get("code") == code), None)
         fresh = opened is None
         if opened is not None:
@@ -219,14 +219,14 @@ class ActionRunner:
             body = self._next_balance_body(current, code, start, end)
 
             def landed() -> dict[str, Any] | None:  # after a lost response: did m3ter create it?
-                return next((b for b in self.hook.iter_entities("balances", accountId=firing.account_id)
+                return next((b for b in self.hook.list_balances(account_id=firing.account_id)
                              if b.get("code") == code), None)
 
-            opened = self.hook.create("balances", body, find_existing=landed)
+            opened = self.hook.create_balance(body, find_existing=landed)
             note = (f"opened balance {code} ({opened.get('id')}) {body['startDate']}..{body['endDate']}"
                     + (" without a contract (the old one ends before it)"
                        if current.get("contractId") and "contractId" not in body else ""))
-        credited = next((t for t in self.hook.iter_entities(f"balances/{opened['id']}/transactions", page_size=200)
+        credited = next((t for t in self.hook.list_balance_transactions(opened["id"])
                          if str(t.get("description", "")).startswith("m3sh open_next_balance ")), None)
         if credited is not None:
             return Outcome("done" if fresh else "unchanged",
@@ -243,7 +243,7 @@ class ActionRunner:
 
     def _initial_credit(self, balance: Mapping[str, Any]) -> float:
         """The credit the period was opened with; top-ups during it are not carried over."""
-        summary = self.hook.get("balances", f"{balance['id']}/transactions/summary") or {}
+        summary = self.hook.balance_transaction_summary(str(balance["id"])) or {}
         initial = summary.get("initialCreditAmount")
         return float(initial) if initial else float(_total_credit(summary) or 0.0)
 
@@ -259,7 +259,7 @@ class ActionRunner:
             if current.get("rolloverAmount") is not None:
                 body["rolloverAmount"] = current["rolloverAmount"]
         if current.get("contractId"):
-            contract = self.hook.get("contracts", str(current["contractId"]))
+            contract = self.hook.get_contract(str(current["contractId"]))
             if contract.get("endDate") and contract_end_instant(contract) > start:
                 body["contractId"] = contract["id"]
         return body
@@ -277,20 +277,22 @@ class ActionRunner:
             if not plans:
                 return Outcome("skipped", f"account {firing.account_code} has no account plan active at {at:%Y-%m-%d}")
             target, path = plans[0], "accountplans"
+            update: Callable[..., dict[str, Any]] = self.hook.update_account_plan
         else:
-            target, path = self.hook.get("accounts", firing.account_id), "accounts"
+            target, path = self.hook.get_account(firing.account_id), "accounts"
+            update = self.hook.update_account
         current = target.get("customFields") or {}
         diff = {k: v for k, v in fields.items() if current.get(k) != v}
         if not diff:
             return Outcome("unchanged", f"{path} {target['id']} custom fields already {fields}")
-        self.hook.update(path, target["id"], {"customFields": diff}, current=target)
+        update(target["id"], {"customFields": diff}, current=target)
         return Outcome("done", f"{path} {target['id']} custom fields set: {diff}")
 
     # -- CRM ----------------------------------------------------------------------------------
     def crm_records(self, account_id: str) -> list[tuple[str, str]]:
         """``(system, record id)`` for every CRM record mapped to the account."""
         out = []
-        for m in self.hook.iter_entities(f"externalmappings/external/Account/{account_id}", page_size=200):
+        for m in self.hook.list_external_mappings_of("Account", account_id):
             system = str(m.get("externalSystem", "")).lower()
             if CRM_TABLES.get(system) == m.get("externalTable"):
                 out.append((system, str(m["externalId"])))

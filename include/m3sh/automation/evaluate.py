@@ -135,7 +135,7 @@ class Evaluator:
             firings += self._usage(rule, now, result)
         contract_rules = [r for r in rules if r.when.kind in ("contract_ending", "contract_ended")]
         if contract_rules:
-            contracts = list(self.hook.iter_entities("contracts", page_size=PAGE))
+            contracts = list(self.hook.list_contracts(page_size=PAGE))
             result.counts["contracts"] = len(contracts)
             for rule in contract_rules:
                 firings += R.contract_firings(rule, contracts, now)
@@ -146,10 +146,10 @@ class Evaluator:
     def _balances(self, rules: list[TriggerRule], now: dt.datetime, result: Evaluation,
                   persist_cache: bool, account_ids: Sequence[str] | None = None) -> list[Firing]:
         if account_ids is None:
-            balances = list(self.hook.iter_entities("balances", page_size=PAGE))
+            balances = list(self.hook.list_balances(page_size=PAGE))
         else:
             balances = [b for aid in sorted(set(account_ids))
-                        for b in self.hook.iter_entities("balances", page_size=PAGE, accountId=aid)]
+                        for b in self.hook.list_balances(account_id=aid, page_size=PAGE)]
             persist_cache = False  # a partial listing must not prune the other balances' cached credits
         result.counts["balances"] = len(balances)
         products = self._product_ids(rules)
@@ -168,7 +168,7 @@ class Evaluator:
     def _product_ids(self, rules: list[TriggerRule]) -> dict[str, set[str] | None]:
         codes = sorted({c for r in rules for c in (r.when.balance_below.product_codes or [])  # type: ignore[union-attr]
                         })
-        by_code = ({p["code"]: p["id"] for p in self.hook.iter_entities("products", codes=codes, page_size=PAGE)}
+        by_code = ({p["code"]: p["id"] for p in self.hook.list_products(codes=codes, page_size=PAGE)}
                    if codes else {})
         out: dict[str, set[str] | None] = {}
         for r in rules:
@@ -187,7 +187,7 @@ class Evaluator:
                 credits[str(b["id"])] = hit
 
         def lookup(b: Mapping[str, Any]) -> tuple[Mapping[str, Any], float | None]:
-            return b, _total_credit(self.hook.get("balances", f"{b['id']}/transactions/summary"))
+            return b, _total_credit(self.hook.balance_transaction_summary(str(b["id"])))
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             for b, credit in pool.map(lookup, missing):
@@ -200,7 +200,7 @@ class Evaluator:
     def _usage(self, rule: TriggerRule, now: dt.datetime, result: Evaluation) -> list[Firing]:
         cond = rule.when.usage_over_limit
         assert cond is not None
-        meter = self.hook.find_by_code("meters", cond.meter)
+        meter = self.hook.find_meter(cond.meter)
         if meter is None:
             result.notes.append(f"rule {rule.name}: no m3ter meter with code {cond.meter!r}; skipped")
             return []
@@ -215,7 +215,7 @@ class Evaluator:
         missing = sorted({f.account_id for f in firings if not f.account_code})
         codes: dict[str, str | None] = {}
         for chunk in _chunks(missing):
-            for a in self.hook.iter_entities("accounts", ids=chunk, page_size=PAGE):
+            for a in self.hook.list_accounts(ids=chunk, page_size=PAGE):
                 codes[a["id"]] = a.get("code")
         return [f if f.account_code else f.with_code(codes.get(f.account_id)) for f in firings]
 
@@ -235,69 +235,60 @@ async def aevaluate(hook: M3terAsyncHook, rules: Sequence[TriggerRule], now: dt.
     kinds = _kinds(rules)
     result = Evaluation([], counts={})
     firings: list[Firing] = []
-    settings = await hook.aget_settings()
-    client = await hook.aget_conn()
-    async with client:
-        async def get(path: str) -> Any:
-            return await client.get(settings.org_path(path), cast_to=object)
+    if "balance_below" in kinds:
+        balance_rules = [r for r in rules if r.when.kind == "balance_below"]
+        balances = await hook.alist_balances(page_size=PAGE)
+        result.counts["balances"] = len(balances)
+        product_codes = sorted({c for r in balance_rules
+                                for c in (r.when.balance_below.product_codes or [])})  # type: ignore[union-attr]
+        by_code = ({p["code"]: p["id"]
+                    for p in await hook.alist_products(codes=product_codes, page_size=PAGE)}
+                   if product_codes else {})
+        candidates = {}
+        for rule in balance_rules:
+            pc = rule.when.balance_below.product_codes  # type: ignore[union-attr]
+            pids = {by_code[c] for c in pc if c in by_code} if pc else None
+            candidates[rule.name] = R.balance_candidates(rule, balances, now, pids)
+        wanted = {str(b["id"]): b for group in candidates.values() for b in group}
+        sem = asyncio.Semaphore(concurrency)
 
-        async def post(path: str, body: dict[str, Any]) -> Any:
-            return await client.post(settings.org_path(path), body=body, cast_to=object)
+        cache = credit_cache if credit_cache is not None else CreditsCache(None)
+        credits: dict[str, float | None] = {
+            bid: hit for bid, b in wanted.items() if (hit := cache.get(b)) is not None}
 
-        if "balance_below" in kinds:
-            balance_rules = [r for r in rules if r.when.kind == "balance_below"]
-            balances = await hook.alist_all("balances", page_size=PAGE)
-            result.counts["balances"] = len(balances)
-            product_codes = sorted({c for r in balance_rules
-                                    for c in (r.when.balance_below.product_codes or [])})  # type: ignore[union-attr]
-            by_code = ({p["code"]: p["id"]
-                        for p in await hook.alist_all("products", page_size=PAGE, codes=product_codes)}
-                       if product_codes else {})
-            candidates = {}
-            for rule in balance_rules:
-                pc = rule.when.balance_below.product_codes  # type: ignore[union-attr]
-                pids = {by_code[c] for c in pc if c in by_code} if pc else None
-                candidates[rule.name] = R.balance_candidates(rule, balances, now, pids)
-            wanted = {str(b["id"]): b for group in candidates.values() for b in group}
-            sem = asyncio.Semaphore(concurrency)
+        async def credit(bid: str) -> tuple[str, float | None]:
+            async with sem:
+                total = _total_credit(await hook.abalance_transaction_summary(bid))
+            if total is not None:
+                cache.put(wanted[bid], total)
+            return bid, total
 
-            cache = credit_cache if credit_cache is not None else CreditsCache(None)
-            credits: dict[str, float | None] = {
-                bid: hit for bid, b in wanted.items() if (hit := cache.get(b)) is not None}
-
-            async def credit(bid: str) -> tuple[str, float | None]:
-                async with sem:
-                    total = _total_credit(await get(f"balances/{bid}/transactions/summary"))
-                if total is not None:
-                    cache.put(wanted[bid], total)
-                return bid, total
-
-            missing = [bid for bid in wanted if bid not in credits]
-            credits.update(await asyncio.gather(*(credit(bid) for bid in missing)))
-            cache.save(live_ids=[str(b["id"]) for b in balances])  # in memory: prunes gone balances only
-            result.counts["credit_lookups"] = len(missing)
-            for rule in balance_rules:
-                firings += R.balance_firings(rule, candidates[rule.name], credits, now)
-        for rule in (r for r in rules if r.when.kind == "usage_over_limit"):
-            cond = rule.when.usage_over_limit
-            assert cond is not None
-            meters = await hook.alist_all("meters", page_size=PAGE, codes=[cond.meter])
-            if not meters:
-                result.notes.append(f"rule {rule.name}: no m3ter meter with code {cond.meter!r}; skipped")
-                continue
-            answer = await post("usage/query", R.usage_query_body(rule, meters[0]["id"], now))
-            firings += R.usage_firings(rule, answer.get("data") or [], now)
-        contract_rules = [r for r in rules if r.when.kind in ("contract_ending", "contract_ended")]
-        if contract_rules:
-            contracts = await hook.alist_all("contracts", page_size=PAGE)
-            result.counts["contracts"] = len(contracts)
-            for rule in contract_rules:
-                firings += R.contract_firings(rule, contracts, now)
+        missing = [bid for bid in wanted if bid not in credits]
+        credits.update(await asyncio.gather(*(credit(bid) for bid in missing)))
+        cache.save(live_ids=[str(b["id"]) for b in balances])  # in memory: prunes gone balances only
+        result.counts["credit_lookups"] = len(missing)
+        for rule in balance_rules:
+            firings += R.balance_firings(rule, candidates[rule.name], credits, now)
+    for rule in (r for r in rules if r.when.kind == "usage_over_limit"):
+        cond = rule.when.usage_over_limit
+        assert cond is not None
+        meters = await hook.alist_meters(codes=[cond.meter], page_size=PAGE)
+        if not meters:
+            result.notes.append(f"rule {rule.name}: no m3ter meter with code {cond.meter!r}; skipped")
+            continue
+        answer = await hook.aquery_usage(R.usage_query_body(rule, meters[0]["id"], now))
+        firings += R.usage_firings(rule, answer.get("data") or [], now)
+    contract_rules = [r for r in rules if r.when.kind in ("contract_ending", "contract_ended")]
+    if contract_rules:
+        contracts = await hook.alist_contracts(page_size=PAGE)
+        result.counts["contracts"] = len(contracts)
+        for rule in contract_rules:
+            firings += R.contract_firings(rule, contracts, now)
     firings = R.dedupe(firings)
     missing = sorted({f.account_id for f in firings if not f.account_code})
     codes: dict[str, str | None] = {}
     for chunk in _chunks(missing):
-        for a in await hook.alist_all("accounts", page_size=PAGE, ids=chunk):
+        for a in await hook.alist_accounts(ids=chunk, page_size=PAGE):
             codes[a["id"]] = a.get("code")
     firings = [f if f.account_code else f.with_code(codes.get(f.account_id)) for f in firings]
     result.firings = R.filter_accounts(firings, {r.name: r for r in rules}, accounts)

@@ -68,7 +68,7 @@ def sync_notifications(config_path: str | None, webhook_url: str, dry_run: bool 
     settings = load_settings()
     conn = _get_connection(WEBHOOK_CONN_ID)
     api_key = str(getattr(conn, "login", None) or "m3sh")
-    webhook = hook.upsert_by_code("integrationdestinations/webhooks", WEBHOOK_CODE, {
+    webhook = hook.upsert_webhook_destination(WEBHOOK_CODE, {
         "name": "m3sh webhook receiver",
         "description": "Airflow m3sh plugin: m3ter notifications -> m3sh_plan_triggers (managed by m3sh)",
         "url": webhook_url,
@@ -77,17 +77,17 @@ def sync_notifications(config_path: str | None, webhook_url: str, dry_run: bool 
     }, dry_run=dry_run)
     results = []
     for code, desired in desired_notifications(cfg.triggers).items():
-        current = hook.find_by_code("notifications/configurations", code)
+        current = hook.find_notification_configuration(code)
         if current is None and not desired["active"]:
             results.append({"code": code, "action": "absent (rule disabled)"})
             continue
-        res = hook.upsert_by_code("notifications/configurations", code, desired, existing=current, dry_run=dry_run)
+        res = hook.upsert_notification_configuration(code, desired, existing=current, dry_run=dry_run)
         results.append({"code": code, "action": res.action, "calculation": desired["calculation"]})
     managed = set(desired_notifications(cfg.triggers))
-    for n in hook.iter_entities("notifications/configurations"):
+    for n in hook.list_notification_configurations():
         code = str(n.get("code", ""))
         if code.startswith("m3sh_") and code not in managed and n.get("active", True):
-            res = hook.upsert_by_code("notifications/configurations", code, {"active": False}, existing=n,
+            res = hook.upsert_notification_configuration(code, {"active": False}, existing=n,
                                       dry_run=dry_run)
             results.append({"code": code, "action": "deactivated (no such rule)" if res.action != "unchanged"
                             else "unchanged"})

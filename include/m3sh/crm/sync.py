@@ -77,13 +77,13 @@ class M3terIndex:
 
     def __init__(self, hook: M3terHook, now: dt.datetime | None = None) -> None:
         self.now = now or dt.datetime.now(dt.UTC)
-        self.accounts = {a["code"]: a for a in hook.iter_entities("accounts") if a.get("code")}
-        self.plans = {p["code"]: p for p in hook.iter_entities("plans") if p.get("code")}
-        self.contracts = {c["code"]: c for c in hook.iter_entities("contracts") if c.get("code")}
+        self.accounts = {a["code"]: a for a in hook.list_accounts() if a.get("code")}
+        self.plans = {p["code"]: p for p in hook.list_plans() if p.get("code")}
+        self.contracts = {c["code"]: c for c in hook.list_contracts() if c.get("code")}
         self.mappings = {(m["externalSystem"], m["externalTable"], m["externalId"]): m
-                         for m in hook.iter_entities("externalmappings", page_size=200)}
+                         for m in hook.list_external_mappings()}
         self.account_plans: dict[str, list[dict[str, Any]]] = {}
-        for ap in hook.iter_entities("accountplans", includeall="true"):
+        for ap in hook.list_account_plans(include_all=True):
             self.account_plans.setdefault(ap["accountId"], []).append(ap)
 
     def match_codes(self) -> dict[str, str]:
@@ -135,7 +135,7 @@ class CrmToM3ter:
             srcs |= {r.source for r in customer.records}
             desired.setdefault("customFields", {})["crm_source"] = ",".join(sorted(srcs))
         try:
-            result = self.hook.upsert_by_code("accounts", customer.code, desired, existing=current, known_missing=True,
+            result = self.hook.upsert_account(customer.code, desired, existing=current, known_missing=True,
                                               dry_run=out.dry_run)
         except ExternalApiError as exc:
             out.add(Change("account", customer.code, "error", detail=str(exc)))
@@ -167,7 +167,7 @@ class CrmToM3ter:
             desired["purchaseOrderNumber"] = po
         current = self.index.contracts.get(code)
         try:
-            result = self.hook.upsert_by_code("contracts", code, desired, existing=current, known_missing=True,
+            result = self.hook.upsert_contract(code, desired, existing=current, known_missing=True,
                                               dry_run=out.dry_run)
         except ExternalApiError as exc:
             out.add(Change("contract", code, "error", detail=str(exc)))
@@ -216,7 +216,7 @@ class CrmToM3ter:
         out.add(Change("account_plan", customer.code, "create", after=body))
         if not out.dry_run:
             try:
-                created = self.hook.create("accountplans", body)
+                created = self.hook.create_account_plan(body)
             except ExternalApiError as exc:
                 out.changes[-1].action = "error"
                 out.changes[-1].detail = str(exc)
@@ -240,26 +240,13 @@ class CrmToM3ter:
                                        "create" if mapping is None else "update", after=body))
                 if not out.dry_run:
                     if mapping is None:
-                        self.index.mappings[key] = self.hook.create(
-                            "externalmappings", body, find_existing=self._mapping_finder(rec))
+                        self.index.mappings[key] = self.hook.create_external_mapping(body)
                     else:
-                        self.index.mappings[key] = self.hook.update("externalmappings", mapping["id"],
+                        self.index.mappings[key] = self.hook.update_external_mapping(mapping["id"],
                                                                     changed_fields(mapping, body), current=mapping)
             if rec.m3ter_id != account_id:
                 out.write_backs.append({"source": rec.source, "crm_object": rec.crm_object,
                                                 "crm_id": rec.crm_id, "m3ter_id": account_id})
-
-    def _mapping_finder(self, rec: CrmAccount) -> Any:
-        """After a lost create response: is the mapping there? (m3ter's lookup by external id)."""
-        from urllib.parse import quote
-
-        def find() -> dict[str, Any] | None:
-            path = (f"externalmappings/externalid/{quote(rec.source_type, safe='')}/"
-                    f"{quote(rec.crm_object, safe='')}/{quote(rec.crm_id, safe='')}")
-            found = list(self.hook.iter_entities(path))
-            return found[0] if found else None
-
-        return find
 
     def apply(self, customers: list[Customer]) -> SyncReport:
         """Sync every customer; up to ``threads`` customers at once, the report in input order.

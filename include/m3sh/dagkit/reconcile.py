@@ -39,7 +39,7 @@ def expected_bills(conf: M3shConfig, m3ter: Any, since: dt.date, until: dt.datet
     from m3sh.invoicing.reconcile import ExpectedBill
     from m3sh.invoicing.routing import route_bill
 
-    all_ids = {b["id"] for b in m3ter.iter_entities("bills", excludeLineItems=True)}
+    all_ids = {b["id"] for b in m3ter.list_bills(exclude_line_items=True)}
     bills = [b for b in fetch_bills(m3ter, conf.invoicing.bill_states, None, until)
              if str(b.get("billDate") or "") >= since.isoformat()]
     relaxed = conf.model_copy(update={"invoicing": conf.invoicing.model_copy(update={"required_enrichment": []})})
@@ -86,9 +86,9 @@ def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
             conf = get_config()
             storage = Storage.from_config(conf.storage)
             m3ter = M3terHook(conf.m3ter.conn_id)
-            accounts = {a["id"]: a for a in m3ter.iter_entities("accounts")}
+            accounts = {a["id"]: a for a in m3ter.list_accounts()}
             mappings: dict[str, list[dict[str, Any]]] = {}
-            for m in m3ter.iter_entities("externalmappings", page_size=200):
+            for m in m3ter.list_external_mappings():
                 mappings.setdefault(str(m.get("m3terId")), []).append(m)
             sources = [s for s in conf.crm.sources if s.enabled]
             types = {s.name: s.type for s in sources}

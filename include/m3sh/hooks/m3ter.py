@@ -20,12 +20,13 @@ errors, with jittered backoff), its typed errors and its ``nextToken`` cursors. 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,6 +38,7 @@ from airflow.sdk import BaseHook
 from m3ter.pagination import AsyncCursor, SyncCursor
 
 from m3sh.exceptions import M3terApiError, M3terVersionConflict, RetryableError
+from m3sh.hooks.m3ter_ops import OPS
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -111,7 +113,7 @@ class M3terSettings:
     def measurements_url(self) -> str:
         """Where measurements go: the Ingest API host, never the Config API's (absolute, so the SDK
         client, whose base URL is the Config API, sends it there as its own ``usage.submit`` does)."""
-        return f"{self.ingest_url}{self.org_path('measurements')}"
+        return f"{self.ingest_url}{self.org_path(OPS['submit_measurements'].path)}"
 
 
 def _absolute(url: str) -> str:
@@ -445,6 +447,16 @@ class UpsertResult:
     changes: dict[str, Any] = field(default_factory=dict)
 
 
+# (list, create, get, update) operations of the collections upserted by code
+_ACCOUNT_OPS = ("list_accounts", "create_account", "get_account", "update_account")
+_CONTRACT_OPS = ("list_contracts", "create_contract", "get_contract", "update_contract")
+_PRODUCT_OPS = ("list_products", "create_product", "get_product", "update_product")
+_NOTIFICATION_OPS = ("list_notification_configurations", "create_notification_configuration",
+                     "get_notification_configuration", "update_notification_configuration")
+_WEBHOOK_OPS = ("list_webhook_destinations", "create_webhook_destination", "get_webhook_destination",
+                "update_webhook_destination")
+
+
 # ------------------------------------------------------------------------------------ sync hook
 class M3terHook(BaseHook):
     """Talks to one m3ter organization through the official SDK.
@@ -509,56 +521,73 @@ class M3terHook(BaseHook):
 
         return self._with_fresh_token(call)
 
-    # -- generic wire-format access --------------------------------------------------------
-    def iter_entities(self, path: str, page_size: int | None = None, **params: Any) -> Iterator[dict[str, Any]]:
-        """Every entity of a list endpoint (e.g. ``accounts``), following ``nextToken``."""
-        query = _list_query(params, page_size or self.settings.page_size)
+    # -- plumbing: every request is one of m3ter_ops.OPS ------------------------------------
+    def _path(self, op: str, **params: str) -> str:
+        return self.settings.org_path(OPS[op].render(**params))
+
+    def _list(self, op: str, *, page_size: int | None = None, path: dict[str, str] | None = None,
+              **query: Any) -> Iterator[dict[str, Any]]:
+        """Every entity of a list operation, following ``nextToken``."""
+        params = _list_query(query, min(page_size or self.settings.page_size, OPS[op].page_max))
+        url = self._path(op, **(path or {}))
         try:
             cursor = self._with_fresh_token(lambda client: client.get_api_list(  # the first page is fetched here
-                self.settings.org_path(path), model=object, page=SyncCursor[object], options={"params": query}))
+                url, model=object, page=SyncCursor[object], options={"params": params}))
             yield from cursor  # type: ignore[misc]
         except m3ter.APIError as exc:
-            raise translate_error(exc, entity=path) from exc
+            raise translate_error(exc, entity=OPS[op].path) from exc
 
-    def get(self, path: str, entity_id: str) -> dict[str, Any]:
+    def _get(self, op: str, **path: str) -> dict[str, Any]:
         try:
-            return self._request("get", self.settings.org_path(f"{path}/{entity_id}"))  # type: ignore[no-any-return]
+            return self._request("get", self._path(op, **path))  # type: ignore[no-any-return]
         except m3ter.APIError as exc:
-            raise translate_error(exc, entity=path, record_id=entity_id) from exc
+            raise translate_error(exc, entity=OPS[op].path, record_id=next(iter(path.values()), None)) from exc
 
-    def find_by_code(self, path: str, code: str) -> dict[str, Any] | None:
-        return next(iter(self.iter_entities(path, codes=[code], page_size=1)), None)
+    def _post(self, op: str, body: dict[str, Any], **path: str) -> Any:
+        try:
+            return self._request("post", self._path(op, **path), body)
+        except m3ter.APIError as exc:
+            raise translate_error(exc, entity=OPS[op].path) from exc
 
-    def create(self, path: str, body: dict[str, Any],
-               find_existing: Callable[[], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    def _put(self, op: str, body: dict[str, Any], **path: str) -> Any:
+        try:
+            return self._request("put", self._path(op, **path), body)
+        except m3ter.APIError as exc:
+            raise translate_error(exc, entity=OPS[op].path, record_id=next(iter(path.values()), None)) from exc
+
+    def _find_by_code(self, list_op: str, code: str, **query: Any) -> dict[str, Any] | None:
+        """The entity with ``code``: through the ``codes`` filter where the spec has one, else by
+        reading the list (m3ter ignores a filter it does not have and would answer the first page).
+        The code is checked either way."""
+        if OPS[list_op].codes_filter:
+            found = self._list(list_op, codes=[code], page_size=1, **query)
+        else:
+            found = self._list(list_op, page_size=OPS[list_op].page_max, **query)
+        return next((e for e in found if e.get("code") == code), None)
+
+    def _create(self, op: str, body: dict[str, Any], find_existing: Callable[[], dict[str, Any] | None] | None,
+                **path: str) -> dict[str, Any]:
         """Create an entity exactly once.
 
         m3ter has no idempotency key, and the SDK re-sends a POST whose response was lost (the
         entity may already exist). So creates go out without SDK retries; after a lost response or
-        a 5xx, ``find_existing`` (default: look the entity up by its ``code``) decides whether the
-        first attempt landed before anything is sent again. 429s are retried as usual: m3ter did
-        not apply them.
+        a 5xx, ``find_existing`` decides whether the first attempt landed before anything is sent
+        again. 429s are retried as usual: m3ter did not apply them.
         """
-        if find_existing is None and body.get("code"):
-            code = str(body["code"])
-
-            def find_existing() -> dict[str, Any] | None:
-                return self.find_by_code(path, code)
-
         try:
-            return self._create_once(path, body, find_existing)  # type: ignore[no-any-return]
+            return self._create_once(self._path(op, **path), body, find_existing)  # type: ignore[no-any-return]
         except m3ter.APIError as exc:
-            raise translate_error(exc, entity=path, record_id=body.get("code")) from exc
+            raise translate_error(exc, entity=OPS[op].path, record_id=body.get("code")) from exc
 
-    def _create_once(self, path: str, body: dict[str, Any],
+    def _create_once(self, url: str, body: dict[str, Any],
                      find_existing: Callable[[], dict[str, Any] | None] | None) -> Any:
         if find_existing is None:
-            return self._request("post", self.settings.org_path(path), body)
+            return self._request("post", url, body)
         s = self.settings
         for attempt in range(1, s.max_retries + 2):
             try:
                 return self._with_fresh_token(
-                    lambda client: client.with_options(max_retries=0).post(s.org_path(path), body=body, cast_to=_JSON))
+                    lambda client: client.with_options(max_retries=0).post(url, body=body, cast_to=_JSON))
             except m3ter.RateLimitError as exc:
                 if attempt > s.max_retries:
                     raise
@@ -567,12 +596,171 @@ class M3terHook(BaseHook):
                 existing = find_existing()
                 if existing is not None:
                     log.warning("m3ter %s: the response to a create was lost (%s) but the entity exists; "
-                                "using it instead of creating it again", path, exc.__class__.__name__)
+                                "using it instead of creating it again", url, exc.__class__.__name__)
                     return existing
                 if attempt > s.max_retries:
                     raise
                 time.sleep(_retry_after_s(exc, attempt))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _update(self, get_op: str, put_op: str, entity_id: str, changes: dict[str, Any],
+                current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Read-modify-write with optimistic locking: on a version conflict, re-read and re-apply."""
+        entity = OPS[put_op].path
+        for attempt in range(VERSION_CONFLICT_RETRIES + 1):
+            if current is None:
+                current = self._get(get_op, id=entity_id)
+            body = merge_for_put(current, changes)
+            try:
+                return self._request("put", self._path(put_op, id=entity_id), body)  # type: ignore[no-any-return]
+            except m3ter.APIError as exc:
+                if is_version_conflict(exc) and attempt < VERSION_CONFLICT_RETRIES:
+                    log.info("m3ter %s %s: version %s is stale, re-reading (attempt %d)", entity, entity_id,
+                             current.get("version"), attempt + 1)
+                    current = None
+                    continue
+                if is_version_conflict(exc):
+                    raise M3terVersionConflict(f"version conflict persisted after {attempt + 1} attempts",
+                                               entity=entity, record_id=entity_id, status=400) from exc
+                raise translate_error(exc, entity=entity, record_id=entity_id) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _upsert(self, ops: tuple[str, str, str, str], code: str, desired: dict[str, Any], *,
+                existing: dict[str, Any] | None = None, dry_run: bool = False,
+                known_missing: bool = False) -> UpsertResult:
+        """Create the entity with ``code`` or update only what differs; no write when unchanged.
+
+        ``ops`` = (list, create, get, update). ``known_missing`` skips the look-up when the caller
+        just listed the collection (a create that races another writer is still safe: m3ter
+        refuses the duplicate code).
+        """
+        list_op, create_op, get_op, put_op = ops
+        current = existing if existing is not None or known_missing else self._find_by_code(list_op, code)
+        if current is None:
+            if dry_run:
+                return UpsertResult({"code": code, **desired}, "created", desired)
+            created = self._create(create_op, {"code": code, **desired},
+                                   lambda: self._find_by_code(list_op, code))
+            return UpsertResult(created, "created", desired)
+        diff = changed_fields(current, desired)
+        if not diff:
+            return UpsertResult(current, "unchanged")
+        if dry_run:
+            return UpsertResult(current, "updated", diff)
+        return UpsertResult(self._update(get_op, put_op, current["id"], diff, current=current), "updated", diff)
+
+    # -- accounts ---------------------------------------------------------------------------------
+    def list_accounts(self, *, ids: Sequence[str] | None = None, codes: Sequence[str] | None = None,
+                      page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        return self._list("list_accounts", ids=ids, codes=codes, page_size=page_size)
+
+    def get_account(self, account_id: str) -> dict[str, Any]:
+        return self._get("get_account", id=account_id)
+
+    def find_account(self, code: str) -> dict[str, Any] | None:
+        return self._find_by_code("list_accounts", code)
+
+    def create_account(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create an account (exactly once: after a lost response it is looked up by its code)."""
+        code = str(body["code"])
+        return self._create("create_account", body, lambda: self.find_account(code))
+
+    def upsert_account(self, code: str, desired: dict[str, Any], **kw: Any) -> UpsertResult:
+        """See :meth:`_upsert` for ``existing``, ``dry_run`` and ``known_missing``."""
+        return self._upsert(_ACCOUNT_OPS, code, desired, **kw)
+
+    def update_account(self, account_id: str, changes: dict[str, Any],
+                       current: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._update("get_account", "update_account", account_id, changes, current)
+
+    # -- catalogue --------------------------------------------------------------------------------
+    def list_plans(self, *, page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        return self._list("list_plans", page_size=page_size)
+
+    def find_plan(self, code: str) -> dict[str, Any] | None:
+        return self._find_by_code("list_plans", code)
+
+    def list_products(self, *, codes: Sequence[str] | None = None,
+                      page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        """Products, only those with ``codes`` when given (filtered here: the API has no code filter)."""
+        wanted = set(codes) if codes is not None else None
+        return (p for p in self._list("list_products", page_size=page_size or 200)
+                if wanted is None or p.get("code") in wanted)
+
+    def find_product(self, code: str) -> dict[str, Any] | None:
+        return self._find_by_code("list_products", code)
+
+    def upsert_product(self, code: str, desired: dict[str, Any], **kw: Any) -> UpsertResult:
+        return self._upsert(_PRODUCT_OPS, code, desired, **kw)
+
+    def list_meters(self, *, codes: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+        return self._list("list_meters", codes=codes)
+
+    def find_meter(self, code: str) -> dict[str, Any] | None:
+        return self._find_by_code("list_meters", code)
+
+    def list_transaction_types(self) -> Iterator[dict[str, Any]]:
+        return self._list("list_transaction_types")
+
+    def find_transaction_type(self, code: str) -> dict[str, Any] | None:
+        return self._find_by_code("list_transaction_types", code)
+
+    # -- contracts and account plans ------------------------------------------------------------
+    def list_contracts(self, *, account_id: str | None = None,
+                       page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        return self._list("list_contracts", accountId=account_id, page_size=page_size)
+
+    def get_contract(self, contract_id: str) -> dict[str, Any]:
+        return self._get("get_contract", id=contract_id)
+
+    def upsert_contract(self, code: str, desired: dict[str, Any], **kw: Any) -> UpsertResult:
+        return self._upsert(_CONTRACT_OPS, code, desired, **kw)
+
+    def update_contract(self, contract_id: str, changes: dict[str, Any],
+                        current: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._update("get_contract", "update_contract", contract_id, changes, current)
+
+    def list_account_plans(self, *, account_id: str | None = None,
+                           include_all: bool = False) -> Iterator[dict[str, Any]]:
+        return self._list("list_account_plans", account=account_id, includeall="true" if include_all else None)
+
+    def create_account_plan(self, body: dict[str, Any],
+                            find_existing: Callable[[], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+        """Attach a plan; after a lost response ``find_existing`` (default: the account's plan with the
+        body's ``code``, when it has one) tells whether it landed."""
+        if find_existing is None and body.get("code"):
+            code, account = str(body["code"]), str(body["accountId"])
+
+            def find_existing() -> dict[str, Any] | None:
+                return self._find_by_code("list_account_plans", code, account=account, includeall="true")
+
+        return self._create("create_account_plan", body, find_existing)
+
+    def update_account_plan(self, account_plan_id: str, changes: dict[str, Any],
+                            current: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._update("get_account_plan", "update_account_plan", account_plan_id, changes, current)
+
+    # -- balances ---------------------------------------------------------------------------------
+    def list_balances(self, *, account_id: str | None = None, end_date_start: str | None = None,
+                      page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        return self._list("list_balances", accountId=account_id, endDateStart=end_date_start, page_size=page_size)
+
+    def get_balance(self, balance_id: str) -> dict[str, Any]:
+        return self._get("get_balance", id=balance_id)
+
+    def update_balance(self, balance_id: str, changes: dict[str, Any],
+                       current: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._update("get_balance", "update_balance", balance_id, changes, current)
+
+    def create_balance(self, body: dict[str, Any],
+                       find_existing: Callable[[], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+        return self._create("create_balance", body, find_existing)
+
+    def list_balance_transactions(self, balance_id: str) -> Iterator[dict[str, Any]]:
+        return self._list("list_balance_transactions", path={"balanceId": balance_id}, page_size=200)
+
+    def balance_transaction_summary(self, balance_id: str) -> dict[str, Any]:
+        return self._get("balance_transaction_summary", balanceId=balance_id)
 
     def create_balance_transaction(self, balance_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Post a balance transaction exactly once; its ``description`` must identify it uniquely.
@@ -583,65 +771,84 @@ class M3terHook(BaseHook):
         note = body.get("description")
         if not note:
             raise ValueError("a balance transaction needs a unique description to be posted exactly once")
-        path = f"balances/{balance_id}/transactions"
 
         def find_existing() -> dict[str, Any] | None:
-            return next((t for t in self.iter_entities(path, page_size=200) if t.get("description") == note), None)
+            return next((t for t in self.list_balance_transactions(balance_id) if t.get("description") == note),
+                        None)
 
-        return self.create(path, body, find_existing=find_existing)
+        return self._create("create_balance_transaction", body, find_existing, balanceId=balance_id)
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        try:
-            return self._request("post", self.settings.org_path(path), body or {})
-        except m3ter.APIError as exc:
-            raise translate_error(exc, entity=path) from exc
+    # -- external mappings --------------------------------------------------------------------------
+    def list_external_mappings(self) -> Iterator[dict[str, Any]]:
+        return self._list("list_external_mappings", page_size=200)
 
-    def put(self, path: str, body: dict[str, Any]) -> Any:
-        try:
-            return self._request("put", self.settings.org_path(path), body)
-        except m3ter.APIError as exc:
-            raise translate_error(exc, entity=path) from exc
+    def list_external_mappings_of(self, m3ter_entity: str, m3ter_id: str) -> Iterator[dict[str, Any]]:
+        """The mappings of one m3ter entity (e.g. ``Account`` and its id) to external records."""
+        return self._list("list_external_mappings_by_m3ter_entity", page_size=200,
+                          path={"entity": m3ter_entity, "m3terId": m3ter_id})
 
-    def update(self, path: str, entity_id: str, changes: dict[str, Any],
-               current: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Read-modify-write with optimistic locking: on a version conflict, re-read and re-apply."""
-        for attempt in range(VERSION_CONFLICT_RETRIES + 1):
-            if current is None:
-                current = self.get(path, entity_id)
-            body = merge_for_put(current, changes)
-            try:
-                return self._request("put", self.settings.org_path(f"{path}/{entity_id}"), body)  # type: ignore[no-any-return]
-            except m3ter.APIError as exc:
-                if is_version_conflict(exc) and attempt < VERSION_CONFLICT_RETRIES:
-                    log.info("m3ter %s %s: version %s is stale, re-reading (attempt %d)", path, entity_id,
-                             current.get("version"), attempt + 1)
-                    current = None
-                    continue
-                if is_version_conflict(exc):
-                    raise M3terVersionConflict(f"version conflict persisted after {attempt + 1} attempts",
-                                               entity=path, record_id=entity_id, status=400) from exc
-                raise translate_error(exc, entity=path, record_id=entity_id) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+    def find_external_mapping(self, system: str, table: str, external_id: str) -> dict[str, Any] | None:
+        """The mapping of one external record (system, table, id), if m3ter has it."""
+        return next(iter(self._list("list_external_mappings_by_external_id", path={
+            "system": system, "externalTable": table, "externalId": external_id})), None)
 
-    def upsert_by_code(self, path: str, code: str, desired: dict[str, Any], *,
-                       existing: dict[str, Any] | None = None, dry_run: bool = False,
-                       known_missing: bool = False) -> UpsertResult:
-        """Create the entity with ``code`` or update only what differs; no write when unchanged.
+    def create_external_mapping(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._create("create_external_mapping", body, lambda: self.find_external_mapping(
+            str(body["externalSystem"]), str(body["externalTable"]), str(body["externalId"])))
 
-        ``known_missing`` skips the look-up when the caller just listed the collection (a create
-        that races another writer is still safe: m3ter refuses the duplicate code).
-        """
-        current = existing if existing is not None or known_missing else self.find_by_code(path, code)
-        if current is None:
-            if dry_run:
-                return UpsertResult({"code": code, **desired}, "created", desired)
-            return UpsertResult(self.create(path, {"code": code, **desired}), "created", desired)
-        diff = changed_fields(current, desired)
-        if not diff:
-            return UpsertResult(current, "unchanged")
-        if dry_run:
-            return UpsertResult(current, "updated", diff)
-        return UpsertResult(self.update(path, current["id"], diff, current=current), "updated", diff)
+    def update_external_mapping(self, mapping_id: str, changes: dict[str, Any],
+                                current: dict[str, Any]) -> dict[str, Any]:
+        return self._update("get_external_mapping", "update_external_mapping", mapping_id, changes, current)
+
+    # -- notifications ----------------------------------------------------------------------------
+    def list_notification_configurations(self) -> Iterator[dict[str, Any]]:
+        return self._list("list_notification_configurations")
+
+    def find_notification_configuration(self, code: str) -> dict[str, Any] | None:
+        return self._find_by_code("list_notification_configurations", code)
+
+    def upsert_notification_configuration(self, code: str, desired: dict[str, Any], **kw: Any) -> UpsertResult:
+        return self._upsert(_NOTIFICATION_OPS, code, desired, **kw)
+
+    def find_webhook_destination(self, code: str) -> dict[str, Any] | None:
+        return self._find_by_code("list_webhook_destinations", code)
+
+    def upsert_webhook_destination(self, code: str, desired: dict[str, Any], **kw: Any) -> UpsertResult:
+        return self._upsert(_WEBHOOK_OPS, code, desired, **kw)
+
+    # -- bills --------------------------------------------------------------------------------------
+    def list_bills(self, *, status: str | None = None, bill_date: str | None = None,
+                   exclude_line_items: bool = False) -> Iterator[dict[str, Any]]:
+        return self._list("list_bills", status=status, billDate=bill_date,
+                          excludeLineItems="true" if exclude_line_items else None)
+
+    def get_bill(self, bill_id: str) -> dict[str, Any]:
+        return self._get("get_bill", id=bill_id)
+
+    def list_bill_line_items(self, bill_id: str) -> Iterator[dict[str, Any]]:
+        return self._list("list_bill_line_items", path={"billId": bill_id})
+
+    def approve_bills(self, bill_ids: Sequence[str]) -> dict[str, Any]:
+        return self._post("approve_bills", {"billIds": list(bill_ids)})  # type: ignore[no-any-return]
+
+    def recalculate_bills(self, bill_ids: Sequence[str]) -> dict[str, Any]:
+        return self._post("recalculate_bills", {"billIds": list(bill_ids)})  # type: ignore[no-any-return]
+
+    def update_bill_status(self, bill_id: str, status: str) -> dict[str, Any]:
+        return self._put("update_bill_status", {"status": status}, id=bill_id)  # type: ignore[no-any-return]
+
+    def lock_bill(self, bill_id: str) -> dict[str, Any]:
+        return self._put("lock_bill", {}, id=bill_id)  # type: ignore[no-any-return]
+
+    # -- data exports -------------------------------------------------------------------------------
+    def create_adhoc_data_export(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._post("create_adhoc_data_export", body)  # type: ignore[no-any-return]
+
+    def get_data_export_job(self, job_id: str) -> dict[str, Any]:
+        return self._get("get_data_export_job", id=job_id)
+
+    def get_data_export_download_url(self, job_id: str) -> str:
+        return str(self._get("get_data_export_download_url", jobId=job_id)["url"])
 
     # -- measurements -------------------------------------------------------------------------
     def submit_measurements(self, measurements: Iterable[dict[str, Any]]) -> IngestResult:
@@ -663,16 +870,13 @@ class M3terHook(BaseHook):
         return result
 
     def query_usage(self, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return self._request("post", self.settings.org_path("usage/query"), body)  # type: ignore[no-any-return]
-        except m3ter.APIError as exc:
-            raise translate_error(exc, entity="usage query") from exc
+        return self._post("query_usage", body)  # type: ignore[no-any-return]
 
     # -- Airflow UI -----------------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:
         try:
             TOKEN_CACHE.clear()
-            next(iter(self.iter_entities("products", page_size=1)), None)
+            next(iter(self.list_products(page_size=1)), None)
         except Exception as exc:
             return False, f"m3ter connection {self.m3ter_conn_id!r} failed: {_safe(exc)}"
         return True, f"Connected to m3ter org {self.settings.org_id}"
@@ -689,15 +893,40 @@ def _safe(exc: Exception) -> str:
 
 # ----------------------------------------------------------------------------------- async hook
 class M3terAsyncHook(M3terHook):
-    """The async twin for triggers: same settings, token cache and helpers, ``AsyncM3ter`` client."""
+    """The async twin for triggers: same settings, token cache and helpers, ``AsyncM3ter`` client.
+
+    The connection is read once per hook and one client is kept while the token stays the same
+    (requests reuse its connections); :meth:`aclose` releases it.
+    """
+
+    def __init__(self, m3ter_conn_id: str = M3terHook.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(m3ter_conn_id, **kwargs)
+        self._asettings: M3terSettings | None = None
+        self._aclient: m3ter.AsyncM3ter | None = None
+        self._aclient_token: CachedToken | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
 
     async def aget_settings(self) -> M3terSettings:
-        conn = await BaseHook.aget_connection(self.m3ter_conn_id)
-        return M3terSettings.from_connection(conn)
+        if self._asettings is None:
+            conn = await BaseHook.aget_connection(self.m3ter_conn_id)
+            self._asettings = M3terSettings.from_connection(conn)
+        return self._asettings
 
     async def aget_conn(self) -> m3ter.AsyncM3ter:
         s = await self.aget_settings()
-        return self._async_client(s, await TOKEN_CACHE.aget(s))
+        tok = await TOKEN_CACHE.aget(s)
+        loop = asyncio.get_running_loop()
+        if self._aclient_loop is not loop:  # a client's connections belong to the loop that opened them
+            self._aclient = None
+        if self._aclient is None or self._aclient_token is not tok:
+            await self.aclose()
+            self._aclient, self._aclient_token, self._aclient_loop = self._async_client(s, tok), tok, loop
+        return self._aclient
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.close()
+            self._aclient = self._aclient_token = None
 
     @staticmethod
     def _async_client(s: M3terSettings, tok: CachedToken) -> m3ter.AsyncM3ter:
@@ -705,30 +934,78 @@ class M3terAsyncHook(M3terHook):
                                 base_url=s.base_url, token=tok.access_token, max_retries=s.max_retries,
                                 timeout=s.timeout_s)
 
-    async def aiter_entities(self, path: str, page_size: int = 100, **params: Any) -> Any:
-        """Like :meth:`M3terHook.iter_entities`, a rejected token included: dropped, and the listing
-        started once more with a new one (only before anything was yielded, so nothing repeats)."""
+    async def _token_rejected(self, exc: m3ter.PermissionDeniedError) -> bool:
+        """Whether m3ter rejected the token (then it is dropped, so the next call fetches a new one)."""
+        if not is_token_rejected(exc):
+            return False
+        log.warning("m3ter rejected the cached token; fetching a new one")
+        TOKEN_CACHE.invalidate(await self.aget_settings(), self._aclient_token)
+        return True
+
+    async def _aiter(self, op: str, page_size: int = 100, **query: Any) -> Any:
+        """Like :meth:`M3terHook._list`, a rejected token included: dropped, and the listing started
+        once more with a new one (only before anything was yielded, so nothing repeats)."""
         s = await self.aget_settings()
-        query = _list_query(params, page_size)
+        params = _list_query(query, min(page_size, OPS[op].page_max))
+        url = s.org_path(OPS[op].render())
         for attempt in (1, 2):
-            tok = await TOKEN_CACHE.aget(s)
             yielded = False
             try:
-                async with self._async_client(s, tok) as client:
-                    cursor = client.get_api_list(s.org_path(path), model=object, page=AsyncCursor[object],
-                                                 options={"params": query})
-                    async for item in cursor:
-                        yielded = True
-                        yield item
+                client = await self.aget_conn()
+                cursor = client.get_api_list(url, model=object, page=AsyncCursor[object], options={"params": params})
+                async for item in cursor:
+                    yielded = True
+                    yield item
                 return
             except m3ter.PermissionDeniedError as exc:
-                if attempt == 1 and not yielded and is_token_rejected(exc):
-                    log.warning("m3ter rejected the cached token; fetching a new one")
-                    TOKEN_CACHE.invalidate(s, tok)
+                if attempt == 1 and not yielded and await self._token_rejected(exc):
                     continue
-                raise translate_error(exc, entity=path) from exc
+                raise translate_error(exc, entity=OPS[op].path) from exc
             except m3ter.APIError as exc:
-                raise translate_error(exc, entity=path) from exc
+                raise translate_error(exc, entity=OPS[op].path) from exc
 
-    async def alist_all(self, path: str, page_size: int = 100, **params: Any) -> list[dict[str, Any]]:
-        return [item async for item in self.aiter_entities(path, page_size=page_size, **params)]
+    async def _alist(self, op: str, page_size: int = 100, **query: Any) -> list[dict[str, Any]]:
+        return [item async for item in self._aiter(op, page_size=page_size, **query)]
+
+    async def _arequest(self, op: str, body: dict[str, Any] | None = None, **path: str) -> Any:
+        """One request of ``op``; a rejected token is dropped and the request sent once more."""
+        s = await self.aget_settings()
+        spec = OPS[op]
+        url = s.org_path(spec.render(**path))
+        for attempt in (1, 2):
+            try:
+                client = await self.aget_conn()
+                if spec.method == "GET":
+                    return await client.get(url, cast_to=_JSON)
+                return await client.post(url, body=body or {}, cast_to=_JSON)
+            except m3ter.PermissionDeniedError as exc:
+                if attempt == 1 and await self._token_rejected(exc):
+                    continue
+                raise translate_error(exc, entity=spec.path) from exc
+            except m3ter.APIError as exc:
+                raise translate_error(exc, entity=spec.path) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def alist_accounts(self, *, ids: Sequence[str] | None = None, page_size: int = 100) -> list[dict[str, Any]]:
+        return await self._alist("list_accounts", page_size=page_size, ids=ids)
+
+    async def alist_balances(self, *, page_size: int = 100) -> list[dict[str, Any]]:
+        return await self._alist("list_balances", page_size=page_size)
+
+    async def alist_products(self, *, codes: Sequence[str] | None = None, page_size: int = 200) -> list[dict[str, Any]]:
+        """As :meth:`M3terHook.list_products` (filtered here: the API has no code filter)."""
+        wanted = set(codes) if codes is not None else None
+        return [p for p in await self._alist("list_products", page_size=page_size)
+                if wanted is None or p.get("code") in wanted]
+
+    async def alist_meters(self, *, codes: Sequence[str] | None = None, page_size: int = 100) -> list[dict[str, Any]]:
+        return await self._alist("list_meters", page_size=page_size, codes=codes)
+
+    async def alist_contracts(self, *, page_size: int = 100) -> list[dict[str, Any]]:
+        return await self._alist("list_contracts", page_size=page_size)
+
+    async def abalance_transaction_summary(self, balance_id: str) -> dict[str, Any]:
+        return await self._arequest("balance_transaction_summary", balanceId=balance_id)  # type: ignore[no-any-return]
+
+    async def aquery_usage(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._arequest("query_usage", body)  # type: ignore[no-any-return]

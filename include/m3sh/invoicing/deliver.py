@@ -49,10 +49,10 @@ def fetch_bills(m3ter: Any, states: Iterable[str], start: dt.datetime | None = N
     """
     wanted = set(states)
     if bill_ids:
-        candidates: Iterable[dict[str, Any]] = (m3ter.get("bills", i) for i in bill_ids)
+        candidates: Iterable[dict[str, Any]] = (m3ter.get_bill(i) for i in bill_ids)
     else:
         statuses = sorted({"APPROVED" if s == "LOCKED" else s for s in wanted})
-        candidates = (b for s in statuses for b in m3ter.iter_entities("bills", status=s))
+        candidates = (b for s in statuses for b in m3ter.list_bills(status=s))
     seen: set[str] = set()
     for bill in candidates:
         if bill["id"] in seen or bill_state(bill) not in wanted:
@@ -63,7 +63,7 @@ def fetch_bills(m3ter: Any, states: Iterable[str], start: dt.datetime | None = N
                 (start is not None and changed < start) or (end is not None and changed >= end)):
             continue
         if "lineItems" not in bill:
-            yield {**bill, "lineItems": list(m3ter.iter_entities(f"bills/{bill['id']}/lineitems"))}
+            yield {**bill, "lineItems": list(m3ter.list_bill_line_items(bill["id"]))}
         else:
             yield bill
 
@@ -141,6 +141,6 @@ def mark_exported(m3ter: Any, field: str, bills: list[EnrichedBill], exported: d
                               "destinations": exported[bill.bill_id], "fingerprint": bill.fingerprint})
             latest[bill.account_id] = (bill, exported[bill.bill_id])
     for account_id, (bill, dests) in latest.items():
-        m3ter.update("accounts", account_id, {"customFields": {
+        m3ter.update_account(account_id, {"customFields": {
             field: stamp, "exported_bill": bill.bill_id, "exported_to": ",".join(dests)}})
     return len(latest)

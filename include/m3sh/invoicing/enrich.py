@@ -221,12 +221,12 @@ class Enricher:
 
     def load_accounts(self, account_ids: Iterable[str]) -> None:
         for acc_id in sorted(set(account_ids) - set(self.accounts)):
-            self.accounts[acc_id] = self.m3ter.get("accounts", acc_id)
+            self.accounts[acc_id] = self.m3ter.get_account(acc_id)
 
     def enrich(self, bills: list[dict[str, Any]]) -> tuple[list[EnrichedBill], list[EnrichmentError]]:
         self.load_accounts(str(b["accountId"]) for b in bills)
         mappings: dict[str, list[dict[str, Any]]] = {}
-        for m in self.m3ter.iter_entities("externalmappings", page_size=200):
+        for m in self.m3ter.list_external_mappings():
             if str(m.get("m3terEntity", "")).lower() == "account":
                 mappings.setdefault(str(m["m3terId"]), []).append(m)
         links: dict[str, tuple[str, str] | None] = {

@@ -60,34 +60,40 @@ class M3terRuleTrigger(BaseTrigger):
         return M3terAsyncHook(m3ter_conn_id=self.m3ter_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        yield TriggerEvent(await self._watch())  # exactly one event, whatever happens
+
+    async def _watch(self) -> dict[str, Any]:
         from m3sh.automation.evaluate import CreditsCache, aevaluate
 
         try:
             rules = self.parsed_rules()
             if not rules:
-                yield TriggerEvent({"status": "error", "message": f"no enabled rule of kind {self.kinds}",
-                                    "firings": []})
-                return
+                return {"status": "error", "message": f"no enabled rule of kind {self.kinds}", "firings": []}
             hook = self._hook()
-            excluded = set(self.exclude_keys)
-            passes = 0
-            credits = CreditsCache(None)  # balance credit totals by version, in memory across passes
-            while True:
-                passes += 1
-                result = await aevaluate(hook, rules, accounts=self.accounts or None, credit_cache=credits)
-                new = [f for f in result.firings if f.key not in excluded]
-                if new:
-                    firings = [{"key": f.key, "rule": f.rule, "account_id": f.account_id,
-                                "account_code": f.account_code, "entity_id": f.entity_id, "detail": f.detail}
-                               for f in new[:MAX_FIRINGS_IN_EVENT]]
-                    yield TriggerEvent({"status": "success", "firings": firings,
-                                        "message": f"{len(new)} firing(s) after {passes} pass(es)"})
-                    return
-                self.log.info("pass %d: no new firing (%s); next in %ss", passes, result.counts, self.poll_interval)
-                await asyncio.sleep(self.poll_interval)
+            try:
+                excluded = set(self.exclude_keys)
+                credits = CreditsCache(None)  # balance credit totals by version, in memory across passes
+                passes = 0
+                while True:
+                    passes += 1
+                    result = await aevaluate(hook, rules, accounts=self.accounts or None, credit_cache=credits)
+                    new = [f for f in result.firings if f.key not in excluded]
+                    if new:
+                        firings = [{"key": f.key, "rule": f.rule, "account_id": f.account_id,
+                                    "account_code": f.account_code, "entity_id": f.entity_id, "detail": f.detail}
+                                   for f in new[:MAX_FIRINGS_IN_EVENT]]
+                        return {"status": "success", "firings": firings,
+                                "message": f"{len(new)} firing(s) after {passes} pass(es)"}
+                    self.log.info("pass %d: no new firing (%s); next in %ss", passes, result.counts,
+                                  self.poll_interval)
+                    await asyncio.sleep(self.poll_interval)
+            finally:
+                aclose = getattr(hook, "aclose", None)  # releases the hook's HTTP connections
+                if aclose is not None:
+                    await aclose()
         except Exception as exc:  # one event, never a crashed trigger: the sensor decides what to do
-            yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {str(exc)[:500]}",
-                                "firings": []})
+            self.log.exception("m3ter trigger failed")
+            return {"status": "error", "message": f"{type(exc).__name__}: {str(exc)[:500]}", "firings": []}
 
 
 class M3terBalanceTrigger(M3terRuleTrigger):

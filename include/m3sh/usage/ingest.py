@@ -76,12 +76,12 @@ class AccountLookup:
 
     def __call__(self, code: str) -> bool:
         if self._known is None:
-            self._known = {a["code"] for a in self.hook.iter_entities("accounts") if a.get("code")}
+            self._known = {a["code"] for a in self.hook.list_accounts() if a.get("code")}
         if code in self._known:
             return True
         if code in self._missing:
             return False
-        if self.hook.find_by_code("accounts", code) is not None:
+        if self.hook.find_account(code) is not None:
             self._known.add(code)
             return True
         self._missing.add(code)

@@ -108,7 +108,7 @@ def test_usage_day_matches_m3ter(seeded: dict[str, Any]) -> None:
         assert got[key]["measurement_count"] == 2 and got[key]["measure"] == "quantity"
     # and the same as m3ter's own answer for that day
     hook = seeded["hook"]
-    meter_id = next(m["id"] for m in hook.iter_entities("meters") if m["code"] == "api_calls")
+    meter_id = next(m["id"] for m in hook.list_meters() if m["code"] == "api_calls")
     m3 = hook.query_usage({"startDate": f"{day}T00:00:00Z", "endDate": f"{day + dt.timedelta(days=1)}T00:00:00Z",
                            "meterIds": [meter_id], "groups": [{"groupType": "ACCOUNT"}],
                            "aggregations": [{"meterId": meter_id, "fieldCode": "quantity", "fieldType": "MEASURE",
@@ -117,7 +117,7 @@ def test_usage_day_matches_m3ter(seeded: dict[str, Any]) -> None:
         k[0]: v["value_sum"] for k, v in got.items() if k[1] == "api_calls"}
 
     # snapshot tables of the day agree with m3ter too
-    accounts = list(hook.iter_entities("accounts"))
+    accounts = list(hook.list_accounts())
     assert _reader().partition("accounts", day).num_rows == len(accounts)
     start = dt.datetime.combine(day, dt.time(0), dt.UTC)
     end = start + dt.timedelta(days=1)
@@ -128,10 +128,10 @@ def test_usage_day_matches_m3ter(seeded: dict[str, Any]) -> None:
         return s < end and (f is None or f > start)
 
     assert _reader().partition("account_plans", day).num_rows == sum(
-        1 for ap in hook.iter_entities("accountplans") if active(ap))
-    balances = [b for b in hook.iter_entities("balances") if active(b)]
+        1 for ap in hook.list_account_plans() if active(ap))
+    balances = [b for b in hook.list_balances() if active(b)]
     assert balances and _reader().partition("balances", day).num_rows == len(balances)
-    mappings = list(hook.iter_entities("externalmappings", page_size=200))
+    mappings = list(hook.list_external_mappings())
     links = [r for r in _reader().partition("account_links", day).to_pylist()
              if r["origin"] == "m3ter_external_mapping"]
     assert len(links) == len(mappings) > 0
@@ -177,7 +177,7 @@ def test_bill_day_matches_m3ter_and_rerun_is_identical(seeded: dict[str, Any]) -
     from m3sh.storage import Storage
 
     day = seeded["bill_day"]
-    bills = [b for b in seeded["hook"].iter_entities("bills") if b["billDate"] == day.isoformat()]
+    bills = [b for b in seeded["hook"].list_bills() if b["billDate"] == day.isoformat()]
     # what m3sh_invoice_sync records when it delivers a bill to NetSuite: the ERP ids the tables carry
     ledger = S3Ledger(Storage.from_config(get_config().storage))
     sent = bills[0]
@@ -251,13 +251,13 @@ def test_readme_example_revenue_by_crm_source_and_product(seeded: dict[str, Any]
 
     # expected straight from m3ter: bills of last month's service period, by the account's primary CRM
     hook = seeded["hook"]
-    accounts = {a["id"]: a for a in hook.iter_entities("accounts")}
-    sf = {m["m3terId"] for m in hook.iter_entities("externalmappings", page_size=200)
+    accounts = {a["id"]: a for a in hook.list_accounts()}
+    sf = {m["m3terId"] for m in hook.list_external_mappings()
           if m["externalSystem"] == "salesforce"}
-    hs = {m["m3terId"] for m in hook.iter_entities("externalmappings", page_size=200)
+    hs = {m["m3terId"] for m in hook.list_external_mappings()
           if m["externalSystem"] == "hubspot"}
     expected: dict[tuple[str, str, str], float] = {}
-    for b in hook.iter_entities("bills"):
+    for b in hook.list_bills():
         for li in b["lineItems"]:
             if li["lineItemType"] == "BALANCE_CONSUMED" or not li["servicePeriodStartDate"].startswith(
                     seeded["month_start"].strftime("%Y-%m")):

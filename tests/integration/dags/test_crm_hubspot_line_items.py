@@ -92,10 +92,10 @@ def _plans_of(code: str) -> set[str]:
     from m3sh.hooks.m3ter import M3terHook
 
     hook = M3terHook()
-    account = hook.find_by_code("accounts", code)
+    account = hook.find_account(code)
     assert account is not None, f"no m3ter account {code}"
-    plans = {p["id"]: p["code"] for p in hook.iter_entities("plans")}
-    return {plans[ap["planId"]] for ap in hook.iter_entities("accountplans", account=account["id"])}
+    plans = {p["id"]: p["code"] for p in hook.list_plans()}
+    return {plans[ap["planId"]] for ap in hook.list_account_plans(account_id=account["id"])}
 
 
 def _move(sandbox: Any, object_type: str, ids: list[str], when: dt.datetime) -> None:

@@ -46,7 +46,7 @@ def test_full_sync_then_rerun_writes_nothing(crm_env: Any) -> None:
     run = _run(full_resync=True)
     assert run.state == "success"
     hook = _m3ter()
-    accounts = {a["code"]: a for a in hook.iter_entities("accounts")}
+    accounts = {a["code"]: a for a in hook.list_accounts()}
     # every demo customer exactly once, customers present in both CRMs included
     assert set(accounts) == {c.key for c in company.customers}
     both = [c for c in company.customers if c.crm == "both"]
@@ -56,18 +56,18 @@ def test_full_sync_then_rerun_writes_nothing(crm_env: Any) -> None:
     # pre-existing prepaid accounts kept their identity (m3ter owns it) and were linked, not duplicated
     prepaid = [c for c in company.customers if c.in_m3ter]
     assert all(accounts[c.key]["emailAddress"] == c.email for c in prepaid)
-    contracts = {c["code"]: c for c in hook.iter_entities("contracts")}
+    contracts = {c["code"]: c for c in hook.list_contracts()}
     for c in company.customers:
         code = f"{c.key}-c{c.contract_start:%Y%m%d}"
         assert code in contracts, code
         assert contracts[code]["endDate"][:10] == c.contract_end.isoformat()
-    plans = {p["id"]: p["code"] for p in hook.iter_entities("plans")}
+    plans = {p["id"]: p["code"] for p in hook.list_plans()}
     active = {}
-    for ap in hook.iter_entities("accountplans"):
+    for ap in hook.list_account_plans():
         active.setdefault(ap["accountId"], set()).add(plans[ap["planId"]])
     for c in company.customers:
         assert c.plan_code in active[accounts[c.key]["id"]], c.key
-    mappings = list(hook.iter_entities("externalmappings", page_size=200))
+    mappings = list(hook.list_external_mappings())
     n_records = sum(2 if c.crm == "both" else 1 for c in company.customers)
     assert len(mappings) == n_records
 
@@ -93,7 +93,7 @@ def test_dry_run_writes_nothing_and_reports_the_diff(crm_env: Any) -> None:
     run = _run(full_resync=True, dry_run=True)
     assert run.state == "success"
     assert {n: _writes(crm_env, n) for n in ("m3ter", "salesforce", "hubspot")} == before
-    assert len(list(_m3ter().iter_entities("accounts"))) == sum(1 for c in demo_company().customers if c.in_m3ter)
+    assert len(list(_m3ter().list_accounts())) == sum(1 for c in demo_company().customers if c.in_m3ter)
     # the diff report is in S3 and lists the creates
     from m3sh.config import get_config
     from m3sh.storage import Storage
@@ -127,6 +127,6 @@ def test_backfill_window_touches_only_records_changed_in_it(crm_env: Any) -> Non
     # a manual run with logical date T covers the data interval [T - 1h, T)
     run = build_crm_sync_dag().test(logical_date=window_end)
     assert run.state == "success"
-    assert hook.find_by_code("accounts", inside.key)["name"] == "Renamed Inside"
-    assert hook.find_by_code("accounts", outside.key)["name"] == outside.name
+    assert hook.find_account(inside.key)["name"] == "Renamed Inside"
+    assert hook.find_account(outside.key)["name"] == outside.name
     assert _writes(crm_env, "m3ter") - before == 2  # that account and its contract (named after it), nothing else

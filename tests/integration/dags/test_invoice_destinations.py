@@ -113,20 +113,20 @@ def earlier_bill(sandbox: Any, hook: Any, bill: dict[str, Any]) -> dict[str, Any
     job = sandbox.admin("m3ter", "run_billing", "POST", accountIds=[bill["accountId"]],
                         lastDateInBillingPeriod=last_day.isoformat())
     (bill_id,) = job["billIds"]
-    return dict(hook.get("bills", bill_id))
+    return dict(hook.get_bill(bill_id))
 
 
 def rebill(hook: Any, bill: dict[str, Any], api_calls: int) -> dict[str, Any]:
     """Late usage (negative: a usage correction) in the bill's period, recalculated, approved again."""
     if bill["status"] != "PENDING":
-        hook.put(f"bills/{bill['id']}/status", {"status": "PENDING"})
+        hook.update_bill_status(bill['id'], "PENDING")
     day = dt.date.fromisoformat(bill["endDate"][:10]) - dt.timedelta(days=1)
     hook.submit_measurements([{"uid": f"late-{bill['id'][:20]}-{api_calls}", "meter": "api_calls",
                                "account": bill["accountCode"], "ts": f"{day.isoformat()}T12:00:00Z",
                                "measure": {"quantity": api_calls}}])
-    hook.post("billjobs/recalculate", {"billIds": [bill["id"]]})
-    hook.post("bills/approve", {"billIds": [bill["id"]]})
-    return dict(hook.get("bills", bill["id"]))
+    hook.recalculate_bills([bill["id"]])
+    hook.approve_bills([bill["id"]])
+    return dict(hook.get_bill(bill["id"]))
 
 
 def _requests(sandbox: Any, name: str, method: str, path_part: str) -> int:
@@ -151,7 +151,7 @@ def test_salesforce_shows_the_latest_invoice_on_account_and_opportunity(
     hook, (first, second) = seeded["hook"], seeded["usd"]
     customers = {c.key: c for c in seeded["customers"]}
     older = earlier_bill(fresh_sandbox, hook, first)
-    hook.post("bills/approve", {"billIds": [older["id"]]})
+    hook.approve_bills([older["id"]])
     assert older["billDate"] < first["billDate"]
     sf = SalesforceSync()
 
@@ -176,7 +176,7 @@ def test_salesforce_shows_the_latest_invoice_on_account_and_opportunity(
     # 2. The first bill is locked in m3ter and last month's bill of that customer is approved late:
     # the locked bill is re-delivered as Posted (Invoice__c, Account, Opportunity: one write each),
     # the late bill gets its Invoice__c but leaves the records on the newer invoice.
-    hook.put(f"bills/{first['id']}/lock", {})
+    hook.lock_bill(first['id'])
     before = {"patch": _requests(fresh_sandbox, "salesforce", "PATCH", "/sobjects/"),
               "account": _requests(fresh_sandbox, "salesforce", "PATCH", "/sobjects/Account/"),
               "opportunity": _requests(fresh_sandbox, "salesforce", "PATCH", "/sobjects/Opportunity/")}
@@ -286,8 +286,8 @@ def test_bill_changed_after_its_period_closed(fresh_sandbox: Any, airflow_db: Pa
     # the closed period (before the day after the bill) never covers today's correction date.
     us = rebill(hook, earlier_bill(fresh_sandbox, hook, seeded["usd"][0]), 400_000)  # with usage to take back
     eu = earlier_bill(fresh_sandbox, hook, seeded["eur"][0])
-    hook.post("bills/approve", {"billIds": [eu["id"]]})
-    eu = dict(hook.get("bills", eu["id"]))
+    hook.approve_bills([eu["id"]])
+    eu = dict(hook.get_bill(eu["id"]))
     ids = [us["id"], eu["id"]]
     sync = {"bill_ids": ids, "destinations": ["netsuite_us", "netsuite_eu"]}
 

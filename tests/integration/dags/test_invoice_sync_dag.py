@@ -53,19 +53,19 @@ def seed_bills(sandbox: Any, n_usd: int = 3, n_eur: int = 2) -> dict[str, Any]:
     customers = usd + eur_sf + eur_hs
     account_ids = []
     for c in customers:
-        acc = hook.create("accounts", {
+        acc = hook.create_account({
             "code": c.key, "name": c.name, "emailAddress": c.email, "currency": c.currency,
             "customFields": {"crm_source": c.crm, "crm_id": c.salesforce_id or c.hubspot_id or "",
                              "subsidiary": "", "tax_code": ""}})
-        plan = hook.find_by_code("plans", c.plan_code)
+        plan = hook.find_plan(c.plan_code)
         assert plan is not None
-        hook.create("accountplans", {"accountId": acc["id"], "planId": plan["id"],
+        hook.create_account_plan({"accountId": acc["id"], "planId": plan["id"],
                                      "startDate": f"{c.contract_start.isoformat()}T00:00:00Z"})
         account_ids.append(acc["id"])
     job = sandbox.admin("m3ter", "run_billing", "POST", accountIds=account_ids)
     bill_ids = list(job["billIds"])
-    hook.post("bills/approve", {"billIds": bill_ids})
-    bills = [hook.get("bills", b) for b in bill_ids]
+    hook.approve_bills(bill_ids)
+    bills = [hook.get_bill(b) for b in bill_ids]
     return {"hook": hook, "customers": customers, "bills": bills,
             "usd": [b for b in bills if b["currency"] == "USD"], "eur": [b for b in bills if b["currency"] == "EUR"]}
 
@@ -169,7 +169,7 @@ def test_bills_route_to_each_destination_exactly_once(inv_env: dict[str, Any]) -
 
     hook = inv_env["hook"]
     for bill in inv_env["bills"]:
-        custom = hook.get("accounts", bill["accountId"])["customFields"]
+        custom = hook.get_account(bill["accountId"])["customFields"]
         assert custom["exported_at"] and custom["exported_bill"] == bill["id"]
     storage = Storage.from_config(get_config().storage)
     assert storage.get_json(storage.key("state", "invoicing", "exported", f"{inv_env['bills'][0]['id']}.json"))
@@ -207,8 +207,8 @@ def test_eu_outage_fails_only_eu_then_retry_completes_without_duplicates(inv_env
     assert "netsuite_eu" in slack and all(b["id"] in slack for b in inv_env["eur"])
     # EUR bills are not stamped as exported; USD bills are.
     hook = inv_env["hook"]
-    assert not hook.get("accounts", inv_env["eur"][0]["accountId"])["customFields"].get("exported_bill")
-    assert hook.get("accounts", inv_env["usd"][0]["accountId"])["customFields"]["exported_bill"]
+    assert not hook.get_account(inv_env["eur"][0]["accountId"])["customFields"].get("exported_bill")
+    assert hook.get_account(inv_env["usd"][0]["accountId"])["customFields"]["exported_bill"]
 
     sandbox.admin("netsuite", "account_fault", "POST", account="eu")
     us_writes = len([r for r in sandbox.stats("netsuite")["recent"] if r["method"] == "PUT"])

@@ -41,17 +41,17 @@ def _depleted(env: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A prepaid balance running this calendar month with a rollover and a product, drawn to 40."""
     hook = env["hook"]
     horizon = (dt.datetime.now(dt.UTC) + dt.timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    balance = sorted(hook.iter_entities("balances", endDateStart=horizon), key=lambda b: b["code"])[0]
-    product = sorted(hook.iter_entities("products"), key=lambda p: p["code"])[0]
+    balance = sorted(hook.list_balances(end_date_start=horizon), key=lambda b: b["code"])[0]
+    product = sorted(hook.list_products(), key=lambda p: p["code"])[0]
     now = dt.datetime.now(dt.UTC)
-    hook.update("balances", balance["id"], {
+    hook.update_balance(balance["id"], {
         "startDate": f"{now:%Y-%m}-01T00:00:00Z", "endDate": _month_after(now),
         "rolloverAmount": 50.0, "rolloverEndDate": _month_after(now, day=8),
         "productIds": [product["id"]]})
     hook.create_balance_transaction(balance["id"], {"amount": -(balance["amount"] - 40), "description": "usage"})
-    balance = hook.get("balances", balance["id"])
+    balance = hook.get_balance(balance["id"])
     assert balance["amount"] == pytest.approx(40)
-    return hook.get("accounts", balance["accountId"]), balance
+    return hook.get_account(balance["accountId"]), balance
 
 
 def _month_after(at: dt.datetime, months: int = 1, day: int = 1) -> str:
@@ -60,12 +60,12 @@ def _month_after(at: dt.datetime, months: int = 1, day: int = 1) -> str:
 
 
 def _successors(env: dict[str, Any], balance: dict[str, Any]) -> list[dict[str, Any]]:
-    return [b for b in env["hook"].iter_entities("balances", accountId=balance["accountId"])
+    return [b for b in env["hook"].list_balances(account_id=balance["accountId"])
             if b["id"] != balance["id"]]
 
 
 def _credits(env: dict[str, Any], balance_id: str) -> list[dict[str, Any]]:
-    return [t for t in env["hook"].iter_entities(f"balances/{balance_id}/transactions", page_size=200)
+    return [t for t in env["hook"].list_balance_transactions(balance_id)
             if t["amount"] > 0]
 
 
@@ -86,7 +86,7 @@ def _pass(env: dict[str, Any], rule_name: str, account: dict[str, Any]) -> list[
 def test_depleted_balance_opens_the_next_month_once_across_passes_reruns_and_firings(env: dict[str, Any]) -> None:
     hook = env["hook"]
     account, balance = _depleted(env)
-    initial = hook.get("balances", f"{balance['id']}/transactions/summary")["initialCreditAmount"]
+    initial = hook.get_balance(f"{balance['id']}/transactions/summary")["initialCreditAmount"]
     now = dt.datetime.now(dt.UTC)
 
     _run(rules=["next_period"], accounts=[account["code"]])
@@ -98,7 +98,7 @@ def test_depleted_balance_opens_the_next_month_once_across_passes_reruns_and_fir
     assert new["rolloverAmount"] == 50.0 and new["rolloverEndDate"] == _month_after(now, 2, day=8)
     assert new["contractId"] == balance["contractId"]  # the seeded contract runs past the new start
     assert new["amount"] == pytest.approx(initial) and len(_credits(env, new["id"])) == 1
-    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(40)  # the old period is left alone
+    assert hook.get_balance(balance["id"])["amount"] == pytest.approx(40)  # the old period is left alone
 
     # a manual re-run and a second pass write nothing to m3ter (the ledger says done) ...
     writes = _writes(env)

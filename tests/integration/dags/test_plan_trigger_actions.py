@@ -62,7 +62,7 @@ def env(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> dict[str, Any
     cfg = load_config(path)
     hook = M3terHook()
     return {"sb": fresh_sandbox, "hook": hook, "cfg": cfg,
-            "plans": {p["id"]: p["code"] for p in hook.iter_entities("plans")},
+            "plans": {p["id"]: p["code"] for p in hook.list_plans()},
             "ledger": Ledger(Storage.from_config(cfg.storage))}
 
 
@@ -70,41 +70,41 @@ def _accounts(env: dict[str, Any], crm: str | None = None) -> list[dict[str, Any
     """Seeded m3ter accounts (all prepaid) whose contract runs past the next 30 days, by code;
     ``crm`` keeps those whose CRM source is exactly that CRM."""
     hook, horizon = env["hook"], dt.datetime.now(dt.UTC).date() + dt.timedelta(days=45)
-    running = {c["accountId"] for c in hook.iter_entities("contracts")
+    running = {c["accountId"] for c in hook.list_contracts()
                if dt.date.fromisoformat(c["endDate"][:10]) > horizon}
-    return sorted((a for a in hook.iter_entities("accounts") if a["id"] in running
+    return sorted((a for a in hook.list_accounts() if a["id"] in running
                    and (crm is None or a["customFields"].get("crm_source") == crm)), key=lambda a: a["code"])
 
 
 def _deplete(env: dict[str, Any], account: dict[str, Any], to: float = 40.0) -> dict[str, Any]:
     """Draw the account's prepaid balance down to ``to`` (a debit, as usage would)."""
     hook = env["hook"]
-    balance = next(hook.iter_entities("balances", accountId=account["id"]))
+    balance = next(hook.list_balances(account_id=account["id"]))
     hook.create_balance_transaction(balance["id"], {"amount": -(balance["amount"] - to), "description": "usage"})
-    balance = hook.get("balances", balance["id"])
+    balance = hook.get_balance(balance["id"])
     assert balance["amount"] == pytest.approx(to)
     return balance
 
 
 def _credit_key(env: dict[str, Any], rule: str, balance: dict[str, Any]) -> str:
     """The firing key of a balance_below rule: the threshold crossing is the balance's total credit."""
-    credit = env["hook"].get("balances", f"{balance['id']}/transactions/summary")["totalCreditAmount"]
+    credit = env["hook"].get_balance(f"{balance['id']}/transactions/summary")["totalCreditAmount"]
     return f"{rule}|{balance['accountId']}|balance:{balance['id']}|credits={float(credit):g}"
 
 
 def _top_ups(env: dict[str, Any], balance: dict[str, Any]) -> list[dict[str, Any]]:
-    txs = env["hook"].iter_entities(f"balances/{balance['id']}/transactions", page_size=200)
+    txs = env["hook"].list_balance_transactions(balance['id'])
     return [t for t in txs if str(t.get("description", "")).startswith("m3sh top_up ")]
 
 
 def _end_contract(env: dict[str, Any], account: dict[str, Any], last_day: dt.date) -> dict[str, Any]:
     """Move the account's contract (and its account plan, which ends the midnight after) to ``last_day``."""
     hook = env["hook"]
-    contract = next(hook.iter_entities("contracts", accountId=account["id"]))
-    hook.update("contracts", contract["id"], {"endDate": last_day.isoformat()})
-    (plan,) = hook.iter_entities("accountplans", account=account["id"], includeall=True)
-    hook.update("accountplans", plan["id"], {"endDate": f"{last_day + dt.timedelta(days=1)}T00:00:00Z"}, current=plan)
-    return hook.get("contracts", contract["id"])
+    contract = next(hook.list_contracts(account_id=account["id"]))
+    hook.update_contract(contract["id"], {"endDate": last_day.isoformat()})
+    (plan,) = hook.list_account_plans(account_id=account["id"], include_all=True)
+    hook.update_account_plan(plan["id"], {"endDate": f"{last_day + dt.timedelta(days=1)}T00:00:00Z"}, current=plan)
+    return hook.get_contract(contract["id"])
 
 
 def _hubspot_writes(env: dict[str, Any]) -> int:
@@ -119,7 +119,7 @@ def test_top_up_balance_credits_a_depleted_balance_once(env: dict[str, Any]) -> 
 
     _run(rules=["low_top_up"], accounts=[account["code"]])
 
-    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(40 + TOP_UP)
+    assert hook.get_balance(balance["id"])["amount"] == pytest.approx(40 + TOP_UP)
     (tx,) = _top_ups(env, balance)
     assert tx["amount"] == pytest.approx(TOP_UP) and tx["description"] == f"m3sh top_up {key}"
     entry = env["ledger"].get(key)
@@ -131,7 +131,7 @@ def test_top_up_balance_credits_a_depleted_balance_once(env: dict[str, Any]) -> 
     _run(rules=["low_top_up"])
     assert _writes(env) == writes
     assert len(_top_ups(env, balance)) == 1
-    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(40 + TOP_UP)
+    assert hook.get_balance(balance["id"])["amount"] == pytest.approx(40 + TOP_UP)
 
 
 def test_custom_fields_on_accountplan_land_on_the_current_account_plan_once(env: dict[str, Any]) -> None:
@@ -145,9 +145,9 @@ def test_custom_fields_on_accountplan_land_on_the_current_account_plan_once(env:
     _run(rules=["low_plan_tag", "renewal_plan_tag"], accounts=[low["code"], ending["code"]])
 
     for account, field, value in ((low, "lifecycle", "low_credit"), (ending, "renewal_status", "due")):
-        (plan,) = hook.iter_entities("accountplans", account=account["id"], includeall=True)
+        (plan,) = hook.list_account_plans(account_id=account["id"], include_all=True)
         assert plan["customFields"][field] == value, plan
-        assert hook.get("accounts", account["id"])["customFields"].get(field) == account["customFields"].get(field)
+        assert hook.get_account(account["id"])["customFields"].get(field) == account["customFields"].get(field)
     statuses = sorted((e["rule"], [a["status"] for a in e["actions"]]) for e in env["ledger"].entries())
     assert statuses == [("low_plan_tag", ["done"]), ("renewal_plan_tag", ["done"])]
 
@@ -166,7 +166,7 @@ def test_contract_ending_updates_the_hubspot_company_and_skips_an_unmapped_accou
         _end_contract(env, account, end)
     # the link m3sh_crm_sync writes between an m3ter account and its HubSpot company (the seed's crm_id)
     company_id = mapped["customFields"]["crm_id"]
-    hook.create("externalmappings", {"externalSystem": "hubspot", "externalTable": "companies",
+    hook.create_external_mapping({"externalSystem": "hubspot", "externalTable": "companies",
                                      "externalId": company_id, "m3terEntity": "Account", "m3terId": mapped["id"]})
     hubspot_writes = _hubspot_writes(env)
 
@@ -222,7 +222,7 @@ def test_dry_run_lists_the_firing_and_its_actions_and_writes_nothing(
     # the evaluate task's log has the same line for every firing (the result lists the first 200)
     assert f"DRY RUN would_fire {key} account={account['code']} actions=['top_up_balance: 250.0']" in caplog.text
     assert _writes(env) == writes
-    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(40)
+    assert hook.get_balance(balance["id"])["amount"] == pytest.approx(40)
     assert list(env["ledger"].entries()) == []
 
 
@@ -255,4 +255,4 @@ def test_runs_at_other_logical_dates_act_once(env: dict[str, Any]) -> None:
     assert (first.state, second.state) == ("success", "success") and first.run_id != second.run_id
     assert _writes(env) == writes
     assert len(_top_ups(env, balance)) == 1
-    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(40 + TOP_UP)
+    assert hook.get_balance(balance["id"])["amount"] == pytest.approx(40 + TOP_UP)

@@ -64,7 +64,7 @@ def env(fresh_sandbox: Any, airflow_db: Path, tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("M3SH_CONFIG", str(path))
     cfg = load_config(path)
     hook = M3terHook()
-    plans = {p["id"]: p["code"] for p in hook.iter_entities("plans")}
+    plans = {p["id"]: p["code"] for p in hook.list_plans()}
     return {"sb": fresh_sandbox, "hook": hook, "cfg": cfg, "plans": plans,
             "ledger": Ledger(Storage.from_config(cfg.storage))}
 
@@ -82,7 +82,7 @@ def _run(**conf: Any) -> Any:
 
 
 def _plans_of(env: dict[str, Any], account_id: str) -> list[tuple[str, str, str | None]]:
-    aps = env["hook"].iter_entities("accountplans", account=account_id, includeall=True)
+    aps = env["hook"].list_account_plans(account_id=account_id, include_all=True)
     rows = [(env["plans"][ap["planId"]], ap["startDate"], ap.get("endDate")) for ap in aps]
     return sorted(rows, key=lambda r: r[1])
 
@@ -94,9 +94,9 @@ def _writes(env: dict[str, Any]) -> int:
 
 def _prepaid(env: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     horizon = (dt.datetime.now(dt.UTC) + dt.timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    balances = sorted(env["hook"].iter_entities("balances", endDateStart=horizon), key=lambda b: b["code"])
+    balances = sorted(env["hook"].list_balances(end_date_start=horizon), key=lambda b: b["code"])
     balance = balances[0]
-    return env["hook"].get("accounts", balance["accountId"]), balance
+    return env["hook"].get_account(balance["accountId"]), balance
 
 
 def test_usage_depletes_prepaid_balance_then_plan_switch_reset_and_field_exactly_once(env: dict[str, Any]) -> None:
@@ -108,7 +108,7 @@ def test_usage_depletes_prepaid_balance_then_plan_switch_reset_and_field_exactly
     hook.submit_measurements([{"uid": f"deplete-{account['code']}", "meter": "api_calls", "account": account["code"],
                                "ts": ts, "measure": {"quantity": calls}}])
     sb.admin("m3ter", "drawdown", "POST", accountCode=account["code"])
-    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(40, abs=0.01)
+    assert hook.get_balance(balance["id"])["amount"] == pytest.approx(40, abs=0.01)
 
     _run(rules=["prepaid_depleted"])
 
@@ -117,8 +117,8 @@ def test_usage_depletes_prepaid_balance_then_plan_switch_reset_and_field_exactly
     (_, _, old_end), (_, new_start, new_end) = plans
     assert old_end == new_start  # the old plan ends exactly where the new one starts
     assert new_end is not None  # the contract term is kept
-    assert hook.get("balances", balance["id"])["amount"] == pytest.approx(0)
-    assert hook.get("accounts", account["id"])["customFields"]["lifecycle"] == "converted_from_prepaid"
+    assert hook.get_balance(balance["id"])["amount"] == pytest.approx(0)
+    assert hook.get_account(account["id"])["customFields"]["lifecycle"] == "converted_from_prepaid"
     slack = [m for m in sb.state("platform")["slack"] if account["code"] in (m.get("text") or "")]
     assert len(slack) == 1
     key = f"prepaid_depleted|{account['id']}|balance:{balance['id']}|credits={balance['amount'] + 0:g}"
@@ -136,7 +136,7 @@ def test_usage_depletes_prepaid_balance_then_plan_switch_reset_and_field_exactly
     evaluation = second.get_task_instance("evaluate").xcom_pull(task_ids="evaluate")
     assert key not in {f["key"] for chunk in evaluation["chunks"] for f in chunk}, evaluation
     assert _plans_of(env, account["id"]) == plans
-    txs = list(hook.iter_entities(f"balances/{balance['id']}/transactions", page_size=200))
+    txs = list(hook.list_balance_transactions(balance['id']))
     assert sum(1 for t in txs if str(t.get("description", "")).startswith("m3sh reset")) == 1
     assert len([m for m in sb.state("platform")["slack"] if account["code"] in (m.get("text") or "")]) == 1
     assert env["ledger"].get(key)["attempts"] == 1  # type: ignore[index]
@@ -146,15 +146,15 @@ def test_contract_ending_in_10_days_gets_renewal_plan_custom_field_and_crm_field
     from m3sh.hooks.salesforce import SalesforceSync
 
     hook = env["hook"]
-    accounts = {a["id"]: a for a in hook.iter_entities("accounts")}
+    accounts = {a["id"]: a for a in hook.list_accounts()}
     account = next(a for a in sorted(accounts.values(), key=lambda a: a["code"])
                    if a["customFields"].get("crm_source") in ("salesforce", "both"))
-    contract = next(hook.iter_entities("contracts", accountId=account["id"]))
+    contract = next(hook.list_contracts(account_id=account["id"]))
     end = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=10)
-    hook.update("contracts", contract["id"], {"endDate": end.isoformat()})
+    hook.update_contract(contract["id"], {"endDate": end.isoformat()})
     # the link m3sh_crm_sync writes between the m3ter account and its Salesforce Account
     sf_id = account["customFields"]["crm_id"]
-    hook.create("externalmappings", {"externalSystem": "salesforce", "externalTable": "Account", "externalId": sf_id,
+    hook.create_external_mapping({"externalSystem": "salesforce", "externalTable": "Account", "externalId": sf_id,
                                      "m3terEntity": "Account", "m3terId": account["id"]})
 
     _run(rules=["renewal_due"], accounts=[account["code"]])
@@ -163,7 +163,7 @@ def test_contract_ending_in_10_days_gets_renewal_plan_custom_field_and_crm_field
     plans = _plans_of(env, account["id"])
     assert plans[-1][0] == "enterprise_usd" and plans[-1][1].startswith(renewal_start)
     assert plans[-2][2] is not None and plans[-2][2].startswith(renewal_start)
-    assert hook.get("accounts", account["id"])["customFields"]["renewal_status"] == "due"
+    assert hook.get_account(account["id"])["customFields"]["renewal_status"] == "due"
     record = SalesforceSync().get_record("Account", sf_id, fields=["Description"])
     assert record["Description"] == "Renewal due (m3sh)"
 

@@ -17,7 +17,7 @@ def feed_env(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> dict:
 
     m3sh_config({"prefix: usage/\n": "prefix: usage/none/\n"})
     hook = M3terHook()
-    accounts = sorted(a["code"] for a in hook.iter_entities("accounts"))[:10]
+    accounts = sorted(a["code"] for a in hook.list_accounts())[:10]
     base = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
     rows: list[dict[str, Any]] = []
     for i in range(1200):
@@ -33,7 +33,7 @@ def feed_env(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> dict:
 
 
 def _count(hook: Any) -> int:
-    meter_id = next(m["id"] for m in hook.iter_entities("meters") if m["code"] == "api_calls")
+    meter_id = next(m["id"] for m in hook.list_meters() if m["code"] == "api_calls")
     body = {"startDate": "2000-01-01T00:00:00Z", "endDate": "2100-01-01T00:00:00Z", "meterIds": [meter_id],
             "aggregations": [{"meterId": meter_id, "fieldCode": "quantity", "fieldType": "MEASURE",
                               "function": "COUNT"}]}

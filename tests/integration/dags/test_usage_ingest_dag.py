@@ -59,7 +59,7 @@ def usage_setup(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> dict:
     m3sh_config({"prefix: usage/\n": f"prefix: {PREFIX}\n"},
                 extra="\ndag_defaults: {retries: 2, retry_delay_s: 0.1, max_retry_delay_s: 1}\n")
     hook = M3terHook()
-    accounts = sorted(a["code"] for a in hook.iter_entities("accounts"))[:20]
+    accounts = sorted(a["code"] for a in hook.list_accounts())[:20]
     data, valid, expected, bad = _make_file(accounts)
     s3 = s3_client(fresh_sandbox.url("moto"))
     s3.put_object(Bucket="m3sh-usage", Key=PREFIX + "big.csv.gz", Body=data)
@@ -67,7 +67,7 @@ def usage_setup(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> dict:
 
 
 def _m3ter_totals(hook: Any) -> tuple[int, dict[str, float]]:
-    meter_id = next(m["id"] for m in hook.iter_entities("meters") if m["code"] == "api_calls")
+    meter_id = next(m["id"] for m in hook.list_meters() if m["code"] == "api_calls")
     body = {"startDate": "2000-01-01T00:00:00Z", "endDate": "2100-01-01T00:00:00Z", "meterIds": [meter_id],
             "groups": [{"groupType": "ACCOUNT"}],
             "aggregations": [{"meterId": meter_id, "fieldCode": "quantity", "fieldType": "MEASURE",

@@ -26,7 +26,7 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
 
 
 def _count(hook: Any) -> int:
-    meter_id = next(m["id"] for m in hook.iter_entities("meters") if m["code"] == "api_calls")
+    meter_id = next(m["id"] for m in hook.list_meters() if m["code"] == "api_calls")
     data = hook.query_usage({"startDate": "2000-01-01T00:00:00Z", "endDate": "2100-01-01T00:00:00Z",
                              "meterIds": [meter_id], "aggregations": [
                                  {"meterId": meter_id, "fieldCode": "quantity", "fieldType": "MEASURE",
@@ -45,7 +45,7 @@ def test_new_usage_feed_is_picked_up_and_old_files_are_not_resent(stack: Any) ->
     from m3sh.hooks.m3ter import M3terHook
 
     hook = M3terHook()
-    accounts = sorted(a["code"] for a in hook.iter_entities("accounts"))[:5]
+    accounts = sorted(a["code"] for a in hook.list_accounts())[:5]
     s3 = s3_client(stack.sandbox.url("moto"))
     s3.put_object(Bucket="m3sh-usage", Key="usage/evo-a/day1.csv", Body=_csv(_rows("a1", accounts, 20)))
     s3.put_object(Bucket="m3sh-usage", Key="usage/evo-a/day2.csv", Body=_csv(_rows("a2", accounts, 20)))

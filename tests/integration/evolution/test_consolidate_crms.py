@@ -23,10 +23,10 @@ def test_hubspot_customers_move_to_salesforce(stack: Any) -> None:
     domains = [c.domain for c in movers]
     assert crm_sync(accounts=domains).state == "success"
     hook = M3terHook()
-    before = {c.key: hook.find_by_code("accounts", c.key) for c in movers}
+    before = {c.key: hook.find_account(c.key) for c in movers}
     assert all(before.values())
-    n_accounts = len(list(hook.iter_entities("accounts")))
-    n_contracts = len(list(hook.iter_entities("contracts")))
+    n_accounts = len(list(hook.list_accounts()))
+    n_contracts = len(list(hook.list_contracts()))
 
     # sales ops re-creates the customers in Salesforce (same domain and billing email) ...
     created = stack.sandbox.admin("salesforce", "insert", "POST", sobject="Account", records=[
@@ -39,11 +39,11 @@ def test_hubspot_customers_move_to_salesforce(stack: Any) -> None:
     assert crm_sync(accounts=domains).state == "success"
 
     assert request_count(stack.sandbox, "hubspot") == 0
-    assert len(list(hook.iter_entities("accounts"))) == n_accounts  # no duplicates
-    assert len(list(hook.iter_entities("contracts"))) == n_contracts  # history kept
-    mappings = list(hook.iter_entities("externalmappings", page_size=200))
+    assert len(list(hook.list_accounts())) == n_accounts  # no duplicates
+    assert len(list(hook.list_contracts())) == n_contracts  # history kept
+    mappings = list(hook.list_external_mappings())
     for c in movers:
-        after = hook.find_by_code("accounts", c.key)
+        after = hook.find_account(c.key)
         assert after["id"] == before[c.key]["id"]  # same account, same id, same usage and bills
         links = {(m["externalSystem"], m["externalId"]) for m in mappings if m["m3terId"] == after["id"]}
         assert links == {("hubspot", c.hubspot_id), ("salesforce", sf_ids[c.key])}

@@ -38,13 +38,13 @@ def _create_accounts(n: int) -> tuple[Any, list[str]]:
     assert len(fresh) == n, "the demo seed has too few USD Salesforce customers"
     ids = []
     for c in fresh:
-        acc = hook.create("accounts", {
+        acc = hook.create_account({
             "code": c.key, "name": c.name, "emailAddress": c.email, "currency": c.currency,
             "customFields": {"crm_source": c.crm, "crm_id": c.salesforce_id or "", "subsidiary": "",
                              "tax_code": ""}})
-        plan = hook.find_by_code("plans", c.plan_code)
+        plan = hook.find_plan(c.plan_code)
         assert plan is not None
-        hook.create("accountplans", {"accountId": acc["id"], "planId": plan["id"],
+        hook.create_account_plan({"accountId": acc["id"], "planId": plan["id"],
                                      "startDate": f"{c.contract_start.isoformat()}T00:00:00Z"})
         ids.append(acc["id"])
     return hook, ids
@@ -56,8 +56,8 @@ def _bill(sandbox: Any, hook: Any, account_ids: list[str], last_day: dt.date | N
     if last_day is not None:
         body["lastDateInBillingPeriod"] = last_day.isoformat()
     bill_ids = list(sandbox.admin("m3ter", "run_billing", "POST", **body)["billIds"])
-    hook.post("bills/approve", {"billIds": bill_ids})
-    return [hook.get("bills", b) for b in bill_ids]
+    hook.approve_bills(bill_ids)
+    return [hook.get_bill(b) for b in bill_ids]
 
 
 def _invoice_counts(conn_id: str) -> dict[str, int]:
@@ -137,13 +137,13 @@ def test_graduate_us_invoicing_to_a_new_netsuite_account(stack: Stack, monkeypat
     assert all(b["billDate"][:10] == cutover.isoformat() for b in after) and len(after) == 3
     assert all(dt.date.fromisoformat(b["billDate"][:10]) < cutover for b in late) and len(late) == 1
     changed = before[0]
-    hook.put(f"bills/{changed['id']}/status", {"status": "PENDING"})
+    hook.update_bill_status(changed['id'], "PENDING")
     hook.submit_measurements([{"uid": f"graduate-late-{changed['id']}", "meter": "api_calls",
                                "account": changed["accountCode"], "ts": f"{changed['startDate'][:10]}T12:00:00Z",
                                "measure": {"quantity": 250_000}}])
-    hook.post("billjobs/recalculate", {"billIds": [changed["id"]]})
-    hook.post("bills/approve", {"billIds": [changed["id"]]})
-    before[0] = hook.get("bills", changed["id"])
+    hook.recalculate_bills([changed["id"]])
+    hook.approve_bills([changed["id"]])
+    before[0] = hook.get_bill(changed["id"])
     new_total = round(sum(round(li["subtotal"], 2) for li in before[0]["lineItems"]), 2)
     assert new_total != round(sum(round(li["subtotal"], 2) for li in changed["lineItems"]), 2)
 

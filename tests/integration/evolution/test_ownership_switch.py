@@ -28,20 +28,20 @@ def test_switching_name_ownership_takes_effect_on_the_next_run(stack: Any) -> No
     # a customer m3ter already knows (created before m3sh), also in Salesforce under the same name
     c = next(c for c in demo_company().customers if c.crm == "salesforce" and c.in_m3ter)
     hook = M3terHook()
-    account = hook.find_by_code("accounts", c.key)
+    account = hook.find_account(c.key)
     assert account["name"] == c.name
-    hook.update("accounts", account["id"], {"name": "Named by Finance"}, current=account)
+    hook.update_account(account["id"], {"name": "Named by Finance"}, current=account)
 
     cfg = stack.edit(_set_name_owner("m3ter_wins"))  # m3ter becomes the source of truth for names
     assert cfg.crm.ownership.owner_of("name") == "m3ter_wins"
     assert crm_sync(accounts=[c.domain]).state == "success"
-    linked = hook.find_by_code("accounts", c.key)
+    linked = hook.find_account(c.key)
     assert linked["name"] == "Named by Finance"
-    mappings = hook.iter_entities(f"externalmappings/external/Account/{account['id']}", page_size=200)
+    mappings = hook.list_external_mappings_of("Account", account["id"])
     assert [m["externalId"] for m in mappings] == [c.salesforce_id]  # the sync did run for it (and linked it)
 
     cfg = stack.edit(_set_name_owner("crm_wins"))  # and back: the CRM owns names again
     assert cfg.crm.ownership.owner_of("name") == "crm_wins"
     assert crm_sync(accounts=[c.domain]).state == "success"
-    after = hook.find_by_code("accounts", c.key)
+    after = hook.find_account(c.key)
     assert after["name"] == c.name and after["id"] == account["id"]

@@ -28,7 +28,7 @@ def test_disabled_then_deleted_crm_source_is_left_alone(stack: Any, caplog: pyte
     sf_only, hs_only = _pick()  # HubSpot customers already in m3ter (history that must survive)
     domains = [c.domain for c in sf_only + hs_only]
     hook = M3terHook()
-    hs_before = {c.key: hook.find_by_code("accounts", c.key) for c in hs_only}
+    hs_before = {c.key: hook.find_account(c.key) for c in hs_only}
     assert all(hs_before.values())
 
     # disable HubSpot
@@ -42,8 +42,8 @@ def test_disabled_then_deleted_crm_source_is_left_alone(stack: Any, caplog: pyte
     # Salesforce keeps flowing; HubSpot is not touched, and its accounts stay in m3ter unchanged
     assert crm_sync(accounts=domains).state == "success"
     assert request_count(stack.sandbox, "hubspot") == 0
-    assert all(hook.find_by_code("accounts", c.key) for c in sf_only)
-    assert {c.key: hook.find_by_code("accounts", c.key) for c in hs_only} == hs_before  # m3sh never deletes in m3ter
+    assert all(hook.find_account(c.key) for c in sf_only)
+    assert {c.key: hook.find_account(c.key) for c in hs_only} == hs_before  # m3sh never deletes in m3ter
 
     # delete it from the file altogether; a Salesforce change still flows
     def delete(d: dict[str, Any]) -> None:
@@ -55,5 +55,5 @@ def test_disabled_then_deleted_crm_source_is_left_alone(stack: Any, caplog: pyte
                         fields={"Name": "Renamed After Removal"})
     assert crm_sync(accounts=domains).state == "success"
     assert request_count(stack.sandbox, "hubspot") == 0
-    assert hook.find_by_code("accounts", sf_only[0].key)["name"] == "Renamed After Removal"
-    assert {c.key: hook.find_by_code("accounts", c.key) for c in hs_only} == hs_before
+    assert hook.find_account(sf_only[0].key)["name"] == "Renamed After Removal"
+    assert {c.key: hook.find_account(c.key) for c in hs_only} == hs_before

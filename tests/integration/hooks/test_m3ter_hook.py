@@ -40,22 +40,22 @@ def _count(sandbox: Any, key: str) -> int:
 def test_one_token_is_reused_across_pages_hooks_and_writes(m3: Any) -> None:
     before = _token_requests(m3)
     hook = M3terHook()
-    codes = [a["code"] for a in hook.iter_entities("accounts", page_size=5)]  # several pages
+    codes = [a["code"] for a in hook.list_accounts(page_size=5)]  # several pages
     assert len(codes) == len(set(codes)) == 24
-    assert len(list(M3terHook().iter_entities("plans", page_size=2))) == 7  # another hook instance
-    created = hook.create("accounts", {"code": "hook-test", "name": "Hook Test", "emailAddress": "a@b.example"})
-    assert hook.get("accounts", created["id"])["code"] == "hook-test"
+    assert len(list(M3terHook().list_plans(page_size=2))) == 7  # another hook instance
+    created = hook.create_account({"code": "hook-test", "name": "Hook Test", "emailAddress": "a@b.example"})
+    assert hook.get_account(created["id"])["code"] == "hook-test"
     assert _token_requests(m3) - before == 1
 
 
 def test_a_rejected_token_is_replaced_once(m3: Any) -> None:
     hook = M3terHook()
-    assert hook.find_by_code("accounts", "nope") is None
+    assert hook.find_account("nope") is None
     before = _token_requests(m3)
     m3.admin("m3ter", "token_ttl", "POST", seconds=1)  # the cached token dies; a new one lives 1 s
     time.sleep(1.2)
     try:
-        assert len(list(hook.iter_entities("products"))) == 1
+        assert len(list(hook.list_products())) == 1
     finally:
         m3.admin("m3ter", "token_ttl", "POST", seconds=18000)
     assert _token_requests(m3) - before == 1
@@ -69,11 +69,11 @@ def _kill_cached_token(m3: Any) -> None:
 
 def test_a_write_meeting_a_rejected_token_replaces_it_once(m3: Any) -> None:
     hook = M3terHook()
-    account = next(iter(hook.iter_entities("accounts", page_size=1)))
+    account = next(iter(hook.list_accounts(page_size=1)))
     before = _token_requests(m3)
     _kill_cached_token(m3)
     try:
-        updated = hook.update("accounts", account["id"], {"name": account["name"]}, current=account)
+        updated = hook.update_account(account["id"], {"name": account["name"]}, current=account)
     finally:
         m3.admin("m3ter", "token_ttl", "POST", seconds=18000)
     assert updated["version"] == account["version"] + 1
@@ -81,11 +81,11 @@ def test_a_write_meeting_a_rejected_token_replaces_it_once(m3: Any) -> None:
 
 
 def test_an_async_listing_meeting_a_rejected_token_replaces_it_once(m3: Any) -> None:
-    expected = len(list(M3terHook().iter_entities("accounts")))
+    expected = len(list(M3terHook().list_accounts()))
     before = _token_requests(m3)
     _kill_cached_token(m3)
     try:
-        accounts = asyncio.run(M3terAsyncHook().alist_all("accounts", page_size=7))
+        accounts = asyncio.run(M3terAsyncHook().alist_accounts(page_size=7))
     finally:
         m3.admin("m3ter", "token_ttl", "POST", seconds=18000)
     assert len(accounts) == expected
@@ -121,39 +121,39 @@ def test_an_invalid_item_fails_its_batch_naming_the_uids(m3: Any) -> None:
 def test_429_and_5xx_are_ridden_out_and_exhaustion_is_retryable(m3: Any) -> None:
     hook = M3terHook()
     m3.faults("m3ter", path_regex="/products", burst_429=2, retry_after_s=0)
-    assert len(list(hook.iter_entities("products"))) == 1
+    assert len(list(hook.list_products())) == 1
     m3.faults("m3ter", path_regex="/products", fail_next=2, error_status=503)
-    assert len(list(hook.iter_entities("products"))) == 1
+    assert len(list(hook.list_products())) == 1
     assert _count(m3, "GET /organizations/{id}/products") == 1 + 2 + 1 + 2
     m3.faults("m3ter", path_regex="/products", fail_next=50, error_status=502)
     with pytest.raises(RetryableError, match="transient"):
-        list(hook.iter_entities("products"))
+        list(hook.list_products())
 
 
 def test_update_with_a_stale_version_rereads_and_applies(m3: Any) -> None:
     hook = M3terHook()
-    acc = hook.find_by_code("accounts", "acme-media")
+    acc = hook.find_account("acme-media")
     assert acc is not None
-    hook.update("accounts", acc["id"], {"name": "First Writer"}, current=acc)  # version moves on
-    updated = hook.update("accounts", acc["id"], {"purchaseOrderNumber": "PO-1"}, current=acc)  # stale copy
+    hook.update_account(acc["id"], {"name": "First Writer"}, current=acc)  # version moves on
+    updated = hook.update_account(acc["id"], {"purchaseOrderNumber": "PO-1"}, current=acc)  # stale copy
     assert updated["version"] == acc["version"] + 2
     assert (updated["name"], updated["purchaseOrderNumber"]) == ("First Writer", "PO-1")
-    assert hook.upsert_by_code("accounts", "acme-media", {"name": "First Writer"}).action == "unchanged"
+    assert hook.upsert_account("acme-media", {"name": "First Writer"}).action == "unchanged"
 
 
 def test_a_lost_create_response_does_not_duplicate(m3: Any) -> None:
     hook = M3terHook()
     m3.faults("m3ter", path_regex="/accounts$", methods=["POST"], drop_next=1, drop_after_processing=True)
-    created = hook.create("accounts", {"code": "lost-once", "name": "Lost Once", "emailAddress": "l@o.example"})
+    created = hook.create_account({"code": "lost-once", "name": "Lost Once", "emailAddress": "l@o.example"})
     assert created["code"] == "lost-once"
-    assert [a["code"] for a in hook.iter_entities("accounts", codes=["lost-once"])] == ["lost-once"]
+    assert [a["code"] for a in hook.list_accounts(codes=["lost-once"])] == ["lost-once"]
 
 
 def test_async_hook_lists_with_the_shared_token(m3: Any) -> None:
     before = _token_requests(m3)
-    accounts = asyncio.run(M3terAsyncHook().alist_all("accounts", page_size=7))
+    accounts = asyncio.run(M3terAsyncHook().alist_accounts(page_size=7))
     assert len(accounts) == 24
-    assert len(list(M3terHook().iter_entities("accounts"))) == 24
+    assert len(list(M3terHook().list_accounts())) == 24
     assert _token_requests(m3) - before == 1
 
 
@@ -162,7 +162,7 @@ def test_secrets_never_reach_logs(m3: Any, caplog: pytest.LogCaptureFixture, cap
     os.environ["M3TER_LOG"] = "debug"
     try:
         hook = M3terHook()
-        list(hook.iter_entities("accounts", page_size=50))
+        list(hook.list_accounts(page_size=50))
         hook.submit_measurements([{"uid": "s-1", "meter": "api_calls", "account": "acme-media",
                                    "ts": "2026-11-20T10:00:00Z", "measure": {"quantity": 1}}])
         ok, _ = hook.test_connection()
