@@ -180,15 +180,16 @@ def verify(headers: Any, body: bytes, settings: ReceiverSettings, now: float | N
         raise Rejected("missing signature or timestamp header")
     header_id = str(headers.get(s.event_id_header) or "")
     sent = s.sent_at(stamp)
-    api_key = headers.get(s.api_key_header)
-    if api_key is not None and not hmac.compare_digest(str(api_key).encode(), settings.api_key.encode()):
-        raise Rejected("api key does not match the configured one")
     expected = s.sign(settings.secret, stamp, body, settings.api_key, header_id)
     given = signature.strip()
     if s.encoding == "hex":
         given = given.lower()
     if not hmac.compare_digest(expected.encode(), given.encode()):
         raise Rejected("signature mismatch")
+    # checked after the signature, so an unsigned caller cannot probe for the configured key
+    api_key = headers.get(s.api_key_header)
+    if api_key is not None and not hmac.compare_digest(str(api_key).encode(), settings.api_key.encode()):
+        raise Rejected("api key does not match the configured one")
     if abs((now or time.time()) - sent) > s.tolerance_s:
         raise Rejected(f"stale delivery (timestamp more than {s.tolerance_s:g}s from now)")
     # An event-id header is not covered by the default signature, so it cannot be the replay key on
