@@ -55,8 +55,7 @@ def test_trigger_actions_apply_once_under_faults_and_duplicate_notifications(cha
 
     # m3ter delivers the balance notification twice (its retry after a slow answer): one is accepted.
     body = json.dumps({"id": "ev-balance-1", "eventName": "billing.balanceamount.updated",
-                       "m3terEvent": {"notification": {"code": "m3sh_prepaid_depleted"},
-                                      "eventData": {"newDto": {"id": balance["id"], "accountId": account["id"]}}}})
+                       "m3terEvent": {"eventData": {"newDto": {"id": balance["id"], "accountId": account["id"]}}}})
     stamp = str(int(time.time()))
     headers = {"X-m3ter-Timestamp": stamp, "X-m3ter-Event-Id": "ev-balance-1",
                "X-m3ter-Signature": sign(cred.WEBHOOK_SECRET, stamp, body.encode()), "Content-Type": "application/json"}

@@ -267,8 +267,7 @@ def _delivery(event_id: str, account_id: str, secret: str | None, age_s: float =
 
     scheme = WebhookScheme()  # the sandbox's m3ter_webhook connection keeps the documented defaults
     body = json.dumps({"id": event_id, "eventName": "billing.balanceamount.updated",
-                       "m3terEvent": {"notification": {"code": f"m3sh_{RULE}"},
-                                      "eventData": {"newDto": {"accountId": account_id}}}}).encode()
+                       "m3terEvent": {"eventData": {"newDto": {"accountId": account_id}}}}).encode()
     stamp = str(int(time.time() - age_s))
     headers = {"Content-Type": "application/json", scheme.timestamp_header: stamp, scheme.event_id_header: event_id}
     if secret is not None:

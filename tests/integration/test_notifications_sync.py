@@ -48,6 +48,14 @@ def _sync(config: Path, *extra: str) -> dict[str, Any]:
     return result
 
 
+def _links(webhook_id: str) -> set[str]:
+    """Ids of the notifications an enabled Notification Integration Configuration links to the webhook."""
+    from m3sh.hooks.m3ter import M3terHook
+
+    return {str(c["entityId"]) for c in M3terHook().list_integration_configs(destination_id=webhook_id)
+            if c["entityType"] == "Notification" and c.get("enabled", True)}
+
+
 def _m3ter_notifications() -> dict[str, dict[str, Any]]:
     from m3sh.hooks.m3ter import M3terHook
 
@@ -65,6 +73,7 @@ def test_cli_creates_updates_and_deactivates_notifications_from_the_rules(fresh_
     # the demo's prepaid_depleted follows this file's rules; contract rules are polled, never notified
     assert [(n["code"], n["action"]) for n in planned["notifications"]] == [
         ("m3sh_low_credit", "created"), ("m3sh_half_spent", "created"), ("m3sh_prepaid_depleted", "created")]
+    assert {n["link"] for n in planned["notifications"]} == {"created"}
     assert _m3ter_notifications() == {}
     assert M3terHook().find_webhook_destination("m3sh_receiver") is None
 
@@ -77,9 +86,15 @@ def test_cli_creates_updates_and_deactivates_notifications_from_the_rules(fresh_
         "m3sh_prepaid_depleted": ("new.amount < 100 AND old.amount >= 100", True)}
     webhook = M3terHook().find_webhook_destination("m3sh_receiver")
     assert webhook is not None and webhook["url"] == URL
+    assert {n["code"]: n["link"] for n in done["notifications"]} == dict.fromkeys(made, "created")
+    # each notification is linked to the webhook (a Notification Integration Configuration): without
+    # that link m3ter would never send it
+    assert _links(webhook["id"]) == {n["id"] for n in made.values()}
     again = _sync(config)
     assert again["webhook"]["action"] == "unchanged"
     assert {n["action"] for n in again["notifications"]} == {"unchanged"}
+    assert {n["link"] for n in again["notifications"]} == {"unchanged"}
+    assert len(list(M3terHook().list_integration_configs(destination_id=webhook["id"]))) == len(made)
 
     # Rename one rule, disable the other: nothing managed by m3sh is left firing for a rule that is gone.
     edited = m3sh_config(replace={"\ntriggers:\n": RULES.replace("name: low_credit", "name: low_credit_v2").replace(
@@ -90,3 +105,4 @@ def test_cli_creates_updates_and_deactivates_notifications_from_the_rules(fresh_
     assert {c: n["active"] for c, n in _m3ter_notifications().items()} == {
         "m3sh_low_credit": False, "m3sh_half_spent": False, "m3sh_low_credit_v2": True,
         "m3sh_prepaid_depleted": True}
+    assert _m3ter_notifications()["m3sh_low_credit_v2"]["id"] in _links(webhook["id"])

@@ -49,9 +49,9 @@ def _delivery(event_id: str = "ev-1", secret: str = SECRET, age_s: float = 0, sc
     from m3sh.sandbox.m3ter.notify import sign  # the emulator's (assumed) M3TER_SIGNED_REQUEST scheme
 
     s = scheme or WebhookScheme()
-    body = json.dumps({"id": event_id, "eventName": "billing.balanceamount.updated",
-                       "m3terEvent": {"notification": {"code": "m3sh_prepaid_depleted"},
-                                      "eventData": {"newDto": {"id": "bal-1", "accountId": "acc-1"}}}}).encode()
+    body = json.dumps({"id": event_id, "eventName": "billing.balanceamount.updated",  # OpenAPI EventResponse
+                       "eventTime": "2025-01-02T03:04:05Z",
+                       "m3terEvent": {"eventData": {"newDto": {"id": "bal-1", "accountId": "acc-1"}}}}).encode()
     stamp = str(int(time.time() - age_s))
     return body, {s.timestamp_header: stamp, s.event_id_header: event_id, s.signature_header: sign(secret, stamp, body),
                   "Content-Type": "application/json"}
@@ -75,7 +75,7 @@ def test_signed_delivery_is_accepted_and_records_one_asset_event() -> None:
     r = _client(rec).post("/webhooks/m3ter", content=body, headers=headers)
     assert r.status_code == 202 and r.json()["event_id"] == "ev-1"
     assert rec.events == [(ASSET_URI, {"event_id": "ev-1", "event_name": "billing.balanceamount.updated",
-                                       "notification": "m3sh_prepaid_depleted", "account_id": "acc-1",
+                                       "event_time": "2025-01-02T03:04:05Z", "account_id": "acc-1",
                                        "entity_id": "bal-1"})]
 
 

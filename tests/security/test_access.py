@@ -38,8 +38,7 @@ def _signed(secret: str, event_id: str, age_s: float = 0, body: bytes | None = N
 
     s = WebhookScheme()
     body = body or json.dumps({"id": event_id, "eventName": "billing.balanceamount.updated",
-                               "m3terEvent": {"notification": {"code": "m3sh_prepaid_depleted"},
-                                              "eventData": {"newDto": {"id": "b-1", "accountId": "a-1"}}}}).encode()
+                               "m3terEvent": {"eventData": {"newDto": {"id": "b-1", "accountId": "a-1"}}}}).encode()
     stamp = str(int(time.time() - age_s))
     return body, {s.timestamp_header: stamp, s.event_id_header: event_id,
                   s.signature_header: s.sign(secret, stamp, body), "Content-Type": "application/json"}
@@ -78,7 +77,7 @@ def test_receiver_wired_like_production_rejects_unsigned_forged_stale_and_replay
     other = TestClient(create_app(recorder=rec, replay=S3ReplayGuard(storage)), raise_server_exceptions=False)
     assert other.post(url, content=body, headers=headers).status_code == 401
     assert rec.events == [{"event_id": "ev-once", "event_name": "billing.balanceamount.updated",
-                           "notification": "m3sh_prepaid_depleted", "account_id": "a-1", "entity_id": "b-1"}]
+                           "event_time": None, "account_id": "a-1", "entity_id": "b-1"}]
 
 
 def test_a_replay_with_a_swapped_event_id_header_is_refused() -> None:

@@ -816,6 +816,16 @@ class M3terHook(BaseHook):
     def upsert_webhook_destination(self, code: str, desired: dict[str, Any], **kw: Any) -> UpsertResult:
         return self._upsert(_WEBHOOK_OPS, code, desired, **kw)
 
+    def list_integration_configs(self, *, destination_id: str | None = None) -> Iterator[dict[str, Any]]:
+        return self._list("list_integration_configs", destinationId=destination_id, page_size=200)
+
+    def create_integration_config(self, body: dict[str, Any],
+                                  find_existing: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        return self._create("create_integration_config", body, find_existing)
+
+    def enable_integration_config(self, config_id: str) -> dict[str, Any]:
+        return self._post("enable_integration_config", {}, id=config_id)  # type: ignore[no-any-return]
+
     # -- bills --------------------------------------------------------------------------------------
     def list_bills(self, *, status: str | None = None, bill_date: str | None = None,
                    exclude_line_items: bool = False) -> Iterator[dict[str, Any]]:

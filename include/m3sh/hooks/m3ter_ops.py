@@ -94,6 +94,9 @@ OPS: dict[str, Op] = {
     "create_webhook_destination": Op("POST", "integrationdestinations/webhooks", "webhooks.create"),
     "get_webhook_destination": Op("GET", "integrationdestinations/webhooks/{id}", "webhooks.retrieve"),
     "update_webhook_destination": Op("PUT", "integrationdestinations/webhooks/{id}", "webhooks.update"),
+    "list_integration_configs": Op("GET", "integrationconfigs", "integration_configurations.list", page_max=200),
+    "create_integration_config": Op("POST", "integrationconfigs", "integration_configurations.create"),
+    "enable_integration_config": Op("POST", "integrationconfigs/{id}/enable", "integration_configurations.enable"),
     # bills
     "list_bills": Op("GET", "bills", "bills.list"),
     "get_bill": Op("GET", "bills/{id}", "bills.retrieve"),

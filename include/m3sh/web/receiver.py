@@ -5,16 +5,34 @@ replayed deliveries with **401**, then record an Airflow **asset event** on
 ``m3sh://m3ter/notifications``; ``m3sh_plan_triggers`` is scheduled on that asset (or every 5
 minutes), so the scheduler starts a run within seconds.
 
-Signature scheme (an **assumption**: m3ter's ``M3TER_SIGNED_REQUEST`` scheme is not public; this
-matches the sandbox emulator and is configurable through the connection's extras):
+What m3ter documents, and what this receiver therefore relies on:
 
-* ``X-m3ter-Signature``: hex HMAC-SHA256 of ``timestamp + "." + raw body`` with the secret;
-* ``X-m3ter-Timestamp``: unix seconds, accepted within ``tolerance_s`` (300) of the server clock;
-* ``X-m3ter-Event-Id``: the event id, accepted once (replay protection).
+* a webhook destination carries ``credentials {type: "M3TER_SIGNED_REQUEST", apiKey, secret}``
+  and the secret is "used in conjunction with the API key to generate a signature" (OpenAPI
+  ``IntegrationM3terSignedCredentialsRequest``); the signing scheme itself is described in the
+  "Webhook Authentication for M3TER_SIGNED_REQUEST" section of
+  https://docs.m3ter.com/guides/integrations/setting-up-integrations/creating-and-managing-destinations,
+  which no source available to us reproduces;
+* an Event is ``{id, eventName, eventTime, dtActioned, m3terEvent: {eventData: {newDto, ...}}}``
+  (OpenAPI ``EventResponse`` and its example, https://docs.m3ter.com/api/events/retrieve-eventresponse).
+  The body is parsed with that shape: ``id`` is the replay key, the account is
+  ``m3terEvent.eventData.newDto.accountId`` (``oldDto`` for deletions).
 
-Secret and scheme come from the Airflow connection ``m3ter_webhook`` (password = secret; extras
-``signature_header``, ``timestamp_header``, ``event_id_header``, ``algorithm`` (sha256|sha512),
-``tolerance_s``), or, without that connection, the Airflow variable ``m3sh_webhook_secret``.
+**Assumed** (not published where we could read it; the m3sh emulator signs the same way, and every
+item is a connection extra, so the real scheme can be matched without a code change):
+
+* ``X-m3ter-Signature`` (``signature_header``): ``hex`` (``encoding``: hex|base64) HMAC-SHA256
+  (``algorithm``: sha256|sha512) of ``{timestamp}.{body}`` (``signed_payload``: a template over
+  ``{timestamp}``, ``{body}`` (the raw bytes), ``{api_key}`` and ``{event_id}``; it must cover the
+  timestamp and the body) keyed with the destination's ``secret``;
+* ``X-m3ter-Timestamp`` (``timestamp_header``): unix seconds (``timestamp_unit``: s|ms), accepted
+  within ``tolerance_s`` (300) of the server clock;
+* ``X-m3ter-ApiKey`` (``api_key_header``): the destination's ``apiKey``; when present it must equal
+  the connection's login (default ``m3sh``, what ``m3sh triggers sync-notifications`` registers);
+* ``X-m3ter-Event-Id`` (``event_id_header``): optional; when present it must equal the body's ``id``.
+
+Secret and scheme come from the Airflow connection ``m3ter_webhook`` (password = secret, login =
+API key, the extras above), or, without that connection, the Airflow variable ``m3sh_webhook_secret``.
 
 Replay protection: one S3 object per event id, created with ``If-None-Match: *`` (atomic; shared by
 every api-server using the same bucket) behind an in-process cache. Limits: if S3 is unreachable
@@ -32,12 +50,14 @@ to go through the public REST API with a token instead (e.g. when the receiver r
 
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
 import hmac
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -57,76 +77,138 @@ _ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 
 
 # ------------------------------------------------------------------------------ signature scheme
+_PLACEHOLDER = re.compile(r"\{(\w*)\}")
+_PARTS = ("timestamp", "body", "api_key", "event_id")
+DEFAULT_API_KEY = "m3sh"  # the apiKey sync-notifications registers when the connection has no login
+
+
 @dataclass(frozen=True)
 class WebhookScheme:
+    """How a delivery is signed. Every default is an assumption (see the module docstring)."""
+
     signature_header: str = "X-m3ter-Signature"
     timestamp_header: str = "X-m3ter-Timestamp"
     event_id_header: str = "X-m3ter-Event-Id"
+    api_key_header: str = "X-m3ter-ApiKey"
     algorithm: str = "sha256"
+    encoding: str = "hex"
+    signed_payload: str = "{timestamp}.{body}"
+    timestamp_unit: str = "s"
     tolerance_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        where = f"connection {WEBHOOK_CONN_ID}"
+        if self.algorithm not in _ALGORITHMS:
+            raise ValueError(f"{where}: algorithm must be one of {sorted(_ALGORITHMS)}")
+        if self.encoding not in ("hex", "base64"):
+            raise ValueError(f"{where}: encoding must be hex or base64")
+        if self.timestamp_unit not in ("s", "ms"):
+            raise ValueError(f"{where}: timestamp_unit must be s or ms")
+        names = _PLACEHOLDER.findall(self.signed_payload)
+        unknown = sorted(set(names) - set(_PARTS))
+        if unknown:
+            raise ValueError(f"{where}: signed_payload has unknown placeholder(s) {unknown}; known: {list(_PARTS)}")
+        # A signature that does not cover the body can be moved onto a forged one, and one that
+        # does not cover the timestamp can be replayed for ever: refuse such a scheme outright.
+        if "body" not in names or "timestamp" not in names:
+            raise ValueError(f"{where}: signed_payload must contain {{timestamp}} and {{body}}")
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> WebhookScheme:
-        known = {k: extra[k] for k in ("signature_header", "timestamp_header", "event_id_header", "algorithm")
-                 if extra.get(k)}
+        names = ("signature_header", "timestamp_header", "event_id_header", "api_key_header", "algorithm",
+                 "encoding", "signed_payload", "timestamp_unit")
+        known: dict[str, Any] = {k: str(extra[k]) for k in names if extra.get(k)}
         if "tolerance_s" in extra:
             known["tolerance_s"] = float(extra["tolerance_s"])
-        scheme = cls(**known)
-        if scheme.algorithm not in _ALGORITHMS:
-            raise ValueError(f"connection {WEBHOOK_CONN_ID}: algorithm must be one of {sorted(_ALGORITHMS)}")
-        return scheme
+        return cls(**known)
 
-    def sign(self, secret: str, timestamp: str, body: bytes) -> str:
-        return hmac.new(secret.encode(), timestamp.encode() + b"." + body, _ALGORITHMS[self.algorithm]).hexdigest()
+    def payload(self, timestamp: str, body: bytes, api_key: str = "", event_id: str = "") -> bytes:
+        """The bytes that are signed: ``signed_payload`` with the raw body spliced in as bytes."""
+        values = {"timestamp": timestamp.encode(), "body": body, "api_key": api_key.encode(),
+                  "event_id": event_id.encode()}
+        out, pos = [], 0
+        for m in _PLACEHOLDER.finditer(self.signed_payload):
+            out += [self.signed_payload[pos:m.start()].encode(), values[m.group(1)]]
+            pos = m.end()
+        out.append(self.signed_payload[pos:].encode())
+        return b"".join(out)
+
+    def sign(self, secret: str, timestamp: str, body: bytes, api_key: str = DEFAULT_API_KEY,
+             event_id: str = "") -> str:
+        digest = hmac.new(secret.encode(), self.payload(timestamp, body, api_key, event_id),
+                          _ALGORITHMS[self.algorithm]).digest()
+        return digest.hex() if self.encoding == "hex" else base64.b64encode(digest).decode()
+
+    def sent_at(self, stamp: str) -> float:
+        """The header's timestamp as unix seconds; raises :class:`Rejected` when it is not one."""
+        try:
+            sent = float(stamp)
+        except ValueError:
+            raise Rejected(f"timestamp is not unix {'seconds' if self.timestamp_unit == 's' else 'milliseconds'}"
+                           ) from None
+        if not math.isfinite(sent):
+            raise Rejected("timestamp is not a finite number")
+        return sent / 1000 if self.timestamp_unit == "ms" else sent
 
 
 @dataclass(frozen=True)
 class ReceiverSettings:
     secret: str = field(repr=False)
     scheme: WebhookScheme = WebhookScheme()
+    api_key: str = DEFAULT_API_KEY
 
 
 class Rejected(Exception):
     """A delivery the receiver refuses with 401; the message is safe to return (no secrets)."""
 
 
-def verify(headers: Any, body: bytes, settings: ReceiverSettings, now: float | None = None) -> str:
-    """Check signature and freshness; return the event id. Raises :class:`Rejected`."""
-    s = settings.scheme
-    signature, stamp, event_id = (headers.get(s.signature_header), headers.get(s.timestamp_header),
-                                  headers.get(s.event_id_header))
-    if not signature or not stamp or not event_id:
-        raise Rejected("missing signature, timestamp or event id header")
-    try:
-        sent = float(stamp)
-    except ValueError:
-        raise Rejected("timestamp is not unix seconds") from None
-    if not math.isfinite(sent):
-        raise Rejected("timestamp is not unix seconds")
-    expected = s.sign(settings.secret, stamp, body)
-    if not hmac.compare_digest(expected, signature.strip().lower()):
-        raise Rejected("signature mismatch")
-    if abs((now or time.time()) - sent) > s.tolerance_s:
-        raise Rejected(f"stale delivery (timestamp more than {s.tolerance_s:g}s from now)")
-    # The event-id header is not covered by the signature, so it cannot be the replay key on its
-    # own: the signed body's own id must match it; without one, the signature itself is the key.
+def _body_id(body: bytes) -> str | None:
+    """The documented ``EventResponse.id`` of a JSON body, if it has one."""
     try:
         payload = json.loads(body)
     except ValueError:
-        payload = None
-    body_id = payload.get("id") if isinstance(payload, dict) else None
-    if isinstance(body_id, str) and body_id:
-        if body_id != str(event_id):
+        return None
+    value = payload.get("id") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def verify(headers: Any, body: bytes, settings: ReceiverSettings, now: float | None = None) -> str:
+    """Check signature and freshness; return the event id (the replay key). Raises :class:`Rejected`."""
+    s = settings.scheme
+    signature, stamp = headers.get(s.signature_header), headers.get(s.timestamp_header)
+    if not signature or not stamp:
+        raise Rejected("missing signature or timestamp header")
+    header_id = str(headers.get(s.event_id_header) or "")
+    sent = s.sent_at(stamp)
+    expected = s.sign(settings.secret, stamp, body, settings.api_key, header_id)
+    given = signature.strip()
+    if s.encoding == "hex":
+        given = given.lower()
+    if not hmac.compare_digest(expected.encode(), given.encode()):
+        raise Rejected("signature mismatch")
+    # checked after the signature, so an unsigned caller cannot probe for the configured key
+    api_key = headers.get(s.api_key_header)
+    if api_key is not None and not hmac.compare_digest(str(api_key).encode(), settings.api_key.encode()):
+        raise Rejected("api key does not match the configured one")
+    if abs((now or time.time()) - sent) > s.tolerance_s:
+        raise Rejected(f"stale delivery (timestamp more than {s.tolerance_s:g}s from now)")
+    # An event-id header is not covered by the default signature, so it cannot be the replay key on
+    # its own: the signed body's own (documented) id is; a header that disagrees with it is refused.
+    # Without an id in the body, the signature itself is the key.
+    body_id = _body_id(body)
+    if body_id is not None:
+        if header_id and body_id != header_id:
             raise Rejected("event id header does not match the signed body")
         return body_id
-    return "sig-" + hashlib.sha256(signature.strip().lower().encode()).hexdigest()[:40]
+    return "sig-" + hashlib.sha256(given.encode()).hexdigest()[:40]
 
 
 def load_settings(conn_id: str = WEBHOOK_CONN_ID) -> ReceiverSettings:
     """Secret + scheme from the Airflow connection, else the secret from the variable."""
     conn = _get_connection(conn_id)
     if conn is not None and conn.password:
-        return ReceiverSettings(secret=str(conn.password), scheme=WebhookScheme.from_extra(conn.extra_dejson or {}))
+        return ReceiverSettings(secret=str(conn.password), scheme=WebhookScheme.from_extra(conn.extra_dejson or {}),
+                                api_key=str(conn.login or DEFAULT_API_KEY))
     try:
         from airflow.models.variable import Variable
 
@@ -298,24 +380,32 @@ def default_replay_guard() -> ReplayGuard:
 
 # ------------------------------------------------------------------------------------------ app
 def _event_extra(event_id: str, body: bytes) -> dict[str, Any]:
-    """Small, secret-free facts for the asset event (the DAG re-reads state from m3ter anyway)."""
+    """Small, secret-free facts for the asset event (the DAG re-reads state from m3ter anyway).
+
+    Read from the documented Event shape (OpenAPI ``EventResponse``): ``eventName``,
+    ``eventTime`` and the entity in ``m3terEvent.eventData.newDto`` (``oldDto`` for a deletion).
+    The account is the entity's ``accountId``, or the entity itself for ``configuration.account.*``.
+    """
     try:
         payload = json.loads(body)
     except ValueError:
         payload = {}
+
     def obj(value: Any) -> dict[str, Any]:  # signed does not mean well-formed: never trust the shape
         return value if isinstance(value, dict) else {}
 
     def text(value: Any) -> str | None:
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) and value else None
 
     payload = obj(payload)
-    m3ter_event = obj(payload.get("m3terEvent"))
-    data = obj(m3ter_event.get("eventData"))
+    data = obj(obj(payload.get("m3terEvent")).get("eventData"))
     dto = obj(data.get("newDto")) or obj(data.get("oldDto"))
-    return {"event_id": event_id, "event_name": text(payload.get("eventName")),
-            "notification": text(obj(m3ter_event.get("notification")).get("code")),
-            "account_id": text(dto.get("accountId")), "entity_id": text(dto.get("id"))}
+    event_name = text(payload.get("eventName"))
+    account_id = text(dto.get("accountId"))
+    if account_id is None and (event_name or "").startswith("configuration.account."):
+        account_id = text(dto.get("id"))
+    return {"event_id": event_id, "event_name": event_name, "event_time": text(payload.get("eventTime")),
+            "account_id": account_id, "entity_id": text(dto.get("id"))}
 
 
 def create_app(settings: Callable[[], ReceiverSettings] | None = None, recorder: AssetRecorder | None = None,

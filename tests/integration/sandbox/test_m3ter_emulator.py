@@ -422,6 +422,16 @@ def test_low_balance_notification_is_delivered_signed(client: m3ter.M3ter, sb: A
     with pytest.raises(m3ter.BadRequestError):
         client.notification_configurations.create(name="x", code="bad", description="d",
                                                   event_name="billing.balance.updated", calculation="import os")
+    # m3ter sends a notification only through a Notification Integration Configuration linking it to
+    # a webhook destination (its worked example, step 3): this one fires on every update, unlinked.
+    client.notification_configurations.create(name="Any update", code="unlinked", description="not linked",
+                                              event_name="billing.balance.updated", always_fire_event=True)
+    with pytest.raises(m3ter.BadRequestError):  # a link to nothing is refused, not silently dead
+        client.integration_configurations.create(destination="WEBHOOK", entity_type="Notification",
+                                                 entity_id=notif.id, destination_id="no-such-webhook")
+    link = client.integration_configurations.create(destination="WEBHOOK", entity_type="Notification",
+                                                    entity_id=notif.id, destination_id=dest.id)
+    assert [c.id for c in client.integration_configurations.list(destination_id=dest.id)] == [link.id]
     # a small draw-down stays above the threshold: no notification
     sb.admin("m3ter", "drawdown", "POST", accountCode=customer.key, amount=1)
     out = sb.admin("m3ter", "drawdown", "POST", accountCode=customer.key,
@@ -438,13 +448,21 @@ def test_low_balance_notification_is_delivered_signed(client: m3ter.M3ter, sb: A
     assert headers["X-m3ter-ApiKey"] == "k-1"
     payload = json.loads(body)
     assert headers["X-m3ter-Event-Id"] == payload["id"]
+    # exactly the documented Event (OpenAPI EventResponse), as GET /events/{id} returns it
+    assert set(payload) == {"id", "eventName", "eventTime", "dtActioned", "m3terEvent"}
+    assert set(payload["m3terEvent"]) == {"eventData"}
     assert payload["m3terEvent"]["eventData"]["newDto"]["amount"] == pytest.approx(50)
+    assert payload["m3terEvent"]["eventData"]["newDto"]["accountId"]
     event = client.events.retrieve(payload["id"])
     assert event.event_name == "billing.balance.updated"
     assert [e.id for e in client.events.list(event_type="Notification", notification_code="low_balance")] == [
         payload["id"]]
-    deliveries = sb.state("m3ter")["webhook_deliveries"]
-    assert deliveries[-1]["delivered"] is True
+    # the unlinked notification fired on both draw-downs, yet nothing was sent for it
+    assert len(list(client.events.list(event_type="Notification", notification_code="unlinked"))) == 2
+    deadline = time.monotonic() + 10  # the outcome is recorded once the receiver has answered
+    while not (deliveries := sb.state("m3ter")["webhook_deliveries"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [(d["eventId"], d["delivered"]) for d in deliveries] == [(payload["id"], True)]
     client.webhooks.set_active(dest.id, active=False)
     assert client.webhooks.retrieve(dest.id).active is False
     assert client.notification_configurations.delete(notif.id).code == "low_balance"

@@ -141,6 +141,11 @@ def test_responses_match_the_openapi_document(openapi: Any, sb_demo: Any, capsys
         "name": "n", "code": "n1", "description": "d", "eventName": "billing.balance.updated",
         "calculation": "new.amount < 0"})
     c.call("GET", f"{ORG}/notifications/configurations/{n['id']}")
+    link = c.call("POST", f"{ORG}/integrationconfigs", json={
+        "entityType": "Notification", "entityId": n["id"], "destination": "WEBHOOK", "destinationId": wh["id"]})
+    c.call("GET", f"{ORG}/integrationconfigs", params={"destinationId": wh["id"]})
+    # (GET /integrationconfigs/{id} is not checked: the document declares an IntegrationRunResponse for it)
+    c.call("POST", f"{ORG}/integrationconfigs/{link['id']}/enable")
     ts = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     c.call("POST", f"{ORG}/measurements", ingest=True, json={"measurements": [
         {"uid": "oa-1", "account": acc["code"], "meter": "api_calls", "ts": ts, "measure": {"quantity": 5}}]})

@@ -173,11 +173,7 @@ class M3terEmulator(Emulator):
             "eventName": event_name,
             "eventTime": stamp,
             "dtActioned": stamp,
-            "m3terEvent": {
-                "eventName": event_name,
-                "eventTime": stamp,
-                "eventData": {"newDto": new_dto, "oldDto": old_dto},
-            },
+            "m3terEvent": {"eventData": {"newDto": new_dto, "oldDto": old_dto}},  # as in EventResponse
             "_type": event_type,
             "_resourceId": resource.get("id"),
             "_accountId": resource.get("accountId")
@@ -201,15 +197,7 @@ class M3terEmulator(Emulator):
             "eventName": source["eventName"],
             "eventTime": stamp,
             "dtActioned": stamp,
-            "m3terEvent": {
-                **source["m3terEvent"],
-                "notification": {
-                    "id": notif["id"],
-                    "code": notif["code"],
-                    "name": notif["name"],
-                    "calculation": notif.get("calculation"),
-                },
-            },
+            "m3terEvent": source["m3terEvent"],
             "_type": "Notification",
             "_resourceId": source["_resourceId"],
             "_accountId": source["_accountId"],
@@ -218,9 +206,9 @@ class M3terEmulator(Emulator):
         }
         self.store.add_event(event)
         body = notify.event_body(event)
-        for dest in self.store.coll("webhooks").values():
-            if dest.get("active", True):
-                self.webhooks.submit(public(dest), body, event["id"])
+        links = self.store.coll("integrationconfigs").values()
+        for dest in notify.linked_destinations(notif["id"], links, self.store.coll("webhooks")):
+            self.webhooks.submit(public(dest), body, event["id"])
 
     # -- ASGI -----------------------------------------------------------------------------------
     def _build_api(self) -> FastAPI:

@@ -1,13 +1,28 @@
-"""Events, notification calculations and signed webhook delivery.
+"""Events, notification calculations and signed webhook delivery, as m3ter documents them where
+it does.
 
-m3ter does not publish its webhook signing scheme (``M3TER_SIGNED_REQUEST``; see the api-notes
-§3.12), so the scheme here is an **assumption**, kept in one function so it can be swapped once
-the real one is known:
+Documented, and emulated as documented:
 
-* body: the Event JSON exactly as ``GET /events/{id}`` returns it;
-* ``X-m3ter-Timestamp``: unix seconds; ``X-m3ter-Event-Id``: the event id;
+* a notification is delivered only to the webhook destinations a *Notification Integration
+  Configuration* links it to (``POST /integrationconfigs`` with ``entityType: "Notification"``,
+  ``entityId`` = the notification, ``destinationId`` = the webhook), and only while the notification
+  and the destination are active (m3ter "Example - Notification Setup for Commitment Updated Event"
+  and "Creating, Managing, and Reviewing Notifications");
+* the body is the Event as m3ter's API returns it (OpenAPI ``EventResponse``:
+  ``{id, eventName, eventTime, dtActioned, m3terEvent: {eventData: {newDto, oldDto}}}``,
+  https://docs.m3ter.com/api/events/retrieve-eventresponse), and nothing else;
+* the destination's ``credentials`` are ``M3TER_SIGNED_REQUEST`` with an ``apiKey`` and a
+  ``secret`` that "is used in conjunction with the API key to generate a signature" (OpenAPI).
+
+**Assumed** (m3ter describes the signing in the "Webhook Authentication for M3TER_SIGNED_REQUEST"
+section of its "Creating and Managing Destinations" guide, which no source available to us
+reproduces), kept in :func:`delivery_headers` so it can be swapped once the real one is known;
+m3sh's receiver verifies exactly this by default and can be configured for another scheme:
+
+* ``X-m3ter-Timestamp``: unix seconds; ``X-m3ter-Event-Id``: the event id (= the body's ``id``);
 * ``X-m3ter-ApiKey``: the destination's ``credentials.apiKey``;
-* ``X-m3ter-Signature``: hex HMAC-SHA256 of ``timestamp + "." + body`` with ``credentials.secret``.
+* ``X-m3ter-Signature``: hex HMAC-SHA256 of ``timestamp + "." + body`` with ``credentials.secret``;
+* three attempts, retrying a 5xx or a connection error.
 
 Delivery runs on a background thread so a balance update never waits on a slow receiver.
 """
@@ -24,6 +39,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import requests
@@ -42,6 +58,33 @@ DELIVERY_ATTEMPTS = 3
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The (assumed) M3TER_SIGNED_REQUEST signature: HMAC-SHA256 over ``timestamp.body``."""
     return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def delivery_headers(credentials: dict[str, Any], body: bytes, event_id: str, now: float | None = None
+                     ) -> dict[str, str]:
+    """Every header of one delivery attempt: the whole (assumed) signing scheme in one place."""
+    stamp = str(int(time.time() if now is None else now))
+    return {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: stamp,
+        EVENT_ID_HEADER: event_id,
+        API_KEY_HEADER: str(credentials.get("apiKey", "")),
+        SIGNATURE_HEADER: sign(str(credentials.get("secret", "")), stamp, body),
+    }
+
+
+def linked_destinations(notification_id: str, integration_configs: Iterable[dict[str, Any]],
+                        webhooks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The active webhook destinations an enabled Notification Integration Configuration links
+    ``notification_id`` to, each once (m3ter sends nothing for a notification with no link)."""
+    out: dict[str, dict[str, Any]] = {}
+    for cfg in integration_configs:
+        if str(cfg.get("entityType", "")).lower() != "notification" or cfg.get("entityId") != notification_id:
+            continue
+        dest = webhooks.get(str(cfg.get("destinationId") or ""))
+        if cfg.get("enabled", True) and dest is not None and dest.get("active", True):
+            out.setdefault(dest["id"], dest)
+    return list(out.values())
 
 
 # -- calculations -------------------------------------------------------------------------------
@@ -190,14 +233,7 @@ class WebhookDispatcher:
         }
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
             record["attempts"] = attempt
-            stamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                TIMESTAMP_HEADER: stamp,
-                EVENT_ID_HEADER: event_id,
-                API_KEY_HEADER: str(creds.get("apiKey", "")),
-                SIGNATURE_HEADER: sign(str(creds.get("secret", "")), stamp, body),
-            }
+            headers = delivery_headers(creds, body, event_id)
             try:
                 resp = self._session.post(destination["url"], data=body, headers=headers, timeout=5)
                 record["status"] = resp.status_code
@@ -212,7 +248,9 @@ class WebhookDispatcher:
             self.deliveries.append(record)
 
 
+EVENT_FIELDS = ("id", "eventName", "eventTime", "dtActioned", "m3terEvent")  # OpenAPI EventResponse
+
+
 def event_body(event: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {k: v for k, v in event.items() if not k.startswith("_")}, separators=(",", ":")
-    ).encode()
+    """The delivered body: the Event exactly as ``GET /events/{id}`` returns it."""
+    return json.dumps({k: event[k] for k in EVENT_FIELDS if k in event}, separators=(",", ":")).encode()

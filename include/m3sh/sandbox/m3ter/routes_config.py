@@ -8,6 +8,7 @@ everywhere, as they do in m3ter.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -288,6 +289,28 @@ def _prep_mapping(emu: M3terEmulator, body: Entity, old: Entity | None) -> None:
             )
 
 
+_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]*$")  # entityType / destination pattern in the spec
+
+
+def _prep_integration_config(emu: M3terEmulator, body: Entity, old: Entity | None) -> None:
+    """A Notification Integration Configuration links a notification (``entityId``) to a webhook
+    destination (``destinationId``); m3ter delivers a notification only through such a link."""
+    for name in ("entityType", "destination"):
+        if not _NAME_PATTERN.match(body[name]):
+            raise ApiError(400, f"{name}: must match ^[a-zA-Z0-9_-]*$")
+    # Checking that the linked ids exist is the emulator's choice (m3ter's behaviour is not
+    # documented): it turns a client bug into an error instead of a link that never delivers.
+    if body["entityType"].lower() == "notification":
+        for name, kind, label in (("entityId", "notifications", "Notification"),
+                                  ("destinationId", "webhooks", "Webhook")):
+            if not body.get(name):
+                raise ApiError(400, f"{name}: is required for a Notification integration configuration")
+            if body[name] not in emu.store.coll(kind):
+                raise ApiError(400, f"{name}: {label} with id {body[name]} not found")
+    body.setdefault("enabled", (old or {}).get("enabled", True))
+    body.setdefault("authorized", True)
+
+
 def _webhook_render(entity: Entity) -> Entity:
     out = public(entity)
     if out.get("credentials"):
@@ -410,6 +433,16 @@ KINDS: list[Kind] = [
         render=_webhook_render,
     ),
     Kind(
+        "integrationconfigs",
+        "integrationconfigs",
+        "IntegrationConfig",
+        None,
+        page_max=200,
+        unique_code=False,
+        prepare=_prep_integration_config,
+        filters=_eq(("destinationId", "destinationId")),
+    ),
+    Kind(
         "transactiontypes",
         "picklists/transactiontypes",
         "TransactionType",
@@ -477,6 +510,14 @@ def register(api: FastAPI, emu: M3terEmulator) -> None:
                 entity["active"] = active
                 emu.store.touch(entity)
             return ok(_webhook_render(entity))
+
+    @api.post(ORG + "/integrationconfigs/{entity_id}/enable")
+    async def integration_config_enable(request: Request, entity_id: str) -> Response:
+        with emu.lock:
+            entity = emu.store.get("integrationconfigs", entity_id, "IntegrationConfig")
+            entity["enabled"] = True
+            emu.store.touch(entity)
+            return ok(public(entity))
 
 
 def _candidates(emu: M3terEmulator, kind: Kind, query: Any) -> list[Entity]:

@@ -215,6 +215,16 @@ REQUEST_FIELDS: dict[str, dict[str, FieldSpec]] = {
         "url": ("string", True, {"minLength": 1}),
         "credentials": ("object", True, {}),
     },
+    "integrationconfigs": {  # IntegrationConfigRequest
+        "entityType": ("string", True, {"minLength": 1}),
+        "entityId": ("string", False, {}),
+        "destination": ("string", True, {"minLength": 1}),
+        "destinationId": ("string", False, {}),
+        "configData": ("object", False, {}),
+        "credentials": ("object", False, {}),
+        "integrationCredentialsId": ("string", False, {}),
+        "name": ("string", False, {}),
+    },
     "externalmappings": {
         "m3terEntity": ("string", True, {"minLength": 1}),
         "m3terId": ("string", True, {"minLength": 1}),
