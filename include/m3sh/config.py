@@ -8,7 +8,9 @@ without reading a traceback.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import string
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -16,9 +18,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from m3sh.exceptions import ConfigError
+from m3sh.models.records import (
+    CANONICAL_ACCOUNT_FIELDS,
+    CANONICAL_CONTRACT_FIELDS,
+    CanonicalAccountField,
+    CanonicalContractField,
+)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "m3sh.yaml"
 CONFIG_ENV = "M3SH_CONFIG"
@@ -32,6 +40,27 @@ DEFAULT_BILL_STATES: tuple[BillState, ...] = ("APPROVED",)
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _one_of(known: tuple[str, ...], what: str) -> BeforeValidator:
+    """Validator for a map key from a closed set (use inside ``Annotated[<the Literal>, ...]``).
+
+    pydantic's own Literal error ("Input should be 'a', 'b' ...") does not say the key itself is
+    unknown; this one names it, lists the known keys and suggests the closest one, and pydantic
+    locates it at the key (``...account_fields.emial``), so the error carries the key's line.
+    """
+    def check(value: object) -> object:
+        if value not in known:
+            close = difflib.get_close_matches(str(value), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown {what} {value!r}; known: {sorted(known)}{hint}")
+        return value
+
+    return BeforeValidator(check)
+
+
+AccountFieldKey = Annotated[CanonicalAccountField, _one_of(CANONICAL_ACCOUNT_FIELDS, "canonical field")]
+ContractFieldKey = Annotated[CanonicalContractField, _one_of(CANONICAL_CONTRACT_FIELDS, "canonical contract field")]
 
 
 # --------------------------------------------------------------------------------------- m3ter
@@ -68,30 +97,58 @@ class M3terConfig(_Model):
 
 
 # ----------------------------------------------------------------------------------- CRM sources
+CrmType = Literal["salesforce", "hubspot"]
+# Where each CRM keeps the contract fields unless contract_fields says otherwise. Salesforce: the
+# account's latest Contract (dates) and latest closed-won Opportunity (PO); HubSpot: the company's
+# latest closed-won deal.
+DEFAULT_CONTRACT_FIELDS: dict[CrmType, dict[CanonicalContractField, str]] = {
+    "salesforce": {"start_date": "StartDate", "end_date": "EndDate", "po_number": "PO_Number__c"},
+    "hubspot": {"start_date": "contract_start", "end_date": "contract_end", "po_number": "po_number"},
+}
+
+
 class CrmSource(_Model):
     """One CRM that feeds accounts and contracts into m3ter."""
 
     name: str = Field(description="Unique source name, used in external mappings and logs")
-    type: Literal["salesforce", "hubspot"]
+    type: CrmType
     conn_id: str
     enabled: bool = True
-    account_fields: dict[str, str] = Field(
+    account_fields: dict[AccountFieldKey, str] = Field(
         default_factory=dict,
-        description="Canonical account field -> CRM field (name, email, domain, currency, country, owner, "
-                    "po_number)")
-    contract_fields: dict[str, str] = Field(default_factory=dict,
-                                            description="Canonical contract field -> CRM field")
+        description="Canonical account field -> field of the Salesforce Account / HubSpot company")
+    contract_fields: dict[ContractFieldKey, str] = Field(
+        default_factory=dict,
+        description="Canonical contract field -> CRM field, for the m3ter contract's start and end date and "
+                    "PO number; read from the Salesforce Contract (dates) and closed-won Opportunity "
+                    "(po_number), or the HubSpot closed-won deal; unlisted keys keep the defaults: "
+                    + "; ".join(f"{crm} {m}" for crm, m in DEFAULT_CONTRACT_FIELDS.items()))
     write_back_field: str | None = Field(None, description="CRM field that receives the m3ter account id")
     priority: int = Field(100, description="Lower wins when the same customer is in several CRMs")
+
+    def contract_field_map(self) -> dict[CanonicalContractField, str]:
+        """Every canonical contract field -> the CRM field it is read from (configured or default)."""
+        return {**DEFAULT_CONTRACT_FIELDS[self.type], **self.contract_fields}
+
+    def field_names(self) -> list[tuple[tuple[str, ...], str]]:
+        """(location within the source, CRM field name) of every CRM field this source names."""
+        out: list[tuple[tuple[str, ...], str]] = [(("account_fields", k), v) for k, v in self.account_fields.items()]
+        out += [(("contract_fields", k), v) for k, v in self.contract_fields.items()]
+        if self.write_back_field is not None:
+            out.append((("write_back_field",), self.write_back_field))
+        return out
 
 
 class FieldOwnership(_Model):
     """Which side wins, per canonical account field. Unlisted fields use ``default``."""
 
     default: Ownership = "crm_wins"
-    fields: dict[str, Ownership] = Field(default_factory=dict)
+    fields: dict[AccountFieldKey, Ownership] = Field(
+        default_factory=dict,
+        description="Canonical account field (as in account_fields) -> who wins on the m3ter account field it "
+                    "fills (domain, owner, country: custom fields crm_domain, crm_owner, country)")
 
-    def owner_of(self, field: str) -> Ownership:
+    def owner_of(self, field: CanonicalAccountField) -> Ownership:
         return self.fields.get(field, self.default)
 
 
@@ -200,10 +257,11 @@ class NetSuiteDestination(_Destination):
 
 
 InvoiceStatusValue = Literal["invoice", "status", "date", "amount", "currency", "bill_id"]
+InvoiceStatusKey = Annotated[InvoiceStatusValue, _one_of(get_args(InvoiceStatusValue), "latest-invoice value")]
 DEFAULT_INVOICE_STATUS_FIELDS: dict[InvoiceStatusValue, str] = {
     "invoice": "M3ter_Last_Invoice__c", "status": "M3ter_Invoice_Status__c",
     "date": "M3ter_Last_Invoice_Date__c", "amount": "M3ter_Last_Invoice_Amount__c"}
-_SF_FIELD_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
+SF_FIELD_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
 _STATUS_FIELDS_HELP = (
     "latest-invoice value -> {record} field (values: invoice = invoice number, status = Approved/Posted, "
     "date = bill date, amount, currency, bill_id); written only when it differs and only from the "
@@ -220,10 +278,10 @@ class SalesforceDestination(_Destination):
     conn_id: str = "salesforce_default"
     invoice_object: str = "Invoice__c"
     external_id_field: str = "M3ter_Bill_Id__c"
-    account_fields: dict[InvoiceStatusValue, Annotated[str, Field(pattern=_SF_FIELD_NAME)]] = Field(
+    account_fields: dict[InvoiceStatusKey, Annotated[str, Field(pattern=SF_FIELD_NAME)]] = Field(
         default_factory=lambda: dict(DEFAULT_INVOICE_STATUS_FIELDS),
         description=_STATUS_FIELDS_HELP.format(record="Account"))
-    opportunity_fields: dict[InvoiceStatusValue, Annotated[str, Field(pattern=_SF_FIELD_NAME)]] = Field(
+    opportunity_fields: dict[InvoiceStatusKey, Annotated[str, Field(pattern=SF_FIELD_NAME)]] = Field(
         default_factory=lambda: dict(DEFAULT_INVOICE_STATUS_FIELDS),
         description=_STATUS_FIELDS_HELP.format(record="Opportunity"))
 
@@ -560,6 +618,21 @@ class M3shConfig(_Model):
                                    f"is {rule.when.kind})"))
         return errors
 
+    def crm_field_errors(self) -> list[tuple[tuple[int | str, ...], str]]:
+        """Salesforce field names that cannot be read: m3sh puts them into SOQL SELECTs and reads each
+        record's value by that name, so a space breaks the query and a relationship path such as
+        ``Owner.Name`` (returned nested, not under that key) would read as empty on every record."""
+        errors: list[tuple[tuple[int | str, ...], str]] = []
+        for i, source in enumerate(self.crm.sources):
+            if source.type != "salesforce":
+                continue
+            for loc, name in source.field_names():
+                if not re.fullmatch(SF_FIELD_NAME, name):
+                    errors.append((("crm", "sources", i, *loc),
+                                   f"{name!r} is not a Salesforce field API name (letters, digits and underscores, "
+                                   "starting with a letter; for a related record's field, use a formula field)"))
+        return errors
+
     def reference_warnings(self) -> list[tuple[tuple[int | str, ...], str]]:
         """References that cannot be checked because nothing is declared to check them against.
 
@@ -631,10 +704,15 @@ def _construct(node: yaml.Node, source: str = "m3sh.yaml", depth: int = 0) -> An
         raise ConfigError(f"{source}:{line} nested deeper than {_MAX_DEPTH} levels (an alias that contains itself?)")
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
+        seen: dict[Any, int] = {}
         for k, v in node.value:
             key = _construct(k, source, depth + 1)
             if isinstance(key, list | dict):
                 raise ConfigError(f"{source}:{k.start_mark.line + 1} a key must be a plain name, not a list or mapping")
+            if key in seen:  # PyYAML keeps the last silently: one of the two would be ignored
+                raise ConfigError(f"{source}:{k.start_mark.line + 1} duplicate key {key!r} (first at line "
+                                  f"{seen[key]}); YAML keeps only the last one")
+            seen[key] = k.start_mark.line + 1
             out[key] = _construct(v, source, depth + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -669,6 +747,8 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":
+            continue  # pydantic's marker for an error in a map's key, which the path already ends with
         if isinstance(part, int):
             out += f"[{part}]"
         elif part in {"netsuite", "salesforce", "hubspot", "s3", "webhook"} and out.endswith("]"):
@@ -698,7 +778,7 @@ def parse_config(text: str, source: str = "m3sh.yaml") -> M3shConfig:
                 msg = "unknown key (check the spelling; see the config reference in the README)"
             problems.append((tuple(err["loc"]), msg))
     else:
-        problems = config.reference_errors()
+        problems = config.reference_errors() + config.crm_field_errors()
     if problems:
         lines = [f"{source}:{_line_of(root, loc)} {_format_loc(loc)}: {msg}" for loc, msg in problems]
         raise ConfigError(f"invalid m3sh config ({len(lines)} problem(s)):\n  " + "\n  ".join(lines))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,118 @@ def test_committed_reference_matches_the_models() -> None:
     """docs/config-reference.md is generated; regenerate with `m3sh config reference > docs/config-reference.md`."""
     committed = (Path(__file__).resolve().parents[2] / "docs" / "config-reference.md").read_text()
     assert committed.strip() == render_reference().strip()
+
+
+# ------------------------------------------------------------------- closed sets of field names
+_ACCOUNT = "['country', 'currency', 'domain', 'email', 'name', 'owner', 'po_number']"
+_CONTRACT = "['end_date', 'po_number', 'start_date']"
+_INVOICE = "['amount', 'bill_id', 'currency', 'date', 'invoice', 'status']"
+# (demo text, typo'd text, expected "location: message" of the problem); each typo'd key is unique
+TYPOS = [
+    ("      email: fill_missing", "      emial: fill_missing",
+     f"crm.ownership.fields.emial: unknown canonical field 'emial'; known: {_ACCOUNT} (did you mean 'email'?)"),
+    ("        email: Billing_Email__c", "        e_mail: Billing_Email__c",
+     f"crm.sources[0].account_fields.e_mail: unknown canonical field 'e_mail'; known: {_ACCOUNT} "
+     "(did you mean 'email'?)"),
+    ("        end_date: contract_end", "        end: contract_end",
+     f"crm.sources[1].contract_fields.end: unknown canonical contract field 'end'; known: {_CONTRACT}"),
+    ("      type: salesforce\n      conn_id: salesforce_default\n    - name: archive",
+     "      type: salesforce\n      conn_id: salesforce_default\n      opportunity_fields: {stauts: S__c, date: D__c}"
+     "\n    - name: archive",
+     f"invoicing.destinations[2].opportunity_fields.stauts: unknown latest-invoice value 'stauts'; known: {_INVOICE} "
+     "(did you mean 'status'?)"),
+]
+
+
+def _typo_line(text: str, problem: str) -> int:
+    """The 1-based line of the one key the problem names."""
+    key = problem.split(":", maxsplit=1)[0].rsplit(".", 1)[1]
+    lines = [i for i, ln in enumerate(text.splitlines(), 1) if f" {key}:" in ln or f"{{{key}:" in ln]
+    assert len(lines) == 1, (key, lines)
+    return lines[0]
+
+
+@pytest.mark.parametrize(("good", "typo", "problem"), TYPOS, ids=["ownership", "account", "contract", "invoice"])
+def test_an_unknown_canonical_field_names_its_line_the_known_ones_and_the_closest(
+        good: str, typo: str, problem: str) -> None:
+    """Keys of the field maps are closed sets: a typo fails at its line instead of mapping nothing."""
+    assert good in DEMO
+    text = DEMO.replace(good, typo, 1)
+    assert f"m3sh.yaml:{_typo_line(text, problem)} {problem}" in _error(text).splitlines()[1].strip()
+
+
+def test_config_validate_reports_every_unknown_field_name_with_file_and_line(tmp_path: Path) -> None:
+    """All four maps broken at once: `m3sh config validate` exits 1 and lists each, path:line first."""
+    text = DEMO
+    for good, typo, _ in TYPOS:
+        text = text.replace(good, typo, 1)
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "m3sh.cli", "config", "validate", str(path)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and not out.stdout
+    problems = [ln.strip() for ln in out.stderr.splitlines()[1:]]
+    assert out.stderr.startswith("invalid m3sh config (4 problem(s)):")
+    assert sorted(problems) == sorted(f"{path}:{_typo_line(text, problem)} {problem}" for _, typo, problem in TYPOS)
+
+
+def test_config_validate_rejects_legacy_and_unreadable_crm_field_names(capsys: pytest.CaptureFixture[str],
+                                                                        tmp_path: Path) -> None:
+    """Ownership was keyed by m3ter custom field names for domain/owner (crm_domain, crm_owner) and a
+    Salesforce relationship path read as empty: both now fail validation, with the fix in the message."""
+    from m3sh.cli import main
+
+    path = tmp_path / "m3sh.yaml"
+    path.write_text(DEMO.replace("      po_number: m3ter_wins", "      crm_domain: m3ter_wins", 1))
+    assert main(["config", "validate", str(path)]) == 1
+    line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if "crm_domain: m3ter_wins" in ln)
+    assert (f"{path}:{line} crm.ownership.fields.crm_domain: unknown canonical field 'crm_domain'; known: {_ACCOUNT} "
+            "(did you mean 'domain'?)") in capsys.readouterr().err
+    path.write_text(DEMO.replace("owner: Owner_Name__c", "owner: Owner.Name", 1))
+    assert main(["config", "validate", str(path)]) == 1
+    line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if "Owner.Name" in ln)
+    assert (f"{path}:{line} crm.sources[0].account_fields.owner: 'Owner.Name' is not a Salesforce field API name"
+            in capsys.readouterr().err)
+    # the same check covers contract_fields and write_back_field of Salesforce sources, not HubSpot's
+    sf = DEMO.replace("      write_back_field: M3ter_Account_Id__c",
+                      "      contract_fields: {end_date: End Date}\n      write_back_field: M3ter Account Id", 1)
+    msg = _error(sf)
+    assert "crm.sources[0].contract_fields.end_date: 'End Date' is not a Salesforce field API name" in msg
+    assert "crm.sources[0].write_back_field: 'M3ter Account Id' is not a Salesforce field API name" in msg
+    parse_config(DEMO.replace("end_date: contract_end", "end_date: Contract.End"))
+
+
+def test_a_duplicated_key_is_an_error_not_a_silent_override() -> None:
+    """YAML keeps the last of two equal keys; the first one's setting would vanish without a word."""
+    text = DEMO.replace("      email: fill_missing", "      email: fill_missing\n      email: crm_wins", 1)
+    first = next(i for i, ln in enumerate(text.splitlines(), 1) if "email: fill_missing" in ln)
+    assert _error(text) == (f"m3sh.yaml:{first + 1} duplicate key 'email' (first at line {first}); "
+                            "YAML keeps only the last one")
+
+
+def test_contract_fields_default_per_crm_and_are_overridden_per_key() -> None:
+    cfg = parse_config(DEMO.replace("        end_date: contract_end", "        end_date: renewal_date", 1))
+    sf, hs = cfg.crm.sources
+    assert sf.contract_field_map() == {"start_date": "StartDate", "end_date": "EndDate", "po_number": "PO_Number__c"}
+    assert hs.contract_field_map() == {"start_date": "contract_start", "end_date": "renewal_date",
+                                       "po_number": "po_number"}
+
+
+def test_field_maps_are_keyed_by_the_canonical_sets_declared_once() -> None:
+    """config and mapping read one declaration (models/records.py); the reference shows the sets."""
+    import typing
+
+    from m3sh.config import CrmSource, FieldOwnership
+    from m3sh.models.records import CANONICAL_ACCOUNT_FIELDS, CANONICAL_CONTRACT_FIELDS, CrmAccount
+
+    def keys(annotation: Any) -> tuple[str, ...]:
+        key_type = typing.get_args(annotation)[0]
+        return typing.get_args(typing.get_args(key_type)[0])
+
+    assert keys(CrmSource.model_fields["account_fields"].annotation) == CANONICAL_ACCOUNT_FIELDS
+    assert keys(FieldOwnership.model_fields["fields"].annotation) == CANONICAL_ACCOUNT_FIELDS
+    assert keys(CrmSource.model_fields["contract_fields"].annotation) == CANONICAL_CONTRACT_FIELDS
+    assert set(CANONICAL_ACCOUNT_FIELDS) <= set(CrmAccount.model_fields)
+    ref = render_reference()
+    assert "| `account_fields` | dict['name' \\| 'domain' \\| 'email'" in ref
+    assert "| `contract_fields` | dict['start_date' \\| 'end_date' \\| 'po_number', str]" in ref

@@ -3,7 +3,9 @@
 The m3ter plan comes from the deal's line items, as it does from opportunity line items in
 Salesforce: each line item's ``hs_sku`` (then ``hs_product_id``, then ``name``) is looked up in
 ``crm.plan_map``; the deal's ``plan_code`` property is only a fallback for deals without a mapped
-line item (precedence in :func:`m3sh.mapping.crm.deal_product`).
+line item (precedence in :func:`m3sh.mapping.crm.deal_product`). The contract's dates and PO number
+are deal properties named by the source's ``contract_fields`` (default ``contract_start``,
+``contract_end``, ``po_number``: custom properties each portal names its own way).
 
 Incremental on ``hs_lastmodifieddate`` of companies, deals *and* line items: editing a line item
 need not touch its deal's timestamp, so a swapped SKU would otherwise never re-sync the company.
@@ -20,21 +22,23 @@ from typing import Any
 
 from m3sh.config import CrmSource
 from m3sh.hooks.hubspot import HubSpotHook
-from m3sh.mapping.crm import LINE_ITEM_PRODUCT_KEYS, deal_product, mapped_line_item_products, to_crm_account
+from m3sh.mapping.crm import (
+    LINE_ITEM_PRODUCT_KEYS,
+    contract_values,
+    deal_product,
+    mapped_line_item_products,
+    to_crm_account,
+)
 from m3sh.models.records import CrmAccount
 
 log = logging.getLogger(__name__)
-DEAL_PROPS = ["dealname", "dealstage", "contract_start", "contract_end", "plan_code", "po_number", "closedate",
-              "hs_lastmodifieddate"]
+# Deal properties read besides the source's contract_fields.
+DEAL_PROPS = ["dealname", "dealstage", "plan_code", "closedate", "hs_lastmodifieddate"]
 LINE_ITEM_PROPS = [*LINE_ITEM_PRODUCT_KEYS, "hs_lastmodifieddate"]
 
 
 def _props(rec: dict[str, Any]) -> dict[str, Any]:
     return dict(rec.get("properties") or {})
-
-
-def _date(v: Any) -> dt.date | None:
-    return dt.date.fromisoformat(str(v)[:10]) if v else None
 
 
 def _id_order(record_id: str) -> tuple[int, str]:
@@ -51,27 +55,29 @@ def extract_hubspot(source: CrmSource, start: dt.datetime, end: dt.datetime,
     """
     hook = hook or HubSpotHook(hubspot_conn_id=source.conn_id)
     plan_map = plan_map or {}
+    contract_fields = source.contract_field_map()
+    deal_props = sorted({*DEAL_PROPS, *contract_fields.values()})
     props = sorted({*source.account_fields.values(), *([source.write_back_field] if source.write_back_field else []),
                     "hs_lastmodifieddate"})
     companies = {str(c["id"]): c for c in hook.search_modified("companies", start, end, props)}
-    changed_deals = {str(d["id"]): d for d in hook.search_modified("deals", start, end, DEAL_PROPS)}
+    changed_deals = {str(d["id"]): d for d in hook.search_modified("deals", start, end, deal_props)}
     changed_items = {str(li["id"]): li for li in hook.search_modified("line_items", start, end, LINE_ITEM_PROPS)}
     if changed_items:
         via_items = {d for ids in hook.get_associations("line_items", list(changed_items), "deals").values()
                      for d in ids}
-        changed_deals.update(hook.batch_read("deals", sorted(via_items - set(changed_deals)), DEAL_PROPS))
+        changed_deals.update(hook.batch_read("deals", sorted(via_items - set(changed_deals)), deal_props))
     if changed_deals:
         linked = {cid for ids in hook.get_associations("deals", list(changed_deals), "companies").values()
                   for cid in ids}
         companies.update(hook.batch_read("companies", sorted(linked - set(companies)), props))
     deal_links = hook.get_associations("companies", list(companies), "deals") if companies else {}
     wanted = sorted({d for ids in deal_links.values() for d in ids} - set(changed_deals))
-    all_deals = {**changed_deals, **hook.batch_read("deals", wanted, DEAL_PROPS)}
+    all_deals = {**changed_deals, **hook.batch_read("deals", wanted, deal_props)}
     won_deal: dict[str, str] = {}  # company id -> its latest closed-won deal id
     for cid in companies:
         won = sorted((d for d in deal_links.get(cid, []) if d in all_deals
                       and _props(all_deals[d]).get("dealstage") == "closedwon"),
-                     key=lambda d: str(_props(all_deals[d]).get("contract_start") or ""), reverse=True)
+                     key=lambda d: str(_props(all_deals[d]).get(contract_fields["start_date"]) or ""), reverse=True)
         if won:
             won_deal[cid] = won[0]
     item_links = hook.get_associations("deals", sorted(set(won_deal.values())), "line_items") if won_deal else {}
@@ -89,12 +95,9 @@ def extract_hubspot(source: CrmSource, start: dt.datetime, end: dt.datetime,
                         "first line item's", source.name, deal_id, cid, item_ids, sorted(plans))
         extra: dict[str, Any] = {
             "contract_id": deal_id,
-            "contract_start": _date(deal.get("contract_start")),
-            "contract_end": _date(deal.get("contract_end")),
+            **contract_values(deal, source, where=f"hubspot {source.name} deal {deal_id}"),
             "plan_code": deal_product(deal, items, plan_map) if deal_id else None,
         }
-        if deal.get("po_number") and "po_number" not in source.account_fields:
-            extra["po_number"] = deal["po_number"]
         out.append(to_crm_account(_props(company), source, crm_id=cid, crm_object="companies", extra=extra))
     log.info("hubspot %s: %d compan(y/ies) changed in %s..%s (%d deal change(s), %d line item change(s))",
              source.name, len(out), start, end, len(changed_deals), len(changed_items))

@@ -1,5 +1,9 @@
 """Extract Salesforce accounts changed in a window, with their contract and subscribed product.
 
+The contract's start and end date come from the account's latest Contract, its PO number from the
+latest closed-won Opportunity, through the source's ``contract_fields`` (default ``StartDate``,
+``EndDate``, ``PO_Number__c``).
+
 Incremental on ``SystemModstamp`` for Accounts *and* Contracts/Opportunities, so a contract edited
 without touching its account still re-syncs that account.
 """
@@ -8,12 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from m3sh.config import CrmSource
+from m3sh.config import SF_FIELD_NAME, CrmSource
 from m3sh.hooks.salesforce import SalesforceSync, soql_literal
-from m3sh.mapping.crm import to_crm_account
+from m3sh.mapping.crm import contract_values, to_crm_account
 from m3sh.models.records import CrmAccount
 
 log = logging.getLogger(__name__)
@@ -28,10 +33,6 @@ def _chunks(ids: list[str], n: int = IN_CHUNK) -> Iterator[list[str]]:
 def _in(ids: list[str]) -> str:
     # Every value goes through soql_literal (quoted and escaped), so the SOQL below is injection-safe.
     return "(" + ", ".join(soql_literal(i) for i in ids) + ")"
-
-
-def _date(v: Any) -> dt.date | None:
-    return dt.date.fromisoformat(str(v)[:10]) if v else None
 
 
 def extract_salesforce(source: CrmSource, start: dt.datetime, end: dt.datetime,
@@ -54,15 +55,23 @@ def extract_salesforce(source: CrmSource, start: dt.datetime, end: dt.datetime,
     for chunk in _chunks(missing):
         for r in sf.query(f"SELECT {', '.join(fields)} FROM Account WHERE Id IN {_in(chunk)}", "Account"):
             accounts[r["Id"]] = r
+    cf = source.contract_field_map()
+    # Field names go into the SOQL below as they are: `config validate` checks them, and so does this
+    # (a CrmSource need not come from a validated file).
+    bad = sorted(n for n in cf.values() if not re.fullmatch(SF_FIELD_NAME, n))
+    if bad:
+        raise ValueError(f"salesforce {source.name}: contract_fields {bad} are not Salesforce field API names")
+    contract_cols = ", ".join(sorted({"Id", "AccountId", cf["start_date"], cf["end_date"]}))
+    opp_cols = ", ".join(sorted({"Id", "AccountId", "CloseDate", cf["po_number"]}))
     ids = sorted(accounts)
     contracts: dict[str, dict[str, Any]] = {}
     opps: dict[str, dict[str, Any]] = {}
     codes_by_opp: dict[str, list[str]] = {}
     for chunk in _chunks(ids):
-        for c in sf.query("SELECT Id, AccountId, StartDate, EndDate, Status FROM Contract "
-                          f"WHERE AccountId IN {_in(chunk)} ORDER BY StartDate DESC", "Contract"):
+        for c in sf.query(f"SELECT {contract_cols} FROM Contract "
+                          f"WHERE AccountId IN {_in(chunk)} ORDER BY {cf['start_date']} DESC", "Contract"):
             contracts.setdefault(c["AccountId"], c)  # the latest contract per account
-        for o in sf.query("SELECT Id, AccountId, PO_Number__c, CloseDate FROM Opportunity "
+        for o in sf.query(f"SELECT {opp_cols} FROM Opportunity "
                           f"WHERE AccountId IN {_in(chunk)} AND StageName = 'Closed Won' ORDER BY CloseDate DESC",
                           "Opportunity"):
             opps.setdefault(o["AccountId"], o)
@@ -80,12 +89,12 @@ def extract_salesforce(source: CrmSource, start: dt.datetime, end: dt.datetime,
         opp = opps.get(acc_id) or {}
         extra: dict[str, Any] = {
             "contract_id": contract.get("Id"),
-            "contract_start": _date(contract.get("StartDate")),
-            "contract_end": _date(contract.get("EndDate")),
+            **contract_values(contract, source, fields=("start_date", "end_date"),
+                              where=f"salesforce {source.name} Contract {contract.get('Id')}"),
+            **contract_values(opp, source, fields=("po_number",),
+                              where=f"salesforce {source.name} Opportunity {opp.get('Id')}"),
             "plan_code": plan_by_opp.get(opp.get("Id", "")),
         }
-        if opp.get("PO_Number__c") and "po_number" not in source.account_fields:
-            extra["po_number"] = opp["PO_Number__c"]
         out.append(to_crm_account(rec, source, crm_id=acc_id, crm_object="Account", extra=extra))
     log.info("salesforce %s: %d account(s) changed in %s..%s (%d via contracts/opportunities)",
              source.name, len(out), start, end, len(missing))

@@ -11,9 +11,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from m3sh.config import CrmSource, FieldOwnership
-from m3sh.models.records import CrmAccount, Customer
+from m3sh.models.records import (
+    CANONICAL_ACCOUNT_FIELDS,
+    CANONICAL_CONTRACT_FIELDS,
+    CanonicalAccountField,
+    CanonicalContractField,
+    CrmAccount,
+    Customer,
+)
 
-CANONICAL_ACCOUNT_FIELDS = ("name", "domain", "email", "currency", "country", "owner", "po_number")
+# Where each canonical field lands on the m3ter account, and so which ownership rule decides it
+# (``crm.ownership.fields`` is keyed by canonical field, as ``account_fields`` is).
+M3TER_ACCOUNT_FIELDS: dict[str, CanonicalAccountField] = {
+    "name": "name", "emailAddress": "email", "currency": "currency", "purchaseOrderNumber": "po_number"}
+M3TER_ACCOUNT_CUSTOM_FIELDS: dict[str, CanonicalAccountField] = {
+    "crm_domain": "domain", "crm_owner": "owner", "country": "country"}
+# The CrmAccount attribute each canonical contract field fills.
+CONTRACT_ATTRIBUTES: dict[CanonicalContractField, str] = {
+    "start_date": "contract_start", "end_date": "contract_end", "po_number": "po_number"}
+_CONTRACT_DATES: frozenset[CanonicalContractField] = frozenset({"start_date", "end_date"})
 _CODE_OK = re.compile(r"[^a-z0-9_.-]+")
 
 
@@ -30,6 +46,37 @@ def normalize_email(value: object) -> str | None:
     if not isinstance(value, str) or "@" not in value:
         return None
     return value.strip().lower()
+
+
+def contract_values(record: Mapping[str, Any], source: CrmSource, *, where: str,
+                    fields: Iterable[CanonicalContractField] = CANONICAL_CONTRACT_FIELDS) -> dict[str, Any]:
+    """CrmAccount values for ``fields`` read from one CRM contract record through the source's
+    ``contract_fields`` (defaults per CRM: :meth:`CrmSource.contract_field_map`).
+
+    The PO number is only read here when ``account_fields`` does not map one: a PO kept on the
+    account record is the customer's standing PO and wins over the deal's. ``where`` names the
+    record (``"salesforce Contract 800..."``) for the error a non-date value in a date field
+    raises: mapping a text field as a date is a config mistake to fix, not to skip.
+    """
+    mapping = source.contract_field_map()
+    out: dict[str, Any] = {}
+    for canonical in fields:
+        if canonical == "po_number" and "po_number" in source.account_fields:
+            continue
+        crm_field = mapping[canonical]
+        value = record.get(crm_field)
+        if value in (None, ""):
+            continue
+        if canonical in _CONTRACT_DATES:
+            try:
+                value = dt.date.fromisoformat(str(value)[:10])
+            except ValueError:
+                raise ValueError(f"{where}: field {crm_field!r} (crm.sources[{source.name}].contract_fields."
+                                 f"{canonical}) holds {str(value)[:40]!r}, not a date") from None
+        else:
+            value = str(value)
+        out[CONTRACT_ATTRIBUTES[canonical]] = value
+    return out
 
 
 def to_crm_account(record: dict[str, Any], source: CrmSource, *, crm_id: str, crm_object: str,
@@ -166,41 +213,27 @@ def desired_account(customer: Customer, current: dict[str, Any] | None, ownershi
 
     ``crm_wins``: CRM value replaces m3ter's; ``m3ter_wins``: CRM value is used only on create;
     ``fill_missing``: CRM value is written only where m3ter has none.
+    Every field but the ``crm_source`` bookkeeping field is one canonical field's value, decided by
+    that canonical field's rule (:data:`M3TER_ACCOUNT_FIELDS`, :data:`M3TER_ACCOUNT_CUSTOM_FIELDS`).
     """
-    crm_values: dict[str, Any] = {
-        "name": customer.value("name"),
-        "emailAddress": customer.value("email") or f"billing+{customer.code}@invalid.example",
-        "currency": customer.value("currency") or default_currency,
-        "purchaseOrderNumber": customer.value("po_number"),
-    }
-    canonical = {"name": "name", "emailAddress": "email", "currency": "currency",
-                 "purchaseOrderNumber": "po_number"}
-    custom = {
-        "crm_source": ",".join(sorted({r.source for r in customer.records})),
-        "crm_domain": customer.value("domain"),
-        "crm_owner": customer.value("owner"),
-        "country": customer.value("country"),
-    }
-    out: dict[str, Any] = {}
-    for m3_field, value in crm_values.items():
-        if value is None:
-            continue
-        if current is None:
-            out[m3_field] = value
-            continue
-        rule = ownership.owner_of(canonical[m3_field])
-        if rule == "crm_wins" or (rule == "fill_missing" and current.get(m3_field) in (None, "")):
-            out[m3_field] = value
-    cur_custom = (current or {}).get("customFields") or {}
-    custom_out = {}
-    for k, v in custom.items():
-        if v is None:
-            continue
-        rule = ownership.owner_of(k)
-        if current is None or rule == "crm_wins" or (rule == "fill_missing" and cur_custom.get(k) in (None, "")):
-            custom_out[k] = v
-    if custom_out:
-        out["customFields"] = custom_out
+    fallback = {"email": f"billing+{customer.code}@invalid.example", "currency": default_currency}
+
+    def wanted(fields: Mapping[str, CanonicalAccountField], cur: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m3_field, canonical in fields.items():
+            value = customer.value(canonical) or fallback.get(canonical)
+            if value is None:
+                continue
+            rule = ownership.owner_of(canonical)
+            if current is None or rule == "crm_wins" or (rule == "fill_missing" and cur.get(m3_field) in (None, "")):
+                out[m3_field] = value
+        return out
+
+    out = wanted(M3TER_ACCOUNT_FIELDS, current or {})
+    # which CRMs feed the account: m3sh's own bookkeeping, no CRM value, so no ownership rule
+    custom_out = {"crm_source": ",".join(sorted({r.source for r in customer.records}))}
+    custom_out.update(wanted(M3TER_ACCOUNT_CUSTOM_FIELDS, (current or {}).get("customFields") or {}))
+    out["customFields"] = custom_out
     return out
 
 

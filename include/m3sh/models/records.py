@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# The canonical names m3sh.yaml may use, declared once: the config validator enumerates them (an
+# unknown key is an error, not a map entry nobody reads) and the CRM mapping iterates over them.
+CanonicalAccountField = Literal["name", "domain", "email", "currency", "country", "owner", "po_number"]
+"""Keys of ``crm.sources[].account_fields`` and ``crm.ownership.fields``: :class:`CrmAccount` fields."""
+CANONICAL_ACCOUNT_FIELDS: tuple[CanonicalAccountField, ...] = get_args(CanonicalAccountField)
+
+CanonicalContractField = Literal["start_date", "end_date", "po_number"]
+"""Keys of ``crm.sources[].contract_fields``: what each CRM's contract record gives the m3ter contract."""
+CANONICAL_CONTRACT_FIELDS: tuple[CanonicalContractField, ...] = get_args(CanonicalContractField)
 
 
 class CrmAccount(BaseModel):
