@@ -1,9 +1,10 @@
 """``m3sh preflight``: check a config against the systems its connections point at, before go-live.
 
 Every check is derived from the config (so a check exists only for what the config will use) and
-only *reads*: logins, token introspection, describes, list calls with a page size of one, SuiteQL,
-``HeadBucket``/``ListObjectsV2``/``GetQueueAttributes``. Nothing is created, updated or deleted
-anywhere, so it is safe against production, which is what it is for. Each check is one
+only *reads*: logins, token introspection, describes, list calls, SuiteQL, and the AWS calls
+``GetCallerIdentity``, ``HeadBucket``, ``ListObjectsV2``, ``GetQueueAttributes`` and
+``GetBucketNotificationConfiguration``. Nothing is created, updated or deleted anywhere, so it is
+safe against production, which is what it is for. Each check is one
 :class:`CheckResult`; a failed one carries the fix, in the words of the system that needs it.
 
 Every request goes through the hooks (``m3sh.hooks.*`` and the Amazon provider's): no URL or API
@@ -683,8 +684,8 @@ class Preflight:
                 yield unreachable(token_name, "HubSpot", conn_id, exc, "empty for https://api.hubapi.com")
             else:
                 yield failed(token_name, f"HubSpot refused the private app token: {_short(exc)}",
-                             f"put the private app's access token (HubSpot > Settings > Integrations > Private "
-                             f"Apps > your app > Auth) in the password field of connection {conn_id!r}")
+                             f"put the private app's access token (HubSpot: your private app > Auth > Access "
+                             f"token) in the password field of connection {conn_id!r}")
             yield from (not_checked(n, token_name) for n in later)
             return
         yield passed(token_name, f"private app token valid (HubSpot account {info.get('hubId', '?')})")
@@ -693,8 +694,9 @@ class Preflight:
         if missing:
             yield failed(scopes_name, "the private app lacks " + "; ".join(
                 f"{s} ({need.scopes.why(s)})" for s in missing),
-                "add the scope(s) in HubSpot > Settings > Integrations > Private Apps > your app > Scopes and "
-                "commit the change (the token stays the same)")
+                "add the scope(s) to the private app in HubSpot (Development > Legacy apps, or Settings > "
+                "Integrations > Private Apps in older portals) > your app > Scopes, commit the change, and put the "
+                "token in the connection's password again if HubSpot shows a new one")
         else:
             yield passed(scopes_name, f"all {len(need.scopes.items)} granted ({_plural(need.scopes.items)})")
         for object_type, props, label in (("companies", need.company_properties, "company"),

@@ -211,8 +211,10 @@ PLANTS = [
         act=lambda sb, mp: sb.admin("hubspot", "token_scopes", "POST", remove=["crm.objects.line_items.read"]),
         expected={"HubSpot scopes (hubspot_default)":
                   "❌ HubSpot scopes (hubspot_default): the private app lacks crm.objects.line_items.read "
-                  "(crm.sources[hubspot]) -> fix: add the scope(s) in HubSpot > Settings > Integrations > Private "
-                  "Apps > your app > Scopes and commit the change (the token stays the same)"}),
+                  "(crm.sources[hubspot]) -> fix: add the scope(s) to the private app in HubSpot (Development > "
+                  "Legacy apps, or Settings > Integrations > Private Apps in older portals) > your app > Scopes, "
+                  "commit the change, and put the token in the connection's password again if HubSpot shows a new "
+                  "one"}),
     Plant(
         "unknown-netsuite-subsidiary",
         replace={'subsidiary_id: "1"          # its own': 'subsidiary_id: "7"          # its own'},

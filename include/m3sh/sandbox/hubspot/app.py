@@ -184,7 +184,8 @@ class HubSpotEmulator(Emulator):
 
     def _set_token_scopes(self, body: dict[str, Any]) -> dict[str, Any]:
         """The private app's scopes, as if edited in its settings: ``{"scopes": [...]}`` replaces
-        them, ``{"remove": [...]}`` / ``{"add": [...]}`` edit them (the token stays the same)."""
+        them, ``{"remove": [...]}`` / ``{"add": [...]}`` edit them. The token stays the same here
+        (HubSpot's docs do not say whether an edit issues a new one)."""
         if "scopes" in body:
             self.token_scopes = {str(s) for s in body["scopes"]}
         self.token_scopes -= {str(s) for s in body.get("remove") or []}
