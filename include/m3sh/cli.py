@@ -103,6 +103,21 @@ def _cmd_triggers_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    """Read-only checks of the config against the systems it names; exit 1 on any failed check."""
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):  # Airflow's own start-up output must not mix in
+        from m3sh.preflight import render_json, render_text, run_preflight
+
+        try:
+            results = run_preflight(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    print(render_json(results) if args.json else render_text(results), file=out)
+    return 0 if all(r.ok for r in results) else 1
+
+
 def _cmd_pools_sync(args: argparse.Namespace) -> int:
     """Create/resize the Airflow pools m3sh.yaml asks for (NetSuite concurrency per account).
 
@@ -175,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--only", action="append", metavar="DAG_ID",
                    help="run just this use-case DAG (repeatable; default: all, in data-flow order)")
     d.set_defaults(func=_cmd_demo)
+
+    pf = sub.add_parser("preflight", help="read-only go-live checks of the config against the systems it names "
+                                          "(exit 1 on any failure)")
+    pf.add_argument("--config", default=None, help="m3sh.yaml (default: $M3SH_CONFIG or the demo config)")
+    pf.add_argument("--json", action="store_true", help="machine-readable output")
+    pf.set_defaults(func=_cmd_preflight)
 
     pl = sub.add_parser("pools", help="Airflow pools from m3sh.yaml").add_subparsers(dest="sub", required=True)
     ps = pl.add_parser("sync", help="create or resize the pools the config needs (airflow pools import)")

@@ -595,6 +595,38 @@ class HubSpotHook(BaseHook):
             return False, f"Could not reach HubSpot at {self.host}: {type(exc).__name__}"
         return True, f"Connected to HubSpot at {self.host}"
 
+    # -- token introspection (m3sh preflight) -------------------------------------------------------
+    def access_token_info(self) -> dict[str, Any]:
+        """The private app token's account and scopes: ``{"userId", "hubId", "appId", "scopes"}``.
+
+        ``POST /oauth/v2/private-apps/get/access-token-info`` with ``{"tokenKey": <token>}``, as
+        documented at developers.hubspot.com/docs/api/private-apps ("View private app access token
+        information"); it needs no scope. The official client has no typed API for it (its OAuth
+        module covers OAuth tokens only, hubspot-api-php#171 asks for this one), so the request goes
+        through the client's generated transport: same host, timeout, retries and errors as every
+        other call here. The token travels in the body to the host the Authorization header already
+        reaches, and is never logged (the transport logs no bodies).
+        """
+        api_client = self._api("objects").api_client
+        token = self.get_conn().access_token
+
+        def fetch() -> Any:
+            return api_client.call_api(
+                "/oauth/v2/private-apps/get/access-token-info", "POST",
+                header_params={"Content-Type": "application/json", "Accept": "application/json"},
+                body={"tokenKey": token}, response_types_map={200: "object"}, auth_settings=["oauth2"],
+                _return_http_data_only=True, _request_timeout=self.timeout_s)
+
+        info = self._call("access token info", fetch, attempts=3)
+        return dict(info) if isinstance(info, dict) else {}
+
+    def property_names(self, object_type: str) -> set[str]:
+        """Names of the object type's properties (not archived), from the Properties API's list."""
+        api = self._api("properties")
+        result = self._call("list properties", partial(api.get_all, object_type, **self._timeout),
+                            object_type=object_type)
+        return {str(p.name) for p in getattr(result, "results", None) or []}
+
 
 def _epoch_ms(value: dt.datetime) -> int:
     if value.tzinfo is None:

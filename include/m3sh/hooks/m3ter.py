@@ -699,6 +699,10 @@ class M3terHook(BaseHook):
     def find_meter(self, code: str) -> dict[str, Any] | None:
         return self._find_by_code("list_meters", code)
 
+    def get_custom_fields(self) -> dict[str, Any]:
+        """The organization's custom field definitions, by entity (``account``, ``plan``, ...)."""
+        return self._get("get_custom_fields")
+
     def list_transaction_types(self) -> Iterator[dict[str, Any]]:
         return self._list("list_transaction_types")
 
@@ -809,6 +813,9 @@ class M3terHook(BaseHook):
 
     def upsert_notification_configuration(self, code: str, desired: dict[str, Any], **kw: Any) -> UpsertResult:
         return self._upsert(_NOTIFICATION_OPS, code, desired, **kw)
+
+    def list_webhook_destinations(self) -> Iterator[dict[str, Any]]:
+        return self._list("list_webhook_destinations", page_size=200)
 
     def find_webhook_destination(self, code: str) -> dict[str, Any] | None:
         return self._find_by_code("list_webhook_destinations", code)

@@ -51,6 +51,7 @@ OPS: dict[str, Op] = {
     "get_product": Op("GET", "products/{id}", "products.retrieve"),
     "update_product": Op("PUT", "products/{id}", "products.update"),
     "list_meters": Op("GET", "meters", "meters.list", codes_filter=True),
+    "get_custom_fields": Op("GET", "customfields", "custom_fields.retrieve"),
     "list_transaction_types": Op("GET", "picklists/transactiontypes", "transaction_types.list", codes_filter=True),
     # contracts and account plans
     "list_contracts": Op("GET", "contracts", "contracts.list", codes_filter=True),

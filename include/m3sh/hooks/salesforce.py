@@ -312,3 +312,17 @@ class SalesforceSync:
             except ValueError:
                 body = {}
         return UpsertResult(id=body.get("id"), created=response.status_code == 201)
+
+    # ---------------------------------------------------------------------------- metadata
+    def describe(self, sobject: str) -> dict[str, Any]:
+        """The sObject's describe (``GET sobjects/{sobject}/describe``, Salesforce REST API
+        "sObject Describe"): ``fields[]`` with ``name``, ``type``, ``createable``, ``updateable``,
+        ``externalId``, ``referenceTo``, ``picklistValues``... A missing object (or one the user
+        cannot see) raises :class:`SalesforceNotFoundError`."""
+        if not _NAME_RE.match(sobject):
+            raise ValueError(f"not a valid Salesforce object name: {sobject!r}")
+        try:
+            result: dict[str, Any] = getattr(self.client, sobject).describe()
+        except _TRANSLATED as exc:
+            raise translate_error(exc, "describe", sobject) from None
+        return result

@@ -58,7 +58,7 @@ def test_mapped_contract_fields_reach_the_m3ter_contract(fresh_sandbox: Any, air
     run = build_crm_sync_dag().test(logical_date=WINDOW)
     assert run.state == "success"
 
-    contracts = {c["code"]: c for c in M3terHook().iter_entities("contracts")}
+    contracts = {c["code"]: c for c in M3terHook().list_contracts()}
     hs_contract = contracts[f"{hs_customer.key}-c{hs_customer.contract_start:%Y%m%d}"]
     assert hs_contract["endDate"][:10] == renewal.isoformat()  # the deal's renewal_date, not contract_end
     assert hs_contract["purchaseOrderNumber"] == "CPO-4711"  # customer_po, not po_number

@@ -1,8 +1,17 @@
-"""The HubSpot emulator: private-app auth, HubSpot's rate-limit policies, and the CRM routes.
+"""The HubSpot emulator: private-app auth and scopes, HubSpot's rate-limit policies, and the CRM routes.
 
-Auth and rate limiting sit in a small raw-ASGI gate in front of FastAPI (rather than dependencies)
-so that every route, including unknown paths, answers 401/429 exactly like HubSpot and so the
-``X-HubSpot-RateLimit-*`` headers can be added to any response.
+Auth, scopes and rate limiting sit in a small raw-ASGI gate in front of FastAPI (rather than
+dependencies) so that every route, including unknown paths, answers 401/403/429 exactly like
+HubSpot and so the ``X-HubSpot-RateLimit-*`` headers can be added to any response.
+
+Scopes: the private app's token carries a scope set (every CRM scope m3sh can need, by default;
+the ``token_scopes`` admin action narrows it, e.g. to plant a missing scope). Requests to
+``/crm/v3/objects/{type}`` and the v4 association batch read need ``crm.objects.<type>.read``
+(GET, search, batch read) or ``.write`` (anything else) and otherwise answer 403
+``MISSING_SCOPES``. The scope names are HubSpot's documented ones (api-notes A.2); the 403 body
+(``errors[].context.requiredGranularScopes``) is modelled on responses quoted in public issue
+threads, not on a published schema. The Properties API is not scope-checked here: HubSpot accepts
+any of many object scopes for reading properties.
 """
 
 from __future__ import annotations
@@ -31,6 +40,18 @@ TEN_SECONDLY_WINDOW_S = 10.0
 SEARCH_PER_SECOND = 5
 DAILY_MAX = 250_000
 BULK_MAX = 50_000
+HUB_ID = 24_571_003  # the emulated portal's (account's) id; any stable number
+APP_ID = 3_310_942
+USER_ID = 61_004_117
+# Scope names per HubSpot's scopes reference (api-notes A.2): read and write per CRM object type,
+# plus the schema scopes that cover creating properties.
+OBJECT_SCOPE_TYPES = ("companies", "contacts", "deals", "line_items", "products")
+DEFAULT_SCOPES = frozenset(
+    {f"crm.objects.{t}.{rw}" for t in OBJECT_SCOPE_TYPES for rw in ("read", "write")}
+    | {f"crm.schemas.{t}.{rw}" for t in ("companies", "contacts", "deals") for rw in ("read", "write")}
+    | {"crm.objects.owners.read", "oauth"}
+)
+TOKEN_INFO_PATH = "/oauth/v2/private-apps/get/access-token-info"  # noqa: S105 - an API path, not a secret
 
 
 class _Limiter(WindowLimiter):
@@ -42,6 +63,23 @@ class _Limiter(WindowLimiter):
 
 def _is_search(path: str) -> bool:
     return path.startswith("/crm/v3/objects/") and path.rstrip("/").endswith("/search")
+
+
+def required_scope(method: str, path: str) -> list[str]:
+    """The scopes a request needs (any one of them is not enough: all are listed), or ``[]``."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["crm", "v3", "objects"] and len(parts) >= 4:
+        types = [parts[3]]
+        reading = method == "GET" or (method == "POST" and parts[-1] in ("search", "read"))
+    elif parts[:3] == ["crm", "v4", "associations"] and len(parts) >= 6 and parts[-2:] == ["batch", "read"]:
+        types, reading = [parts[3], parts[4]], True
+    else:
+        return []
+    try:
+        names = [canonical_type(t) for t in types]
+    except HubSpotHTTPError:
+        return []  # an unknown object type: the route answers it
+    return [f"crm.objects.{n}.{'read' if reading else 'write'}" for n in names]
 
 
 def _exempt_from_ten_secondly(path: str) -> bool:
@@ -58,6 +96,7 @@ class HubSpotEmulator(Emulator):
         super().__init__()
         self.state = PortalState()
         self.daily_count = 0
+        self.token_scopes: set[str] = set(DEFAULT_SCOPES)
         self._default_limits()
         api = FastAPI(title="HubSpot emulator", docs_url=None, redoc_url=None, openapi_url=None)
         self._install_handlers(api)
@@ -71,7 +110,26 @@ class HubSpotEmulator(Emulator):
             with self.lock:
                 return {"results": list(self.state.owners)}
 
+        @api.post(TOKEN_INFO_PATH)
+        async def access_token_info(request: Request) -> Any:
+            """The private app token's metadata (developers.hubspot.com/docs/api/private-apps, "View
+            private app access token information"): ``{"tokenKey"}`` in, ``userId``, ``hubId``,
+            ``appId`` and ``scopes`` out. HubSpot publishes no schema for it; the field names are the
+            ones the docs' example and public clients use. Needs no scope."""
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                body = None
+            key = body.get("tokenKey") if isinstance(body, dict) else None
+            if not isinstance(key, str) or not key:
+                raise HubSpotHTTPError(400, "tokenKey is required", "VALIDATION_ERROR")
+            if not hmac.compare_digest(key.encode(), credentials.HUBSPOT_TOKEN.encode()):
+                raise HubSpotHTTPError(401, "The token is invalid or expired.", "INVALID_AUTHENTICATION")
+            with self.lock:
+                return {"userId": USER_ID, "hubId": HUB_ID, "appId": APP_ID, "scopes": sorted(self.token_scopes)}
+
         self.app = self._gate(api)
+        self.admin_actions["token_scopes"] = self._set_token_scopes
         self.admin_actions["bulk_create"] = self._bulk_create
         self.admin_actions["set_modified"] = self._set_modified
         self.admin_actions["rate_limit"] = self._set_rate_limit
@@ -81,6 +139,7 @@ class HubSpotEmulator(Emulator):
         with self.lock:
             self.state = PortalState()
             self.daily_count = 0
+            self.token_scopes = set(DEFAULT_SCOPES)
             self._default_limits()
             if seed == "demo":
                 seed_demo(self.state)
@@ -106,6 +165,7 @@ class HubSpotEmulator(Emulator):
             },
             "limits": {"ten_secondly": self.ten_secondly.limit, "window_s": self.ten_secondly.window_s,
                        "search_per_s": self.secondly.limit},
+            "token_scopes": sorted(self.token_scopes),
         }
 
     def on_limits_changed(self) -> None:
@@ -121,6 +181,16 @@ class HubSpotEmulator(Emulator):
     def _default_limits(self) -> None:
         self.ten_secondly = _Limiter(TEN_SECONDLY_MAX, TEN_SECONDLY_WINDOW_S)
         self.secondly = _Limiter(SEARCH_PER_SECOND, 1.0)
+
+    def _set_token_scopes(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The private app's scopes, as if edited in its settings: ``{"scopes": [...]}`` replaces
+        them, ``{"remove": [...]}`` / ``{"add": [...]}`` edit them. The token stays the same here
+        (HubSpot's docs do not say whether an edit issues a new one)."""
+        if "scopes" in body:
+            self.token_scopes = {str(s) for s in body["scopes"]}
+        self.token_scopes -= {str(s) for s in body.get("remove") or []}
+        self.token_scopes |= {str(s) for s in body.get("add") or []}
+        return {"scopes": sorted(self.token_scopes)}
 
     def _set_rate_limit(self, body: dict[str, Any]) -> dict[str, Any]:
         """Scale the burst policy down for fast tests (``{"ten_secondly": 50, "window_s": 1}``)."""
@@ -206,6 +276,14 @@ class HubSpotEmulator(Emulator):
                 await _reply(send, 401, error_body(
                     401, "The OAuth token used to make this call expired or is invalid.",
                     "INVALID_AUTHENTICATION", sub_category="EXPIRED_OR_INVALID_TOKEN"))
+                return
+            missing = [sc for sc in required_scope(scope["method"], scope["path"]) if sc not in self.token_scopes]
+            if missing:
+                await _reply(send, 403, error_body(
+                    403, "This app hasn't been granted all required scopes to make this call. Read more about "
+                    "required scopes here: https://developers.hubspot.com/scopes.", "MISSING_SCOPES",
+                    errors=[{"message": "One or more of the following scopes are required.",
+                             "context": {"requiredGranularScopes": missing}}]))
                 return
             extra: list[tuple[bytes, bytes]] = []
             if self.limits_enabled:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 _NS = uuid.UUID("0b8e6c4e-9a53-4b7f-8f1a-6d3ee0e5a111")
 ACCOUNT_CUSTOM_FIELDS = {"crm_source": "", "crm_id": "", "subsidiary": "", "tax_code": "", "exported_at": ""}
+# Organization-level fields the demo config's trigger rules write (m3ter.custom_fields in include/m3sh.yaml),
+# defined with a default as an org admin would, so `m3sh preflight` finds them.
+RULE_CUSTOM_FIELDS = {"lifecycle": "", "renewal_status": ""}
 
 
 def seed_id(kind: str, code: str) -> str:
@@ -46,7 +49,8 @@ def seed_demo(emu: M3terEmulator) -> None:
 def _seed(emu: M3terEmulator) -> None:
     company = seed.demo_company()
     cf = custom_fields_entity(emu)
-    cf["account"] = dict(ACCOUNT_CUSTOM_FIELDS)
+    cf["account"] = {**ACCOUNT_CUSTOM_FIELDS, **RULE_CUSTOM_FIELDS}
+    cf["accountPlan"] = dict(RULE_CUSTOM_FIELDS)
     cf["contract"] = {"crm_opportunity_id": "", "po_number": ""}
     cf["plan"] = {"unit_price": 0, "usage_meter": "api_calls"}
 

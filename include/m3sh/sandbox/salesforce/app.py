@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m3sh.sandbox.common import ASGIApp, Emulator, HostGate
 from m3sh.sandbox.salesforce import auth
-from m3sh.sandbox.salesforce.schema import OBJECTS, ObjectDef, get_object
+from m3sh.sandbox.salesforce.schema import OBJECTS, ObjectDef, get_object, redefine_field, restore_schema
 from m3sh.sandbox.salesforce.seed import seed_demo
 from m3sh.sandbox.salesforce.store import ApiError, Store
 
@@ -57,6 +57,9 @@ class SalesforceEmulator(Emulator):
         self.admin_actions["expire_sessions"] = self._admin_expire_sessions
         self.admin_actions["insert"] = self._admin_insert
         self.admin_actions["set_fields"] = self._admin_set_fields
+        self.admin_actions["drop_field"] = self._admin_drop_field
+        self.admin_actions["field_type"] = self._admin_field_type
+        restore_schema()
         # The main port stands in for login.salesforce.com: it logs in (SOAP) and lists API versions,
         # nothing else; the ``instance`` listener is the org's My Domain host that the login
         # response's serverUrl names, where every REST call goes (and login works too).
@@ -73,6 +76,7 @@ class SalesforceEmulator(Emulator):
     # ------------------------------------------------------------------------- Emulator API
     def reset(self, seed: str = "empty") -> None:
         with self.lock:
+            restore_schema()
             self.store = Store()
             self.sessions.clear()
             self.api_used = 0
@@ -129,6 +133,21 @@ class SalesforceEmulator(Emulator):
         if rec is None:
             raise ValueError(f"no {obj.name} with id {body.get('id')!r}")
         return self.store.set_fields(obj, rec, dict(body.get("fields", {})))
+
+    def _admin_drop_field(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"sobject", "field"}``: delete a field from the org's metadata (until the next reset),
+        e.g. to plant a custom field an integration needs but the org lacks."""
+        obj = redefine_field(str(body.get("sobject", "")), str(body.get("field", "")), None)
+        return {"sobject": obj.name, "fields": sorted(obj.fields)}
+
+    def _admin_field_type(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"sobject", "field", "type"}``: change a field's type (until the next reset), e.g. a
+        date field created as text."""
+        type_ = str(body.get("type", ""))
+        if not type_:
+            raise ValueError("field_type needs 'type' (a describe type such as 'string' or 'date')")
+        obj = redefine_field(str(body.get("sobject", "")), str(body.get("field", "")), type_)
+        return {"sobject": obj.name, "field": body.get("field"), "type": type_}
 
     # ---------------------------------------------------------------------------- guards
     def authorize(self, request: Request) -> None:

@@ -9,7 +9,7 @@ an ``Invoice__c`` object keyed by the m3ter bill id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Field types as reported by describe (``fields[].type``).
 STRING_TYPES = frozenset({"string", "textarea", "picklist", "email", "url", "phone", "id", "reference"})
@@ -53,6 +53,8 @@ class FieldDef:
             "calculated": False,
             "referenceTo": [self.reference_to] if self.reference_to else [],
             "relationshipName": self.relationship_name,
+            # The emulator refuses values outside a picklist (store.py), except for currency codes.
+            "restrictedPicklist": bool(self.picklist) and self.name != "CurrencyIsoCode",
             "picklistValues": [
                 {"value": v, "label": v, "active": True, "defaultValue": False} for v in self.picklist
             ],
@@ -291,6 +293,44 @@ OBJECTS: dict[str, ObjectDef] = {
 
 _LOWER_OBJECTS = {k.lower(): v for k, v in OBJECTS.items()}
 _BY_PREFIX = {o.prefix: o for o in OBJECTS.values()}
+_PRISTINE = dict(OBJECTS)
+
+
+def _install(obj: ObjectDef) -> None:
+    OBJECTS[obj.name] = obj
+    _LOWER_OBJECTS[obj.name.lower()] = obj
+    _BY_PREFIX[obj.prefix] = obj
+
+
+def redefine_field(sobject: str, name: str, type_: str | None) -> ObjectDef:
+    """An org admin's metadata change: delete a field (``type_=None``) or change its type.
+
+    The change is process-wide (the emulator runs one org per process) and applies to describe,
+    SOQL and writes alike, as in Salesforce; :func:`restore_schema` (every reset) undoes it.
+    Records keep their stored values, but the API no longer exposes a deleted field.
+    """
+    obj = get_object(sobject)
+    if obj is None:
+        raise ValueError(f"unknown sobject {sobject!r}")
+    current = obj.field(name)
+    if current is None:
+        raise ValueError(f"{obj.name} has no field {name!r}")
+    if current.name == "Id":
+        raise ValueError("the Id field cannot be changed")
+    fields = dict(obj.fields)
+    if type_ is None:
+        del fields[current.name]
+    else:
+        fields[current.name] = replace(current, type=type_)
+    new = replace(obj, fields=fields)  # a new instance: its case-insensitive name cache starts empty
+    _install(new)
+    return new
+
+
+def restore_schema() -> None:
+    """Back to the metadata this module defines (undoes :func:`redefine_field`)."""
+    for obj in _PRISTINE.values():
+        _install(obj)
 
 
 def get_object(name: str) -> ObjectDef | None:
