@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from m3sh.exceptions import ConfigError
 from m3sh.models.records import (
@@ -175,6 +175,10 @@ class MeterDefinition(_Model):
     dimensions: dict[str, str] = Field(default_factory=dict,
                                        description="m3ter 'where'/'what'/'who' field -> row column")
     max_age_days: int = Field(90, ge=1, description="Rows older than this are rejected as out of bounds")
+    timestamp_format: Literal["iso8601", "epoch_s", "epoch_ms"] = Field(
+        "iso8601",
+        description="How timestamp_field is written: ISO-8601 (no offset: UTC), or Unix epoch seconds / "
+                    "milliseconds (integer or decimal); m3ter always receives ISO-8601 UTC")
 
 
 class UsageFeed(_Model):
@@ -186,6 +190,10 @@ class UsageFeed(_Model):
     bucket: str | None = None
     prefix: str = ""
     format: Literal["auto", "csv", "jsonl"] = "auto"
+    delimiter: Literal[",", ";", "\t"] | None = Field(
+        None, description="CSV field separator: ',' ';' or a tab (\"\\t\" or the word tab); unset: a comma, "
+                          "a tab for .tsv files. A file whose header does not split on it fails, naming the "
+                          "delimiter it seems to use")
     event_queue: str | None = Field(
         None, description="SQS queue URL receiving the bucket's s3:ObjectCreated notifications; when set, new "
                           "objects trigger a run within seconds (AssetWatcher on the Amazon SqsSensorTrigger)")
@@ -201,6 +209,12 @@ class UsageFeed(_Model):
     meter_field: str = Field("meter", description="Row column naming the meter; rows route by it")
     id_field: str | None = Field("event_id", description="Row column used in the deterministic uid")
     meters: list[MeterDefinition]
+
+    @field_validator("delimiter", mode="before")
+    @classmethod
+    def _tab_by_name(cls, value: Any) -> Any:
+        # YAML has no short way to write a tab outside double quotes; "tab" and an unquoted \t also mean one.
+        return "\t" if value in ("tab", "\\t") else value
 
     @model_validator(mode="after")
     def _check_kind(self) -> UsageFeed:

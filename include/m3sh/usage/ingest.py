@@ -34,7 +34,7 @@ from m3sh.exceptions import InvalidRecord
 from m3sh.hooks.m3ter import M3terHook, measurement_batches
 from m3sh.storage import Storage
 from m3sh.usage.measurements import MeasurementBuilder
-from m3sh.usage.reader import BadFile, detect_format, iter_rows
+from m3sh.usage.reader import BadFile, csv_delimiter, detect_format, iter_rows
 
 log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
@@ -228,7 +228,8 @@ def ingest_s3_object(
 
     def valid_measurements() -> Iterator[dict[str, Any]]:
         fmt, gz = detect_format(key, feed.format)
-        for line, row in iter_rows(body, source, fmt, gz):  # type: ignore[arg-type]
+        rows = iter_rows(body, source, fmt, gz, csv_delimiter(key, feed.delimiter))  # type: ignore[arg-type]
+        for line, row in rows:
             result.rows_read += 1
             progress.maybe_log(result.rows_read, body.bytes_read)
             try:
@@ -294,6 +295,10 @@ def ingest_s3_object(
                     state.uri(result.dead_letter_key))
     dead.close()
     result.finished_at = dt.datetime.now(dt.UTC).isoformat()
+    if result.status == "complete" and result.rows_read == 0:
+        # A quiet hour is often exported as an empty file: nothing to send, and not a failure.
+        log.info("%s: no rows (%s); not an error", source,
+                 "0 bytes" if body.bytes_read == 0 else "only a header, a byte-order mark or blank lines")
     if not dry_run and result.status == "complete":
         state.put_json(mkey, result.to_dict())
     log.info("%s: %s — read %d, accepted %d, rejected %d, %d batch(es) in %.1fs", source, result.status,

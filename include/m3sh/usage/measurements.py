@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import math
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from m3sh.config import MeterDefinition, UsageFeed
@@ -36,6 +38,44 @@ def parse_ts(value: Any) -> dt.datetime:
     return ts.astimezone(dt.UTC)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Epoch values are plausible below 1e11 seconds (year 5138) and from 1e11 milliseconds (1973) up: a
+# value outside its unit's range is nearly always the other unit, and the error says so.
+_EPOCH_SPLIT = 100_000_000_000
+_EPOCH_UNITS = {"epoch_s": ("seconds", 1_000_000), "epoch_ms": ("milliseconds", 1_000)}
+
+
+def parse_epoch(value: Any, timestamp_format: str) -> dt.datetime:
+    """A Unix epoch time in ``epoch_s`` or ``epoch_ms`` (integer or decimal, string or JSON number) as UTC.
+
+    Decimals are read exactly (``Decimal``, not float), so ``1700000000.123`` s is ``.123``, not ``.122``.
+    """
+    unit, micros_per_unit = _EPOCH_UNITS[timestamp_format]
+    if value is None or value == "" or type(value) is bool:
+        raise ValueError("missing timestamp" if type(value) is not bool else f"not a number of epoch {unit}")
+    text = value.strip() if type(value) is str else repr(value) if type(value) in (int, float) else None
+    if not text:
+        raise ValueError("missing timestamp" if text == "" else f"not a number of epoch {unit}")
+    if text.isdecimal():  # the common case: whole seconds or milliseconds
+        amount: int | Decimal = int(text)
+    else:
+        try:
+            amount = Decimal(text)
+        except InvalidOperation:
+            raise ValueError(f"not a number of epoch {unit}") from None
+        if not amount.is_finite():
+            raise ValueError(f"not a finite number of epoch {unit}")
+        if amount.adjusted() > 15:  # before int(): 1e999999999 would build a billion-digit integer
+            raise ValueError(f"out of range for epoch {unit}")
+    if timestamp_format == "epoch_s" and amount >= _EPOCH_SPLIT:
+        raise ValueError("out of range for epoch seconds (epoch milliseconds? set the meter's "
+                         "timestamp_format: epoch_ms)")
+    if timestamp_format == "epoch_ms" and 0 <= amount < _EPOCH_SPLIT:
+        raise ValueError("before 1973 as epoch milliseconds (epoch seconds? set the meter's "
+                         "timestamp_format: epoch_s)")
+    return _EPOCH + dt.timedelta(microseconds=int(amount * micros_per_unit))
+
+
 def _is_canonical_utc(v: str) -> bool:
     """``YYYY-MM-DDTHH:MM:SSZ`` or ``YYYY-MM-DDTHH:MM:SS.fffZ`` by shape (fromisoformat checks the digits)."""
     n = len(v)
@@ -55,12 +95,16 @@ def format_ts(ts: dt.datetime) -> str:
 class _Meter:
     """A meter definition with everything the per-row path needs precomputed."""
 
-    __slots__ = ("account_field", "code", "dimensions", "max_age_days", "measures", "oldest", "timestamp_field")
+    __slots__ = ("account_field", "code", "dimensions", "iso", "max_age_days", "measures", "oldest", "parse_ts",
+                 "timestamp_field")
 
     def __init__(self, meter: MeterDefinition, now: dt.datetime) -> None:
         self.code = meter.code
         self.account_field = meter.account_field
         self.timestamp_field = meter.timestamp_field
+        self.iso = meter.timestamp_format == "iso8601"
+        self.parse_ts: Callable[[Any], dt.datetime] = (
+            parse_ts if self.iso else functools.partial(parse_epoch, timestamp_format=meter.timestamp_format))
         self.measures = list(meter.measures.items())
         self.dimensions = list(meter.dimensions.items())
         self.max_age_days = meter.max_age_days
@@ -103,11 +147,11 @@ class MeasurementBuilder:
         try:
             # Fast path for what exporters nearly always write: UTC with a Z, whole seconds or
             # milliseconds. fromisoformat still validates it; the wire form is then the input itself.
-            if type(raw_ts) is str and _is_canonical_utc(raw_ts):
+            if type(raw_ts) is str and _is_canonical_utc(raw_ts) and meter.iso:
                 ts = _fromiso(raw_ts)
                 wire = raw_ts[:19] + ".000Z" if len(raw_ts) == 20 else raw_ts
             else:
-                ts = parse_ts(raw_ts)
+                ts = meter.parse_ts(raw_ts)
         except (ValueError, OverflowError) as exc:  # OverflowError: year 1/9999 shifted out of range by its offset
             raise _bad(source, line, f"invalid timestamp {raw_ts!r}: {exc}", meter.timestamp_field) from None
         if ts > self._latest:
