@@ -21,9 +21,10 @@ def _m3ter_path_literals() -> re.Pattern[str]:
     from m3sh.hooks.m3ter_ops import OPS
 
     roots = sorted({op.path.split("/")[0] for op in OPS.values()}, key=len, reverse=True)
-    # A string literal starting with an m3ter collection followed by "/" or ending there,
-    # e.g. "bills/approve" or f"balances/{id}/transactions" (plain words like "bills" alone are fine).
-    return re.compile(r"""["'](?:%s)/""" % "|".join(map(re.escape, roots)))
+    # A string literal starting with an m3ter collection and a "/", e.g. "bills/approve" or
+    # f"balances/{id}/transactions" (plain words like "bills" alone are fine).
+    alternatives = "|".join(map(re.escape, roots))
+    return re.compile(r"[\"'](?:" + alternatives + ")/")
 
 
 def _sources() -> list[Path]:
