@@ -150,7 +150,7 @@ def test_csv_rows_quote_neutralise_formulas_and_carry_no_secrets(s3: Any) -> Non
     write_firing(storage, 1, START, outcome="failed", rule="prepaid_low", account="=cmd|' /C calc'!A0", error=nasty)
     write_firing(storage, 2, START + dt.timedelta(hours=1), outcome="done", rule="prepaid_low", account="plain.example")
     out = io.StringIO()
-    csv.writer(out).writerows(AuditTrail(storage).csv_rows(AuditFilter()))
+    csv.writer(out).writerows(AuditTrail(storage).csv_rows(AuditFilter(), details=True))
     text = out.getvalue()
     for secret in ("XXXXSECRET", "T000", "token=abc", "sk_live_0123456789", "hunter2"):
         assert secret not in text, secret
@@ -160,6 +160,12 @@ def test_csv_rows_quote_neutralise_formulas_and_carry_no_secrets(s3: Any) -> Non
     assert bad["outcome"] == "failed" and "https://hooks.slack.com/***" in bad["error"]
     assert "\nsecond line" in bad["error"] and "Authorization: ***" in bad["error"] and "password=***" in bad["error"]
     assert bad["actions"].startswith("switch_plan: failed (notify: HTTPError")
+    # without details: the index's columns only, and no read of the entries
+    trail = AuditTrail(storage)
+    with trail.count_requests() as requests:
+        plain = list(trail.csv_rows(AuditFilter()))
+    assert plain[0][-2:] == ["outcome", "firing_key"] and [r[7] for r in plain[1:]] == ["done", "failed"]
+    assert requests == [2]  # the months, then the one month
 
 
 def test_scrub_and_csv_safe_leave_ordinary_text_alone() -> None:

@@ -9,8 +9,9 @@ Cost of one page view (S3 requests): 1 listing of the months + one listing per 1
 the months the date range touches (months are listed in parallel; a date bound inside a month
 skips the rest with ``StartAfter`` or stops early) + one read per row shown (≤ 50, in parallel).
 At 5,000 firings: 1 + 5 (+1 per month partly filled) listings + 50 reads; at 100,000 firings over
-a year: 1 + ~112 listings + 50 reads. The CSV export adds one read per exported row (it lists the
-actions and errors, which only the entries hold), streamed in batches.
+a year: 1 + ~112 listings + 50 reads. The CSV export costs the same listings (no reads); with
+``details`` (kind, attempts, actions, errors: only the entries hold them) one read per row more,
+streamed in batches.
 
 Filters: ``rule`` (exact), ``account`` (the account code or m3ter id, exact, case-insensitive),
 ``outcome`` (claimed, done, failed, abandoned), ``from``/``to`` (UTC dates, inclusive, on the
@@ -56,8 +57,9 @@ PAGE_SIZE = 50
 READ_THREADS = 8
 CSV_BATCH = 250  # rows whose entries are read together while the CSV streams
 AUTO_BACKFILL = 200  # older ledger entries indexed per page view until the backfill is done
-CSV_COLUMNS = ("fired_at", "rule", "kind", "account_code", "account_id", "entity", "entity_id", "crossing",
-               "outcome", "attempts", "last_update", "actions", "error", "run_id", "firing_key")
+CSV_COLUMNS = ("fired_at", "rule", "account_code", "account_id", "entity", "entity_id", "crossing", "outcome",
+               "firing_key")  # what the index holds: the export costs a listing per 1,000 firings
+CSV_DETAIL_COLUMNS = ("kind", "attempts", "last_update", "actions", "error", "run_id")  # + a read per firing
 _COMPLETE: set[tuple[str, str]] = set()  # (bucket, prefix) whose ledger is known to be fully indexed
 
 
@@ -341,18 +343,22 @@ class AuditTrail:
             if flt.wants_month(month):
                 yield from self._month(month, flt)[0]
 
-    def export(self, flt: AuditFilter, batch: int = CSV_BATCH) -> Iterator[dict[str, Any]]:
-        """Every filtered firing with its entry, newest first, reading entries ``batch`` at a time."""
+    def export(self, flt: AuditFilter, *, details: bool = True, batch: int = CSV_BATCH) -> Iterator[dict[str, Any]]:
+        """Every filtered firing newest first; with ``details``, completed by its entry (read
+        ``batch`` at a time, in parallel), else from the index alone."""
         now = dt.datetime.now(dt.UTC)
         it = iter(self.rows(flt))
         while chunk := list(itertools.islice(it, batch)):
-            yield from (describe(r, e, now) for r, e in zip(chunk, self._entries(chunk), strict=True))
+            entries = self._entries(chunk) if details else [None] * len(chunk)
+            yield from (describe(r, e, now) for r, e in zip(chunk, entries, strict=True))
 
-    def csv_rows(self, flt: AuditFilter) -> Iterable[list[str]]:
-        """CSV rows (header first) of :meth:`export`: secrets scrubbed, formulas neutralised."""
-        yield list(CSV_COLUMNS)
-        for d in self.export(flt):
-            yield [csv_safe(v) for v in (
-                d["fired_at"], d["rule"], d["kind"], d["account_code"], d["account_id"], d["entity"], d["entity_id"],
-                d["crossing"], d["status"], d["attempts"], d["at"], "; ".join(d["actions"]), d["error"],
-                d["run"], d["key"])]
+    def csv_rows(self, flt: AuditFilter, *, details: bool = False) -> Iterable[list[str]]:
+        """CSV rows (header first) of :meth:`export`: :data:`CSV_COLUMNS`, plus
+        :data:`CSV_DETAIL_COLUMNS` with ``details``; secrets scrubbed, formulas neutralised."""
+        yield [*CSV_COLUMNS, *(CSV_DETAIL_COLUMNS if details else ())]
+        for d in self.export(flt, details=details):
+            row = [d["fired_at"], d["rule"], d["account_code"], d["account_id"], d["entity"], d["entity_id"],
+                   d["crossing"], d["status"], d["key"]]
+            if details:
+                row += [d["kind"], d["attempts"], d["at"], "; ".join(d["actions"]), d["error"], d["run"]]
+            yield [csv_safe(v) for v in row]

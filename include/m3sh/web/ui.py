@@ -13,7 +13,8 @@ navigation as an external view (an iframe on ``/plugin/m3sh``). Sections:
 * **Plan & contract automation**: exact totals per outcome and the newest firings of the trigger
   audit trail, with a link to the full trail at ``/m3sh/ui/audit`` (filters by rule, account,
   outcome and date range as query parameters, so a filtered view is a shareable URL; 50 firings a
-  page; ``/m3sh/ui/audit.csv`` exports the filtered set; ``/m3sh/ui/api/audit`` is the same as JSON).
+  page; ``/m3sh/ui/audit.csv`` exports the filtered set, ``?details=1`` with actions and errors;
+  ``/m3sh/ui/api/audit`` is the page as JSON).
   It reads the audit index the ledger writes (:mod:`m3sh.automation.audit`), never the whole ledger;
 * **Reconciliation**: the latest summary (``reports/reconcile/latest.json``);
 * **Recent runs** of the m3sh DAGs, read from Airflow's public REST API *with the caller's own
@@ -539,6 +540,7 @@ def render_audit_page(result: AuditPage | None, params: dict[str, str], *, user:
     if result is not None:
         body += _outcome_cards(result.total, result.by_status, "firings match" if params else "firings")
         csv_href = _audit_href(view_base, "audit.csv", params)
+        details_href = _audit_href(view_base, "audit.csv", params, details=1)
 
         def step(rel: str, label: str, page: int) -> str:
             if not 1 <= page <= result.pages:
@@ -549,7 +551,9 @@ def render_audit_page(result: AuditPage | None, params: dict[str, str], *, user:
                  f'{_n(result.first)}&ndash;{_n(result.last)}</span> of '
                  f'<b id="audit-total">{_n(result.total)}</b>, newest first · page {result.page} of {result.pages} · '
                  f'{step("prev", "← newer", result.page - 1)} · {step("next", "older →", result.page + 1)} · '
-                 f'<a id="audit-csv" href="{_e(csv_href)}" download>Export CSV</a></p>')
+                 f'<a id="audit-csv" href="{_e(csv_href)}" download>Export CSV</a> '
+                 f'(<a id="audit-csv-details" href="{_e(details_href)}" download>with actions and errors</a>, '
+                 "slower: reads every firing)</p>")
         table = (_firings_table(result.entries) if result.entries else
                  '<p class="empty">No firing matches these filters.</p>')
         body += pager + table + (pager if len(result.entries) > 10 else "")
@@ -712,7 +716,8 @@ def create_app(
         except AuditQueryError as exc:
             return Response(f"invalid filter: {exc}\n", status_code=400, media_type="text/plain")
         trail = AuditTrail(sources()[1])
-        rows = iter(trail.csv_rows(flt))
+        details = request.query_params.get("details", "") in ("1", "true", "yes")
+        rows = iter(trail.csv_rows(flt, details=details))
         try:
             trail.ensure_indexed()
             # The header and the first rows before the response starts: an unreadable bucket is a
