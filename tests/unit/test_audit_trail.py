@@ -175,3 +175,22 @@ def test_scrub_and_csv_safe_leave_ordinary_text_alone() -> None:
     assert scrub("at https://user:pw@example.com/x") == "at https://example.com/***"
     assert scrub("sent with Bearer abcdefghijkl") == "sent with Bearer ***"
     assert csv_safe("-12.5") == "-12.5" and csv_safe("@SUM(A1)") == "'@SUM(A1)" and csv_safe(None) == ""
+
+
+def test_a_page_view_indexes_an_older_ledger_a_bounded_batch_at_a_time(s3: Any) -> None:
+    storage = _storage(s3, "legacy/")
+    for n in range(5):  # as m3sh wrote entries before the index existed
+        at = f"2026-10-0{n + 1}T09:00:00.000000Z"
+        key = f"prepaid_low|id-{n}|balance:bal-{n}|credits=1"
+        storage.put_json(Ledger(storage).object_key(key), {"key": key, "status": "done", "first_seen": at,
+                                                           "claimed_at": at, "account_code": f"c{n}"})
+    trail = AuditTrail(storage, backfill_limit=2)
+    first = trail.page(AuditFilter())
+    assert first.total == 2 and first.notes == [
+        "Indexed 2 ledger entries written before the audit index existed.",
+        "3 older ledger entries are not listed yet: 2 are indexed per page view, or all at once with "
+        "`m3sh triggers backfill-index`."]
+    assert [trail.page(AuditFilter()).total for _ in range(2)] == [4, 5]
+    with trail.count_requests() as requests:
+        done = AuditTrail(storage).page(AuditFilter())  # complete: remembered, nothing more is checked
+    assert done.total == 5 and done.notes == [] and requests == [1 + 1 + 5]

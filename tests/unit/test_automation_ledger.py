@@ -232,20 +232,36 @@ def test_a_lost_index_write_is_outranked_then_repaired(storage: Storage) -> None
     assert result["superseded_removed"] == 1 and result["indexed"] == 0 and _index_keys(storage) == [done_key]
 
 
-def test_concurrent_workers_on_the_same_firings_leave_one_index_row_each(storage: Storage) -> None:
+def test_concurrent_workers_on_the_same_firings_leave_one_index_row_each(storage: Storage,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    # moto's in-process backend is not safe within one request (a read racing an overwrite of the
+    # same key hits a closed temp file); S3 requests are atomic, so each request runs alone here
+    # while the workers still interleave between requests (claim, read, conditional put, index).
+    lock = threading.Lock()
+    call = storage.client._make_api_call
+
+    def atomic(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return call(*args, **kwargs)
+
+    monkeypatch.setattr(storage.client, "_make_api_call", atomic)
     firings = [_firing(n) for n in range(8)]
 
-    def worker(w: int) -> None:
+    def worker(w: int) -> int:
         ledger = Ledger(storage)
+        acquired = 0
         for f in firings:
             c = ledger.claim(f, f"run-{w}")
             if c.acquired:
+                acquired += 1
                 ledger.finish(c, "done")
+        return acquired
 
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(worker, range(4)))
+        assert sum(pool.map(worker, range(4))) == len(firings)  # each firing acted on once
     rows = _latest(Ledger(storage))
     assert sorted(r.firing_key for r in rows) == sorted(f.key for f in firings)
     assert {r.status for r in rows} == {"done"} and len(_index_keys(storage)) == len(firings)

@@ -61,6 +61,7 @@ CSV_COLUMNS = ("fired_at", "rule", "account_code", "account_id", "entity", "enti
                "firing_key")  # what the index holds: the export costs a listing per 1,000 firings
 CSV_DETAIL_COLUMNS = ("kind", "attempts", "last_update", "actions", "error", "run_id")  # + a read per firing
 _COMPLETE: set[tuple[str, str]] = set()  # (bucket, prefix) whose ledger is known to be fully indexed
+_FAILED: dict[tuple[str, str], str] = {}  # (bucket, prefix) -> why this process cannot backfill (not retried)
 
 
 class AuditQueryError(ValueError):
@@ -220,9 +221,10 @@ def describe(row: IndexRow, entry: Mapping[str, Any] | None, now: dt.datetime | 
         if age > DEFAULT_LEASE_S:
             stale = "claim older than the lease (worker lost?): the next evaluation takes it over"
     error = _error_of(entry)
+    code = entry.get("account_code") or row.account_code or None  # the index holds at most 200 characters of it
     return {"fired_at": row.fired_at.isoformat().replace("+00:00", "Z"), "rule": row.rule,
-            "kind": entry.get("kind"), "account": row.account_code or row.account_id,
-            "account_code": row.account_code or None, "account_id": row.account_id, "entity": kind or None,
+            "kind": entry.get("kind"), "account": code or row.account_id,
+            "account_code": code, "account_id": row.account_id, "entity": kind or None,
             "entity_id": ident or None, "crossing": row.crossing, "status": status,
             "attempts": entry.get("attempts"), "at": entry.get("finished_at") or entry.get("claimed_at"),
             "first_seen": entry.get("first_seen"), "run": entry.get("claimed_by"), "actions": actions,
@@ -233,10 +235,11 @@ def describe(row: IndexRow, entry: Mapping[str, Any] | None, now: dt.datetime | 
 class AuditTrail:
     """Queries over the audit index of one storage location (see the module docstring)."""
 
-    def __init__(self, storage: Storage, threads: int = READ_THREADS) -> None:
+    def __init__(self, storage: Storage, threads: int = READ_THREADS, backfill_limit: int = AUTO_BACKFILL) -> None:
         self.storage = storage
         self.ledger = Ledger(storage)
         self.threads = threads
+        self.backfill_limit = backfill_limit
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -256,29 +259,32 @@ class AuditTrail:
             events.unregister("before-send.s3", unique_id=f"m3sh-audit-count-{id(seen)}")
 
     # -- index coverage ------------------------------------------------------------------------
-    def ensure_indexed(self, limit: int | None = AUTO_BACKFILL) -> list[str]:
-        """Index up to ``limit`` ledger entries written before the index existed (see
+    def ensure_indexed(self) -> list[str]:
+        """Index up to ``backfill_limit`` ledger entries written before the index existed (see
         :meth:`Ledger.backfill_index`), until the ledger records that none is left; then nothing
         (remembered per process). Notes for the page say what happened."""
         ident = (self.storage.bucket, self.storage.prefix)
         if ident in _COMPLETE:
             return []
+        if ident in _FAILED:
+            return [_FAILED[ident]]
         meta = self.storage.get_json(index_meta_key(self.storage.prefix))
         if isinstance(meta, dict) and meta.get("complete"):
             _COMPLETE.add(ident)
             return []
         try:
-            result = self.ledger.backfill_index(limit=limit)
+            result = self.ledger.backfill_index(limit=self.backfill_limit)
         except Exception as exc:  # e.g. a read-only role for the api-server: the page still shows the index
             log.warning("audit trail: backfill of the index failed: %s", exc)
-            return [f"Ledger entries written before the audit index existed may be missing ({type(exc).__name__}); "
-                    "run `m3sh triggers backfill-index` once."]
+            _FAILED[ident] = (f"Ledger entries written before the audit index existed may be missing (indexing them "
+                              f"failed: {type(exc).__name__}); run `m3sh triggers backfill-index` once.")
+            return [_FAILED[ident]]
         notes = []
         if result["indexed"]:
             notes.append(f"Indexed {result['indexed']:,} ledger entries written before the audit index existed.")
         if result["remaining"]:
-            notes.append(f"{result['remaining']:,} older ledger entries are not listed yet: {limit} are indexed per "
-                         "page view, or all at once with `m3sh triggers backfill-index`.")
+            notes.append(f"{result['remaining']:,} older ledger entries are not listed yet: {self.backfill_limit} are "
+                         "indexed per page view, or all at once with `m3sh triggers backfill-index`.")
         else:
             _COMPLETE.add(ident)
         return notes

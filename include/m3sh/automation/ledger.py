@@ -28,11 +28,14 @@ account, outcome and date, counts and pages from listings alone (1,000 firings a
 reading an entry. The time is the firing's ``first_seen`` (it never changes, so a firing keeps its
 place); ``rev`` counts the entry's status changes and only grows, because every change is a
 conditional put on the ledger object. Concurrent writers never share an object: each firing has its
-own keys, and only the claim holder writes them. Should an index write be lost (a worker killed
-between the two puts), a firing can show two keys, and readers keep the highest ``rev``
-(:func:`latest_index_rows`); the next status change, the next claim of a finished firing, or
-:meth:`Ledger.backfill_index` (``m3sh triggers backfill-index``) repair it. Ledgers written before the
-index existed are indexed by that backfill too.
+own keys, and only the claim holder writes them (after its ledger put succeeded). A worker killed
+between the ledger put and the index writes leaves either a superseded key (readers keep the highest
+``rev`` of a firing: :func:`latest_index_rows`) or the firing listed in its previous state until
+the next status change, the next claim of a finished firing (its final marker is written after the
+index, so that claim still happens), or ``m3sh triggers backfill-index --verify`` repairs it.
+Ledgers written before the index existed are indexed by :meth:`Ledger.backfill_index` (that command,
+or a bounded run on each page view until done). The order relies on ListObjectsV2 returning keys
+in UTF-8 binary order, as general purpose buckets do (directory buckets do not).
 
 The key layout of all of this is defined once, in the functions below the imports (the writer
 here and the readers in :mod:`m3sh.automation.audit` and the UI use them; nothing else builds
