@@ -556,7 +556,9 @@ def render_audit_page(result: AuditPage | None, params: dict[str, str], *, user:
                  "slower: reads every firing)</p>")
         table = (_firings_table(result.entries) if result.entries else
                  '<p class="empty">No firing matches these filters.</p>')
-        body += pager + table + (pager if len(result.entries) > 10 else "")
+        bottom = (f'<p class="pager">page {result.page} of {result.pages} · {step("prev", "← newer", result.page - 1)} '
+                  f'· {step("next", "older →", result.page + 1)}</p>')  # no ids: those are the top pager's
+        body += pager + table + (bottom if len(result.entries) > 10 else "")
         body += "".join(f'<p class="note">{_e(n)}</p>' for n in result.notes)
         body += ('<p class="note">Totals per outcome count every firing the other filters select; times are UTC; '
                  '"Fired" is when the firing was first claimed.</p>')
