@@ -8,8 +8,9 @@ order, which the inverted time makes newest first - and only the rows shown are 
 Cost of one page view (S3 requests): 1 listing of the months + one listing per 1,000 firings in
 the months the date range touches (months are listed in parallel; a date bound inside a month
 skips the rest with ``StartAfter`` or stops early) + one read per row shown (≤ 50, in parallel).
-At 5,000 firings: 1 + 5 (+1 per month partly filled) listings + 50 reads; at 100,000 firings over
-a year: 1 + ~112 listings + 50 reads. The CSV export costs the same listings (no reads); with
+Measured (``python -m benchmarks.audit_trail``): 5,000 firings over 5 months, 59 requests (1 + 8
+listings + 50 reads); 100,000 over 13 months, 159 (1 + 108 + 50); a one-week filter, 52-53 at
+either size. The CSV export costs the same listings and no reads (9 and 109 requests); with
 ``details`` (kind, attempts, actions, errors: only the entries hold them) one read per row more,
 streamed in batches.
 
