@@ -50,6 +50,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "triggers.seconds": ("<=", 10),
     "triggers.double_fires": ("<=", 0),
     "triggers.webhook_to_action_p95_s": ("<=", 10),
+    "audit_trail.requests_page1_5000": ("<=", 60),
+    "audit_trail.requests_page1_100000": ("<=", 200),
+    "audit_trail.requests_week_100000": ("<=", 60),
 }
 
 # Figures shown without a target, for context (sizes, the other side of a ratio).
@@ -61,6 +64,7 @@ CONTEXT: dict[str, list[str]] = {
     "sandbox_ingest": ["measurements", "seconds"],
     "invoice_sync": ["bills", "seconds", "bound_seconds"],
     "triggers": ["accounts", "api_calls_cold"],
+    "audit_trail": ["months_5000", "requests_csv_5000", "months_100000", "requests_csv_100000"],
 }
 
 # Smaller sizes for modules that take flags rather than reading M3SH_BENCH_QUICK.

@@ -118,6 +118,20 @@ def _cmd_preflight(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _cmd_triggers_backfill_index(args: argparse.Namespace) -> int:
+    """Index trigger-ledger entries written before the audit index existed (idempotent, resumable)."""
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON result
+        from m3sh.automation.ledger import Ledger
+        from m3sh.config import load_config
+        from m3sh.storage import Storage
+
+        result = Ledger(Storage.from_config(load_config(args.config).storage)).backfill_index(
+            limit=args.limit, verify=args.verify)
+    print(json.dumps(result, indent=2), file=out)
+    return 0
+
+
 def _cmd_pools_sync(args: argparse.Namespace) -> int:
     """Create/resize the Airflow pools m3sh.yaml asks for (NetSuite concurrency per account).
 
@@ -209,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--webhook-url", required=True)
     s.add_argument("--dry-run", action="store_true")
     s.set_defaults(func=_cmd_triggers_sync)
+    b = t.add_parser("backfill-index", help="index trigger-ledger entries written before the audit index existed")
+    b.add_argument("--config", default=None)
+    b.add_argument("--limit", type=int, default=None, help="index at most this many entries (default: all)")
+    b.add_argument("--verify", action="store_true",
+                   help="also read every indexed entry and repair an index that lags behind it")
+    b.set_defaults(func=_cmd_triggers_backfill_index)
     return parser
 
 

@@ -14,6 +14,7 @@ import datetime as dt
 import io
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,245 @@ def test_an_unreadable_source_shows_its_error_and_the_rest_of_the_page(client: T
     assert r.text.count("Could not read this section") == 5  # every S3 section, each in its own box
     assert "NoSuchBucket" in r.text
     assert state["crm_run_id"] in r.text  # the runs still come from Airflow
+
+
+# ------------------------------------------------------------------------------ the audit trail at 5,000 firings
+N_FIRINGS = 5_000
+AUDIT_RULES = ("prepaid_depleted", "usage_cap", "renewal_due", "heavy_starter")
+# Writing 5,000 firings into the emulated S3 takes minutes on a loaded 2-core machine; whichever of
+# these tests runs first pays for it (pytest-timeout counts fixture set-up in the test's time).
+AUDIT_TIMEOUT = pytest.mark.timeout(1800)
+WEBHOOK_ERROR = ("notify: HTTPError: 500 for url https://hooks.slack.com/services/T0/B0/SECRETPATH?token=abc, "
+                 'detail "quoted", two\nlines')
+
+
+def _audit_spec(n: int, now: dt.datetime) -> dict[str, Any]:
+    """Firing ``n`` (0 = newest): one every 29 minutes over ~100 days, so it spans 4-5 months.
+
+    ``via`` says how it is written: ``legacy`` - an entry as m3sh wrote it before the index existed,
+    indexed by the backfill; ``retried`` - a legacy ``failed`` entry that the real ledger then
+    retries to ``done`` (its outcome changes after it was indexed); ``api`` - written only through
+    the real ledger (claim, action update, finish)."""
+    at = now - dt.timedelta(minutes=29 * n + 3, microseconds=n)
+    outcome = ("done",) * 12 + ("failed",) * 3 + ("claimed",) * 2 + ("abandoned",) * 2 + ("done",)
+    via = "retried" if n % 20 == 19 else "api" if n % 50 == 7 else "legacy"
+    final = outcome[n % 20] if via != "api" else ("done" if n % 100 == 7 else "failed")
+    code, rule = f"acct-{n % 37:02d}.example", AUDIT_RULES[(n // 20) % 4]  # every rule gets every outcome
+    key = f"{rule}|id-{code}|balance:bal-{n}|credits={1000 + n}"
+    return {"n": n, "at": at, "rule": rule, "code": code, "account_id": f"id-{code}", "key": key,
+            "final": final, "via": via}
+
+
+def _legacy_entry(spec: dict[str, Any]) -> dict[str, Any]:
+    """An entry exactly as the ledger wrote it before the audit index (no ``rev``, no index key)."""
+    at = spec["at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    status = "failed" if spec["via"] == "retried" else spec["final"]
+    failed = status in ("failed", "abandoned")
+    history = [{"at": at, "status": "failed" if failed else status, "run": "scheduled__old",
+                **({"error": WEBHOOK_ERROR} if failed else {})}]
+    if status == "abandoned":
+        history.append({"at": at, "status": "abandoned"})
+    return {"key": spec["key"], "rule": spec["rule"], "kind": "balance_below", "account_id": spec["account_id"],
+            "account_code": spec["code"], "entity": "balance", "entity_id": f"bal-{spec['n']}",
+            "event_time": at, "detail": {}, "status": status, "claimed_by": "scheduled__old", "claimed_at": at,
+            "first_seen": at, "attempts": 3 if status == "abandoned" else 1,
+            "actions": [{"index": 0, "kind": "notify", "status": "failed" if failed else "done",
+                         "detail": WEBHOOK_ERROR if failed else "sent to ops_slack (slack_webhook)"}],
+            "history": history, **({} if status == "claimed" else {"finished_at": at})}
+
+
+@pytest.fixture(scope="module")
+def big_ledger(state: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """5,000 firings under a storage prefix of their own, in the sandbox's S3, written in bulk (not
+    through 5,000 DAG runs): older entries indexed by ``m3sh triggers backfill-index`` (the upgrade
+    path), then retries and new firings through the real :class:`Ledger`."""
+    import os
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from m3sh.automation.ledger import Ledger, ledger_object_key
+    from m3sh.automation.rules import Firing
+    from m3sh.storage import Storage
+
+    cfg = state["config"]
+    prefix = f"m3sh-audit-{state['tag']}/"
+    storage = Storage(cfg.storage.conn_id, cfg.storage.bucket, prefix)
+    now = dt.datetime.now(dt.UTC)
+    specs = [_audit_spec(n, now) for n in range(N_FIRINGS)]
+
+    def put_legacy(spec: dict[str, Any]) -> None:
+        storage.put_json(ledger_object_key(prefix, spec["key"]), _legacy_entry(spec))
+
+    def through_ledger(spec: dict[str, Any]) -> None:
+        ledger = Ledger(storage, clock=lambda: spec["at"])
+        firing = Firing(spec["rule"], "balance_below", spec["account_id"], "balance", f"bal-{spec['n']}",
+                        f"credits={1000 + spec['n']}", spec["at"].isoformat(), spec["code"])
+        claim = ledger.claim(firing, "scheduled__new")
+        assert claim.acquired, claim.reason
+        failed = spec["final"] == "failed"
+        claim.entry["actions"] = [{"index": 0, "kind": "notify", "status": "failed" if failed else "done",
+                                   "detail": WEBHOOK_ERROR if failed else "sent"}]
+        ledger.update(claim)
+        ledger.finish(claim, spec["final"], WEBHOOK_ERROR if failed else None)
+
+    with ThreadPoolExecutor(10) as pool:  # botocore's default connection pool holds 10
+        list(pool.map(put_legacy, [s for s in specs if s["via"] != "api"]))
+    cfg_path = tmp_path_factory.mktemp("audit") / "m3sh.yaml"
+    cfg_path.write_text(Path(os.environ["M3SH_CONFIG"]).read_text().replace(
+        f"prefix: m3sh-ui-{state['tag']}/", f"prefix: {prefix}"))
+    done = subprocess.run([str(Path(sys.executable).parent / "m3sh"), "triggers", "backfill-index", "--config",
+                           str(cfg_path)], capture_output=True, text=True, env=os.environ.copy(), timeout=1800,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    legacy = sum(s["via"] != "api" for s in specs)
+    assert json.loads(done.stdout) == {"ledger_entries": legacy, "indexed": legacy, "repaired": 0, "unreadable": 0,
+                                       "superseded_removed": 0, "remaining": 0}
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(through_ledger, [s for s in specs if s["via"] != "legacy"]))
+    return {"specs": specs, "prefix": prefix, "cfg_path": cfg_path}
+
+
+@pytest.fixture(scope="module")
+def audit(client: TestClient, big_ledger: dict[str, Any], state: dict[str, Any]) -> Any:
+    """GET on the view (mounted like the plugin mounts it) reading the 5,000-firing ledger, as admin."""
+    from m3sh.config import load_config
+    from m3sh.web import ui
+
+    big_cfg = load_config(big_ledger["cfg_path"])
+    app = ui.create_app(config=lambda: big_cfg)
+    root = TestClient(app, root_path="/m3sh/ui")
+    headers = {"Authorization": f"Bearer {_token(client)}"}
+
+    def get(path: str, **params: Any) -> Any:
+        return root.get(path, params=params, headers=headers)
+
+    return get
+
+
+def _expected(specs: list[dict[str, Any]], **flt: str) -> list[dict[str, Any]]:
+    def keep(s: dict[str, Any]) -> bool:
+        day = s["at"].date().isoformat()
+        return ((not flt.get("rule") or s["rule"] == flt["rule"])
+                and (not flt.get("account") or flt["account"].lower() in (s["code"], s["account_id"]))
+                and (not flt.get("outcome") or s["final"] == flt["outcome"])
+                and (not flt.get("from") or day >= flt["from"]) and (not flt.get("to") or day <= flt["to"]))
+    return [s for s in specs if keep(s)]  # specs are newest first
+
+
+@AUDIT_TIMEOUT
+def test_audit_page_one_is_the_50_newest_of_5000_with_exact_totals(audit: Any, big_ledger: dict[str, Any]) -> None:
+    specs = big_ledger["specs"]
+    r = audit("/api/audit")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["total"] == N_FIRINGS and doc["pages"] == N_FIRINGS // 50 and doc["page_size"] == 50
+    assert doc["by_status"] == dict(Counter(s["final"] for s in specs))
+    assert [e["key"] for e in doc["entries"]] == [s["key"] for s in specs[:50]]
+    assert [e["status"] for e in doc["entries"]] == [s["final"] for s in specs[:50]]
+    assert set(doc["rules"]) == set(AUDIT_RULES)
+    # bounded cost: the months, one listing per 1,000 keys in each month, one read per row shown
+    months = len({s["at"].strftime("%Y-%m") for s in specs})
+    bound = 1 + (N_FIRINGS // 1000 + months) + 50
+    assert doc["s3_requests"] <= bound, (doc["s3_requests"], bound)
+    print(f"\naudit page view at {N_FIRINGS} firings over {months} months: {doc['s3_requests']} S3 requests")
+    # a retried firing shows its latest outcome and what the retry did
+    retried = next(e for e in doc["entries"] if e["key"] in {s["key"] for s in specs if s["via"] == "retried"})
+    assert retried["status"] == "done" and retried["attempts"] == 2 and retried["actions"] == ["notify: done (sent)"]
+
+
+@AUDIT_TIMEOUT
+def test_audit_filters_each_select_exactly_their_firings(audit: Any, big_ledger: dict[str, Any]) -> None:
+    specs = big_ledger["specs"]
+    mid = specs[N_FIRINGS // 2]["at"].date()
+    cases = [{"rule": "usage_cap"}, {"account": "ACCT-05.example"}, {"outcome": "failed"},
+             {"from": (mid - dt.timedelta(days=6)).isoformat(), "to": mid.isoformat()},
+             {"rule": "renewal_due", "account": "id-acct-11.example", "outcome": "done", "to": mid.isoformat()}]
+    for flt in cases:
+        want = _expected(specs, **flt)
+        facets = Counter(s["final"] for s in _expected(specs, **{k: v for k, v in flt.items() if k != "outcome"}))
+        doc = audit("/api/audit", **flt).json()
+        assert doc["total"] == len(want) > 0, flt
+        assert doc["by_status"] == dict(facets), flt
+        assert [e["key"] for e in doc["entries"]] == [s["key"] for s in want[:50]], flt
+        assert doc["filter"] == flt
+
+
+@AUDIT_TIMEOUT
+def test_audit_paging_reaches_the_oldest_firing(audit: Any, big_ledger: dict[str, Any]) -> None:
+    specs = big_ledger["specs"]
+    last = audit("/api/audit", page=N_FIRINGS // 50).json()
+    assert [e["key"] for e in last["entries"]] == [s["key"] for s in specs[-50:]]
+    assert last["first"] == N_FIRINGS - 49 and last["last"] == N_FIRINGS
+    past = audit("/api/audit", page=N_FIRINGS // 50 + 1).json()
+    assert past["entries"] == [] and past["total"] == N_FIRINGS and "past the last page" in past["notes"][0]
+    # walking a filtered set page by page covers it exactly: no gap, no repeat
+    flt = {"rule": "heavy_starter", "outcome": "failed", "from": specs[N_FIRINGS // 2]["at"].date().isoformat()}
+    want = [s["key"] for s in _expected(specs, **flt)]
+    assert 50 < len(want) <= 150
+    seen: list[str] = []
+    page = 1
+    while True:
+        doc = audit("/api/audit", page=page, **flt).json()
+        seen += [e["key"] for e in doc["entries"]]
+        if page >= doc["pages"]:
+            break
+        page += 1
+    assert seen == want
+
+
+@AUDIT_TIMEOUT
+def test_audit_page_html_shows_totals_rows_and_shareable_links(audit: Any, big_ledger: dict[str, Any]) -> None:
+    import re
+    from html import unescape
+
+    specs = big_ledger["specs"]
+    r = audit("/audit", rule="usage_cap", outcome="done", page=2)
+    assert r.status_code == 200, r.text[:500]
+    page = r.text
+    want = _expected(specs, rule="usage_cap", outcome="done")
+    assert f'<b id="audit-total">{len(want):,}</b>' in page and page.count('id="audit-total"') == 1
+    assert page.count("<tr>") == 1 + 50  # header + one page
+    assert want[50]["code"] in page and "SECRETPATH" not in page and "token=abc" not in page
+    links = {m.group(1): unescape(m.group(2)) for m in re.finditer(r'<a rel="(prev|next)" href="([^"]+)"', page)}
+    assert links == {"prev": "/m3sh/ui/audit?rule=usage_cap&outcome=done&page=1",
+                     "next": "/m3sh/ui/audit?rule=usage_cap&outcome=done&page=3"}
+    assert '<option value="usage_cap" selected>' in page and '<option value="done" selected>' in page
+    assert 'href="/m3sh/ui/audit.csv?rule=usage_cap&amp;outcome=done"' in page
+
+
+@AUDIT_TIMEOUT
+def test_audit_csv_exports_all_5000_firings_newest_first(audit: Any, big_ledger: dict[str, Any]) -> None:
+    specs = big_ledger["specs"]
+    r = audit("/audit.csv")
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"].startswith('attachment; filename="m3sh-audit-trail-')
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert len(rows) == N_FIRINGS and r.text.count("\r\n") == N_FIRINGS + 1
+    assert [(x["firing_key"], x["outcome"], x["rule"], x["account_code"]) for x in rows] == [
+        (s["key"], s["final"], s["rule"], s["code"]) for s in specs]
+    # with details, for a filtered set: actions and errors, quoted, scrubbed
+    flt = {"rule": "prepaid_depleted", "outcome": "failed"}
+    r = audit("/audit.csv", details=1, **flt)
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [x["firing_key"] for x in rows] == [s["key"] for s in _expected(specs, **flt)]
+    assert "SECRETPATH" not in r.text and "token=abc" not in r.text
+    assert all(x["error"].endswith('detail "quoted", two\nlines') and "hooks.slack.com/***" in x["error"]
+               for x in rows)
+
+
+@AUDIT_TIMEOUT
+def test_audit_bad_parameters_are_400s_naming_the_parameter(audit: Any) -> None:
+    r = audit("/api/audit", **{"from": "2026-13-01"})
+    assert r.status_code == 400 and r.json()["param"] == "from" and "'2026-13-01'" in r.json()["detail"]
+    r = audit("/audit", outcome="maybe")
+    assert r.status_code == 400 and "outcome: expected one of claimed, done, failed, abandoned" in r.text
+    assert audit("/audit.csv", page="0").status_code == 400
+
+
+def test_audit_endpoints_need_an_airflow_login(client: TestClient) -> None:
+    for path in ("/m3sh/ui/api/audit", "/m3sh/ui/audit.csv"):
+        assert client.get(path).status_code == 401
+    r = client.get("/m3sh/ui/audit", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"].startswith("/auth/login?next=")

@@ -136,7 +136,7 @@ def _forged_jwt(secret: str) -> str:
 
 def test_the_m3sh_view_requires_an_airflow_login(airflow_app: Any, airflow_db: Path) -> None:
     client = TestClient(airflow_app)
-    for path in ("/m3sh/ui/", "/m3sh/ui/api/status"):
+    for path in ("/m3sh/ui/", "/m3sh/ui/api/status", "/m3sh/ui/audit", "/m3sh/ui/api/audit", "/m3sh/ui/audit.csv"):
         r = client.get(path, headers={"Accept": "application/json"})
         assert r.status_code == 401, (path, r.status_code)
     r = client.get("/m3sh/ui/", headers={"Accept": "text/html"}, follow_redirects=False)
@@ -145,6 +145,8 @@ def test_the_m3sh_view_requires_an_airflow_login(airflow_app: Any, airflow_db: P
         # Airflow answers 401 or 403 for a token it cannot verify; either way no page data
         r = client.get("/m3sh/ui/api/status", headers={"Authorization": f"Bearer {bad}"})
         assert r.status_code in (401, 403) and "usage" not in r.text, r.status_code
+        r = client.get("/m3sh/ui/audit.csv", headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code in (401, 403) and "firing_key" not in r.text, r.status_code
         r = TestClient(airflow_app, cookies={"_token": bad}).get("/m3sh/ui/api/status")
         assert r.status_code in (401, 403) and "usage" not in r.text, r.status_code
     # a real login passes the gate (sections may report their own read errors, never the login)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from m3sh.automation.actions import Outcome, apply_firing, plan_actions
-from m3sh.automation.ledger import Ledger
+from m3sh.automation.ledger import Ledger, index_meta_key, index_prefix, latest_index_rows, parse_index_key
 from m3sh.automation.rules import Firing
 from m3sh.config import TriggerRule
 from m3sh.storage import Storage
@@ -145,3 +145,166 @@ def test_an_entry_finished_before_markers_existed_gets_its_marker_on_the_next_cl
     assert ledger.final_keys([FIRING.key]) == set()
     assert not ledger.claim(FIRING, "run-2").acquired
     assert ledger.final_keys([FIRING.key]) == {FIRING.key}
+
+
+# ---------------------------------------------------------------------------------- the audit index
+def _firing(n: int, rule: str = "low") -> Firing:
+    return Firing(rule, "balance_below", f"acc-{n}", "balance", f"bal-{n}", "credits=500", "2026-11-20T00:00:00Z",
+                  f"code-{n}")
+
+
+def _clock(at: dt.datetime) -> Any:
+    return lambda: at
+
+
+def _index_keys(storage: Storage) -> list[str]:
+    return [o["Key"] for o in storage.list_keys(index_prefix(storage.prefix))]
+
+
+def _latest(ledger: Ledger) -> list[Any]:
+    return [r for m in ledger.index_months() for r in latest_index_rows(ledger.index_rows(m))]
+
+
+T0 = dt.datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=dt.UTC)
+
+
+def test_every_status_change_moves_the_firings_one_index_key_to_its_latest_state(storage: Storage) -> None:
+    ledger = Ledger(storage, max_attempts=3, clock=_clock(T0))
+    claim = ledger.claim(FIRING, "run-1")
+    (key,) = _index_keys(storage)
+    row = parse_index_key(storage.prefix, key)
+    assert row is not None
+    assert (row.fired_at, row.firing_key, row.rev, row.status) == (T0, FIRING.key, 1, "claimed")
+    assert (row.rule, row.account_id, row.account_code, row.entity, row.crossing) == (
+        "low", "acc-1", "acme", ("balance", "bal-1"), "credits=500")
+    assert key.startswith("m3sh/triggers/index/2026-11/")
+    assert row.ledger_key(storage.prefix) == ledger.object_key(FIRING.key)
+
+    ledger.finish(claim, "failed", "switch_plan: boom")
+    retry = Ledger(storage, clock=_clock(T0 + dt.timedelta(hours=1))).claim(FIRING, "run-2")  # failed -> claimed
+    assert retry.acquired
+    ledger.update(retry)  # an action's progress is no status change: the key stays
+    assert [parse_index_key(storage.prefix, k).status for k in _index_keys(storage)] == ["claimed"]  # type: ignore[union-attr]
+    ledger.finish(retry, "done")
+    (key,) = _index_keys(storage)
+    row = parse_index_key(storage.prefix, key)
+    assert row is not None and (row.status, row.rev, row.fired_at) == ("done", 4, T0)  # it keeps its place in time
+    assert ledger.get(FIRING.key)["rev"] == 4  # type: ignore[index]
+
+
+def test_abandoning_reindexes_and_the_index_lists_newest_first_across_months(storage: Storage) -> None:
+    times = [dt.datetime(2026, 9, 30, 23, 59, 59, tzinfo=dt.UTC), dt.datetime(2026, 10, 1, tzinfo=dt.UTC),
+             dt.datetime(2026, 10, 15, 8, tzinfo=dt.UTC), dt.datetime(2026, 11, 2, tzinfo=dt.UTC)]
+    for n, at in enumerate(times):
+        led = Ledger(storage, max_attempts=1, clock=_clock(at))
+        led.finish(led.claim(_firing(n), "r1"), "failed", "x")
+    led = Ledger(storage, max_attempts=1, clock=_clock(times[0]))
+    assert not led.claim(_firing(0), "r2").acquired  # failed with no attempts left -> abandoned
+    ledger = Ledger(storage)
+    assert ledger.index_months() == ["2026-11", "2026-10", "2026-09"]
+    rows = _latest(ledger)
+    assert [r.fired_at for r in rows] == sorted(times, reverse=True)
+    assert [r.status for r in rows] == ["failed", "failed", "failed", "abandoned"]
+    assert len(_index_keys(storage)) == 4  # the superseded "failed" key of the abandoned firing is gone
+    # bounds: listing starts after `before` and stops at `since`, within the month
+    oct_rows = list(ledger.index_rows("2026-10", before=times[2], since=times[1]))
+    assert [r.fired_at for r in oct_rows] == [times[1]]
+
+
+def test_a_lost_index_write_is_outranked_then_repaired(storage: Storage) -> None:
+    ledger = Ledger(storage, clock=_clock(T0))
+    claim = ledger.claim(FIRING, "run-1")
+    claimed_key = _index_keys(storage)[0]
+    ledger.finish(claim, "done")
+    storage.put_bytes(claimed_key, b"")  # as if the delete of the old key had been lost
+    assert len(_index_keys(storage)) == 2
+    (row,) = _latest(ledger)
+    assert row.status == "done"  # the higher rev wins
+    # a worker killed between the final ledger put and its index write: no "done" key, no marker
+    done_key = next(k for k in _index_keys(storage) if k != claimed_key)
+    storage.delete(done_key)
+    storage.delete(ledger._final_marker_key(FIRING.key))
+    assert [r.status for r in _latest(ledger)] == ["claimed"]
+    assert not ledger.claim(FIRING, "run-2").acquired  # the next pass finds it done and repairs index + marker
+    assert [r.status for r in _latest(ledger)] == ["done"]
+    assert ledger.final_keys([FIRING.key]) == {FIRING.key}
+    result = ledger.backfill_index()
+    assert result["superseded_removed"] == 1 and result["indexed"] == 0 and _index_keys(storage) == [done_key]
+
+
+def test_concurrent_workers_on_the_same_firings_leave_one_index_row_each(storage: Storage,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    # moto's in-process backend is not safe within one request (a read racing an overwrite of the
+    # same key hits a closed temp file); S3 requests are atomic, so each request runs alone here
+    # while the workers still interleave between requests (claim, read, conditional put, index).
+    lock = threading.Lock()
+    call = storage.client._make_api_call
+
+    def atomic(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return call(*args, **kwargs)
+
+    monkeypatch.setattr(storage.client, "_make_api_call", atomic)
+    firings = [_firing(n) for n in range(8)]
+
+    def worker(w: int) -> int:
+        ledger = Ledger(storage)
+        acquired = 0
+        for f in firings:
+            c = ledger.claim(f, f"run-{w}")
+            if c.acquired:
+                acquired += 1
+                ledger.finish(c, "done")
+        return acquired
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(worker, range(4))) == len(firings)  # each firing acted on once
+    rows = _latest(Ledger(storage))
+    assert sorted(r.firing_key for r in rows) == sorted(f.key for f in firings)
+    assert {r.status for r in rows} == {"done"} and len(_index_keys(storage)) == len(firings)
+
+
+def test_backfill_indexes_a_ledger_written_before_the_index_existed(storage: Storage) -> None:
+    legacy = []
+    for n in range(5):  # entries as the previous m3sh wrote them: no rev, no index key
+        f = _firing(n)
+        entry = {"key": f.key, "rule": f.rule, "kind": f.kind, "account_id": f.account_id,
+                 "account_code": f.account_code, "status": "done" if n else "failed", "attempts": 1,
+                 "claimed_by": "old-run", "claimed_at": f"2026-10-0{n + 1}T09:00:00.000000Z",
+                 "first_seen": f"2026-10-0{n + 1}T09:00:00.000000Z", "actions": [], "history": []}
+        storage.put_json(Ledger(storage).object_key(f.key), entry)
+        legacy.append(f)
+    storage.put_json(Ledger(storage).prefix + "low/not-an-entry.json", {"hello": 1})
+    ledger = Ledger(storage)
+    assert _latest(ledger) == []
+    first = ledger.backfill_index(limit=3)
+    assert (first["indexed"], first["remaining"]) == (3, 3)  # 5 entries + 1 stray object, 3 done
+    assert storage.get_json(index_meta_key(storage.prefix)) is None
+    second = ledger.backfill_index()
+    assert (second["indexed"], second["unreadable"], second["remaining"]) == (2, 1, 0)
+    assert storage.get_json(index_meta_key(storage.prefix))["complete"] is True  # type: ignore[index]
+    rows = _latest(ledger)
+    assert [r.firing_key for r in rows] == [f.key for f in reversed(legacy)]  # newest first
+    assert [r.status for r in rows] == ["done"] * 4 + ["failed"]
+    assert ledger.backfill_index()["indexed"] == 0  # idempotent
+    # the new code carries on from the backfilled key: retrying the failed legacy entry replaces it
+    retry = Ledger(storage, max_attempts=3).claim(legacy[0], "new-run")
+    assert retry.acquired
+    Ledger(storage).finish(retry, "done")
+    assert [r.status for r in _latest(ledger)] == ["done"] * 5 and len(_index_keys(storage)) == 5
+
+
+def test_verify_repairs_an_index_that_lags_its_entry(storage: Storage) -> None:
+    ledger = Ledger(storage, clock=_clock(T0))
+    claim = ledger.claim(FIRING, "run-1")
+    claimed_key = _index_keys(storage)[0]
+    ledger.finish(claim, "done")
+    (done_key,) = _index_keys(storage)
+    storage.delete(done_key)
+    storage.put_bytes(claimed_key, b"")  # the index still says "claimed": both writes after the put were lost
+    assert ledger.backfill_index()["repaired"] == 0  # without verify the firing counts as indexed
+    assert ledger.backfill_index(verify=True)["repaired"] == 1
+    assert _index_keys(storage) == [done_key]

@@ -10,7 +10,12 @@ navigation as an external view (an iframe on ``/plugin/m3sh``). Sections:
 * **Invoices**: the latest invoice-sync run per destination with its failures and *action needed*
   items (``reports/m3sh_invoice_sync/latest.json``) and, per destination, how many bills the
   delivery ledger holds (``state/invoicing/ledger/<destination>/``);
-* **Plan & contract automation**: the trigger audit trail (:meth:`m3sh.automation.ledger.Ledger.entries`);
+* **Plan & contract automation**: exact totals per outcome and the newest firings of the trigger
+  audit trail, with a link to the full trail at ``/m3sh/ui/audit`` (filters by rule, account,
+  outcome and date range as query parameters, so a filtered view is a shareable URL; 50 firings a
+  page; ``/m3sh/ui/audit.csv`` exports the filtered set, ``?details=1`` with actions and errors;
+  ``/m3sh/ui/api/audit`` is the page as JSON).
+  It reads the audit index the ledger writes (:mod:`m3sh.automation.audit`), never the whole ledger;
 * **Reconciliation**: the latest summary (``reports/reconcile/latest.json``);
 * **Recent runs** of the m3sh DAGs, read from Airflow's public REST API *with the caller's own
   token*, so the page shows exactly the runs that user may see.
@@ -27,23 +32,27 @@ login page; API clients get 401.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import html
+import io
+import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 if TYPE_CHECKING:
     import httpx
 
+    from m3sh.automation.audit import AuditFilter, AuditPage
     from m3sh.config import M3shConfig
     from m3sh.storage import Storage
 
@@ -52,7 +61,7 @@ COOKIE_NAME = "_token"  # airflow.api_fastapi.auth.managers.base_auth_manager.CO
 DAG_PREFIX = "m3sh_"
 CRM_DAG = "m3sh_crm_sync"
 INVOICE_DAG = "m3sh_invoice_sync"
-MAX_OBJECTS = 300  # newest objects read per section (manifests, reports, ledger entries)
+MAX_OBJECTS = 300  # newest objects read per section (manifests, reports)
 READ_THREADS = 8
 _bearer = HTTPBearer(auto_error=False)
 
@@ -190,24 +199,11 @@ class StatusReader:
         return Section(data={"latest": latest, "destinations": destinations})
 
     def triggers(self) -> Section:
-        from m3sh.automation.ledger import Ledger
+        from m3sh.automation.audit import AuditFilter, AuditTrail
 
-        entries = list(Ledger(self.storage).entries(limit=self.max_objects))
-        entries.sort(key=lambda e: str(e.get("finished_at") or e.get("claimed_at") or ""), reverse=True)
-        rows = []
-        for e in entries:
-            recorded = sorted((a for a in e.get("actions") or [] if isinstance(a, dict)),
-                              key=lambda a: int(a.get("index", 0)))
-            actions = [f"{a.get('kind', '?')}: {a.get('status', '?')}"
-                       + (f" ({a['detail']})" if a.get("detail") else "") for a in recorded]
-            rows.append({"rule": e.get("rule"), "kind": e.get("kind"), "account": e.get("account_code"),
-                         "entity": e.get("entity"), "status": e.get("status"), "attempts": e.get("attempts"),
-                         "at": e.get("finished_at") or e.get("claimed_at"), "first_seen": e.get("first_seen"),
-                         "run": e.get("claimed_by"), "actions": actions, "error": e.get("error")})
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
-        return Section(data={"entries": rows, "by_status": counts})
+        page = AuditTrail(self.storage).page(AuditFilter())
+        return Section(data={"entries": page.entries, "by_status": page.by_status, "total": page.total,
+                             "s3_requests": page.s3_requests}, notes=page.notes)
 
     def reconcile(self) -> Section:
         return Section(data=self.storage.get_json(self.storage.key("reports", "reconcile", "latest.json")))
@@ -268,6 +264,13 @@ td.num, th.num { text-align:right; }
 .note { color:var(--muted); font-size:12px; }
 a { color:var(--blue); text-decoration:none; } a:hover { text-decoration:underline; }
 code { font-size:12px; background:#f1f3f5; padding:1px 4px; border-radius:4px; }
+form.filters { display:flex; flex-wrap:wrap; gap:10px 16px; align-items:flex-end; margin:8px 0 12px; }
+form.filters label { display:flex; flex-direction:column; gap:2px; font-size:12px; color:var(--muted); }
+form.filters input, form.filters select { font:inherit; color:var(--ink); padding:4px 6px; border:1px solid var(--line);
+                                          border-radius:6px; background:#fff; }
+form.filters button { font:inherit; padding:5px 14px; border-radius:6px; border:1px solid var(--blue);
+                      background:var(--blue); color:#fff; cursor:pointer; }
+.pager { margin:8px 0; }
 """
 
 
@@ -409,18 +412,34 @@ def _invoices_html(data: dict[str, Any], ui_base: str) -> str:
     return out
 
 
-def _triggers_html(data: dict[str, Any]) -> str:
+def _firings_table(entries: list[dict[str, Any]]) -> str:
+    rows = []
+    for e in entries:
+        what = _e(e["kind"] or e["entity"]) + (f" <span class='note'>{_e(e['entity'])} {_e(e['entity_id'])}</span>"
+                                               if e["entity"] else "")
+        notes = "".join(f"<div class='note'>{_e(n)}</div>" for n in (e["error"], e["stale"]) if n)
+        status = _badge(e["status"]) + notes
+        account = _e(e["account"]) + (f" <span class='note'>{_e(e['account_id'])}</span>"
+                                      if e["account_code"] and e["account_id"] else "")
+        rows.append([_when(e["fired_at"]), f"<b>{_e(e['rule'])}</b>", account, what, status, _n(e["attempts"]),
+                     _when(e["at"]), "<br>".join(_e(a) for a in e["actions"]) or "—"])
+    return _table(["Fired", "Rule", "Account", "What", "Outcome", "Attempts", "Last update", "Actions"], rows,
+                  numeric=[5])
+
+
+def _outcome_cards(total: int, by_status: dict[str, int], label: str) -> str:
+    return _cards([(label, total), *((f"{k}", v) for k, v in by_status.items())])
+
+
+def _triggers_html(data: dict[str, Any], view_base: str) -> str:
     entries = data["entries"]
     if not entries:
         return '<p class="empty">No plan or contract automation has fired yet.</p>'
-    out = _cards(sorted(data["by_status"].items()))
-    out += _table(["When", "Rule", "Account", "What", "Status", "Attempts", "Actions"],
-                  [[_when(e["at"]), f"<b>{_e(e['rule'])}</b>", _e(e["account"]), _e(e["kind"]) +
-                    (f" <span class='note'>{_e(e['entity'])}</span>" if e["entity"] else ""),
-                    _badge(e["status"]) + (f"<div class='note'>{_e(e['error'])}</div>" if e["error"] else ""),
-                    _n(e["attempts"]), "<br>".join(_e(a) for a in e["actions"]) or "—"] for e in entries[:50]],
-                  numeric=[5])
-    return out
+    newest = entries[:10]
+    return (_outcome_cards(data["total"], data["by_status"], "firings")
+            + f"<h3 class='sub'>The {len(newest)} newest firings</h3>" + _firings_table(newest)
+            + f'<p><a id="open-audit" href="{_e(view_base)}/audit">Open the audit trail</a> — every firing, '
+              "filtered by rule, account, outcome and date, 50 a page, with a CSV export.</p>")
 
 
 def _reconcile_html(data: dict[str, Any] | None) -> str:
@@ -463,7 +482,7 @@ def _runs_html(runs: list[dict[str, Any]], crm_reports: dict[str, dict[str, Any]
 
 
 def render_page(snapshot: dict[str, Section], runs: Section, *, user: str, ui_base: str = "",
-                now: dt.datetime | None = None) -> str:
+                view_base: str = "", now: dt.datetime | None = None) -> str:
     """The whole page as HTML (every value escaped)."""
     now = now or dt.datetime.now(dt.UTC)
     crm_data = snapshot["crm"].data or {"runs": []}
@@ -478,7 +497,7 @@ def render_page(snapshot: dict[str, Section], runs: Section, *, user: str, ui_ba
         _section("invoices", "Invoices", "m3ter bills delivered to each destination (m3sh_invoice_sync)",
                  snapshot["invoices"], lambda d: _invoices_html(d, ui_base)),
         _section("triggers", "Plan & contract automation", "Audit trail: each firing is acted on once "
-                 "(m3sh_plan_triggers)", snapshot["triggers"], _triggers_html),
+                 "(m3sh_plan_triggers)", snapshot["triggers"], lambda d: _triggers_html(d, view_base)),
         _section("reconcile", "Reconciliation", "CRM, m3ter and ERP compared (m3sh_reconcile)",
                  snapshot["reconcile"], _reconcile_html),
     ])
@@ -487,6 +506,69 @@ def render_page(snapshot: dict[str, Section], runs: Section, *, user: str, ui_ba
             f'<header><div><h1>m3sh</h1><div class="sub">Billing data flows between the CRMs, m3ter and the ERPs'
             f'</div></div><div class="sub">as of {now.strftime("%Y-%m-%d %H:%M:%S")} UTC · signed in as {_e(user)} · '
             f'<a href="">refresh</a></div></header>{body}</body></html>')
+
+
+def _audit_href(view_base: str, path: str, params: dict[str, str], **extra: Any) -> str:
+    query = urlencode({**params, **{k: str(v) for k, v in extra.items() if v not in (None, "")}})
+    return f"{view_base}/{path}" + (f"?{query}" if query else "")
+
+
+def _audit_form(view_base: str, params: dict[str, str], rules: list[str]) -> str:
+    from m3sh.automation.ledger import STATUSES
+
+    def options(values: Iterable[str], selected: str | None) -> str:
+        return '<option value="">any</option>' + "".join(
+            f'<option value="{_e(v)}"{" selected" if v == selected else ""}>{_e(v)}</option>' for v in values)
+
+    return (f'<form id="audit-filters" class="filters" method="get" action="{_e(view_base)}/audit">'
+            f'<label>Rule <select name="rule">{options(rules, params.get("rule"))}</select></label>'
+            f'<label>Account <input name="account" placeholder="code or m3ter id" value="{_e(params.get("account"))}">'
+            f'</label><label>Outcome <select name="outcome">{options(STATUSES, params.get("outcome"))}</select></label>'
+            f'<label>From <input type="date" name="from" value="{_e(params.get("from"))}"></label>'
+            f'<label>To <input type="date" name="to" value="{_e(params.get("to"))}"></label>'
+            f'<button type="submit">Apply</button> <a href="{_e(view_base)}/audit">Reset</a></form>')
+
+
+def render_audit_page(result: AuditPage | None, params: dict[str, str], *, user: str, view_base: str = "",
+                      rules: Iterable[str] = (), error: str | None = None, now: dt.datetime | None = None) -> str:
+    """The audit trail page: filter form, exact totals, one page of firings, paging and export links."""
+    now = now or dt.datetime.now(dt.UTC)
+    choices = sorted({*rules, *(result.rules if result else []), *([params["rule"]] if params.get("rule") else [])})
+    body = _audit_form(view_base, params, choices)
+    if error:
+        body += f'<div class="alert" id="audit-error">{_e(error)}</div>'
+    if result is not None:
+        body += _outcome_cards(result.total, result.by_status, "firings match" if params else "firings")
+        csv_href = _audit_href(view_base, "audit.csv", params)
+        details_href = _audit_href(view_base, "audit.csv", params, details=1)
+
+        def step(rel: str, label: str, page: int) -> str:
+            if not 1 <= page <= result.pages:
+                return f'<span class="note">{label}</span>'
+            return f'<a rel="{rel}" href="{_e(_audit_href(view_base, "audit", params, page=page))}">{label}</a>'
+
+        pager = (f'<p class="pager">Showing <span id="audit-range">'
+                 f'{_n(result.first)}&ndash;{_n(result.last)}</span> of '
+                 f'<b id="audit-total">{_n(result.total)}</b>, newest first · page {result.page} of {result.pages} · '
+                 f'{step("prev", "← newer", result.page - 1)} · {step("next", "older →", result.page + 1)} · '
+                 f'<a id="audit-csv" href="{_e(csv_href)}" download>Export CSV</a> '
+                 f'(<a id="audit-csv-details" href="{_e(details_href)}" download>with actions and errors</a>, '
+                 "slower: reads every firing)</p>")
+        table = (_firings_table(result.entries) if result.entries else
+                 '<p class="empty">No firing matches these filters.</p>')
+        bottom = (f'<p class="pager">page {result.page} of {result.pages} · {step("prev", "← newer", result.page - 1)} '
+                  f'· {step("next", "older →", result.page + 1)}</p>')  # no ids: those are the top pager's
+        body += pager + table + (bottom if len(result.entries) > 10 else "")
+        body += "".join(f'<p class="note">{_e(n)}</p>' for n in result.notes)
+        body += ('<p class="note">Totals per outcome count every firing the other filters select; times are UTC; '
+                 '"Fired" is when the firing was first claimed.</p>')
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>m3sh · audit trail</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'
+            f'<header><div><h1>Audit trail</h1><div class="sub">Plan &amp; contract automation: every firing, what it '
+            f'did and how it ended (m3sh_plan_triggers)</div></div><div class="sub">as of '
+            f'{now.strftime("%Y-%m-%d %H:%M:%S")} UTC · signed in as {_e(user)} · '
+            f'<a href="{_e(view_base)}/">back to m3sh</a></div></header>'
+            f'<section id="audit">{body}</section></body></html>')
 
 
 # ------------------------------------------------------------------------------------ auth + app
@@ -553,12 +635,15 @@ def create_app(
     async def _to_login(_request: Request, exc: LoginRequired) -> Response:
         return RedirectResponse(exc.url, status_code=307)
 
-    def gather(token: str | None) -> tuple[dict[str, Section], Section]:
+    def sources() -> tuple[M3shConfig, Storage]:
         from m3sh.config import get_config
         from m3sh.storage import Storage
 
         cfg = (config or get_config)()
-        reader = StatusReader(cfg, (storage or (lambda c: Storage.from_config(c.storage)))(cfg))
+        return cfg, (storage or (lambda c: Storage.from_config(c.storage)))(cfg)
+
+    def gather(token: str | None) -> tuple[dict[str, Section], Section]:
+        reader = StatusReader(*sources())
         client = airflow_client() if airflow_client else _default_client()
         try:
             with ThreadPoolExecutor(1) as pool:
@@ -573,9 +658,9 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request, user: UserDep, creds: BearerDep) -> HTMLResponse:
         snapshot, runs = gather(_token(request, creds))
-        ui_base = str(request.scope.get("root_path", "")).removesuffix("/m3sh/ui")
-        return HTMLResponse(render_page(snapshot, runs, user=str(user.get_name()), ui_base=ui_base),
-                            headers={"Cache-Control": "no-store"})
+        view_base = str(request.scope.get("root_path", ""))
+        return HTMLResponse(render_page(snapshot, runs, user=str(user.get_name()), ui_base=view_base.removesuffix(
+            "/m3sh/ui"), view_base=view_base), headers={"Cache-Control": "no-store"})
 
     @app.get("/api/status")
     def status(request: Request, user: UserDep, creds: BearerDep) -> JSONResponse:
@@ -584,7 +669,86 @@ def create_app(
         doc["runs"] = {"data": runs.data, "error": runs.error, "notes": runs.notes}
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
 
+    # -- the audit trail of plan automation (m3sh.automation.audit) ---------------------------------
+    def audit_query(request: Request) -> tuple[AuditFilter, int]:
+        from m3sh.automation.audit import AuditFilter, AuditQueryError
+
+        raw = request.query_params.get("page") or "1"
+        if not raw.isdigit() or int(raw) < 1:
+            raise AuditQueryError("page", raw, "expected a page number from 1")
+        return AuditFilter.from_params(request.query_params), int(raw)
+
+    @app.get("/audit", response_class=HTMLResponse)
+    def audit_page(request: Request, user: UserDep) -> HTMLResponse:
+        from m3sh.automation.audit import AuditQueryError, AuditTrail
+
+        cfg, store = sources()
+        kwargs: dict[str, Any] = {"user": str(user.get_name()), "view_base": str(request.scope.get("root_path", "")),
+                                  "rules": [r.name for r in cfg.triggers]}
+        headers = {"Cache-Control": "no-store"}
+        try:
+            flt, page_no = audit_query(request)
+        except AuditQueryError as exc:
+            params = {k: v for k, v in request.query_params.items() if k in _AUDIT_PARAMS and v}
+            return HTMLResponse(render_audit_page(None, params, error=f"Invalid filter: {exc}", **kwargs),
+                                status_code=400, headers=headers)
+        sec = _guard(lambda: AuditTrail(store).page(flt, page_no))
+        error = f"Could not read the audit trail: {sec.error}" if sec.error else None
+        return HTMLResponse(render_audit_page(sec.data, flt.params(), error=error, **kwargs), headers=headers)
+
+    @app.get("/api/audit")
+    def audit_api(request: Request, user: UserDep) -> JSONResponse:
+        from m3sh.automation.audit import AuditQueryError, AuditTrail
+
+        try:
+            flt, page_no = audit_query(request)
+        except AuditQueryError as exc:
+            return JSONResponse({"detail": str(exc), "param": exc.param}, status_code=400)
+        sec = _guard(lambda: AuditTrail(sources()[1]).page(flt, page_no))
+        if sec.error:
+            return JSONResponse({"detail": f"could not read the audit trail: {sec.error}"}, status_code=502)
+        return JSONResponse({**sec.data.to_dict(), "filter": flt.params()}, headers={"Cache-Control": "no-store"})
+
+    @app.get("/audit.csv")
+    def audit_csv(request: Request, user: UserDep) -> Response:
+        from m3sh.automation.audit import AuditQueryError, AuditTrail
+
+        try:
+            flt, _ = audit_query(request)
+        except AuditQueryError as exc:
+            return Response(f"invalid filter: {exc}\n", status_code=400, media_type="text/plain")
+        trail = AuditTrail(sources()[1])
+        details = request.query_params.get("details", "") in ("1", "true", "yes")
+        rows = iter(trail.csv_rows(flt, details=details))
+        try:
+            trail.ensure_indexed()
+            # The header and the first rows before the response starts: an unreadable bucket is a
+            # 502 with the reason, not a 200 with a truncated file.
+            first = [next(rows), *itertools.islice(rows, 1)]
+        except Exception as exc:
+            log.warning("m3sh view: audit CSV failed: %s", exc)
+            return Response(f"could not read the audit trail: {type(exc).__name__}: {str(exc)[:300]}\n",
+                            status_code=502, media_type="text/plain")
+
+        def chunks() -> Iterator[str]:
+            buf = io.StringIO()
+            writer = csv.writer(buf)  # RFC 4180 quoting of commas, quotes and line breaks; CRLF rows
+            for row in itertools.chain(first, rows):
+                writer.writerow(row)
+                if buf.tell() > 64_000:
+                    yield buf.getvalue()
+                    buf.seek(0)
+                    buf.truncate()
+            yield buf.getvalue()
+
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        return StreamingResponse(chunks(), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="m3sh-audit-trail-{stamp}.csv"', "Cache-Control": "no-store"})
+
     return app
+
+
+_AUDIT_PARAMS = ("rule", "account", "outcome", "from", "to")
 
 
 def _default_client() -> httpx.Client:
