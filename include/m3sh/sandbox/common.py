@@ -207,11 +207,22 @@ class DropConnection(Exception):
 class SandboxMiddleware:
     """Wraps an emulator's app with the admin API, fault injection and request stats."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, emulator: Emulator, spec_servers: tuple[str, ...] | None = None) -> None:
         self.emulator = emulator
         self.app = emulator.app
         self.error_body = emulator.error_body
         self._rng = random.Random()
+        # The spec guard judges everything but the admin API, faults included (an injected 429
+        # must look like the real one too); it sits inside the stats so they count what clients saw.
+        self._serve: ASGIApp = self._faults_and_app
+        if spec_servers is not None:
+            from m3sh.sandbox import specguard
+
+            self.spec_guard: specguard.SpecGuard | None = specguard.guard_for(
+                emulator.name, spec_servers, emulator.error_body)
+            self._serve = self.spec_guard.wrap(self._faults_and_app)
+        else:
+            self.spec_guard = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -221,7 +232,6 @@ class SandboxMiddleware:
         if path.startswith(ADMIN_PREFIX):
             await self._admin(scope, receive, send)
             return
-        fault = self._pick_fault(scope)
         status_holder = {"status": 0}
 
         async def counting_send(message: Message) -> None:
@@ -230,13 +240,20 @@ class SandboxMiddleware:
             await send(message)
 
         try:
-            if fault is not None:
-                handled = await self._apply_fault(fault, scope, receive, send, status_holder)
-                if handled:
-                    return
-            await self.app(scope, receive, counting_send)
+            await self._serve(scope, receive, counting_send)
+        except DropConnection:
+            status_holder["status"] = -1
+            raise
         finally:
             self.emulator.stats.record(scope["method"], path, status_holder["status"])
+
+    async def _faults_and_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fault = self._pick_fault(scope)
+        if fault is not None:
+            handled = await self._apply_fault(fault, scope, receive, send)
+            if handled:
+                return
+        await self.app(scope, receive, send)
 
     def _matches(self, scope: Scope) -> bool:
         f = self.emulator.faults
@@ -267,9 +284,7 @@ class SandboxMiddleware:
             return "timeout"
         return "latency" if f.latency_ms else None
 
-    async def _apply_fault(
-        self, fault: str, scope: Scope, receive: Receive, send: Send, status_holder: dict[str, int]
-    ) -> bool:
+    async def _apply_fault(self, fault: str, scope: Scope, receive: Receive, send: Send) -> bool:
         f = self.emulator.faults
         if f.latency_ms:
             await asyncio.sleep(f.latency_ms / 1000)
@@ -279,14 +294,12 @@ class SandboxMiddleware:
             await asyncio.sleep(f.timeout_s)
             return False
         if fault == "429":
-            status_holder["status"] = 429
             await _send_response(
                 send, *_json_response(429, self.error_body(429, "Too Many Requests (injected)"),
                                       {"Retry-After": str(f.retry_after_s)})
             )
             return True
         if fault == "error":
-            status_holder["status"] = f.error_status
             await _send_response(
                 send, *_json_response(f.error_status, self.error_body(f.error_status, "Injected fault"))
             )
@@ -298,7 +311,6 @@ class SandboxMiddleware:
                 return None
 
             await self.app(scope, receive, swallow)
-        status_holder["status"] = -1
         # Start a response that promises more bytes than it sends, then fail: uvicorn closes the
         # socket mid-response, so the client sees a dropped connection (not a clean HTTP 500).
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
@@ -363,5 +375,11 @@ class SandboxMiddleware:
 _NO_FAULTS = FaultConfig()
 
 
-def build_asgi(emulator: Emulator) -> ASGIApp:
-    return SandboxMiddleware(emulator)
+def build_asgi(emulator: Emulator, spec_servers: tuple[str, ...] | None = None) -> ASGIApp:
+    """The emulator's ASGI app. ``spec_servers``: the production URLs this listener stands in for;
+    given (and ``M3SH_SANDBOX_SPEC_CHECK`` on), the spec guard judges its traffic against them."""
+    from m3sh.sandbox import specguard
+
+    if spec_servers is not None and not specguard.enabled():
+        spec_servers = None
+    return SandboxMiddleware(emulator, spec_servers)

@@ -23,6 +23,21 @@ EMULATORS: dict[str, str] = {
 }
 
 
+# The production servers each emulator's listener stands in for. With M3SH_SANDBOX_SPEC_CHECK=1 the
+# spec guard (m3sh.sandbox.specguard) judges the traffic of those listed here against the published
+# OpenAPI documents, and checks that every operation arrives at a listener whose server the
+# document lists for it.
+SPEC_SERVERS: dict[str, tuple[str, ...]] = {
+    "m3ter": ("https://api.m3ter.com",
+              # TEMPORARY, the one place measurements are special: until the Ingest API gets its own
+              # listener, this port also stands in for ingest.m3ter.com (the document serves
+              # POST /organizations/{orgId}/measurements there only). Then the config listener
+              # gets only api.m3ter.com and the ingest listener only ingest.m3ter.com.
+              "https://ingest.m3ter.com"),
+    "hubspot": ("https://api.hubapi.com",),
+}
+
+
 def load_emulator(name: str) -> Emulator:
     module_name, _, cls_name = EMULATORS[name].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
@@ -46,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     # rate limiter together, as a burst the client never sent.
     gc.freeze()
     uvicorn.run(
-        build_asgi(emulator),
+        build_asgi(emulator, SPEC_SERVERS.get(args.emulator)),
         host=args.host,
         port=args.port,
         log_level="warning",

@@ -1,0 +1,109 @@
+"""The spec guard's records (``m3sh.sandbox.specguard``) summed up for one test session.
+
+``tests/conftest.py`` prints :func:`summarise`'s report at the end of every session and fails the
+session when it has violations; ``describe_violation`` is how a test failed for one reads.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from m3sh.sandbox import specguard
+
+
+def describe_violation(line: str) -> str:
+    e = json.loads(line)
+    status = "no answer" if e["status"] == -1 else e["status"]
+    return (f"  [{e['system']} {e['kind']}] {e['request']} -> {status} ({e['client']}: {e['ua']})\n"
+            + "\n".join(f"      {p}" for p in e.get("problems", [])))
+
+
+@dataclass
+class SystemCoverage:
+    name: str
+    documents: dict[str, int]  # document -> operations it has
+    requests: collections.Counter[str] = field(default_factory=collections.Counter)  # outcome -> n
+    m3sh_ops: collections.Counter[str] = field(default_factory=collections.Counter)  # validated m3sh requests
+    test_ops: collections.Counter[str] = field(default_factory=collections.Counter)
+    violated_ops: set[str] = field(default_factory=set)
+    per_document: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
+    slowest_ms: float = 0.0
+
+
+@dataclass
+class Report:
+    systems: dict[str, SystemCoverage]
+    violations: list[dict[str, Any]]
+    directory: Path
+
+    def lines(self) -> list[str]:
+        out = []
+        for s in self.systems.values():
+            total = sum(s.documents.values())
+            m3sh_used = set(s.m3sh_ops)
+            validated = {op for op, n in s.m3sh_ops.items() if n and op not in s.violated_ops}
+            tests_only = set(s.test_ops) - set(s.m3sh_ops)
+            out.append(f"{s.name}: operations used by m3sh {len(m3sh_used)}, validated {len(validated)}; "
+                       f"used by tests only {len(tests_only)}; documents {total} operations "
+                       f"({', '.join(f'{d} {n}' for d, n in s.documents.items())})")
+            r = s.requests
+            out.append(f"  requests: {r['validated']} validated, {r['unauthenticated']} without valid auth "
+                       f"(refused, as they must be), {r['expected-invalid']} deliberately invalid (refused), "
+                       f"{r['violation']} violations; slowest check {s.slowest_ms:.1f} ms")
+            if len(s.documents) > 1:
+                out.append("  validated against: " + ", ".join(
+                    f"{d} {len(s.per_document.get(d, ()))}/{n}" for d, n in s.documents.items()))
+            for op in sorted(m3sh_used, key=lambda o: (o.split(" ", 1)[1], o)):
+                out.append(f"    m3sh   {op}  ({s.m3sh_ops[op]} requests)")
+            for op in sorted(tests_only, key=lambda o: (o.split(" ", 1)[1], o)):
+                out.append(f"    tests  {op}  ({s.test_ops[op]} requests)")
+        if self.violations:
+            out.append(f"SPEC VIOLATIONS: {len(self.violations)} (records in {self.directory}):")
+            seen: collections.Counter[str] = collections.Counter()
+            for v in self.violations:
+                seen[describe_violation(json.dumps(v))] += 1
+            for text, n in seen.most_common(40):
+                out.append(text + (f"  (x{n})" if n > 1 else ""))
+        else:
+            out.append("no spec violations")
+        return out
+
+
+def summarise(directory: Path) -> Report:
+    systems: dict[str, SystemCoverage] = {}
+    for name, spec in specguard.SYSTEMS.items():
+        docs = {}
+        for rel in spec.documents:
+            path = specguard.spec_dir() / rel
+            raw = json.loads(path.read_text()) if path.exists() else {"paths": {}}
+            docs[Path(rel).stem] = sum(1 for item in raw["paths"].values() for m in item if m in specguard.METHODS)
+        systems[name] = SystemCoverage(name, docs)
+    violations = []
+    for path in sorted(directory.rglob("*.jsonl")):
+        if path.name.startswith("violations-"):
+            continue
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            e = json.loads(line)
+            s = systems[e["system"]]
+            s.requests[e["outcome"]] += 1
+            s.slowest_ms = max(s.slowest_ms, e.get("ms", 0.0))
+            ops = [k.split(":", 1)[1] for k in e["ops"]]
+            if e["outcome"] == "violation":
+                violations.append(e)
+                s.violated_ops.update(ops[:1])
+                if ops and e["client"] == "m3sh":
+                    s.m3sh_ops[ops[0]] += 0  # used by m3sh, not validated
+                continue
+            if not ops or e["outcome"] != "validated":
+                continue
+            (s.m3sh_ops if e["client"] == "m3sh" else s.test_ops)[ops[0]] += 1
+            for k in e["ops"]:
+                doc, op = k.split(":", 1)
+                s.per_document[doc].add(op)
+    return Report(systems, violations, directory)
