@@ -6,6 +6,7 @@ at import time), so it is set here at module import, before pytest collects test
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -160,22 +161,28 @@ def m3sh_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignor
     return make
 
 
-def _violation_offsets() -> dict[Path, int]:
-    return {p: p.stat().st_size for p in _SPEC_RECORD_DIR.glob("violations-*.jsonl")}
+def _record_offsets() -> dict[Path, int]:
+    return {p: p.stat().st_size for p in _SPEC_RECORD_DIR.glob("*.jsonl")}
 
 
 @pytest.fixture(autouse=True)
-def _spec_guard_verdicts() -> Iterator[None]:
+def _spec_guard_verdicts(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails the test during which the spec guard recorded a violation, even if the test caught the
     error the guard answered with (a request m3sh should not send, or an emulator answer that breaks
-    the published spec)."""
-    before = _violation_offsets()
+    the published spec). Also notes which records each test made (tests run one at a time per
+    process), so the coverage can tell m3sh's requests from the emulator tests' own."""
+    before = _record_offsets()
     yield
+    after = _record_offsets()
+    spans = {p.name: [before.get(p, 0), size] for p, size in after.items() if size > before.get(p, 0)}
+    if spans:
+        with (_SPEC_RECORD_DIR / "tests.idx").open("a") as idx:
+            idx.write(json.dumps({"test": request.node.nodeid, "spans": spans}) + "\n")
     new: list[str] = []
-    for path, size in _violation_offsets().items():
-        if size > before.get(path, 0):
-            with path.open("rb") as f:
-                f.seek(before.get(path, 0))
+    for name, (start, _) in spans.items():
+        if name.startswith("violations-"):
+            with (_SPEC_RECORD_DIR / name).open("rb") as f:
+                f.seek(start)
                 new += [line.decode() for line in f.read().splitlines() if line.strip()]
     if new:
         from tests.spec_coverage import describe_violation

@@ -15,10 +15,31 @@ from typing import Any
 from m3sh.sandbox import specguard
 
 
+# Tests that judge the emulators themselves (through the official SDKs or raw HTTP); everywhere
+# else the SDKs are driven by m3sh (hooks, DAGs, the e2e stacks).
+EMULATOR_TESTS = "tests/integration/sandbox/"
+
+
+def _test_spans(directory: Path) -> dict[Path, list[tuple[int, int, str]]]:
+    """Per record file, the byte ranges each test wrote (from tests.idx, written by conftest)."""
+    spans: dict[Path, list[tuple[int, int, str]]] = collections.defaultdict(list)
+    for idx in directory.rglob("tests.idx"):
+        for line in idx.read_text().splitlines():
+            entry = json.loads(line)
+            for name, (start, end) in entry["spans"].items():
+                spans[idx.parent / name].append((start, end, entry["test"]))
+    return spans
+
+
+def _test_at(spans: list[tuple[int, int, str]], offset: int) -> str:
+    return next((test for start, end, test in spans if start <= offset < end), "(fixtures, outside any test)")
+
+
 def describe_violation(line: str) -> str:
     e = json.loads(line)
     status = "no answer" if e["status"] == -1 else e["status"]
-    return (f"  [{e['system']} {e['kind']}] {e['request']} -> {status} ({e['client']}: {e['ua']})\n"
+    test = f" in {e['test']}" if e.get("test") else ""
+    return (f"  [{e['system']} {e['kind']}] {e['request']} -> {status} ({e['client']}: {e['ua']}){test}\n"
             + "\n".join(f"      {p}" for p in e.get("problems", [])))
 
 
@@ -32,6 +53,8 @@ class SystemCoverage:
     violated_ops: set[str] = field(default_factory=set)
     per_document: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     slowest_ms: float = 0.0
+    clients: collections.Counter[str] = field(default_factory=collections.Counter)
+    guard_ms: float = 0.0
 
 
 @dataclass
@@ -48,12 +71,14 @@ class Report:
             validated = {op for op, n in s.m3sh_ops.items() if n and op not in s.violated_ops}
             tests_only = set(s.test_ops) - set(s.m3sh_ops)
             out.append(f"{s.name}: operations used by m3sh {len(m3sh_used)}, validated {len(validated)}; "
-                       f"used by tests only {len(tests_only)}; documents {total} operations "
+                       f"used only by the emulator tests {len(tests_only)}; the documents have {total} "
+                       f"operations "
                        f"({', '.join(f'{d} {n}' for d, n in s.documents.items())})")
             r = s.requests
             out.append(f"  requests: {r['validated']} validated, {r['unauthenticated']} without valid auth "
                        f"(refused, as they must be), {r['expected-invalid']} deliberately invalid (refused), "
-                       f"{r['violation']} violations; slowest check {s.slowest_ms:.1f} ms")
+                       f"{r['violation']} violations; by caller {dict(s.clients)}; guard time "
+                       f"{s.guard_ms / 1000:.1f} s in all, slowest {s.slowest_ms:.1f} ms")
             if len(s.documents) > 1:
                 out.append("  validated against: " + ", ".join(
                     f"{d} {len(s.per_document.get(d, ()))}/{n}" for d, n in s.documents.items()))
@@ -83,16 +108,23 @@ def summarise(directory: Path) -> Report:
             docs[Path(rel).stem] = sum(1 for item in raw["paths"].values() for m in item if m in specguard.METHODS)
         systems[name] = SystemCoverage(name, docs)
     violations = []
+    spans = _test_spans(directory)
     for path in sorted(directory.rglob("*.jsonl")):
         if path.name.startswith("violations-"):
             continue
-        for line in path.read_text().splitlines():
+        offset = 0
+        for raw in path.read_bytes().splitlines(keepends=True):
+            line, start, offset = raw.decode(), offset, offset + len(raw)
             if not line.strip():
                 continue
             e = json.loads(line)
+            e["test"] = _test_at(spans.get(path, []), start)
+            if e["client"] == "m3sh" and e["test"].startswith(EMULATOR_TESTS):
+                e["client"] = "sdk"  # an emulator test driving the official SDK itself, not m3sh
             s = systems[e["system"]]
             s.requests[e["outcome"]] += 1
             s.slowest_ms = max(s.slowest_ms, e.get("ms", 0.0))
+            s.guard_ms += e.get("ms", 0.0)
             ops = [k.split(":", 1)[1] for k in e["ops"]]
             if e["outcome"] == "violation":
                 violations.append(e)
@@ -103,6 +135,7 @@ def summarise(directory: Path) -> Report:
             if not ops or e["outcome"] != "validated":
                 continue
             (s.m3sh_ops if e["client"] == "m3sh" else s.test_ops)[ops[0]] += 1
+            s.clients[e["client"]] += 1
             for k in e["ops"]:
                 doc, op = k.split(":", 1)
                 s.per_document[doc].add(op)

@@ -109,8 +109,22 @@ def _translate_java_patterns(node: Any) -> None:
             _translate_java_patterns(value)
 
 
+# Fields HubSpot's own docs show in error bodies that the documents' ``Error`` schema omits: every
+# error carries "status": "error" (developers.hubspot.com, API error handling); 429s also carry
+# errorType, policyName and requestId (usage guidelines). See ../shared/api-notes/crm-erp.md A.9-A.10.
+HUBSPOT_ERROR_FIELDS_FROM_DOCS = ("status", "errorType", "policyName", "requestId")
+# Request fields the documents list as required that HubSpot's docs and official client treat as
+# optional: "include only an empty object in the request body" is a valid search
+# (developers.hubspot.com/docs-beta/crm/search), and records are created from properties alone
+# (the docs' create examples; hubspot-api-client 12 requires only ``properties``).
+HUBSPOT_OPTIONAL_FROM_DOCS = {
+    "PublicObjectSearchRequest": ("after", "filterGroups", "limit", "properties", "sorts"),
+    "SimplePublicObjectInputForCreate": ("associations",),
+}
+
+
 def _patch_hubspot(doc: dict[str, Any]) -> None:
-    """Loosen the two places where HubSpot's documents are at odds with the API as clients see it.
+    """Loosen the places where HubSpot's documents are at odds with the API as its docs show it.
 
     * Property maps are typed ``{string: string}``, but HubSpot answers a requested property that
       has no value with ``null`` (``"domain": null``); only ``null`` is allowed in addition.
@@ -119,8 +133,22 @@ def _patch_hubspot(doc: dict[str, Any]) -> None:
       ``ErrorDetail.subCategory`` as strings, and HubSpot sends strings such as
       ``crm.associations.NO_ASSOCIATIONS_FOUND``.
 
+    * The ``Error`` schema lacks the fields of :data:`HUBSPOT_ERROR_FIELDS_FROM_DOCS`; they are
+      added as optional strings.
+    * :data:`HUBSPOT_OPTIONAL_FROM_DOCS` are taken out of their schemas' ``required`` lists.
+
     Nothing else is changed: every other field, format and enum is judged as published.
     """
+    for name, optional in HUBSPOT_OPTIONAL_FROM_DOCS.items():
+        schema = doc.get("components", {}).get("schemas", {}).get(name)
+        if schema and "required" in schema:
+            schema["required"] = [r for r in schema["required"] if r not in optional]
+            if not schema["required"]:
+                del schema["required"]
+    error = doc.get("components", {}).get("schemas", {}).get("Error")
+    if error:
+        for name in HUBSPOT_ERROR_FIELDS_FROM_DOCS:
+            error.setdefault("properties", {}).setdefault(name, {"type": "string"})
     for schema in doc.get("components", {}).get("schemas", {}).values():
         props = schema.get("properties") or {}
         values = (props.get("properties") or {}).get("additionalProperties")
@@ -480,7 +508,8 @@ def _cast(doc: Document, schema: Any, raw: str) -> tuple[bool, Any]:
     if kind == "number":
         return (True, float(raw)) if _NUMBER.fullmatch(raw) else (False, raw)
     if kind == "boolean":
-        return (True, raw == "true") if raw in ("true", "false") else (False, raw)
+        # Case-insensitive: the official hubspot-api-client sends Python's str(True), "True".
+        return (True, raw.lower() == "true") if raw.lower() in ("true", "false") else (False, raw)
     return True, raw
 
 
