@@ -14,6 +14,8 @@ Admin endpoints (no auth, never faulted, never counted):
 * ``GET|POST /_sandbox/limits`` ``{"enabled": bool}`` -> switch documented rate limits on/off
 * ``GET|DELETE /_sandbox/stats``          -> request counts and the recent request log
 * ``POST /_sandbox/<custom>``             -> emulator-specific admin actions (see ``admin_actions``)
+* ``GET|POST|DELETE /_sandbox/spec``      -> the spec guard's state; ``{"expect_invalid": {"path_regex",
+  "count", "reason"}}`` declares a test's next invalid requests deliberate (``m3sh.sandbox.specguard``)
 """
 
 from __future__ import annotations
@@ -327,7 +329,12 @@ class SandboxMiddleware:
             await _send_response(send, *_json_response(400, {"error": "admin body must be JSON"}))
             return
         try:
-            result = self._admin_dispatch(emu, method, action, body)
+            if action == "spec":  # the spec guard's test controls (m3sh.sandbox.specguard)
+                result = self.spec_guard.admin(method, body) if self.spec_guard else {"enabled": False}
+            else:
+                result = self._admin_dispatch(emu, method, action, body)
+                if action == "reset" and self.spec_guard:
+                    self.spec_guard.expected_invalid.clear()
         except KeyError:
             await _send_response(send, *_json_response(404, {"error": f"unknown admin action {action!r}"}))
             return

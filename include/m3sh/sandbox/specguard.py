@@ -598,6 +598,33 @@ class SpecGuard:
         # Test-only: a function that may rewrite an emulator's JSON answer before it is judged
         # (tests prove a broken answer is refused; see test_spec_guard.py). Never set otherwise.
         self.tamper: Callable[[str, Any], Any] | None = None
+        # Set through the admin API (POST /_sandbox/spec): the next ``count`` requests whose path
+        # matches are a test's deliberately invalid ones, sent through m3sh code that cannot add
+        # the header (e.g. a hook test feeding a malformed measurement).
+        self.expected_invalid: list[list[Any]] = []  # [path regex, count left, reason]
+
+    def admin(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        if method == "POST" and "expect_invalid" in body:
+            want = body["expect_invalid"]
+            if not isinstance(want, dict) or not want.get("reason"):
+                raise ValueError("expect_invalid needs {'path_regex': ..., 'count': n, 'reason': ...}")
+            self.expected_invalid.append([re.compile(str(want.get("path_regex", ""))),
+                                          int(want.get("count", 1)), str(want["reason"])])
+        elif method == "DELETE":
+            self.expected_invalid.clear()
+        return {"enabled": True, "servers": list(self.servers),
+                "expect_invalid": [[r.pattern, n, why] for r, n, why in self.expected_invalid]}
+
+    def _declared_invalid(self, req: Request) -> bool:
+        if EXPECT_INVALID_HEADER in req.headers:
+            return True
+        for entry in self.expected_invalid:
+            if entry[1] > 0 and entry[0].search(req.path):
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self.expected_invalid.remove(entry)
+                return True
+        return False
 
     # -- request side ------------------------------------------------------------------------------
     def route(self, method: str, path: str) -> list[tuple[Operation, tuple[str, ...]]]:
@@ -617,7 +644,7 @@ class SpecGuard:
         return found
 
     def check_request(self, req: Request) -> tuple[Verdict, list[tuple[Operation, tuple[str, ...]]]]:
-        verdict = Verdict(expect_invalid=EXPECT_INVALID_HEADER in req.headers)
+        verdict = Verdict(expect_invalid=self._declared_invalid(req))
         matches = self.route(req.method, req.path)
         if not matches:
             verdict.kind = "unknown-operation"
