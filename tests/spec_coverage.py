@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from m3sh.sandbox import specguard
-
 
 # Tests that judge the emulators themselves (through the official SDKs or raw HTTP); everywhere
 # else the SDKs are driven by m3sh (hooks, DAGs, the e2e stacks).
@@ -140,3 +141,32 @@ def summarise(directory: Path) -> Report:
                 doc, op = k.split(":", 1)
                 s.per_document[doc].add(op)
     return Report(systems, violations, directory)
+
+
+class GuardRecords:
+    """What the spec guard recorded from now on for one system, in this test process's folder
+    (tests/conftest.py points ``M3SH_SPEC_COVERAGE_DIR`` at one folder per test process)."""
+
+    def __init__(self, system: str) -> None:
+        assert specguard.enabled(), f"{specguard.ENABLE_ENV} is off: nothing judges the emulators' answers"
+        self.system = system
+        self.dir = Path(os.environ[specguard.COVERAGE_DIR_ENV])
+        self.start = {p: p.stat().st_size for p in self.dir.glob(f"{system}-*.jsonl")}
+
+    def read(self) -> list[dict[str, Any]]:
+        out = []
+        for path in sorted(self.dir.glob(f"{self.system}-*.jsonl")):
+            with path.open("rb") as f:
+                f.seek(self.start.get(path, 0))
+                out += [json.loads(line) for line in f.read().splitlines() if line.strip()]
+        return out
+
+    def wait_for(self, count: int, timeout_s: float = 15.0) -> list[dict[str, Any]]:
+        """At least ``count`` records (the guard writes each one just after its answer went out)."""
+        deadline = time.monotonic() + timeout_s
+        entries = self.read()
+        while len(entries) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+            entries = self.read()
+        assert len(entries) >= count, f"the spec guard recorded {len(entries)} of {count} {self.system} requests"
+        return entries

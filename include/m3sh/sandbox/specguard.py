@@ -45,7 +45,6 @@ style these documents use) are checked by hand below for the same reason.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -240,11 +239,11 @@ class Document:
                 # Path-item parameters first; the operation's own override them (same name and place).
                 for base, plist in ((_pointer("paths", template), item.get("parameters") or []),
                                     (pointer, op.get("parameters") or [])):
-                    for i, p in enumerate(plist):
+                    for i, declared in enumerate(plist):
                         p_pointer = f"{base}/parameters/{i}"
-                        if "$ref" in p:
-                            p_pointer = p["$ref"][1:]
-                            p = self.resolve(p)
+                        if "$ref" in declared:
+                            p_pointer = declared["$ref"][1:]
+                        p = self.resolve(declared)
                         params[(p["in"], p["name"])] = (p, p_pointer + "/schema")
                 self.operations.append(Operation(self, method, template, op, pointer, servers, params))
 
@@ -291,8 +290,8 @@ class Document:
         extra: Any = schema.get("additionalProperties")
         known = "properties" in schema
         items = schema.get("items")
-        for member in schema.get("allOf") or []:
-            member = self.resolve(member)
+        for ref in schema.get("allOf") or []:
+            member = self.resolve(ref)
             if not isinstance(member, dict) or not (member.keys() - {"description", "type"}):
                 continue  # a description-only member (the m3ter document has many)
             if "anyOf" in member or "oneOf" in member:
@@ -473,7 +472,7 @@ def _media_match(content_type: str, content: dict[str, Any]) -> str | None:
     """The key of ``content`` a media type is served under (exact, then ``type/*``, then ``*/*``)."""
     if content_type in content:
         return content_type
-    wildcard = content_type.split("/")[0] + "/*"
+    wildcard = content_type.split("/", maxsplit=1)[0] + "/*"
     if wildcard in content:
         return wildcard
     return "*/*" if "*/*" in content else None
@@ -564,7 +563,7 @@ def _check_value(op: Operation, key: tuple[str, str], values: list[str]) -> list
     return doc.schema_errors(schema_pointer, value, where)
 
 
-def check_body(doc: Document, content: dict[str, Any], pointer: str, media_type: str, raw: bytes,
+def check_body(doc: Document, content: dict[str, Any], pointer: str, *, media_type: str, raw: bytes,
                where: str) -> tuple[list[str], Any]:
     """Problems of a body against an operation's ``content`` map (at JSON ``pointer``)."""
     key = _media_match(media_type, content)
@@ -672,8 +671,8 @@ class SpecGuard:
                 else:
                     pointer = (op.node["requestBody"]["$ref"][1:] if "$ref" in op.node["requestBody"]
                                else f"{op.pointer}/requestBody") + "/content"
-                    problems += check_body(op.doc, body_spec.get("content", {}), pointer, req.content_type,
-                                           req.body, "request body")[0]
+                    problems += check_body(op.doc, body_spec.get("content", {}), pointer, media_type=req.content_type,
+                                       raw=req.body, where="request body")[0]
             elif has_body:
                 problems.append(f"{op.key} takes no request body")
             verdict.problems += [f"{op.doc.name}: {p}" if len(served) > 1 else p for p in problems]
@@ -705,7 +704,8 @@ class SpecGuard:
         if not body.strip():
             return [*problems, f"status {status} of {op.key} must have a body ({sorted(content)})"]
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        found, _ = check_body(op.doc, content, f"{pointer}/content", media, body, "response body")
+        found, _ = check_body(op.doc, content, f"{pointer}/content", media_type=media, raw=body,
+                              where="response body")
         return problems + found
 
     # -- ASGI --------------------------------------------------------------------------------------
@@ -762,7 +762,7 @@ class SpecGuard:
                     (b"content-type", b"application/json"), (b"content-length", str(len(resp_body)).encode())]},
                     {"type": "http.response.body", "body": resp_body}]
             try:
-                problems = self._judge(req, verdict, served, status, resp_headers, resp_body)
+                problems = self._judge(verdict, served, status=status, headers=resp_headers, body=resp_body)
             except Exception as exc:  # as above: never pass an answer unjudged
                 verdict.kind, problems = "guard-error", [f"{type(exc).__name__}: {exc}"]
             spent += time.perf_counter() - judged
@@ -778,7 +778,7 @@ class SpecGuard:
 
         return guarded
 
-    def _judge(self, req: Request, verdict: Verdict, served: list[tuple[Operation, tuple[str, ...]]],
+    def _judge(self, verdict: Verdict, served: list[tuple[Operation, tuple[str, ...]]], *,
                status: int, headers: dict[str, str], body: bytes) -> list[str]:
         """Problems of the emulator's answer; also settles the expected-invalid and no-auth cases."""
         if verdict.expect_invalid:
