@@ -317,11 +317,19 @@ class Document:
             shape.extra = self.shape(extra)
         for k, sub_schema in (schema.get("properties") or {}).items():
             sub = self.shape(sub_schema)
-            if sub.props is not None or sub.items is not None:
+            if sub.props is not None or sub.items is not None or sub.subtypes:
                 shape.nested.append((k, sub))
         if items is not None:
             sub = self.shape(items)
-            shape.items = sub if (sub.props is not None or sub.items is not None) else None
+            shape.items = sub if (sub.props is not None or sub.items is not None or sub.subtypes) else None
+        disc = schema.get("discriminator")
+        if isinstance(disc, dict) and disc.get("propertyName"):
+            # A polymorphic base (m3ter's DataExplorerGroup): the object's own type, named by the
+            # discriminator property, declares its properties. Mapped types don't inherit this.
+            mapping = disc.get("mapping") or {}
+            shape.discriminator = disc["propertyName"]
+            for value, ref in mapping.items():
+                shape.subtypes[value] = self.shape({"$ref": ref})
         return shape
 
     def undocumented(self, schema: Any, value: Any, where: str, out: list[str]) -> None:
@@ -334,19 +342,26 @@ class Shape:
     shape for undeclared ones (``extra``; None = undeclared keys are flagged), the sub-shapes worth
     walking into, and the items' shape. Compiled once so a 1000-item batch is walked in ~2 ms."""
 
-    __slots__ = ("extra", "items", "nested", "props")
+    __slots__ = ("discriminator", "extra", "items", "nested", "props", "subtypes")
 
     def __init__(self) -> None:
         self.props: frozenset[str] | None = None
         self.extra: Shape | None = None
         self.nested: list[tuple[str, Shape]] = []
         self.items: Shape | None = None
+        self.discriminator: str | None = None
+        self.subtypes: dict[str, Shape] = {}
 
 
 def _walk(shape: Shape, value: Any, where: str, out: list[str]) -> None:
     if len(out) >= MAX_PROBLEMS:
         return
     if type(value) is dict:
+        if shape.discriminator is not None:
+            subtype = shape.subtypes.get(str(value.get(shape.discriminator)))
+            if subtype is not None and subtype is not shape:
+                _walk(subtype, value, where, out)
+                return
         if shape.props is not None and not value.keys() <= shape.props:
             for k in value.keys() - shape.props:
                 if shape.extra is not None:
@@ -359,7 +374,7 @@ def _walk(shape: Shape, value: Any, where: str, out: list[str]) -> None:
                 _walk(sub, v, f"{where}/{k}", out)
     elif type(value) is list and shape.items is not None:
         items = shape.items
-        if items.props is not None and not items.nested and items.extra is None:
+        if items.props is not None and not items.nested and items.extra is None and items.discriminator is None:
             # Flat items (a measurement batch): only the key sets need comparing.
             props = items.props
             for i, v in enumerate(value):
@@ -406,10 +421,15 @@ class SystemSpec:
     auth: Callable[[str, str], str | None]
     is_m3sh_client: Callable[[str, str], bool]
     patch: Callable[[dict[str, Any]], None] | None = None
+    # Paths an emulator serves that stand in for another system, not for this API: passed through.
+    not_api: tuple[str, ...] = ()
 
 
 SYSTEMS = {
-    "m3ter": SystemSpec("m3ter", ("m3ter/m3ter-openapi.json",), _m3ter_auth, _m3ter_client),
+    "m3ter": SystemSpec("m3ter", ("m3ter/m3ter-openapi.json",), _m3ter_auth, _m3ter_client,
+                        # the S3 pre-signed URL that GET .../dataexports/jobs/{jobId}/getdownloadurl
+                        # hands out (m3sh.sandbox.m3ter.dataexports.DOWNLOAD_PATH)
+                        not_api=("/_downloads/",)),
     "hubspot": SystemSpec(
         "hubspot",
         tuple(f"hubspot/{n}.json" for n in
@@ -711,7 +731,7 @@ class SpecGuard:
     # -- ASGI --------------------------------------------------------------------------------------
     def wrap(self, app: ASGIApp) -> ASGIApp:
         async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
+            if scope["type"] != "http" or scope["path"].startswith(self.system.not_api):
                 await app(scope, receive, send)
                 return
             started = time.perf_counter()
