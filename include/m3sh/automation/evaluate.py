@@ -168,8 +168,9 @@ class Evaluator:
     def _product_ids(self, rules: list[TriggerRule]) -> dict[str, set[str] | None]:
         codes = sorted({c for r in rules for c in (r.when.balance_below.product_codes or [])  # type: ignore[union-attr]
                         })
-        by_code = ({p["code"]: p["id"] for p in self.hook.iter_entities("products", codes=codes, page_size=PAGE)}
-                   if codes else {})
+        # GET /products has no codes filter in the published spec: read them all, keep the wanted ones
+        by_code = ({p["code"]: p["id"] for p in self.hook.iter_entities("products", page_size=PAGE)
+                    if p.get("code") in codes} if codes else {})
         out: dict[str, set[str] | None] = {}
         for r in rules:
             pc = r.when.balance_below.product_codes  # type: ignore[union-attr]
@@ -250,9 +251,8 @@ async def aevaluate(hook: M3terAsyncHook, rules: Sequence[TriggerRule], now: dt.
             result.counts["balances"] = len(balances)
             product_codes = sorted({c for r in balance_rules
                                     for c in (r.when.balance_below.product_codes or [])})  # type: ignore[union-attr]
-            by_code = ({p["code"]: p["id"]
-                        for p in await hook.alist_all("products", page_size=PAGE, codes=product_codes)}
-                       if product_codes else {})
+            by_code = ({p["code"]: p["id"] for p in await hook.alist_all("products", page_size=PAGE)
+                        if p.get("code") in product_codes} if product_codes else {})
             candidates = {}
             for rule in balance_rules:
                 pc = rule.when.balance_below.product_codes  # type: ignore[union-attr]

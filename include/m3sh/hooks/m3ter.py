@@ -385,12 +385,20 @@ def changed_fields(current: dict[str, Any], desired: dict[str, Any]) -> dict[str
     return diff
 
 
+# List endpoints whose ``codes`` query parameter the published spec documents.
+CODES_FILTER = frozenset({"accounts", "contracts", "meters", "aggregations", "compoundaggregations", "counters",
+                          "lookuptables", "picklists/creditreasons", "picklists/debitreasons",
+                          "picklists/transactiontypes", "picklists/billgroupingkeys", "picklists/currency"})
 _READ_ONLY = {"id", "version", "dtCreated", "dtLastModified", "createdBy", "lastModifiedBy", "productId"}
+# Per entity path: response fields its request schema in the published spec lacks (the sandbox's spec
+# guard refuses a PUT that sends them; m3ter computes them).
+_RESPONSE_ONLY = {"balances": frozenset({"amount"})}
 
 
-def merge_for_put(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def merge_for_put(current: dict[str, Any], changes: dict[str, Any], path: str = "") -> dict[str, Any]:
     """A full PUT body: the current entity without read-only fields, with ``changes`` applied."""
-    body = {k: v for k, v in current.items() if k not in _READ_ONLY and v is not None}
+    drop = _READ_ONLY | _RESPONSE_ONLY.get(path, frozenset())
+    body = {k: v for k, v in current.items() if k not in drop and v is not None}
     for k, v in changes.items():
         if isinstance(v, dict) and isinstance(body.get(k), dict):
             body[k] = {**body[k], **v}
@@ -495,7 +503,13 @@ class M3terHook(BaseHook):
             raise translate_error(exc, entity=path, record_id=entity_id) from exc
 
     def find_by_code(self, path: str, code: str) -> dict[str, Any] | None:
-        return next(iter(self.iter_entities(path, codes=[code], page_size=1)), None)
+        # Only some list endpoints have a ``codes`` filter in the published spec; elsewhere (products,
+        # plans, notification configurations, webhooks, ...) m3ter ignores it and answers the first
+        # page of everything, so the code is matched here on every page.
+        if path in CODES_FILTER:
+            return next((e for e in self.iter_entities(path, codes=[code], page_size=1) if e.get("code") == code),
+                        None)
+        return next((e for e in self.iter_entities(path) if e.get("code") == code), None)
 
     def create(self, path: str, body: dict[str, Any],
                find_existing: Callable[[], dict[str, Any] | None] | None = None) -> dict[str, Any]:
@@ -576,7 +590,7 @@ class M3terHook(BaseHook):
         for attempt in range(VERSION_CONFLICT_RETRIES + 1):
             if current is None:
                 current = self.get(path, entity_id)
-            body = merge_for_put(current, changes)
+            body = merge_for_put(current, changes, path)
             try:
                 return self._request("put", self.settings.org_path(f"{path}/{entity_id}"), body)  # type: ignore[no-any-return]
             except m3ter.APIError as exc:
