@@ -6,6 +6,7 @@ at import time), so it is set here at module import, before pytest collects test
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +26,18 @@ os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 # (Set, not defaulted: xdist workers inherit the controller's environment.) Removed at session end.
 _STACK_ROOT = tempfile.mkdtemp(prefix=f"m3sh-stacks-{_WORKER or 'main'}-")
 os.environ["M3SH_TEST_STACK_ROOT"] = _STACK_ROOT
+# The spec guard (m3sh.sandbox.specguard): every emulator this session starts (its sandbox, the
+# e2e stacks' and the demo's) judges m3ter and HubSpot traffic against the published documents in
+# tests/specs and records it. The controller makes one folder per session; each process (controller
+# or xdist worker) records into its own subfolder, so a test can be failed for what happened during it.
+os.environ.setdefault("M3SH_SANDBOX_SPEC_CHECK", "1")
+os.environ.setdefault("M3SH_SPEC_DIR", str(Path(__file__).resolve().parent / "specs"))
+if not _WORKER:
+    os.environ["M3SH_SPEC_COVERAGE_SESSION"] = tempfile.mkdtemp(prefix="m3sh-spec-coverage-")
+_SPEC_SESSION_DIR = Path(os.environ["M3SH_SPEC_COVERAGE_SESSION"])
+_SPEC_RECORD_DIR = _SPEC_SESSION_DIR / (_WORKER or "main")
+_SPEC_RECORD_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["M3SH_SPEC_COVERAGE_DIR"] = str(_SPEC_RECORD_DIR)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
@@ -153,8 +166,60 @@ def m3sh_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignor
     return make
 
 
+def _record_offsets() -> dict[Path, int]:
+    return {p: p.stat().st_size for p in _SPEC_RECORD_DIR.glob("*.jsonl")}
+
+
+@pytest.fixture(autouse=True)
+def _spec_guard_verdicts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails the test during which the spec guard recorded a violation, even if the test caught the
+    error the guard answered with (a request m3sh should not send, or an emulator answer that breaks
+    the published spec). Also notes which records each test made (tests run one at a time per
+    process), so the coverage can tell m3sh's requests from the emulator tests' own."""
+    before = _record_offsets()
+    yield
+    after = _record_offsets()
+    spans = {p.name: [before.get(p, 0), size] for p, size in after.items() if size > before.get(p, 0)}
+    if spans:
+        with (_SPEC_RECORD_DIR / "tests.idx").open("a") as idx:
+            idx.write(json.dumps({"test": request.node.nodeid, "spans": spans}) + "\n")
+    new: list[str] = []
+    for name, (start, _) in spans.items():
+        if name.startswith("violations-"):
+            with (_SPEC_RECORD_DIR / name).open("rb") as f:
+                f.seek(start)
+                new += [line.decode() for line in f.read().splitlines() if line.strip()]
+    if new:
+        from tests.spec_coverage import describe_violation
+
+        shown = "\n".join(describe_violation(line) for line in new[:10])
+        pytest.fail(f"the spec guard recorded {len(new)} violation(s) of the published OpenAPI documents "
+                    f"during this test:\n{shown}", pytrace=False)
+
+
+_SPEC_REPORT: list[str] = []
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Remove this session's standalone homes (their logs matter only while a test is failing)."""
+    """Remove this session's standalone homes (their logs matter only while a test is failing); in
+    the controller, sum up the spec guard's records and fail the session on any violation."""
     import shutil
 
     shutil.rmtree(_STACK_ROOT, ignore_errors=True)
+    if hasattr(session.config, "workerinput"):
+        return
+    from tests.spec_coverage import summarise
+
+    report = summarise(_SPEC_SESSION_DIR)
+    _SPEC_REPORT[:] = report.lines()
+    if report.violations and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if not report.violations:
+        shutil.rmtree(_SPEC_SESSION_DIR, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _SPEC_REPORT:
+        terminalreporter.section("spec coverage (m3sh.sandbox.specguard)")
+        for line in _SPEC_REPORT:
+            terminalreporter.write_line(line)

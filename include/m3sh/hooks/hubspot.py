@@ -337,8 +337,10 @@ class HubSpotHook(BaseHook):
         api = self._api("batch")
         for start in range(0, len(unique), BATCH_MAX):
             chunk = unique[start:start + BATCH_MAX]
+            # propertiesWithHistory is required by the published schema (the client does not insist)
             body = BatchReadInputSimplePublicObjectId(inputs=[{"id": i} for i in chunk],
-                                                      properties=list(properties or []))
+                                                      properties=list(properties or []),
+                                                      properties_with_history=[])
             result = self._call("batch read", partial(api.read, object_type, body, **self._timeout),
                                 object_type=object_type)
             for rec in getattr(result, "results", None) or []:

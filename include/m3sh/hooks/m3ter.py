@@ -420,11 +420,15 @@ def changed_fields(current: dict[str, Any], desired: dict[str, Any]) -> dict[str
 
 
 _READ_ONLY = {"id", "version", "dtCreated", "dtLastModified", "createdBy", "lastModifiedBy", "productId"}
+# Per update operation: response fields its request schema in the published spec lacks (the sandbox's
+# spec guard refuses a PUT that sends them; m3ter computes them).
+_RESPONSE_ONLY = {"update_balance": frozenset({"amount"})}
 
 
-def merge_for_put(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def merge_for_put(current: dict[str, Any], changes: dict[str, Any], put_op: str = "") -> dict[str, Any]:
     """A full PUT body: the current entity without read-only fields, with ``changes`` applied."""
-    body = {k: v for k, v in current.items() if k not in _READ_ONLY and v is not None}
+    drop = _READ_ONLY | _RESPONSE_ONLY.get(put_op, frozenset())
+    body = {k: v for k, v in current.items() if k not in drop and v is not None}
     for k, v in changes.items():
         if isinstance(v, dict) and isinstance(body.get(k), dict):
             body[k] = {**body[k], **v}
@@ -610,7 +614,7 @@ class M3terHook(BaseHook):
         for attempt in range(VERSION_CONFLICT_RETRIES + 1):
             if current is None:
                 current = self._get(get_op, id=entity_id)
-            body = merge_for_put(current, changes)
+            body = merge_for_put(current, changes, put_op)
             try:
                 return self._request("put", self._path(put_op, id=entity_id), body)  # type: ignore[no-any-return]
             except m3ter.APIError as exc:

@@ -14,6 +14,8 @@ Admin endpoints (no auth, never faulted, never counted):
 * ``GET|POST /_sandbox/limits`` ``{"enabled": bool}`` -> switch documented rate limits on/off
 * ``GET|DELETE /_sandbox/stats``          -> request counts and the recent request log
 * ``POST /_sandbox/<custom>``             -> emulator-specific admin actions (see ``admin_actions``)
+* ``GET|POST|DELETE /_sandbox/spec``      -> the spec guard's state; ``{"expect_invalid": {"path_regex",
+  "count", "reason"}}`` declares a test's next invalid requests deliberate (``m3sh.sandbox.specguard``)
 """
 
 from __future__ import annotations
@@ -237,11 +239,23 @@ class DropConnection(Exception):
 class SandboxMiddleware:
     """Wraps an emulator's app with the admin API, fault injection and request stats."""
 
-    def __init__(self, emulator: Emulator, app: ASGIApp | None = None) -> None:
+    def __init__(self, emulator: Emulator, app: ASGIApp | None = None,
+                 spec_servers: tuple[str, ...] | None = None) -> None:
         self.emulator = emulator
         self.app = app if app is not None else emulator.app
         self.error_body = emulator.error_body
         self._rng = random.Random()
+        # The spec guard judges everything but the admin API, faults included (an injected 429
+        # must look like the real one too); it sits inside the stats so they count what clients saw.
+        self._serve: ASGIApp = self._faults_and_app
+        if spec_servers is not None:
+            from m3sh.sandbox import specguard
+
+            self.spec_guard: specguard.SpecGuard | None = specguard.guard_for(
+                emulator.name, spec_servers, emulator.error_body)
+            self._serve = self.spec_guard.wrap(self._faults_and_app)
+        else:
+            self.spec_guard = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -251,7 +265,6 @@ class SandboxMiddleware:
         if path.startswith(ADMIN_PREFIX):
             await self._admin(scope, receive, send)
             return
-        fault = self._pick_fault(scope)
         status_holder = {"status": 0}
 
         async def counting_send(message: Message) -> None:
@@ -260,13 +273,20 @@ class SandboxMiddleware:
             await send(message)
 
         try:
-            if fault is not None:
-                handled = await self._apply_fault(fault, scope, receive, send, status_holder)
-                if handled:
-                    return
-            await self.app(scope, receive, counting_send)
+            await self._serve(scope, receive, counting_send)
+        except DropConnection:
+            status_holder["status"] = -1
+            raise
         finally:
             self.emulator.stats.record(scope["method"], path, status_holder["status"])
+
+    async def _faults_and_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fault = self._pick_fault(scope)
+        if fault is not None:
+            handled = await self._apply_fault(fault, scope, receive, send)
+            if handled:
+                return
+        await self.app(scope, receive, send)
 
     def _matches(self, scope: Scope) -> bool:
         f = self.emulator.faults
@@ -297,9 +317,7 @@ class SandboxMiddleware:
             return "timeout"
         return "latency" if f.latency_ms else None
 
-    async def _apply_fault(
-        self, fault: str, scope: Scope, receive: Receive, send: Send, status_holder: dict[str, int]
-    ) -> bool:
+    async def _apply_fault(self, fault: str, scope: Scope, receive: Receive, send: Send) -> bool:
         f = self.emulator.faults
         if f.latency_ms:
             await asyncio.sleep(f.latency_ms / 1000)
@@ -309,14 +327,12 @@ class SandboxMiddleware:
             await asyncio.sleep(f.timeout_s)
             return False
         if fault == "429":
-            status_holder["status"] = 429
             await _send_response(
                 send, *_json_response(429, self.error_body(429, "Too Many Requests (injected)"),
                                       {"Retry-After": str(f.retry_after_s)})
             )
             return True
         if fault == "error":
-            status_holder["status"] = f.error_status
             await _send_response(
                 send, *_json_response(f.error_status, self.error_body(f.error_status, "Injected fault"))
             )
@@ -328,7 +344,6 @@ class SandboxMiddleware:
                 return None
 
             await self.app(scope, receive, swallow)
-        status_holder["status"] = -1
         # Start a response that promises more bytes than it sends, then fail: uvicorn closes the
         # socket mid-response, so the client sees a dropped connection (not a clean HTTP 500).
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
@@ -345,7 +360,12 @@ class SandboxMiddleware:
             await _send_response(send, *_json_response(400, {"error": "admin body must be JSON"}))
             return
         try:
-            result = self._admin_dispatch(emu, method, action, body)
+            if action == "spec":  # the spec guard's test controls (m3sh.sandbox.specguard)
+                result = self.spec_guard.admin(method, body) if self.spec_guard else {"enabled": False}
+            else:
+                result = self._admin_dispatch(emu, method, action, body)
+                if action == "reset" and self.spec_guard:
+                    self.spec_guard.expected_invalid.clear()
         except KeyError:
             await _send_response(send, *_json_response(404, {"error": f"unknown admin action {action!r}"}))
             return
@@ -393,12 +413,20 @@ class SandboxMiddleware:
 _NO_FAULTS = FaultConfig()
 
 
-def build_asgi(emulator: Emulator, role: str | None = None) -> ASGIApp:
+def build_asgi(emulator: Emulator, role: str | None = None,
+               spec_servers: tuple[str, ...] | None = None) -> ASGIApp:
     """The emulator's main app (``role`` None) or one of its :meth:`~Emulator.listener_apps`, wrapped
-    with the admin API, fault injection and stats (shared by every listener of the process)."""
+    with the admin API, fault injection and stats (shared by every listener of the process).
+
+    ``spec_servers``: the production URLs this listener stands in for; given (and
+    ``M3SH_SANDBOX_SPEC_CHECK`` on), the spec guard judges its traffic against them."""
+    from m3sh.sandbox import specguard
+
+    if spec_servers is not None and not specguard.enabled():
+        spec_servers = None
     if role is None:
-        return SandboxMiddleware(emulator)
+        return SandboxMiddleware(emulator, spec_servers=spec_servers)
     apps = emulator.listener_apps()
     if role not in apps:
         raise ValueError(f"emulator {emulator.name!r} has no listener {role!r}; it has {sorted(apps)}")
-    return SandboxMiddleware(emulator, apps[role])
+    return SandboxMiddleware(emulator, apps[role], spec_servers)

@@ -24,6 +24,18 @@ EMULATORS: dict[str, str] = {
 }
 
 
+# The production servers each emulator's listeners stand in for, by (emulator, listener role; None
+# for the main port). With M3SH_SANDBOX_SPEC_CHECK=1 the spec guard (m3sh.sandbox.specguard) judges
+# the traffic of those listed here against the published OpenAPI documents, and checks that every
+# operation arrives at a listener whose server the document lists for it (m3ter serves
+# POST /organizations/{orgId}/measurements at ingest.m3ter.com only).
+SPEC_SERVERS: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("m3ter", None): ("https://api.m3ter.com",),
+    ("m3ter", "ingest"): ("https://ingest.m3ter.com",),
+    ("hubspot", None): ("https://api.hubapi.com",),
+}
+
+
 def load_emulator(name: str) -> Emulator:
     module_name, _, cls_name = EMULATORS[name].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
@@ -55,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     # rate limiter together, as a burst the client never sent.
     gc.freeze()
     servers = [
-        uvicorn.Server(uvicorn.Config(build_asgi(emulator, role), host=args.host, port=port, log_level="warning",
-                                      access_log=False, timeout_keep_alive=30))
+        uvicorn.Server(uvicorn.Config(build_asgi(emulator, role, SPEC_SERVERS.get((args.emulator, role))),
+                                      host=args.host, port=port, log_level="warning", access_log=False,
+                                      timeout_keep_alive=30))
         for role, port in listeners
     ]
     # One event loop (uvloop where uvicorn would pick it) serves every listener of the process: they

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from m3sh.exceptions import M3terApiError, RetryableError
-from m3sh.hooks.m3ter import MAX_BATCH_BYTES, TOKEN_CACHE, M3terAsyncHook, M3terHook
+from m3sh.hooks.m3ter import MAX_BATCH_BYTES, TOKEN_CACHE, M3terAsyncHook, M3terHook, merge_for_put
 
 pytestmark = pytest.mark.sandbox
 MEASURE_POSTS = "POST /organizations/{id}/measurements"
@@ -46,6 +46,19 @@ def test_one_token_is_reused_across_pages_hooks_and_writes(m3: Any) -> None:
     created = hook.create_account({"code": "hook-test", "name": "Hook Test", "emailAddress": "a@b.example"})
     assert hook.get_account(created["id"])["code"] == "hook-test"
     assert _token_requests(m3) - before == 1
+
+
+def test_find_by_code_where_the_spec_has_no_codes_filter(m3: Any) -> None:
+    """GET /plans has no ``codes`` parameter in the published spec (m3ter would ignore it and answer
+    every plan; the spec guard refuses it): the hook matches the code itself, on every page."""
+    hook = M3terHook()
+    plans = list(hook.list_plans(page_size=1))
+    assert len(plans) > 1
+    assert hook.find_plan(plans[-1]["code"])["id"] == plans[-1]["id"]  # not just the first plan
+    assert hook.find_plan("no-such-plan") is None
+    assert hook.find_account("acme-media")["code"] == "acme-media"  # accounts do filter by codes
+    # Balances' amount is computed by m3ter: not sent back on a read-modify-write PUT.
+    assert "amount" not in merge_for_put({"amount": 5.0, "code": "b", "version": 2}, {"name": "B"}, "update_balance")
 
 
 def test_a_rejected_token_is_replaced_once(m3: Any) -> None:
@@ -112,6 +125,8 @@ def test_an_invalid_item_fails_its_batch_naming_the_uids(m3: Any) -> None:
     batch = [{"uid": f"p-{i}", "meter": "api_calls", "account": "acme-media", "ts": "2026-11-20T10:00:00Z",
               "measure": {"quantity": 1}} for i in range(5)]
     batch[3]["ts"] = "not a date"
+    m3.admin("m3ter", "spec", "POST", expect_invalid={"path_regex": "/measurements$", "count": 1,
+                                                       "reason": "ts is not a date-time"})
     with pytest.raises(M3terApiError) as exc:
         hook.submit_measurements(batch)
     assert "p-0..p-4" in str(exc.value) and exc.value.status == 400

@@ -239,8 +239,7 @@ def _prep_aggregation(emu: M3terEmulator, body: Entity, old: Entity | None) -> N
     codes = {f["code"] for f in meter.get("dataFields", []) + meter.get("derivedFields", [])}
     if body["targetField"] not in codes:
         raise ApiError(400, f"targetField: meter {meter['code']} has no field {body['targetField']}")
-    if meter.get("productId"):
-        body["productId"] = meter["productId"]
+    # No productId copied from the meter: the published Aggregation has none (the spec guard said so).
 
 
 def _prep_notification(emu: M3terEmulator, body: Entity, old: Entity | None) -> None:
