@@ -125,8 +125,8 @@ def test_an_invalid_item_fails_its_batch_naming_the_uids(m3: Any) -> None:
     batch = [{"uid": f"p-{i}", "meter": "api_calls", "account": "acme-media", "ts": "2026-11-20T10:00:00Z",
               "measure": {"quantity": 1}} for i in range(5)]
     batch[3]["ts"] = "not a date"
-    m3.admin("m3ter", "spec", "POST", expect_invalid={"path_regex": "/measurements$", "count": 1,
-                                                       "reason": "ts is not a date-time"})
+    m3.admin("m3ter_ingest", "spec", "POST", expect_invalid={"path_regex": "/measurements$", "count": 1,
+                                                             "reason": "ts is not a date-time"})
     with pytest.raises(M3terApiError) as exc:
         hook.submit_measurements(batch)
     assert "p-0..p-4" in str(exc.value) and exc.value.status == 400

@@ -75,11 +75,12 @@ def test_config_and_ingest_apis_are_separate_hosts(sb: Any, client: m3ter.M3ter,
     everything else (tokens included) only on the Config host."""
     m = {"account": "x", "meter": "api_calls", "ts": "2024-01-01T00:00:00Z", "measure": {"quantity": 1}}
     with pytest.raises(m3ter.NotFoundError, match="Ingest API host"):
-        client.usage.submit(measurements=[m])
+        client.usage.submit(measurements=[m], extra_headers=expect_invalid("measurements at the Config API host"))
     with pytest.raises(m3ter.NotFoundError, match="Config API host"):
-        ingest.products.list()
+        ingest.products.list(extra_headers=expect_invalid("products at the Ingest API host"))
     r = requests.post(f"{sb.url('m3ter_ingest')}/oauth/token", json={"grant_type": "client_credentials"},
-                      headers={"Authorization": BASIC}, timeout=10)
+                      headers={"Authorization": BASIC, **expect_invalid("a token from the Ingest API host")},
+                      timeout=10)
     assert r.status_code == 404
     assert ingest.usage.submit(measurements=[m]).result == "accepted"
 

@@ -53,7 +53,7 @@ def test_vendored_documents_are_the_published_ones() -> None:
 class Guarded:
     def __init__(self, emulator: Any, servers: tuple[str, ...], records: Path) -> None:
         self.emulator = emulator
-        self.app = build_asgi(emulator, servers)
+        self.app = build_asgi(emulator, spec_servers=servers)
         self.guard: specguard.SpecGuard = self.app.spec_guard  # type: ignore[attr-defined]
         assert self.guard is not None, "build_asgi did not put the spec guard in front of the emulator"
         self.client = TestClient(self.app)
