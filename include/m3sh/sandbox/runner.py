@@ -116,7 +116,7 @@ class SandboxEndpoints:
                 "password": cred.SALESFORCE_PASSWORD,
                 "extra": {
                     "security_token": cred.SALESFORCE_SECURITY_TOKEN,
-                    "version": "59.0",
+                    # no "version": m3sh's pinned API version applies, as with a production connection
                     # Read by m3sh.hooks.salesforce: route simple-salesforce's https URLs, host by
                     # host, to the plain-http emulator's ports through a requests adapter (no
                     # patching of SalesforceHook); any other host is refused.
