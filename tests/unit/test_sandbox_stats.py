@@ -34,3 +34,17 @@ def test_stats_count_and_mark_data_writes() -> None:
     snap = stats.snapshot()
     assert snap["counts"]["writes"] == 1 and snap["counts"]["total"] == 3
     assert [r["write"] for r in snap["recent"]] == [False, True, False]
+
+
+def test_stats_keep_each_path_as_requested_beside_the_normalised_counts() -> None:
+    # the id heuristic of the counts also rewrites literal segments; "paths" keeps what was asked
+    stats = RequestStats()
+    stats.record("GET", "/organizations/o/externalmappings", 200)
+    stats.record("GET", "/organizations/o/externalmappings", 200)
+    stats.record("PUT", "/services/rest/record/v1/customer/eid:c-1", 204)
+    snap = stats.snapshot()
+    assert snap["counts"]["GET /organizations/o/{id}"] == 2
+    assert snap["paths"] == {"GET /organizations/o/externalmappings": 2,
+                             "PUT /services/rest/record/v1/customer/eid:c-1": 1}
+    stats.clear()
+    assert stats.snapshot()["paths"] == {}

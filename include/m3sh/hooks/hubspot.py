@@ -337,7 +337,9 @@ class HubSpotHook(BaseHook):
         api = self._api("batch")
         for start in range(0, len(unique), BATCH_MAX):
             chunk = unique[start:start + BATCH_MAX]
-            # propertiesWithHistory is required by the published schema (the client does not insist)
+            # propertiesWithHistory is required by the published contract (HubSpot's OpenAPI
+            # document, the API reference and the official client's model, whose validation is
+            # off by default, so leaving it out went unnoticed); empty = no property history.
             body = BatchReadInputSimplePublicObjectId(inputs=[{"id": i} for i in chunk],
                                                       properties=list(properties or []),
                                                       properties_with_history=[])

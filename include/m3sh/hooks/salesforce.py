@@ -1,9 +1,18 @@
 """Salesforce access for m3sh: the official Airflow ``SalesforceHook``, plus incremental reads and writes.
 
 There is no hand-written Salesforce client here. :func:`salesforce_hook` returns the provider's
-``SalesforceHook`` unchanged, and :class:`SalesforceSync` only composes SOQL and calls the
-simple-salesforce client the hook owns, so auth (SOAP password + security token, OAuth, JWT),
-session refresh and error parsing stay the provider's.
+``SalesforceHook`` (with one change: m3sh's pinned API version as its default, see below), and
+:class:`SalesforceSync` only composes SOQL and calls the simple-salesforce client the hook owns, so
+auth (SOAP password + security token, OAuth, JWT), session refresh and error parsing stay the
+provider's.
+
+API version
+-----------
+m3sh pins the Salesforce API version (:data:`API_VERSION`): the SOAP login goes to
+``/services/Soap/u/<version>`` and every REST call to ``/services/data/v<version>/`` on the
+instance. Without the pin, a connection with no ``version`` extra would get simple-salesforce's
+``DEFAULT_API_VERSION``, which moves with that library's releases, so an upgrade could change the
+API (and its behaviour) m3sh talks to. A connection's extra ``version`` still overrides the pin.
 
 Reaching the sandbox (or any plain-http Salesforce stand-in)
 -----------------------------------------------------------
@@ -43,6 +52,8 @@ from m3sh.exceptions import ExternalApiError, RetryableError
 log = logging.getLogger(__name__)
 
 SANDBOX_EXTRA = "sandbox_hosts"
+# The API version m3sh is written and tested against (the sandbox emulates it); see the module docstring.
+API_VERSION = "59.0"
 MIN_BATCH_SIZE = 200
 MAX_BATCH_SIZE = 2000
 
@@ -83,8 +94,18 @@ def sandbox_session(hosts: Mapping[str, str]) -> requests.Session:
     return session
 
 
+class _PinnedSalesforceHook(SalesforceHook):
+    """The provider's hook, defaulting the API version to :data:`API_VERSION` instead of
+    simple-salesforce's (the hook reads every extra through ``_get_field``)."""
+
+    def _get_field(self, extras: dict[str, Any], field_name: str) -> Any:
+        value = super()._get_field(extras, field_name)
+        return value or API_VERSION if field_name == "version" else value
+
+
 def salesforce_hook(conn_id: str = "salesforce_default") -> SalesforceHook:
-    """The provider's ``SalesforceHook`` for ``conn_id``, routed to the sandbox when the extra says so."""
+    """The provider's ``SalesforceHook`` for ``conn_id`` at m3sh's pinned API version (unless the
+    connection names one), routed to the sandbox when the extra says so."""
     conn = BaseHook.get_connection(conn_id)
     extra = conn.extra_dejson or {}
     if "sandbox_base_url" in extra:
@@ -92,11 +113,11 @@ def salesforce_hook(conn_id: str = "salesforce_default") -> SalesforceHook:
                          f"'{SANDBOX_EXTRA}' (login and instance hosts); `m3sh sandbox up` writes it")
     hosts = extra.get(SANDBOX_EXTRA)
     if not hosts:
-        return SalesforceHook(salesforce_conn_id=conn_id)
+        return _PinnedSalesforceHook(salesforce_conn_id=conn_id)
     if not isinstance(hosts, Mapping):
         raise ValueError(f"connection {conn_id!r}: extra '{SANDBOX_EXTRA}' must map hosts to base URLs")
     log.info("Salesforce connection %s is routed to %s", conn_id, sorted(hosts.values()))
-    return SalesforceHook(salesforce_conn_id=conn_id, session=sandbox_session(hosts))
+    return _PinnedSalesforceHook(salesforce_conn_id=conn_id, session=sandbox_session(hosts))
 
 
 # ----------------------------------------------------------------------------------- errors

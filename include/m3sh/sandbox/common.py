@@ -13,6 +13,7 @@ Admin endpoints (no auth, never faulted, never counted):
 * ``GET|POST|DELETE /_sandbox/faults``    -> see :class:`FaultConfig`
 * ``GET|POST /_sandbox/limits`` ``{"enabled": bool}`` -> switch documented rate limits on/off
 * ``GET|DELETE /_sandbox/stats``          -> request counts and the recent request log
+  (``counts`` keyed by "METHOD /normalised/path", ``paths`` by the path as requested)
 * ``POST /_sandbox/<custom>``             -> emulator-specific admin actions (see ``admin_actions``)
 * ``GET|POST|DELETE /_sandbox/spec``      -> the spec guard's state; ``{"expect_invalid": {"path_regex",
   "count", "reason"}}`` declares a test's next invalid requests deliberate (``m3sh.sandbox.specguard``)
@@ -120,9 +121,14 @@ class RequestStats:
     def __init__(self, keep: int = 20000) -> None:
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self.counts: collections.Counter[str] = collections.Counter()
+        # The same requests by their path as requested: _normalise_path's id heuristic also rewrites
+        # some literal segments (``/externalmappings`` -> ``/{id}``), so whoever must tell operations
+        # apart (tests/wiring classifies every request of a DAG run) reads these.
+        self.paths: collections.Counter[str] = collections.Counter()
 
     def record(self, method: str, path: str, status: int) -> None:
         self.counts[f"{method} {_normalise_path(path)}"] += 1
+        self.paths[f"{method} {path}"] += 1
         self.counts["total"] += 1
         write = is_data_write(method, path)
         if write:
@@ -130,11 +136,12 @@ class RequestStats:
         self.recent.append({"method": method, "path": path, "status": status, "t": time.time(), "write": write})
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "recent": list(self.recent)[-500:]}
+        return {"counts": dict(self.counts), "paths": dict(self.paths), "recent": list(self.recent)[-500:]}
 
     def clear(self) -> None:
         self.recent.clear()
         self.counts.clear()
+        self.paths.clear()
 
 
 _ID_RE = re.compile(

@@ -116,7 +116,7 @@ class SandboxEndpoints:
                 "password": cred.SALESFORCE_PASSWORD,
                 "extra": {
                     "security_token": cred.SALESFORCE_SECURITY_TOKEN,
-                    "version": "59.0",
+                    # no "version": m3sh's pinned API version applies, as with a production connection
                     # Read by m3sh.hooks.salesforce: route simple-salesforce's https URLs, host by
                     # host, to the plain-http emulator's ports through a requests adapter (no
                     # patching of SalesforceHook); any other host is refused.
@@ -215,7 +215,10 @@ class Sandbox:
 
     def _spawn(self, name: str, cmd: list[str]) -> int:
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
-        env = {**os.environ, "M3SH_PLATFORM_SMTP_PORT": str(self.endpoints.port_base + SMTP_OFFSET)}
+        env = {**os.environ, "M3SH_PLATFORM_SMTP_PORT": str(self.endpoints.port_base + SMTP_OFFSET),
+               # moto's request recorder (/moto-api/recorder/..., off until started) writes here, not
+               # to ./moto_recording in the root
+               "MOTO_RECORDER_FILEPATH": str(self.dir / "moto-recording.jsonl")}
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root, env=env
         )

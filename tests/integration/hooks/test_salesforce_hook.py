@@ -15,6 +15,7 @@ from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
 
 from m3sh.exceptions import ExternalApiError, RetryableError
 from m3sh.hooks.salesforce import (
+    API_VERSION,
     SalesforceAuthError,
     SalesforceLimitError,
     SalesforceNotFoundError,
@@ -48,11 +49,19 @@ def _sf_customers() -> list[Any]:
 
 
 # ------------------------------------------------------------------------------ wiring
+def _is_the_provider_hook_with_the_version_pin(hook: SalesforceHook) -> bool:
+    """The provider's hook; its one m3sh change is the default API version (``_get_field``)."""
+    own = [n for n in vars(type(hook)) if not n.startswith("__")]
+    return type(hook).__mro__[1] is SalesforceHook and own == ["_get_field"]
+
+
 def test_sandbox_extra_routes_the_unmodified_provider_hook(sb: Any) -> None:
     hook = salesforce_hook()
-    assert type(hook) is SalesforceHook
+    assert _is_the_provider_hook_with_the_version_pin(hook)
     assert hook.session is not None
-    assert hook.get_conn().sf_instance == "northwind.my.salesforce.com"
+    conn = hook.get_conn()
+    assert conn.sf_instance == "northwind.my.salesforce.com"
+    assert conn.sf_version == API_VERSION  # the sandbox connection names none, as production's
 
 
 def test_without_sandbox_extra_the_hook_is_plain(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,9 +69,11 @@ def test_without_sandbox_extra_the_hook_is_plain(monkeypatch: pytest.MonkeyPatch
             "extra": {"security_token": "tok"}}
     monkeypatch.setenv("AIRFLOW_CONN_SF_REAL", json.dumps(conn))
     hook = salesforce_hook("sf_real")
-    assert type(hook) is SalesforceHook
+    assert _is_the_provider_hook_with_the_version_pin(hook)
     assert hook.session is None
     assert hook.conn_id == "sf_real"
+    assert hook._get_field({}, "version") == API_VERSION
+    assert hook._get_field({"version": "62.0"}, "version") == "62.0"  # a connection's own version wins
 
 
 # ------------------------------------------------------------------------ incremental
