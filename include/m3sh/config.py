@@ -758,6 +758,14 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+# Characters str.splitlines() breaks on: a key or value holding one must not split a problem line.
+_LINE_BREAKS = {c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+
+
+def _one_line(text: str) -> str:
+    return text.translate(_LINE_BREAKS)
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -765,6 +773,8 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
             continue  # pydantic's marker for an error in a map's key, which the path already ends with
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not part.isprintable():
+            out += f"[{part!r}]"  # a key of control characters, shown as Python would write it
         elif part in {"netsuite", "salesforce", "hubspot", "s3", "webhook"} and out.endswith("]"):
             continue  # the discriminated-union tag pydantic adds to the location
         else:
@@ -794,7 +804,7 @@ def parse_config(text: str, source: str = "m3sh.yaml") -> M3shConfig:
     else:
         problems = config.reference_errors() + config.crm_field_errors()
     if problems:
-        lines = [f"{source}:{_line_of(root, loc)} {_format_loc(loc)}: {msg}" for loc, msg in problems]
+        lines = [f"{source}:{_line_of(root, loc)} {_format_loc(loc)}: {_one_line(msg)}" for loc, msg in problems]
         raise ConfigError(f"invalid m3sh config ({len(lines)} problem(s)):\n  " + "\n  ".join(lines))
     return config
 

@@ -35,6 +35,13 @@ def _accounts(chaos: Chaos) -> list[str]:
     return sorted(a["code"] for a in chaos.m3ter().list_accounts())
 
 
+def _wait_for(condition: Any, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.01)
+
+
 def _posts(chaos: Chaos) -> int:
     return int(chaos.sb.stats("m3ter")["counts"].get(MEASUREMENTS, 0))
 
@@ -121,15 +128,18 @@ def test_worker_killed_mid_batch_then_the_dag_retries_exactly_once(chaos: Chaos)
     proc = subprocess.Popen([sys.executable, "-c", _WORKER, f.key], env={**os.environ},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        # Generous: the worker imports Airflow first, which takes tens of seconds on a busy machine.
+        deadline = time.monotonic() + 300
         while _posts(chaos) < 7 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:] if proc.stdout else ""
         assert _posts(chaos) >= 7
-        time.sleep(0.1)  # batch 8 is now waiting in the emulator
+        # batch 8 is on its way (each batch is held 400 ms): kill the worker once the emulator has it
+        _wait_for(lambda: chaos.sb.stats("m3ter")["in_flight"] > 0, "batch 8 in flight", 60)
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        time.sleep(0.6)  # let the emulator finish the request that was in flight (its stats count it then)
+        proc.wait(timeout=60)
+        # the emulator finishes the request that was in flight (its stats count it then)
+        _wait_for(lambda: chaos.sb.stats("m3ter")["in_flight"] == 0, "the in-flight batch done", 60)
     finally:
         if proc.poll() is None:
             proc.kill()

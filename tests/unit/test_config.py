@@ -262,3 +262,20 @@ def test_field_maps_are_keyed_by_the_canonical_sets_declared_once() -> None:
     ref = render_reference()
     assert "| `account_fields` | dict['name' \\| 'domain' \\| 'email'" in ref
     assert "| `contract_fields` | dict['start_date' \\| 'end_date' \\| 'po_number', str]" in ref
+
+
+def test_a_key_of_control_characters_keeps_its_problem_on_one_line() -> None:
+    """Found by the property test: a key such as ``"\\x1e"`` (a line break to ``str.splitlines``) split
+    the problem line, so the second half had no file:line."""
+    import yaml
+
+    from m3sh.config import DEFAULT_CONFIG_PATH, parse_config
+    from m3sh.exceptions import ConfigError
+
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["usage"]["feeds"][0] = {"\x1e": 0, **data["usage"]["feeds"][0]}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(yaml.safe_dump(data, sort_keys=False), source="x.yaml")
+    problems = str(exc.value).splitlines()[1:]
+    assert problems and all(p.strip().startswith("x.yaml:") for p in problems), problems
+    assert any("usage.feeds[0]['\\x1e']: unknown key" in p for p in problems), problems

@@ -7,7 +7,7 @@ costs too much.
 
 Admin endpoints (no auth, never faulted, never counted):
 
-* ``GET  /_sandbox/health``               -> ``{"status": "ok", "emulator": name}``
+* ``GET  /_sandbox/health``               -> ``{"status": "ok", "emulator": name, "pid": pid}``
 * ``GET  /_sandbox/state``                -> the emulator's full state snapshot (for tests)
 * ``POST /_sandbox/reset``  ``{"seed": "demo"|"empty"}`` -> restores the seed, clears faults and stats
 * ``GET|POST|DELETE /_sandbox/faults``    -> see :class:`FaultConfig`
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import random
 import re
 import threading
@@ -125,6 +126,8 @@ class RequestStats:
         # some literal segments (``/externalmappings`` -> ``/{id}``), so whoever must tell operations
         # apart (tests/wiring classifies every request of a DAG run) reads these.
         self.paths: collections.Counter[str] = collections.Counter()
+        # Requests being served right now, so a test can wait until a request it raced has finished.
+        self.in_flight = 0
 
     def record(self, method: str, path: str, status: int) -> None:
         self.counts[f"{method} {_normalise_path(path)}"] += 1
@@ -136,7 +139,8 @@ class RequestStats:
         self.recent.append({"method": method, "path": path, "status": status, "t": time.time(), "write": write})
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "paths": dict(self.paths), "recent": list(self.recent)[-500:]}
+        return {"counts": dict(self.counts), "paths": dict(self.paths), "in_flight": self.in_flight,
+                "recent": list(self.recent)[-500:]}
 
     def clear(self) -> None:
         self.recent.clear()
@@ -279,12 +283,14 @@ class SandboxMiddleware:
                 status_holder["status"] = message["status"]
             await send(message)
 
+        self.emulator.stats.in_flight += 1
         try:
             await self._serve(scope, receive, counting_send)
         except DropConnection:
             status_holder["status"] = -1
             raise
         finally:
+            self.emulator.stats.in_flight -= 1
             self.emulator.stats.record(scope["method"], path, status_holder["status"])
 
     async def _faults_and_app(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -384,7 +390,8 @@ class SandboxMiddleware:
     @staticmethod
     def _admin_dispatch(emu: Emulator, method: str, action: str, body: dict[str, Any]) -> Any:
         if action == "health":
-            return {"status": "ok", "emulator": emu.name}
+            # The pid lets the runner tell its own emulator from another session's on the same port.
+            return {"status": "ok", "emulator": emu.name, "pid": os.getpid()}
         if action == "state":
             with emu.lock:
                 return emu.snapshot()

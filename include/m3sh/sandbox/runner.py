@@ -284,18 +284,24 @@ class Sandbox:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def _is_healthy(self, name: str) -> bool:
-        if name != "moto" and not all(self._answers(f"{self.endpoints.url(lname)}/_sandbox/health")
-                                      for lname in listeners_of(name)):
-            return False
-        return self._answers(f"{self.endpoints.url('moto')}/moto-api/" if name == "moto"
-                             else f"{self.endpoints.url(name)}/_sandbox/health")
+        if name == "moto":
+            return self._answers(f"{self.endpoints.url('moto')}/moto-api/")
+        # Every listener must answer, and as the process this sandbox started (when it knows the pid):
+        # under load another session can pick the same free ports a moment earlier, and a foreign
+        # emulator that answers our health check would be adopted and then vanish under our tests.
+        pid = self._state().get("pids", {}).get(name)
+        return all(self._answers(f"{self.endpoints.url(lname)}/_sandbox/health", pid)
+                   for lname in [name, *listeners_of(name)])
 
     @staticmethod
-    def _answers(url: str) -> bool:
+    def _answers(url: str, pid: int | None = None) -> bool:
         try:
-            return requests.get(url, timeout=1).status_code == 200
+            r = requests.get(url, timeout=1)
         except requests.RequestException:
             return False
+        if r.status_code != 200:
+            return False
+        return pid is None or r.json().get("pid") == pid
 
     def healthy(self) -> bool:
         return all(self._is_healthy(n) for n in self.names)
