@@ -60,6 +60,13 @@ def _m3ter(rec: Recorded, op: Operation) -> Canned:
         return Canned(200, {"message": "approved"})
     if template.endswith("/billjobs/recalculate"):
         return Canned(200, {"id": _uuid("billjob"), "status": "PENDING", "version": 1})
+    if template.endswith("/enable"):
+        return Canned(200, {"id": segments[-2], "enabled": True, "version": 2})
+    if template.endswith("/customfields"):
+        return Canned(200, {"id": _uuid("customfields"), "version": 1, "organization": {}, "product": {},
+                            "plan": {}, "planTemplate": {}, "account": {"lifecycle": ""},
+                            "accountPlan": {}, "aggregation": {}, "compoundAggregation": {}, "meter": {},
+                            "contract": {}})
     if template.endswith("/dataexports/adhoc"):
         return Canned(200, {"id": _uuid("export"), "status": "PENDING"})
     if rec.method == "GET" and template.endswith("}") and "/external/" not in template \
@@ -149,6 +156,8 @@ def _hubspot(rec: Recorded, op: Operation) -> Canned:
         links = [{"toObjectId": 2002, "associationTypes": [kind]}]
         return Canned(200, {"status": "COMPLETE", "startedAt": NOW, "completedAt": NOW, "results": [
             {"from": {"id": str(i["id"])}, "to": links} for i in (body or {}).get("inputs", [])]})
+    if template == "/oauth/v2/private-apps/get/access-token-info":
+        return Canned(200, {"userId": 1, "hubId": 62515, "appId": 2, "scopes": ["crm.objects.companies.read"]})
     if template.endswith("/search"):
         return Canned(200, {"total": 1, "results": [_hs_object("1001")]})
     if template.endswith("/batch/read"):
@@ -215,6 +224,11 @@ def _salesforce(rec: Recorded, op: Operation) -> Canned:
             page["nextRecordsUrl"] = f"{base}/query/01g000000000001AAA-2000"
         return Canned(200, page)
     sobject = op.id.split("/sobjects/")[1].split("/")[0]
+    if op.id.endswith("/describe"):
+        return Canned(200, {"name": sobject, "fields": [
+            {"name": "Id", "type": "id", "createable": False, "updateable": False, "externalId": False},
+            {"name": "M3ter_Bill_Id__c", "type": "string", "createable": True, "updateable": True,
+             "externalId": True}]})
     if rec.method == "GET":
         return Canned(200, {"attributes": {"type": sobject}, "Id": rec.path.rsplit("/", 1)[-1], "Name": "Acme"})
     if rec.method == "POST":

@@ -33,7 +33,8 @@ SPEC_DIRS = (REPO_ROOT / "tests" / "specs", (REPO_ROOT / ".." / "shared" / "spec
 DOCUMENTS: dict[str, tuple[str, ...]] = {
     "m3ter": ("m3ter/m3ter-openapi.json", "m3ter-openapi.json"),
     **{f"hubspot/{n}": (f"hubspot/{n}.json",) for n in (
-        "companies", "deals", "lineItems", "products", "objects", "associations-v4", "properties")},
+        "companies", "deals", "lineItems", "products", "objects", "associations-v4", "properties",
+        "private-apps")},
 }
 SYSTEM_DOCUMENTS = {"m3ter": ("m3ter",), "hubspot": tuple(d for d in DOCUMENTS if d.startswith("hubspot/"))}
 

@@ -228,6 +228,15 @@ def m3ter_sync() -> None:
         "name": "m3sh", "description": "m3sh webhook receiver", "url": "https://airflow.acme.example/m3sh/webhook",
         "credentials": {"type": "M3TER_SIGNED_REQUEST", "apiKey": "k", "secret": "s"}, "active": True})
     h.upsert_webhook_destination("wired", {"url": "https://airflow2.acme.example/m3sh/webhook"})
+    list(h.list_webhook_destinations())
+    # sync-notifications links each notification to the webhook destination (integration configs)
+    links = list(h.list_integration_configs(destination_id=_id("wh-1")))
+    link = h.create_integration_config({"name": "m3sh: wired -> m3sh_receiver", "entityType": "Notification",
+                                        "entityId": _id("n-1"), "destination": "WEBHOOK",
+                                        "destinationId": _id("wh-1")}, lambda: None)
+    h.enable_integration_config(str(link["id"]))
+    assert links is not None
+    h.get_custom_fields()  # preflight: the organization's custom field definitions
 
     list(h.list_bills(status="APPROVED", bill_date="2026-11-01", exclude_line_items=True))
     bill = h.get_bill(_id("bill-1"))
@@ -316,6 +325,8 @@ def hubspot() -> None:
     h.batch_update("deals", [{"id": "2001", "properties": {"m3ter_latest_invoice_amount": 120.5}}])
     h.ensure_property("companies", "m3ter_account_id", "m3ter account id")
     h.ensure_property("deals", "missing_m3ter_invoice_number", "m3ter invoice number")
+    h.property_names("companies")  # preflight: the properties the config reads and writes
+    assert "scopes" in h.access_token_info()  # preflight: the private app token's scopes
     ok, message = h.test_connection()
     assert ok, message
 
@@ -362,6 +373,7 @@ def salesforce() -> None:
     sf.create_record("Task", {"Subject": "m3sh", "WhatId": "001000000000001AAA"})
     sf.upsert_by_external_id("Invoice__c", "M3ter_Bill_Id__c", "bill-1", {"Amount__c": 100.0,
                                                                           "Account__c": "001000000000001AAA"})
+    assert sf.describe("Invoice__c")["fields"]  # preflight: objects and fields m3sh writes
 
 
 # ---------------------------------------------------------------------------------------- AWS

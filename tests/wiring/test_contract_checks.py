@@ -223,6 +223,6 @@ def test_aws_operations_come_from_botocore_models() -> None:
 # ------------------------------------------------------------------------------------ provenance
 def test_vendored_hubspot_properties_document_is_the_published_one() -> None:
     path = Path(contracts.REPO_ROOT) / "tests" / "specs" / "hubspot" / "properties.json"
-    provenance = (path.parent / "PROVENANCE.md").read_text()
+    provenance = (path.parents[1] / "PROVENANCE.md").read_text()
     assert hashlib.sha256(path.read_bytes()).hexdigest() in provenance
     assert contracts.document_path("hubspot/properties") == path
