@@ -204,6 +204,20 @@ def _bill_run(endpoints: SandboxEndpoints) -> str:
     return f"m3ter sandbox bill run: {n} bill(s) for last month, approved (m3sh_invoice_sync exports them next)"
 
 
+def _sync_notifications(env: AirflowEnv, cfg_path: Path, port: int) -> str:
+    """Point m3ter's notifications at this Airflow's webhook receiver, as a user does once before go-live
+    (so ``m3sh preflight`` passes against the demo and balance alerts start plan-trigger runs)."""
+    url = f"http://127.0.0.1:{port}/m3sh/webhooks/m3ter"
+    cmd = [str(venv_bin() / "m3sh"), "triggers", "sync-notifications", "--config", str(cfg_path), "--webhook-url", url]
+    r = subprocess.run(cmd, env=env.env(), capture_output=True, text=True, timeout=300, check=False)
+    if r.returncode != 0:
+        return (f"m3ter notifications not synced (the rules still run every 5 minutes): "
+                f"{(r.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
+    result = json.loads(r.stdout)
+    rules, action = len(result["notifications"]), result["webhook"]["action"]
+    return f"m3ter notifications: {rules} rule(s) -> {url} (webhook {action})"
+
+
 def _guide(env: AirflowEnv, sandbox_dir: Path) -> list[str]:
     return [
         f"Airflow UI: {env.ui_url}   login: {ADMIN_USER} / {env.password}",
@@ -284,6 +298,7 @@ def run_demo(root: Path, port: int = 8080, once: bool = False, only: list[str] |
         for pool, slots in required_pools(load_config(cfg_path)).items():
             done = api.ensure_pool(pool, slots, POOL_DESCRIPTION)
             _say(f"pool {pool}: {slots} slot(s) ({done})")
+        _say(_sync_notifications(env, cfg_path, port))
 
         # In the order the data flows: accounts from the CRMs, then usage against them, then m3ter's
         # bill run (emulated), then what reads bills and balances side by side, then reconciliation

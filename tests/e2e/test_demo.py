@@ -65,6 +65,9 @@ def test_demo_once_runs_every_use_case_to_success_stops_everything_and_runs_agai
     # task whose pool is missing), and the deliveries running in them landed invoices in both accounts.
     for pool in required_pools(load_config(REPO / "include" / "m3sh.yaml")):
         assert re.search(rf"pool {pool}: \d+ slot\(s\) \(created\)", out), out[-3000:]
+    # m3ter's notifications point at the demo Airflow's receiver (what m3sh preflight checks)
+    assert re.search(r"m3ter notifications: [1-9]\d* rule\(s\) -> http://127\.0\.0\.1:\d+/m3sh/webhooks/m3ter "
+                     r"\(webhook created\)", out), out[-3000:]
     bills = re.search(r"m3ter sandbox bill run: (\d+) bill\(s\)", out)
     assert bills and int(bills.group(1)) > 0, out[-3000:]
     ns = re.search(r"netsuite sandbox: invoices per account \((.*)\)", out)
