@@ -69,7 +69,7 @@ def chromium() -> str:
 @pytest.fixture
 def browser_page(chromium: str, tmp_path: Path) -> Iterator[Any]:
     """A Playwright page in headless Debian Chromium (never a downloaded browser)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from m3sh.browser import LAUNCH_ARGS
 
@@ -77,7 +77,10 @@ def browser_page(chromium: str, tmp_path: Path) -> Iterator[Any]:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=LAUNCH_ARGS)
         context = browser.new_context(viewport={"width": 1440, "height": 900})
         page = context.new_page()
-        page.set_default_timeout(30_000)
+        page.set_default_timeout(60_000)
+        # expect() keeps its own 5 s default, which a busy 2-core machine overruns while the
+        # React UI is still loading: every assertion waits on its condition, generously.
+        expect.set_options(timeout=60_000)
         try:
             yield page
         finally:
