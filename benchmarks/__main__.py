@@ -34,7 +34,10 @@ RESULTS = HERE / "results"
 
 # "<benchmark>.<figure>" -> (direction, target). Direction ">=" means bigger is better.
 TARGETS: dict[str, tuple[str, float]] = {
-    "usage_ingest.rows_per_s": (">=", 50_000),
+    # limits on: 50 requests/s of 1,000 measurements per org is the ceiling; 0.9 of it
+    "usage_ingest.rows_per_s": (">=", 45_000),
+    # the client alone must never be what limits ingest
+    "usage_ingest.rows_per_s_unlimited": (">=", 50_000),
     "usage_ingest.peak_rss_mb": ("<", 300),
     "usage_ingest.peak_rss_mb_quarter": ("<", 300),
     "usage_ingest.speedup_vs_naive": (">=", 100),
@@ -57,7 +60,8 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 # Figures shown without a target, for context (sizes, the other side of a ratio).
 CONTEXT: dict[str, list[str]] = {
-    "usage_ingest": ["rows", "seconds", "api_requests", "naive_rows_per_s", "speedup_vs_naive_wan",
+    "usage_ingest": ["sustained_bound_rows_per_s_per_ip", "rows", "seconds", "api_requests",
+                     "naive_rows_per_s", "speedup_vs_naive_wan",
                      "achieved_rps", "limit_rps"],
     "crm_sync": ["accounts", "seconds", "binding_api", "binding_limit_rps", "achieved_rps", "m3ter_writes"],
     "dag_parse": ["destinations", "files", "slowest_file", "max_warm_parse_s"],

@@ -8,9 +8,10 @@ file of N/4 rows shows whether memory is flat in file size. Rows sent one measur
 latency: the strictest comparison) and again with ``--wan-latency-ms`` added to every ingest request.
 
 Phase 2 switches m3ter's documented limits on (ingest: 50 requests/s per org) and ingests another
-file: ``achieved_rps`` is accepted ingest requests over the time between the first and the last
-one, and ``lost`` is valid rows minus the measurements the usage query reads back. The last line
-printed is one JSON object.
+file: its rows/s is the headline ``rows_per_s`` (what production sees); ``rows_per_s_unlimited`` is
+phase 1's, the client's own speed. ``achieved_rps`` is accepted ingest requests over the time
+between the first and the last one, and ``lost`` is valid rows minus the measurements the usage
+query reads back. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -271,9 +272,16 @@ def run(rows: int, limited_rows: int, sample: int, wan_ms: int) -> dict[str, Any
     rows_per_s_wan = wan["rows_read"] / wan["seconds"]
     return {
         "benchmark": "usage_ingest",
+        # The headline is what production sees: m3ter's limits on, one worker, one source IP.
+        "rows_per_s": round(limited["rows_read"] / limited["seconds"]),
+        # m3ter also caps each source IP at 5,000 requests per rolling 5 minutes (api-notes 2.5): past
+        # that window one IP sustains at most 5000/300 requests/s of 1,000 measurements. A bound from the
+        # documented limits, not a measurement: this run's limited phase is shorter than the window.
+        "sustained_bound_rows_per_s_per_ip": round(5_000 / 300 * 1_000),
         "rows": full["rows_read"],
         "seconds": round(full["seconds"], 3),
-        "rows_per_s": round(rows_per_s),
+        # The client alone (limits and pacing off): what m3sh's own CPU cost allows on this core.
+        "rows_per_s_unlimited": round(rows_per_s),
         "cpu_rows_per_s": round(full["rows_read"] / full["cpu_seconds"]),
         "peak_rss_mb": full["peak_rss_mb"],
         "peak_rss_mb_quarter": quarter["peak_rss_mb"],
