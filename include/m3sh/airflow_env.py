@@ -294,7 +294,7 @@ class AirflowApi:
                 last_note = now
             time.sleep(every_s)
 
-    def wait_healthy(self, timeout_s: float = 120, alive: Callable[[], str | None] | None = None,
+    def wait_healthy(self, timeout_s: float = 600, alive: Callable[[], str | None] | None = None,
                      components: Iterable[str] = ("metadatabase", "scheduler", "dag_processor")) -> None:
         wanted = list(components)
 
@@ -330,7 +330,7 @@ class AirflowApi:
         doc = self.request("GET", "/importErrors", params={"limit": 50})
         return [f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in doc["import_errors"]]
 
-    def wait_dags(self, dag_ids: Iterable[str], timeout_s: float = 120,
+    def wait_dags(self, dag_ids: Iterable[str], timeout_s: float = 300,
                   alive: Callable[[], str | None] | None = None) -> None:
         """Wait until the dag-processor has serialized every DAG; import errors fail fast and say why."""
         wanted = set(dag_ids)
@@ -495,10 +495,12 @@ def stop_standalone(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> Non
 
 
 def launch_standalone(env: AirflowEnv, wait_dags: Iterable[str], *, cwd: Path | None = None,
-                      progress: Callable[[str], None] | None = None, healthy_timeout_s: float = 180,
-                      dags_timeout_s: float = 120) -> StandaloneStack:
+                      progress: Callable[[str], None] | None = None, healthy_timeout_s: float = 600,
+                      dags_timeout_s: float = 300) -> StandaloneStack:
     """Start ``airflow standalone`` with ``env`` (log in ``<home>/standalone.log``) and wait until it is
     healthy and ``wait_dags`` are parsed; on any failure it is stopped again before the error propagates.
+    The bounds are generous on purpose: every wait is on a condition and fails at once if a process
+    dies, and a cold start on a busy 2-core machine has taken over 3 minutes.
     """
     log_path = env.home / "standalone.log"
     with open(log_path, "ab") as log:

@@ -288,10 +288,10 @@ def run_demo(root: Path, port: int = 8080, once: bool = False, only: list[str] |
             return None
 
         api = env.api(progress=_say)
-        api.wait_healthy(timeout_s=240, alive=died)
+        api.wait_healthy(timeout_s=600, alive=died)
         _say(f"Airflow UI is up: {env.ui_url}  (login {ADMIN_USER} / {env.password})")
         use_cases = [u for u in existing_use_case_dags(root) if not only or u[0] in only]
-        api.wait_dags([d for d, _ in use_cases], timeout_s=180, alive=died)
+        api.wait_dags([d for d, _ in use_cases], timeout_s=300, alive=died)
         for dag_id in sorted(api.dag_ids()):  # an earlier interactive demo left them unpaused (same DB)
             api.pause(dag_id)
 

@@ -181,7 +181,7 @@ def stack(pg_database: str, redis_db: int, tmp_path_factory: pytest.TempPathFact
                      extra_env={"M3SH_WORKER_HOSTNAME": name, "PYTHONPATH": str(HERE),
                                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "worker_identity.worker_hostname"})
         api = env.api(progress=lambda m: print(f"[distributed] {m}", flush=True))
-        api.wait_healthy(timeout_s=180, alive=st.dead,
+        api.wait_healthy(timeout_s=600, alive=st.dead,
                          components=("metadatabase", "scheduler", "dag_processor", "triggerer"))
         _wait_workers(redis_db, pg_database, st)
         print(f"[distributed] migrate {t_migrate:.0f}s, stack up {time.monotonic() - t0:.0f}s", flush=True)
@@ -252,7 +252,7 @@ def test_every_m3sh_dag_runs_to_success_across_both_workers(stack: dict[str, Any
 
     api, st = stack["api"], stack["stack"]
     use_cases = existing_use_case_dags(REPO)
-    api.wait_dags([d for d, _ in use_cases], timeout_s=120, alive=st.dead)
+    api.wait_dags([d for d, _ in use_cases], timeout_s=300, alive=st.dead)
     t0 = time.monotonic()
     (first, first_conf), *rest = use_cases
     # The accounts first; the rest stay paused till then, so no asset-triggered ingest run (the seeded
