@@ -53,6 +53,9 @@ class S3UsageToM3terOperator(M3terBaseOperator[M3terHook]):
     :param batch_size: measurements per request (m3ter accepts up to 1000).
     :param max_in_flight: ingest requests in flight at once.
     :param fail_on_bad_file: fail the task when a file cannot be read at all (bad rows never fail it).
+
+    Returns ``{"files", "skipped", "rows_read", "accepted", "rejected", "batches_sent", "failed",
+    "dead_letter_uris", "files_detail", "feed"}``; the row counts cover files ingested by this run.
     """
 
     template_fields: Sequence[str] = (*M3terBaseOperator.template_fields, "bucket", "keys", "prefix",
@@ -79,11 +82,8 @@ class S3UsageToM3terOperator(M3terBaseOperator[M3terHook]):
         if feed is not None and feed.type != "s3":
             raise ValueError(f"{self.task_id}: feed {feed.name!r} is of type {feed.type!r}; this operator reads S3")
         if feed is None:
-            try:  # validated now, so a mapping mistake fails the DAG file's import, naming the field
-                self.meter_definitions = [MeterDefinition.model_validate(m) if isinstance(m, Mapping) else m
-                                          for m in meters or []]
-            except ValidationError as exc:
-                raise ValueError(f"{self.task_id}: invalid meters mapping ({_problems(exc)})") from None
+            # Validated now, so a mapping mistake fails the DAG file's import, naming meter and field.
+            self.meter_definitions = [self._meter(i, m) for i, m in enumerate(meters or [])]
             if not self.meter_definitions:
                 raise ValueError(f"{self.task_id}: meters is empty; map at least one m3ter meter")
         self.feed = feed
@@ -101,6 +101,14 @@ class S3UsageToM3terOperator(M3terBaseOperator[M3terHook]):
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.fail_on_bad_file = fail_on_bad_file
+
+    def _meter(self, index: int, meter: Mapping[str, Any] | MeterDefinition) -> MeterDefinition:
+        if isinstance(meter, MeterDefinition):
+            return meter
+        try:
+            return MeterDefinition.model_validate(meter)
+        except ValidationError as exc:
+            raise ValueError(f"{self.task_id}: invalid meters[{index}] ({_problems(exc)})") from None
 
     def _feed(self) -> UsageFeed:
         """The mapping with this run's rendered bucket/prefix (a feed object keeps its own otherwise)."""
@@ -129,7 +137,9 @@ class S3UsageToM3terOperator(M3terBaseOperator[M3terHook]):
         results = [ingest_s3_object(feed=feed, key=key, m3ter=self.hook, source_storage=source, state=state,
                                     account_exists=lookup, batch_size=self.batch_size,
                                     max_in_flight=self.max_in_flight).to_dict() for key in keys]
-        summary: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in results) for k in COUNTED}
+        # Counts are this run's work: a file its manifest skips was counted by the run that ingested it.
+        done_now = [r for r in results if r["status"] != "skipped"]
+        summary: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in done_now) for k in COUNTED}
         summary.update(
             feed=feed.name, files=len(results), skipped=sum(1 for r in results if r["status"] == "skipped"),
             failed=[{"key": r["key"], "error": r["error"]} for r in results if r["status"] == "failed"],
