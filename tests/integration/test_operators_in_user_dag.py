@@ -176,3 +176,30 @@ def test_a_users_dag_acts_once_across_two_runs_without_m3sh_yaml(
     assert hook.get_balance(balance["id"])["amount"] == pytest.approx(40 + TOP_UP)
     assert len(list(hook.list_account_plans(account_id=account["id"], include_all=True))) == plan_count
     assert no_m3sh_yaml.call_count == 0
+
+
+def test_an_inline_sensor_defers_and_its_trigger_reports_the_account_once_usage_arrives(
+        fresh_sandbox: Any, no_m3sh_yaml: mock.Mock) -> None:
+    """The deferrable path without m3sh.yaml: nothing holds at the first poke, so the sensor defers
+    with JSON kwargs carrying its inline condition; the trigger rebuilt from them (as the triggerer
+    does) polls the emulator and reports the account whose usage crossed the limit."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from m3sh.triggers.m3ter import M3terUsageLimitTrigger
+    from tests.integration.test_sensors_sandbox import Env, _events, _submit_heavy_usage
+
+    hook = M3terHook()
+    code = str(sorted(hook.list_accounts(), key=lambda a: a["code"])[0]["code"])
+    sensor = M3terUsageLimitSensor(task_id="usage_over", meter="api_calls", limit=150_000, accounts=[code],
+                                   deferrable=True, poll_interval=0.2, timeout=300)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context={})  # type: ignore[arg-type]
+    path, kwargs = deferred.value.trigger.serialize()
+    assert path == "m3sh.triggers.m3ter.M3terUsageLimitTrigger"
+    assert json.loads(json.dumps(kwargs)) == kwargs and kwargs["exclude_keys"] == []
+    _submit_heavy_usage(Env(fresh_sandbox, hook, None), code)  # type: ignore[arg-type]
+    events = _events(M3terUsageLimitTrigger(**json.loads(json.dumps(kwargs))))
+    assert len(events) == 1 and events[0]["status"] == "success", events
+    assert [(f["rule"], f["account_code"]) for f in events[0]["firings"]] == [("usage_over", code)]
+    assert sensor.execute_complete({}, events[0]) == events[0]["firings"]  # type: ignore[arg-type]
+    assert no_m3sh_yaml.call_count == 0
