@@ -518,6 +518,13 @@ class TriggerRule(_Model):
                           "rule (default m3sh_<name>); only balance rules have one")
 
 
+
+class WatchRule(TriggerRule):
+    """A condition a sensor or trigger watches: a :class:`TriggerRule` whose actions may be empty,
+    because a stand-alone sensor's actions are the tasks downstream of it (never in m3sh.yaml)."""
+
+    actions: list[Action] = Field(default_factory=list)
+
 # -------------------------------------------------------------------------------------- alerting
 class Notifier(_Model):
     name: str

@@ -137,39 +137,7 @@ class ActionRunner:
 
     # -- switch plan --------------------------------------------------------------------------
     def switch_plan(self, firing: Firing, plan_code: str) -> Outcome:
-        plan = self.plan(plan_code)
-        at = parse_instant(firing.event_time)
-        same_product = [ap for ap in self.account_plans(firing.account_id)
-                        if ap.get("productId") in (None, plan.get("productId"))]
-        current = next((ap for ap in same_product if active_at(ap, at)), None)
-        if current is not None and current.get("planId") == plan["id"]:
-            return Outcome("unchanged", f"already on {plan_code} at {firing.event_time} (account plan {current['id']})")
-        later = [ap for ap in same_product if ap is not current and ap.get("startDate")
-                 and parse_instant(ap["startDate"]) >= at]
-        if any(ap.get("planId") == plan["id"] for ap in later):
-            return Outcome("unchanged", f"{plan_code} already attached from {firing.event_time}")
-        if later:
-            ap = min(later, key=lambda a: parse_instant(a["startDate"]))
-            return Outcome("skipped", f"account already has account plan {ap['id']} (plan {ap.get('planId')}) "
-                                      f"starting {ap['startDate']}; not overlapping it")
-        body: dict[str, Any] = {"accountId": firing.account_id, "planId": plan["id"],
-                                "startDate": firing.event_time}
-        ended = ""
-        if current is not None:
-            old_end = current.get("endDate")
-            if old_end and parse_instant(old_end) > at:
-                body["endDate"] = old_end
-            if current.get("contractId"):
-                body["contractId"] = current["contractId"]
-            self.hook.update_account_plan(current["id"], {"endDate": firing.event_time}, current=current)
-            ended = f"ended account plan {current['id']} (plan {current.get('planId')}) at {firing.event_time}; "
-        def landed() -> dict[str, Any] | None:  # after a lost response: did m3ter attach it?
-            return next((ap for ap in self.account_plans(firing.account_id)
-                         if ap.get("planId") == plan["id"] and ap.get("startDate")
-                         and parse_instant(ap["startDate"]) == at), None)
-
-        created = self.hook.create_account_plan(body, find_existing=landed)
-        return Outcome("done", f"{ended}attached {plan_code} as account plan {created.get('id')}")
+        return switch_account_plan(self.hook, firing.account_id, self.plan(plan_code), plan_code, firing.event_time)
 
     # -- balances -----------------------------------------------------------------------------
     def adjust_balance(self, firing: Firing, *, reset_to: float | None = None,
@@ -178,24 +146,8 @@ class ActionRunner:
         balance = self.target_balance(firing)
         if balance is None:
             return Outcome("skipped", f"account {firing.account_code or firing.account_id} has no active balance")
-        note = marker(firing, kind)
-        done = [t for t in self.hook.list_balance_transactions(balance["id"])
-                if t.get("description") == note]
-        if done:
-            return Outcome("unchanged", f"{kind} already applied to balance {balance['id']} "
-                                        f"(transaction {done[0].get('id')})")
-        amount = float(balance.get("amount") or 0.0)
-        delta = round((reset_to - amount) if reset_to is not None else float(top_up or 0.0), 6)
-        if abs(delta) < 1e-9:
-            return Outcome("unchanged", f"balance {balance['id']} is already {amount:g}")
-        body: dict[str, Any] = {"amount": delta, "description": note}
-        type_code = TX_TYPE_TOP_UP if kind == "top_up" else TX_TYPE_CREDIT
-        type_id = self.tx_type(type_code) if delta > 0 else None
-        if type_id:
-            body["transactionTypeId"] = type_id
-        tx = self.hook.create_balance_transaction(balance["id"], body)
-        return Outcome("done", f"balance {balance['id']}: {amount:g} -> {amount + delta:g} (transaction "
-                               f"{(tx or {}).get('id')})")
+        return apply_balance_change(self.hook, balance, marker(firing, kind), reset_to=reset_to, top_up=top_up,
+                                    tx_type=self.tx_type)
 
     def open_next_balance(self, firing: Firing, spec: OpenNextBalance) -> Outcome:
         """Open the firing balance's next period once, then credit it once (see the module doc)."""
@@ -281,12 +233,7 @@ class ActionRunner:
         else:
             target, path = self.hook.get_account(firing.account_id), "accounts"
             update = self.hook.update_account
-        current = target.get("customFields") or {}
-        diff = {k: v for k, v in fields.items() if current.get(k) != v}
-        if not diff:
-            return Outcome("unchanged", f"{path} {target['id']} custom fields already {fields}")
-        update(target["id"], {"customFields": diff}, current=target)
-        return Outcome("done", f"{path} {target['id']} custom fields set: {diff}")
+        return write_custom_fields(target, fields, update, path)
 
     # -- CRM ----------------------------------------------------------------------------------
     def crm_records(self, account_id: str) -> list[tuple[str, str]]:
@@ -363,6 +310,83 @@ class ActionRunner:
                 f"actions: {'; '.join(actions) or 'none'}")
         send(channel, alert, text)
         return Outcome("done", f"sent to {notifier} ({channel['type']})")
+
+
+# ------------------------------------------------------------------ plan actions without a rule
+# The idempotent writes behind switch_plan, reset/top-up and set_custom_fields, taking plain
+# arguments so the rule engine (above) and the m3sh.operators share them.
+def switch_account_plan(hook: M3terHook, account_id: str, plan: Mapping[str, Any], plan_code: str,
+                        event_time: str) -> Outcome:
+    """Attach ``plan`` to the account from ``event_time`` (ISO instant), ending the plan of the same
+    product that is active then; no write when the account is already on it (see the module doc)."""
+    at = parse_instant(event_time)
+
+    def account_plans() -> list[dict[str, Any]]:
+        return list(hook.list_account_plans(account_id=account_id, include_all=True))
+
+    same_product = [ap for ap in account_plans() if ap.get("productId") in (None, plan.get("productId"))]
+    current = next((ap for ap in same_product if active_at(ap, at)), None)
+    if current is not None and current.get("planId") == plan["id"]:
+        return Outcome("unchanged", f"already on {plan_code} at {event_time} (account plan {current['id']})")
+    later = [ap for ap in same_product if ap is not current and ap.get("startDate")
+             and parse_instant(ap["startDate"]) >= at]
+    if any(ap.get("planId") == plan["id"] for ap in later):
+        return Outcome("unchanged", f"{plan_code} already attached from {event_time}")
+    if later:
+        ap = min(later, key=lambda a: parse_instant(a["startDate"]))
+        return Outcome("skipped", f"account already has account plan {ap['id']} (plan {ap.get('planId')}) "
+                                  f"starting {ap['startDate']}; not overlapping it")
+    body: dict[str, Any] = {"accountId": account_id, "planId": plan["id"], "startDate": event_time}
+    ended = ""
+    if current is not None:
+        old_end = current.get("endDate")
+        if old_end and parse_instant(old_end) > at:
+            body["endDate"] = old_end
+        if current.get("contractId"):
+            body["contractId"] = current["contractId"]
+        hook.update_account_plan(current["id"], {"endDate": event_time}, current=current)
+        ended = f"ended account plan {current['id']} (plan {current.get('planId')}) at {event_time}; "
+
+    def landed() -> dict[str, Any] | None:  # after a lost response: did m3ter attach it?
+        return next((ap for ap in account_plans() if ap.get("planId") == plan["id"] and ap.get("startDate")
+                     and parse_instant(ap["startDate"]) == at), None)
+
+    created = hook.create_account_plan(body, find_existing=landed)
+    return Outcome("done", f"{ended}attached {plan_code} as account plan {created.get('id')}")
+
+
+def apply_balance_change(hook: M3terHook, balance: Mapping[str, Any], note: str, *, reset_to: float | None = None,
+                         top_up: float | None = None, tx_type: Callable[[str], str | None] | None = None) -> Outcome:
+    """One balance transaction described by ``note``: an existing transaction with that description
+    means the change was already applied (a retry or re-run), so nothing is written twice."""
+    kind = "reset" if reset_to is not None else "top_up"
+    done = [t for t in hook.list_balance_transactions(str(balance["id"])) if t.get("description") == note]
+    if done:
+        return Outcome("unchanged", f"{kind} already applied to balance {balance['id']} "
+                                    f"(transaction {done[0].get('id')})")
+    amount = float(balance.get("amount") or 0.0)
+    delta = round((reset_to - amount) if reset_to is not None else float(top_up or 0.0), 6)
+    if abs(delta) < 1e-9:
+        return Outcome("unchanged", f"balance {balance['id']} is already {amount:g}")
+    body: dict[str, Any] = {"amount": delta, "description": note}
+    type_code = TX_TYPE_TOP_UP if kind == "top_up" else TX_TYPE_CREDIT
+    type_id = tx_type(type_code) if delta > 0 and tx_type is not None else None
+    if type_id:
+        body["transactionTypeId"] = type_id
+    tx = hook.create_balance_transaction(str(balance["id"]), body)
+    return Outcome("done", f"balance {balance['id']}: {amount:g} -> {amount + delta:g} (transaction "
+                           f"{(tx or {}).get('id')})")
+
+
+def write_custom_fields(target: Mapping[str, Any], fields: Mapping[str, Any],
+                        update: Callable[..., dict[str, Any]], what: str) -> Outcome:
+    """Write only the custom fields whose value differs from ``target``'s (no write when none does)."""
+    current = target.get("customFields") or {}
+    diff = {k: v for k, v in fields.items() if current.get(k) != v}
+    if not diff:
+        return Outcome("unchanged", f"{what} {target['id']} custom fields already {dict(fields)}")
+    update(target["id"], {"customFields": diff}, current=target)
+    return Outcome("done", f"{what} {target['id']} custom fields set: {diff}")
 
 
 # ------------------------------------------------------------------------------ next balance
