@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import json
 import math
 import secrets
@@ -82,6 +83,8 @@ class M3terEmulator(Emulator):
         self.seeding = False  # the demo seed emits no events
         # Scaled-down limits set through the limit_windows admin action (cleared by reset).
         self.limit_overrides: dict[str, tuple[int, float]] = {}
+        # 429s sent, by limiter (e.g. "ingest_org", "ingest_ip"): which limit a client tripped.
+        self.rate_limited: collections.Counter[str] = collections.Counter()
         self._make_limiters()
         # Typed as a plain ASGI callable: the middleware and _asgi hand it plain dict scopes.
         self.api: ASGIApp = self._build_api()  # type: ignore[assignment]
@@ -122,6 +125,7 @@ class M3terEmulator(Emulator):
         self.drawn = {}
         self.webhooks.clear()
         self.limit_overrides = {}
+        self.rate_limited.clear()
         self._make_limiters()
         if seed == "demo":
             seed_demo(self)
@@ -168,6 +172,7 @@ class M3terEmulator(Emulator):
             "events": [public(e) for e in store.events.values()][-500:],
             "event_count": len(store.events),
             "usage": self.usage.snapshot(),
+            "rate_limited": dict(self.rate_limited),
             "webhook_deliveries": list(self.webhooks.deliveries),
         }
 
@@ -297,6 +302,7 @@ class M3terEmulator(Emulator):
         for key, limiter_name in ((org_id, f"{api}_org"), (client, f"{api}_ip")):
             wait = self.limiters[limiter_name].hit(key)
             if wait is not None:
+                self.rate_limited[limiter_name] += 1
                 _raise_429(wait, f"Rate limit exceeded for the {api} API ({limiter_name.split('_')[1]})")
         if sub.rstrip("/") == "usage/query":
             wait = self.query_bucket.hit()
