@@ -229,3 +229,15 @@ def test_m3ter_settings_read_the_limits_from_the_connection() -> None:
     assert ingest.rate_key == "p:{ingest.m3ter.com}:org:org-1:ingest:rate"
     assert ingest.window_key == "p:{ingest.m3ter.com}:ip:default:ingest:window"
     assert "limiter_url" not in repr(s)
+
+
+def test_a_zero_rate_turns_that_apis_client_limits_off() -> None:
+    from airflow.sdk import Connection
+
+    from m3sh.hooks.m3ter import M3terSettings, config_rules, ingest_rules
+
+    conn: Any = Connection(conn_id="m3", conn_type="m3ter", login="k", password="s",
+                           extra=json.dumps({"org_id": "org-1", "ingest_rps": 0, "config_ip_limit": 0}))
+    s = M3terSettings.from_connection(conn)
+    assert not ingest_rules(s).active  # a sandbox with limits off: neither the rate nor the window
+    assert config_rules(s) == Rules(49.0, 0, 300.0) and config_rules(s).active  # only the window off

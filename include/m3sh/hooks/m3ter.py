@@ -80,8 +80,8 @@ class M3terSettings:
     # the documented 50/s of the Ingest and of the Config API less 2 % for network jitter; per source
     # IP: 5,000 (Ingest) and 20,000 (Config) requests per rolling 5 minutes. Source: m3ter's "Rate and
     # Payload Limits" page as summarised in /work/shared/api-notes/m3ter.md ("Rate limits"); the
-    # emulator enforces the same numbers. 0 turns a rule off (an org whose limits m3ter raised, a
-    # sandbox with limits off).
+    # emulator enforces the same numbers. ingest_rps / config_rps 0 turns that API's client limits
+    # off (an org whose limits m3ter raised, a sandbox with limits off); an *_ip_limit of 0 only the window.
     ingest_rps: float = 49.0
     config_rps: float = 49.0
     ingest_ip_limit: int = 5_000
@@ -370,12 +370,17 @@ def _seal_group(group: list[dict[str, Any]], max_items: int, max_bytes: int) -> 
 
 
 def ingest_rules(settings: M3terSettings) -> Rules:
-    """The Ingest API's limits as this client keeps them: the per-org rate and the per-IP window."""
+    """The Ingest API's limits as this client keeps them: the per-org rate and the per-IP window
+    (``ingest_rps`` 0 turns both off, as it turned pacing off before there was a window)."""
+    if settings.ingest_rps <= 0:
+        return Rules()
     return Rules(settings.ingest_rps, settings.ingest_ip_limit, settings.ingest_ip_window_s)
 
 
 def config_rules(settings: M3terSettings) -> Rules:
-    """The Config API's limits as this client keeps them: the per-org rate and the per-IP window."""
+    """The Config API's limits as this client keeps them (``config_rps`` 0 turns both off)."""
+    if settings.config_rps <= 0:
+        return Rules()
     return Rules(settings.config_rps, settings.config_ip_limit, settings.config_ip_window_s)
 
 
