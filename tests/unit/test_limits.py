@@ -241,3 +241,24 @@ def test_a_zero_rate_turns_that_apis_client_limits_off() -> None:
     s = M3terSettings.from_connection(conn)
     assert not ingest_rules(s).active  # a sandbox with limits off: neither the rate nor the window
     assert config_rules(s) == Rules(49.0, 0, 300.0) and config_rules(s).active  # only the window off
+
+
+def test_hubspot_and_netsuite_limits_are_shared_when_a_limiter_url_is_given(prefix: str) -> None:
+    from m3sh.hooks.hubspot import _shared_limiter
+    from m3sh.hooks.netsuite import account_slots
+
+    extra = {"limiter_url": REDIS_URL, "limiter_prefix": prefix}
+    burst = _shared_limiter("https://api.hubapi.com", "pat-secret", "burst", 100, 10.0, extra=extra)
+    assert burst.backend == "redis" and burst.rules == Rules(window_limit=100, window_s=10.0, margin_s=0.5)
+    assert "pat-secret" not in burst.window_key  # the token is hashed into the key, never kept
+    # Every process asking for the same portal and token gets the same Redis keys: one budget per app.
+    again = _shared_limiter("https://api.hubapi.com", "pat-secret", "burst", 100, 10.0, extra=dict(extra))
+    assert again.window_key == burst.window_key
+    assert [burst.reserve() for _ in range(100)] == [0.0] * 100
+    assert again.reserve() > 9.0  # the 101st in 10 s waits, whichever hook instance asks
+    slots = account_slots("1234567-sb1", 3, limiter_url=REDIS_URL, limiter_prefix=prefix, lease_s=5)
+    assert slots.backend == "redis" and slots.key.endswith("account:1234567_SB1:requests:slots")
+    with slots.slot():
+        assert slots.holders() == 1
+    local = account_slots("1234567-sb1", 3, limiter_url="memory", limiter_prefix=prefix)
+    assert local.backend == "in-process"
