@@ -31,7 +31,8 @@ ORG_RATE = 49.0  # the client's per-org rate: the documented 50/s less 2 %
 CONN_ID = "m3ter_limits"
 
 
-def ideal_span_s(rate_per_s: float, window_limit: int, window_s: float, requests_n: int) -> float:
+def ideal_span_s(rate_per_s: float, window_limit: int, window_s: float, requests_n: int,
+                 margin_s: float | None = None) -> float:
     """Seconds from the first to the last of ``requests_n`` requests sent as fast as the client's own
     rules allow (one limiter, a fake clock, no network): the best any number of processes can do."""
     from m3sh.hooks.limits import RateLimiter, Rules
@@ -41,7 +42,7 @@ def ideal_span_s(rate_per_s: float, window_limit: int, window_s: float, requests
     def sleep(s: float) -> None:
         now[0] += s
 
-    lim = RateLimiter(Rules(rate_per_s, window_limit, window_s), rate_key="r", window_key="w", url=None,
+    lim = RateLimiter(Rules(rate_per_s, window_limit, window_s, margin_s), rate_key="r", window_key="w", url=None,
                       clock=lambda: now[0], sleep=sleep)
     first = None
     for _ in range(requests_n):
@@ -172,7 +173,10 @@ def main() -> None:
         print(json.dumps(shared), flush=True)
         local = run_phase(url, conn, backend="memory", **kw)
         print(json.dumps(local), flush=True)
-    binding = min(50.0, args.ip_limit / args.ip_window_s)  # the emulator's (m3ter's) limits, not the client's
+    # What the emulator's (m3ter's) limits themselves allow for this many requests: 50/s per org and the
+    # per-IP window, no client margin. A run shorter than one window is bound by the org rate.
+    n = shared["requests"]
+    binding = (n - 1) / ideal_span_s(50.0, args.ip_limit, args.ip_window_s, n, margin_s=0.0)
     emit({
         "processes": args.processes,
         "requests": shared["requests"],
