@@ -158,7 +158,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=sized(300, 120), help="requests per process")
+    parser.add_argument("--requests", type=int, default=sized(200, 100), help="requests per process")
     parser.add_argument("--ip-limit", type=int, default=120, help="scaled per-IP window: requests ...")
     parser.add_argument("--ip-window-s", type=float, default=4.0, help="... per this many seconds")
     parser.add_argument("--org-rate", type=float, default=ORG_RATE,
