@@ -216,8 +216,10 @@ def _salesforce_conn(cfg: M3shConfig) -> str | None:
 
 
 def _crm_fields_of_rules(cfg: M3shConfig, system: str) -> Needs:
-    """Fields ``update_crm_fields`` actions write in one CRM (unprefixed keys go to every CRM)."""
+    """Fields ``update_crm_fields`` actions write in one CRM type (unprefixed keys go to every CRM; a
+    key prefixed with a source name counts for that source's type)."""
     fields = Needs()
+    names = {s.name for s in cfg.crm.sources if s.type == system}
     for rule in cfg.triggers:
         if not rule.enabled:
             continue
@@ -226,7 +228,7 @@ def _crm_fields_of_rules(cfg: M3shConfig, system: str) -> Needs:
                 prefix, _, name = key.partition(".")
                 if not name:
                     prefix, name = system, key
-                if prefix == system:
+                if prefix == system or prefix in names:
                     fields.add(name, f"triggers[{rule.name}] update_crm_fields")
     return fields
 
