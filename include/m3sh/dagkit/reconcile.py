@@ -82,6 +82,7 @@ def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
         def compare_accounts(run_id: str) -> dict[str, Any]:
             from m3sh.crm.links import SourceLinks
             from m3sh.hooks.m3ter import M3terHook
+            from m3sh.invoicing.enrich import crm_link
             from m3sh.invoicing.reconcile import compare_accounts as compare
             from m3sh.storage import Storage
 
@@ -100,6 +101,10 @@ def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
             for acc_id, acc in accounts.items():
                 for source, crm_id in resolver.account_links(mappings.get(acc_id, [])):
                     links.setdefault(acc_id, []).append((str(acc.get("code")), source.name, crm_id))
+                if acc_id not in links:  # not linked by m3sh_crm_sync: the crm_source/crm_id custom fields
+                    link = crm_link(acc, [], resolver)
+                    if link and link[0] in {s.name for s in sources}:
+                        links[acc_id] = [(str(acc.get("code")), link[0], link[1])]
             records: dict[tuple[str, str], dict[str, Any]] = {}
             for s in sources:
                 cur_field = s.account_fields.get("currency")
