@@ -191,3 +191,32 @@ def test_a_linked_record_keeps_its_account_when_its_match_keys_change() -> None:
     customers = dedupe([_record("sf_main", "001A", domain="acme-renamed.com")], ["domain"], "domain_name",
                        existing_codes=index.match_codes())
     assert [c.code for c in customers] == ["acme"]
+
+
+def test_update_crm_fields_targets_sources_by_name_or_type_each_on_its_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from m3sh.automation.actions import ActionRunner
+
+    cfg = parse_config(TWO_ORGS.replace("sf_main_conn}", "sf_main_conn, legacy_mappings: true}"))
+    maps = [_mapping("salesforce", "001MAIN"), _mapping("sf_acme", "001ACME"),
+            _mapping("hubspot", "77", table="companies"), _mapping("sf_retired", "001GONE")]
+    hook = SimpleNamespace(list_external_mappings_of=lambda entity, account_id: maps)
+    runner = ActionRunner(cfg, hook)  # type: ignore[arg-type]
+    writes: list[tuple[str, str, str, dict[str, str]]] = []
+
+    def write(system: str, conn_id: str, record_id: str, wanted: dict[str, str]) -> dict[str, str]:
+        writes.append((system, conn_id, record_id, wanted))
+        return wanted
+
+    monkeypatch.setattr(runner, "_crm_write", write)
+    firing = SimpleNamespace(account_id="acc-1", account_code="acme")
+    out = runner.update_crm_fields(firing, {"sf_acme.Status__c": "low", "salesforce.Tier__c": "x",  # type: ignore[arg-type]
+                                            "hubspot.tier": "y"})
+    assert out.status == "done"
+    assert sorted(writes) == [
+        ("hubspot", "hs", "77", {"tier": "y"}),
+        ("salesforce", "sf_acme_conn", "001ACME", {"Status__c": "low", "Tier__c": "x"}),
+        ("salesforce", "sf_main_conn", "001MAIN", {"Tier__c": "x"}),
+    ]  # the retired source's record is not written

@@ -173,3 +173,58 @@ def test_a_mapping_written_by_crm_type_is_migrated_to_the_source_name(orgs: Any,
     orgs.admin("m3ter", "stats", "DELETE")
     _sync()
     assert int(orgs.stats("m3ter")["counts"].get("writes", 0)) == 0
+
+
+ACME_DESTINATION = ("    - name: sf_acme_invoices\n      type: salesforce\n      conn_id: salesforce_acme\n"
+                    "      crm_source: sf_acme\n    - name: archive\n      type: s3\n")
+
+
+def test_two_orgs_through_invoice_sync_and_reconcile(orgs: Any, m3sh_config: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each customer's invoice lands in its own org (the org of its best-priority link, on that org's
+    connection), and m3sh_reconcile checks every org's records on its own connection: clean."""
+    from m3sh.hooks.salesforce import SalesforceSync
+    from tests.integration.dags.test_invoice_sync_dag import _fast_netsuite, run_sync
+    from tests.integration.dags.test_reconcile_dag import latest, run_reconcile
+
+    m3sh_config({**_config(first=True, second=True), "    - name: archive\n      type: s3\n": ACME_DESTINATION,
+                 "to: [netsuite_us, salesforce, archive]": "to: [netsuite_us, salesforce, sf_acme_invoices, archive]"})
+    _fast_netsuite(orgs, monkeypatch)
+    first = _customers(orgs, "default", ["alpha", "shared"])
+    second = _customers(orgs, "acme", ["shared", "gamma"])
+    _sync()
+    hook = _m3ter()
+    accounts = {a["code"]: a for a in hook.list_accounts()}
+    # the demo's pre-linked prepaid accounts point at CRM records this test emptied: unlink them, so
+    # the reconciliation judges only what this test built
+    for a in accounts.values():
+        if (a.get("customFields") or {}).get("crm_id") and a["code"] not in ("alpha", "shared", "gamma"):
+            hook.update_account(a["id"], {"customFields": {"crm_id": "", "crm_source": ""}}, current=a)
+    ours = [accounts[c]["id"] for c in ("alpha", "shared", "gamma")]
+    bill_ids = list(orgs.admin("m3ter", "run_billing", "POST", accountIds=ours)["billIds"])
+    assert len(bill_ids) >= 3
+    hook.approve_bills(bill_ids)
+    bills = {b: hook.get_bill(b) for b in bill_ids}
+    assert run_sync().state == "success"
+
+    def invoices(conn_id: str) -> dict[str, str]:
+        rows = SalesforceSync(conn_id=conn_id).query("SELECT M3ter_Bill_Id__c, Account__c FROM Invoice__c",
+                                                     "Invoice__c")
+        return {str(r["M3ter_Bill_Id__c"]): str(r["Account__c"]) for r in rows}
+
+    code_of = {a["id"]: code for code, a in accounts.items()}
+    by_code = {code_of[b["accountId"]]: bill_id for bill_id, b in bills.items()}
+    # "shared" is in both orgs; the first org has priority, so its invoice is there, once
+    assert invoices("salesforce_default") == {by_code["alpha"]: first["alpha"], by_code["shared"]: first["shared"]}
+    assert invoices("salesforce_acme") == {by_code["gamma"]: second["gamma"]}
+
+    assert run_reconcile().state == "success"
+    summary, _ = latest()
+    assert summary["clean"] is True and summary["findings"] == 0, summary.get("drift")
+    # a record deleted in the second org is found missing there, named by its source
+    acme = SalesforceSync(conn_id="salesforce_acme")
+    acme.hook.get_conn().Account.delete(second["gamma"])
+    assert run_reconcile().state == "failed"
+    drift = latest()[0]["drift"]
+    assert [(d["check"], d["system"], d["account"]) for d in drift if d["check"] == "crm_record_missing"] == [
+        ("crm_record_missing", "sf_acme", "gamma")]
