@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from m3sh.config import ConfigError, parse_config
+from m3sh.config import ConfigError, config_warnings, parse_config
 from m3sh.crm.links import SourceLinks
 from m3sh.crm.sync import CrmToM3ter, M3terIndex
 from m3sh.mapping.crm import dedupe
@@ -90,6 +90,14 @@ triggers:
     assert "unknown salesforce source 'hubspot'" in _error(TWO_ORGS + dest.replace("}", ", crm_source: hubspot}"))
     parse_config(TWO_ORGS + dest.replace("}", ", crm_source: sf_acme}"))
     parse_config(ONE_ORG + dest)  # one org: the destination writes to it, as before
+    # several sources of a type and nobody owns the type-keyed mappings: validate says so, at the line
+    warned = config_warnings(parse_config(TWO_ORGS), TWO_ORGS)
+    line = next(i for i, ln in enumerate(TWO_ORGS.splitlines(), 1) if "sf_main" in ln)
+    assert [w for w in warned if "legacy_mappings" in w] == [
+        f"m3sh.yaml:{line} crm.sources[0].legacy_mappings: several salesforce sources and none owns the m3ter "
+        "mappings keyed 'salesforce' (written by m3sh before mappings named the source): set legacy_mappings: true "
+        "on the source that wrote them, or false on each if there are none"]
+    assert not [w for w in config_warnings(parse_config(ONE_ORG), ONE_ORG) if "legacy_mappings" in w]
 
 
 def _error(text: str) -> str:
