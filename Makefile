@@ -29,7 +29,7 @@ demo: venv
 
 ## test: lint, type check, then every test suite (unit, sandbox, hooks, DAG runs, chaos, e2e, distributed)
 test: lint typecheck services
-	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 ## services: PostgreSQL + Redis for the distributed-engine test (starts them only if they are down)
 services:

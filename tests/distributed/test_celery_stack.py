@@ -259,7 +259,7 @@ def test_every_m3sh_dag_runs_to_success_across_both_workers(stack: dict[str, Any
     # usage files' S3 notifications) reads usage for accounts that do not exist yet.
     api.unpause(first)
     runs = {first: api.trigger(first, first_conf, note="distributed test")}
-    states = api.wait_runs(dict(runs), timeout_s=240)
+    states = api.wait_runs(dict(runs), timeout_s=600)
     for dag_id, _ in rest:  # only these: another DAG's catch-up must not crowd the two workers
         api.unpause(dag_id)
     for dag_id, conf in rest:
@@ -291,10 +291,10 @@ def test_killing_a_worker_mid_ingest_still_lands_every_measurement_once(stack: d
     # an unknown account and finish those files; paused, no such run is queued until the accounts exist.
     api.pause("m3sh_usage_ingest")
     api.wait_until("no m3sh_usage_ingest run in flight", lambda: not api.active_runs("m3sh_usage_ingest"),
-                   timeout_s=240)
+                   timeout_s=600)
     sandbox.reset("demo")
     crm = api.trigger("m3sh_crm_sync", {"full_resync": True}, note="distributed test: before the kill")
-    assert api.wait_runs({"m3sh_crm_sync": crm}, timeout_s=240) == {"m3sh_crm_sync": "success"}
+    assert api.wait_runs({"m3sh_crm_sync": crm}, timeout_s=600) == {"m3sh_crm_sync": "success"}
     api.unpause("m3sh_usage_ingest")
 
     # Every measurements request takes 1.5 s: each ingest task stays in flight for several seconds.
@@ -320,7 +320,7 @@ def test_killing_a_worker_mid_ingest_still_lands_every_measurement_once(stack: d
     requests.delete(f"{endpoints.url('m3ter')}/_sandbox/faults", timeout=10).raise_for_status()
 
     t0 = time.monotonic()
-    states = api.wait_runs({"m3sh_usage_ingest": run_id}, timeout_s=240)
+    states = api.wait_runs({"m3sh_usage_ingest": run_id}, timeout_s=600)
     print(f"[distributed] run finished {time.monotonic() - t0:.0f}s after the kill: {states}", flush=True)
     assert states == {"m3sh_usage_ingest": "success"}
     tis = api.task_instances("m3sh_usage_ingest", run_id)

@@ -102,8 +102,8 @@ def stack(sandbox: Any) -> Iterator[AirflowStack]:
 
     try:
         api = stack.api
-        api.wait_healthy(timeout_s=180, alive=died)
-        api.wait_dags([DAG_ID], timeout_s=120, alive=died)
+        api.wait_healthy(timeout_s=600, alive=died)
+        api.wait_dags([DAG_ID], timeout_s=300, alive=died)
         # Fence: backfill the latest complete hour while paused; the dag-processor then computes the
         # next scheduled run after it, so unpausing does not catch up three days of hourly runs.
         fence_start = _this_hour() - HOUR
@@ -113,7 +113,7 @@ def stack(sandbox: Any) -> Iterator[AirflowStack]:
             nxt = api.request("GET", f"/dags/{DAG_ID}").get("next_dagrun_logical_date")
             return bool(nxt) and _ts(nxt) > fence_start
 
-        api.wait_until("scheduler's next run after the fence", fenced, timeout_s=90, every_s=2, alive=died)
+        api.wait_until("scheduler's next run after the fence", fenced, timeout_s=300, every_s=2, alive=died)
         api.unpause(DAG_ID)
         runs = wait_backfill(api, int(fence["id"]), expected_runs=1)
         assert [r["state"] for r in runs] == ["success"], stack.tail()
@@ -126,7 +126,7 @@ def stack(sandbox: Any) -> Iterator[AirflowStack]:
 def full_resync(stack: AirflowStack, sandbox: Any) -> str:
     """One manual run with ``full_resync`` (REST, no logical date): every CRM account in m3ter."""
     run_id = stack.api.trigger(DAG_ID, conf={"full_resync": True}, note="e2e backfill: full resync")
-    states = stack.api.wait_runs({DAG_ID: run_id}, timeout_s=150)
+    states = stack.api.wait_runs({DAG_ID: run_id}, timeout_s=600)
     assert states == {DAG_ID: "success"}, stack.tail()
     return run_id
 

@@ -91,7 +91,7 @@ def test_trigger_crm_sync_dry_run_from_the_ui_and_find_it_on_the_m3sh_page(
         run_id = _newest_manual_run(airflow_stack, before)
 
         # 3. The run's page in the UI shows it succeed.
-        states = airflow_stack.api.wait_runs({DAG_ID: run_id}, timeout_s=120)
+        states = airflow_stack.api.wait_runs({DAG_ID: run_id}, timeout_s=600)
         assert states[DAG_ID] == "success", airflow_stack.tail()
         run = airflow_stack.api.run(DAG_ID, run_id)
         assert run["conf"]["dry_run"] is True and run["conf"]["full_resync"] is True and run["logical_date"] is None

@@ -133,9 +133,9 @@ def stack(sandbox: Any) -> Iterator[Stack]:
                                            start_new_session=True)
     st = Stack(env, env.api(progress=_progress), procs, logs)
     try:
-        st.api.wait_healthy(timeout_s=150, alive=st.died,
+        st.api.wait_healthy(timeout_s=600, alive=st.died,
                             components=("metadatabase", "scheduler", "dag_processor", "triggerer"))
-        st.api.wait_dags([DAG_ID, PLAN_DAG_ID], timeout_s=120, alive=st.died)
+        st.api.wait_dags([DAG_ID, PLAN_DAG_ID], timeout_s=300, alive=st.died)
         _progress(f"stack up: {time.monotonic() - t0:.1f}s")
         yield st
     finally:

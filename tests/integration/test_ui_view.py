@@ -246,10 +246,13 @@ def test_an_unreadable_source_shows_its_error_and_the_rest_of_the_page(client: T
     assert state["crm_run_id"] in r.text  # the runs still come from Airflow
 
 
-# ------------------------------------------------------------------------------ the audit trail at 5,000 firings
-N_FIRINGS = 5_000
+# ------------------------------------------------------------------------------ the audit trail at 2,500 firings
+# 2,500 firings, one every 29 minutes (~50 days): whatever the date, the trail spans at least two
+# months and one of them holds over 1,000 (so a month takes several listings); the benchmark
+# (benchmarks.audit_trail) measures 5,000 and 100,000.
+N_FIRINGS = 2_500
 AUDIT_RULES = ("prepaid_depleted", "usage_cap", "renewal_due", "heavy_starter")
-# Writing 5,000 firings into the emulated S3 takes minutes on a loaded 2-core machine; whichever of
+# Writing thousands of firings into the emulated S3 takes minutes on a loaded 2-core machine; whichever of
 # these tests runs first pays for it (pytest-timeout counts fixture set-up in the test's time).
 AUDIT_TIMEOUT = pytest.mark.timeout(1800)
 WEBHOOK_ERROR = ("notify: HTTPError: 500 for url https://hooks.slack.com/services/T0/B0/SECRETPATH?token=abc, "
@@ -257,7 +260,7 @@ WEBHOOK_ERROR = ("notify: HTTPError: 500 for url https://hooks.slack.com/service
 
 
 def _audit_spec(n: int, now: dt.datetime) -> dict[str, Any]:
-    """Firing ``n`` (0 = newest): one every 29 minutes over ~100 days, so it spans 4-5 months.
+    """Firing ``n`` (0 = newest): one every 29 minutes, newest first.
 
     ``via`` says how it is written: ``legacy`` - an entry as m3sh wrote it before the index existed,
     indexed by the backfill; ``retried`` - a legacy ``failed`` entry that the real ledger then
@@ -293,8 +296,8 @@ def _legacy_entry(spec: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def big_ledger(state: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """5,000 firings under a storage prefix of their own, in the sandbox's S3, written in bulk (not
-    through 5,000 DAG runs): older entries indexed by ``m3sh triggers backfill-index`` (the upgrade
+    """``N_FIRINGS`` firings under a storage prefix of their own, in the sandbox's S3, written in bulk (not
+    through thousands of DAG runs): older entries indexed by ``m3sh triggers backfill-index`` (the upgrade
     path), then retries and new firings through the real :class:`Ledger`."""
     import os
     import subprocess
@@ -345,7 +348,7 @@ def big_ledger(state: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def audit(client: TestClient, big_ledger: dict[str, Any], state: dict[str, Any]) -> Any:
-    """GET on the view (mounted like the plugin mounts it) reading the 5,000-firing ledger, as admin."""
+    """GET on the view (mounted like the plugin mounts it) reading the big ledger, as admin."""
     from m3sh.config import load_config
     from m3sh.web import ui
 
@@ -371,7 +374,7 @@ def _expected(specs: list[dict[str, Any]], **flt: str) -> list[dict[str, Any]]:
 
 
 @AUDIT_TIMEOUT
-def test_audit_page_one_is_the_50_newest_of_5000_with_exact_totals(audit: Any, big_ledger: dict[str, Any]) -> None:
+def test_audit_page_one_is_the_50_newest_of_all_with_exact_totals(audit: Any, big_ledger: dict[str, Any]) -> None:
     specs = big_ledger["specs"]
     r = audit("/api/audit")
     assert r.status_code == 200, r.text
@@ -382,7 +385,9 @@ def test_audit_page_one_is_the_50_newest_of_5000_with_exact_totals(audit: Any, b
     assert [e["status"] for e in doc["entries"]] == [s["final"] for s in specs[:50]]
     assert set(doc["rules"]) == set(AUDIT_RULES)
     # bounded cost: the months, one listing per 1,000 keys in each month, one read per row shown
-    months = len({s["at"].strftime("%Y-%m") for s in specs})
+    per_month = Counter(s["at"].strftime("%Y-%m") for s in specs)
+    months = len(per_month)
+    assert months >= 2 and max(per_month.values()) > 1000  # the premise: several months, a month of >1 listing
     bound = 1 + (N_FIRINGS // 1000 + months) + 50
     assert doc["s3_requests"] <= bound, (doc["s3_requests"], bound)
     print(f"\naudit page view at {N_FIRINGS} firings over {months} months: {doc['s3_requests']} S3 requests")
@@ -417,9 +422,9 @@ def test_audit_paging_reaches_the_oldest_firing(audit: Any, big_ledger: dict[str
     past = audit("/api/audit", page=N_FIRINGS // 50 + 1).json()
     assert past["entries"] == [] and past["total"] == N_FIRINGS and "past the last page" in past["notes"][0]
     # walking a filtered set page by page covers it exactly: no gap, no repeat
-    flt = {"rule": "heavy_starter", "outcome": "failed", "from": specs[N_FIRINGS // 2]["at"].date().isoformat()}
+    flt = {"rule": "heavy_starter", "outcome": "failed", "from": specs[N_FIRINGS * 4 // 5]["at"].date().isoformat()}
     want = [s["key"] for s in _expected(specs, **flt)]
-    assert 50 < len(want) <= 150
+    assert 50 < len(want) <= 150  # several pages, and the date bound cuts some off
     seen: list[str] = []
     page = 1
     while True:
@@ -452,7 +457,7 @@ def test_audit_page_html_shows_totals_rows_and_shareable_links(audit: Any, big_l
 
 
 @AUDIT_TIMEOUT
-def test_audit_csv_exports_all_5000_firings_newest_first(audit: Any, big_ledger: dict[str, Any]) -> None:
+def test_audit_csv_exports_every_firing_newest_first(audit: Any, big_ledger: dict[str, Any]) -> None:
     specs = big_ledger["specs"]
     r = audit("/audit.csv")
     assert r.status_code == 200, r.text[:300]
