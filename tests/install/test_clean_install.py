@@ -71,11 +71,26 @@ def _lowest_airflow(requires: list[str]) -> str:
     raise AssertionError(f"the wheel does not require apache-airflow: {requires}")
 
 
+def _source_copy(dest: Path) -> Path:
+    """The working tree's files (tracked or new, not ignored) copied: building in the checkout would leave
+    include/m3sh.egg-info there, a second m3sh distribution on the dev virtualenv's sys.path."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+                            capture_output=True, check=True, timeout=120).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = REPO / name
+        if not src.exists() and not src.is_symlink():  # deleted in the working tree
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / name, follow_symlinks=False)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    source = _source_copy(tmp_path_factory.mktemp("source"))
     # build isolation: setuptools/wheel from pyproject's build-system, not the dev virtualenv's
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
          env={**os.environ}, cwd=out, timeout=INSTALL_TIMEOUT_S)
     (built,) = out.glob("m3sh-*.whl")
     return built
