@@ -38,13 +38,14 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.packaging
+INSTALL_TIMEOUT_S = 1800  # a cold install of Airflow and its providers on a busy 2-core machine
+CLI_TIMEOUT_S = 600  # one `airflow ...` command (imports every provider) under load
+# the first test's fixtures build the wheel and (cold cache) install Airflow: longer than the suite's 600 s
+pytestmark = [pytest.mark.packaging, pytest.mark.timeout(INSTALL_TIMEOUT_S + 600)]
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_DAGS = {"m3sh_usage_ingest", "m3sh_crm_sync", "m3sh_invoice_sync", "m3sh_reconcile", "m3sh_plan_triggers",
                 "m3sh_analytics_export"}
-INSTALL_TIMEOUT_S = 1800  # a cold install of Airflow and its providers on a busy 2-core machine
-CLI_TIMEOUT_S = 600  # one `airflow ...` command (imports every provider) under load
 
 
 def _run(cmd: list[str], *, env: dict[str, str], cwd: Path, timeout: float = CLI_TIMEOUT_S) -> str:
