@@ -1,4 +1,4 @@
-"""The Airflow differences m3sh meets across its supported range (``apache-airflow>=3.1,<3.4``), in one place.
+"""The Airflow differences m3sh meets across its supported range (``apache-airflow>=3.1.2,<3.4``).
 
 Airflow 3.2 made the Task SDK export the timetables, ``conf`` and ``AirflowFailException``; Airflow 3.1
 has them only in core (``airflow.timetables``, ``airflow.configuration``, ``airflow.exceptions``). The
