@@ -1,4 +1,6 @@
-"""Airflow provider metadata: registers the ``m3ter``, ``hubspot`` and ``netsuite`` connection types.
+"""Airflow provider metadata: the ``m3ter``, ``hubspot`` and ``netsuite`` connection types, and the
+integrations, hooks, operators, sensors, triggers and notifications m3sh ships (the official
+providers' ``provider.yaml`` format), so ``airflow providers hooks`` and the docs tooling see them.
 
 Airflow discovers this through the ``apache_airflow_provider`` entry point in ``pyproject.toml``. The
 form fields are declared here (``conn-fields`` / ``ui-field-behaviour``, Airflow >= 3.2) rather than
@@ -40,12 +42,38 @@ def _field(label: str, description: str, *, secret: bool = False, kind: str = "s
     return {"label": label, "description": description, "schema": schema}
 
 
+M3TER = "m3ter"
+HUBSPOT = "HubSpot"
+NETSUITE = "NetSuite"
+INTEGRATIONS = [
+    {"integration-name": M3TER, "external-doc-url": "https://www.m3ter.com/docs/api",
+     "tags": ["service"], "how-to-guide": []},
+    {"integration-name": HUBSPOT, "external-doc-url": "https://developers.hubspot.com/docs/api/overview",
+     "tags": ["service"], "how-to-guide": []},
+    {"integration-name": NETSUITE,
+     "external-doc-url": "https://docs.oracle.com/en/cloud/saas/netsuite/ns-online-help/index.html",
+     "tags": ["service"], "how-to-guide": []},
+]
+
+
 def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "m3sh",
         "name": "m3sh",
         "description": "m3ter usage-based billing meshed with CRMs, ERPs and customer platforms.",
         "versions": [__version__],
+        "integrations": INTEGRATIONS,
+        "hooks": [
+            {"integration-name": M3TER, "python-modules": ["m3sh.hooks.m3ter"]},
+            {"integration-name": HUBSPOT, "python-modules": ["m3sh.hooks.hubspot"]},
+            {"integration-name": NETSUITE, "python-modules": ["m3sh.hooks.netsuite"]},
+        ],
+        "operators": [
+            {"integration-name": M3TER, "python-modules": ["m3sh.operators.m3ter", "m3sh.operators.usage"]},
+        ],
+        "sensors": [{"integration-name": M3TER, "python-modules": ["m3sh.sensors.m3ter"]}],
+        "triggers": [{"integration-name": M3TER, "python-modules": ["m3sh.triggers.m3ter"]}],
+        "notifications": ["m3sh.notifiers.alerts.M3shAlertNotifier"],
         "connection-types": [
             {
                 "connection-type": "m3ter",

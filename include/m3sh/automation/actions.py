@@ -14,9 +14,12 @@
   firing balance's period (opened by hand, or by an earlier firing) means there is nothing to do.
   The credit is found again by its ``m3sh open_next_balance`` description.
 * ``set_custom_fields``: written only when a value differs (account, or its current account plan).
-* ``update_crm_fields``: the account's CRM records come from m3ter external mappings
-  (``salesforce``/``Account`` and ``hubspot``/``companies``, written by ``m3sh_crm_sync``); fields
-  are read first and only differing ones written. No mapping: skipped with the reason.
+* ``update_crm_fields``: the account's CRM records come from m3ter external mappings (the CRM source
+  name / ``Account`` or ``companies``, written by ``m3sh_crm_sync``; type-keyed ones from before are
+  attributed as :mod:`m3sh.crm.links` says), each written on its own source's connection. A key
+  prefixed with a source name targets that source, with a type every source of that type,
+  unprefixed every source. Fields are read first and only differing ones written. No mapping:
+  skipped with the reason.
 * ``notify``: one message through the configured notifier; exactly once through the ledger
   (recorded right after sending; a crash in between can repeat it once).
 
@@ -34,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from m3sh.automation.evaluate import _total_credit
 from m3sh.automation.rules import Firing, active_at, contract_end_instant, iso_instant, parse_instant
-from m3sh.config import Action, M3shConfig, OpenNextBalance, TriggerRule
+from m3sh.config import Action, CrmSource, M3shConfig, OpenNextBalance, TriggerRule
 
 if TYPE_CHECKING:
     from m3sh.automation.ledger import Ledger
@@ -137,39 +140,7 @@ class ActionRunner:
 
     # -- switch plan --------------------------------------------------------------------------
     def switch_plan(self, firing: Firing, plan_code: str) -> Outcome:
-        plan = self.plan(plan_code)
-        at = parse_instant(firing.event_time)
-        same_product = [ap for ap in self.account_plans(firing.account_id)
-                        if ap.get("productId") in (None, plan.get("productId"))]
-        current = next((ap for ap in same_product if active_at(ap, at)), None)
-        if current is not None and current.get("planId") == plan["id"]:
-            return Outcome("unchanged", f"already on {plan_code} at {firing.event_time} (account plan {current['id']})")
-        later = [ap for ap in same_product if ap is not current and ap.get("startDate")
-                 and parse_instant(ap["startDate"]) >= at]
-        if any(ap.get("planId") == plan["id"] for ap in later):
-            return Outcome("unchanged", f"{plan_code} already attached from {firing.event_time}")
-        if later:
-            ap = min(later, key=lambda a: parse_instant(a["startDate"]))
-            return Outcome("skipped", f"account already has account plan {ap['id']} (plan {ap.get('planId')}) "
-                                      f"starting {ap['startDate']}; not overlapping it")
-        body: dict[str, Any] = {"accountId": firing.account_id, "planId": plan["id"],
-                                "startDate": firing.event_time}
-        ended = ""
-        if current is not None:
-            old_end = current.get("endDate")
-            if old_end and parse_instant(old_end) > at:
-                body["endDate"] = old_end
-            if current.get("contractId"):
-                body["contractId"] = current["contractId"]
-            self.hook.update_account_plan(current["id"], {"endDate": firing.event_time}, current=current)
-            ended = f"ended account plan {current['id']} (plan {current.get('planId')}) at {firing.event_time}; "
-        def landed() -> dict[str, Any] | None:  # after a lost response: did m3ter attach it?
-            return next((ap for ap in self.account_plans(firing.account_id)
-                         if ap.get("planId") == plan["id"] and ap.get("startDate")
-                         and parse_instant(ap["startDate"]) == at), None)
-
-        created = self.hook.create_account_plan(body, find_existing=landed)
-        return Outcome("done", f"{ended}attached {plan_code} as account plan {created.get('id')}")
+        return switch_account_plan(self.hook, firing.account_id, self.plan(plan_code), plan_code, firing.event_time)
 
     # -- balances -----------------------------------------------------------------------------
     def adjust_balance(self, firing: Firing, *, reset_to: float | None = None,
@@ -178,24 +149,8 @@ class ActionRunner:
         balance = self.target_balance(firing)
         if balance is None:
             return Outcome("skipped", f"account {firing.account_code or firing.account_id} has no active balance")
-        note = marker(firing, kind)
-        done = [t for t in self.hook.list_balance_transactions(balance["id"])
-                if t.get("description") == note]
-        if done:
-            return Outcome("unchanged", f"{kind} already applied to balance {balance['id']} "
-                                        f"(transaction {done[0].get('id')})")
-        amount = float(balance.get("amount") or 0.0)
-        delta = round((reset_to - amount) if reset_to is not None else float(top_up or 0.0), 6)
-        if abs(delta) < 1e-9:
-            return Outcome("unchanged", f"balance {balance['id']} is already {amount:g}")
-        body: dict[str, Any] = {"amount": delta, "description": note}
-        type_code = TX_TYPE_TOP_UP if kind == "top_up" else TX_TYPE_CREDIT
-        type_id = self.tx_type(type_code) if delta > 0 else None
-        if type_id:
-            body["transactionTypeId"] = type_id
-        tx = self.hook.create_balance_transaction(balance["id"], body)
-        return Outcome("done", f"balance {balance['id']}: {amount:g} -> {amount + delta:g} (transaction "
-                               f"{(tx or {}).get('id')})")
+        return apply_balance_change(self.hook, balance, marker(firing, kind), reset_to=reset_to, top_up=top_up,
+                                    tx_type=self.tx_type)
 
     def open_next_balance(self, firing: Firing, spec: OpenNextBalance) -> Outcome:
         """Open the firing balance's next period once, then credit it once (see the module doc)."""
@@ -281,45 +236,37 @@ class ActionRunner:
         else:
             target, path = self.hook.get_account(firing.account_id), "accounts"
             update = self.hook.update_account
-        current = target.get("customFields") or {}
-        diff = {k: v for k, v in fields.items() if current.get(k) != v}
-        if not diff:
-            return Outcome("unchanged", f"{path} {target['id']} custom fields already {fields}")
-        update(target["id"], {"customFields": diff}, current=target)
-        return Outcome("done", f"{path} {target['id']} custom fields set: {diff}")
+        return write_custom_fields(target, fields, update, path)
 
     # -- CRM ----------------------------------------------------------------------------------
-    def crm_records(self, account_id: str) -> list[tuple[str, str]]:
-        """``(system, record id)`` for every CRM record mapped to the account."""
-        out = []
-        for m in self.hook.list_external_mappings_of("Account", account_id):
-            system = str(m.get("externalSystem", "")).lower()
-            if CRM_TABLES.get(system) == m.get("externalTable"):
-                out.append((system, str(m["externalId"])))
-        return sorted(set(out))
+    def crm_records(self, account_id: str) -> list[tuple[CrmSource, str]]:
+        """``(source, record id)`` for every CRM record mapped to the account, whatever the source's state."""
+        from m3sh.crm.links import SourceLinks
 
-    def _crm_conn(self, system: str) -> str | None:
-        return next((s.conn_id for s in self.cfg.crm.sources if s.type == system and s.enabled), None)
+        links = SourceLinks(self.cfg.crm.sources)
+        return links.account_links(self.hook.list_external_mappings_of("Account", account_id), enabled_only=False)
 
     def update_crm_fields(self, firing: Firing, fields: dict[str, str]) -> Outcome:
         records = self.crm_records(firing.account_id)
         if not records:
             return Outcome("skipped", f"account {firing.account_code or firing.account_id} has no external mapping "
-                                      "to a Salesforce Account or HubSpot company (run m3sh_crm_sync first)")
+                                      "to a Salesforce Account or HubSpot company of a configured CRM source "
+                                      "(run m3sh_crm_sync first)")
         notes, changed = [], False
-        for system, record_id in records:
+        for source, record_id in records:
+            # a prefix is a source name (that org only) or a CRM type (every source of it)
             wanted = {k.split(".", 1)[1] if "." in k else k: v for k, v in fields.items()
-                      if "." not in k or k.split(".", 1)[0] == system}
+                      if "." not in k or k.split(".", 1)[0] in (source.name, source.type)}
             if not wanted:
                 continue
-            conn_id = self._crm_conn(system)
-            if conn_id is None:
-                notes.append(f"{system} {record_id}: no enabled {system} source in crm.sources; skipped")
+            system = source.type
+            if not source.enabled:
+                notes.append(f"{source.name} {record_id}: CRM source {source.name!r} is disabled; skipped")
                 continue
-            diff = self._crm_write(system, conn_id, record_id, wanted)
+            diff = self._crm_write(system, source.conn_id, record_id, wanted)
             changed = changed or bool(diff)
             what = f"set {sorted(diff)}" if diff else "unchanged"
-            notes.append(f"{system} {CRM_TABLES[system]} {record_id}: {what}")
+            notes.append(f"{source.name} {CRM_TABLES[system]} {record_id}: {what}")
         return Outcome("done" if changed else "unchanged", "; ".join(notes) or "no field targets these CRMs")
 
     def _crm_write(self, system: str, conn_id: str, record_id: str, wanted: dict[str, str]) -> dict[str, str]:
@@ -363,6 +310,83 @@ class ActionRunner:
                 f"actions: {'; '.join(actions) or 'none'}")
         send(channel, alert, text)
         return Outcome("done", f"sent to {notifier} ({channel['type']})")
+
+
+# ------------------------------------------------------------------ plan actions without a rule
+# The idempotent writes behind switch_plan, reset/top-up and set_custom_fields, taking plain
+# arguments so the rule engine (above) and the m3sh.operators share them.
+def switch_account_plan(hook: M3terHook, account_id: str, plan: Mapping[str, Any], plan_code: str,
+                        event_time: str) -> Outcome:
+    """Attach ``plan`` to the account from ``event_time`` (ISO instant), ending the plan of the same
+    product that is active then; no write when the account is already on it (see the module doc)."""
+    at = parse_instant(event_time)
+
+    def account_plans() -> list[dict[str, Any]]:
+        return list(hook.list_account_plans(account_id=account_id, include_all=True))
+
+    same_product = [ap for ap in account_plans() if ap.get("productId") in (None, plan.get("productId"))]
+    current = next((ap for ap in same_product if active_at(ap, at)), None)
+    if current is not None and current.get("planId") == plan["id"]:
+        return Outcome("unchanged", f"already on {plan_code} at {event_time} (account plan {current['id']})")
+    later = [ap for ap in same_product if ap is not current and ap.get("startDate")
+             and parse_instant(ap["startDate"]) >= at]
+    if any(ap.get("planId") == plan["id"] for ap in later):
+        return Outcome("unchanged", f"{plan_code} already attached from {event_time}")
+    if later:
+        ap = min(later, key=lambda a: parse_instant(a["startDate"]))
+        return Outcome("skipped", f"account already has account plan {ap['id']} (plan {ap.get('planId')}) "
+                                  f"starting {ap['startDate']}; not overlapping it")
+    body: dict[str, Any] = {"accountId": account_id, "planId": plan["id"], "startDate": event_time}
+    ended = ""
+    if current is not None:
+        old_end = current.get("endDate")
+        if old_end and parse_instant(old_end) > at:
+            body["endDate"] = old_end
+        if current.get("contractId"):
+            body["contractId"] = current["contractId"]
+        hook.update_account_plan(current["id"], {"endDate": event_time}, current=current)
+        ended = f"ended account plan {current['id']} (plan {current.get('planId')}) at {event_time}; "
+
+    def landed() -> dict[str, Any] | None:  # after a lost response: did m3ter attach it?
+        return next((ap for ap in account_plans() if ap.get("planId") == plan["id"] and ap.get("startDate")
+                     and parse_instant(ap["startDate"]) == at), None)
+
+    created = hook.create_account_plan(body, find_existing=landed)
+    return Outcome("done", f"{ended}attached {plan_code} as account plan {created.get('id')}")
+
+
+def apply_balance_change(hook: M3terHook, balance: Mapping[str, Any], note: str, *, reset_to: float | None = None,
+                         top_up: float | None = None, tx_type: Callable[[str], str | None] | None = None) -> Outcome:
+    """One balance transaction described by ``note``: an existing transaction with that description
+    means the change was already applied (a retry or re-run), so nothing is written twice."""
+    kind = "reset" if reset_to is not None else "top_up"
+    done = [t for t in hook.list_balance_transactions(str(balance["id"])) if t.get("description") == note]
+    if done:
+        return Outcome("unchanged", f"{kind} already applied to balance {balance['id']} "
+                                    f"(transaction {done[0].get('id')})")
+    amount = float(balance.get("amount") or 0.0)
+    delta = round((reset_to - amount) if reset_to is not None else float(top_up or 0.0), 6)
+    if abs(delta) < 1e-9:
+        return Outcome("unchanged", f"balance {balance['id']} is already {amount:g}")
+    body: dict[str, Any] = {"amount": delta, "description": note}
+    type_code = TX_TYPE_TOP_UP if kind == "top_up" else TX_TYPE_CREDIT
+    type_id = tx_type(type_code) if delta > 0 and tx_type is not None else None
+    if type_id:
+        body["transactionTypeId"] = type_id
+    tx = hook.create_balance_transaction(str(balance["id"]), body)
+    return Outcome("done", f"balance {balance['id']}: {amount:g} -> {amount + delta:g} (transaction "
+                           f"{(tx or {}).get('id')})")
+
+
+def write_custom_fields(target: Mapping[str, Any], fields: Mapping[str, Any],
+                        update: Callable[..., dict[str, Any]], what: str) -> Outcome:
+    """Write only the custom fields whose value differs from ``target``'s (no write when none does)."""
+    current = target.get("customFields") or {}
+    diff = {k: v for k, v in fields.items() if current.get(k) != v}
+    if not diff:
+        return Outcome("unchanged", f"{what} {target['id']} custom fields already {dict(fields)}")
+    update(target["id"], {"customFields": diff}, current=target)
+    return Outcome("done", f"{what} {target['id']} custom fields set: {diff}")
 
 
 # ------------------------------------------------------------------------------ next balance

@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from m3sh.config import TriggerRule
+from m3sh.config import TriggerRule, WatchRule
 
 MAX_FIRINGS_IN_EVENT = 500
 
@@ -51,7 +51,8 @@ class M3terRuleTrigger(BaseTrigger):
                  "exclude_keys": self.exclude_keys, "accounts": self.accounts})
 
     def parsed_rules(self) -> list[TriggerRule]:
-        rules = [TriggerRule.model_validate(r) for r in self.rules]
+        # WatchRule: a sensor's inline condition has no actions (a rule from m3sh.yaml has some).
+        rules: list[TriggerRule] = [WatchRule.model_validate(r) for r in self.rules]
         return [r for r in rules if r.enabled and (not self.kinds or r.when.kind in self.kinds)]
 
     def _hook(self) -> Any:
