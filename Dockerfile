@@ -8,7 +8,8 @@ USER airflow
 WORKDIR /opt/m3sh
 COPY --chown=airflow:0 pyproject.toml README.md ./
 COPY --chown=airflow:0 include ./include
-# Pinning apache-airflow keeps pip from up- or downgrading the Airflow the image ships.
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" . \
+# Pinning apache-airflow keeps pip from up- or downgrading the Airflow the image ships. The sandbox
+# extra because the compose file's m3sh-sandbox service runs the emulators from this same image.
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" ".[sandbox]" \
     && python -c "import m3sh, m3sh.provider; print('m3sh', m3sh.__version__)"
 WORKDIR /opt/airflow

@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@# The editable build leaves include/m3sh.egg-info on sys.path (the .pth adds include/): a second m3sh
+	@# distribution, whose airflow.plugins entry point makes Airflow load the plugin twice. The installed
+	@# metadata lives in site-packages.
+	@rm -rf include/*.egg-info
 	@rm -f $(VENV)/.stamp-* && touch $@
 	@echo ">> $(VENV) ready"
 

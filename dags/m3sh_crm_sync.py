@@ -1,5 +1,7 @@
-"""Airflow DAG: Salesforce + HubSpot accounts and contracts -> m3ter (hourly, backfillable). See README."""
+"""Airflow DAG: Salesforce + HubSpot accounts and contracts -> m3ter (hourly, backfillable).
 
-from m3sh.dagkit.crm_sync import build_crm_sync_dag
+Built by the m3sh package from m3sh.yaml ($M3SH_CONFIG, else m3sh.yaml in this DAGs folder);
+written by `m3sh init`. The imported name is the DAG Airflow collects.
+"""
 
-dag = build_crm_sync_dag()
+from m3sh.dags import m3sh_crm_sync  # noqa: F401

@@ -1,5 +1,7 @@
-"""Airflow DAG: m3ter bills -> enriched, routed -> NetSuite accounts, Salesforce, HubSpot, S3, webhooks."""
+"""Airflow DAG: m3ter bills -> enriched, routed -> NetSuite, Salesforce, HubSpot, S3, webhooks.
 
-from m3sh.dagkit.invoice_sync import build_invoice_sync_dag
+Built by the m3sh package from m3sh.yaml ($M3SH_CONFIG, else m3sh.yaml in this DAGs folder);
+written by `m3sh init`. The imported name is the DAG Airflow collects.
+"""
 
-dag = build_invoice_sync_dag()
+from m3sh.dags import m3sh_invoice_sync  # noqa: F401

@@ -1,8 +1,7 @@
-"""Airflow DAG: plan and contract automation, exactly once. Built from m3sh.yaml; see README.
+"""Airflow DAG: balances, usage limits, contract dates -> plan actions and notifications, exactly once.
 
-Balances, usage limits and contract dates -> plan switches, balance resets, custom/CRM fields, notifications.
+Built by the m3sh package from m3sh.yaml ($M3SH_CONFIG, else m3sh.yaml in this DAGs folder);
+written by `m3sh init`. The imported name is the DAG Airflow collects.
 """
 
-from m3sh.dagkit.plan_triggers import build_plan_triggers_dag
-
-dag = build_plan_triggers_dag()
+from m3sh.dags import m3sh_plan_triggers  # noqa: F401

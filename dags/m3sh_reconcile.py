@@ -1,5 +1,7 @@
-"""Airflow DAG: CRM <-> m3ter accounts, m3ter bills <-> each ERP <-> S3 archive; report and drift alert."""
+"""Airflow DAG: CRM <-> m3ter accounts, m3ter bills <-> each ERP <-> S3 archive; report and drift alert.
 
-from m3sh.dagkit.reconcile import build_reconcile_dag
+Built by the m3sh package from m3sh.yaml ($M3SH_CONFIG, else m3sh.yaml in this DAGs folder);
+written by `m3sh init`. The imported name is the DAG Airflow collects.
+"""
 
-dag = build_reconcile_dag()
+from m3sh.dags import m3sh_reconcile  # noqa: F401

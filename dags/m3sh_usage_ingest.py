@@ -1,5 +1,7 @@
-"""Airflow DAG: usage files and feeds -> m3ter measurements (exactly once). Built from m3sh.yaml; see README."""
+"""Airflow DAG: usage files and feeds -> m3ter measurements (exactly once).
 
-from m3sh.dagkit.usage_ingest import build_usage_ingest_dag
+Built by the m3sh package from m3sh.yaml ($M3SH_CONFIG, else m3sh.yaml in this DAGs folder);
+written by `m3sh init`. The imported name is the DAG Airflow collects.
+"""
 
-dag = build_usage_ingest_dag()
+from m3sh.dags import m3sh_usage_ingest  # noqa: F401

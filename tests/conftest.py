@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,12 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+
+# `pip install -e .` leaves include/m3sh.egg-info beside the package, on sys.path: a second m3sh
+# distribution whose airflow.plugins entry point makes Airflow register the m3sh plugin twice (and report
+# "already registered" as a plugin import error). The editable install's own metadata is in site-packages.
+for _stale in (Path(__file__).resolve().parents[1] / "include").glob("*.egg-info"):
+    shutil.rmtree(_stale, ignore_errors=True)
 
 import pytest  # noqa: E402
 import requests  # noqa: E402

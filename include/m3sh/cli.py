@@ -46,7 +46,24 @@ def _cmd_config_reference(args: argparse.Namespace) -> int:
 def _sandbox(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from m3sh.sandbox.runner import Sandbox, SandboxEndpoints
 
-    return Sandbox(Path(args.root).resolve(), SandboxEndpoints(port_base=args.port_base))
+    endpoints = SandboxEndpoints() if args.port_base is None else SandboxEndpoints(port_base=args.port_base)
+    return Sandbox(Path(args.root).resolve(), endpoints)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from m3sh.scaffold import init_project
+
+    directory = Path(args.dir).resolve()
+    try:
+        written = init_project(directory, force=args.force)
+    except ConfigError as exc:
+        print(f"m3sh init: {exc}", file=sys.stderr)
+        return 1
+    for w in written:
+        print(f"{'replaced' if w.replaced else 'wrote'} {w.path}")
+    print(f"The DAGs read {directory / 'm3sh.yaml'} (or $M3SH_CONFIG): edit it, then "
+          f"`m3sh config validate {directory / 'm3sh.yaml'}`.")
+    return 0
 
 
 def _cmd_sandbox_up(args: argparse.Namespace) -> int:
@@ -170,8 +187,6 @@ def _cmd_pools_sync(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from m3sh.sandbox.runner import DEFAULT_PORT_BASE
-
     parser = argparse.ArgumentParser(prog="m3sh", description="m3ter meshed into your stack, on Airflow 3.")
     parser.add_argument("--version", action="version", version=f"m3sh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,13 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     r = cfg.add_parser("reference", help="print the config reference (Markdown) generated from the models")
     r.set_defaults(func=_cmd_config_reference)
 
+    ini = sub.add_parser("init", help="write the m3sh DAG files and a starter m3sh.yaml into an Airflow "
+                                      "DAGs folder")
+    ini.add_argument("dir", nargs="?", default=".", help="the Airflow DAGs folder (default: current)")
+    ini.add_argument("--force", action="store_true", help="replace files that exist already")
+    ini.set_defaults(func=_cmd_init)
+
     sb = sub.add_parser("sandbox", help="local emulators of m3ter, HubSpot, NetSuite, Salesforce and AWS")
     sbs = sb.add_subparsers(dest="sub", required=True)
     for name, func in (("up", _cmd_sandbox_up), ("down", _cmd_sandbox_down), ("reset", _cmd_sandbox_reset),
                        ("status", _cmd_sandbox_status)):
         p = sbs.add_parser(name)
         p.add_argument("--root", default=".", help="folder holding .sandbox/ (default: current)")
-        p.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE)
+        # default resolved by the sandbox itself: the parser must build without the sandbox extra
+        p.add_argument("--port-base", type=int, default=None, help="first port (default: 8710)")
         if name in ("up", "reset"):
             p.add_argument("--seed", default="demo", choices=["demo", "empty"])
         if name == "up":
@@ -233,8 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from m3sh.sandbox_extra import SandboxExtraMissing
+
     args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
+    try:
+        rc: int = args.func(args)
+    except SandboxExtraMissing as exc:  # `m3sh sandbox|demo` on a base install: say what to install
+        print(f"m3sh: {exc}", file=sys.stderr)
+        return 2
     return rc
 
 

@@ -12,6 +12,7 @@ import difflib
 import os
 import re
 import string
+import sys
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -28,8 +29,10 @@ from m3sh.models.records import (
     CanonicalContractField,
 )
 
+# The demo config beside the package in a checkout (include/m3sh.yaml); an installed wheel has none.
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "m3sh.yaml"
 CONFIG_ENV = "M3SH_CONFIG"
+CONFIG_FILE_NAME = "m3sh.yaml"
 
 Ownership = Literal["crm_wins", "m3ter_wins", "fill_missing"]
 MatchKey = Literal["external_id", "domain", "email"]
@@ -885,8 +888,30 @@ def config_warnings(config: M3shConfig, text: str, source: str = "m3sh.yaml") ->
     return [f"{source}:{_line_of(root, loc)} {_format_loc(loc)}: {msg}" for loc, msg in config.reference_warnings()]
 
 
+def _dags_folder_config() -> Path | None:
+    """``m3sh.yaml`` in Airflow's DAGs folder, where ``m3sh init`` writes it, when running inside Airflow.
+
+    Only when Airflow's configuration is already loaded (DAG parsing, tasks): the ``m3sh`` CLI must not
+    import Airflow.
+    """
+    airflow_configuration = sys.modules.get("airflow.configuration")
+    if airflow_configuration is None:
+        return None
+    try:
+        folder = airflow_configuration.conf.get("core", "dags_folder")
+    except Exception:  # a half-initialised Airflow config: fall back to the other sources
+        return None
+    candidate = Path(folder) / CONFIG_FILE_NAME
+    return candidate if candidate.is_file() else None
+
+
 def _config_path(path: str | os.PathLike[str] | None) -> Path:
-    return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    """Explicit path, else ``$M3SH_CONFIG``, else ``m3sh.yaml`` in Airflow's DAGs folder, else the demo config."""
+    if path:
+        return Path(path)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return _dags_folder_config() or DEFAULT_CONFIG_PATH
 
 
 def read_config_text(path: str | os.PathLike[str] | None = None) -> tuple[str, str]:
@@ -895,6 +920,10 @@ def read_config_text(path: str | os.PathLike[str] | None = None) -> tuple[str, s
     try:
         return p.read_text(), str(p)
     except OSError as exc:
+        if p == DEFAULT_CONFIG_PATH and not path:
+            raise ConfigError(
+                f"no m3sh config: set {CONFIG_ENV} to your m3sh.yaml, or put one in the Airflow DAGs folder "
+                "(`m3sh init DAGS_FOLDER` writes a starter)") from None
         raise ConfigError(f"cannot read m3sh config {p}: {exc.strerror}") from None
 
 

@@ -10,9 +10,26 @@ connection form without importing the hooks.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from packaging.version import Version
+
 from m3sh import __version__
+
+
+def _conn_fields_supported() -> bool:
+    """Airflow >= 3.2 renders ``conn-fields``; 3.1 ignores them (version read without importing Airflow)."""
+    try:
+        return Version(Version(version("apache-airflow-core")).base_version) >= Version("3.2")
+    except PackageNotFoundError:
+        return True
+
+
+def _hidden(*fields: str) -> list[str]:
+    """Hidden form fields; on Airflow 3.1, which ignores ``conn-fields``, "extra" stays visible so the
+    fields above can still be entered there as JSON (e.g. ``{"org_id": "..."}``)."""
+    return [f for f in fields if f != "extra" or _conn_fields_supported()]
 
 
 def _field(label: str, description: str, *, secret: bool = False, kind: str = "string",
@@ -67,7 +84,7 @@ def get_provider_info() -> dict[str, Any]:
                     "page_size": _field("Page size", "List page size (1-100)", kind="integer", default=100),
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "extra"],
+                    "hidden-fields": _hidden("schema", "port", "extra"),
                     "relabeling": {"login": "Access Key ID", "password": "API Secret", "host": "API base URL"},
                     "placeholders": {"host": "https://api.m3ter.com (leave empty for production)"},
                 },
@@ -83,7 +100,7 @@ def get_provider_info() -> dict[str, Any]:
                                                   kind="integer", default=10),
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "hidden-fields": _hidden("schema", "port", "login", "extra"),
                     "relabeling": {"password": "Private app token", "host": "API base URL"},
                     "placeholders": {"host": "https://api.hubapi.com (leave empty for production)"},
                 },
@@ -101,7 +118,7 @@ def get_provider_info() -> dict[str, Any]:
                                           kind="integer", default=5),
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "extra"],
+                    "hidden-fields": _hidden("schema", "port", "extra"),
                     "relabeling": {"login": "Consumer key", "password": "Consumer secret",
                                    "host": "REST base URL"},
                     "placeholders": {"host": "https://<account>.suitetalk.api.netsuite.com (optional)"},

@@ -250,5 +250,5 @@ def test_dockerfile_builds_on_the_airflow_version_we_test() -> None:
     text = (REPO / "Dockerfile").read_text()
     m = re.search(r"^FROM apache/airflow:(\S+)$", text, re.M)
     assert m and m.group(1) == version("apache-airflow")
-    assert re.search(r"pip install .*\"apache-airflow==\$\{AIRFLOW_VERSION\}\" \.", text)
+    assert re.search(r"pip install .*\"apache-airflow==\$\{AIRFLOW_VERSION\}\" \"\.\[sandbox\]\"", text)
     assert f"AIRFLOW_VERSION={version('apache-airflow')}" in text

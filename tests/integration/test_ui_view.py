@@ -109,7 +109,8 @@ def _seed_other_sections(cfg: Any) -> None:
 
 @pytest.fixture(scope="module")
 def airflow_app(state: dict[str, Any]) -> Iterator[Any]:
-    """Airflow's API app built the way the api-server builds it, loading ``<repo>/plugins``."""
+    """Airflow's API app built the way the api-server builds it: plugins from ``<repo>/plugins`` (empty) and
+    the installed packages' ``airflow.plugins`` entry points, which bring m3sh's."""
     from airflow import plugins_manager, settings
 
     from m3sh.web import ui
@@ -153,9 +154,14 @@ def _token(client: TestClient, user: str = "admin") -> str:
 
 
 def test_plugin_mounts_the_view_before_the_receiver_and_adds_a_nav_entry(client: TestClient) -> None:
-    r = client.get("/api/v2/plugins", headers={"Authorization": f"Bearer {_token(client)}"})
+    headers = {"Authorization": f"Bearer {_token(client)}"}
+    r = client.get("/api/v2/plugins", headers=headers)
     assert r.status_code == 200, r.text
-    plugin = next(p for p in r.json()["plugins"] if p["name"] == "m3sh")
+    (plugin,) = [p for p in r.json()["plugins"] if p["name"] == "m3sh"]
+    assert "m3sh.plugin:M3shPlugin" in plugin["source"], plugin["source"]  # loaded through the entry point
+    # registered once: a second "m3sh" (a copy in plugins/) would be skipped and listed as an import error
+    errors = client.get("/api/v2/plugins/importErrors", headers=headers)
+    assert errors.status_code == 200 and errors.json()["total_entries"] == 0, errors.text
     assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/m3sh/ui", "/m3sh"]
     (view,) = plugin["external_views"]
     assert view["url_route"] == "m3sh" and view["href"] == "/m3sh/ui/" and view["destination"] == "nav"

@@ -57,7 +57,7 @@ def _load_dag(dag_id: str) -> Any:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.dag
+    return getattr(module, dag_id)  # a DAG file binds the DAG to its id (m3sh.dags)
 
 
 def dag_runs() -> list[tuple[str, dict[str, Any]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from m3sh.compat import AIRFLOW_3_2_PLUS
 from m3sh.config import M3shConfig
 
 
@@ -19,8 +20,9 @@ def default_args(cfg: M3shConfig) -> dict[str, Any]:
         "owner": cfg.owner,
         "retries": cfg.dag_defaults.retries,
         "retry_delay": dt.timedelta(seconds=cfg.dag_defaults.retry_delay_s),
-        # Airflow 3: a float multiplier; 20s, 40s, 80s ... capped below.
-        "retry_exponential_backoff": 2.0,
+        # 20s, 40s, 80s ... capped below. Airflow >= 3.2 takes the multiplier (a float); 3.1 takes a bool,
+        # whose True is the same doubling.
+        "retry_exponential_backoff": 2.0 if AIRFLOW_3_2_PLUS else True,
         "max_retry_delay": dt.timedelta(seconds=cfg.dag_defaults.max_retry_delay_s),
         "on_failure_callback": failure_callbacks(cfg),
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowFailException
+from m3sh.compat import AirflowFailException
 
 
 class RunFailed(AirflowFailException):

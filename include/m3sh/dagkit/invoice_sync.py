@@ -27,8 +27,9 @@ import logging
 import math
 from typing import Any
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param, TaskGroup, task
+from airflow.sdk import DAG, Param, TaskGroup, task
 
+from m3sh.compat import CronDataIntervalTimetable
 from m3sh.config import M3shConfig, NetSuiteDestination, get_config
 from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed

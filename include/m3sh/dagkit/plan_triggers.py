@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+from airflow.sdk import DAG, Asset, Param, task
 
+from m3sh.compat import AssetOrTimeSchedule, CronTriggerTimetable
 from m3sh.config import M3shConfig, get_config
 from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed

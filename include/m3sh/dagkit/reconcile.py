@@ -15,8 +15,9 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
+from airflow.sdk import DAG, Param, task
 
+from m3sh.compat import CronDataIntervalTimetable
 from m3sh.config import M3shConfig, get_config
 from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed

@@ -11,9 +11,9 @@ import datetime as dt
 import logging
 from typing import Any
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import DAG, Param, task
 
+from m3sh.compat import AirflowFailException, CronDataIntervalTimetable
 from m3sh.config import M3shConfig, get_config
 from m3sh.dagkit.defaults import common_dag_args
 from m3sh.dagkit.errors import RunFailed
@@ -44,7 +44,7 @@ def usage_schedule(cfg: M3shConfig) -> Any:
                                 watchers=[AssetWatcher(name=f"m3sh_usage_{feed.name}_events", trigger=trigger)]))
     if not assets:
         return hourly
-    from airflow.sdk import AssetOrTimeSchedule
+    from m3sh.compat import AssetOrTimeSchedule
 
     return AssetOrTimeSchedule(timetable=hourly, assets=assets)
 

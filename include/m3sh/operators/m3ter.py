@@ -14,8 +14,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, final
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 
+from m3sh.compat import AirflowFailException
 from m3sh.hooks.m3ter import M3terHook
 
 if TYPE_CHECKING:

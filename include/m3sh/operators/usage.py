@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException
 from pydantic import ValidationError
 
+from m3sh.compat import AirflowFailException
 from m3sh.config import MeterDefinition, UsageFeed
 from m3sh.hooks.m3ter import M3terHook
 from m3sh.operators.m3ter import M3terBaseOperator

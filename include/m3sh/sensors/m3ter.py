@@ -22,10 +22,11 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 from pydantic import ValidationError
 
+from m3sh.compat import conf
 from m3sh.triggers.m3ter import (
     M3terBalanceTrigger,
     M3terContractEndTrigger,

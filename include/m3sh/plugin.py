@@ -7,6 +7,10 @@
   ``m3sh://m3ter/notifications`` so ``m3sh_plan_triggers`` runs within seconds
   (logic in :mod:`m3sh.web.receiver`; this file stays thin).
 
+Airflow loads it through the ``airflow.plugins`` entry point in ``pyproject.toml``, so ``pip install m3sh``
+into an existing Airflow brings the page and the receiver; nothing goes into the plugins folder (a copy
+there would register a second "m3sh" plugin, which Airflow skips and reports as a plugin import error).
+
 The view is listed first: Airflow mounts plugin apps in order, and ``/m3sh`` would otherwise
 swallow ``/m3sh/ui``.
 """
