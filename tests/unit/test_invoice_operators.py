@@ -10,6 +10,8 @@ The sandbox run of the same operators in a user's DAG is tests/integration/test_
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 from unittest import mock
@@ -278,3 +280,11 @@ def test_summary_fails_by_name_when_collect_did_not_finish(systems: dict[str, An
     with pytest.raises(RunFailed, match="summary: no staged bills: the collect task did not finish"):
         summary.execute({"run_id": "r"})
     assert systems["storage"].objects == {}
+
+
+def test_the_invoice_dag_module_imports_without_the_m3ter_sdk() -> None:
+    """m3sh_invoice_sync's DAG file imports these operators on every parse; the m3ter SDK (~0.5 s)
+    loads only when a task talks to m3ter."""
+    code = "import sys, m3sh.dagkit.invoice_sync; print(sorted({'m3ter', 'm3sh.hooks.m3ter'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
@@ -37,12 +38,11 @@ from m3sh.config import (
     M3shConfig,
     NetSuiteDestination,
 )
-from m3sh.hooks.m3ter import M3terHook
-from m3sh.operators.m3ter import M3terBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from m3sh.hooks.m3ter import M3terHook
     from m3sh.storage import Storage
 
 NON_NETSUITE_THREADS = 4
@@ -89,6 +89,28 @@ def _staged(task_id: str, value: Any) -> dict[str, Any]:
     return dict(refs)
 
 
+class _M3terLazyOperator(BaseOperator):
+    """:class:`~m3sh.operators.m3ter.M3terBaseOperator`'s ``m3ter_conn_id`` and lazy ``hook``, without
+    importing the hook module (and the m3ter SDK, ~0.5 s) at import: m3sh_invoice_sync's DAG file
+    imports these operators on every parse.
+
+    :param m3ter_conn_id: Airflow connection of type ``m3ter``. (templated)
+    """
+
+    template_fields: Sequence[str] = ("m3ter_conn_id",)
+    ui_color = "#e8f0ff"
+
+    def __init__(self, *, m3ter_conn_id: str = "m3ter_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.m3ter_conn_id = m3ter_conn_id
+
+    @cached_property
+    def hook(self) -> M3terHook:
+        from m3sh.hooks.m3ter import M3terHook
+
+        return M3terHook(m3ter_conn_id=self.m3ter_conn_id)
+
+
 class _StagingMixin:
     """Where a run stages its bills, results and summary: ``config.storage``, or inline arguments."""
 
@@ -112,7 +134,7 @@ class _StagingMixin:
         return Storage(self.aws_conn_id, self.bucket, self.prefix)
 
 
-class M3terBillsCollectOperator(_StagingMixin, M3terBaseOperator[M3terHook]):
+class M3terBillsCollectOperator(_StagingMixin, _M3terLazyOperator):
     """Read m3ter bills ready for export, enrich and route them, and stage them in S3.
 
     By default the bills in ``bill_states`` last changed in the run's data interval (all of them
@@ -136,7 +158,7 @@ class M3terBillsCollectOperator(_StagingMixin, M3terBaseOperator[M3terHook]):
     Returns ``{"bills_key", "routes_key", "bills", "set_aside", "by_destination"}``.
     """
 
-    template_fields: Sequence[str] = (*M3terBaseOperator.template_fields, "bill_ids", "only_destinations",
+    template_fields: Sequence[str] = (*_M3terLazyOperator.template_fields, "bill_ids", "only_destinations",
                                       "full_scan")
     ui_color = "#fff4e0"
 
@@ -317,7 +339,7 @@ class M3terBillsToNetSuiteOperator(M3terBillsDeliverOperator):
         super().__init__(staged=staged, destination=dest, **kwargs)
 
 
-class M3terInvoiceRunSummaryOperator(_StagingMixin, M3terBaseOperator[M3terHook]):
+class M3terInvoiceRunSummaryOperator(_StagingMixin, _M3terLazyOperator):
     """The end of an invoice run: merge every destination's outcomes, stamp fully exported bills
     on their m3ter account (``exported_field``, with the bill id and destinations), write the
     summary to ``reports/<dag id>/runs/<run id>.json`` and ``latest.json``, and fail naming each
@@ -334,7 +356,7 @@ class M3terInvoiceRunSummaryOperator(_StagingMixin, M3terBaseOperator[M3terHook]
     ``action_needed``, ``failed`` and ``set_aside`` lists).
     """
 
-    template_fields: Sequence[str] = (*M3terBaseOperator.template_fields, "staged", "preview")
+    template_fields: Sequence[str] = (*_M3terLazyOperator.template_fields, "staged", "preview")
     ui_color = "#f3e8ff"
 
     def __init__(self, *, staged: Any, preview: bool | str = False, exported_field: str | None = "exported_at",
