@@ -269,6 +269,10 @@ def test_templated_arguments_are_read_as_json_and_bad_ones_name_the_field(system
     collect.bill_ids, collect.only_destinations = None, '["salesforce"]'
     with pytest.raises(AirflowFailException, match=r"only_destinations names unknown destinations \['salesforce'\]"):
         collect.execute({"run_id": "r"})
+    to_ns.staged, to_ns.destination = refs, to_ns.destination.model_copy(update={"name": "netsuite_eu"})
+    with pytest.raises(AirflowFailException, match=r"to_netsuite: the collect step routed bills to \['netsuite'\], "
+                                                   r"not to 'netsuite_eu'"):
+        to_ns.execute({"run_id": "r"})
     to_ns.staged = {"bills": 3}
     with pytest.raises(AirflowFailException, match=r"to_netsuite: staged must be what M3terBillsCollectOperator"):
         to_ns.execute({"run_id": "r"})

@@ -118,7 +118,12 @@ def deliver_staged(deliverer: Deliverer, storage: Storage, refs: dict[str, Any],
     """Deliver the staged bills routed to ``destination`` (one part when ``refs`` has an ``index``)
     and record each outcome under the run's results prefix, which :func:`summarize` reads."""
     routes = storage.get_json(refs["routes_key"]) or {}
-    ids: list[str] = routes.get("by_destination", {}).get(destination, [])
+    by_destination: dict[str, list[str]] = routes.get("by_destination", {})
+    if destination not in by_destination:
+        # A name the collect step never routed to would deliver nothing, silently.
+        raise ValueError(f"the collect step routed bills to {sorted(by_destination)}, not to {destination!r} "
+                         "(give it this destination name)")
+    ids = by_destination[destination]
     index = int(refs.get("index", 0))
     if "size" in refs:
         ids = ids[index * int(refs["size"]):(index + 1) * int(refs["size"])]

@@ -284,9 +284,12 @@ class M3terBillsDeliverOperator(_StagingMixin, BaseOperator):
         ledger: Ledger = S3Ledger(storage)
         if _native(self.task_id, "redeliver", self.redeliver, bool):
             ledger = WriteOnlyLedger(ledger)
-        results = deliver_staged(delivery_for(self.destination, ledger), storage, refs, name, dag_id=self.dag_id,
-                                 run_id=context["run_id"], threads=self.threads,
-                                 dry_run=bool(_native(self.task_id, "preview", self.preview, bool)))
+        preview = bool(_native(self.task_id, "preview", self.preview, bool))
+        try:
+            results = deliver_staged(delivery_for(self.destination, ledger), storage, refs, name, dag_id=self.dag_id,
+                                     run_id=context["run_id"], threads=self.threads, dry_run=preview)
+        except ValueError as exc:
+            raise AirflowFailException(f"{self.task_id}: {exc}") from None
         for r in results:
             if r.status in ("failed", "action_needed"):
                 self.log.error("bill %s (%s) -> %s %s: %s", r.bill_id, r.account_code, name, r.status, r.detail)
