@@ -18,6 +18,10 @@ Graph::
 
 Exactly once per bill and destination: every write is an upsert by external id or carries an
 idempotency key, and the S3 ledger lets re-runs skip unchanged bills without calling anything.
+
+The tasks are :mod:`m3sh.operators.invoicing`'s operators (``M3terBillsCollectOperator``,
+``M3terBillsDeliverOperator`` mapped over parts of the bills, ``M3terInvoiceRunSummaryOperator``),
+which users can wire into their own DAGs the same way; this module only wires them from config.
 """
 
 from __future__ import annotations
