@@ -56,6 +56,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "audit_trail.requests_page1_5000": ("<=", 60),
     "audit_trail.requests_page1_100000": ("<=", 200),
     "audit_trail.requests_week_100000": ("<=", 60),
+    "limits_shared.redis_429_fraction": ("<=", 0.01),
+    "limits_shared.redis_lost": ("<=", 0),
+    "limits_shared.redis_duplicates": ("<=", 0),
 }
 
 # Figures shown without a target, for context (sizes, the other side of a ratio).
@@ -69,6 +72,8 @@ CONTEXT: dict[str, list[str]] = {
     "invoice_sync": ["bills", "seconds", "bound_seconds"],
     "triggers": ["accounts", "api_calls_cold"],
     "audit_trail": ["months_5000", "requests_csv_5000", "months_100000", "requests_csv_100000"],
+    "limits_shared": ["processes", "requests", "client_org_rate_rps", "binding_limit_rps", "redis_achieved_rps",
+                      "redis_vs_binding_limit", "redis_429_fraction", "in_process_429s", "in_process_429_fraction"],
 }
 
 # Smaller sizes for modules that take flags rather than reading M3SH_BENCH_QUICK.

@@ -200,7 +200,7 @@ def sync_once(box: Any, start: dt.datetime, end: dt.datetime) -> tuple[Phases, d
 
     def to_m3ter() -> Any:
         hook = M3terHook(cfg.m3ter.conn_id)
-        index = M3terIndex(hook)
+        index = M3terIndex(hook, sources=cfg.crm.sources)
         customers = dedupe(records, list(cfg.crm.match_keys), cfg.m3ter.account_code_from,
                            existing_codes=index.match_codes())
         return customers, CrmToM3ter(hook, cfg, index).apply(customers)

@@ -112,8 +112,14 @@ class CrmSource(_Model):
 
     name: str = Field(description="Unique source name, used in external mappings and logs")
     type: CrmType
-    conn_id: str
+    conn_id: str = Field(description="Airflow connection of this source (each org or portal has its own)")
     enabled: bool = True
+    legacy_mappings: bool | None = Field(
+        None, description="Whether m3ter external mappings keyed by this source's CRM type (written before "
+                          "mappings named the source) are this source's. Default: yes when it is the only "
+                          "source of its type or is named after the type; with several sources of one type set "
+                          "true on the one that wrote them, and false on a survivor of a retired source that "
+                          "was named after the type")
     account_fields: dict[AccountFieldKey, str] = Field(
         default_factory=dict,
         description="Canonical account field -> field of the Salesforce Account / HubSpot company")
@@ -290,6 +296,9 @@ class SalesforceDestination(_Destination):
 
     type: Literal["salesforce"]
     conn_id: str = "salesforce_default"
+    crm_source: str | None = Field(
+        None, description="Deliver only bills of customers linked to this crm.sources name (this destination's "
+                          "org); required when several Salesforce sources are configured")
     invoice_object: str = "Invoice__c"
     external_id_field: str = "M3ter_Bill_Id__c"
     account_fields: dict[InvoiceStatusKey, Annotated[str, Field(pattern=SF_FIELD_NAME)]] = Field(
@@ -315,6 +324,9 @@ class HubSpotDestination(_Destination):
 
     type: Literal["hubspot"]
     conn_id: str = "hubspot_default"
+    crm_source: str | None = Field(
+        None, description="Deliver only bills of customers linked to this crm.sources name (this destination's "
+                          "portal); required when several HubSpot sources are configured")
     deal_property: str = Field("m3ter_last_invoice", pattern=r"^[a-z][a-z0-9_]*$",
                                description="Deal property (internal name) holding the latest invoice")
 
@@ -492,7 +504,8 @@ class Action(_Model):
         "account", description="Where set_custom_fields writes: the account or its current account plan")
     update_crm_fields: dict[str, str] | None = Field(
         None, description="CRM field -> value on the account's CRM record (found through m3ter external "
-                          "mappings). Prefix a key with 'salesforce.' or 'hubspot.' to target one CRM only")
+                          "mappings). Prefix a key with a crm.sources name to target that source only, or "
+                          "with 'salesforce.' / 'hubspot.' to target every source of that type")
     notify: str | None = Field(None, description="Notifier name from alerting.notifiers")
 
     @model_validator(mode="after")
@@ -611,6 +624,7 @@ class M3shConfig(_Model):
             return seen
 
         unique([s.name for s in self.crm.sources], ("crm", "sources"), "CRM source")
+        errors.extend(self._crm_source_errors())
         unique([f.name for f in self.usage.feeds], ("usage", "feeds"), "usage feed")
         unique([r.name for r in self.triggers], ("triggers",), "trigger rule")
         dests = unique([d.name for d in self.invoicing.destinations], ("invoicing", "destinations"), "destination")
@@ -639,6 +653,44 @@ class M3shConfig(_Model):
                                    f"is {rule.when.kind})"))
         return errors
 
+    def _crm_source_errors(self) -> list[tuple[tuple[int | str, ...], str]]:
+        """Several sources of one CRM type: names, type-keyed mapping ownership, destinations' orgs."""
+        errors: list[tuple[tuple[int | str, ...], str]] = []
+        sources = self.crm.sources
+        types = get_args(CrmType)
+        for i, s in enumerate(sources):
+            if s.name in types and s.name != s.type:
+                errors.append((("crm", "sources", i, "name"),
+                               f"source {s.name!r} is a {s.type} source named after another CRM type; m3ter "
+                               f"mappings keyed {s.name!r} would be ambiguous: rename it"))
+        for crm_type in types:
+            of_type = [(i, s) for i, s in enumerate(sources) if s.type == crm_type]
+            named = next((s.name for _, s in of_type if s.name == crm_type), None)
+            flagged = [(i, s) for i, s in of_type if s.legacy_mappings]
+            for i, s in flagged:
+                if named is not None and s.name != named:
+                    errors.append((("crm", "sources", i, "legacy_mappings"),
+                                   f"mappings keyed {crm_type!r} belong to the source named {named!r}; "
+                                   f"source {s.name!r} cannot claim them"))
+            if len(flagged) > 1:
+                errors.append((("crm", "sources", flagged[1][0], "legacy_mappings"),
+                               f"only one {crm_type} source may own the mappings keyed {crm_type!r}; set on: "
+                               f"{[s.name for _, s in flagged]}"))
+        for i, dest in enumerate(self.invoicing.destinations):
+            if not isinstance(dest, SalesforceDestination | HubSpotDestination):
+                continue
+            dest_sources = [s for s in sources if s.type == dest.type]
+            if dest.crm_source is None:
+                if len(dest_sources) > 1:
+                    errors.append((("invoicing", "destinations", i, "crm_source"),
+                                   f"several {dest.type} sources are configured ({[s.name for s in dest_sources]}): "
+                                   f"name the one whose org this destination writes to in crm_source"))
+            elif dest.crm_source not in {s.name for s in dest_sources}:
+                errors.append((("invoicing", "destinations", i, "crm_source"),
+                               f"unknown {dest.type} source {dest.crm_source!r}; "
+                               f"known: {sorted(s.name for s in dest_sources)}"))
+        return errors
+
     def crm_field_errors(self) -> list[tuple[tuple[int | str, ...], str]]:
         """Salesforce field names that cannot be read: m3sh puts them into SOQL SELECTs and reads each
         record's value by that name, so a space breaks the query and a relationship path such as
@@ -661,6 +713,14 @@ class M3shConfig(_Model):
         error fails every DAG's import); ``m3sh config validate`` shows these so they get declared.
         """
         warnings: list[tuple[tuple[int | str, ...], str]] = []
+        for crm_type in get_args(CrmType):
+            of_type = [(i, s) for i, s in enumerate(self.crm.sources) if s.type == crm_type]
+            if (len(of_type) > 1 and all(s.name != crm_type for _, s in of_type)
+                    and all(s.legacy_mappings is None for _, s in of_type)):
+                warnings.append((("crm", "sources", of_type[0][0], "legacy_mappings"),
+                                 f"several {crm_type} sources and none owns the m3ter mappings keyed {crm_type!r} "
+                                 f"(written by m3sh before mappings named the source): set legacy_mappings: true "
+                                 f"on the source that wrote them, or false on each if there are none"))
         plans_declared = bool(self.known_plans())
         for i, rule in enumerate(self.triggers):
             for j, action in enumerate(rule.actions):
@@ -695,13 +755,16 @@ class M3shConfig(_Model):
                                f"custom field {name!r} on the {target} is not declared in "
                                f"m3ter.custom_fields.{target}; declared: {sorted(declared)}"))
         # A CRM type, configured or not: disabling or removing a CRM must not invalidate the rules
-        # (such writes are skipped at run time, with the reason in the ledger); anything else is a typo.
-        prefixes = set(get_args(CrmSource.model_fields["type"].annotation))
+        # (such writes are skipped at run time, with the reason in the ledger); or a configured source
+        # name (enabled or not); anything else is a typo.
+        types = set(get_args(CrmType))
+        names = {s.name for s in self.crm.sources}
         for key in action.update_crm_fields or {}:
             prefix = key.split(".", 1)[0] if "." in key else None
-            if prefix is not None and prefix not in prefixes:
+            if prefix is not None and prefix not in types | names:
                 errors.append((("update_crm_fields", key),
-                               f"{key!r} targets CRM {prefix!r}; a prefix names a CRM type: {sorted(prefixes)}"))
+                               f"{key!r} targets CRM {prefix!r}; a prefix names a CRM source "
+                               f"{sorted(names)} or a CRM type (every source of it) {sorted(types)}"))
         return errors
 
     def destination(self, name: str) -> Any:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from m3sh.config import (
+    CrmSource,
     HubSpotDestination,
     M3shConfig,
     NetSuiteDestination,
@@ -207,16 +208,13 @@ def needed_custom_fields(cfg: M3shConfig) -> dict[str, Needs]:
     return out
 
 
-def _hubspot_conn(cfg: M3shConfig) -> str | None:
-    return next((s.conn_id for s in cfg.crm.sources if s.type == "hubspot" and s.enabled), None)
+def _enabled_sources(cfg: M3shConfig, crm_type: str) -> list[CrmSource]:
+    return [s for s in cfg.crm.sources if s.type == crm_type and s.enabled]
 
 
-def _salesforce_conn(cfg: M3shConfig) -> str | None:
-    return next((s.conn_id for s in cfg.crm.sources if s.type == "salesforce" and s.enabled), None)
-
-
-def _crm_fields_of_rules(cfg: M3shConfig, system: str) -> Needs:
-    """Fields ``update_crm_fields`` actions write in one CRM (unprefixed keys go to every CRM)."""
+def _crm_fields_of_rules(cfg: M3shConfig, source: CrmSource) -> Needs:
+    """Fields ``update_crm_fields`` actions write in one CRM source (unprefixed keys go to every
+    source; a prefix is the source's name or its type)."""
     fields = Needs()
     for rule in cfg.triggers:
         if not rule.enabled:
@@ -225,8 +223,8 @@ def _crm_fields_of_rules(cfg: M3shConfig, system: str) -> Needs:
             for key in action.update_crm_fields or {}:
                 prefix, _, name = key.partition(".")
                 if not name:
-                    prefix, name = system, key
-                if prefix == system:
+                    prefix, name = source.type, key
+                if prefix in (source.type, source.name):
                     fields.add(name, f"triggers[{rule.name}] update_crm_fields")
     return fields
 
@@ -258,10 +256,11 @@ def needed_hubspot(cfg: M3shConfig) -> dict[str, HubSpotNeeds]:
         if src.write_back_field:
             need.scopes.add("crm.objects.companies.write", f"{why}.write_back_field")
             need.company_properties.add(src.write_back_field, f"{why}.write_back_field")
-    conn = _hubspot_conn(cfg)
-    rule_fields = _crm_fields_of_rules(cfg, "hubspot")
-    if conn is not None and rule_fields:
-        need = out.setdefault(conn, HubSpotNeeds())
+    for src in _enabled_sources(cfg, "hubspot"):  # each portal is written on its own connection
+        rule_fields = _crm_fields_of_rules(cfg, src)
+        if not rule_fields:
+            continue
+        need = out.setdefault(src.conn_id, HubSpotNeeds())
         for name, reasons in rule_fields.items.items():
             for why in reasons:
                 need.company_properties.add(name, why)
@@ -330,12 +329,10 @@ def needed_salesforce(cfg: M3shConfig) -> dict[str, dict[str, dict[str, list[Fie
         for sobject, names in SALESFORCE_READS.items():
             for name in names:
                 need(src.conn_id, sobject, name, FieldNeed("read", why))
-    conn = _salesforce_conn(cfg)
-    rule_fields = _crm_fields_of_rules(cfg, "salesforce")
-    if conn is not None:
-        for name, reasons in rule_fields.items.items():
+    for src in _enabled_sources(cfg, "salesforce"):  # each org is written on its own connection
+        for name, reasons in _crm_fields_of_rules(cfg, src).items.items():
             for why in reasons:
-                need(conn, "Account", name, FieldNeed("text", why))
+                need(src.conn_id, "Account", name, FieldNeed("text", why))
     for dest in cfg.invoicing.destinations:
         if not (isinstance(dest, SalesforceDestination) and dest.enabled):
             continue

@@ -72,7 +72,8 @@ def test_trigger_actions_name_only_declared_plans_custom_fields_and_crms() -> No
     assert "custom field 'renewal_status' on the accountplan is not declared" in _error(on_plan)
     msg = _error(DEMO.replace("hubspot.description:", "hubspt.description:"))
     assert ("triggers[1].actions[1].update_crm_fields.hubspt.description: 'hubspt.description' targets CRM "
-            "'hubspt'; a prefix names a CRM type: ['hubspot', 'salesforce']") in msg
+            "'hubspt'; a prefix names a CRM source ['hubspot', 'salesforce'] or a CRM type (every source of it) "
+            "['hubspot', 'salesforce']") in msg
     # without a HubSpot source the rule stays valid (consolidating CRMs must not break the rules)
     head, rest = DEMO.split("    - name: hubspot\n", 1)
     parse_config(head + rest[rest.index("\nusage:"):])

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from m3sh.config import InvoicingConfig, parse_config
+from m3sh.crm.links import SourceLinks
 from m3sh.invoicing.enrich import Enricher, crm_link, enrich_bill
 from m3sh.invoicing.models import CrmInfo, EnrichmentError
 from m3sh.invoicing.netsuite import invoice_body, item_for
@@ -35,6 +36,12 @@ def account(**custom: Any) -> dict[str, Any]:
             "currency": "EUR", "customFields": {"subsidiary": "", "tax_code": "", **custom}}
 
 
+TWO_SOURCES = """
+crm:
+  sources:
+    - {name: salesforce, type: salesforce, conn_id: s, priority: 10}
+    - {name: hubspot, type: hubspot, conn_id: h, priority: 20}
+"""
 CFG = InvoicingConfig(subsidiary_by_currency={"EUR": "eu"}, required_enrichment=["subsidiary"])
 
 
@@ -74,12 +81,30 @@ def test_fingerprint_ignores_approval_and_locking_but_not_content() -> None:
 
 
 def test_crm_link_prefers_external_mappings_then_custom_fields() -> None:
+    links = SourceLinks(parse_config(TWO_SOURCES).crm.sources)
     mappings = [{"externalSystem": "hubspot", "externalTable": "companies", "externalId": "9000000001"}]
-    assert crm_link(account(crm_id="0015g00000ABCDEFGH"), mappings, {}) == ("hubspot", "9000000001")
-    assert crm_link(account(crm_source="salesforce", crm_id="0015g00000ABCDEFGH"), [], {}) == (
+    assert crm_link(account(crm_id="0015g00000ABCDEFGH"), mappings, links) == ("hubspot", "9000000001")
+    assert crm_link(account(crm_source="salesforce", crm_id="0015g00000ABCDEFGH"), [], links) == (
         "salesforce", "0015g00000ABCDEFGH")
-    assert crm_link(account(crm_source="hubspot", crm_id="9000000002"), [], {}) == ("hubspot", "9000000002")
-    assert crm_link(account(), [], {}) is None
+    assert crm_link(account(crm_source="hubspot", crm_id="9000000002"), [], links) == ("hubspot", "9000000002")
+    assert crm_link(account(), [], links) is None
+    # no sources configured: the id's shape still tells the CRM
+    assert crm_link(account(crm_id="9000000003"), [], SourceLinks([])) == ("hubspot", "9000000003")
+
+
+def test_crm_link_is_the_best_priority_source_of_several_orgs() -> None:
+    """Two orgs of one CRM: the link names the source (its org), best priority first; a mapping of a
+    source no longer configured (retired) or disabled is not a link."""
+    cfg = parse_config(TWO_SOURCES.replace("    - {name: hubspot, type: hubspot, conn_id: h, priority: 20}\n",
+                                           "    - {name: sf_acme, type: salesforce, conn_id: a, priority: 5}\n"))
+    links = SourceLinks(cfg.crm.sources)
+    mappings = [{"externalSystem": "salesforce", "externalTable": "Account", "externalId": "001A"},
+                {"externalSystem": "sf_acme", "externalTable": "Account", "externalId": "001B"},
+                {"externalSystem": "sf_retired", "externalTable": "Account", "externalId": "001C"}]
+    assert crm_link(account(), mappings, links) == ("sf_acme", "001B")
+    assert crm_link(account(), [mappings[2]], links) is None
+    disabled = SourceLinks([s.model_copy(update={"enabled": s.name != "sf_acme"}) for s in cfg.crm.sources])
+    assert crm_link(account(), mappings, disabled) == ("salesforce", "001A")
 
 
 def test_netsuite_item_map_by_product_then_line_type_then_default() -> None:

@@ -42,7 +42,7 @@ def test_records_status_and_clean() -> None:
 
 
 def test_accounts_links_both_ways() -> None:
-    links = {"m1": ("acme", "salesforce", "0015g00000AAAAAAAA"), "m2": ("beta", "hubspot", "9000000001")}
+    links = {"m1": [("acme", "salesforce", "0015g00000AAAAAAAA")], "m2": [("beta", "hubspot", "9000000001")]}
     records = {("salesforce", "0015g00000AAAAAAAA"): {"currency": "EUR", "m3ter_currency": "USD"},
                ("hubspot", "9000000002"): {"m3ter_id": "gone"}}
     got = {(f.check, f.account) for f in compare_accounts(links, records, {"m1", "m2"})}

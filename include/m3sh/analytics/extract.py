@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 Row = dict[str, Any]
 USAGE_QUERY_LIMIT = 20_000
 USAGE_FUNCTIONS = ("SUM", "MIN", "MAX", "COUNT")
-CRM_TYPES = ("salesforce", "hubspot")
 
 
 def parse_ts(value: Any) -> dt.datetime | None:
@@ -263,25 +262,17 @@ class DayExtract:
                    "end_date": parse_ts(ap.get("endDate"))}
 
     # -- links ---------------------------------------------------------------------------------------
-    def _crm_rank(self) -> dict[str, tuple[int, str]]:
-        """CRM type -> (priority, source name) of the best-ranked configured source of that type."""
-        rank: dict[str, tuple[int, str]] = {}
-        for s in self.cfg.crm.sources:
-            if s.type not in rank or (s.priority, s.name) < rank[s.type]:
-                rank[s.type] = (s.priority, s.name)
-        return rank
-
     def table_accounts(self) -> Iterable[Row]:
-        rank = self._crm_rank()
+        from m3sh.crm.links import SourceLinks
+
+        resolver = SourceLinks(self.cfg.crm.sources)
         by_name = {s.name: (s.priority, s.name) for s in self.cfg.crm.sources}
         for a in self.accounts.values():
             custom = a.get("customFields") or {}
             linked: dict[str, tuple[tuple[int, str], str]] = {}  # source name -> (rank, crm id)
-            for m in self.mappings.get(a["id"], []):
-                system = str(m.get("externalSystem", "")).lower()
-                if system in CRM_TYPES:
-                    r = rank.get(system, (1000, system))
-                    linked.setdefault(r[1], (r, str(m["externalId"])))
+            # by source name (two orgs of one CRM are two sources); retired sources' links are history
+            for source, crm_id in resolver.account_links(self.mappings.get(a["id"], []), enabled_only=False):
+                linked.setdefault(source.name, ((source.priority, source.name), crm_id))
             if not linked:  # accounts m3sh has not linked yet: fall back to the m3ter custom field
                 for name in str(custom.get("crm_source") or "").split(","):
                     if name.strip():
@@ -313,11 +304,16 @@ class DayExtract:
                     yield entry
 
     def table_account_links(self) -> Iterable[Row]:
+        from m3sh.crm.links import SourceLinks
+
+        resolver = SourceLinks(self.cfg.crm.sources)
         for account_id, maps in self.mappings.items():
             for m in maps:
                 system = str(m.get("externalSystem", ""))
+                source = resolver.source_of(m)  # system is a CRM source name (or a type, before names)
                 yield {"account_id": account_id, "account_code": self.code_of(account_id), "system": system,
-                       "system_type": system.lower(), "external_table": m.get("externalTable"),
+                       "system_type": source.type if source else system.lower(),
+                       "external_table": m.get("externalTable"),
                        "external_id": str(m["externalId"]), "origin": "m3ter_external_mapping"}
         for dest in self._ledger_destinations():
             for e in self._ledger_entries(dest.name, lambda n: n.startswith("customer")):

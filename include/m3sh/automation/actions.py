@@ -14,9 +14,12 @@
   firing balance's period (opened by hand, or by an earlier firing) means there is nothing to do.
   The credit is found again by its ``m3sh open_next_balance`` description.
 * ``set_custom_fields``: written only when a value differs (account, or its current account plan).
-* ``update_crm_fields``: the account's CRM records come from m3ter external mappings
-  (``salesforce``/``Account`` and ``hubspot``/``companies``, written by ``m3sh_crm_sync``); fields
-  are read first and only differing ones written. No mapping: skipped with the reason.
+* ``update_crm_fields``: the account's CRM records come from m3ter external mappings (the CRM source
+  name / ``Account`` or ``companies``, written by ``m3sh_crm_sync``; type-keyed ones from before are
+  attributed as :mod:`m3sh.crm.links` says), each written on its own source's connection. A key
+  prefixed with a source name targets that source, with a type every source of that type,
+  unprefixed every source. Fields are read first and only differing ones written. No mapping:
+  skipped with the reason.
 * ``notify``: one message through the configured notifier; exactly once through the ledger
   (recorded right after sending; a crash in between can repeat it once).
 
@@ -34,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from m3sh.automation.evaluate import _total_credit
 from m3sh.automation.rules import Firing, active_at, contract_end_instant, iso_instant, parse_instant
-from m3sh.config import Action, M3shConfig, OpenNextBalance, TriggerRule
+from m3sh.config import Action, CrmSource, M3shConfig, OpenNextBalance, TriggerRule
 
 if TYPE_CHECKING:
     from m3sh.automation.ledger import Ledger
@@ -236,37 +239,34 @@ class ActionRunner:
         return write_custom_fields(target, fields, update, path)
 
     # -- CRM ----------------------------------------------------------------------------------
-    def crm_records(self, account_id: str) -> list[tuple[str, str]]:
-        """``(system, record id)`` for every CRM record mapped to the account."""
-        out = []
-        for m in self.hook.list_external_mappings_of("Account", account_id):
-            system = str(m.get("externalSystem", "")).lower()
-            if CRM_TABLES.get(system) == m.get("externalTable"):
-                out.append((system, str(m["externalId"])))
-        return sorted(set(out))
+    def crm_records(self, account_id: str) -> list[tuple[CrmSource, str]]:
+        """``(source, record id)`` for every CRM record mapped to the account, whatever the source's state."""
+        from m3sh.crm.links import SourceLinks
 
-    def _crm_conn(self, system: str) -> str | None:
-        return next((s.conn_id for s in self.cfg.crm.sources if s.type == system and s.enabled), None)
+        links = SourceLinks(self.cfg.crm.sources)
+        return links.account_links(self.hook.list_external_mappings_of("Account", account_id), enabled_only=False)
 
     def update_crm_fields(self, firing: Firing, fields: dict[str, str]) -> Outcome:
         records = self.crm_records(firing.account_id)
         if not records:
             return Outcome("skipped", f"account {firing.account_code or firing.account_id} has no external mapping "
-                                      "to a Salesforce Account or HubSpot company (run m3sh_crm_sync first)")
+                                      "to a Salesforce Account or HubSpot company of a configured CRM source "
+                                      "(run m3sh_crm_sync first)")
         notes, changed = [], False
-        for system, record_id in records:
+        for source, record_id in records:
+            # a prefix is a source name (that org only) or a CRM type (every source of it)
             wanted = {k.split(".", 1)[1] if "." in k else k: v for k, v in fields.items()
-                      if "." not in k or k.split(".", 1)[0] == system}
+                      if "." not in k or k.split(".", 1)[0] in (source.name, source.type)}
             if not wanted:
                 continue
-            conn_id = self._crm_conn(system)
-            if conn_id is None:
-                notes.append(f"{system} {record_id}: no enabled {system} source in crm.sources; skipped")
+            system = source.type
+            if not source.enabled:
+                notes.append(f"{source.name} {record_id}: CRM source {source.name!r} is disabled; skipped")
                 continue
-            diff = self._crm_write(system, conn_id, record_id, wanted)
+            diff = self._crm_write(system, source.conn_id, record_id, wanted)
             changed = changed or bool(diff)
             what = f"set {sorted(diff)}" if diff else "unchanged"
-            notes.append(f"{system} {CRM_TABLES[system]} {record_id}: {what}")
+            notes.append(f"{source.name} {CRM_TABLES[system]} {record_id}: {what}")
         return Outcome("done" if changed else "unchanged", "; ".join(notes) or "no field targets these CRMs")
 
     def _crm_write(self, system: str, conn_id: str, record_id: str, wanted: dict[str, str]) -> dict[str, str]:

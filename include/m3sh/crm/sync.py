@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from m3sh.config import CrmSyncConfig, M3shConfig
+from m3sh.config import CrmSource, CrmSyncConfig, M3shConfig
+from m3sh.crm.links import SourceLinks
 from m3sh.exceptions import ExternalApiError
 from m3sh.hooks.m3ter import M3terHook, changed_fields
 from m3sh.mapping.crm import contract_code, desired_account, normalize_domain, normalize_email
@@ -75,8 +76,10 @@ def overlaps(ap: dict[str, Any], start: dt.datetime, end: dt.datetime | None) ->
 class M3terIndex:
     """What m3ter already holds, loaded once per sync with paged list calls."""
 
-    def __init__(self, hook: M3terHook, now: dt.datetime | None = None) -> None:
+    def __init__(self, hook: M3terHook, now: dt.datetime | None = None,
+                 sources: Sequence[CrmSource] = ()) -> None:
         self.now = now or dt.datetime.now(dt.UTC)
+        self.links = SourceLinks(sources)
         self.accounts = {a["code"]: a for a in hook.list_accounts() if a.get("code")}
         self.plans = {p["code"]: p for p in hook.list_plans() if p.get("code")}
         self.contracts = {c["code"]: c for c in hook.list_contracts() if c.get("code")}
@@ -87,8 +90,17 @@ class M3terIndex:
             self.account_plans.setdefault(ap["accountId"], []).append(ap)
 
     def match_codes(self) -> dict[str, str]:
-        """Match key -> account code for accounts m3ter already has (identity owned by m3ter)."""
+        """Match key -> account code for accounts m3ter already has (identity owned by m3ter),
+        including each CRM record already linked to an account (``crm:<source name>:<id>``, from
+        mappings by source name or type-keyed ones attributed to a source)."""
         out: dict[str, str] = {}
+        code_of = {a["id"]: code for code, a in self.accounts.items() if a.get("id")}
+        for m in self.mappings.values():
+            if str(m.get("m3terEntity") or "").lower() != "account" or m.get("m3terId") not in code_of:
+                continue
+            source = self.links.source_of(m)
+            if source is not None:
+                out.setdefault(f"crm:{source.name}:{m['externalId']}", code_of[m["m3terId"]])
         for code, a in self.accounts.items():
             out[f"m3ter:{a['id']}"] = code
             email = normalize_email(a.get("emailAddress"))
@@ -231,19 +243,30 @@ class CrmToM3ter:
         if not account_id:
             return
         for rec in customer.records:
-            key = (rec.source_type, rec.crm_object, rec.crm_id)
+            # Mappings name the source (two orgs of one CRM are two systems); see m3sh.crm.links.
+            key = (rec.source, rec.crm_object, rec.crm_id)
             mapping = self.index.mappings.get(key)
-            if mapping is None or mapping.get("m3terId") != account_id:
-                body = {"externalSystem": rec.source_type, "externalTable": rec.crm_object,
+            legacy_key = (rec.source_type, rec.crm_object, rec.crm_id)
+            detail = None
+            if mapping is None and legacy_key != key and legacy_key in self.index.mappings:
+                legacy = self.index.mappings[legacy_key]
+                owner = self.index.links.source_of(legacy)
+                if owner is not None and owner.name == rec.source:
+                    # written by type before mappings named the source: rewrite it under the name
+                    mapping, detail = legacy, f"migrated from the mapping keyed by CRM type {rec.source_type!r}"
+            if mapping is None or mapping.get("m3terId") != account_id or detail:
+                body = {"externalSystem": rec.source, "externalTable": rec.crm_object,
                         "externalId": rec.crm_id, "m3terEntity": "Account", "m3terId": account_id}
                 out.add(Change("external_mapping", f"{rec.source}:{rec.crm_id}",
-                                       "create" if mapping is None else "update", after=body))
+                               "create" if mapping is None else "update", after=body, detail=detail))
                 if not out.dry_run:
                     if mapping is None:
                         self.index.mappings[key] = self.hook.create_external_mapping(body)
                     else:
                         self.index.mappings[key] = self.hook.update_external_mapping(mapping["id"],
                                                                     changed_fields(mapping, body), current=mapping)
+                        if detail:
+                            self.index.mappings.pop(legacy_key, None)
             if rec.m3ter_id != account_id:
                 out.write_backs.append({"source": rec.source, "crm_object": rec.crm_object,
                                                 "crm_id": rec.crm_id, "m3ter_id": account_id})

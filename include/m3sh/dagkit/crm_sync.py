@@ -97,7 +97,7 @@ def build_crm_sync_dag(cfg: M3shConfig | None = None) -> DAG:
             storage = Storage.from_config(conf.storage)
             records = [CrmAccount.model_validate(r) for s in staged for r in storage.iter_jsonl(s["key"])]
             hook = M3terHook(conf.m3ter.conn_id)
-            index = M3terIndex(hook)
+            index = M3terIndex(hook, sources=conf.crm.sources)
             customers = dedupe(records, list(conf.crm.match_keys), conf.m3ter.account_code_from,
                                existing_codes=index.match_codes())
             dry_run = bool(params.get("dry_run"))

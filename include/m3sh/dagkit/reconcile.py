@@ -52,6 +52,8 @@ def expected_bills(conf: M3shConfig, m3ter: Any, since: dt.date, until: dt.datet
             dest = conf.destination(t)
             if dest.type == "salesforce" and eb.crm.source != "salesforce":
                 continue  # not a Salesforce customer: nothing to attach an invoice to
+            if getattr(dest, "crm_source", None) and eb.crm.source_name != dest.crm_source:
+                continue  # another org's (or portal's) customer: that org's destination has it
             status = "Posted" if bill_state(raw[eb.bill_id]) == "LOCKED" else "Approved"
             expected[t][eb.bill_id] = ExpectedBill(eb.bill_id, eb.account_code, eb.currency, eb.erp_total, status,
                                                       eb.bill_date)
@@ -78,6 +80,7 @@ def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
 
         @task
         def compare_accounts(run_id: str) -> dict[str, Any]:
+            from m3sh.crm.links import SourceLinks
             from m3sh.hooks.m3ter import M3terHook
             from m3sh.invoicing.enrich import crm_link
             from m3sh.invoicing.reconcile import compare_accounts as compare
@@ -91,12 +94,17 @@ def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
             for m in m3ter.list_external_mappings():
                 mappings.setdefault(str(m.get("m3terId")), []).append(m)
             sources = [s for s in conf.crm.sources if s.enabled]
-            types = {s.name: s.type for s in sources}
-            links: dict[str, tuple[str, str, str]] = {}
+            resolver = SourceLinks(conf.crm.sources)
+            # Keyed by source name, not type: every org is read on its own connection, and an account
+            # linked from several orgs is checked against each (a retired source's links are history).
+            links: dict[str, list[tuple[str, str, str]]] = {}
             for acc_id, acc in accounts.items():
-                link = crm_link(acc, mappings.get(acc_id, []), types)
-                if link and link[0] in {s.type for s in sources}:
-                    links[acc_id] = (str(acc.get("code")), link[0], link[1])
+                for source, crm_id in resolver.account_links(mappings.get(acc_id, [])):
+                    links.setdefault(acc_id, []).append((str(acc.get("code")), source.name, crm_id))
+                if acc_id not in links:  # not linked by m3sh_crm_sync: the crm_source/crm_id custom fields
+                    link = crm_link(acc, [], resolver)
+                    if link and link[0] in {s.name for s in sources}:
+                        links[acc_id] = [(str(acc.get("code")), link[0], link[1])]
             records: dict[tuple[str, str], dict[str, Any]] = {}
             for s in sources:
                 cur_field = s.account_fields.get("currency")
@@ -106,7 +114,7 @@ def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
                     fields = ["Id"] + [f for f in (s.write_back_field, cur_field) if f]
                     for rec in SalesforceSync(conn_id=s.conn_id).query(
                             f"SELECT {', '.join(fields)} FROM Account", sobject="Account"):  # noqa: S608
-                        records[("salesforce", str(rec["Id"]))] = {
+                        records[(s.name, str(rec["Id"]))] = {
                             "m3ter_id": rec.get(s.write_back_field) if s.write_back_field else None,
                             "currency": rec.get(cur_field) if cur_field else None}
                 else:
@@ -115,13 +123,14 @@ def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
                     props = [p for p in (s.write_back_field, cur_field) if p]
                     for rec in HubSpotHook(s.conn_id).iter_objects("companies", props):
                         p = rec.get("properties") or {}
-                        records[("hubspot", str(rec["id"]))] = {
+                        records[(s.name, str(rec["id"]))] = {
                             "m3ter_id": p.get(s.write_back_field) if s.write_back_field else None,
                             "currency": p.get(cur_field) if cur_field else None}
-            for acc_id, (_, crm_type, crm_id) in links.items():
-                linked = records.get((crm_type, crm_id)) or records.get((crm_type, crm_id[:15]))
-                if linked is not None:
-                    linked["m3ter_currency"] = accounts[acc_id].get("currency")
+            for acc_id, acc_links in links.items():
+                for _, source_name, crm_id in acc_links:
+                    linked = records.get((source_name, crm_id)) or records.get((source_name, crm_id[:15]))
+                    if linked is not None:
+                        linked["m3ter_currency"] = accounts[acc_id].get("currency")
             findings = compare(links, records, set(accounts))
             key = _staging(storage, run_id, "accounts.jsonl")
             storage.put_jsonl(key, (asdict(f) for f in findings))

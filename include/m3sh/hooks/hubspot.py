@@ -1,7 +1,8 @@
 """Airflow hook for HubSpot CRM, built on the official ``hubspot-api-client``.
 
 The hook owns everything operators must not care about: the client and its host, a client-side
-rate limiter shared by every thread of the task, retries with backoff on 429/5xx honouring
+rate limiter shared by every thread of the task (and every worker, through Redis: extra
+``limiter_url``, see :mod:`m3sh.hooks.limits`), retries with backoff on 429/5xx honouring
 ``Retry-After``, cursor paging, the 10,000-result search cap (by bisecting the time window),
 chunking of batch writes to 100 inputs and per-record reporting of 207 partial failures.
 
@@ -22,14 +23,12 @@ The client's own urllib3 retries are switched off so there is exactly one retry 
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import hashlib
 import json
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +54,7 @@ from hubspot.crm.properties.exceptions import ApiException as PropertiesApiExcep
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from m3sh.exceptions import ExternalApiError, RetryableError
+from m3sh.hooks.limits import RateLimiter, Rules, bucket_key, key_prefix, resolve_limiter_url, shared_limiter
 
 log = logging.getLogger(__name__)
 
@@ -108,52 +108,25 @@ class BatchResult:
         return not self.failed
 
 
-class RateLimiter:
-    """Blocking sliding-window limiter: at most ``max_calls`` starts in any ``window_s`` seconds.
+def _shared_limiter(base_url: str, token: str, kind: str, max_calls: int, window_s: float, *,
+                    extra: Mapping[str, Any]) -> RateLimiter:
+    """The limiter of one (portal, token, policy), shared by every hook and thread of this process
+    and, through Redis (extra ``limiter_url``, see :mod:`m3sh.hooks.limits`), by every process:
+    HubSpot's limits are per app, not per worker.
 
-    Hand-written (about 30 lines) because HubSpot's burst policy *is* a rolling window and the
-    limiter must be shared by all threads of a task and by every hook instance pointing at the same
-    portal; the common PyPI limiters either raise instead of waiting or are per-function decorators.
-    A safety margin widens the window slightly: the server counts arrival times, and network jitter
-    can bring requests that left ``window_s`` apart closer together.
+    A sliding window: HubSpot's burst policy *is* a rolling window. Its margin (10 % of the window,
+    at most 0.5 s) absorbs network jitter: the server counts arrival times, and requests that left
+    ``window_s`` apart can arrive closer together.
     """
-
-    def __init__(self, max_calls: int, window_s: float) -> None:
-        if max_calls < 1 or window_s <= 0:
-            raise ValueError("rate limit needs max_calls >= 1 and window_s > 0")
-        self.max_calls = max_calls
-        self.window_s = window_s + min(0.5, 0.1 * window_s)
-        self._starts: collections.deque[float] = collections.deque()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> float:
-        """Wait for a slot; return the seconds spent waiting."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                while self._starts and now - self._starts[0] >= self.window_s:
-                    self._starts.popleft()
-                if len(self._starts) < self.max_calls:
-                    self._starts.append(now)
-                    return waited
-                delay = self.window_s - (now - self._starts[0])
-            time.sleep(delay)
-            waited += delay
-
-
-_LIMITERS: dict[tuple[str, ...], RateLimiter] = {}
-_LIMITERS_LOCK = threading.Lock()
-
-
-def _shared_limiter(base_url: str, token: str, kind: str, max_calls: int, window_s: float) -> RateLimiter:
-    """One limiter per (portal, token, policy) in this process, whichever hook instance asks."""
+    if max_calls < 1 or window_s <= 0:
+        raise ValueError("rate limit needs max_calls >= 1 and window_s > 0")
     token_key = hashlib.sha256(token.encode()).hexdigest()[:16]  # never keep the token as a key
-    key = (base_url, token_key, kind, str(max_calls), str(window_s))
-    with _LIMITERS_LOCK:
-        if key not in _LIMITERS:
-            _LIMITERS[key] = RateLimiter(max_calls, window_s)
-        return _LIMITERS[key]
+    prefix = key_prefix(extra.get("limiter_prefix"))
+    scope = f"app:{token_key}"
+    rules = Rules(window_limit=max_calls, window_s=window_s, margin_s=min(0.5, 0.1 * window_s))
+    return shared_limiter(rules, url=resolve_limiter_url(extra.get("limiter_url")),
+                          rate_key=bucket_key(prefix, base_url, scope, kind, "rate"),
+                          window_key=bucket_key(prefix, base_url, scope, kind, "window"))
 
 
 def _status(exc: BaseException) -> int | None:
@@ -242,10 +215,10 @@ class HubSpotHook(BaseHook):
             self.host = host or DEFAULT_HOST
             self._limiter = _shared_limiter(
                 self.host, token, "burst", int(extra.get("rate_limit_requests", 100)),
-                float(extra.get("rate_limit_window_s", 10)),
+                float(extra.get("rate_limit_window_s", 10)), extra=extra,
             )
             self._search_limiter = _shared_limiter(
-                self.host, token, "search", int(extra.get("search_rate_limit_per_s", 5)), 1.0
+                self.host, token, "search", int(extra.get("search_rate_limit_per_s", 5)), 1.0, extra=extra
             )
             self._client = HubSpot(
                 access_token=token,

@@ -2,8 +2,8 @@
 
 NetSuite allows a small number of concurrent requests per *account* (5 on a shared tier), shared
 by every integration, and answers anything beyond with 429 ``CONCURRENCY_LIMIT_EXCEEDED``. So the
-hook keeps one :class:`threading.BoundedSemaphore` per account for the whole process: every
-thread and every hook instance of a task waits for a slot instead of being rejected, and the few
+hook keeps one slot counter per account (:func:`account_slots`), shared by every thread and hook of a
+process and, through Redis, by every worker: each waits for a slot instead of being rejected, and the few
 429s left (other integrations using the same account) are retried with exponential backoff and
 jitter. User errors (4xx) are never retried: they need a person, and :class:`NetSuiteError` says
 which record and quotes NetSuite's own words so they can go to an "action needed" list.
@@ -28,6 +28,8 @@ from airflow.sdk import BaseHook
 from requests_oauthlib import OAuth1
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from m3sh.hooks.limits import Slots, bucket_key, key_prefix, resolve_limiter_url, shared_slots
+
 log = logging.getLogger(__name__)
 
 REST_PATH = "/services/rest"
@@ -43,32 +45,20 @@ _NOT_ACTION_CODES = {"INVALID_PARAMETER", "INVALID_HEADER", "INVALID_REQUEST"}
 # No response (or half of one): the request may or may not have been applied.
 _TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
-_SEMAPHORES: dict[str, threading.BoundedSemaphore] = {}
-_SEMAPHORES_LOCK = threading.Lock()
-
-
 def normalise_account_id(account_id: str) -> str:
     """The realm form (``1234567_SB1``), so ``1234567-sb1`` and ``1234567_sb1`` share a limiter."""
     return account_id.strip().upper().replace("-", "_")
 
 
-def account_semaphore(account_id: str, limit: int = DEFAULT_CONCURRENCY) -> threading.BoundedSemaphore:
-    """The process-wide in-flight limiter of one NetSuite account.
-
-    The first caller fixes the limit: two hooks disagreeing about an account's governance must
-    not double it, so a later, different ``limit`` is ignored (and logged).
-    """
-    key = normalise_account_id(account_id)
-    with _SEMAPHORES_LOCK:
-        sem = _SEMAPHORES.get(key)
-        if sem is None:
-            sem = threading.BoundedSemaphore(limit)
-            sem.limit = limit  # type: ignore[attr-defined]
-            _SEMAPHORES[key] = sem
-        elif getattr(sem, "limit", limit) != limit:
-            log.debug("NetSuite account %s already limited to %s concurrent requests; ignoring %s",
-                      key, getattr(sem, "limit", "?"), limit)
-        return sem
+def account_slots(account_id: str, limit: int = DEFAULT_CONCURRENCY, *, limiter_url: str | None = None,
+                  limiter_prefix: str | None = None, lease_s: float = 90.0) -> Slots:
+    """The in-flight limiter of one NetSuite account, shared by every thread and hook of this process
+    and, through Redis (extra ``limiter_url``, see :mod:`m3sh.hooks.limits`), by every worker: the
+    limit is NetSuite's per account. A slot's lease (a request's timeout plus a margin) frees the
+    slot of a worker killed mid-request. The first caller in a process fixes the limit."""
+    key = bucket_key(key_prefix(limiter_prefix), "netsuite", f"account:{normalise_account_id(account_id)}",
+                     "requests", "slots")
+    return shared_slots(key, limit, url=resolve_limiter_url(limiter_url), lease_s=lease_s)
 
 
 class NetSuiteError(Exception):
@@ -138,6 +128,8 @@ class _Settings:
     backoff_base_s: float
     backoff_max_s: float
     timeout_s: float
+    limiter_url: str | None = None
+    limiter_prefix: str | None = None
 
 
 class NetSuiteHook(BaseHook):
@@ -198,6 +190,8 @@ class NetSuiteHook(BaseHook):
             backoff_base_s=float(extra.get("backoff_base_s") or 0.5),
             backoff_max_s=float(extra.get("backoff_max_s") or 30.0),
             timeout_s=float(extra.get("timeout_s") or 60.0),
+            limiter_url=extra.get("limiter_url") or None,
+            limiter_prefix=extra.get("limiter_prefix") or None,
         )
         return str(conn.login), consumer_secret, str(extra["token_id"]), token_secret, settings
 
@@ -290,7 +284,9 @@ class NetSuiteHook(BaseHook):
                                                             json=json, headers=headers))
         send_kwargs = session.merge_environment_settings(prepared.url, {}, None, None, None)
         # The slot is held for one attempt only, never across a backoff sleep.
-        with account_semaphore(settings.account_id, settings.concurrency):
+        slots = account_slots(settings.account_id, settings.concurrency, limiter_url=settings.limiter_url,
+                              limiter_prefix=settings.limiter_prefix, lease_s=settings.timeout_s + 30)
+        with slots.slot():
             try:
                 resp = session.send(prepared, timeout=settings.timeout_s, **send_kwargs)
             except _TRANSPORT_ERRORS as exc:

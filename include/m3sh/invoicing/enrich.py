@@ -5,17 +5,20 @@ is missing; :class:`Enricher` fetches the facts in bulk (one m3ter read per acco
 200 Salesforce accounts, HubSpot batch reads) and caches them for the run.
 
 Where the CRM link comes from, in order: the account's m3ter external mappings (written by
-``m3sh_crm_sync``), then the ``crm_source`` + ``crm_id`` account custom fields.
+``m3sh_crm_sync``; the best-priority enabled source's record, see :mod:`m3sh.crm.links`), then the
+``crm_source`` + ``crm_id`` account custom fields. Each CRM source (each org or portal) has its own
+reader on its own connection.
 PO number precedence: the bill's own PO, the m3ter account's, then the CRM's latest won deal.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from m3sh.config import CrmSource, InvoicingConfig, M3shConfig
+from m3sh.crm.links import SourceLinks
 from m3sh.invoicing.models import BillLine, CrmInfo, EnrichedBill, EnrichmentError
 
 log = logging.getLogger(__name__)
@@ -107,29 +110,35 @@ class CrmReader(Protocol):
 
 
 def crm_link(account: dict[str, Any], mappings: Iterable[dict[str, Any]],
-             source_types: Mapping[str, str]) -> tuple[str, str] | None:
-    """``(crm type, crm account id)`` of an m3ter account, or None when it has no CRM link.
+             links: SourceLinks) -> tuple[str, str] | None:
+    """``(crm source name, crm account id)`` of an m3ter account, or None when it has no CRM link.
 
-    ``source_types`` maps CRM source names (as in ``crm_source``) to their type.
+    From the mappings: the record of the best-priority enabled source. Else from the account's
+    ``crm_source`` (source names) + ``crm_id`` custom fields: the id's shape gives the CRM type
+    (digits: HubSpot), and the first listed enabled source of that type is its source (the type
+    itself when no source is configured, so a config without ``crm.sources`` still links).
     """
-    for m in mappings:
-        system = str(m.get("externalSystem") or "").lower()
-        table = str(m.get("externalTable") or "").lower()
-        if system == "salesforce" and table == "account":
-            return "salesforce", str(m["externalId"])
-        if system == "hubspot" and table in ("companies", "company"):
-            return "hubspot", str(m["externalId"])
+    found = links.account_links(mappings)
+    if found:
+        return found[0][0].name, found[0][1]
     custom = account.get("customFields") or {}
     crm_id = _text(custom.get("crm_id"))
     if not crm_id:
         return None
-    sources = [s.strip() for s in str(custom.get("crm_source") or "").split(",") if s.strip()]
-    types = {source_types.get(s, s) for s in sources}
+    listed = [s.strip() for s in str(custom.get("crm_source") or "").split(",") if s.strip()]
+    types = {links.by_name[s].type if s in links.by_name else s for s in listed}
     if crm_id.isdigit():
-        return "hubspot", crm_id
-    if "salesforce" in types or "both" in types or len(crm_id) in (15, 18):
-        return "salesforce", crm_id
-    return None
+        crm_type = "hubspot"
+    elif "salesforce" in types or "both" in types or len(crm_id) in (15, 18):
+        crm_type = "salesforce"
+    else:
+        return None
+    candidates = [links.by_name[s] for s in listed if s in links.by_name] or list(links.by_name.values())
+    source = next((s for s in sorted(candidates, key=lambda s: (s.priority, s.name))
+                   if s.type == crm_type and s.enabled), None)
+    if source is None and any(s.type == crm_type for s in links.by_name.values()):
+        return None  # that CRM's sources are all disabled
+    return (source.name if source else crm_type), crm_id
 
 
 def _address(*parts: Any) -> str | None:
@@ -210,12 +219,10 @@ class Enricher:
         self.cfg = cfg
         self.m3ter = m3ter
         enabled = [s for s in cfg.crm.sources if s.enabled]
+        self.links = SourceLinks(cfg.crm.sources)
         self.source_types = {s.name: s.type for s in enabled}
-        if readers is None:
-            readers = {}
-            for s in enabled:
-                if s.type not in readers:
-                    readers[s.type] = SalesforceReader(s) if s.type == "salesforce" else HubSpotReader(s)
+        if readers is None:  # one per source: each org or portal has its own connection and ids
+            readers = {s.name: SalesforceReader(s) if s.type == "salesforce" else HubSpotReader(s) for s in enabled}
         self.readers = readers
         self.accounts: dict[str, dict[str, Any]] = {}
 
@@ -230,21 +237,22 @@ class Enricher:
             if str(m.get("m3terEntity", "")).lower() == "account":
                 mappings.setdefault(str(m["m3terId"]), []).append(m)
         links: dict[str, tuple[str, str] | None] = {
-            acc_id: crm_link(acc, mappings.get(acc_id, []), self.source_types)
+            acc_id: crm_link(acc, mappings.get(acc_id, []), self.links)
             for acc_id, acc in self.accounts.items()
         }
         facts: dict[tuple[str, str], CrmInfo] = {}
-        for crm_type, reader in self.readers.items():
-            ids = sorted({cid for link in links.values() if link and link[0] == crm_type for cid in [link[1]]})
+        for source_name, reader in self.readers.items():
+            ids = sorted({link[1] for link in links.values() if link and link[0] == source_name})
             if ids:
                 for cid, info in reader.read(ids).items():
-                    facts[(crm_type, cid)] = info
+                    facts[(source_name, cid)] = info.model_copy(update={"source_name": source_name})
         done: list[EnrichedBill] = []
         errors: list[EnrichmentError] = []
         for bill in bills:
             acc_id = str(bill["accountId"])
             link = links.get(acc_id)
-            crm = facts.get(link, CrmInfo(source=link[0], account_id=None)) if link else CrmInfo()
+            crm = facts.get(link, CrmInfo(source=self.source_types.get(link[0], link[0]), source_name=link[0],
+                                          account_id=None)) if link else CrmInfo()
             if link and crm.account_id is None:
                 log.warning("bill %s: CRM %s record %s of account %s was not found", bill["id"], link[0], link[1],
                             acc_id)

@@ -49,6 +49,10 @@ class HubSpotDelivery(DestinationDelivery):
         deal_id = bill.crm.opportunity_id
         if bill.crm.source != "hubspot" or not deal_id:
             return "not_applicable", None, "the account has no HubSpot deal to update"
+        if self.dest.crm_source is not None and bill.crm.source_name != self.dest.crm_source:
+            # another org's customer: its record ids mean nothing in this destination's org
+            return "not_applicable", None, (f"the customer's {bill.crm.source} record is in source "
+                                            f"{bill.crm.source_name!r}, not {self.dest.crm_source!r}")
         prop = self.dest.deal_property
         if not self._property_ready:  # a concurrent first call is harmless: ensure_property is idempotent
             self.hook.ensure_property("deals", prop, "m3ter last invoice", description="Written by m3sh_invoice_sync")

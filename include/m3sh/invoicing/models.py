@@ -42,6 +42,7 @@ class CrmInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     source: str | None = Field(None, description="salesforce | hubspot")
+    source_name: str | None = Field(None, description="The crm.sources name the record was read from (its org)")
     account_id: str | None = Field(None, description="Salesforce Account Id or HubSpot company id")
     owner: str | None = None
     po_number: str | None = None

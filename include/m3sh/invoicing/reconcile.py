@@ -132,19 +132,21 @@ def compare_records(system: str, dest: str, expected: dict[str, ExpectedBill],
     return out
 
 
-def compare_accounts(m3ter_links: dict[str, tuple[str, str, str]], crm_records: dict[tuple[str, str], dict[str, Any]],
-                     m3ter_ids: set[str]) -> list[Finding]:
-    """``m3ter_links``: m3ter account id -> (code, crm type, crm id); ``crm_records``: (crm type, crm id) ->
+def compare_accounts(m3ter_links: dict[str, list[tuple[str, str, str]]],
+                     crm_records: dict[tuple[str, str], dict[str, Any]], m3ter_ids: set[str]) -> list[Finding]:
+    """``m3ter_links``: m3ter account id -> [(code, crm source, crm id)], one per linked CRM source (an
+    account may be linked from several orgs); ``crm_records``: (crm source, crm id) ->
     ``{"m3ter_id", "currency", "m3ter_currency"}`` for CRM records; ``m3ter_ids``: every m3ter account id."""
     out: list[Finding] = []
-    for acc_id, (code, crm_type, crm_id) in sorted(m3ter_links.items()):
-        rec = crm_records.get((crm_type, crm_id)) or crm_records.get((crm_type, crm_id[:15]))
-        if rec is None:
-            out.append(Finding("crm_record_missing", crm_type, "crm", account=code, expected=crm_id,
-                               detail=f"m3ter account {acc_id} links to {crm_type} {crm_id}"))
-        elif rec.get("currency") and rec.get("m3ter_currency") and rec["currency"] != rec["m3ter_currency"]:
-            out.append(Finding("account_currency_mismatch", crm_type, "crm", account=code,
-                               expected=str(rec["m3ter_currency"]), actual=str(rec["currency"])))
+    for acc_id, links in sorted(m3ter_links.items()):
+        for code, crm_type, crm_id in links:
+            rec = crm_records.get((crm_type, crm_id)) or crm_records.get((crm_type, crm_id[:15]))
+            if rec is None:
+                out.append(Finding("crm_record_missing", crm_type, "crm", account=code, expected=crm_id,
+                                   detail=f"m3ter account {acc_id} links to {crm_type} {crm_id}"))
+            elif rec.get("currency") and rec.get("m3ter_currency") and rec["currency"] != rec["m3ter_currency"]:
+                out.append(Finding("account_currency_mismatch", crm_type, "crm", account=code,
+                                   expected=str(rec["m3ter_currency"]), actual=str(rec["currency"])))
     for (crm_type, crm_id), rec in sorted(crm_records.items()):
         m3_id = rec.get("m3ter_id")
         if m3_id and m3_id not in m3ter_ids:

@@ -106,6 +106,10 @@ class SalesforceDelivery(DestinationDelivery):
     def send(self, bill: EnrichedBill) -> tuple[str, str | None, str]:
         if bill.crm.source != "salesforce" or not bill.crm.account_id:
             return "not_applicable", None, "the account has no Salesforce record to attach the invoice to"
+        if self.dest.crm_source is not None and bill.crm.source_name != self.dest.crm_source:
+            # another org's customer: its record ids mean nothing in this destination's org
+            return "not_applicable", None, (f"the customer's {bill.crm.source} record is in source "
+                                            f"{bill.crm.source_name!r}, not {self.dest.crm_source!r}")
         result = self.sync.upsert_by_external_id(self.dest.invoice_object, self.dest.external_id_field,
                                                  bill.bill_id, invoice_fields(bill))
         notes = [f"{self.dest.invoice_object} {'created' if result.created else 'updated'}"]

@@ -128,11 +128,14 @@ class RequestStats:
         self.paths: collections.Counter[str] = collections.Counter()
         # Requests being served right now, so a test can wait until a request it raced has finished.
         self.in_flight = 0
+        # Responses by status code ("429": n), over every request, not only the recent ones kept.
+        self.statuses: collections.Counter[str] = collections.Counter()
 
     def record(self, method: str, path: str, status: int) -> None:
         self.counts[f"{method} {_normalise_path(path)}"] += 1
         self.paths[f"{method} {path}"] += 1
         self.counts["total"] += 1
+        self.statuses[str(status)] += 1
         write = is_data_write(method, path)
         if write:
             self.counts["writes"] += 1
@@ -140,12 +143,14 @@ class RequestStats:
 
     def snapshot(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "paths": dict(self.paths), "in_flight": self.in_flight,
+                "statuses": dict(self.statuses),
                 "recent": list(self.recent)[-500:]}
 
     def clear(self) -> None:
         self.recent.clear()
         self.counts.clear()
         self.paths.clear()
+        self.statuses.clear()
 
 
 _ID_RE = re.compile(

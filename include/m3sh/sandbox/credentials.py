@@ -23,6 +23,12 @@ SALESFORCE_SECURITY_TOKEN = "sandbox-sf-token-55"  # noqa: S105 - sandbox creden
 # login response's serverUrl names (a My Domain host). The sandbox serves each on its own port.
 SALESFORCE_LOGIN_HOST = "login.salesforce.com"
 SALESFORCE_INSTANCE_HOST = "northwind.my.salesforce.com"
+# A second org (an acquired company's), for several CRM sources of one type: its own integration
+# user and its own My Domain instance host; it logs in at the same login host, as in production.
+SALESFORCE2_USERNAME = "integration@acme.example"
+SALESFORCE2_PASSWORD = "sandbox-sf2-password-37"  # noqa: S105 - sandbox credential
+SALESFORCE2_SECURITY_TOKEN = "sandbox-sf2-token-08"  # noqa: S105 - sandbox credential
+SALESFORCE2_INSTANCE_HOST = "acme.my.salesforce.com"
 
 AWS_ACCESS_KEY = "sandbox-aws-key"
 AWS_SECRET_KEY = "sandbox-aws-secret-3e"  # noqa: S105 - sandbox credential

@@ -36,6 +36,8 @@ SMTP_OFFSET = 7  # the platform emulator's SMTP catcher
 LISTENERS: dict[str, tuple[str, str, int]] = {
     "m3ter_ingest": ("m3ter", "ingest", 8),
     "salesforce_instance": ("salesforce", "instance", 9),
+    # a second Salesforce org's instance host (several CRM sources of one type); same login host
+    "salesforce_acme_instance": ("salesforce", "instance_acme", 19),
     **{f"netsuite_{name}": ("netsuite", name, 10 + i)
        for i, name in enumerate(n for n in NETSUITE_ACCOUNTS if n != "default")},
 }
@@ -122,6 +124,16 @@ class SandboxEndpoints:
                     # patching of SalesforceHook); any other host is refused.
                     "sandbox_hosts": {cred.SALESFORCE_LOGIN_HOST: self.url("salesforce"),
                                       cred.SALESFORCE_INSTANCE_HOST: self.url("salesforce_instance")},
+                },
+            },
+            "salesforce_acme": {  # the second org: its own user, same login host, its own instance
+                "conn_type": "salesforce",
+                "login": cred.SALESFORCE2_USERNAME,
+                "password": cred.SALESFORCE2_PASSWORD,
+                "extra": {
+                    "security_token": cred.SALESFORCE2_SECURITY_TOKEN,
+                    "sandbox_hosts": {cred.SALESFORCE_LOGIN_HOST: self.url("salesforce"),
+                                      cred.SALESFORCE2_INSTANCE_HOST: self.url("salesforce_acme_instance")},
                 },
             },
             "aws_default": {

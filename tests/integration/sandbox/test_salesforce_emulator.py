@@ -363,3 +363,25 @@ def test_injected_faults_use_salesforce_error_shape(sf: Any, sb: Any) -> None:
     assert info.value.status == 503
     assert _error_code(info.value) == "SERVER_UNAVAILABLE"
     assert sf.query("SELECT COUNT() FROM Product2")["totalSize"] == len(PLANS)
+
+
+def test_a_second_org_has_its_own_user_instance_host_and_records(sb: Any) -> None:
+    """Two orgs, as after an acquisition: each integration user logs in at the same login host and is
+    sent to its own org's instance; records, ids and sessions stay in their org."""
+    sb.admin("salesforce", "insert", "POST", sobject="Account", org="acme",
+             records=[{"Name": "Acme Only", "Website": "acme-only.example"}])
+    acme = salesforce_hook("salesforce_acme").get_conn()
+    assert acme.sf_instance == cred.SALESFORCE2_INSTANCE_HOST
+    assert [r["Name"] for r in acme.query_all("SELECT Name FROM Account")["records"]] == ["Acme Only"]
+    northwind = salesforce_hook().get_conn()
+    assert northwind.sf_instance == cred.SALESFORCE_INSTANCE_HOST
+    names = {r["Name"] for r in northwind.query_all("SELECT Name FROM Account")["records"]}
+    assert names and "Acme Only" not in names
+    # a session of one org is no session at the other's instance
+    hosts = sb.endpoints.connections()["salesforce_acme"]["extra"]["sandbox_hosts"]
+    r = requests.get(f"{hosts[cred.SALESFORCE2_INSTANCE_HOST]}/services/data/v62.0/limits",
+                     headers={"Authorization": f"Bearer {northwind.session_id}"}, timeout=30)
+    assert r.status_code == 401 and r.json()[0]["errorCode"] == "INVALID_SESSION_ID"
+    state = sb.state("salesforce")
+    assert [a["Name"] for a in state["orgs"]["acme"]["objects"]["Account"]] == ["Acme Only"]
+    assert "Acme Only" not in {a["Name"] for a in state["objects"]["Account"]}

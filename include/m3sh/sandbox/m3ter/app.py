@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import json
 import math
 import secrets
@@ -28,6 +29,13 @@ from m3sh.sandbox.m3ter.store import Store, new_id, public
 from m3sh.sandbox.m3ter.timeutil import now_iso
 
 TOKEN_TTL_S = 18_000
+# limiter -> (requests, window seconds), as m3ter documents them (per org / per source IP).
+DOCUMENTED_LIMITS: dict[str, tuple[int, float]] = {
+    "config_org": (50, 1.0),
+    "config_ip": (20_000, 300.0),
+    "ingest_org": (50, 1.0),
+    "ingest_ip": (5_000, 300.0),
+}
 ORG_PREFIX = "/organizations/"
 
 
@@ -73,6 +81,10 @@ class M3terEmulator(Emulator):
         self.webhooks = notify.WebhookDispatcher()
         self.drawn: dict[tuple[str, str], float] = {}  # (account, meter) -> quantity already drawn down
         self.seeding = False  # the demo seed emits no events
+        # Scaled-down limits set through the limit_windows admin action (cleared by reset).
+        self.limit_overrides: dict[str, tuple[int, float]] = {}
+        # 429s sent, by limiter (e.g. "ingest_org", "ingest_ip"): which limit a client tripped.
+        self.rate_limited: collections.Counter[str] = collections.Counter()
         self._make_limiters()
         # Typed as a plain ASGI callable: the middleware and _asgi hand it plain dict scopes.
         self.api: ASGIApp = self._build_api()  # type: ignore[assignment]
@@ -86,6 +98,7 @@ class M3terEmulator(Emulator):
             "message": "Not Found: the Ingest API host serves POST /organizations/{orgId}/measurements only; "
                        "everything else, OAuth tokens included, is on the Config API host"})
         self.admin_actions["token_ttl"] = self._admin_token_ttl
+        self.admin_actions["limit_windows"] = self._admin_limit_windows
         # Imported here to avoid an import cycle (billing uses the emulator's helpers).
         from m3sh.sandbox.m3ter import billing
 
@@ -111,6 +124,8 @@ class M3terEmulator(Emulator):
         self.token_requests = 0
         self.drawn = {}
         self.webhooks.clear()
+        self.limit_overrides = {}
+        self.rate_limited.clear()
         self._make_limiters()
         if seed == "demo":
             seed_demo(self)
@@ -119,13 +134,28 @@ class M3terEmulator(Emulator):
         self._make_limiters()
 
     def _make_limiters(self) -> None:
-        self.limiters = {
-            "config_org": WindowLimiter(50, 1.0),
-            "config_ip": WindowLimiter(20_000, 300.0),
-            "ingest_org": WindowLimiter(50, 1.0),
-            "ingest_ip": WindowLimiter(5_000, 300.0),
-        }
+        # m3ter's documented limits (api-notes/m3ter.md "Rate limits"): per org 50 requests/s on each
+        # API, per source IP 20,000 (Config) / 5,000 (Ingest) per rolling 5 minutes.
+        limits = {**DOCUMENTED_LIMITS, **self.limit_overrides}
+        self.limiters = {name: WindowLimiter(n, window) for name, (n, window) in limits.items()}
         self.query_bucket = TokenBucket(2.0, 20)
+
+    def _admin_limit_windows(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Scale limits down so "hours" fit a test: ``{"ingest_ip": {"limit": 500, "window_s": 30}}``
+        (any of config_org, config_ip, ingest_org, ingest_ip); ``{}`` restores the documented ones."""
+        overrides: dict[str, tuple[int, float]] = {}
+        for name, spec in body.items():
+            if name not in DOCUMENTED_LIMITS:
+                raise ValueError(f"limit_windows: unknown limiter {name!r}; use one of {sorted(DOCUMENTED_LIMITS)}")
+            limit, window = (spec or {}).get("limit"), (spec or {}).get("window_s")
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1 \
+                    or not isinstance(window, int | float) or isinstance(window, bool) or window <= 0:
+                raise ValueError(f"limit_windows.{name}: needs {{'limit': n >= 1, 'window_s': s > 0}}")
+            overrides[name] = (limit, float(window))
+        self.limit_overrides = overrides
+        self._make_limiters()
+        return {name: {"limit": n, "window_s": w}
+                for name, (n, w) in {**DOCUMENTED_LIMITS, **overrides}.items()}
 
     def error_body(self, status: int, message: str) -> Any:
         return {"message": message}
@@ -142,6 +172,7 @@ class M3terEmulator(Emulator):
             "events": [public(e) for e in store.events.values()][-500:],
             "event_count": len(store.events),
             "usage": self.usage.snapshot(),
+            "rate_limited": dict(self.rate_limited),
             "webhook_deliveries": list(self.webhooks.deliveries),
         }
 
@@ -271,6 +302,7 @@ class M3terEmulator(Emulator):
         for key, limiter_name in ((org_id, f"{api}_org"), (client, f"{api}_ip")):
             wait = self.limiters[limiter_name].hit(key)
             if wait is not None:
+                self.rate_limited[limiter_name] += 1
                 _raise_429(wait, f"Rate limit exceeded for the {api} API ({limiter_name.split('_')[1]})")
         if sub.rstrip("/") == "usage/query":
             wait = self.query_bucket.hit()

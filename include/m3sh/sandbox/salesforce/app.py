@@ -42,17 +42,63 @@ def _login_host_operation(method: str, path: str) -> bool:
     return (method == "POST" and path.startswith("/services/Soap/u/")) or path.rstrip("/") == "/services/data"
 
 
+class SalesforceOrg:
+    """One org's data, sessions and daily API allowance. The org's REST app is built on it; the
+    emulator's lock, limits switch and schema (metadata) are shared by every org of the process."""
+
+    def __init__(self, emu: SalesforceEmulator, login: auth.OrgLogin) -> None:
+        self.emu = emu
+        self.login = login
+        self.lock = emu.lock
+        self.store = Store()
+        self.sessions: set[str] = set()
+        self.daily_max = DEFAULT_DAILY_LIMIT
+        self.api_used = 0
+
+    def error_body(self, status: int, message: str) -> Any:
+        return self.emu.error_body(status, message)
+
+    def authorize(self, request: Request) -> None:
+        """Session check, then the daily API allowance (each authenticated call counts, as in Salesforce)."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        with self.lock:
+            if scheme.lower() not in ("bearer", "oauth") or token.strip() not in self.sessions:
+                raise ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid")
+            if self.emu.limits_enabled and self.api_used >= self.daily_max:
+                raise ApiError(403, "REQUEST_LIMIT_EXCEEDED",
+                               f"TotalRequests Limit exceeded. ({self.daily_max})")
+            self.api_used += 1
+
+    def limit_header(self) -> dict[str, str]:
+        return {"Sforce-Limit-Info": f"api-usage={self.api_used}/{self.daily_max}"}
+
+    def json(self, status: int, body: Any) -> JSONResponse:
+        return _FastJSONResponse(body, status_code=status, headers=self.limit_header(),
+                                 media_type="application/json;charset=UTF-8")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "objects": {name: list(table.values()) for name, table in self.store.records.items()},
+            "api_usage": {"used": self.api_used, "max": self.daily_max},
+            "sessions": len(self.sessions),
+            "open_cursors": len(self.store.cursors),
+        }
+
+
 class SalesforceEmulator(Emulator):
-    """A one-org Salesforce: Northwind Cloud's accounts, contracts, opportunities and invoices."""
+    """Salesforce orgs: Northwind Cloud's (accounts, contracts, opportunities and invoices; the
+    default) and a second, initially empty org ``acme``, each with its own user and instance host.
+
+    Admin actions that touch data take ``"org": "acme"`` to act on the second org (default: the
+    first); ``/_sandbox/state`` shows the first org at the top level and every other under ``orgs``.
+    """
 
     name = "salesforce"
 
     def __init__(self) -> None:
         super().__init__()
-        self.store = Store()
-        self.sessions: set[str] = set()
-        self.daily_max = DEFAULT_DAILY_LIMIT
-        self.api_used = 0
+        self.orgs = {login.name: SalesforceOrg(self, login) for login in auth.ORGS}
         self.admin_actions["daily_limit"] = self._admin_daily_limit
         self.admin_actions["expire_sessions"] = self._admin_expire_sessions
         self.admin_actions["insert"] = self._admin_insert
@@ -60,40 +106,56 @@ class SalesforceEmulator(Emulator):
         self.admin_actions["drop_field"] = self._admin_drop_field
         self.admin_actions["field_type"] = self._admin_field_type
         restore_schema()
-        # The main port stands in for login.salesforce.com: it logs in (SOAP) and lists API versions,
-        # nothing else; the ``instance`` listener is the org's My Domain host that the login
-        # response's serverUrl names, where every REST call goes (and login works too).
-        full = cast("ASGIApp", _build_app(self))
-        self.app = HostGate(full, _login_host_operation, 404, [{
+        # The main port stands in for login.salesforce.com: it logs in (SOAP, any org's user) and
+        # lists API versions, nothing else; each ``instance`` listener is an org's My Domain host
+        # that the login response's serverUrl names, where every REST call goes (and login works too).
+        self.instance_apps = {name: cast("ASGIApp", _build_app(self, org)) for name, org in self.orgs.items()}
+        self.app = HostGate(self.instance_apps["default"], _login_host_operation, 404, [{
             "errorCode": "NOT_FOUND",
             "message": f"The login host serves login only; REST calls go to the instance in the login "
                        f"response's serverUrl (https://{auth.INSTANCE_HOST})"}])
-        self.instance_app = full
+        self.instance_app = self.instance_apps["default"]
 
     def listener_apps(self) -> dict[str, Any]:
-        return {"instance": self.instance_app}
+        return {"instance" if name == "default" else f"instance_{name}": app
+                for name, app in self.instance_apps.items()}
+
+    @property
+    def default(self) -> SalesforceOrg:
+        return self.orgs["default"]
+
+    @property
+    def store(self) -> Store:
+        return self.default.store
+
+    def org_of(self, body: dict[str, Any]) -> SalesforceOrg:
+        name = str(body.get("org") or "default")
+        if name not in self.orgs:
+            raise ValueError(f"unknown org {name!r}; known: {sorted(self.orgs)}")
+        return self.orgs[name]
+
+    def login(self, body: str) -> SalesforceOrg | None:
+        """The org whose integration user the SOAP login envelope names, with a correct password."""
+        return next((org for org in self.orgs.values() if auth.check_login(body, org.login)), None)
 
     # ------------------------------------------------------------------------- Emulator API
     def reset(self, seed: str = "empty") -> None:
+        if seed not in ("demo", "empty"):
+            raise ValueError(f"unknown seed {seed!r}; use 'demo' or 'empty'")
         with self.lock:
             restore_schema()
-            self.store = Store()
-            self.sessions.clear()
-            self.api_used = 0
-            self.daily_max = DEFAULT_DAILY_LIMIT
-            if seed == "demo":
-                seed_demo(self.store)
-            elif seed != "empty":
-                raise ValueError(f"unknown seed {seed!r}; use 'demo' or 'empty'")
+            for org in self.orgs.values():
+                org.store = Store()
+                org.sessions.clear()
+                org.api_used = 0
+                org.daily_max = DEFAULT_DAILY_LIMIT
+            if seed == "demo":  # the demo is Northwind's org; the second org starts empty
+                seed_demo(self.default.store)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {
-                "objects": {name: list(table.values()) for name, table in self.store.records.items()},
-                "api_usage": {"used": self.api_used, "max": self.daily_max},
-                "sessions": len(self.sessions),
-                "open_cursors": len(self.store.cursors),
-            }
+            return {**self.default.snapshot(),
+                    "orgs": {name: org.snapshot() for name, org in self.orgs.items() if name != "default"}}
 
     def error_body(self, status: int, message: str) -> Any:
         code = _ERROR_CODES.get(status, "UNKNOWN_EXCEPTION" if status >= 500 else "BAD_REQUEST")
@@ -101,38 +163,42 @@ class SalesforceEmulator(Emulator):
 
     # ----------------------------------------------------------------------- admin actions
     def _admin_daily_limit(self, body: dict[str, Any]) -> dict[str, int]:
-        """``{"max": n, "used": m?}``: shrink the daily API allowance so tests can hit it quickly."""
+        """``{"max": n, "used": m?, "org"?}``: shrink the daily API allowance so tests can hit it quickly."""
+        org = self.org_of(body)
         if "max" in body:
-            self.daily_max = int(body["max"])
+            org.daily_max = int(body["max"])
         if "used" in body:
-            self.api_used = int(body["used"])
-        return {"max": self.daily_max, "used": self.api_used}
+            org.api_used = int(body["used"])
+        return {"max": org.daily_max, "used": org.api_used}
 
     def _admin_expire_sessions(self, body: dict[str, Any]) -> dict[str, int]:
-        """Invalidate every session, as a server-side timeout would; clients must log in again."""
-        n = len(self.sessions)
-        self.sessions.clear()
+        """Invalidate every session of every org, as a server-side timeout would; clients must log in again."""
+        n = sum(len(org.sessions) for org in self.orgs.values())
+        for org in self.orgs.values():
+            org.sessions.clear()
         return {"expired": n}
 
     def _admin_insert(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``{"sobject": name, "records": [...]}``: bulk-create through the normal write rules."""
+        """``{"sobject": name, "records": [...], "org"?}``: bulk-create through the normal write rules."""
+        store = self.org_of(body).store
         try:
             obj = _object_or_error(str(body.get("sobject", "")))
-            ids = [self.store.create(obj, rec)["Id"] for rec in body.get("records", [])]
+            ids = [store.create(obj, rec)["Id"] for rec in body.get("records", [])]
         except ApiError as exc:
             raise ValueError(f"{exc.error_code}: {exc.message}") from None
         return {"ids": ids}
 
     def _admin_set_fields(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``{"sobject", "id", "fields"}``: set any field, system ones included (e.g. a past
+        """``{"sobject", "id", "fields", "org"?}``: set any field, system ones included (e.g. a past
         ``SystemModstamp`` for backfill tests). Bypasses validation on purpose."""
+        store = self.org_of(body).store
         obj = get_object(str(body.get("sobject", "")))
         if obj is None:
             raise ValueError(f"unknown sobject {body.get('sobject')!r}")
-        rec = self.store.find(obj, str(body.get("id", "")), include_deleted=True)
+        rec = store.find(obj, str(body.get("id", "")), include_deleted=True)
         if rec is None:
             raise ValueError(f"no {obj.name} with id {body.get('id')!r}")
-        return self.store.set_fields(obj, rec, dict(body.get("fields", {})))
+        return store.set_fields(obj, rec, dict(body.get("fields", {})))
 
     def _admin_drop_field(self, body: dict[str, Any]) -> dict[str, Any]:
         """``{"sobject", "field"}``: delete a field from the org's metadata (until the next reset),
@@ -148,26 +214,6 @@ class SalesforceEmulator(Emulator):
             raise ValueError("field_type needs 'type' (a describe type such as 'string' or 'date')")
         obj = redefine_field(str(body.get("sobject", "")), str(body.get("field", "")), type_)
         return {"sobject": obj.name, "field": body.get("field"), "type": type_}
-
-    # ---------------------------------------------------------------------------- guards
-    def authorize(self, request: Request) -> None:
-        """Session check, then the daily API allowance (each authenticated call counts, as in Salesforce)."""
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        with self.lock:
-            if scheme.lower() not in ("bearer", "oauth") or token.strip() not in self.sessions:
-                raise ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid")
-            if self.limits_enabled and self.api_used >= self.daily_max:
-                raise ApiError(403, "REQUEST_LIMIT_EXCEEDED",
-                               f"TotalRequests Limit exceeded. ({self.daily_max})")
-            self.api_used += 1
-
-    def limit_header(self) -> dict[str, str]:
-        return {"Sforce-Limit-Info": f"api-usage={self.api_used}/{self.daily_max}"}
-
-    def json(self, status: int, body: Any) -> JSONResponse:
-        return _FastJSONResponse(body, status_code=status, headers=self.limit_header(),
-                                 media_type="application/json;charset=UTF-8")
 
 
 class _FastJSONResponse(JSONResponse):
@@ -208,34 +254,36 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return data
 
 
-def _build_app(emu: SalesforceEmulator) -> FastAPI:
+def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
     app = FastAPI(title="m3sh Salesforce sandbox", docs_url=None, redoc_url=None, openapi_url=None,
                   redirect_slashes=False)
     base = "/services/data/v{version}"
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        return emu.json(exc.status, exc.body())
+        return org.json(exc.status, exc.body())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = _NOT_FOUND if exc.status_code == 404 else str(exc.detail)
-        return emu.json(exc.status_code, emu.error_body(exc.status_code, message))
+        return org.json(exc.status_code, emu.error_body(exc.status_code, message))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return emu.json(400, [{"message": str(exc.errors()[:1]), "errorCode": "BAD_REQUEST"}])
+        return org.json(400, [{"message": str(exc.errors()[:1]), "errorCode": "BAD_REQUEST"}])
 
     # ------------------------------------------------------------------------------ login
     @app.post("/services/Soap/u/{version}")
     async def soap_login(version: str, request: Request) -> Response:
         body = (await request.body()).decode("utf-8", errors="replace")
-        if not auth.check_login(body):
+        user_org = emu.login(body)
+        if user_org is None:
             return Response(auth.login_fault(), status_code=500, media_type="text/xml;charset=UTF-8")
-        session_id = auth.new_session_id()
+        session_id = auth.new_session_id(user_org.login)
         with emu.lock:
-            emu.sessions.add(session_id)
-        return Response(auth.login_response(session_id, version), media_type="text/xml;charset=UTF-8")
+            user_org.sessions.add(session_id)
+        return Response(auth.login_response(session_id, version, user_org.login),
+                        media_type="text/xml;charset=UTF-8")
 
     @app.get("/services/data")
     @app.get("/services/data/")
@@ -247,21 +295,21 @@ def _build_app(emu: SalesforceEmulator) -> FastAPI:
     @app.get(base)
     @app.get(base + "/")
     async def resources(version: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         v = _check_version(version)
         root = f"/services/data/v{v}"
-        return emu.json(200, {"sobjects": f"{root}/sobjects", "query": f"{root}/query",
+        return org.json(200, {"sobjects": f"{root}/sobjects", "query": f"{root}/query",
                               "queryAll": f"{root}/queryAll", "limits": f"{root}/limits"})
 
     @app.get(base + "/limits")
     @app.get(base + "/limits/")
     async def limits(version: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         _check_version(version)
         with emu.lock:
-            remaining = max(0, emu.daily_max - emu.api_used)
-            return emu.json(200, {
-                "DailyApiRequests": {"Max": emu.daily_max, "Remaining": remaining},
+            remaining = max(0, org.daily_max - org.api_used)
+            return org.json(200, {
+                "DailyApiRequests": {"Max": org.daily_max, "Remaining": remaining},
                 "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
                 "DataStorageMB": {"Max": 1024, "Remaining": 1000},
                 "SingleEmailMessages": {"Max": 5000, "Remaining": 5000},
@@ -270,28 +318,28 @@ def _build_app(emu: SalesforceEmulator) -> FastAPI:
     @app.get(base + "/sobjects")
     @app.get(base + "/sobjects/")
     async def describe_global(version: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         v = _check_version(version)
-        return emu.json(200, {"encoding": "UTF-8", "maxBatchSize": 200,
+        return org.json(200, {"encoding": "UTF-8", "maxBatchSize": 200,
                               "sobjects": [o.summary(v) for o in OBJECTS.values()]})
 
     # ---------------------------------------------------------------------------- query
     async def _query(version: str, request: Request, include_deleted: bool) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         v = _check_version(version)
         q = request.query_params.get("q")
         if not q:
             raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
         m = _BATCH_RE.search(request.headers.get("sforce-query-options", ""))
         with emu.lock:
-            result = emu.store.run_query(q, v, include_deleted, int(m.group(1)) if m else None)
-        return emu.json(200, result)
+            result = org.store.run_query(q, v, include_deleted, int(m.group(1)) if m else None)
+        return org.json(200, result)
 
     async def _query_more(version: str, locator: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         v = _check_version(version)
         with emu.lock:
-            return emu.json(200, emu.store.query_more(locator, v))
+            return org.json(200, org.store.query_more(locator, v))
 
     @app.get(base + "/query")
     @app.get(base + "/query/")
@@ -312,123 +360,123 @@ def _build_app(emu: SalesforceEmulator) -> FastAPI:
     @app.get(base + "/sobjects/{sobject}")
     @app.get(base + "/sobjects/{sobject}/")
     async def sobject_info(version: str, sobject: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
-        return emu.json(200, {"objectDescribe": obj.summary(v), "recentItems": []})
+        return org.json(200, {"objectDescribe": obj.summary(v), "recentItems": []})
 
     @app.post(base + "/sobjects/{sobject}")
     @app.post(base + "/sobjects/{sobject}/")
     async def create(version: str, sobject: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
         data = await _json_body(request)
         with emu.lock:
-            rec = emu.store.create(obj, data)
-        return emu.json(201, {"id": rec["Id"], "success": True, "errors": []})
+            rec = org.store.create(obj, data)
+        return org.json(201, {"id": rec["Id"], "success": True, "errors": []})
 
     @app.get(base + "/sobjects/{sobject}/describe")
     @app.get(base + "/sobjects/{sobject}/describe/")
     async def describe(version: str, sobject: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         v = _check_version(version)
-        return emu.json(200, _object_or_error(sobject).describe(v))
+        return org.json(200, _object_or_error(sobject).describe(v))
 
     @app.get(base + "/sobjects/{sobject}/updated")
     @app.get(base + "/sobjects/{sobject}/updated/")
     async def updated(version: str, sobject: str, request: Request) -> Response:
         """Replication API: ids changed in [start, end) (minute precision, last 30 days)."""
-        emu.authorize(request)
+        org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
         with emu.lock:
-            return emu.json(200, emu.store.replicate(obj, request.query_params.get("start"),
+            return org.json(200, org.store.replicate(obj, request.query_params.get("start"),
                                                      request.query_params.get("end"), deleted=False))
 
     @app.get(base + "/sobjects/{sobject}/deleted")
     @app.get(base + "/sobjects/{sobject}/deleted/")
     async def deleted(version: str, sobject: str, request: Request) -> Response:
         """Replication API: records deleted in [start, end), from the recycle bin."""
-        emu.authorize(request)
+        org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
         with emu.lock:
-            return emu.json(200, emu.store.replicate(obj, request.query_params.get("start"),
+            return org.json(200, org.store.replicate(obj, request.query_params.get("start"),
                                                      request.query_params.get("end"), deleted=True))
 
     @app.get(base + "/sobjects/{sobject}/{record_id}")
     async def get_record(version: str, sobject: str, record_id: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
         fields = request.query_params.get("fields")
         with emu.lock:
-            rec = emu.store.find(obj, record_id)
+            rec = org.store.find(obj, record_id)
             if rec is None:
                 raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
-            return emu.json(200, emu.store.full_record(obj, rec, v, fields.split(",") if fields else None))
+            return org.json(200, org.store.full_record(obj, rec, v, fields.split(",") if fields else None))
 
     @app.patch(base + "/sobjects/{sobject}/{record_id}")
     async def update(version: str, sobject: str, record_id: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
         data = await _json_body(request)
         with emu.lock:
-            rec = emu.store.find(obj, record_id, include_deleted=True)
+            rec = org.store.find(obj, record_id, include_deleted=True)
             if rec is None:
                 raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
             if rec.get("IsDeleted"):
                 raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted")
-            emu.store.update(obj, rec, data)
-        return Response(status_code=204, headers=emu.limit_header())
+            org.store.update(obj, rec, data)
+        return Response(status_code=204, headers=org.limit_header())
 
     @app.delete(base + "/sobjects/{sobject}/{record_id}")
     async def delete(version: str, sobject: str, record_id: str, request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
         with emu.lock:
-            rec = emu.store.find(obj, record_id, include_deleted=True)
+            rec = org.store.find(obj, record_id, include_deleted=True)
             if rec is None:
                 raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
             if rec.get("IsDeleted"):
                 raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted")
-            emu.store.delete(obj, rec)
-        return Response(status_code=204, headers=emu.limit_header())
+            org.store.delete(obj, rec)
+        return Response(status_code=204, headers=org.limit_header())
 
     @app.get(base + "/sobjects/{sobject}/{ext_field}/{value:path}")
     async def get_by_external_id(version: str, sobject: str, ext_field: str, value: str,
                                  request: Request) -> Response:
-        emu.authorize(request)
+        org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
         f = obj.field(ext_field)
         if f is None or not (f.external_id or f.name == "Id"):
             raise ApiError(404, "NOT_FOUND", _NO_EXT_FIELD + ext_field)
         with emu.lock:
-            matches = emu.store.find_by_field(obj, f, value)
+            matches = org.store.find_by_field(obj, f, value)
             if not matches:
                 raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
             if len(matches) > 1:
-                return emu.json(300, [emu.store.attributes(obj, r["Id"], v)["url"] for r in matches])
-            return emu.json(200, emu.store.full_record(obj, matches[0], v))
+                return org.json(300, [org.store.attributes(obj, r["Id"], v)["url"] for r in matches])
+            return org.json(200, org.store.full_record(obj, matches[0], v))
 
     @app.patch(base + "/sobjects/{sobject}/{ext_field}/{value:path}")
     async def upsert(version: str, sobject: str, ext_field: str, value: str, request: Request) -> Response:
         """201 when created; 200 with ``created: false`` when updated (API v46.0+), 204 before v46."""
-        emu.authorize(request)
+        org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
         data = await _json_body(request)
         with emu.lock:
-            rec, created = emu.store.upsert(obj, ext_field, value, data)
+            rec, created = org.store.upsert(obj, ext_field, value, data)
         body = {"id": rec["Id"], "success": True, "errors": [], "created": created}
         if created:
-            return emu.json(201, body)
+            return org.json(201, body)
         if float(v) < 46:
-            return Response(status_code=204, headers=emu.limit_header())
-        return emu.json(200, body)
+            return Response(status_code=204, headers=org.limit_header())
+        return org.json(200, body)
 
     return app

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 from xml.sax.saxutils import escape, unescape
 
 from m3sh.sandbox import credentials as cred
@@ -19,6 +20,29 @@ from m3sh.sandbox import credentials as cred
 ORG_ID = "00D5g000004NWTHEA4"
 USER_ID = "0055g00000A1b2CAAR"
 INSTANCE_HOST = cred.SALESFORCE_INSTANCE_HOST
+
+
+@dataclass(frozen=True)
+class OrgLogin:
+    """One org's integration user and where its login response sends the client."""
+
+    name: str
+    org_name: str
+    org_id: str
+    user_id: str
+    username: str
+    password: str
+    security_token: str
+    instance_host: str
+
+
+ORGS: tuple[OrgLogin, ...] = (
+    OrgLogin("default", "Northwind Cloud", ORG_ID, USER_ID, cred.SALESFORCE_USERNAME, cred.SALESFORCE_PASSWORD,
+             cred.SALESFORCE_SECURITY_TOKEN, INSTANCE_HOST),
+    OrgLogin("acme", "Acme Analytics", "00D8d000007ACMEEA2", "0058d00000B7x9QAAR", cred.SALESFORCE2_USERNAME,
+             cred.SALESFORCE2_PASSWORD, cred.SALESFORCE2_SECURITY_TOKEN, cred.SALESFORCE2_INSTANCE_HOST),
+)
+DEFAULT_ORG = ORGS[0]
 _ENTITIES = {"&quot;": '"', "&apos;": "'"}
 
 
@@ -27,26 +51,26 @@ def _element(body: str, name: str) -> str | None:
     return unescape(m.group(1), _ENTITIES) if m else None
 
 
-def check_login(body: str) -> bool:
-    """True when the envelope carries the sandbox user and ``password + security token``."""
+def check_login(body: str, org: OrgLogin = DEFAULT_ORG) -> bool:
+    """True when the envelope carries ``org``'s user and ``password + security token``."""
     username = _element(body, "username")
     password = _element(body, "password")
     if username is None or password is None:
         return False
-    want_user = cred.SALESFORCE_USERNAME.lower().encode()
+    want_user = org.username.lower().encode()
     ok_user = hmac.compare_digest(username.strip().lower().encode(), want_user)
-    expected = cred.SALESFORCE_PASSWORD + cred.SALESFORCE_SECURITY_TOKEN
+    expected = org.password + org.security_token
     ok_password = hmac.compare_digest(password.encode(), expected.encode())
     return ok_user and ok_password
 
 
-def new_session_id() -> str:
-    return f"{ORG_ID[:15]}!AQ4AQ{secrets.token_urlsafe(72)}"
+def new_session_id(org: OrgLogin = DEFAULT_ORG) -> str:
+    return f"{org.org_id[:15]}!AQ4AQ{secrets.token_urlsafe(72)}"
 
 
-def login_response(session_id: str, version: str) -> str:
-    server = f"https://{INSTANCE_HOST}/services/Soap/u/{version}/{ORG_ID[:15]}"
-    meta = f"https://{INSTANCE_HOST}/services/Soap/m/{version}/{ORG_ID[:15]}"
+def login_response(session_id: str, version: str, org: OrgLogin = DEFAULT_ORG) -> str:
+    server = f"https://{org.instance_host}/services/Soap/u/{version}/{org.org_id[:15]}"
+    meta = f"https://{org.instance_host}/services/Soap/m/{version}/{org.org_id[:15]}"
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
         '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
@@ -56,17 +80,17 @@ def login_response(session_id: str, version: str) -> str:
         "<passwordExpired>false</passwordExpired><sandbox>false</sandbox>"
         f"<serverUrl>{server}</serverUrl>"
         f"<sessionId>{escape(session_id)}</sessionId>"
-        f"<userId>{USER_ID}</userId>"
+        f"<userId>{org.user_id}</userId>"
         "<userInfo>"
         "<currencySymbol>$</currencySymbol>"
-        f"<organizationId>{ORG_ID}</organizationId>"
+        f"<organizationId>{org.org_id}</organizationId>"
         "<organizationMultiCurrency>true</organizationMultiCurrency>"
-        "<organizationName>Northwind Cloud</organizationName>"
+        f"<organizationName>{escape(org.org_name)}</organizationName>"
         "<sessionSecondsValid>7200</sessionSecondsValid>"
-        f"<userEmail>{escape(cred.SALESFORCE_USERNAME)}</userEmail>"
+        f"<userEmail>{escape(org.username)}</userEmail>"
         "<userFullName>Integration User</userFullName>"
-        f"<userId>{USER_ID}</userId>"
-        f"<userName>{escape(cred.SALESFORCE_USERNAME)}</userName>"
+        f"<userId>{org.user_id}</userId>"
+        f"<userName>{escape(org.username)}</userName>"
         "<userTimeZone>GMT</userTimeZone>"
         "</userInfo>"
         "</result></loginResponse></soapenv:Body></soapenv:Envelope>"
