@@ -69,7 +69,8 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": NETSUITE, "python-modules": ["m3sh.hooks.netsuite"]},
         ],
         "operators": [
-            {"integration-name": M3TER, "python-modules": ["m3sh.operators.m3ter", "m3sh.operators.usage"]},
+            {"integration-name": M3TER, "python-modules": ["m3sh.operators.m3ter", "m3sh.operators.usage",
+                                                            "m3sh.operators.invoicing"]},
         ],
         "sensors": [{"integration-name": M3TER, "python-modules": ["m3sh.sensors.m3ter"]}],
         "triggers": [{"integration-name": M3TER, "python-modules": ["m3sh.triggers.m3ter"]}],

@@ -69,7 +69,12 @@ def fetch_bills(m3ter: Any, states: Iterable[str], start: dt.datetime | None = N
 
 
 def make_delivery(cfg: M3shConfig, name: str, ledger: Ledger) -> Deliverer:
-    dest = cfg.destination(name)
+    return delivery_for(cfg.destination(name), ledger)
+
+
+def delivery_for(dest: Any, ledger: Ledger) -> Deliverer:
+    """The delivery object of one destination (a config destination model)."""
+    name = getattr(dest, "name", "?")
     if isinstance(dest, NetSuiteDestination):
         from m3sh.invoicing.netsuite import NetSuiteDelivery
 

@@ -1,21 +1,63 @@
-"""Operators for users' own DAGs: m3ter plan actions and S3 usage ingest, no ``m3sh.yaml`` needed.
+"""Operators for users' own DAGs: m3ter plan actions, S3 usage ingest and m3ter bills -> NetSuite
+(or any m3sh invoice destination), no ``m3sh.yaml`` needed.
 
 Each takes typed keyword arguments, templates the fields users template, writes idempotently and
 returns a JSON-safe dict (XCom). See ``docs/operators.md`` for an example DAG.
+
+Names resolve on first use (PEP 562), so a DAG file importing one module, as m3sh_invoice_sync's
+does, does not import the others (and with them the m3ter SDK, ~0.5 s of every parse).
 """
 
-from m3sh.operators.m3ter import (
-    M3terBalanceOperator,
-    M3terBaseOperator,
-    M3terSetCustomFieldsOperator,
-    M3terSwitchPlanOperator,
-)
-from m3sh.operators.usage import S3UsageToM3terOperator
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from m3sh.operators.invoicing import (
+        M3terBillsCollectOperator,
+        M3terBillsDeliverOperator,
+        M3terBillsToNetSuiteOperator,
+        M3terInvoiceRunSummaryOperator,
+    )
+    from m3sh.operators.m3ter import (
+        M3terBalanceOperator,
+        M3terBaseOperator,
+        M3terSetCustomFieldsOperator,
+        M3terSwitchPlanOperator,
+    )
+    from m3sh.operators.usage import S3UsageToM3terOperator
+
+_MODULES = {
+    "M3terBalanceOperator": "m3sh.operators.m3ter",
+    "M3terBaseOperator": "m3sh.operators.m3ter",
+    "M3terBillsCollectOperator": "m3sh.operators.invoicing",
+    "M3terBillsDeliverOperator": "m3sh.operators.invoicing",
+    "M3terBillsToNetSuiteOperator": "m3sh.operators.invoicing",
+    "M3terInvoiceRunSummaryOperator": "m3sh.operators.invoicing",
+    "M3terSetCustomFieldsOperator": "m3sh.operators.m3ter",
+    "M3terSwitchPlanOperator": "m3sh.operators.m3ter",
+    "S3UsageToM3terOperator": "m3sh.operators.usage",
+}
 __all__ = [
     "M3terBalanceOperator",
     "M3terBaseOperator",
+    "M3terBillsCollectOperator",
+    "M3terBillsDeliverOperator",
+    "M3terBillsToNetSuiteOperator",
+    "M3terInvoiceRunSummaryOperator",
     "M3terSetCustomFieldsOperator",
     "M3terSwitchPlanOperator",
     "S3UsageToM3terOperator",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -244,8 +244,13 @@ def test_closed_period_is_action_needed_with_netsuites_message(inv_env: dict[str
 def test_dry_run_writes_nothing(inv_env: dict[str, Any]) -> None:
     sandbox = inv_env["sandbox"]
     before = {n: writes(sandbox, n) for n in ("netsuite", "salesforce", "m3ter")}
-    assert run_sync(dry_run=True).state == "success"
+    run = run_sync(dry_run=True)
+    assert run.state == "success"
     assert {n: writes(sandbox, n) for n in ("netsuite", "salesforce", "m3ter")} == before
+    # Each mapped deliver task is labelled by destination and part in the UI (map_index_template).
+    assert sorted(ti.rendered_map_index for ti in run.get_task_instances()
+                  if ti.task_id.endswith(".deliver")) == ["archive part 1", "netsuite_eu part 1",
+                                                          "netsuite_us part 1", "salesforce part 1"]
     assert _latest_summary()["by_destination"]["netsuite_us"] == {"dry_run": 3}
 
 

@@ -1,0 +1,390 @@
+"""m3ter bills -> invoices in NetSuite (or any m3sh destination) as operators for users' own DAGs.
+
+Three steps, each usable on its own and without ``m3sh.yaml`` (an :class:`~m3sh.config.M3shConfig`
+may be passed instead of the inline arguments):
+
+* :class:`M3terBillsCollectOperator` reads the bills, enriches and routes them, stages them in S3
+  and returns small JSON-safe *refs* (keys and counts);
+* :class:`M3terBillsDeliverOperator` (or :class:`M3terBillsToNetSuiteOperator` with inline NetSuite
+  arguments) delivers the staged bills to one destination: upserts by external id plus the S3
+  ledger, so a retry or a re-run writes each invoice exactly once and an unchanged bill not at all;
+* :class:`M3terInvoiceRunSummaryOperator` merges the outcomes, stamps exported bills in m3ter,
+  writes the run summary and fails naming each bill that is not exported everywhere (failed,
+  *action needed* with the destination's own words, or set aside for missing data).
+
+The logic is :mod:`m3sh.invoicing.run`'s; ``m3sh_invoice_sync`` wires these same operators.
+
+Templated ``bill_ids``, ``only_destinations``, ``full_scan``, ``preview`` (a dry run: BaseOperator
+already has a ``dry_run`` method) and ``redeliver`` accept
+their value or, rendered from a template, its JSON text (``"{{ params.bill_ids | tojson }}"``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+from pydantic import TypeAdapter, ValidationError
+
+from m3sh.config import (
+    CrmSource,
+    CrmSyncConfig,
+    Destination,
+    InvoicingConfig,
+    M3shConfig,
+    NetSuiteDestination,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from m3sh.hooks.m3ter import M3terHook
+    from m3sh.storage import Storage
+
+NON_NETSUITE_THREADS = 4
+LockedPolicy = Literal["update", "credit_memo"]
+_DESTINATION: TypeAdapter[Any] = TypeAdapter(Destination)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+def _native(task_id: str, name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    """A rendered argument as its Python value: a string from a template is read as JSON."""
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = json.loads(value) if value.strip() else None
+        except ValueError:
+            raise AirflowFailException(f"{task_id}: {name}={value!r} is not JSON (template it with "
+                                       f"'| tojson')") from None
+    if value is None:
+        return None
+    if not isinstance(value, kind):
+        kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise AirflowFailException(f"{task_id}: {name} must be a {kinds}, got {value!r}")
+    return value
+
+
+def _names(task_id: str, name: str, value: Any) -> list[str]:
+    items = _native(task_id, name, value, (list, tuple)) or []
+    return [str(v) for v in items]
+
+
+def _staged(task_id: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        from m3sh.dagkit.errors import RunFailed
+
+        raise RunFailed(f"{task_id}: no staged bills: the collect task did not finish (no bill was read, nothing "
+                        "was exported)", records=[])
+    refs = _native(task_id, "staged", value, dict)
+    missing = [k for k in ("bills_key", "routes_key") if k not in refs]
+    if missing:
+        raise AirflowFailException(f"{task_id}: staged must be what M3terBillsCollectOperator returned (or one "
+                                   f"part of it); it lacks {missing}")
+    return dict(refs)
+
+
+class _M3terLazyOperator(BaseOperator):
+    """:class:`~m3sh.operators.m3ter.M3terBaseOperator`'s ``m3ter_conn_id`` and lazy ``hook``, without
+    importing the hook module (and the m3ter SDK, ~0.5 s) at import: m3sh_invoice_sync's DAG file
+    imports these operators on every parse.
+
+    :param m3ter_conn_id: Airflow connection of type ``m3ter``. (templated)
+    """
+
+    template_fields: Sequence[str] = ("m3ter_conn_id",)
+    ui_color = "#e8f0ff"
+
+    def __init__(self, *, m3ter_conn_id: str = "m3ter_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.m3ter_conn_id = m3ter_conn_id
+
+    @cached_property
+    def hook(self) -> M3terHook:
+        from m3sh.hooks.m3ter import M3terHook
+
+        return M3terHook(m3ter_conn_id=self.m3ter_conn_id)
+
+
+class _StagingMixin:
+    """Where a run stages its bills, results and summary: ``config.storage``, or inline arguments."""
+
+    task_id: str
+
+    def _init_storage(self, config: M3shConfig | None, aws_conn_id: str, bucket: str | None, prefix: str) -> None:
+        if bucket is None and config is None:
+            raise ValueError(f"{self.task_id}: give bucket=... (where bills are staged) or config=...")
+        self.config = config
+        self.aws_conn_id = aws_conn_id
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def _storage(self) -> Storage:
+        from m3sh.storage import Storage
+
+        if self.bucket is None and self.config is not None:
+            return Storage.from_config(self.config.storage)
+        if not self.bucket:
+            raise AirflowFailException(f"{self.task_id}: bucket is empty")
+        return Storage(self.aws_conn_id, self.bucket, self.prefix)
+
+
+class M3terBillsCollectOperator(_StagingMixin, _M3terLazyOperator):
+    """Read m3ter bills ready for export, enrich and route them, and stage them in S3.
+
+    By default the bills in ``bill_states`` last changed in the run's data interval (all of them
+    when the run has none or ``full_scan``); ``bill_ids`` reads exactly those (their state is still
+    checked). Without a config every bill goes to every name in ``destinations``; with one, its
+    ``invoicing.routes`` decide. A bill missing a ``required_enrichment`` value is set aside.
+
+    :param destinations: destination names the bills go to (default: the config's enabled ones).
+    :param config: an :class:`~m3sh.config.M3shConfig` supplying the arguments below instead.
+    :param bill_states: m3ter bill states exported (``PENDING``, ``APPROVED``, ``LOCKED``).
+    :param bill_ids: only these bills, whatever their change time. (templated)
+    :param only_destinations: route to these destination names only (empty: all). (templated)
+    :param full_scan: every bill in ``bill_states``, not only those changed in the interval. (templated)
+    :param required_enrichment: values a bill must have (``subsidiary``, ``tax_code``, ``owner``, ...).
+    :param subsidiary_by_currency: subsidiary of accounts without a ``subsidiary`` custom field.
+    :param crm_sources: CRMs read for owner, PO number and billing address.
+    :param bucket: S3 bucket of staging, ledger and reports (default: ``config.storage``).
+    :param prefix: key prefix there.
+    :param aws_conn_id: Airflow AWS connection of the bucket.
+
+    Returns ``{"bills_key", "routes_key", "bills", "set_aside", "by_destination"}``.
+    """
+
+    template_fields: Sequence[str] = (*_M3terLazyOperator.template_fields, "bill_ids", "only_destinations",
+                                      "full_scan")
+    ui_color = "#fff4e0"
+
+    def __init__(self, *, destinations: Sequence[str] | None = None, config: M3shConfig | None = None,
+                 bill_states: Sequence[str] | None = None, bill_ids: Sequence[str] | str | None = None,
+                 only_destinations: Sequence[str] | str | None = None, full_scan: bool | str = False,
+                 required_enrichment: Sequence[str] | None = None,
+                 subsidiary_by_currency: Mapping[str, str] | None = None,
+                 crm_sources: Sequence[CrmSource | Mapping[str, Any]] | None = None, bucket: str | None = None,
+                 prefix: str = "m3sh/", aws_conn_id: str = "aws_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._init_storage(config, aws_conn_id, bucket, prefix)
+        inline = {k: v for k, v in (("bill_states", bill_states), ("required_enrichment", required_enrichment),
+                                    ("subsidiary_by_currency", subsidiary_by_currency),
+                                    ("crm_sources", crm_sources)) if v is not None}
+        if config is not None:
+            if inline:
+                raise ValueError(f"{self.task_id}: give config=... or the inline arguments {sorted(inline)}, "
+                                 "not both")
+            self.settings = config
+            self.destinations = list(destinations) if destinations is not None else [
+                d.name for d in config.invoicing.destinations if d.enabled]
+        else:
+            if not destinations:
+                raise ValueError(f"{self.task_id}: give destinations=[names] (or config=...): where bills go")
+            self.destinations = list(destinations)
+            self.settings = self._settings(inline)
+        self.route_all = config is None
+        self.bill_ids = bill_ids
+        self.only_destinations = only_destinations
+        self.full_scan = full_scan
+
+    def _settings(self, inline: dict[str, Any]) -> M3shConfig:
+        crm = inline.pop("crm_sources", [])
+        try:
+            return M3shConfig(invoicing=InvoicingConfig(**inline), crm=CrmSyncConfig(sources=crm))
+        except ValidationError as exc:
+            raise ValueError(f"{self.task_id}: invalid invoicing arguments ({_problems(exc)})") from None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from m3sh.invoicing.run import collect
+
+        bill_ids = _names(self.task_id, "bill_ids", self.bill_ids)
+        only = _names(self.task_id, "only_destinations", self.only_destinations)
+        unknown = sorted(set(only) - set(self.destinations))
+        if unknown:
+            raise AirflowFailException(f"{self.task_id}: only_destinations names unknown destinations {unknown}; "
+                                       f"known: {sorted(self.destinations)}")
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
+        if _native(self.task_id, "full_scan", self.full_scan, bool) or bill_ids or start is None:
+            start, end = None, None
+        return collect(self.hook, self.settings, self._storage(), dag_id=self.dag_id, run_id=context["run_id"],
+                       destinations=self.destinations, bill_ids=bill_ids, only=only, start=start, end=end,
+                       route_all=self.route_all)
+
+
+class M3terBillsDeliverOperator(_StagingMixin, BaseOperator):
+    """Deliver staged bills to one destination (NetSuite, Salesforce, HubSpot, S3 or a webhook).
+
+    Each write is an upsert by external id or carries an idempotency key, and the S3 ledger skips
+    a bill already delivered with the same content, so re-runs write nothing new. A bill's failure
+    never stops the others; the task fails afterwards naming them (retried when transient).
+
+    :param staged: what :class:`M3terBillsCollectOperator` returned (``collect.output``), or one
+        part of it (``m3sh.invoicing.run.plan_chunks``). (templated)
+    :param destination: the destination: a config destination object or its mapping
+        (``{"type": "netsuite", "name": ..., ...}``), or a name in ``config``.
+    :param config: an :class:`~m3sh.config.M3shConfig` naming the destination and the storage.
+    :param preview: a dry run: report what would be written, write nothing. (templated)
+    :param redeliver: ignore the ledger and upsert again (still exactly once). (templated)
+    :param threads: bills in flight (default 1 for NetSuite, whose hook limits per account; else 4).
+    :param bucket: S3 bucket of staging and ledger (the collect task's). :param prefix: its prefix.
+    :param aws_conn_id: Airflow AWS connection of the bucket.
+
+    Returns the count of bills per outcome (``delivered``, ``unchanged``, ``not_applicable``,
+    ``action_needed``, ``dry_run`` when previewing); action-needed items are logged with the destination's words.
+    """
+
+    template_fields: Sequence[str] = ("staged", "preview", "redeliver")
+    ui_color = "#eaf7ea"
+
+    def __init__(self, *, staged: Any, destination: Any, config: M3shConfig | None = None,
+                 preview: bool | str = False, redeliver: bool | str = False, threads: int | None = None,
+                 bucket: str | None = None, prefix: str = "m3sh/", aws_conn_id: str = "aws_default",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._init_storage(config, aws_conn_id, bucket, prefix)
+        if isinstance(destination, str):
+            if config is None:
+                raise ValueError(f"{self.task_id}: destination {destination!r} is a name; give the destination "
+                                 "object (or mapping), or config=... that defines it")
+            found = next((d for d in config.invoicing.destinations if d.name == destination), None)
+            if found is None:
+                raise ValueError(f"{self.task_id}: config has no destination {destination!r}; known: "
+                                 f"{[d.name for d in config.invoicing.destinations]}")
+            destination = found
+        elif isinstance(destination, Mapping):
+            try:
+                destination = _DESTINATION.validate_python(dict(destination))
+            except ValidationError as exc:
+                raise ValueError(f"{self.task_id}: invalid destination ({_problems(exc)})") from None
+        if not hasattr(destination, "type") or not hasattr(destination, "name"):
+            raise ValueError(f"{self.task_id}: destination must be a destination object, mapping or name; "
+                             f"got {type(destination).__name__}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"{self.task_id}: threads must be >= 1, got {threads}")
+        self.destination = destination
+        self.staged = staged
+        self.preview = preview
+        self.redeliver = redeliver
+        self.threads = threads or (1 if isinstance(destination, NetSuiteDestination) else NON_NETSUITE_THREADS)
+
+    def execute(self, context: Context) -> dict[str, int]:
+        from m3sh.dagkit.errors import RunFailed
+        from m3sh.exceptions import RetryableError
+        from m3sh.invoicing.deliver import delivery_for
+        from m3sh.invoicing.ledger import Ledger, S3Ledger, WriteOnlyLedger
+        from m3sh.invoicing.run import count_statuses, deliver_staged
+
+        refs = _staged(self.task_id, self.staged)
+        name = str(self.destination.name)
+        storage = self._storage()
+        ledger: Ledger = S3Ledger(storage)
+        if _native(self.task_id, "redeliver", self.redeliver, bool):
+            ledger = WriteOnlyLedger(ledger)
+        preview = bool(_native(self.task_id, "preview", self.preview, bool))
+        try:
+            results = deliver_staged(delivery_for(self.destination, ledger), storage, refs, name, dag_id=self.dag_id,
+                                     run_id=context["run_id"], threads=self.threads, dry_run=preview)
+        except ValueError as exc:
+            raise AirflowFailException(f"{self.task_id}: {exc}") from None
+        for r in results:
+            if r.status in ("failed", "action_needed"):
+                self.log.error("bill %s (%s) -> %s %s: %s", r.bill_id, r.account_code, name, r.status, r.detail)
+        counts = count_statuses(results)
+        self.log.info("%s part %d: %s", name, int(refs.get("index", 0)) + 1, counts)
+        failed = [r for r in results if r.status == "failed"]
+        if any(r.retryable for r in failed):
+            raise RetryableError(f"{name}: {len(failed)} bill(s) failed transiently, e.g. bill "
+                                 f"{failed[0].bill_id}: {failed[0].detail}")
+        if failed:
+            raise RunFailed(f"{name}: {len(failed)} bill(s) failed: "
+                            + "; ".join(f"bill {r.bill_id}: {r.detail}" for r in failed[:5]),
+                            records=[r.bill_id for r in failed])
+        return counts
+
+
+class M3terBillsToNetSuiteOperator(M3terBillsDeliverOperator):
+    """Staged bills -> invoices in one NetSuite account, with the NetSuite arguments inline.
+
+    Customers are upserted by external id = m3ter account id, invoices by external id = m3ter bill
+    id, so a retry or a re-run converges on one invoice per bill. A refusal finance must act on
+    (a closed period under ``locked_invoice_policy="update"``, an unknown item) is reported as
+    *action needed* with NetSuite's own message.
+
+    :param staged: what :class:`M3terBillsCollectOperator` returned. (templated)
+    :param netsuite_conn_id: Airflow connection of type ``netsuite``.
+    :param subsidiary_id: NetSuite internal id of the subsidiary new customers belong to.
+    :param default_item_id: NetSuite item of lines ``item_map`` does not map.
+    :param item_map: m3ter line type or product code -> NetSuite item id.
+    :param currency_id: NetSuite currency internal id (default: looked up by the bill's ISO code).
+    :param locked_invoice_policy: ``credit_memo`` (book the difference) or ``update``.
+    :param destination_name: names the ledger, results and summary entries (must match the
+        collect task's ``destinations``).
+
+    Other arguments as :class:`M3terBillsDeliverOperator`.
+    """
+
+    def __init__(self, *, staged: Any, subsidiary_id: str, default_item_id: str,
+                 netsuite_conn_id: str = "netsuite_default", item_map: Mapping[str, str] | None = None,
+                 currency_id: str | None = None, locked_invoice_policy: LockedPolicy = "credit_memo",
+                 destination_name: str = "netsuite", **kwargs: Any) -> None:
+        task_id = kwargs.get("task_id", "?")
+        try:
+            dest = NetSuiteDestination(type="netsuite", name=destination_name, conn_id=netsuite_conn_id,
+                                       subsidiary_id=subsidiary_id, default_item_id=default_item_id,
+                                       item_map=dict(item_map or {}), currency_id=currency_id,
+                                       locked_invoice_policy=locked_invoice_policy)
+        except ValidationError as exc:
+            raise ValueError(f"{task_id}: invalid NetSuite arguments ({_problems(exc)})") from None
+        super().__init__(staged=staged, destination=dest, **kwargs)
+
+
+class M3terInvoiceRunSummaryOperator(_StagingMixin, _M3terLazyOperator):
+    """The end of an invoice run: merge every destination's outcomes, stamp fully exported bills
+    on their m3ter account (``exported_field``, with the bill id and destinations), write the
+    summary to ``reports/<dag id>/runs/<run id>.json`` and ``latest.json``, and fail naming each
+    bill not exported everywhere. Give it ``trigger_rule="all_done"`` so it runs whatever failed.
+
+    :param staged: what :class:`M3terBillsCollectOperator` returned. (templated)
+    :param preview: a dry run: stamp nothing (the deliver tasks' ``preview``). (templated)
+    :param exported_field: m3ter account custom field stamped on export (None: stamp nothing).
+    :param fail_on_problems: fail the task when a bill failed, needs action or was set aside.
+    :param config: supplies ``exported_field`` and the storage. :param bucket: / :param prefix: /
+        :param aws_conn_id: the collect task's storage.
+
+    Returns ``{"summary_key", "exported", "by_destination"}`` (and, with ``fail_on_problems=False``,
+    ``action_needed``, ``failed`` and ``set_aside`` lists).
+    """
+
+    template_fields: Sequence[str] = (*_M3terLazyOperator.template_fields, "staged", "preview")
+    ui_color = "#f3e8ff"
+
+    def __init__(self, *, staged: Any, preview: bool | str = False, exported_field: str | None = "exported_at",
+                 fail_on_problems: bool = True, config: M3shConfig | None = None, bucket: str | None = None,
+                 prefix: str = "m3sh/", aws_conn_id: str = "aws_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._init_storage(config, aws_conn_id, bucket, prefix)
+        self.staged = staged
+        self.preview = preview
+        self.exported_field = config.invoicing.exported_field if config is not None else exported_field
+        self.fail_on_problems = fail_on_problems
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from m3sh.dagkit.errors import RunFailed
+        from m3sh.invoicing.run import problem_message, summarize
+
+        refs = _staged(self.task_id, self.staged)
+        storage = self._storage()
+        result = summarize(self.hook, storage, refs, dag_id=self.dag_id, run_id=context["run_id"],
+                           dry_run=bool(_native(self.task_id, "preview", self.preview, bool)),
+                           exported_field=self.exported_field)
+        if result["problems"] and self.fail_on_problems:
+            raise RunFailed(problem_message(result, storage.uri(result["report_key"])), records=result["records"])
+        out = {"summary_key": result["report_key"], "exported": result["exported"],
+               "by_destination": result["by_destination"]}
+        if result["problems"]:
+            out.update({k: result[k] for k in ("action_needed", "failed", "set_aside")})
+        return out
