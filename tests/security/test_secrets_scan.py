@@ -64,6 +64,10 @@ class _Everything(logging.Handler):
 
 @pytest.fixture
 def debug_capture() -> Iterator[_Everything]:
+    # `import airflow` configures logging and replaces the root handlers: done first, so the handler
+    # below survives when this test is the first in its process to import Airflow.
+    import airflow  # noqa: F401
+
     handler = _Everything()
     root = logging.getLogger()
     old_level = root.level
