@@ -35,7 +35,28 @@ def demo_root() -> Iterator[Path]:
     (root / "dags").symlink_to(REPO / "dags")
     (root / "plugins").symlink_to(REPO / "plugins")
     yield root
+    # A demo cut short (pytest-timeout, a failed assertion mid-way) must not leave its sandbox or
+    # Airflow running on the fixed demo ports for the next session.
+    _stop_leftovers(root)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_leftovers(root: Path) -> None:
+    import contextlib
+    import json
+    import signal
+
+    pid_file = root / ".airflow" / "m3sh-demo.json"
+    try:
+        pgid = int(json.loads(pid_file.read_text()).get("standalone_pgid") or 0)
+    except (OSError, ValueError):
+        pgid = 0
+    if pgid > 1:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    if (root / ".sandbox").exists():
+        subprocess.run([str(Path(sys.executable).parent / "m3sh"), "sandbox", "down", "--root", str(root)],
+                       capture_output=True, text=True, timeout=120, check=False)
 
 
 def _run_demo(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
