@@ -27,9 +27,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 from pydantic import TypeAdapter, ValidationError
 
+from m3sh.compat import AirflowFailException
 from m3sh.config import (
     CrmSource,
     CrmSyncConfig,
