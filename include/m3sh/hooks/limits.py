@@ -89,6 +89,15 @@ class Rules:
         return self.rate_per_s > 0 or (self.window_limit > 0 and self.window_s > 0)
 
 
+# Both scripts take "now" from ARGV[1] (tests pass a fake clock) or, when empty, from Redis's clock.
+_NOW_LUA = """
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
 # --------------------------------------------------------------------------------------------- Redis
 # KEYS[1]: the GCRA's theoretical arrival time (string), KEYS[2]: the rolling window's log (sorted set
 # of member -> time). ARGV: now (empty: Redis server time, so hosts with skewed clocks agree),
@@ -97,12 +106,7 @@ class Rules:
 # that long and sends, with no second round trip. Booking rather than "refuse and let callers retry":
 # with four processes contending, retrying woke every waiter for each free slot (a thundering herd
 # of round trips) and, on a loaded 2-core machine, reached only ~0.5 of the limit.
-_RESERVE_LUA = """
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_RESERVE_LUA = _NOW_LUA + """
 local interval, tol = tonumber(ARGV[2]), tonumber(ARGV[3])
 local wlimit, wsize = tonumber(ARGV[4]), tonumber(ARGV[5])
 local at, tat = now, now
@@ -132,12 +136,7 @@ return tostring(at - now)
 # KEYS[1]: holders (sorted set of holder -> lease expiry). ARGV: now (empty: server time), limit,
 # lease seconds, holder. Expired leases (a killed worker's) are dropped first. Returns "0" when the
 # slot is taken, else the seconds until the earliest lease ends (callers poll sooner).
-_ACQUIRE_SLOT_LUA = """
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_ACQUIRE_SLOT_LUA = _NOW_LUA + """
 local limit, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < limit then
