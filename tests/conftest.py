@@ -54,6 +54,7 @@ import pytest  # noqa: E402
 import requests  # noqa: E402
 
 from m3sh.sandbox.runner import Sandbox, SandboxEndpoints  # noqa: E402
+from m3sh.testing import environ  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Each xdist worker's sandbox (and the standalones at its base + 80) 500 ports above the previous one.
@@ -112,16 +113,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]
                           extra_offsets=[80 + off for off in STACK_PORT_OFFSETS])
     sb = Sandbox(root, SandboxEndpoints(port_base=base))
     sb.up(seed="demo")
-    saved = {k: os.environ.get(k) for k in sb.endpoints.env()}
-    os.environ.update(sb.endpoints.env())
     try:
-        yield SandboxHandle(sb)
+        with environ(sb.endpoints.env()):
+            yield SandboxHandle(sb)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         sb.down(quiet=True)
 
 

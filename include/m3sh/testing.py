@@ -19,8 +19,9 @@ coexist when the plugin loads in m3sh's own suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import pytest
@@ -39,18 +40,26 @@ def m3sh_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
     sb = Sandbox(tmp_path_factory.mktemp("m3sh-sandbox"), SandboxEndpoints(port_base=free_port_base()))
     sb.up(seed="demo")  # waits until every emulator answers its health check
-    env = sb.endpoints.env()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        yield sb
+        with environ(sb.endpoints.env()):
+            yield sb
+    finally:
+        sb.down(quiet=True)
+
+
+@contextlib.contextmanager
+def environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables (e.g. the sandbox's ``AIRFLOW_CONN_*``) and restore the old ones after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        sb.down(quiet=True)
 
 
 @pytest.fixture
