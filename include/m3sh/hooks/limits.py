@@ -2,7 +2,7 @@
 
 Vendor limits are per *account*, not per process: m3ter limits each org to 50 requests/s on the
 Config and on the Ingest API, and each source IP to 20,000 (Config) / 5,000 (Ingest) requests per
-rolling 5 minutes (/work/shared/api-notes/m3ter.md, "Rate limits"; m3ter docs "Rate and Payload
+rolling 5 minutes (shared/api-notes/m3ter.md, "Rate limits"; m3ter docs "Rate and Payload
 Limits"); HubSpot limits each private app to 100 requests per rolling 10 s; NetSuite each account to
 a few concurrent requests. Several mapped tasks or Celery workers each pacing to the whole limit in
 their own process meet 429 storms, so the budget lives where every process sees it:

@@ -79,7 +79,7 @@ class M3terSettings:
     # Client-side limits, shared by every process through m3sh.hooks.limits. Per org (requests/s):
     # the documented 50/s of the Ingest and of the Config API less 2 % for network jitter; per source
     # IP: 5,000 (Ingest) and 20,000 (Config) requests per rolling 5 minutes. Source: m3ter's "Rate and
-    # Payload Limits" page as summarised in /work/shared/api-notes/m3ter.md ("Rate limits"); the
+    # Payload Limits" page as summarised in shared/api-notes/m3ter.md ("Rate limits"); the
     # emulator enforces the same numbers. ingest_rps / config_rps 0 turns that API's client limits
     # off (an org whose limits m3ter raised, a sandbox with limits off); an *_ip_limit of 0 only the window.
     ingest_rps: float = 49.0
