@@ -51,7 +51,6 @@ for _stale in (Path(__file__).resolve().parents[1] / "include").glob("*.egg-info
     shutil.rmtree(_stale, ignore_errors=True)
 
 import pytest  # noqa: E402
-import requests  # noqa: E402
 
 from m3sh.sandbox.runner import Sandbox, SandboxEndpoints  # noqa: E402
 from m3sh.testing import environ  # noqa: E402
@@ -62,38 +61,19 @@ TEST_PORT_BASE = int(os.environ.get("M3SH_TEST_PORT_BASE", "18710")) + 500 * _WO
 
 
 class SandboxHandle:
-    """What tests get: URLs, admin helpers and the connections env of the running sandbox."""
+    """What tests get: the running sandbox's URLs, admin helpers (:class:`Sandbox`'s own, which users of
+    ``m3sh.testing`` have too) and its Salesforce host map."""
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
         self.endpoints = sandbox.endpoints
-
-    def url(self, name: str) -> str:
-        return self.endpoints.url(name)
+        self.url, self.admin, self.state, self.stats = sandbox.url, sandbox.admin, sandbox.state, sandbox.stats
+        self.requests_to, self.faults = sandbox.requests_to, sandbox.faults
 
     def sf_hosts(self) -> dict[str, str]:
         """The Salesforce connection's host map (login host and instance, each on its own port)."""
         hosts: dict[str, str] = self.endpoints.connections()["salesforce_default"]["extra"]["sandbox_hosts"]
         return hosts
-
-    def admin(self, name: str, action: str, method: str = "GET", **body: object) -> dict:
-        r = requests.request(method, f"{self.url(name)}/_sandbox/{action}", json=body or None, timeout=30)
-        r.raise_for_status()
-        return r.json()
-
-    def state(self, name: str) -> dict:
-        return self.admin(name, "state")
-
-    def stats(self, name: str) -> dict:
-        return self.admin(name, "stats")
-
-    def requests_to(self, name: str, method: str, path_suffix: str) -> int:
-        """How many ``method`` requests the emulator served on paths ending in ``path_suffix``."""
-        counts: dict[str, int] = self.stats(name)["counts"]
-        return sum(n for k, n in counts.items() if k.startswith(f"{method} ") and k.endswith(path_suffix))
-
-    def faults(self, name: str, **config: object) -> dict:
-        return self.admin(name, "faults", "POST", **config)
 
     def reset(self, seed: str = "demo", limits: bool = True) -> None:
         self.sandbox.reset(seed, limits=limits)

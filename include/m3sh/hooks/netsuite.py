@@ -28,6 +28,7 @@ from airflow.sdk import BaseHook
 from requests_oauthlib import OAuth1
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from m3sh.exceptions import ExternalApiError, M3shError, RetryableError
 from m3sh.hooks.limits import Slots, bucket_key, key_prefix, resolve_limiter_url, shared_slots
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,21 @@ def account_slots(account_id: str, limit: int = DEFAULT_CONCURRENCY, *, limiter_
     return shared_slots(key, limit, url=resolve_limiter_url(limiter_url), lease_s=lease_s)
 
 
-class NetSuiteError(Exception):
+class NetSuiteError(ExternalApiError):
     """A failed NetSuite call, with NetSuite's error code and exact detail text.
 
     ``status`` is 0 for transport failures (timeout, dropped connection). The message never
     contains credentials: it is built only from the record coordinates and NetSuite's answer.
+    Transient failures are raised as :class:`NetSuiteRetryableError` (also a ``RetryableError``).
     """
+
+    status: int  # always set: 0 when no response came
+
+    @classmethod
+    def of(cls, *args: Any, retryable: bool = False, **kwargs: Any) -> NetSuiteError:
+        """The error, as :class:`NetSuiteRetryableError` when ``retryable``."""
+        kind = NetSuiteRetryableError if retryable else cls
+        return kind(*args, retryable=retryable, **kwargs)
 
     def __init__(
         self,
@@ -92,7 +102,10 @@ class NetSuiteError(Exception):
         self.error_path = error_path
         self.retryable = retryable
         self.retry_after_s = retry_after_s
-        super().__init__(self._message())
+        self.system = "netsuite"
+        self.entity = record_type
+        # ExternalApiError's own message format would lose NetSuite's code and error path.
+        M3shError.__init__(self, self._message())
 
     def _message(self) -> str:
         what = self.record_type or "request"
@@ -117,6 +130,10 @@ class NetSuiteError(Exception):
     @property
     def is_not_found(self) -> bool:
         return self.status == 404
+
+
+class NetSuiteRetryableError(NetSuiteError, RetryableError):
+    """429, 503, or a 5xx / lost response of an idempotent call: safe to repeat."""
 
 
 @dataclass(frozen=True)
@@ -291,8 +308,8 @@ class NetSuiteHook(BaseHook):
                 resp = session.send(prepared, timeout=settings.timeout_s, **send_kwargs)
             except _TRANSPORT_ERRORS as exc:
                 # A lost response to a non-idempotent call may mean the write happened: don't repeat it.
-                raise NetSuiteError(0, "CONNECTION_ERROR", f"{type(exc).__name__}: no response from NetSuite",
-                                    retryable=idempotent, **ctx) from exc
+                raise NetSuiteError.of(0, "CONNECTION_ERROR", f"{type(exc).__name__}: no response from NetSuite",
+                                       retryable=idempotent, **ctx) from exc
         log.debug("NetSuite %s %s -> %s", method, path, resp.status_code)
         if resp.status_code < 400:
             return resp
@@ -314,7 +331,7 @@ class NetSuiteHook(BaseHook):
         # committed write, so only idempotent calls repeat them.
         retryable = status in {429, 503} or (status >= 500 and idempotent)
         retry_after = resp.headers.get("Retry-After")
-        return NetSuiteError(
+        return NetSuiteError.of(
             status, code or f"HTTP_{status}", detail, error_path=error_path, retryable=retryable,
             retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None, **ctx,
         )

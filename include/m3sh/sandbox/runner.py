@@ -349,6 +349,36 @@ class Sandbox:
     def status(self) -> dict[str, bool]:
         return {n: self._is_healthy(n) for n in self.names}
 
+    # -- admin API (what tests of users' DAGs seed and assert with) -----------------------------
+    def url(self, name: str) -> str:
+        return self.endpoints.url(name)
+
+    def admin(self, name: str, action: str, method: str = "GET", **body: object) -> dict[str, Any]:
+        """Call an emulator's ``/_sandbox/<action>`` (e.g. ``admin("m3ter", "run_billing", "POST",
+        accountIds=[...])``); the actions are listed in the README's sandbox section."""
+        r = requests.request(method, f"{self.url(name)}/_sandbox/{action}", json=body or None, timeout=30)
+        if r.status_code >= 400:
+            raise SandboxError(f"{name} admin {action}: HTTP {r.status_code} {r.text[:300]}")
+        result: dict[str, Any] = r.json()
+        return result
+
+    def state(self, name: str) -> dict[str, Any]:
+        """The emulator's stored state (records per account or object type)."""
+        return self.admin(name, "state")
+
+    def stats(self, name: str) -> dict[str, Any]:
+        """Requests served since the last reset: ``counts`` by ``"METHOD /path"``, ``recent``, ``statuses``."""
+        return self.admin(name, "stats")
+
+    def requests_to(self, name: str, method: str, path_suffix: str) -> int:
+        """How many ``method`` requests the emulator served on paths ending in ``path_suffix``."""
+        counts: dict[str, int] = self.stats(name)["counts"]
+        return sum(n for k, n in counts.items() if k.startswith(f"{method} ") and k.endswith(path_suffix))
+
+    def faults(self, name: str, **config: object) -> dict[str, Any]:
+        """Inject faults (``fail_next``, ``error_status``, ``drop_next`` ...) into the emulator."""
+        return self.admin(name, "faults", "POST", **config)
+
     def _seed_aws(self, seed: str) -> None:
         from m3sh.sandbox.aws_seed import seed_aws
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from m3sh.exceptions import ExternalApiError, RetryableError
 from m3sh.hooks.netsuite import NetSuiteError, NetSuiteHook
 from m3sh.sandbox.credentials import NETSUITE
 from m3sh.sandbox.seed import NETSUITE_ITEMS
@@ -159,6 +160,9 @@ def test_gives_up_after_max_attempts(hook: NetSuiteHook, conns: Any) -> None:
         customer(hook, "NEVER")
     assert info.value.status == 500 and not info.value.is_action_needed
     assert len(conns.stats("netsuite")["recent"]) == hook.settings.max_attempts
+    # One exception tree with the other systems: callers catch RetryableError / ExternalApiError.
+    assert isinstance(info.value, RetryableError) and isinstance(info.value, ExternalApiError)
+    assert info.value.system == "netsuite"
 
 
 def test_user_errors_are_not_retried(hook: NetSuiteHook, conns: Any) -> None:
@@ -167,6 +171,7 @@ def test_user_errors_are_not_retried(hook: NetSuiteHook, conns: Any) -> None:
     err = info.value
     assert (err.status, err.code, err.error_path) == (400, "INVALID_KEY_OR_REF", "entity")
     assert err.is_action_needed and not err.is_closed_period
+    assert isinstance(err, ExternalApiError) and not isinstance(err, RetryableError)
     assert conns.stats("netsuite")["counts"]["writes"] == 1
 
 
