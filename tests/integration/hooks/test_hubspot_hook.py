@@ -114,10 +114,12 @@ def test_get_associations_and_ensure_property(fresh_sandbox) -> None:  # type: i
 
 
 def test_rate_limiter_keeps_250_threaded_calls_under_the_limit(fresh_sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    # Same policy shape as HubSpot's 100/10 s, scaled to 50/1 s so the test takes seconds.
+    # Same policy shape as HubSpot's 100/10 s, scaled to 50/1 s so the test takes seconds. The client
+    # keeps 10 % under it: scaled down, a loaded machine's scheduling jitter (tens of ms) is a tenth of
+    # the window, and two calls sent a window apart can arrive less than one apart.
     fresh_sandbox.admin("hubspot", "rate_limit", "POST", ten_secondly=50, window_s=1)
     hook = HubSpotHook(_conn(monkeypatch, "hubspot_scaled", fresh_sandbox.url("hubspot"),
-                             rate_limit_requests=50, rate_limit_window_s=1))
+                             rate_limit_requests=45, rate_limit_window_s=1))
     ids = [c.hubspot_id for c in HUBSPOT_CUSTOMERS]
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -126,7 +128,7 @@ def test_rate_limiter_keeps_250_threaded_calls_under_the_limit(fresh_sandbox, mo
     assert len(got) == 250
     statuses = _statuses(fresh_sandbox)
     assert len(statuses) == 250 and set(statuses) == {200}  # no 429, hence no retries
-    assert elapsed >= 4.0  # 250 calls at <= 50 per second need at least four full windows
+    assert elapsed >= 4.0  # 250 calls at <= 45 per second need at least five full windows
 
 
 def test_retries_honour_retry_after_on_429_and_back_off_on_5xx(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]

@@ -284,3 +284,48 @@ def test_get_by_id_property_archive_and_archived_listing(client: HubSpot) -> Non
     assert [r.id for r in archived.results] == [customer.hubspot_id] and archived.results[0].archived
     live = client.crm.companies.get_all()
     assert customer.hubspot_id not in {r.id for r in live} and len(live) == len(HUBSPOT_CUSTOMERS) - 1
+
+
+def _raw(sb, method: str, path: str, body: object = None, invalid: str = "",  # type: ignore[no-untyped-def]
+         **params: str) -> requests.Response:
+    """A request as any client sends it; ``invalid`` says why the published spec refuses it too (the
+    spec guard then lets it reach the emulator, which must refuse it as well)."""
+    from m3sh.sandbox.specguard import expect_invalid
+
+    headers = {"Authorization": f"Bearer {credentials.HUBSPOT_TOKEN}", **(expect_invalid(invalid) if invalid else {})}
+    return requests.request(method, sb.url("hubspot") + path, json=body, params=params or None, timeout=30,
+                            headers=headers)
+
+
+def test_what_the_emulator_does_not_implement_is_refused_never_ignored(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
+    """Published connectors sent a top-level ``filters`` (answered unfiltered) and ``offset`` paging
+    (answered with the first page again): each is now HubSpot's 400, naming what was not understood."""
+    search = "/crm/v3/objects/companies/search"
+    flt = {"propertyName": "name", "operator": "EQ", "value": HUBSPOT_CUSTOMERS[0].name}
+    ok = _raw(fresh_sandbox, "POST", search, {"filterGroups": [{"filters": [flt]}], "limit": 5})
+    assert ok.status_code == 200 and ok.json()["total"] >= 1
+    assert ok.json()["total"] < len(HUBSPOT_CUSTOMERS)
+
+    top_level = _raw(fresh_sandbox, "POST", search, {"filters": [flt], "limit": 5}, invalid="top-level filters")
+    body = top_level.json()
+    assert top_level.status_code == 400 and body["category"] == "VALIDATION_ERROR" and body["status"] == "error"
+    assert 'Unrecognized field "filters"' in body["message"] and "column 2" in body["message"]
+    nested = _raw(fresh_sandbox, "POST", search, {"filterGroups": [{"filters": [{**flt, "negate": True}]}]},
+                  invalid="filter key negate")
+    assert nested.status_code == 400 and '"negate" (filterGroups.filters)' in nested.json()["message"]
+
+    paged = _raw(fresh_sandbox, "GET", "/crm/v3/objects/line_items", invalid="offset is no parameter of the list",
+                 offset="100", limit="10")
+    assert paged.status_code == 400 and "'offset'" in paged.json()["message"]
+    assert "after" in paged.json()["message"]  # what the endpoint does implement
+    history = _raw(fresh_sandbox, "GET", "/crm/v3/objects/companies", propertiesWithHistory="name")
+    assert history.status_code == 400 and "not implemented by the m3sh sandbox" in history.json()["message"]
+
+    read = "/crm/v3/objects/companies/batch/read"
+    ids = [{"id": HUBSPOT_CUSTOMERS[0].hubspot_id}]
+    assert _raw(fresh_sandbox, "POST", read, {"inputs": ids, "properties": ["name"],
+                                              "propertiesWithHistory": []}).status_code == 200
+    asked = _raw(fresh_sandbox, "POST", read, {"inputs": ids, "properties": [], "propertiesWithHistory": ["name"]})
+    assert asked.status_code == 400 and "not implemented by the m3sh sandbox" in asked.json()["message"]
+    # A refused request changed nothing and was answered before the route ran.
+    assert fresh_sandbox.requests_to("hubspot", "GET", "/crm/v3/objects/line_items") == 1

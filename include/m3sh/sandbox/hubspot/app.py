@@ -20,6 +20,7 @@ import hmac
 import json
 import math
 from typing import Any, cast
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m3sh.sandbox import credentials
 from m3sh.sandbox.common import ASGIApp, Emulator, Receive, Scope, Send, WindowLimiter
-from m3sh.sandbox.hubspot import routes_assoc, routes_objects, routes_properties
+from m3sh.sandbox.hubspot import routes_assoc, routes_objects, routes_properties, strict
 from m3sh.sandbox.hubspot.demo import seed_demo
 from m3sh.sandbox.hubspot.errors import HubSpotHTTPError, RecordError, error_body, rate_limit_body
 from m3sh.sandbox.hubspot.schema import LASTMOD_PROPERTY, canonical_type, iso_ms
@@ -325,9 +326,43 @@ class HubSpotEmulator(Emulator):
                     message = {**message, "headers": [*message.get("headers", []), *extra]}
                 await send(message)
 
+            refused, receive = await _refuse_unimplemented(scope, receive)
+            if refused is not None:
+                await _reply(send_with_headers, 400, refused)
+                return
             await api(scope, receive, send_with_headers)
 
         return gate
+
+
+async def _refuse_unimplemented(scope: Scope, receive: Receive) -> tuple[dict[str, Any] | None, Receive]:
+    """HubSpot's 400 for a query parameter or body key the route does not implement (see
+    :mod:`~m3sh.sandbox.hubspot.strict`), and a ``receive`` that replays the body it had to read."""
+    rule = strict.route_of(scope["method"], scope["path"])
+    if rule is None:
+        return None, receive
+    allowed, shape = rule
+    names = [k for k, _ in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)]
+    problem = strict.query_problem(names, allowed, scope["method"], scope["path"])
+    if problem is not None or shape is None:
+        return problem, receive
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    raw = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return cast("dict[str, Any]", await receive())
+
+    return strict.body_problem(raw, shape), cast("Receive", replay)
 
 
 async def _reply(
