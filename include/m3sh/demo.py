@@ -230,19 +230,123 @@ def _guide(env: AirflowEnv, sandbox_dir: Path) -> list[str]:
     ]
 
 
+def _cannot_start(root: Path, only: list[str] | None) -> str | None:
+    """Why the demo cannot start from ``root`` (exit code 2), or None."""
+    if not (root / "dags").is_dir():
+        return f"no dags/ folder in {root}: run from the m3sh checkout or pass --root"
+    known = [d for d, _ in existing_use_case_dags(root)]
+    if unknown := sorted(set(only or []) - set(known)):
+        return f"--only {', '.join(unknown)}: not a use-case DAG here (choose from {', '.join(known)})"
+    if not (venv_bin() / "airflow").exists():
+        return f"airflow is not installed next to {venv_bin()}: run `make demo` (it bootstraps .venv)"
+    return None
+
+
+def _run_stages(api: Any, use_cases: list[tuple[str, dict[str, Any]]],
+                endpoints: SandboxEndpoints) -> tuple[dict[str, str], dict[str, str]]:
+    """Trigger the use cases stage by stage; ``(run ids, final states)`` by DAG id.
+
+    In the order the data flows: accounts from the CRMs, then usage against them, then m3ter's bill
+    run (emulated), then what reads bills and balances side by side, then reconciliation (run beside
+    the invoice export it would report every bill still in flight as missing).
+    """
+    runs: dict[str, str] = {}
+    states: dict[str, str] = {}
+    for i, dag_ids in enumerate(DEMO_STAGES):
+        stage = [u for u in use_cases if u[0] in dag_ids]
+        if i == BILL_RUN_BEFORE_STAGE and stage:
+            _say(_bill_run(endpoints))
+        for dag_id, _ in stage:  # unpaused only now: see the module docstring
+            api.unpause(dag_id)
+        for dag_id, conf in stage:
+            runs[dag_id] = api.trigger(dag_id, conf, note="m3sh demo")
+            _say(f"triggered {dag_id} {conf}")
+        if stage:
+            states.update(api.wait_runs({d: runs[d] for d, _ in stage}, timeout_s=900))
+    for dag_id, conf in (u for u in use_cases if u[0] not in runs):  # a use case no stage names
+        api.unpause(dag_id)
+        runs[dag_id] = api.trigger(dag_id, conf, note="m3sh demo")
+        states.update(api.wait_runs({dag_id: runs[dag_id]}, timeout_s=900))
+    return runs, states
+
+
+def _report(api: Any, runs: dict[str, str], states: dict[str, str], endpoints: SandboxEndpoints) -> bool:
+    """Print each run's result, the summary and failed tasks; True when everything succeeded."""
+    _say("results:")
+    for dag_id, state in states.items():
+        _say(f"  {dag_id:<22} {state:<8} run {runs[dag_id]}")
+    for line in _summary(api, runs, endpoints):
+        _say(f"  {line}")
+    failed_tis = {d: [f"{t['task_id']}[{t['map_index']}]" if t.get("map_index", -1) >= 0 else t["task_id"]
+                      for t in api.task_instances(d, r) if t.get("state") in ("failed", "upstream_failed")]
+                  for d, r in runs.items()}
+    for dag_id, tis in failed_tis.items():
+        if tis:
+            _say(f"  {dag_id}: failed task(s) {', '.join(tis)} (see their logs in the UI)")
+    return all(s == "success" for s in states.values()) and not any(failed_tis.values())
+
+
+class _Standalone:
+    """``airflow standalone`` for the demo: started with the demo's config, pools and notification
+    channel; ``proc`` is set as soon as the process exists, so the caller can always stop it."""
+
+    def __init__(self, root: Path, home: Path, port: int, endpoints: SandboxEndpoints) -> None:
+        self.root, self.home, self.port, self.endpoints = root, home, port, endpoints
+        self.log_path = home / "standalone.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def died(self) -> str | None:
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"airflow standalone exited with {self.proc.returncode}; last log lines:\n{_tail(self.log_path)}"
+        return None
+
+    def wait_exit(self, guide: list[str]) -> int:
+        """Interactive: print the guide, wait until standalone exits (Ctrl-C raises out of here); its
+        exit code, never 0."""
+        for line in guide:
+            _say(line)
+        _say("Ctrl-C stops Airflow and the sandbox.")
+        while self.proc is not None and self.proc.poll() is None:
+            time.sleep(1)
+        _say(self.died() or "airflow standalone exited")
+        return (self.proc.returncode if self.proc is not None else 0) or 1
+
+    def start(self, once: bool, dag_ids: list[str]) -> tuple[AirflowEnv, Any]:
+        """Start it and wait until it is healthy with ``dag_ids`` parsed (all paused); ``(env, api)``."""
+        today = dt.datetime.now(dt.UTC).date()
+        # --once: no scheduled runs at all (only ours); interactive: the hourly schedule starts today.
+        start = today + dt.timedelta(days=365) if once else today
+        cfg_path = write_task_config(self.home, Path(os.environ["M3SH_CONFIG"]) if os.environ.get("M3SH_CONFIG")
+                                     else None, start_date=start, ui_base_url=f"http://localhost:{self.port}")
+        env = AirflowEnv(root=self.root, home=self.home, port=self.port, sandbox=self.endpoints,
+                         config_path=cfg_path)
+        _say(f"starting Airflow standalone (AIRFLOW_HOME={self.home}, SQLite, LocalExecutor); log: {self.log_path}")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([str(venv_bin() / "airflow"), "standalone"], stdout=log,
+                                         stderr=subprocess.STDOUT, env=env.env(), cwd=self.root,
+                                         start_new_session=True)
+        (self.home / PID_FILE).write_text(json.dumps({
+            "standalone_pgid": self.proc.pid, "demo_pid": os.getpid(), "port": self.port,
+            "sandbox_port_base": self.endpoints.port_base}))
+        api = env.api(progress=_say)
+        api.wait_healthy(timeout_s=600, alive=self.died)
+        _say(f"Airflow UI is up: {env.ui_url}  (login {ADMIN_USER} / {env.password})")
+        api.wait_dags(dag_ids, timeout_s=300, alive=self.died)
+        for dag_id in sorted(api.dag_ids()):  # an earlier interactive demo left them unpaused (same DB)
+            api.pause(dag_id)
+        for pool, slots in required_pools(load_config(cfg_path)).items():
+            done = api.ensure_pool(pool, slots, POOL_DESCRIPTION)
+            _say(f"pool {pool}: {slots} slot(s) ({done})")
+        _say(_sync_notifications(env, cfg_path, self.port))
+        return env, api
+
+
 def run_demo(root: Path, port: int = 8080, once: bool = False, only: list[str] | None = None) -> int:
     """Start the demo; return the process exit code (see the module docstring)."""
     t_start = time.monotonic()
     root = root.resolve()
-    if not (root / "dags").is_dir():
-        _say(f"no dags/ folder in {root}: run from the m3sh checkout or pass --root")
-        return 2
-    known = [d for d, _ in existing_use_case_dags(root)]
-    if unknown := sorted(set(only or []) - set(known)):
-        _say(f"--only {', '.join(unknown)}: not a use-case DAG here (choose from {', '.join(known)})")
-        return 2
-    if not (venv_bin() / "airflow").exists():
-        _say(f"airflow is not installed next to {venv_bin()}: run `make demo` (it bootstraps .venv)")
+    if problem := _cannot_start(root, only):
+        _say(problem)
         return 2
     home = Path(os.environ.get("M3SH_DEMO_AIRFLOW_HOME") or root / ".airflow").resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -260,95 +364,27 @@ def run_demo(root: Path, port: int = 8080, once: bool = False, only: list[str] |
     previous_handler = signal.signal(signal.SIGTERM, on_term)
     sandbox = Sandbox(root, endpoints)
     started_sandbox = False
-    proc: subprocess.Popen[bytes] | None = None
+    stack = _Standalone(root, home, port, endpoints)
     rc = 1
     try:
         started_sandbox = not sandbox.healthy()
         _say(f"starting the sandbox (demo seed) on ports {port_base + 1}-{port_base + 7}"
              if started_sandbox else "sandbox already running: resetting it to the demo seed")
         _with_progress("sandbox", lambda: sandbox.up(seed="demo"))
-
-        today = dt.datetime.now(dt.UTC).date()
-        # --once: no scheduled runs at all (only ours); interactive: the hourly schedule starts today.
-        start = today + dt.timedelta(days=365) if once else today
-        cfg_path = write_task_config(home, Path(os.environ["M3SH_CONFIG"]) if os.environ.get("M3SH_CONFIG")
-                                     else None, start_date=start, ui_base_url=f"http://localhost:{port}")
-        env = AirflowEnv(root=root, home=home, port=port, sandbox=endpoints, config_path=cfg_path)
-        log_path = home / "standalone.log"
-        _say(f"starting Airflow standalone (AIRFLOW_HOME={home}, SQLite, LocalExecutor); log: {log_path}")
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen([str(venv_bin() / "airflow"), "standalone"], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env.env(), cwd=root, start_new_session=True)
-        (home / PID_FILE).write_text(json.dumps({"standalone_pgid": proc.pid, "demo_pid": os.getpid(),
-                                                 "port": port, "sandbox_port_base": port_base}))
-
-        def died() -> str | None:
-            if proc is not None and proc.poll() is not None:
-                return f"airflow standalone exited with {proc.returncode}; last log lines:\n{_tail(log_path)}"
-            return None
-
-        api = env.api(progress=_say)
-        api.wait_healthy(timeout_s=600, alive=died)
-        _say(f"Airflow UI is up: {env.ui_url}  (login {ADMIN_USER} / {env.password})")
         use_cases = [u for u in existing_use_case_dags(root) if not only or u[0] in only]
-        api.wait_dags([d for d, _ in use_cases], timeout_s=300, alive=died)
-        for dag_id in sorted(api.dag_ids()):  # an earlier interactive demo left them unpaused (same DB)
-            api.pause(dag_id)
-
-        for pool, slots in required_pools(load_config(cfg_path)).items():
-            done = api.ensure_pool(pool, slots, POOL_DESCRIPTION)
-            _say(f"pool {pool}: {slots} slot(s) ({done})")
-        _say(_sync_notifications(env, cfg_path, port))
-
-        # In the order the data flows: accounts from the CRMs, then usage against them, then m3ter's
-        # bill run (emulated), then what reads bills and balances side by side, then reconciliation
-        # (run beside the invoice export it would report every bill still in flight as missing).
-        runs: dict[str, str] = {}
-        states: dict[str, str] = {}
-        for i, dag_ids in enumerate(DEMO_STAGES):
-            stage = [u for u in use_cases if u[0] in dag_ids]
-            if i == BILL_RUN_BEFORE_STAGE and stage:
-                _say(_bill_run(endpoints))
-            for dag_id, _ in stage:  # unpaused only now: see the module docstring
-                api.unpause(dag_id)
-            for dag_id, conf in stage:
-                runs[dag_id] = api.trigger(dag_id, conf, note="m3sh demo")
-                _say(f"triggered {dag_id} {conf}")
-            if stage:
-                states.update(api.wait_runs({d: runs[d] for d, _ in stage}, timeout_s=900))
-        for dag_id, conf in (u for u in use_cases if u[0] not in runs):  # a use case no stage names
-            api.unpause(dag_id)
-            runs[dag_id] = api.trigger(dag_id, conf, note="m3sh demo")
-            states.update(api.wait_runs({dag_id: runs[dag_id]}, timeout_s=900))
+        env, api = stack.start(once, [d for d, _ in use_cases])
+        runs, states = _run_stages(api, use_cases, endpoints)
         # Interactive: from now on every m3sh DAG runs on its schedule. --once: only the DAGs it
         # triggered were ever unpaused, so no catch-up crowds the executor and the result is deterministic.
         if not once:
             for dag_id in sorted(api.dag_ids()):
                 api.unpause(dag_id)
         _say(f"unpaused: {', '.join(sorted(runs)) if once else 'every m3sh DAG (on their schedules now)'}")
-
-        _say("results:")
-        for dag_id, state in states.items():
-            _say(f"  {dag_id:<22} {state:<8} run {runs[dag_id]}")
-        for line in _summary(api, runs, endpoints):
-            _say(f"  {line}")
-        failed_tis = {d: [f"{t['task_id']}[{t['map_index']}]" if t.get("map_index", -1) >= 0 else t["task_id"]
-                          for t in api.task_instances(d, r) if t.get("state") in ("failed", "upstream_failed")]
-                      for d, r in runs.items()}
-        for dag_id, tis in failed_tis.items():
-            if tis:
-                _say(f"  {dag_id}: failed task(s) {', '.join(tis)} (see their logs in the UI)")
-        ok = all(s == "success" for s in states.values()) and not any(failed_tis.values())
+        ok = _report(api, runs, states, endpoints)
         if once:
             _say(f"demo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - t_start:.0f}s; stopping")
             return 0 if ok else 1
-        for line in _guide(env, sandbox.dir):
-            _say(line)
-        _say("Ctrl-C stops Airflow and the sandbox.")
-        while proc.poll() is None:
-            time.sleep(1)
-        _say(f"airflow standalone exited with {proc.returncode}; last log lines:\n{_tail(log_path)}")
-        rc = proc.returncode or 1
+        rc = stack.wait_exit(guide=_guide(env, sandbox.dir))
     except (KeyboardInterrupt, _Stop):
         _say("stopping ...")
         rc = 0 if not once else 130
@@ -356,8 +392,8 @@ def run_demo(root: Path, port: int = 8080, once: bool = False, only: list[str] |
         _say(f"failed: {exc}")
         rc = 1
     finally:
-        if proc is not None:
-            pgid, child = proc.pid, proc
+        if stack.proc is not None:
+            pgid, child = stack.proc.pid, stack.proc
             _with_progress("stopping Airflow", lambda: _stop_group(pgid, child))
         (home / PID_FILE).unlink(missing_ok=True)
         if started_sandbox:

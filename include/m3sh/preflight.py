@@ -310,6 +310,9 @@ class FieldNeed:
         return self.kind != "read"
 
 
+_Need = Callable[[str, str, str, FieldNeed], None]
+
+
 def needed_salesforce(cfg: M3shConfig) -> dict[str, dict[str, dict[str, list[FieldNeed]]]]:
     """Per Salesforce connection: sObject -> field -> what the config does with it."""
     out: dict[str, dict[str, dict[str, list[FieldNeed]]]] = {}
@@ -318,38 +321,44 @@ def needed_salesforce(cfg: M3shConfig) -> dict[str, dict[str, dict[str, list[Fie
         out.setdefault(conn, {}).setdefault(sobject, {}).setdefault(name, []).append(fn)
 
     for src in cfg.crm.sources:
-        if src.type != "salesforce" or not src.enabled:
-            continue
-        why = f"crm.sources[{src.name}]"
-        need(src.conn_id, "Account", "Id", FieldNeed("read", why))
-        for canonical, name in src.account_fields.items():
-            need(src.conn_id, "Account", name, FieldNeed("read", f"{why}.account_fields.{canonical}"))
-        if src.write_back_field:
-            need(src.conn_id, "Account", src.write_back_field, FieldNeed("text", f"{why}.write_back_field"))
-        for sobject, names in SALESFORCE_READS.items():
-            for name in names:
-                need(src.conn_id, sobject, name, FieldNeed("read", why))
+        if src.type == "salesforce" and src.enabled:
+            _salesforce_source_needs(src, need)
     for src in _enabled_sources(cfg, "salesforce"):  # each org is written on its own connection
         for name, reasons in _crm_fields_of_rules(cfg, src).items.items():
             for why in reasons:
                 need(src.conn_id, "Account", name, FieldNeed("text", why))
+    statuses = ("Approved", "Posted") if "LOCKED" in cfg.invoicing.bill_states else ("Approved",)
     for dest in cfg.invoicing.destinations:
-        if not (isinstance(dest, SalesforceDestination) and dest.enabled):
-            continue
-        why = f"invoicing.destinations[{dest.name}]"
-        statuses = ("Approved", "Posted") if "LOCKED" in cfg.invoicing.bill_states else ("Approved",)
-        need(dest.conn_id, dest.invoice_object, dest.external_id_field,
-             FieldNeed("text", f"{why}.external_id_field", external_id=True))
-        for name, kind in INVOICE_FIELD_KINDS.items():
-            need(dest.conn_id, dest.invoice_object, name,
-                 FieldNeed(kind, why, picklist=statuses if name == "Status__c" else ()))
-        for sobject, mapping, key in (("Account", dest.account_fields, "account_fields"),
-                                      ("Opportunity", dest.opportunity_fields, "opportunity_fields")):
-            for value, name in mapping.items():
-                need(dest.conn_id, sobject, name,
-                     FieldNeed(STATUS_VALUE_KINDS[value], f"{why}.{key}.{value}",
-                               picklist=statuses if value == "status" else ()))
+        if isinstance(dest, SalesforceDestination) and dest.enabled:
+            _salesforce_destination_needs(dest, statuses, need)
     return out
+
+
+def _salesforce_source_needs(src: CrmSource, need: _Need) -> None:
+    why = f"crm.sources[{src.name}]"
+    need(src.conn_id, "Account", "Id", FieldNeed("read", why))
+    for canonical, name in src.account_fields.items():
+        need(src.conn_id, "Account", name, FieldNeed("read", f"{why}.account_fields.{canonical}"))
+    if src.write_back_field:
+        need(src.conn_id, "Account", src.write_back_field, FieldNeed("text", f"{why}.write_back_field"))
+    for sobject, names in SALESFORCE_READS.items():
+        for name in names:
+            need(src.conn_id, sobject, name, FieldNeed("read", why))
+
+
+def _salesforce_destination_needs(dest: SalesforceDestination, statuses: tuple[str, ...], need: _Need) -> None:
+    why = f"invoicing.destinations[{dest.name}]"
+    need(dest.conn_id, dest.invoice_object, dest.external_id_field,
+         FieldNeed("text", f"{why}.external_id_field", external_id=True))
+    for name, kind in INVOICE_FIELD_KINDS.items():
+        need(dest.conn_id, dest.invoice_object, name,
+             FieldNeed(kind, why, picklist=statuses if name == "Status__c" else ()))
+    for sobject, mapping, key in (("Account", dest.account_fields, "account_fields"),
+                                  ("Opportunity", dest.opportunity_fields, "opportunity_fields")):
+        for value, name in mapping.items():
+            need(dest.conn_id, sobject, name,
+                 FieldNeed(STATUS_VALUE_KINDS[value], f"{why}.{key}.{value}",
+                           picklist=statuses if value == "status" else ()))
 
 
 @dataclass(frozen=True)
@@ -695,6 +704,12 @@ class Preflight:
                 "token in the connection's password again if HubSpot shows a new one")
         else:
             yield passed(scopes_name, f"all {len(need.scopes.items)} granted ({_plural(need.scopes.items)})")
+        yield from self._hubspot_properties(hook, conn_id, need, granted)
+
+    @staticmethod
+    def _hubspot_properties(hook: Any, conn_id: str, need: HubSpotNeeds, granted: set[str]) -> Iterator[CheckResult]:
+        from m3sh.hooks.hubspot import HubSpotError
+
         for object_type, props, label in (("companies", need.company_properties, "company"),
                                           ("deals", need.deal_properties, "deal")):
             if not props:

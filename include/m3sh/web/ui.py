@@ -669,7 +669,13 @@ def create_app(
         doc["runs"] = {"data": runs.data, "error": runs.error, "notes": runs.notes}
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
 
-    # -- the audit trail of plan automation (m3sh.automation.audit) ---------------------------------
+    _audit_routes(app, sources)
+    return app
+
+
+def _audit_routes(app: FastAPI, sources: Callable[[], tuple[M3shConfig, Storage]]) -> None:
+    """The audit trail of plan automation (m3sh.automation.audit): page, JSON and CSV."""
+
     def audit_query(request: Request) -> tuple[AuditFilter, int]:
         from m3sh.automation.audit import AuditFilter, AuditQueryError
 
@@ -744,8 +750,6 @@ def create_app(
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         return StreamingResponse(chunks(), media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="m3sh-audit-trail-{stamp}.csv"', "Cache-Control": "no-store"})
-
-    return app
 
 
 _AUDIT_PARAMS = ("rule", "account", "outcome", "from", "to")
