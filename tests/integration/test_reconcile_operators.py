@@ -25,6 +25,7 @@ import pytest
 
 from m3sh.operators import (
     M3terBillsCollectOperator,
+    M3terBillsDeliverOperator,
     M3terBillsToNetSuiteOperator,
     M3terInvoiceRunSummaryOperator,
     M3terReconcileAccountsOperator,
@@ -172,4 +173,58 @@ def test_a_users_dag_reconciles_netsuite_reports_drift_and_resolution_without_m3
     # A further clean run has nothing to resolve.
     assert _run(reconcile)[0].state == "success"
     assert len([t for t in _slack(fresh_sandbox) if "resolved" in t]) == 1
+    assert no_m3sh_yaml.call_count == 0
+
+
+HUBSPOT = {"type": "hubspot", "name": "hubspot_deals", "conn_id": "hubspot_default"}
+
+
+def test_hubspot_deals_are_read_back_and_a_changed_summary_is_reported(
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+    """The invoice summary on each HubSpot customer's won deal is read back: clean after delivery;
+    a summary overwritten by hand is reported missing on that deal's bill, and nothing else."""
+    from airflow.sdk import DAG
+
+    from m3sh.hooks.hubspot import HubSpotHook
+    from m3sh.invoicing.ledger import S3Ledger
+
+    seeded = seed_bills(fresh_sandbox, n_usd=1, n_eur=4)
+    crm_of = {c.key: c.crm for c in seeded["customers"]}
+    on_hubspot = [b for b in seeded["bills"] if crm_of[b["accountCode"]] == "hubspot"]
+    assert len(on_hubspot) == 2
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"user-reconcile-hs-{tag}/"
+    with DAG(f"user_hubspot_{tag}", schedule=None, start_date=START) as deliver:
+        collect = M3terBillsCollectOperator(task_id="collect", destinations=["hubspot_deals"],
+                                            subsidiary_by_currency={"USD": "us", "EUR": "eu"},
+                                            crm_sources=CRM_SOURCES, full_scan=True, bucket=BUCKET, prefix=prefix)
+        M3terBillsDeliverOperator(task_id="deliver", staged=collect.output, destination=HUBSPOT, bucket=BUCKET,
+                                  prefix=prefix)
+    with DAG(f"user_reconcile_hs_{tag}", schedule=None, start_date=START) as reconcile:
+        bills = M3terReconcileBillsOperator(task_id="bills", destinations=[HUBSPOT], crm_sources=CRM_SOURCES,
+                                            bucket=BUCKET, prefix=prefix)
+        ReconcileReportOperator(task_id="report", bills=bills.output, bucket=BUCKET, prefix=prefix,
+                                report_name="hubspot")
+    for dag in (deliver, reconcile):
+        _register(dag)
+    assert deliver.test().state == "success"
+
+    run, states, out = _run(reconcile)
+    assert run.state == "success", states
+    assert out["bills"]["checked"]["hubspot_deals deals"] == 2 and out["bills"]["findings"] == 0
+    assert out["bills"]["checked"]["m3ter bills in scope"] == 2  # the Salesforce customers have no deal
+    assert not [n for n in out["bills"]["notes"] if "cannot be read back" in n]
+
+    # Someone overwrites one deal's invoice summary.
+    storage = Storage("aws_default", BUCKET, prefix)
+    changed = on_hubspot[0]
+    deal_id = S3Ledger(storage).entries("hubspot_deals")[changed["id"]]["remote_id"]
+    result = HubSpotHook().batch_update("deals", [{"id": deal_id, "properties": {"m3ter_last_invoice": "see email"}}])
+    assert result.ok
+    run, states, out = _run(reconcile)
+    assert run.state == "failed" and states["report"] == "failed", states
+    summary = storage.get_json(storage.key("reports", "hubspot", "latest.json"))
+    assert [(d["check"], d["destination"], d["bill_id"]) for d in summary["drift"]] == [
+        ("missing", "hubspot_deals", changed["id"])]
+    assert f"HubSpot deal {deal_id} shows no m3sh invoice" in summary["drift"][0]["detail"]
     assert no_m3sh_yaml.call_count == 0

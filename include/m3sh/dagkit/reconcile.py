@@ -32,7 +32,7 @@ def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
     cfg = cfg or get_config()
     with DAG(
         dag_id=DAG_ID,
-        description="CRM <-> m3ter accounts; m3ter bills <-> NetSuite accounts <-> Salesforce <-> S3 archive",
+        description="CRM <-> m3ter accounts; m3ter bills <-> NetSuite accounts, Salesforce, HubSpot, S3 archive",
         schedule=CronDataIntervalTimetable("0 6 * * *", timezone="UTC"),
         **common_dag_args(cfg, "invoicing", "reconcile"),
         params={
