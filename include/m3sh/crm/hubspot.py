@@ -114,3 +114,16 @@ def write_back_hubspot(source: CrmSource, items: list[dict[str, str]], hook: Hub
         raise RuntimeError(f"hubspot write-back failed for {len(result.failed)} compan(y/ies): "
                            + "; ".join(f"{inp.get('id')}: {why}" for inp, why in result.failed[:10]))
     return len(items)
+
+
+def read_account_links(source: CrmSource, hook: HubSpotHook | None = None) -> dict[str, dict[str, Any]]:
+    """Reconciliation's read-back of the portal: every company id -> ``{"m3ter_id", "currency"}`` (the
+    source's write-back property and ``currency`` account field; None where the source maps none)."""
+    hook = hook or HubSpotHook(hubspot_conn_id=source.conn_id)
+    cur_field = source.account_fields.get("currency")
+    out: dict[str, dict[str, Any]] = {}
+    for rec in hook.iter_objects("companies", [p for p in (source.write_back_field, cur_field) if p]):
+        props = _props(rec)
+        out[str(rec["id"])] = {"m3ter_id": props.get(source.write_back_field) if source.write_back_field else None,
+                               "currency": props.get(cur_field) if cur_field else None}
+    return out

@@ -108,3 +108,14 @@ def write_back_salesforce(source: CrmSource, items: list[dict[str, str]], sf: Sa
     for item in items:
         sf.update_record(item["crm_object"], item["crm_id"], {source.write_back_field: item["m3ter_id"]})
     return len(items)
+
+
+def read_account_links(source: CrmSource, sf: SalesforceSync | None = None) -> dict[str, dict[str, Any]]:
+    """Reconciliation's read-back of the org: every Account id -> ``{"m3ter_id", "currency"}`` (the
+    source's write-back field and ``currency`` account field; None where the source maps none)."""
+    sf = sf or SalesforceSync(conn_id=source.conn_id)
+    cur_field = source.account_fields.get("currency")
+    fields = ["Id"] + [f for f in (source.write_back_field, cur_field) if f]
+    return {str(rec["Id"]): {"m3ter_id": rec.get(source.write_back_field) if source.write_back_field else None,
+                             "currency": rec.get(cur_field) if cur_field else None}
+            for rec in sf.query(f"SELECT {', '.join(fields)} FROM Account", sobject="Account")}

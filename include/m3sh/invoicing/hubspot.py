@@ -9,6 +9,7 @@ so a repeated or forced delivery writes nothing and an older bill never replaces
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from m3sh.config import HubSpotDestination
@@ -17,6 +18,8 @@ from m3sh.invoicing.ledger import Ledger
 from m3sh.invoicing.models import EnrichedBill
 
 _SUMMARY = re.compile(r"^(?P<ref>\S+) (?P<date>\d{4}-\d{2}-\d{2}) ")
+_FULL_SUMMARY = re.compile(r"^(?P<ref>\S+) (?P<date>\d{4}-\d{2}-\d{2}) (?P<total>-?\d+(?:\.\d+)?) (?P<currency>\S+) "
+                           r"\(m3ter bill (?P<bill_id>[^)\s]+)\)$")
 
 
 def summary_value(bill: EnrichedBill) -> str:
@@ -27,6 +30,29 @@ def shown_invoice(value: Any) -> tuple[str | None, str | None]:
     """``(date, invoice)`` of the summary a deal shows now; ``(None, None)`` for anything else."""
     found = _SUMMARY.match(str(value or ""))
     return (found["date"], found["ref"]) if found else (None, None)
+
+
+def parse_summary(value: Any) -> dict[str, Any] | None:
+    """The parts of a summary :func:`summary_value` wrote (``invoice``, ``date``, ``total``,
+    ``currency``, ``bill_id``); None for anything else (empty, or edited by hand)."""
+    found = _FULL_SUMMARY.match(str(value or ""))
+    if not found:
+        return None
+    return {"invoice": found["ref"], "date": found["date"], "total": float(found["total"]),
+            "currency": found["currency"], "bill_id": found["bill_id"]}
+
+
+def read_deal_invoices(dest: HubSpotDestination, deal_ids: Sequence[str], hook: Any | None = None) -> dict[str, Any]:
+    """Reconciliation's read-back: the summary each deal shows in the destination's property
+    (``None`` when empty); deals HubSpot no longer has are absent."""
+    if not deal_ids:
+        return {}
+    if hook is None:
+        from m3sh.hooks.hubspot import HubSpotHook
+
+        hook = HubSpotHook(dest.conn_id)
+    deals = hook.batch_read("deals", sorted(set(deal_ids)), [dest.deal_property])
+    return {str(deal_id): (deal.get("properties") or {}).get(dest.deal_property) for deal_id, deal in deals.items()}
 
 
 class HubSpotDelivery(DestinationDelivery):

@@ -31,6 +31,11 @@ from m3sh.invoicing.models import BillLine, Delivery, EnrichedBill
 log = logging.getLogger(__name__)
 
 CORRECTION_TOLERANCE = 0.005
+# What reconciliation reads back: invoices and credit memos (negative totals), the currency as its
+# ISO code, and the external ids m3sh wrote (``<bill id>`` or ``<bill id>:cm|adj:<fingerprint>``).
+TRANSACTIONS_SUITEQL = ("SELECT t.id, t.tranid, t.externalid, t.type, t.foreigntotal, "
+                        "BUILTIN.DF(t.currency) AS currency FROM transaction t "
+                        "WHERE t.type IN ('CustInvc', 'CustCred') ORDER BY t.id")
 
 
 def item_for(dest: NetSuiteDestination, line: BillLine) -> str:
@@ -196,3 +201,9 @@ class NetSuiteDelivery:
         log.info("bill %s: invoice %s is locked; booked a %s of %.2f %s (%s)", bill.bill_id, invoice["id"],
                  label, abs(delta), bill.currency, eid)
         return rid, f"invoice locked (closed period): {label} {eid} for {abs(delta):.2f}"
+
+
+def read_transactions(dest: NetSuiteDestination, hook: NetSuiteHook | None = None) -> list[dict[str, Any]]:
+    """Every invoice and credit memo of the destination's NetSuite account, as
+    :func:`m3sh.invoicing.reconcile.compare_netsuite` reads them (reconciliation's read-back)."""
+    return list((hook or NetSuiteHook(dest.conn_id)).suiteql(TRANSACTIONS_SUITEQL))

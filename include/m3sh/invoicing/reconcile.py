@@ -1,8 +1,10 @@
 """Reconciliation: m3ter bills vs each destination's records (NetSuite via SuiteQL, Salesforce via
-SOQL, the S3 archive), and CRM accounts vs m3ter accounts, as a list of findings plus CSV/HTML.
+SOQL, the S3 archive, HubSpot deals), and CRM accounts vs m3ter accounts, as a list of findings
+plus CSV/HTML.
 
-The comparisons are pure functions over plain rows (:func:`compare_netsuite`, :func:`compare_archive`,
-...), so each rule is tested without systems; :class:`Reconciler` only gathers the rows.
+The comparisons are pure functions over plain rows (:func:`compare_netsuite`, :func:`compare_records`,
+:func:`compare_deals`, ...), so each rule is tested without systems; :mod:`m3sh.invoicing.reconcile_run`
+gathers the rows through each destination's reader (beside its delivery code).
 Amounts compare the ERP total with the sum of the 2-decimal line amounts m3sh sends (what the ERP
 can hold), netting credit memos and adjustment invoices (external ids ``<bill id>:...``).
 """
@@ -59,6 +61,8 @@ class ExpectedBill:
     total: float
     status: str = "Approved"
     bill_date: str = ""
+    invoice: str = ""  # the invoice reference CRM records show (m3ter's invoice number, else the bill id)
+    crm_record: str = ""  # the CRM record a CRM destination writes to (HubSpot: the deal)
 
 
 def _money(value: float) -> str:
@@ -130,6 +134,43 @@ def compare_records(system: str, dest: str, expected: dict[str, ExpectedBill],
         if bill_id not in known_bills:
             out.append(Finding("extra", system, dest, bill_id, "", "", "", "no such bill in m3ter (deleted?)"))
     return out
+
+
+def compare_deals(dest: str, expected: dict[str, ExpectedBill],
+                  shown: dict[str, dict[str, Any] | None]) -> tuple[list[Finding], int]:
+    """HubSpot: a deal shows one summary, its customer's latest invoice. ``shown``: deal id -> the
+    parsed summary (``bill_id``, ``invoice``, ``date``, ``total``, ``currency``; None when empty or
+    not m3sh's); a deal HubSpot no longer has is absent. Per deal the latest expected bill (bill
+    date, then invoice) must be shown, unless the deal shows a later invoice (one outside the
+    period); earlier bills of a deal were superseded there and cannot be checked.
+
+    Returns ``(findings, deals checked)``."""
+    latest: dict[str, ExpectedBill] = {}
+    for bill in expected.values():
+        current = latest.get(bill.crm_record)
+        if bill.crm_record and (current is None or (bill.bill_date[:10], bill.invoice)
+                                > (current.bill_date[:10], current.invoice)):
+            latest[bill.crm_record] = bill
+    out: list[Finding] = []
+    for deal_id, bill in sorted(latest.items()):
+        if deal_id not in shown:
+            out.append(Finding("missing", "hubspot", dest, bill.bill_id, bill.account, _money(bill.total), "",
+                               f"HubSpot deal {deal_id} not found (deleted or merged?)"))
+            continue
+        got = shown[deal_id]
+        if got is not None and got.get("bill_id") == bill.bill_id:
+            where = f"HubSpot deal {deal_id}"
+            if abs(float(got.get("total") or 0.0) - bill.total) > AMOUNT_TOLERANCE:
+                out.append(Finding("amount_mismatch", "hubspot", dest, bill.bill_id, bill.account, _money(bill.total),
+                                   _money(float(got.get("total") or 0.0)), where))
+            if got.get("currency") and str(got["currency"]).upper() != bill.currency.upper():
+                out.append(Finding("currency_mismatch", "hubspot", dest, bill.bill_id, bill.account, bill.currency,
+                                   str(got["currency"]), where))
+        elif got is None or (str(got.get("date")), str(got.get("invoice"))) < (bill.bill_date[:10], bill.invoice):
+            what = f"invoice {got.get('invoice')} of {got.get('date')}" if got else "no m3sh invoice"
+            out.append(Finding("missing", "hubspot", dest, bill.bill_id, bill.account, _money(bill.total), "",
+                               f"HubSpot deal {deal_id} shows {what}"))
+    return out, len(latest)
 
 
 def compare_accounts(m3ter_links: dict[str, list[tuple[str, str, str]]],

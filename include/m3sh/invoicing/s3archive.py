@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from m3sh.config import S3Destination
@@ -56,3 +57,16 @@ class S3ArchiveDelivery(DestinationDelivery):
         self.storage.put_bytes(json_key, json.dumps(archive_json(bill), indent=1).encode(), "application/json")
         self.storage.put_bytes(csv_key, archive_csv(bill), "text/csv")
         return "delivered", json_key, f"archived at {self.storage.uri(json_key)}"
+
+
+def read_archived(dest: S3Destination, bill_dates: Mapping[str, str],
+                  storage: Storage | None = None) -> dict[str, dict[str, Any]]:
+    """Reconciliation's read-back: the archived JSON of each bill (``bill_dates``: bill id -> bill
+    date, which places it) that exists, as ``{"total", "currency"}``."""
+    storage = storage or Storage(dest.conn_id, dest.bucket)
+    found: dict[str, dict[str, Any]] = {}
+    for bill_id, bill_date in bill_dates.items():
+        data = storage.get_json(archive_keys(dest, bill_id, bill_date)[0])
+        if isinstance(data, dict):
+            found[bill_id] = {"total": data.get("erp_total"), "currency": data.get("currency")}
+    return found

@@ -12,10 +12,11 @@ The invoice status is part of what the ledger compares, so a bill locked in m3te
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from m3sh.config import InvoiceStatusValue, SalesforceDestination
+from m3sh.config import SF_FIELD_NAME, InvoiceStatusValue, SalesforceDestination
 from m3sh.invoicing.base import DestinationDelivery, KeyedLocks, invoice_ref, shows_newer
 from m3sh.invoicing.ledger import Ledger
 from m3sh.invoicing.models import EnrichedBill
@@ -132,3 +133,22 @@ class SalesforceDelivery(DestinationDelivery):
                 return f"{sobject} {record_id} already shows it"
             self.sync.update_record(sobject, record_id, changes)
         return f"{sobject} {record_id}: {', '.join(changes)} set"
+
+
+def read_invoices(dest: SalesforceDestination, sync: Any | None = None) -> dict[str, dict[str, Any]]:
+    """Reconciliation's read-back: every invoice record of the destination's org by bill id (its
+    external id field), as ``{"total", "currency", "status"}`` (the fields :func:`invoice_fields` writes)."""
+    # The object and field names go into SOQL as they are: refuse anything but API names (a
+    # destination need not come from a validated file).
+    bad = [n for n in (dest.invoice_object, dest.external_id_field) if not re.fullmatch(SF_FIELD_NAME, n)]
+    if bad:
+        raise ValueError(f"salesforce {dest.name}: {bad} are not Salesforce API names")
+    if sync is None:
+        from m3sh.hooks.salesforce import SalesforceSync
+
+        sync = SalesforceSync(conn_id=dest.conn_id)
+    eid = dest.external_id_field
+    rows = sync.query(f"SELECT {eid}, Amount__c, Currency__c, Status__c FROM {dest.invoice_object}",  # noqa: S608
+                      sobject=dest.invoice_object)
+    return {str(r[eid]): {"total": r.get("Amount__c"), "currency": r.get("Currency__c"), "status": r.get("Status__c")}
+            for r in rows if r.get(eid)}

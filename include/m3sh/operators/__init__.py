@@ -26,6 +26,11 @@ if TYPE_CHECKING:
         M3terSetCustomFieldsOperator,
         M3terSwitchPlanOperator,
     )
+    from m3sh.operators.reconcile import (
+        M3terReconcileAccountsOperator,
+        M3terReconcileBillsOperator,
+        ReconcileReportOperator,
+    )
     from m3sh.operators.usage import S3UsageToM3terOperator
 
 _MODULES = {
@@ -35,8 +40,11 @@ _MODULES = {
     "M3terBillsDeliverOperator": "m3sh.operators.invoicing",
     "M3terBillsToNetSuiteOperator": "m3sh.operators.invoicing",
     "M3terInvoiceRunSummaryOperator": "m3sh.operators.invoicing",
+    "M3terReconcileAccountsOperator": "m3sh.operators.reconcile",
+    "M3terReconcileBillsOperator": "m3sh.operators.reconcile",
     "M3terSetCustomFieldsOperator": "m3sh.operators.m3ter",
     "M3terSwitchPlanOperator": "m3sh.operators.m3ter",
+    "ReconcileReportOperator": "m3sh.operators.reconcile",
     "S3UsageToM3terOperator": "m3sh.operators.usage",
 }
 __all__ = [
@@ -46,8 +54,11 @@ __all__ = [
     "M3terBillsDeliverOperator",
     "M3terBillsToNetSuiteOperator",
     "M3terInvoiceRunSummaryOperator",
+    "M3terReconcileAccountsOperator",
+    "M3terReconcileBillsOperator",
     "M3terSetCustomFieldsOperator",
     "M3terSwitchPlanOperator",
+    "ReconcileReportOperator",
     "S3UsageToM3terOperator",
 ]
 
