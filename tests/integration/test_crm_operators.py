@@ -9,7 +9,8 @@
   backfill of a past hour re-syncs only the record changed in that hour (the data interval comes
   from the context);
 * ``HubSpotToM3terOperator`` given a ``CrmSource`` in an unscheduled DAG (a run without a data
-  interval reads every record).
+  interval reads every record);
+* a failed m3ter write (a plan m3ter lacks) fails the task naming each, after the rest is written.
 
 Writes are read back through the emulators' APIs; "writes nothing" is the emulators' own count
 of mutating requests. As in tests/integration/test_operators_in_user_dag.py, the config loader is
@@ -256,4 +257,24 @@ def test_hubspot_operator_given_a_source_syncs_every_record_of_an_unscheduled_ru
     second = run()["hubspot_to_m3ter"]
     assert _writes(fresh_sandbox) == before
     assert second["counts"] == {"customers": 2, "m3ter_writes": 0, "write_backs": 0} and second["written"] == 0
+    assert no_m3sh_yaml.call_count == 0
+
+
+def test_a_failed_m3ter_write_fails_the_task_by_name_after_the_rest_is_written(
+        fresh_sandbox: Any, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+    """A plan missing in m3ter fails each customer's account plan; the accounts, contracts, mappings
+    and write-backs still happen, and the task fails naming each failed write."""
+    from m3sh.dagkit.errors import RunFailed
+
+    customers = _pick("salesforce", 2)
+    op = SalesforceToM3terOperator(task_id="sf", account_fields=SF_FIELDS, write_back_field="M3ter_Account_Id__c",
+                                   default_plan="no_such_plan", accounts=[c.domain for c in customers],
+                                   full_resync=True, bucket=BUCKET, prefix=f"user-sf-fail-{uuid.uuid4().hex[:8]}/")
+    with pytest.raises(RunFailed, match=r"^sf: 2 m3ter write\(s\) failed: account_plan .*plan 'no_such_plan'") as err:
+        op.execute({"run_id": "manual__fail"})  # type: ignore[arg-type]
+    assert sorted(err.value.records) == sorted(c.key for c in customers)
+    hook = _m3ter()
+    ids = {c.key: hook.find_account(c.key)["id"] for c in customers}
+    assert _salesforce_ids([str(c.salesforce_id) for c in customers]) == {
+        c.salesforce_id: ids[c.key] for c in customers}
     assert no_m3sh_yaml.call_count == 0

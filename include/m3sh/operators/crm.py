@@ -22,6 +22,7 @@ Templated ``accounts``, ``full_resync`` and ``preview`` (a dry run: BaseOperator
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -103,7 +104,8 @@ def _flag(task_id: str, name: str, value: Any) -> bool:
     return bool(_native(task_id, name, value, bool))
 
 
-def _window(task_id: str, context: Context, full_resync: Any, lookback_minutes: int) -> tuple[Any, Any]:
+def _window(task_id: str, context: Context, full_resync: Any,
+            lookback_minutes: int) -> tuple[dt.datetime, dt.datetime]:
     from m3sh.crm.run import window
 
     # The run's data interval, so a backfill re-syncs exactly the records changed in its window.
