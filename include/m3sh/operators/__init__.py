@@ -1,5 +1,5 @@
-"""Operators for users' own DAGs: m3ter plan actions, S3 usage ingest and m3ter bills -> NetSuite
-(or any m3sh invoice destination), no ``m3sh.yaml`` needed.
+"""Operators for users' own DAGs: m3ter plan actions, S3 usage ingest, CRM (Salesforce, HubSpot) ->
+m3ter and m3ter bills -> NetSuite (or any m3sh invoice destination), no ``m3sh.yaml`` needed.
 
 Each takes typed keyword arguments, templates the fields users template, writes idempotently and
 returns a JSON-safe dict (XCom). See ``docs/operators.md`` for an example DAG.
@@ -14,6 +14,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from m3sh.operators.crm import (
+        CrmExtractOperator,
+        CrmToM3terSyncOperator,
+        CrmWriteBackOperator,
+        HubSpotToM3terOperator,
+        SalesforceToM3terOperator,
+    )
     from m3sh.operators.invoicing import (
         M3terBillsCollectOperator,
         M3terBillsDeliverOperator,
@@ -34,6 +41,10 @@ if TYPE_CHECKING:
     from m3sh.operators.usage import S3UsageToM3terOperator
 
 _MODULES = {
+    "CrmExtractOperator": "m3sh.operators.crm",
+    "CrmToM3terSyncOperator": "m3sh.operators.crm",
+    "CrmWriteBackOperator": "m3sh.operators.crm",
+    "HubSpotToM3terOperator": "m3sh.operators.crm",
     "M3terBalanceOperator": "m3sh.operators.m3ter",
     "M3terBaseOperator": "m3sh.operators.m3ter",
     "M3terBillsCollectOperator": "m3sh.operators.invoicing",
@@ -46,8 +57,13 @@ _MODULES = {
     "M3terSwitchPlanOperator": "m3sh.operators.m3ter",
     "ReconcileReportOperator": "m3sh.operators.reconcile",
     "S3UsageToM3terOperator": "m3sh.operators.usage",
+    "SalesforceToM3terOperator": "m3sh.operators.crm",
 }
 __all__ = [
+    "CrmExtractOperator",
+    "CrmToM3terSyncOperator",
+    "CrmWriteBackOperator",
+    "HubSpotToM3terOperator",
     "M3terBalanceOperator",
     "M3terBaseOperator",
     "M3terBillsCollectOperator",
@@ -60,6 +76,7 @@ __all__ = [
     "M3terSwitchPlanOperator",
     "ReconcileReportOperator",
     "S3UsageToM3terOperator",
+    "SalesforceToM3terOperator",
 ]
 
 
