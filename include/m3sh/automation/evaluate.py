@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from m3sh import layout
 from m3sh.automation import rules as R
 from m3sh.automation.rules import Firing
 from m3sh.config import TriggerRule
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PAGE = 100  # m3ter's maximum pageSize for balances, contracts and accounts
 CREDIT_LOOKUP_CONCURRENCY = 8
-CREDITS_OBJECT = ("triggers", "balance-credits.json")  # the workers' credit cache, under storage.prefix
 
 
 @dataclass
@@ -72,7 +72,7 @@ class CreditsCache:
 
     def load(self) -> CreditsCache:
         if self.storage is not None:
-            self.entries = self.storage.get_json(self.storage.key(*CREDITS_OBJECT)) or {}
+            self.entries = self.storage.get_json(layout.balance_credits(self.storage)) or {}
         return self
 
     def get(self, balance: Mapping[str, Any]) -> float | None:
@@ -94,7 +94,7 @@ class CreditsCache:
                 del self.entries[k]
             self.dirty = self.dirty or bool(stale)
         if self.dirty and self.storage is not None:
-            self.storage.put_json(self.storage.key(*CREDITS_OBJECT), self.entries)
+            self.storage.put_json(layout.balance_credits(self.storage), self.entries)
         self.dirty = False
 
 

@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from m3sh import layout
+
 if TYPE_CHECKING:
     from m3sh.automation.rules import Firing
     from m3sh.storage import Storage
@@ -67,25 +69,25 @@ LIST_PAGE = 1000  # ListObjectsV2's maximum (and default) page size
 READ_THREADS = 8
 
 
-# ------------------------------------------------------------------------ S3 key layout (one place)
-# ``root`` is the storage prefix (``storage.prefix``, e.g. ``m3sh/``). Pure functions, so the
-# layout can move to a shared module of key layouts without touching its callers' logic.
+# ------------------------------------------------------------------------ S3 key layout
+# Under m3sh.layout's ``triggers/``; ``root`` is the storage prefix (``storage.prefix``, e.g. ``m3sh/``):
+# the index is listed and parsed as raw keys.
 def ledger_prefix(root: str) -> str:
-    return f"{root}triggers/ledger/"
+    return f"{layout.triggers_prefix(root)}ledger/"
 
 
 def final_prefix(root: str) -> str:
-    return f"{root}triggers/final/"
+    return f"{layout.triggers_prefix(root)}final/"
 
 
 def index_prefix(root: str) -> str:
-    return f"{root}triggers/index/"
+    return f"{layout.triggers_prefix(root)}index/"
 
 
 def index_meta_key(root: str) -> str:
     """Where :meth:`Ledger.backfill_index` records that every ledger entry is indexed (outside
     :func:`index_prefix`, so listings of the index never see it)."""
-    return f"{root}triggers/index-meta.json"
+    return f"{layout.triggers_prefix(root)}index-meta.json"
 
 
 def firing_rule(firing_key: str) -> str:

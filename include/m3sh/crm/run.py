@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from m3sh import layout
 from m3sh.config import CrmSource, M3shConfig
 from m3sh.storage import Storage
 
@@ -32,17 +33,12 @@ ERRORS_IN_MESSAGE = 10
 
 
 # ------------------------------------------------------------------------------------- key layout
-def safe_run_id(run_id: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
-
-
 def staging_key(storage: Storage, dag_id: str, run_id: str, name: str) -> str:
-    return storage.key("staging", dag_id, safe_run_id(run_id), f"{name}.jsonl")
+    return layout.staging(storage, dag_id, run_id, f"{name}.jsonl")
 
 
 def report_key(storage: Storage, dag_id: str, run_id: str) -> str:
-    # The raw run id, as the m3sh UI page links reports to runs by it.
-    return storage.key("reports", dag_id, f"{run_id}.json")
+    return layout.crm_run_report(storage, dag_id, run_id)
 
 
 # ----------------------------------------------------------------------------------------- window

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from m3sh import layout
 from m3sh.config import (
     HubSpotDestination,
     M3shConfig,
@@ -141,7 +142,7 @@ def mark_exported(m3ter: Any, field: str, bills: list[EnrichedBill], exported: d
     latest: dict[str, tuple[EnrichedBill, list[str]]] = {}
     for bill in bills:
         if bill.bill_id in exported:
-            storage.put_json(storage.key("state", "invoicing", "exported", f"{bill.bill_id}.json"),
+            storage.put_json(layout.exported_marker(storage, bill.bill_id),
                              {"bill_id": bill.bill_id, "account_id": bill.account_id, "exported_at": stamp,
                               "destinations": exported[bill.bill_id], "fingerprint": bill.fingerprint})
             latest[bill.account_id] = (bill, exported[bill.bill_id])

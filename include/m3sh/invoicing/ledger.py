@@ -13,6 +13,7 @@ import datetime as dt
 import threading
 from typing import Any, Protocol
 
+from m3sh import layout
 from m3sh.storage import Storage
 
 
@@ -33,8 +34,7 @@ class S3Ledger:
         self.storage = storage
 
     def _key(self, destination: str, key: str) -> str:
-        safe = "".join(ch if ch.isalnum() or ch in "-_.:" else "_" for ch in key)
-        return self.storage.key("state", "invoicing", "ledger", destination, f"{safe}.json")
+        return layout.delivery_ledger(self.storage, destination, key)
 
     def get(self, destination: str, key: str) -> dict[str, Any] | None:
         value = self.storage.get_json(self._key(destination, key))
@@ -44,7 +44,7 @@ class S3Ledger:
         self.storage.put_json(self._key(destination, key), {**entry, "recorded_at": now_iso()})
 
     def prefix(self, destination: str) -> str:
-        return self.storage.key("state", "invoicing", "ledger", destination) + "/"
+        return layout.delivery_ledger_prefix(self.storage, destination)
 
     def entries(self, destination: str) -> dict[str, dict[str, Any]]:
         """Every bill entry of a destination (customer entries, keyed ``customer:...``, excluded)."""

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from m3sh import layout
 from m3sh.config import (
     CrmSource,
     HubSpotDestination,
@@ -237,8 +238,7 @@ def load_findings(storage: Storage, keys: Iterable[str]) -> list[Finding]:
 # ------------------------------------------------------------------------------------- report
 def report_keys(storage: Storage, day: str, name: str = REPORT_NAME) -> tuple[str, str, str]:
     """``(report.html, report.csv, latest.json)``."""
-    return (storage.key("reports", name, day, "report.html"), storage.key("reports", name, day, "report.csv"),
-            storage.key("reports", name, "latest.json"))
+    return layout.reconcile_reports(storage, name, day)
 
 
 def write_report(storage: Storage, findings: list[Finding], *, checked: dict[str, int], notes: list[str],

@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from m3sh import layout
 from m3sh.config import M3shConfig
 from m3sh.invoicing.deliver import Deliverer, deliver_batch, exported_destinations, fetch_bills, mark_exported
 from m3sh.invoicing.models import Delivery, EnrichedBill
@@ -32,12 +33,8 @@ PROBLEMS_IN_MESSAGE = 20
 
 
 # ------------------------------------------------------------------------------------- key layout
-def safe_run_id(run_id: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
-
-
 def staging_key(storage: Storage, dag_id: str, run_id: str, *parts: str) -> str:
-    return storage.key("staging", dag_id, safe_run_id(run_id), *parts)
+    return layout.staging(storage, dag_id, run_id, *parts)
 
 
 def results_prefix(storage: Storage, dag_id: str, run_id: str) -> str:
@@ -46,8 +43,7 @@ def results_prefix(storage: Storage, dag_id: str, run_id: str) -> str:
 
 def report_keys(storage: Storage, dag_id: str, run_id: str) -> tuple[str, str]:
     """``(this run's summary, latest.json)``."""
-    return (storage.key("reports", dag_id, "runs", f"{safe_run_id(run_id)}.json"),
-            storage.key("reports", dag_id, "latest.json"))
+    return layout.invoice_run_reports(storage, dag_id, run_id)
 
 
 def load_bills(storage: Storage, key: str, wanted: set[str] | None = None) -> list[EnrichedBill]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from m3sh import layout
 from m3sh.config import M3shConfig, Notifier
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class OpenAlerts:
         self.storage = storage
 
     def key(self, dag_id: str, task_id: str) -> str:
-        return str(self.storage.key("alerts", "open", dag_id, f"{task_id}.json"))
+        return layout.open_alert(self.storage, dag_id, task_id)
 
     def get(self, dag_id: str, task_id: str) -> dict[str, Any] | None:
         value = self.storage.get_json(self.key(dag_id, task_id))

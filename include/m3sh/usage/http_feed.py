@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from m3sh import layout
 from m3sh.config import UsageFeed
 from m3sh.exceptions import InvalidRecord
 from m3sh.hooks.m3ter import M3terHook, measurement_batches
@@ -71,8 +72,7 @@ def ingest_http_feed(
     t0 = time.monotonic()
     window = f"{_iso(start) or 'begin'}..{_iso(end) or 'now'}"
     source = f"{feed.endpoint}?{window}"
-    mkey = state.key("manifests", "usage", feed.name,
-                     hashlib.sha256(window.encode()).hexdigest()[:24] + ".json")
+    mkey = layout.usage_manifest(state, feed.name, hashlib.sha256(window.encode()).hexdigest()[:24])
     windowed = start is not None and end is not None
     previous = state.get_json(mkey) if windowed else None
     if previous and previous.get("status") == "complete":
@@ -107,8 +107,8 @@ def ingest_http_feed(
     result.seconds = round(time.monotonic() - t0, 3)
     result.finished_at = dt.datetime.now(dt.UTC).isoformat()
     if dead:
-        result.dead_letter_key = state.key("dead-letter", "usage", feed.name,
-                                           hashlib.sha256(window.encode()).hexdigest()[:24] + ".jsonl")
+        result.dead_letter_key = layout.usage_dead_letter(state, feed.name,
+                                                          hashlib.sha256(window.encode()).hexdigest()[:24])
         state.put_bytes(result.dead_letter_key, "".join(json.dumps(d, default=str) + "\n" for d in dead).encode(),
                         "application/x-ndjson")
     if windowed and not dry_run:

@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
+from m3sh import layout
 from m3sh.config import UsageFeed
 from m3sh.exceptions import InvalidRecord
 from m3sh.hooks.m3ter import M3terHook, measurement_batches
@@ -90,7 +91,7 @@ class AccountLookup:
 
 def manifest_key(storage: Storage, feed: str, key: str, etag: str) -> str:
     digest = hashlib.sha256(f"{key}|{etag}".encode()).hexdigest()[:24]
-    return storage.key("manifests", "usage", feed, f"{digest}.json")
+    return layout.usage_manifest(storage, feed, digest)
 
 
 class _Progress:
@@ -288,7 +289,7 @@ def ingest_s3_object(
             result.status = "complete"
     result.seconds = round(time.monotonic() - t0, 3)
     if result.rejected:
-        result.dead_letter_key = state.key("dead-letter", "usage", feed.name, key + ".jsonl")
+        result.dead_letter_key = layout.usage_dead_letter(state, feed.name, key)
         dead.seek(0)
         state.put_bytes(result.dead_letter_key, dead.read(), "application/x-ndjson")
         log.warning("%s: %d invalid row(s) dead-lettered to %s", source, result.rejected,

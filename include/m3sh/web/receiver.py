@@ -68,6 +68,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from m3sh import layout
+
 log = logging.getLogger(__name__)
 ASSET_URI = "m3sh://m3ter/notifications"
 WEBHOOK_CONN_ID = "m3ter_webhook"
@@ -268,7 +270,7 @@ class S3ReplayGuard:
         self.memory = MemoryReplayGuard()
 
     def _key(self, event_id: str) -> str:
-        return str(self.storage.key("webhooks", "seen", hashlib.sha256(event_id.encode()).hexdigest() + ".json"))
+        return layout.webhook_seen(self.storage, event_id)
 
     def first_time(self, event_id: str) -> bool:
         if not self.memory.first_time(event_id):

@@ -49,6 +49,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from m3sh import layout
+
 if TYPE_CHECKING:
     import httpx
 
@@ -116,7 +118,7 @@ class StatusReader:
 
     # -- sections -----------------------------------------------------------------------------
     def crm(self) -> Section:
-        prefix = self.storage.key("reports", CRM_DAG) + "/"
+        prefix = layout.reports_prefix(self.storage, CRM_DAG)
         objs, total = self._newest(prefix, flat=True)
         reports = []
         for obj, rep in zip(objs, self._read_many(o["Key"] for o in objs), strict=True):
@@ -146,7 +148,7 @@ class StatusReader:
         return Section(data={"per_source": per_source, "runs": reports}, notes=notes)
 
     def usage(self) -> Section:
-        prefix = self.storage.key("manifests", "usage") + "/"
+        prefix = layout.usage_manifests_prefix(self.storage)
         objs, total = self._newest(prefix)
         feeds: dict[str, dict[str, Any]] = {f.name: {"feed": f.name, "files": 0, "rows_read": 0, "accepted": 0,
                                                      "rejected": 0, "failed_files": 0, "last_at": None}
@@ -163,7 +165,7 @@ class StatusReader:
                 feed[k] += int(man.get(k) or 0)
             if man.get("finished_at") and (feed["last_at"] is None or man["finished_at"] > feed["last_at"]):
                 feed["last_at"] = man["finished_at"]
-        dl_prefix = self.storage.key("dead-letter", "usage") + "/"
+        dl_prefix = layout.usage_dead_letters_prefix(self.storage)
         dead, dl_total = self._newest(dl_prefix, suffix=".jsonl")
         dl_feeds: dict[str, dict[str, Any]] = {}
         for obj in self.storage.list_keys(dl_prefix):
@@ -184,10 +186,10 @@ class StatusReader:
                              "dead_letter_files": dl_total, "recent_dead_letters": recent_dead}, notes=notes)
 
     def invoices(self) -> Section:
-        latest = self.storage.get_json(self.storage.key("reports", INVOICE_DAG, "latest.json"))
+        latest = self.storage.get_json(layout.latest_report(self.storage, INVOICE_DAG))
         ledger: dict[str, int] = {}
         for dest in self.cfg.invoicing.destinations:
-            prefix = self.storage.key("state", "invoicing", "ledger", dest.name) + "/"
+            prefix = layout.delivery_ledger_prefix(self.storage, dest.name)
             ledger[dest.name] = sum(1 for o in self.storage.list_keys(prefix)
                                     if not o["Key"][len(prefix):].startswith("customer"))
         destinations = []
@@ -206,7 +208,7 @@ class StatusReader:
                              "s3_requests": page.s3_requests}, notes=page.notes)
 
     def reconcile(self) -> Section:
-        return Section(data=self.storage.get_json(self.storage.key("reports", "reconcile", "latest.json")))
+        return Section(data=self.storage.get_json(layout.latest_report(self.storage, "reconcile")))
 
     def snapshot(self) -> dict[str, Section]:
         parts = {"crm": self.crm, "usage": self.usage, "invoices": self.invoices, "triggers": self.triggers,
