@@ -1,5 +1,5 @@
-"""Operators for users' own DAGs: m3ter plan actions, S3 usage ingest and m3ter bills -> NetSuite
-(or any m3sh invoice destination), no ``m3sh.yaml`` needed.
+"""Operators for users' own DAGs: m3ter plan actions, S3 usage ingest, m3ter bills -> NetSuite
+(or any m3sh invoice destination) and the analytics export, no ``m3sh.yaml`` needed.
 
 Each takes typed keyword arguments, templates the fields users template, writes idempotently and
 returns a JSON-safe dict (XCom). See ``docs/operators.md`` for an example DAG.
@@ -14,6 +14,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from m3sh.operators.analytics import (
+        M3terAnalyticsCommitOperator,
+        M3terAnalyticsPlanOperator,
+        M3terAnalyticsTableOperator,
+    )
     from m3sh.operators.invoicing import (
         M3terBillsCollectOperator,
         M3terBillsDeliverOperator,
@@ -29,6 +34,9 @@ if TYPE_CHECKING:
     from m3sh.operators.usage import S3UsageToM3terOperator
 
 _MODULES = {
+    "M3terAnalyticsCommitOperator": "m3sh.operators.analytics",
+    "M3terAnalyticsPlanOperator": "m3sh.operators.analytics",
+    "M3terAnalyticsTableOperator": "m3sh.operators.analytics",
     "M3terBalanceOperator": "m3sh.operators.m3ter",
     "M3terBaseOperator": "m3sh.operators.m3ter",
     "M3terBillsCollectOperator": "m3sh.operators.invoicing",
@@ -40,6 +48,9 @@ _MODULES = {
     "S3UsageToM3terOperator": "m3sh.operators.usage",
 }
 __all__ = [
+    "M3terAnalyticsCommitOperator",
+    "M3terAnalyticsPlanOperator",
+    "M3terAnalyticsTableOperator",
     "M3terBalanceOperator",
     "M3terBaseOperator",
     "M3terBillsCollectOperator",
