@@ -1,5 +1,5 @@
 """Operators for users' own DAGs: m3ter plan actions, S3 usage ingest, m3ter bills -> NetSuite
-(or any m3sh invoice destination) and the analytics export, no ``m3sh.yaml`` needed.
+(or any m3sh invoice destination), usage feeds and the analytics export, no ``m3sh.yaml`` needed.
 
 Each takes typed keyword arguments, templates the fields users template, writes idempotently and
 returns a JSON-safe dict (XCom). See ``docs/operators.md`` for an example DAG.
@@ -32,6 +32,11 @@ if TYPE_CHECKING:
         M3terSwitchPlanOperator,
     )
     from m3sh.operators.usage import S3UsageToM3terOperator
+    from m3sh.operators.usage_feeds import (
+        M3terUsageFeedsIngestOperator,
+        M3terUsageFeedsPlanOperator,
+        M3terUsageFeedsSummaryOperator,
+    )
 
 _MODULES = {
     "M3terAnalyticsCommitOperator": "m3sh.operators.analytics",
@@ -45,6 +50,9 @@ _MODULES = {
     "M3terInvoiceRunSummaryOperator": "m3sh.operators.invoicing",
     "M3terSetCustomFieldsOperator": "m3sh.operators.m3ter",
     "M3terSwitchPlanOperator": "m3sh.operators.m3ter",
+    "M3terUsageFeedsIngestOperator": "m3sh.operators.usage_feeds",
+    "M3terUsageFeedsPlanOperator": "m3sh.operators.usage_feeds",
+    "M3terUsageFeedsSummaryOperator": "m3sh.operators.usage_feeds",
     "S3UsageToM3terOperator": "m3sh.operators.usage",
 }
 __all__ = [
@@ -59,6 +67,9 @@ __all__ = [
     "M3terInvoiceRunSummaryOperator",
     "M3terSetCustomFieldsOperator",
     "M3terSwitchPlanOperator",
+    "M3terUsageFeedsIngestOperator",
+    "M3terUsageFeedsPlanOperator",
+    "M3terUsageFeedsSummaryOperator",
     "S3UsageToM3terOperator",
 ]
 
