@@ -1,5 +1,5 @@
 """Operators for users' own DAGs: m3ter plan actions, S3 usage ingest, m3ter bills -> NetSuite
-(or any m3sh invoice destination), usage feeds and the analytics export, no ``m3sh.yaml`` needed.
+(or any m3sh invoice destination), usage feeds, automation rules and the analytics export, no ``m3sh.yaml`` needed.
 
 Each takes typed keyword arguments, templates the fields users template, writes idempotently and
 returns a JSON-safe dict (XCom). See ``docs/operators.md`` for an example DAG.
@@ -18,6 +18,11 @@ if TYPE_CHECKING:
         M3terAnalyticsCommitOperator,
         M3terAnalyticsPlanOperator,
         M3terAnalyticsTableOperator,
+    )
+    from m3sh.operators.automation import (
+        M3terApplyFiringsOperator,
+        M3terFiringsSummaryOperator,
+        M3terRulesEvaluateOperator,
     )
     from m3sh.operators.invoicing import (
         M3terBillsCollectOperator,
@@ -42,12 +47,15 @@ _MODULES = {
     "M3terAnalyticsCommitOperator": "m3sh.operators.analytics",
     "M3terAnalyticsPlanOperator": "m3sh.operators.analytics",
     "M3terAnalyticsTableOperator": "m3sh.operators.analytics",
+    "M3terApplyFiringsOperator": "m3sh.operators.automation",
     "M3terBalanceOperator": "m3sh.operators.m3ter",
     "M3terBaseOperator": "m3sh.operators.m3ter",
     "M3terBillsCollectOperator": "m3sh.operators.invoicing",
     "M3terBillsDeliverOperator": "m3sh.operators.invoicing",
     "M3terBillsToNetSuiteOperator": "m3sh.operators.invoicing",
+    "M3terFiringsSummaryOperator": "m3sh.operators.automation",
     "M3terInvoiceRunSummaryOperator": "m3sh.operators.invoicing",
+    "M3terRulesEvaluateOperator": "m3sh.operators.automation",
     "M3terSetCustomFieldsOperator": "m3sh.operators.m3ter",
     "M3terSwitchPlanOperator": "m3sh.operators.m3ter",
     "M3terUsageFeedsIngestOperator": "m3sh.operators.usage_feeds",
@@ -59,12 +67,15 @@ __all__ = [
     "M3terAnalyticsCommitOperator",
     "M3terAnalyticsPlanOperator",
     "M3terAnalyticsTableOperator",
+    "M3terApplyFiringsOperator",
     "M3terBalanceOperator",
     "M3terBaseOperator",
     "M3terBillsCollectOperator",
     "M3terBillsDeliverOperator",
     "M3terBillsToNetSuiteOperator",
+    "M3terFiringsSummaryOperator",
     "M3terInvoiceRunSummaryOperator",
+    "M3terRulesEvaluateOperator",
     "M3terSetCustomFieldsOperator",
     "M3terSwitchPlanOperator",
     "M3terUsageFeedsIngestOperator",
