@@ -23,6 +23,10 @@ DRY_RUN_LISTED = 200  # firings a dry run lists in its result
 MAX_NOTIFIED_ACCOUNTS = 20
 
 
+class TooManyFirings(ValueError):
+    """More chunks of firings than Airflow maps."""
+
+
 @dataclass
 class PassSummary:
     """The pass totals, and when a firing had a failed action, the failure text and the keys."""
@@ -55,7 +59,7 @@ def evaluate(m3ter: Any, rules: Sequence[TriggerRule], storage: Any, *, only_rul
     ``notified`` accounts' balances. Returns ``{"chunks", "firings", "dry_run", "scope"}``: the
     firings not yet final in the ledger, in chunks of ``firings_per_task``; a dry run instead lists
     what would fire and which actions (``would_fire``, ``plan``) and changes nothing. Raises
-    ValueError past :data:`MAX_MAP` chunks."""
+    TooManyFirings past :data:`MAX_MAP` chunks."""
     from m3sh.automation.actions import plan_actions
     from m3sh.automation.evaluate import CreditsCache, Evaluator
     from m3sh.automation.ledger import Ledger
@@ -95,7 +99,7 @@ def evaluate(m3ter: Any, rules: Sequence[TriggerRule], storage: Any, *, only_rul
     firings = [f.to_dict() for f in result.firings if f.key not in final]
     chunks = [firings[i:i + firings_per_task] for i in range(0, len(firings), firings_per_task)]
     if len(chunks) > MAX_MAP:
-        raise ValueError(f"{len(firings)} firings exceed {MAX_MAP} mapped tasks")
+        raise TooManyFirings(f"{len(firings)} firings exceed {MAX_MAP} mapped tasks")
     return {"chunks": chunks, "firings": len(firings), "dry_run": False, "scope": scope}
 
 

@@ -93,7 +93,7 @@ class M3terRulesEvaluateOperator(_RulesSettings, M3terLazyOperator):
         self.firings_per_task = firings_per_task
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from m3sh.automation.run import evaluate, notified_account_ids
+        from m3sh.automation.run import TooManyFirings, evaluate, notified_account_ids
         from m3sh.dagkit.errors import RunFailed
         from m3sh.storage import Storage
 
@@ -104,7 +104,7 @@ class M3terRulesEvaluateOperator(_RulesSettings, M3terLazyOperator):
                             dry_run=flag(self.task_id, "preview", self.preview),
                             notified=notified_account_ids(context.get("triggering_asset_events")),
                             firings_per_task=self.firings_per_task)
-        except ValueError as exc:
+        except TooManyFirings as exc:
             raise RunFailed(str(exc), records=[]) from None
 
 

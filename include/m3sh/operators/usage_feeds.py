@@ -76,7 +76,7 @@ class M3terUsageFeedsPlanOperator(BaseOperator):
         self.scan_all = scan_all
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from m3sh.usage.run import plan_chunks
+        from m3sh.usage.run import TooManyChunks, plan_chunks
 
         # An S3 event (asset-triggered run) means "new files, whenever they landed": consider every
         # object; manifests skip the finished ones, so this is exact and cheap.
@@ -87,7 +87,7 @@ class M3terUsageFeedsPlanOperator(BaseOperator):
         try:
             return plan_chunks(self.settings.usage.feeds, only=names(self.task_id, "only_feeds", self.only_feeds),
                                start=start, end=end, files_per_task=self.files_per_task)
-        except ValueError as exc:
+        except TooManyChunks as exc:
             raise AirflowFailException(str(exc)) from None
 
 

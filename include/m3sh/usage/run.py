@@ -20,6 +20,10 @@ MAX_MAP = 1024  # Airflow's limit on mapped task instances per task
 COUNTED = ("rows_read", "accepted", "rejected", "batches_sent")
 
 
+class TooManyChunks(ValueError):
+    """More chunks than Airflow maps."""
+
+
 @dataclass
 class IngestSummary:
     """The run's totals, and when something was not ingested, the failure text and what it names."""
@@ -37,7 +41,7 @@ def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start
                 end: dt.datetime | None = None, files_per_task: int = 20) -> list[dict[str, Any]]:
     """``{"feed", "keys"}`` chunks of at most ``files_per_task`` objects, per enabled feed (only the
     ``only`` ones when given) modified in ``[start, end)`` (every object without a window; manifests
-    skip finished ones). An HTTP feed is one chunk naming its endpoint. Raises ValueError past
+    skip finished ones). An HTTP feed is one chunk naming its endpoint. Raises TooManyChunks past
     :data:`MAX_MAP` chunks."""
     from m3sh.storage import Storage
     from m3sh.usage.ingest import list_feed_objects
@@ -57,7 +61,7 @@ def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start
                  feed.prefix, start, end)
         chunks += [{"feed": feed.name, "keys": c} for c in chunked(keys, files_per_task)]
     if len(chunks) > MAX_MAP:
-        raise ValueError(f"{len(chunks)} chunks exceed the {MAX_MAP} map limit; raise usage.files_per_task")
+        raise TooManyChunks(f"{len(chunks)} chunks exceed the {MAX_MAP} map limit; raise usage.files_per_task")
     return chunks
 
 
@@ -96,10 +100,10 @@ def summarize(planned: Sequence[dict[str, Any]], results: Sequence[list[dict[str
     log.info("usage ingest summary: %s", totals)
     if lost_chunks > 0:
         reported = {(r["feed"], r["key"]) for r in flat}
-        # An HTTP feed reports its window, not its endpoint: a reported feed's single key is not missing.
+        # An HTTP feed's result names its window ("<endpoint>?<start>..<end>"), not the planned endpoint.
+        windows = {(r["feed"], str(r["key"]).split("?", 1)[0]) for r in flat}
         missing = [f"{c['feed']}:{k}" for c in planned for k in c["keys"]
-                   if (c["feed"], k) not in reported and not (c["keys"] and k == c["keys"][0] and
-                                                              any(r["feed"] == c["feed"] for r in flat))]
+                   if (c["feed"], k) not in reported and (c["feed"], k) not in windows]
         return IngestSummary(totals, f"{lost_chunks} ingest task(s) failed after their retries; their files/feeds "
                                      f"were not (fully) ingested and will be resumed by the next run: {missing[:20]}",
                              missing[:50])
