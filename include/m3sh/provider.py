@@ -70,8 +70,9 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "operators": [
             {"integration-name": M3TER, "python-modules": ["m3sh.operators.m3ter", "m3sh.operators.usage",
-                                                            "m3sh.operators.invoicing", "m3sh.operators.crm",
-                                                            "m3sh.operators.reconcile"]},
+                                                            "m3sh.operators.invoicing", "m3sh.operators.analytics",
+                                                            "m3sh.operators.usage_feeds", "m3sh.operators.automation",
+                                                            "m3sh.operators.crm", "m3sh.operators.reconcile"]},
         ],
         "sensors": [{"integration-name": M3TER, "python-modules": ["m3sh.sensors.m3ter"]}],
         "triggers": [{"integration-name": M3TER, "python-modules": ["m3sh.triggers.m3ter"]}],

@@ -317,6 +317,7 @@ def test_provider_info_lists_every_module_in_the_official_format() -> None:
     assert modules == {
         "hooks": ["m3sh.hooks.m3ter", "m3sh.hooks.hubspot", "m3sh.hooks.netsuite"],
         "operators": ["m3sh.operators.m3ter", "m3sh.operators.usage", "m3sh.operators.invoicing",
+                      "m3sh.operators.analytics", "m3sh.operators.usage_feeds", "m3sh.operators.automation",
                       "m3sh.operators.crm", "m3sh.operators.reconcile"],
         "sensors": ["m3sh.sensors.m3ter"], "triggers": ["m3sh.triggers.m3ter"]}
     for kind in modules:

@@ -5,34 +5,27 @@ day replaces it. Graph: ``plan_day`` (the day and the tables) -> ``export_table`
 table: extract, write to a staging prefix) -> ``commit_day`` (copy every staged file over its
 partition, manifest last, then the day marker; staging deleted). A failed table fails the run and
 leaves the committed partitions of that day as they were. Layout, schemas and the reader protocol:
-docs/analytics.md.
+docs/analytics.md. The tasks are :mod:`m3sh.operators.analytics`' operators; this module only wires them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param
 
 from m3sh.compat import CronDataIntervalTimetable
 from m3sh.config import ANALYTICS_TABLES, M3shConfig, get_config
-from m3sh.dagkit.defaults import common_dag_args
-from m3sh.dagkit.errors import RunFailed
+from m3sh.dagkit.defaults import FROM_PARAM, common_dag_args
+from m3sh.operators.analytics import (
+    M3terAnalyticsCommitOperator,
+    M3terAnalyticsPlanOperator,
+    M3terAnalyticsTableOperator,
+)
 
 log = logging.getLogger(__name__)
 DAG_ID = "m3sh_analytics_export"
-
-
-def _day(start: dt.datetime | None, end: dt.datetime | None) -> dt.date:
-    """The UTC day a data interval covers (manual runs without an interval: yesterday)."""
-    if start is None:
-        return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    start = start.astimezone(dt.UTC)
-    if end is not None and end.astimezone(dt.UTC) - start != dt.timedelta(days=1):
-        raise RunFailed(f"data interval {start}..{end} is not one UTC day", records=[str(start)])
-    return start.date()
 
 
 def build_analytics_export_dag(cfg: M3shConfig | None = None) -> DAG:
@@ -52,59 +45,16 @@ def build_analytics_export_dag(cfg: M3shConfig | None = None) -> DAG:
         },
         doc_md=__doc__,
     ) as dag:
-
-        @task
-        def plan_day(params: dict[str, Any], data_interval_start: dt.datetime | None = None,
-                     data_interval_end: dt.datetime | None = None) -> list[dict[str, str]]:
-            conf = get_config()
-            day = _day(data_interval_start, data_interval_end)
-            wanted = list(params.get("tables") or conf.analytics.tables)
-            unknown = sorted(set(wanted) - set(ANALYTICS_TABLES))
-            if unknown:
-                raise RunFailed(f"unknown analytics table(s) {unknown}; known: {list(ANALYTICS_TABLES)}",
-                                records=unknown)
-            log.info("analytics export of %s (source %s): %s", day, conf.analytics.source, ", ".join(wanted))
-            return [{"table": t, "date": day.isoformat()} for t in dict.fromkeys(wanted)]
-
-        @task(map_index_template="{{ task.op_kwargs['item']['table'] }}")
-        def export_table(item: dict[str, str], params: dict[str, Any], run_id: str) -> dict[str, Any]:
-            from m3sh.analytics.export import stage_table
-            from m3sh.hooks.m3ter import M3terHook
-
-            conf = get_config()
-            return stage_table(conf, M3terHook(conf.m3ter.conn_id), item["table"],
-                               dt.date.fromisoformat(item["date"]), run_id, dry_run=bool(params.get("dry_run")))
-
-        @task(trigger_rule="all_done")
-        def commit_day(planned: list[dict[str, str]], staged: list[dict[str, Any]], params: dict[str, Any],
-                       run_id: str) -> dict[str, Any]:
-            from m3sh.analytics.export import commit_day as commit
-            from m3sh.analytics.partition import PartitionStore
-            from m3sh.analytics.reader import analytics_storage
-
-            conf = get_config()
-            if not planned:
-                raise RunFailed("plan_day produced no tables (it failed or nothing was selected)", records=[])
-            day = dt.date.fromisoformat(planned[0]["date"])
-            done = [s for s in (staged or []) if s]
-            missing = sorted({p["table"] for p in planned} - {s["table"] for s in done})
-            if params.get("dry_run"):
-                log.info("dry run for %s: %s", day, {s["table"]: s["rows"] for s in done})
-                if missing:
-                    raise RunFailed(f"table(s) failed: {missing}", records=missing)
-                return {"date": day.isoformat(), "dry_run": True, "rows": {s["table"]: s["rows"] for s in done}}
-            if missing:
-                # Nothing of this run is committed: the day keeps its previous, complete partitions.
-                PartitionStore(analytics_storage(conf)).discard_staging(day)
-                raise RunFailed(f"analytics export of {day}: table(s) {missing} failed; no partition of this run "
-                                "was committed (the previous export of the day stays in place)", records=missing)
-            result = commit(conf, done, day, run_id, DAG_ID)
-            log.info("analytics export of %s committed: %s", day, result["rows"])
-            return result
-
-        planned = plan_day()  # type: ignore[call-arg,misc]
-        staged = export_table.partial().expand(item=planned)
-        commit_day(planned, staged)  # type: ignore[call-arg,misc,arg-type]
+        planned = M3terAnalyticsPlanOperator(task_id="plan_day", config=cfg,
+                                             tables=FROM_PARAM.format("tables")).output
+        # A mapped task's arguments are serialized with the DAG: the config goes in its JSON form.
+        staged = M3terAnalyticsTableOperator.partial(
+            task_id="export_table", config=cfg.model_dump(mode="json", exclude_defaults=True),
+            m3ter_conn_id=cfg.m3ter.conn_id, preview=FROM_PARAM.format("dry_run"),
+            map_index_template="{{ task.item['table'] }}",
+        ).expand(item=planned).output
+        M3terAnalyticsCommitOperator(task_id="commit_day", planned=planned, staged=staged, config=cfg,
+                                     preview=FROM_PARAM.format("dry_run"), trigger_rule="all_done")
     return dag
 
 

@@ -8,6 +8,9 @@ from typing import Any
 from m3sh.compat import AIRFLOW_3_2_PLUS
 from m3sh.config import M3shConfig
 
+# A param rendered as JSON, which the m3sh operators read back as its value (lists, booleans).
+FROM_PARAM = "{{{{ params.{} | tojson }}}}"
+
 
 def start_date(cfg: M3shConfig) -> dt.datetime:
     return dt.datetime.combine(cfg.dag_defaults.start_date, dt.time(0), dt.UTC)

@@ -1,5 +1,6 @@
-"""Operators for users' own DAGs: m3ter plan actions, S3 usage ingest, CRM (Salesforce, HubSpot) ->
-m3ter and m3ter bills -> NetSuite (or any m3sh invoice destination), no ``m3sh.yaml`` needed.
+"""Operators for users' own DAGs, no ``m3sh.yaml`` needed: m3ter plan actions, S3 usage files and usage
+feeds -> m3ter, CRM (Salesforce, HubSpot) -> m3ter, m3ter bills -> NetSuite (or any m3sh invoice
+destination), reconciliation, automation rules and the analytics export.
 
 Each takes typed keyword arguments, templates the fields users template, writes idempotently and
 returns a JSON-safe dict (XCom). See ``docs/operators.md`` for an example DAG.
@@ -14,6 +15,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from m3sh.operators.analytics import (
+        M3terAnalyticsCommitOperator,
+        M3terAnalyticsPlanOperator,
+        M3terAnalyticsTableOperator,
+    )
+    from m3sh.operators.automation import (
+        M3terApplyFiringsOperator,
+        M3terFiringsSummaryOperator,
+        M3terRulesEvaluateOperator,
+    )
     from m3sh.operators.crm import (
         CrmExtractOperator,
         CrmToM3terSyncOperator,
@@ -39,22 +50,36 @@ if TYPE_CHECKING:
         ReconcileReportOperator,
     )
     from m3sh.operators.usage import S3UsageToM3terOperator
+    from m3sh.operators.usage_feeds import (
+        M3terUsageFeedsIngestOperator,
+        M3terUsageFeedsPlanOperator,
+        M3terUsageFeedsSummaryOperator,
+    )
 
 _MODULES = {
     "CrmExtractOperator": "m3sh.operators.crm",
     "CrmToM3terSyncOperator": "m3sh.operators.crm",
     "CrmWriteBackOperator": "m3sh.operators.crm",
     "HubSpotToM3terOperator": "m3sh.operators.crm",
+    "M3terAnalyticsCommitOperator": "m3sh.operators.analytics",
+    "M3terAnalyticsPlanOperator": "m3sh.operators.analytics",
+    "M3terAnalyticsTableOperator": "m3sh.operators.analytics",
+    "M3terApplyFiringsOperator": "m3sh.operators.automation",
     "M3terBalanceOperator": "m3sh.operators.m3ter",
     "M3terBaseOperator": "m3sh.operators.m3ter",
     "M3terBillsCollectOperator": "m3sh.operators.invoicing",
     "M3terBillsDeliverOperator": "m3sh.operators.invoicing",
     "M3terBillsToNetSuiteOperator": "m3sh.operators.invoicing",
+    "M3terFiringsSummaryOperator": "m3sh.operators.automation",
     "M3terInvoiceRunSummaryOperator": "m3sh.operators.invoicing",
     "M3terReconcileAccountsOperator": "m3sh.operators.reconcile",
     "M3terReconcileBillsOperator": "m3sh.operators.reconcile",
+    "M3terRulesEvaluateOperator": "m3sh.operators.automation",
     "M3terSetCustomFieldsOperator": "m3sh.operators.m3ter",
     "M3terSwitchPlanOperator": "m3sh.operators.m3ter",
+    "M3terUsageFeedsIngestOperator": "m3sh.operators.usage_feeds",
+    "M3terUsageFeedsPlanOperator": "m3sh.operators.usage_feeds",
+    "M3terUsageFeedsSummaryOperator": "m3sh.operators.usage_feeds",
     "ReconcileReportOperator": "m3sh.operators.reconcile",
     "S3UsageToM3terOperator": "m3sh.operators.usage",
     "SalesforceToM3terOperator": "m3sh.operators.crm",
@@ -64,16 +89,25 @@ __all__ = [
     "CrmToM3terSyncOperator",
     "CrmWriteBackOperator",
     "HubSpotToM3terOperator",
+    "M3terAnalyticsCommitOperator",
+    "M3terAnalyticsPlanOperator",
+    "M3terAnalyticsTableOperator",
+    "M3terApplyFiringsOperator",
     "M3terBalanceOperator",
     "M3terBaseOperator",
     "M3terBillsCollectOperator",
     "M3terBillsDeliverOperator",
     "M3terBillsToNetSuiteOperator",
+    "M3terFiringsSummaryOperator",
     "M3terInvoiceRunSummaryOperator",
     "M3terReconcileAccountsOperator",
     "M3terReconcileBillsOperator",
+    "M3terRulesEvaluateOperator",
     "M3terSetCustomFieldsOperator",
     "M3terSwitchPlanOperator",
+    "M3terUsageFeedsIngestOperator",
+    "M3terUsageFeedsPlanOperator",
+    "M3terUsageFeedsSummaryOperator",
     "ReconcileReportOperator",
     "S3UsageToM3terOperator",
     "SalesforceToM3terOperator",

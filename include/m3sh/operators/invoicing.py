@@ -21,9 +21,7 @@ their value or, rendered from a template, its JSON text (``"{{ params.bill_ids |
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
@@ -38,41 +36,19 @@ from m3sh.config import (
     M3shConfig,
     NetSuiteDestination,
 )
+from m3sh.operators._common import M3terLazyOperator as _M3terLazyOperator
+from m3sh.operators._common import names as _names
+from m3sh.operators._common import native as _native
+from m3sh.operators._common import problems as _problems
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from m3sh.hooks.m3ter import M3terHook
     from m3sh.storage import Storage
 
 NON_NETSUITE_THREADS = 4
 LockedPolicy = Literal["update", "credit_memo"]
 _DESTINATION: TypeAdapter[Any] = TypeAdapter(Destination)
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-
-
-def _native(task_id: str, name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
-    """A rendered argument as its Python value: a string from a template is read as JSON."""
-    if isinstance(value, str) and kind is not str:
-        try:
-            value = json.loads(value) if value.strip() else None
-        except ValueError:
-            raise AirflowFailException(f"{task_id}: {name}={value!r} is not JSON (template it with "
-                                       f"'| tojson')") from None
-    if value is None:
-        return None
-    if not isinstance(value, kind):
-        kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise AirflowFailException(f"{task_id}: {name} must be a {kinds}, got {value!r}")
-    return value
-
-
-def _names(task_id: str, name: str, value: Any) -> list[str]:
-    items = _native(task_id, name, value, (list, tuple)) or []
-    return [str(v) for v in items]
 
 
 def _staged(task_id: str, value: Any) -> dict[str, Any]:
@@ -87,28 +63,6 @@ def _staged(task_id: str, value: Any) -> dict[str, Any]:
         raise AirflowFailException(f"{task_id}: staged must be what M3terBillsCollectOperator returned (or one "
                                    f"part of it); it lacks {missing}")
     return dict(refs)
-
-
-class _M3terLazyOperator(BaseOperator):
-    """:class:`~m3sh.operators.m3ter.M3terBaseOperator`'s ``m3ter_conn_id`` and lazy ``hook``, without
-    importing the hook module (and the m3ter SDK, ~0.5 s) at import: m3sh_invoice_sync's DAG file
-    imports these operators on every parse.
-
-    :param m3ter_conn_id: Airflow connection of type ``m3ter``. (templated)
-    """
-
-    template_fields: Sequence[str] = ("m3ter_conn_id",)
-    ui_color = "#e8f0ff"
-
-    def __init__(self, *, m3ter_conn_id: str = "m3ter_default", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.m3ter_conn_id = m3ter_conn_id
-
-    @cached_property
-    def hook(self) -> M3terHook:
-        from m3sh.hooks.m3ter import M3terHook
-
-        return M3terHook(m3ter_conn_id=self.m3ter_conn_id)
 
 
 class _StagingMixin:
