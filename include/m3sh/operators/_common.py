@@ -11,17 +11,19 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from m3sh.compat import AirflowFailException
-from m3sh.config import M3shConfig, StorageConfig
+from m3sh.config import Destination, M3shConfig, StorageConfig
 
 if TYPE_CHECKING:
     from m3sh.hooks.m3ter import M3terHook
+    from m3sh.storage import Storage
 
 # A config given to a mapped operator's ``partial()`` is serialized with the DAG: its JSON form
 # (``cfg.model_dump(mode="json")``) is accepted wherever an M3shConfig is.
 ConfigArg = M3shConfig | Mapping[str, Any] | None
+DESTINATION: TypeAdapter[Any] = TypeAdapter(Destination)  # any m3sh invoice destination, from a mapping
 
 
 def problems(exc: ValidationError) -> str:
@@ -99,3 +101,25 @@ def storage_settings(task_id: str, bucket: str | None, prefix: str, aws_conn_id:
     if not bucket:
         raise ValueError(f"{task_id}: give bucket=... (m3sh's state: manifests, ledger, staging) or config=...")
     return StorageConfig(conn_id=aws_conn_id, bucket=bucket, prefix=prefix)
+
+class StagingMixin:
+    """Where a run stages its bills, results and summary: ``config.storage``, or inline arguments."""
+
+    task_id: str
+
+    def _init_storage(self, config: M3shConfig | None, aws_conn_id: str, bucket: str | None, prefix: str) -> None:
+        if bucket is None and config is None:
+            raise ValueError(f"{self.task_id}: give bucket=... (where bills are staged) or config=...")
+        self.config = config
+        self.aws_conn_id = aws_conn_id
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def _storage(self) -> Storage:
+        from m3sh.storage import Storage
+
+        if self.bucket is None and self.config is not None:
+            return Storage.from_config(self.config.storage)
+        if not self.bucket:
+            raise AirflowFailException(f"{self.task_id}: bucket is empty")
+        return Storage(self.aws_conn_id, self.bucket, self.prefix)

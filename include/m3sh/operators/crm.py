@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from m3sh.compat import AirflowFailException
 from m3sh.config import CrmSource, CrmSyncConfig, CrmType, FieldOwnership, M3shConfig, M3terConfig
-from m3sh.operators.invoicing import _M3terLazyOperator, _names, _native, _problems
+from m3sh.operators._common import M3terLazyOperator, names, native, problems
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -57,7 +57,7 @@ def _source(task_id: str, source: SourceArg, config: M3shConfig | None) -> CrmSo
         try:
             return CrmSource.model_validate(dict(source))
         except ValidationError as exc:
-            raise ValueError(f"{task_id}: invalid CRM source ({_problems(exc)})") from None
+            raise ValueError(f"{task_id}: invalid CRM source ({problems(exc)})") from None
     raise ValueError(f"{task_id}: source must be a CrmSource, mapping or name; got {type(source).__name__}")
 
 
@@ -74,7 +74,7 @@ def _settings(task_id: str, config: M3shConfig | None, inline: dict[str, Any],
         return M3shConfig(crm=CrmSyncConfig(sources=[_source(task_id, s, None) for s in sources], **given),
                           m3ter=M3terConfig(**({"account_code_from": code_from} if code_from else {})))
     except ValidationError as exc:
-        raise ValueError(f"{task_id}: invalid CRM sync arguments ({_problems(exc)})") from None
+        raise ValueError(f"{task_id}: invalid CRM sync arguments ({problems(exc)})") from None
 
 
 class _CrmStaging:
@@ -101,7 +101,7 @@ class _CrmStaging:
 
 
 def _flag(task_id: str, name: str, value: Any) -> bool:
-    return bool(_native(task_id, name, value, bool))
+    return bool(native(task_id, name, value, bool))
 
 
 def _window(task_id: str, context: Context, full_resync: Any,
@@ -164,10 +164,10 @@ class CrmExtractOperator(_CrmStaging, BaseOperator):
         start, end = _window(self.task_id, context, self.full_resync, self.settings.crm.lookback_minutes)
         return extract(self.source, self._storage(), dag_id=self.dag_id, run_id=context["run_id"], start=start,
                        end=end, plan_map=dict(self.settings.crm.plan_map),
-                       accounts=_names(self.task_id, "accounts", self.accounts))
+                       accounts=names(self.task_id, "accounts", self.accounts))
 
 
-class CrmToM3terSyncOperator(_CrmStaging, _M3terLazyOperator):
+class CrmToM3terSyncOperator(_CrmStaging, M3terLazyOperator):
     """Staged CRM records -> m3ter accounts, contracts, account plans and external mappings.
 
     Records of one customer in several CRMs (sharing a ``match_keys`` value) become one m3ter
@@ -193,7 +193,7 @@ class CrmToM3terSyncOperator(_CrmStaging, _M3terLazyOperator):
     Returns ``{"report_key", "write_backs_key", "counts"}``.
     """
 
-    template_fields: Sequence[str] = (*_M3terLazyOperator.template_fields, "staged", "preview")
+    template_fields: Sequence[str] = (*M3terLazyOperator.template_fields, "staged", "preview")
     ui_color = "#e8f0ff"
 
     def __init__(self, *, staged: Any, sources: Sequence[SourceArg] | None = None,
@@ -222,7 +222,7 @@ class CrmToM3terSyncOperator(_CrmStaging, _M3terLazyOperator):
         if value is None:
             raise AirflowFailException(f"{self.task_id}: nothing staged: an extract task did not finish")
         if isinstance(value, str):
-            value = _native(self.task_id, "staged", value, (list, dict))
+            value = native(self.task_id, "staged", value, (list, dict))
         refs = [value] if isinstance(value, Mapping) else list(value)
         bad = [r for r in refs if not isinstance(r, Mapping) or not {"source", "key", "records"} <= set(r)]
         if bad:
@@ -272,7 +272,7 @@ class CrmWriteBackOperator(_CrmStaging, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from m3sh.crm.run import write_back
 
-        refs = _native(self.task_id, "synced", self.synced, dict)
+        refs = native(self.task_id, "synced", self.synced, dict)
         if not refs or "write_backs_key" not in refs:
             raise AirflowFailException(f"{self.task_id}: synced must be what CrmToM3terSyncOperator returned; "
                                        f"got {refs!r}")
@@ -280,11 +280,11 @@ class CrmWriteBackOperator(_CrmStaging, BaseOperator):
         return {"source": self.source.name, "written": n}
 
 
-class _OneCrmToM3terOperator(_CrmStaging, _M3terLazyOperator):
+class _OneCrmToM3terOperator(_CrmStaging, M3terLazyOperator):
     """Extract + sync + write-back of one CRM in one task (see the subclasses)."""
 
     crm_type: ClassVar[CrmType]
-    template_fields: Sequence[str] = (*_M3terLazyOperator.template_fields, "accounts", "full_resync", "preview")
+    template_fields: Sequence[str] = (*M3terLazyOperator.template_fields, "accounts", "full_resync", "preview")
     ui_color = "#e0f4ff"
 
     def __init__(self, *, conn_id: str, source: SourceArg | None = None, source_name: str | None = None,
@@ -334,7 +334,7 @@ class _OneCrmToM3terOperator(_CrmStaging, _M3terLazyOperator):
         start, end = _window(self.task_id, context, self.full_resync, self.settings.crm.lookback_minutes)
         staged = extract(self.source, storage, dag_id=self.dag_id, run_id=run_id, start=start, end=end,
                          plan_map=dict(self.settings.crm.plan_map),
-                         accounts=_names(self.task_id, "accounts", self.accounts))
+                         accounts=names(self.task_id, "accounts", self.accounts))
         result = sync(self.hook, self.settings, storage, [staged], dag_id=self.dag_id, run_id=run_id,
                       dry_run=_flag(self.task_id, "preview", self.preview))
         # Accounts that did sync get their id written back even when others failed: the next run

@@ -25,30 +25,24 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from m3sh.compat import AirflowFailException
 from m3sh.config import (
     CrmSource,
     CrmSyncConfig,
-    Destination,
     InvoicingConfig,
     M3shConfig,
     NetSuiteDestination,
 )
-from m3sh.operators._common import M3terLazyOperator as _M3terLazyOperator
-from m3sh.operators._common import names as _names
-from m3sh.operators._common import native as _native
-from m3sh.operators._common import problems as _problems
+from m3sh.operators._common import DESTINATION, M3terLazyOperator, StagingMixin, names, native, problems
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from m3sh.storage import Storage
 
 NON_NETSUITE_THREADS = 4
 LockedPolicy = Literal["update", "credit_memo"]
-_DESTINATION: TypeAdapter[Any] = TypeAdapter(Destination)
 
 
 def _staged(task_id: str, value: Any) -> dict[str, Any]:
@@ -57,7 +51,7 @@ def _staged(task_id: str, value: Any) -> dict[str, Any]:
 
         raise RunFailed(f"{task_id}: no staged bills: the collect task did not finish (no bill was read, nothing "
                         "was exported)", records=[])
-    refs = _native(task_id, "staged", value, dict)
+    refs = native(task_id, "staged", value, dict)
     missing = [k for k in ("bills_key", "routes_key") if k not in refs]
     if missing:
         raise AirflowFailException(f"{task_id}: staged must be what M3terBillsCollectOperator returned (or one "
@@ -65,30 +59,8 @@ def _staged(task_id: str, value: Any) -> dict[str, Any]:
     return dict(refs)
 
 
-class _StagingMixin:
-    """Where a run stages its bills, results and summary: ``config.storage``, or inline arguments."""
 
-    task_id: str
-
-    def _init_storage(self, config: M3shConfig | None, aws_conn_id: str, bucket: str | None, prefix: str) -> None:
-        if bucket is None and config is None:
-            raise ValueError(f"{self.task_id}: give bucket=... (where bills are staged) or config=...")
-        self.config = config
-        self.aws_conn_id = aws_conn_id
-        self.bucket = bucket
-        self.prefix = prefix
-
-    def _storage(self) -> Storage:
-        from m3sh.storage import Storage
-
-        if self.bucket is None and self.config is not None:
-            return Storage.from_config(self.config.storage)
-        if not self.bucket:
-            raise AirflowFailException(f"{self.task_id}: bucket is empty")
-        return Storage(self.aws_conn_id, self.bucket, self.prefix)
-
-
-class M3terBillsCollectOperator(_StagingMixin, _M3terLazyOperator):
+class M3terBillsCollectOperator(StagingMixin, M3terLazyOperator):
     """Read m3ter bills ready for export, enrich and route them, and stage them in S3.
 
     By default the bills in ``bill_states`` last changed in the run's data interval (all of them
@@ -112,7 +84,7 @@ class M3terBillsCollectOperator(_StagingMixin, _M3terLazyOperator):
     Returns ``{"bills_key", "routes_key", "bills", "set_aside", "by_destination"}``.
     """
 
-    template_fields: Sequence[str] = (*_M3terLazyOperator.template_fields, "bill_ids", "only_destinations",
+    template_fields: Sequence[str] = (*M3terLazyOperator.template_fields, "bill_ids", "only_destinations",
                                       "full_scan")
     ui_color = "#fff4e0"
 
@@ -150,13 +122,13 @@ class M3terBillsCollectOperator(_StagingMixin, _M3terLazyOperator):
         try:
             return M3shConfig(invoicing=InvoicingConfig(**inline), crm=CrmSyncConfig(sources=crm))
         except ValidationError as exc:
-            raise ValueError(f"{self.task_id}: invalid invoicing arguments ({_problems(exc)})") from None
+            raise ValueError(f"{self.task_id}: invalid invoicing arguments ({problems(exc)})") from None
 
     def execute(self, context: Context) -> dict[str, Any]:
         from m3sh.invoicing.run import collect
 
-        bill_ids = _names(self.task_id, "bill_ids", self.bill_ids)
-        only = _names(self.task_id, "only_destinations", self.only_destinations)
+        bill_ids = names(self.task_id, "bill_ids", self.bill_ids)
+        only = names(self.task_id, "only_destinations", self.only_destinations)
         unknown = sorted(set(only) - set(self.destinations))
         if unknown:
             raise AirflowFailException(f"{self.task_id}: only_destinations names unknown destinations {unknown}; "
@@ -169,14 +141,14 @@ class M3terBillsCollectOperator(_StagingMixin, _M3terLazyOperator):
             self.log.info("the run's data interval is empty (a trigger timetable): reading every bill in %s",
                           self.settings.invoicing.bill_states)
             start = end = None
-        if _native(self.task_id, "full_scan", self.full_scan, bool) or bill_ids or start is None:
+        if native(self.task_id, "full_scan", self.full_scan, bool) or bill_ids or start is None:
             start, end = None, None
         return collect(self.hook, self.settings, self._storage(), dag_id=self.dag_id, run_id=context["run_id"],
                        destinations=self.destinations, bill_ids=bill_ids, only=only, start=start, end=end,
                        route_all=self.route_all)
 
 
-class M3terBillsDeliverOperator(_StagingMixin, BaseOperator):
+class M3terBillsDeliverOperator(StagingMixin, BaseOperator):
     """Deliver staged bills to one destination (NetSuite, Salesforce, HubSpot, S3 or a webhook).
 
     Each write is an upsert by external id or carries an idempotency key, and the S3 ledger skips
@@ -218,9 +190,9 @@ class M3terBillsDeliverOperator(_StagingMixin, BaseOperator):
             destination = found
         elif isinstance(destination, Mapping):
             try:
-                destination = _DESTINATION.validate_python(dict(destination))
+                destination = DESTINATION.validate_python(dict(destination))
             except ValidationError as exc:
-                raise ValueError(f"{self.task_id}: invalid destination ({_problems(exc)})") from None
+                raise ValueError(f"{self.task_id}: invalid destination ({problems(exc)})") from None
         if not hasattr(destination, "type") or not hasattr(destination, "name"):
             raise ValueError(f"{self.task_id}: destination must be a destination object, mapping or name; "
                              f"got {type(destination).__name__}")
@@ -243,9 +215,9 @@ class M3terBillsDeliverOperator(_StagingMixin, BaseOperator):
         name = str(self.destination.name)
         storage = self._storage()
         ledger: Ledger = S3Ledger(storage)
-        if _native(self.task_id, "redeliver", self.redeliver, bool):
+        if native(self.task_id, "redeliver", self.redeliver, bool):
             ledger = WriteOnlyLedger(ledger)
-        preview = bool(_native(self.task_id, "preview", self.preview, bool))
+        preview = bool(native(self.task_id, "preview", self.preview, bool))
         try:
             results = deliver_staged(delivery_for(self.destination, ledger), storage, refs, name, dag_id=self.dag_id,
                                      run_id=context["run_id"], threads=self.threads, dry_run=preview)
@@ -299,11 +271,11 @@ class M3terBillsToNetSuiteOperator(M3terBillsDeliverOperator):
                                        item_map=dict(item_map or {}), currency_id=currency_id,
                                        locked_invoice_policy=locked_invoice_policy)
         except ValidationError as exc:
-            raise ValueError(f"{task_id}: invalid NetSuite arguments ({_problems(exc)})") from None
+            raise ValueError(f"{task_id}: invalid NetSuite arguments ({problems(exc)})") from None
         super().__init__(staged=staged, destination=dest, **kwargs)
 
 
-class M3terInvoiceRunSummaryOperator(_StagingMixin, _M3terLazyOperator):
+class M3terInvoiceRunSummaryOperator(StagingMixin, M3terLazyOperator):
     """The end of an invoice run: merge every destination's outcomes, stamp fully exported bills
     on their m3ter account (``exported_field``, with the bill id and destinations), write the
     summary to ``reports/<dag id>/runs/<run id>.json`` and ``latest.json``, and fail naming each
@@ -320,7 +292,7 @@ class M3terInvoiceRunSummaryOperator(_StagingMixin, _M3terLazyOperator):
     ``action_needed``, ``failed`` and ``set_aside`` lists).
     """
 
-    template_fields: Sequence[str] = (*_M3terLazyOperator.template_fields, "staged", "preview")
+    template_fields: Sequence[str] = (*M3terLazyOperator.template_fields, "staged", "preview")
     ui_color = "#f3e8ff"
 
     def __init__(self, *, staged: Any, preview: bool | str = False, exported_field: str | None = "exported_at",
@@ -340,7 +312,7 @@ class M3terInvoiceRunSummaryOperator(_StagingMixin, _M3terLazyOperator):
         refs = _staged(self.task_id, self.staged)
         storage = self._storage()
         result = summarize(self.hook, storage, refs, dag_id=self.dag_id, run_id=context["run_id"],
-                           dry_run=bool(_native(self.task_id, "preview", self.preview, bool)),
+                           dry_run=bool(native(self.task_id, "preview", self.preview, bool)),
                            exported_field=self.exported_field)
         if result["problems"] and self.fail_on_problems:
             raise RunFailed(problem_message(result, storage.uri(result["report_key"])), records=result["records"])

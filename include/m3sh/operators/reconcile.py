@@ -26,7 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from m3sh.compat import AirflowFailException
 from m3sh.config import CrmSource, CrmSyncConfig, InvoicingConfig, M3shConfig, Notifier
-from m3sh.operators.invoicing import _DESTINATION, _M3terLazyOperator, _native, _problems, _StagingMixin
+from m3sh.operators._common import DESTINATION, M3terLazyOperator, StagingMixin, native, problems
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -39,7 +39,7 @@ def _crm_sources(task_id: str, sources: Sequence[CrmSource | Mapping[str, Any]])
     try:
         return _SOURCES.validate_python([s if isinstance(s, CrmSource) else dict(s) for s in sources])
     except ValidationError as exc:
-        raise ValueError(f"{task_id}: invalid crm_sources ({_problems(exc)})") from None
+        raise ValueError(f"{task_id}: invalid crm_sources ({problems(exc)})") from None
 
 
 def _destinations(task_id: str, given: Sequence[Any] | None, config: M3shConfig | None) -> list[Any]:
@@ -56,9 +56,9 @@ def _destinations(task_id: str, given: Sequence[Any] | None, config: M3shConfig 
             out.append(known[d])
         elif isinstance(d, Mapping):
             try:
-                out.append(_DESTINATION.validate_python(dict(d)))
+                out.append(DESTINATION.validate_python(dict(d)))
             except ValidationError as exc:
-                raise ValueError(f"{task_id}: invalid destination ({_problems(exc)})") from None
+                raise ValueError(f"{task_id}: invalid destination ({problems(exc)})") from None
         elif hasattr(d, "type") and hasattr(d, "name"):
             out.append(d)
         else:
@@ -66,7 +66,7 @@ def _destinations(task_id: str, given: Sequence[Any] | None, config: M3shConfig 
     return out
 
 
-class M3terReconcileAccountsOperator(_StagingMixin, _M3terLazyOperator):
+class M3terReconcileAccountsOperator(StagingMixin, M3terLazyOperator):
     """CRM records <-> m3ter accounts: an m3ter account linking to a CRM record that is gone, a CRM
     record whose write-back field names an m3ter account that is gone, and disagreeing currencies.
 
@@ -104,7 +104,7 @@ class M3terReconcileAccountsOperator(_StagingMixin, _M3terLazyOperator):
         return {"key": key, "findings": len(findings), "checked": checked}
 
 
-class M3terReconcileBillsOperator(_StagingMixin, _M3terLazyOperator):
+class M3terReconcileBillsOperator(StagingMixin, M3terLazyOperator):
     """m3ter bills dated in the look-back period <-> what each destination holds: missing, extra
     (not, or no longer, an exportable bill), amount, currency and status differences.
 
@@ -129,7 +129,7 @@ class M3terReconcileBillsOperator(_StagingMixin, _M3terLazyOperator):
     Returns ``{"key", "findings", "checked", "notes", "period"}``.
     """
 
-    template_fields: Sequence[str] = (*_M3terLazyOperator.template_fields, "lookback_days")
+    template_fields: Sequence[str] = (*M3terLazyOperator.template_fields, "lookback_days")
     ui_color = "#fdf6e3"
 
     def __init__(self, *, destinations: Sequence[Any] | None = None, config: M3shConfig | None = None,
@@ -153,7 +153,7 @@ class M3terReconcileBillsOperator(_StagingMixin, _M3terLazyOperator):
                     invoicing=InvoicingConfig(**({"bill_states": list(bill_states)} if bill_states else {})),
                     crm=CrmSyncConfig(sources=_crm_sources(self.task_id, crm_sources or [])))
             except ValidationError as exc:
-                raise ValueError(f"{self.task_id}: invalid arguments ({_problems(exc)})") from None
+                raise ValueError(f"{self.task_id}: invalid arguments ({problems(exc)})") from None
         self.destinations = _destinations(self.task_id, destinations, config)
         self.route_all = config is None
         self.lookback_days = lookback_days
@@ -162,7 +162,7 @@ class M3terReconcileBillsOperator(_StagingMixin, _M3terLazyOperator):
         from m3sh.invoicing.ledger import S3Ledger
         from m3sh.invoicing.reconcile_run import check_bills, stage_findings
 
-        days = _native(self.task_id, "lookback_days", self.lookback_days, int)
+        days = native(self.task_id, "lookback_days", self.lookback_days, int)
         if days is not None and days < 0:
             raise AirflowFailException(f"{self.task_id}: lookback_days must be >= 0, got {days}")
         storage = self._storage()
@@ -174,7 +174,7 @@ class M3terReconcileBillsOperator(_StagingMixin, _M3terLazyOperator):
                 "notes": result["notes"], "period": result["period"]}
 
 
-class ReconcileReportOperator(_StagingMixin, BaseOperator):
+class ReconcileReportOperator(StagingMixin, BaseOperator):
     """The reconciliation report: ``reports/<report_name>/<date>/report.html`` (for finance) and
     ``report.csv``, plus ``reports/<report_name>/latest.json`` (the m3sh UI page reads the default
     one). Fails with ``RunFailed(records=...)`` when anything drifted, so failure alerts fire; a
@@ -211,7 +211,7 @@ class ReconcileReportOperator(_StagingMixin, BaseOperator):
                 channels = _NOTIFIERS.validate_python(
                     [c if isinstance(c, Notifier) else dict(c) for c in alert_channels])
             except ValidationError as exc:
-                raise ValueError(f"{self.task_id}: invalid alert_channels ({_problems(exc)})") from None
+                raise ValueError(f"{self.task_id}: invalid alert_channels ({problems(exc)})") from None
         elif config is not None:
             channels = [n for n in config.alerting.notifiers if n.name in config.alerting.on_failure]
         else:
@@ -223,7 +223,7 @@ class ReconcileReportOperator(_StagingMixin, BaseOperator):
         self.report_name = report_name
 
     def _part(self, name: str, value: Any) -> dict[str, Any] | None:
-        part = _native(self.task_id, name, value, dict)
+        part = native(self.task_id, name, value, dict)
         if part is not None and "key" not in part:
             raise AirflowFailException(f"{self.task_id}: {name} must be what the {name} check returned; it has no "
                                        "'key'")
@@ -245,7 +245,7 @@ class ReconcileReportOperator(_StagingMixin, BaseOperator):
             raise AirflowFailException(f"{self.task_id}: no check result: the compare tasks did not finish")
         storage = self._storage()
         findings = load_findings(storage, [p["key"] for p in parts])
-        if _native(self.task_id, "preview", self.preview, bool):
+        if native(self.task_id, "preview", self.preview, bool):
             log_drift(findings, dry_run=True)
             self.log.info("dry run: %d difference(s); no report written, no alert", len(findings))
             return {"clean": not findings, "findings": len(findings), "dry_run": True}

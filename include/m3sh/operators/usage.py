@@ -22,16 +22,13 @@ from pydantic import ValidationError
 from m3sh.compat import AirflowFailException
 from m3sh.config import MeterDefinition, UsageFeed
 from m3sh.hooks.m3ter import M3terHook
+from m3sh.operators._common import problems
 from m3sh.operators.m3ter import M3terBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 COUNTED = ("rows_read", "accepted", "rejected", "batches_sent")
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 class S3UsageToM3terOperator(M3terBaseOperator[M3terHook]):
@@ -109,7 +106,7 @@ class S3UsageToM3terOperator(M3terBaseOperator[M3terHook]):
         try:
             return MeterDefinition.model_validate(meter)
         except ValidationError as exc:
-            raise ValueError(f"{self.task_id}: invalid meters[{index}] ({_problems(exc)})") from None
+            raise ValueError(f"{self.task_id}: invalid meters[{index}] ({problems(exc)})") from None
 
     def _feed(self) -> UsageFeed:
         """The mapping with this run's rendered bucket/prefix (a feed object keeps its own otherwise)."""
@@ -121,7 +118,7 @@ class S3UsageToM3terOperator(M3terBaseOperator[M3terHook]):
                              prefix=self.prefix or "", format=self.file_format, delimiter=self.delimiter,
                              meter_field=self.meter_field, id_field=self.id_field, meters=self.meter_definitions)
         except ValidationError as exc:
-            raise AirflowFailException(f"{self.task_id}: invalid usage mapping ({_problems(exc)})") from None
+            raise AirflowFailException(f"{self.task_id}: invalid usage mapping ({problems(exc)})") from None
 
     def execute(self, context: Context) -> dict[str, Any]:
         from m3sh.storage import Storage
