@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 # Under pytest-xdist (``make test`` runs two workers, a file per worker at a time) each worker is a
 # separate session: its own Airflow home (SQLite metadata DB), sandbox ports and standalone homes.
@@ -124,6 +125,28 @@ def airflow_db() -> Path:
 def run_dag(dag: object, **conf: object) -> object:
     """Run a whole DAG with ``dag.test()`` and return the DagRun; conf becomes the run's params."""
     return dag.test(run_conf=conf or None)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def no_m3sh_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[mock.Mock]:
+    """A user's Airflow without m3sh.yaml: any attempt to find, read or load it fails the test.
+
+    ``M3SH_CONFIG`` names a missing file (for other processes) and the config loaders are replaced
+    by a guard. ``dag.test()`` re-parses its bundle's folder; a user's holds their DAGs, not m3sh's
+    own (which read m3sh.yaml at import), so the DAG folder is an empty one of the user's.
+    """
+    import airflow.settings
+
+    import m3sh.config
+
+    monkeypatch.setenv("M3SH_CONFIG", str(tmp_path / "missing" / "m3sh.yaml"))
+    (tmp_path / "user-dags").mkdir()
+    monkeypatch.setattr(airflow.settings, "DAGS_FOLDER", str(tmp_path / "user-dags"))
+    guard = mock.Mock(side_effect=AssertionError("m3sh.yaml must not be read"))
+    for name in ("_config_path", "get_config", "load_config", "read_config_text"):
+        monkeypatch.setattr(m3sh.config, name, guard)
+    yield guard
+    assert guard.call_count == 0
 
 
 FAST_RETRIES = "\ndag_defaults: {retries: 1, retry_delay_s: 0.1, max_retry_delay_s: 1}\n"

@@ -18,7 +18,6 @@ import pytest
 
 from m3sh.operators import M3terAnalyticsCommitOperator, M3terAnalyticsPlanOperator, M3terAnalyticsTableOperator
 from m3sh.storage import Storage
-from tests.integration.test_operators_in_user_dag import no_m3sh_yaml  # noqa: F401 - the fixture
 from tests.integration.test_sensors_sandbox import _register
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
@@ -45,7 +44,7 @@ def _user_dag(tag: str, prefix: str) -> Any:
 
 
 def test_a_users_dag_exports_a_day_as_parquet_without_m3sh_yaml(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     from m3sh.analytics.reader import AnalyticsReader
     from m3sh.hooks.m3ter import M3terHook
 

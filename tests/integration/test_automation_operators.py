@@ -19,7 +19,6 @@ import pytest
 
 from m3sh.operators import M3terApplyFiringsOperator, M3terFiringsSummaryOperator, M3terRulesEvaluateOperator
 from m3sh.storage import Storage
-from tests.integration.test_operators_in_user_dag import no_m3sh_yaml  # noqa: F401 - the fixture
 from tests.integration.test_sensors_sandbox import _register
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
@@ -51,7 +50,7 @@ def _user_dag(tag: str, prefix: str) -> Any:
 
 
 def test_a_users_rule_acts_once_across_runs_without_m3sh_yaml(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     from m3sh.automation.actions import describe
     from m3sh.automation.ledger import Ledger
     from m3sh.config import Action

@@ -38,7 +38,6 @@ from m3sh.operators import (
 )
 from m3sh.sandbox.seed import DemoCustomer, demo_company
 from m3sh.storage import Storage
-from tests.integration.test_operators_in_user_dag import no_m3sh_yaml  # noqa: F401 - the fixture
 from tests.integration.test_sensors_sandbox import _register
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
@@ -103,7 +102,7 @@ def _hubspot_ids(ids: list[str]) -> dict[str, Any]:
 
 
 def test_step_operators_sync_two_crms_into_m3ter_and_back_then_a_rerun_writes_nothing(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     from airflow.sdk import DAG
 
     customers = _pick("salesforce", 2) + _pick("hubspot", 2) + _pick("both", 2) + _pick("hubspot", 1, in_m3ter=True)
@@ -169,7 +168,7 @@ def test_step_operators_sync_two_crms_into_m3ter_and_back_then_a_rerun_writes_no
 
 
 def test_salesforce_operator_previews_syncs_reruns_and_backfills_one_hour_in_one_task(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     from airflow.sdk import DAG
 
     from m3sh.compat import CronDataIntervalTimetable
@@ -230,7 +229,7 @@ def test_salesforce_operator_previews_syncs_reruns_and_backfills_one_hour_in_one
 
 
 def test_hubspot_operator_given_a_source_syncs_every_record_of_an_unscheduled_run_once(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     from airflow.sdk import DAG
 
     customers = _pick("hubspot", 2)
@@ -261,7 +260,7 @@ def test_hubspot_operator_given_a_source_syncs_every_record_of_an_unscheduled_ru
 
 
 def test_a_failed_m3ter_write_fails_the_task_by_name_after_the_rest_is_written(
-        fresh_sandbox: Any, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, no_m3sh_yaml: mock.Mock) -> None:
     """A plan missing in m3ter fails each customer's account plan; the accounts, contracts, mappings
     and write-backs still happen, and the task fails naming each failed write."""
     from m3sh.dagkit.errors import RunFailed

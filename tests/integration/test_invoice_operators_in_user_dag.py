@@ -27,7 +27,6 @@ from m3sh.operators import (
 )
 from m3sh.storage import Storage
 from tests.integration.dags.test_invoice_sync_dag import assert_one_invoice_per_bill, seed_bills, writes
-from tests.integration.test_operators_in_user_dag import no_m3sh_yaml  # noqa: F401 - the fixture
 from tests.integration.test_sensors_sandbox import _register
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
@@ -54,7 +53,7 @@ def _user_dag(tag: str, prefix: str) -> Any:
 
 
 def test_a_users_dag_delivers_bills_to_netsuite_once_across_two_runs_without_m3sh_yaml(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     seeded = seed_bills(fresh_sandbox, n_usd=3, n_eur=0)
     bills = seeded["usd"]
     assert len(bills) == 3 and not seeded["eur"]

@@ -41,21 +41,6 @@ TARGET_PLAN = "growth_usd"
 MEASUREMENTS = "POST /organizations/{id}/measurements"
 
 
-@pytest.fixture
-def no_m3sh_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> mock.Mock:
-    import airflow.settings
-
-    import m3sh.config
-
-    monkeypatch.setenv("M3SH_CONFIG", str(tmp_path / "missing" / "m3sh.yaml"))
-    # dag.test() re-parses its bundle's folder; the user's Airflow holds their DAGs, not m3sh's own
-    # (which read m3sh.yaml at import), so the bundle here is an empty folder of the user's.
-    (tmp_path / "dags").mkdir()
-    monkeypatch.setattr(airflow.settings, "DAGS_FOLDER", str(tmp_path / "dags"))
-    guard = mock.Mock(side_effect=AssertionError("m3sh.yaml must not be read"))
-    for name in ("_config_path", "get_config", "load_config", "read_config_text"):
-        monkeypatch.setattr(m3sh.config, name, guard)
-    return guard
 
 
 def _user_dag(tag: str, usage_prefix: str, state_prefix: str) -> Any:

@@ -34,7 +34,6 @@ from m3sh.operators import (
 )
 from m3sh.storage import Storage
 from tests.integration.dags.test_invoice_sync_dag import netsuite, seed_bills, writes
-from tests.integration.test_operators_in_user_dag import no_m3sh_yaml  # noqa: F401 - the fixture
 from tests.integration.test_sensors_sandbox import _register
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
@@ -100,7 +99,7 @@ def _read(storage: Storage, key: str) -> str:
 
 
 def test_a_users_dag_reconciles_netsuite_reports_drift_and_resolution_without_m3sh_yaml(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     seeded = seed_bills(fresh_sandbox, n_usd=3, n_eur=0)
     bills = seeded["usd"]
     assert len(bills) == 3
@@ -180,7 +179,7 @@ HUBSPOT = {"type": "hubspot", "name": "hubspot_deals", "conn_id": "hubspot_defau
 
 
 def test_hubspot_deals_are_read_back_and_a_changed_summary_is_reported(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     """The invoice summary on each HubSpot customer's won deal is read back: clean after delivery;
     a summary overwritten by hand is reported missing on that deal's bill, and nothing else."""
     from airflow.sdk import DAG

@@ -27,7 +27,6 @@ from m3sh.operators import (
 )
 from m3sh.sandbox.aws_seed import s3_client
 from m3sh.storage import Storage
-from tests.integration.test_operators_in_user_dag import no_m3sh_yaml  # noqa: F401 - the fixture
 from tests.integration.test_sensors_sandbox import _register
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
@@ -73,7 +72,7 @@ def _usage(hook: Any) -> dict[str, tuple[int, float]]:
 
 
 def test_a_users_dag_ingests_s3_and_http_feeds_once_without_m3sh_yaml(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     from m3sh.hooks.m3ter import M3terHook
 
     hook = M3terHook()
@@ -126,7 +125,7 @@ def test_a_users_dag_ingests_s3_and_http_feeds_once_without_m3sh_yaml(
 
 
 def test_a_broken_file_fails_only_the_summary_naming_it(
-        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:  # noqa: F811
+        fresh_sandbox: Any, airflow_db: Path, no_m3sh_yaml: mock.Mock) -> None:
     from m3sh.hooks.m3ter import M3terHook
 
     hook = M3terHook()

@@ -9,9 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-from unittest import mock
 
 import pytest
 
@@ -25,21 +24,12 @@ from m3sh.operators import (
     SalesforceToM3terOperator,
 )
 
+pytestmark = pytest.mark.usefixtures("no_m3sh_yaml")  # operators must work without it
+
 SF = CrmSource(name="sf", type="salesforce", conn_id="salesforce_default", write_back_field="M3ter_Account_Id__c")
 CFG = M3shConfig(crm=CrmSyncConfig(sources=[SF], plan_map={"GOLD": "gold"}), storage=StorageConfig(bucket="cfg"))
 
 
-@pytest.fixture(autouse=True)
-def no_m3sh_yaml(monkeypatch: pytest.MonkeyPatch) -> Iterator[mock.Mock]:
-    """Any attempt to find, read or load m3sh.yaml fails the test."""
-    import m3sh.config
-
-    monkeypatch.delenv("M3SH_CONFIG", raising=False)
-    guard = mock.Mock(side_effect=AssertionError("m3sh.yaml must not be read"))
-    for name in ("_config_path", "get_config", "load_config", "read_config_text"):
-        monkeypatch.setattr(m3sh.config, name, guard)
-    yield guard
-    assert guard.call_count == 0
 
 
 @pytest.mark.parametrize(("make", "message"), [

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
-from unittest import mock
 
 import pytest
 from airflow.sdk import DAG
@@ -30,20 +29,11 @@ from m3sh.operators import (
 )
 from m3sh.storage import Storage
 
+pytestmark = pytest.mark.usefixtures("no_m3sh_yaml")  # operators must work without it
+
 NS = {"subsidiary_id": "1", "default_item_id": "503", "item_map": {"STANDING_CHARGE": "502"}}
 
 
-@pytest.fixture(autouse=True)
-def no_m3sh_yaml(monkeypatch: pytest.MonkeyPatch) -> Iterator[mock.Mock]:
-    """Any attempt to find, read or load m3sh.yaml fails the test."""
-    import m3sh.config
-
-    monkeypatch.delenv("M3SH_CONFIG", raising=False)
-    guard = mock.Mock(side_effect=AssertionError("m3sh.yaml must not be read"))
-    for name in ("_config_path", "get_config", "load_config", "read_config_text"):
-        monkeypatch.setattr(m3sh.config, name, guard)
-    yield guard
-    assert guard.call_count == 0
 
 
 # ------------------------------------------------------------------------------------ in-memory systems

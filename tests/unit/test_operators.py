@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -30,20 +29,11 @@ from m3sh.operators.m3ter import DEFAULT_IDEMPOTENCY_KEY
 from m3sh.sensors.m3ter import M3terBalanceSensor, M3terContractEndSensor, M3terUsageLimitSensor
 from m3sh.triggers.m3ter import M3terBalanceTrigger, M3terContractEndTrigger, M3terUsageLimitTrigger
 
+pytestmark = pytest.mark.usefixtures("no_m3sh_yaml")  # operators must work without it
+
 METERS = [{"code": "api_calls", "measures": {"quantity": "quantity"}}]
 
 
-@pytest.fixture(autouse=True)
-def no_m3sh_yaml(monkeypatch: pytest.MonkeyPatch) -> Iterator[mock.Mock]:
-    """Any attempt to find, read or load m3sh.yaml fails the test."""
-    import m3sh.config
-
-    monkeypatch.delenv("M3SH_CONFIG", raising=False)
-    guard = mock.Mock(side_effect=AssertionError("m3sh.yaml must not be read"))
-    for name in ("_config_path", "get_config", "load_config", "read_config_text"):
-        monkeypatch.setattr(m3sh.config, name, guard)
-    yield guard
-    assert guard.call_count == 0
 
 
 # ---------------------------------------------------------------------------------- template fields

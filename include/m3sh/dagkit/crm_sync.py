@@ -15,12 +15,11 @@ from airflow.sdk import DAG, Param
 
 from m3sh.compat import CronDataIntervalTimetable
 from m3sh.config import M3shConfig, get_config
-from m3sh.dagkit.defaults import common_dag_args
+from m3sh.dagkit.defaults import FROM_PARAM, common_dag_args
 from m3sh.operators.crm import CrmExtractOperator, CrmToM3terSyncOperator, CrmWriteBackOperator
 
 log = logging.getLogger(__name__)
 DAG_ID = "m3sh_crm_sync"
-FROM_PARAM = "{{{{ params.{} | tojson }}}}"
 
 
 def build_crm_sync_dag(cfg: M3shConfig | None = None) -> DAG:

@@ -32,7 +32,7 @@ from airflow.sdk import DAG, Param, TaskGroup, task
 
 from m3sh.compat import CronDataIntervalTimetable
 from m3sh.config import M3shConfig, NetSuiteDestination, get_config
-from m3sh.dagkit.defaults import common_dag_args
+from m3sh.dagkit.defaults import FROM_PARAM, common_dag_args
 from m3sh.operators.invoicing import (
     M3terBillsCollectOperator,
     M3terBillsDeliverOperator,
@@ -42,8 +42,6 @@ from m3sh.operators.invoicing import (
 DAG_ID = "m3sh_invoice_sync"
 MAP_LABEL = "{{ task.staged['dest'] }} part {{ task.staged['index'] + 1 }}"
 POOL_DESCRIPTION = "m3sh: NetSuite per-account concurrency"
-# Params rendered as JSON, which the invoice operators read back as values (lists, booleans).
-FROM_PARAM = "{{{{ params.{} | tojson }}}}"
 
 
 def required_pools(cfg: M3shConfig) -> dict[str, int]:

@@ -17,7 +17,7 @@ from airflow.sdk import DAG, Param
 
 from m3sh.compat import CronDataIntervalTimetable
 from m3sh.config import M3shConfig, get_config
-from m3sh.dagkit.defaults import common_dag_args
+from m3sh.dagkit.defaults import FROM_PARAM, common_dag_args
 from m3sh.operators.reconcile import (
     M3terReconcileAccountsOperator,
     M3terReconcileBillsOperator,
@@ -25,7 +25,6 @@ from m3sh.operators.reconcile import (
 )
 
 DAG_ID = "m3sh_reconcile"
-FROM_PARAM = "{{{{ params.{} | tojson }}}}"  # the param as JSON: the operators read it back typed
 
 
 def build_reconcile_dag(cfg: M3shConfig | None = None) -> DAG:
