@@ -212,89 +212,49 @@ def ingest_s3_object(
     head = source_storage.client.head_object(Bucket=source_storage.bucket, Key=key)
     etag = str(head.get("ETag", "")).strip('"')
     mkey = manifest_key(state, feed.name, key, etag)
-    previous = state.get_json(mkey) or {}
-    if previous.get("status") == "complete":
-        log.info("usage file s3://%s/%s already ingested (%s rows accepted); skipping",
-                 source_storage.bucket, key, previous.get("accepted"))
-        return FileResult(**{**previous, "status": "skipped"})
-    resume_after = int(previous.get("rows_sent", 0)) if previous.get("etag") == etag else 0
-    if resume_after:
-        log.info("resuming s3://%s/%s after %d confirmed measurements", source_storage.bucket, key, resume_after)
-    result = FileResult(feed=feed.name, key=key, etag=etag, rows_sent=resume_after)
     source = f"s3://{source_storage.bucket}/{key}"
+    result = _resume(state.get_json(mkey) or {}, feed.name, key, etag, source)
+    if result.status == "skipped":
+        return result
     builder = MeasurementBuilder(feed, account_exists, now=now)
     body = _CountingStream(source_storage.client.get_object(Bucket=source_storage.bucket, Key=key)["Body"])
     progress = _Progress(source, int(head.get("ContentLength", 0)), progress_every)
     dead = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; invalid rows spool to disk, memory stays flat
 
-    def valid_measurements() -> Iterator[dict[str, Any]]:
-        fmt, gz = detect_format(key, feed.format)
-        rows = iter_rows(body, source, fmt, gz, csv_delimiter(key, feed.delimiter))  # type: ignore[arg-type]
-        for line, row in rows:
-            result.rows_read += 1
-            progress.maybe_log(result.rows_read, body.bytes_read)
-            try:
-                if isinstance(row, InvalidRecord):
-                    raise row
-                m = builder.build(row, source, line)
-            except InvalidRecord as bad:
-                result.rejected += 1
-                _dead_letter(dead, bad, row if isinstance(row, dict) else None)
-                continue
-            result.accepted += 1
-            if result.accepted > resume_after:
-                yield m
+    fmt, gz = detect_format(key, feed.format)
+    rows = iter_rows(body, source, fmt, gz, csv_delimiter(key, feed.delimiter))  # type: ignore[arg-type]
+    measurements = _valid_measurements(rows, builder, result, source=source, dead=dead,
+                                       tick=lambda: progress.maybe_log(result.rows_read, body.bytes_read),
+                                       resume_after=result.rows_sent)
 
-    # Up to ``max_in_flight`` requests in flight while the next batches are read and validated: the
-    # round trips overlap the CPU work and each other (with one in flight a 22 ms round trip caps a
-    # 50 req/s ingest limit at ~45/s). Batches are still *confirmed* strictly in order, so the
-    # manifest's rows_sent stays a confirmed prefix: after a failure the retry re-sends from the
-    # first unconfirmed batch, and any later batch that did land is dropped by m3ter's uid de-dup.
-    in_flight: deque[tuple[Future[Any], int]] = deque()
-
-    def confirm_oldest() -> None:
-        future, size = in_flight.popleft()
-        future.result()  # re-raises the submit's error in this thread
+    def confirmed(size: int) -> None:
         result.batches_sent += 1
         result.rows_sent += size
-        if result.batches_sent % CHECKPOINT_EVERY_BATCHES == 0:
+        if not dry_run and result.batches_sent % CHECKPOINT_EVERY_BATCHES == 0:
             state.put_json(mkey, {**result.to_dict(), "status": "in_progress"})
 
-    def confirm_all() -> None:
-        while in_flight:
-            confirm_oldest()
-
-    window = max(1, max_in_flight)
     # Both S3 clients exist by now (head_object, the manifest read): their objects are frozen too.
-    with _steady_senders(), ThreadPoolExecutor(max_workers=window, thread_name_prefix="m3sh-ingest") as sender:
+    with _steady_senders(), ThreadPoolExecutor(max_workers=max(1, max_in_flight),
+                                               thread_name_prefix="m3sh-ingest") as pool:
+        sender = _InOrderSender(pool, m3ter.submit_measurements, max(1, max_in_flight), confirmed)
         try:
-            for batch in measurement_batches(valid_measurements(), max_items=batch_size):
+            for batch in measurement_batches(measurements, max_items=batch_size):
                 if dry_run:
-                    result.batches_sent += 1
-                    result.rows_sent += len(batch)
+                    confirmed(len(batch))
                     continue
-                if len(in_flight) >= window:
-                    confirm_oldest()
-                in_flight.append((sender.submit(m3ter.submit_measurements, batch), len(batch)))
-            confirm_all()
+                sender.send(batch)
+            sender.confirm_all()
         except BadFile as exc:
-            confirm_all()
+            sender.confirm_all()
             result.status, result.error = "failed", str(exc)
             log.error("%s", exc)
         except BaseException:
-            for future, _ in in_flight:  # not started yet: don't send after the task has failed
-                future.cancel()
+            sender.cancel()
             raise
         else:
             result.status = "complete"
     result.seconds = round(time.monotonic() - t0, 3)
-    if result.rejected:
-        result.dead_letter_key = layout.usage_dead_letter(state, feed.name, key)
-        dead.seek(0)
-        state.put_bytes(result.dead_letter_key, dead.read(), "application/x-ndjson")
-        log.warning("%s: %d invalid row(s) dead-lettered to %s", source, result.rejected,
-                    state.uri(result.dead_letter_key))
-    dead.close()
+    _store_dead_letters(result, dead, state, source)
     result.finished_at = dt.datetime.now(dt.UTC).isoformat()
     if result.status == "complete" and result.rows_read == 0:
         # A quiet hour is often exported as an empty file: nothing to send, and not a failure.
@@ -305,6 +265,81 @@ def ingest_s3_object(
     log.info("%s: %s — read %d, accepted %d, rejected %d, %d batch(es) in %.1fs", source, result.status,
              result.rows_read, result.accepted, result.rejected, result.batches_sent, result.seconds)
     return result
+
+
+def _valid_measurements(rows: Iterator[tuple[int, Any]], builder: MeasurementBuilder, result: FileResult, *,
+                        source: str, dead: IO[bytes], tick: Callable[[], None],
+                        resume_after: int) -> Iterator[dict[str, Any]]:
+    """The measurements of ``rows`` past the ``resume_after`` a previous attempt confirmed; invalid
+    rows are counted and spooled to ``dead`` with file, line, field and reason."""
+    for line, row in rows:
+        result.rows_read += 1
+        tick()
+        try:
+            if isinstance(row, InvalidRecord):
+                raise row
+            m = builder.build(row, source, line)
+        except InvalidRecord as bad:
+            result.rejected += 1
+            _dead_letter(dead, bad, row if isinstance(row, dict) else None)
+            continue
+        result.accepted += 1
+        if result.accepted > resume_after:
+            yield m
+
+
+def _resume(previous: dict[str, Any], feed: str, key: str, etag: str, source: str) -> FileResult:
+    """Where an object's ingest starts: ``skipped`` when its manifest says complete, else after the
+    measurements a previous attempt confirmed for the same content (ETag)."""
+    if previous.get("status") == "complete":
+        log.info("usage file %s already ingested (%s rows accepted); skipping", source, previous.get("accepted"))
+        return FileResult(**{**previous, "status": "skipped"})
+    resume_after = int(previous.get("rows_sent", 0)) if previous.get("etag") == etag else 0
+    if resume_after:
+        log.info("resuming %s after %d confirmed measurements", source, resume_after)
+    return FileResult(feed=feed, key=key, etag=etag, rows_sent=resume_after)
+
+
+class _InOrderSender:
+    """Up to ``window`` requests in flight while the next batches are read and validated: the round
+    trips overlap the CPU work and each other (with one in flight a 22 ms round trip caps a 50 req/s
+    ingest limit at ~45/s). Batches are still *confirmed* strictly in order, so the manifest's
+    rows_sent stays a confirmed prefix: after a failure the retry re-sends from the first
+    unconfirmed batch, and any later batch that did land is dropped by m3ter's uid de-dup."""
+
+    def __init__(self, pool: ThreadPoolExecutor, send: Callable[[list[dict[str, Any]]], Any], window: int,
+                 confirmed: Callable[[int], None]) -> None:
+        self.pool, self._send, self.window, self.confirmed = pool, send, window, confirmed
+        self.in_flight: deque[tuple[Future[Any], int]] = deque()
+
+    def send(self, batch: list[dict[str, Any]]) -> None:
+        if len(self.in_flight) >= self.window:
+            self.confirm_oldest()
+        self.in_flight.append((self.pool.submit(self._send, batch), len(batch)))
+
+    def confirm_oldest(self) -> None:
+        future, size = self.in_flight.popleft()
+        future.result()  # re-raises the submit's error in this thread
+        self.confirmed(size)
+
+    def confirm_all(self) -> None:
+        while self.in_flight:
+            self.confirm_oldest()
+
+    def cancel(self) -> None:
+        for future, _ in self.in_flight:  # not started yet: don't send after the task has failed
+            future.cancel()
+
+
+def _store_dead_letters(result: FileResult, dead: IO[bytes], state: Storage, source: str) -> None:
+    """Write the spooled invalid rows (if any) to the feed's dead-letter object; close the spool."""
+    if result.rejected:
+        result.dead_letter_key = layout.usage_dead_letter(state, result.feed, result.key)
+        dead.seek(0)
+        state.put_bytes(result.dead_letter_key, dead.read(), "application/x-ndjson")
+        log.warning("%s: %d invalid row(s) dead-lettered to %s", source, result.rejected,
+                    state.uri(result.dead_letter_key))
+    dead.close()
 
 
 def _dead_letter(out: IO[bytes], bad: InvalidRecord, row: dict[str, Any] | None) -> None:
