@@ -27,7 +27,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from typing import Any, TypeVar
 
 import urllib3
 from airflow.sdk import BaseHook
-from airflow.sdk.log import mask_secret  # 3.3: also tells the supervisor to mask the value
 from hubspot import HubSpot
 from hubspot.crm.associations.v4 import BatchInputPublicFetchAssociationsBatchRequest
 from hubspot.crm.associations.v4.exceptions import ApiException as AssociationsApiException
@@ -51,9 +49,9 @@ from hubspot.crm.objects import (
 from hubspot.crm.objects.exceptions import ApiException as ObjectsApiException
 from hubspot.crm.properties import PropertyCreate
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from m3sh.exceptions import ExternalApiError, RetryableError
+from m3sh.hooks.base import absolute_url, backoff_wait, mask, retrying
 from m3sh.hooks.limits import RateLimiter, Rules, bucket_key, key_prefix, resolve_limiter_url, shared_limiter
 
 log = logging.getLogger(__name__)
@@ -207,12 +205,9 @@ class HubSpotHook(BaseHook):
                 raise HubSpotAuthError(
                     f"connection {self.hubspot_conn_id!r} has no private-app token in its password field"
                 )
-            mask_secret(token)
+            mask(token)
             extra = conn.extra_dejson
-            host = (conn.host or "").strip().rstrip("/")
-            if host and "://" not in host:
-                host = f"https://{host}"
-            self.host = host or DEFAULT_HOST
+            self.host = absolute_url(conn.host, DEFAULT_HOST)
             self._limiter = _shared_limiter(
                 self.host, token, "burst", int(extra.get("rate_limit_requests", 100)),
                 float(extra.get("rate_limit_window_s", 10)), extra=extra,
@@ -246,13 +241,6 @@ class HubSpotHook(BaseHook):
             return self._apis[name]
 
     # -- the one place every request goes through ----------------------------------------------------
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        backoff = min(self.backoff_max_s, self.backoff_base_s * 2 ** (state.attempt_number - 1))
-        backoff *= 1 + random.random() * 0.25  # jitter: threads that failed together retry apart
-        retry_after = _retry_after(exc) if exc is not None else None
-        return min(self.backoff_max_s, retry_after) if retry_after is not None else backoff
-
     def _call(self, what: str, fn: Callable[[], T], *, object_type: str | None = None,
               object_id: str | None = None, search: bool = False, attempts: int | None = None) -> T:
         """Run one API call: rate-limit every attempt, retry transient failures, translate errors."""
@@ -264,22 +252,11 @@ class HubSpotHook(BaseHook):
             limiter.acquire()
             return fn()
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            status = _status(exc) if exc is not None else None
-            log.warning("HubSpot %s failed (%s); retry %d/%d in %.1fs", what,
-                        status if status is not None else type(exc).__name__,
-                        state.attempt_number, attempts or self.max_attempts,
-                        state.next_action.sleep if state.next_action else 0.0)
-
         try:
-            return Retrying(
-                stop=stop_after_attempt(attempts or self.max_attempts),
-                wait=self._wait,
-                retry=retry_if_exception(_is_retryable),
-                before_sleep=before_sleep,
-                reraise=True,
-            )(attempt)
+            return retrying("HubSpot", what, attempts=attempts or self.max_attempts, log=log,
+                            wait=backoff_wait(self.backoff_base_s, self.backoff_max_s, _retry_after),
+                            retryable=_is_retryable,
+                            describe=lambda e: _status(e) or type(e).__name__)(attempt)
         except (*_API_EXCEPTIONS, urllib3.exceptions.HTTPError) as exc:
             raise self._translate(exc, what, object_type, object_id) from None
 

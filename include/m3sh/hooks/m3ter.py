@@ -39,6 +39,7 @@ from airflow.sdk import BaseHook
 from m3ter.pagination import AsyncCursor, SyncCursor
 
 from m3sh.exceptions import M3terApiError, M3terVersionConflict, RetryableError
+from m3sh.hooks.base import absolute_url, mask
 from m3sh.hooks.limits import RateLimiter, Rules, bucket_key, key_prefix, resolve_limiter_url, shared_limiter
 from m3sh.hooks.m3ter_ops import OPS
 
@@ -102,7 +103,7 @@ class M3terSettings:
                                   ("extra.org_id", org_id)) if not v]
         if missing:
             raise M3terApiError(f"connection {conn.conn_id!r} is missing {', '.join(missing)}")
-        host = _absolute(conn.host or DEFAULT_BASE_URL)
+        host = absolute_url(conn.host, DEFAULT_BASE_URL)
         return cls(
             base_url=host,
             ingest_url=ingest_base_url(host, extra.get("ingest_url")),
@@ -137,9 +138,6 @@ class M3terSettings:
         return f"{self.ingest_url}{self.org_path(OPS['submit_measurements'].path)}"
 
 
-def _absolute(url: str) -> str:
-    url = url.strip().rstrip("/")
-    return url if "://" in url else f"https://{url}"
 
 
 def ingest_base_url(config_url: str, configured: str | None = None) -> str:
@@ -152,7 +150,7 @@ def ingest_base_url(config_url: str, configured: str | None = None) -> str:
     with an overridden base URL; name the ingest host in the extra if it differs.
     """
     if configured:
-        return _absolute(configured)
+        return absolute_url(configured, configured)
     scheme, _, rest = config_url.partition("://")
     host, sep, path = rest.partition("/")
     if host.startswith("api."):
@@ -200,7 +198,7 @@ class _TokenCache:
             resp = httpx.post(url, headers=headers, json=body, timeout=settings.timeout_s)
             tok = parse_token_response(resp.status_code, _json_or_none(resp), time.time())
             self.fetches += 1
-            _mask(tok.access_token)
+            mask(tok.access_token)
             self._tokens[key] = tok
             return tok
 
@@ -216,7 +214,7 @@ class _TokenCache:
         with self._lock:
             self.fetches += 1
             self._tokens[key] = tok
-        _mask(tok.access_token)
+        mask(tok.access_token)
         return tok
 
     def clear(self) -> None:
@@ -241,13 +239,6 @@ def _json_or_none(resp: httpx.Response) -> Any:
         return None
 
 
-def _mask(secret: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-
-        mask_secret(secret)
-    except ImportError:  # pragma: no cover - outside Airflow
-        pass
 
 
 def translate_error(exc: Exception, *, entity: str | None = None, record_id: str | None = None) -> Exception:

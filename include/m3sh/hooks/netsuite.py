@@ -26,9 +26,9 @@ from urllib.parse import quote
 import requests
 from airflow.sdk import BaseHook
 from requests_oauthlib import OAuth1
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from m3sh.exceptions import ExternalApiError, M3shError, RetryableError
+from m3sh.hooks.base import absolute_url, backoff_wait, mask, retrying
 from m3sh.hooks.limits import Slots, bucket_key, key_prefix, resolve_limiter_url, shared_slots
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class NetSuiteHook(BaseHook):
         token_secret = str(extra.get("token_secret") or "")
         for secret in (consumer_secret, token_secret):
             if secret:
-                _mask(secret)
+                mask(secret)
         account_id = str(extra.get("account_id") or "")
         required = {
             "login (consumer key)": conn.login,
@@ -192,13 +192,9 @@ class NetSuiteHook(BaseHook):
         missing = [name for name, value in required.items() if not value]
         if missing:
             raise ValueError(f"NetSuite connection {self.netsuite_conn_id!r} is missing {', '.join(missing)}")
-        host = (conn.host or "").strip().rstrip("/")
-        if host:
-            if "://" not in host:
-                host = f"https://{host}"
-            host = host.removesuffix(REST_PATH)
-        else:
-            host = f"https://{account_id.lower().replace('_', '-')}.suitetalk.api.netsuite.com"
+        # NetSuite's own host per account (1234567_SB1 -> 1234567-sb1.suitetalk.api.netsuite.com).
+        default = f"https://{account_id.lower().replace('_', '-')}.suitetalk.api.netsuite.com"
+        host = absolute_url(conn.host, default).removesuffix(REST_PATH)
         settings = _Settings(
             account_id=normalise_account_id(account_id),
             base_url=host,
@@ -238,20 +234,6 @@ class NetSuiteHook(BaseHook):
             return self._session
 
     # -- transport ----------------------------------------------------------------------------
-    def _wait(self, state: RetryCallState) -> float:
-        s = self.settings
-        wait = wait_random_exponential(multiplier=s.backoff_base_s, max=s.backoff_max_s)(state)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, NetSuiteError) and exc.retry_after_s:
-            wait = max(wait, min(exc.retry_after_s, s.backoff_max_s))
-        return float(wait)
-
-    @staticmethod
-    def _log_retry(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        sleep = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s; retrying in %.2fs (attempt %d)", exc, sleep, state.attempt_number)
-
     def _request(
         self,
         method: str,
@@ -268,14 +250,12 @@ class NetSuiteHook(BaseHook):
     ) -> requests.Response:
         ctx = {"record_type": record_type, "external_id": external_id, "record_id": record_id,
                "operation": operation}
-        retrying = Retrying(
-            stop=stop_after_attempt(self.settings.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception(lambda e: isinstance(e, NetSuiteError) and e.retryable),
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        response: requests.Response = retrying(
+        s = self.settings
+        retry = retrying("NetSuite", operation, attempts=s.max_attempts, log=log,
+                         wait=backoff_wait(s.backoff_base_s, s.backoff_max_s,
+                                           lambda e: e.retry_after_s if isinstance(e, NetSuiteError) else None),
+                         retryable=lambda e: isinstance(e, NetSuiteError) and e.retryable)
+        response: requests.Response = retry(
             self._send, method, path, idempotent, ctx, params=params, json=json, headers=headers
         )
         return response
@@ -455,10 +435,3 @@ class NetSuiteHook(BaseHook):
         return True, f"Connected to NetSuite account {self.account_id} ({len(rows)} subsidiary visible)"
 
 
-def _mask(secret: str) -> None:
-    """Register a secret with Airflow's masker so it is redacted from task logs."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - older task SDKs
-        return
-    mask_secret(secret)
