@@ -202,8 +202,10 @@ class AirflowEnv:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "PYTHONUNBUFFERED": "1",
         })
-        if self.sql_alchemy_conn:
-            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.sql_alchemy_conn
+        # SQLite (the standalone default) makes a writer wait 5 s for the lock, then fail: on a busy
+        # 2-core machine a CLI command beside the scheduler (``airflow backfill create``) hit that.
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = (self.sql_alchemy_conn
+                                                      or f"sqlite:///{self.home.resolve()}/airflow.db?timeout=60")
         if self.config_path:
             env["M3SH_CONFIG"] = str(self.config_path)
         env.update(self.extra)

@@ -221,9 +221,7 @@ def ingest_s3_object(
     progress = _Progress(source, int(head.get("ContentLength", 0)), progress_every)
     dead = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; invalid rows spool to disk, memory stays flat
 
-    fmt, gz = detect_format(key, feed.format)
-    rows = iter_rows(body, source, fmt, gz, csv_delimiter(key, feed.delimiter))  # type: ignore[arg-type]
-    measurements = _valid_measurements(rows, builder, result, source=source, dead=dead,
+    measurements = _valid_measurements(_rows(body, source, key, feed), builder, result, source=source, dead=dead,
                                        tick=lambda: progress.maybe_log(result.rows_read, body.bytes_read),
                                        resume_after=result.rows_sent)
 
@@ -265,6 +263,13 @@ def ingest_s3_object(
     log.info("%s: %s — read %d, accepted %d, rejected %d, %d batch(es) in %.1fs", source, result.status,
              result.rows_read, result.accepted, result.rejected, result.batches_sent, result.seconds)
     return result
+
+
+def _rows(body: Any, source: str, key: str, feed: UsageFeed) -> Iterator[tuple[int, Any]]:
+    """The object's rows, read when first asked for: a file m3sh cannot read raises BadFile inside
+    the send loop, which records it as a failed file instead of failing the task."""
+    fmt, gz = detect_format(key, feed.format)
+    yield from iter_rows(body, source, fmt, gz, csv_delimiter(key, feed.delimiter))
 
 
 def _valid_measurements(rows: Iterator[tuple[int, Any]], builder: MeasurementBuilder, result: FileResult, *,
