@@ -128,50 +128,22 @@ class MeasurementBuilder:
         self._latest = self.now + MAX_FUTURE_SKEW
         self._known_accounts: set[str] = set()  # codes account_exists confirmed: not asked again per row
 
-    def build(self, row: dict[str, Any], source: str, line: int) -> dict[str, Any]:
+    # One function on purpose: it runs once per usage row, and splitting it into steps cost ~3 % of a
+    # 150,000-row build (farm-bench A/B, 2026-12-02). Hence the branch limit's exception.
+    def build(self, row: dict[str, Any], source: str, line: int) -> dict[str, Any]:  # noqa: PLR0912
         feed = self.feed
-        meter, account = self._meter_and_account(row, source, line)
-        wire = self._timestamp(meter, row, source, line)
-        measure = self._measures(meter, row, source, line)
-        if account not in self._known_accounts:
-            if not self.account_exists(account):
-                raise _bad(source, line, f"account {account!r} does not exist in m3ter", meter.account_field)
-            self._known_accounts.add(account)
-        row_id = str(row.get(feed.id_field) or "").strip() if feed.id_field else ""
-        m: dict[str, Any] = {
-            "uid": measurement_uid(feed.name, source, line, row_id or None),
-            "meter": meter.code,
-            "account": account,
-            "ts": wire,
-            "measure": measure,
-        }
-        if meter.dimensions:
-            where: dict[str, str] = {}
-            for k, col in meter.dimensions:
-                v = row.get(col)
-                if v is not None and v != "":
-                    where[k] = (v if type(v) is str else str(v))[:256]
-            if where:
-                m["where"] = where
-        return m
-
-    def _meter_and_account(self, row: dict[str, Any], source: str, line: int) -> tuple[_Meter, str]:
-        meter_code = str(row.get(self.feed.meter_field) or "").strip()
+        meter_code = str(row.get(feed.meter_field) or "").strip()
         if not meter_code and self._only_meter is not None:
             meter_code = self._only_meter
         meter = self._meters.get(meter_code)
         if meter is None:
             raise _bad(source, line, f"unknown meter {meter_code!r}; configured: {sorted(self._meters)}",
-                       self.feed.meter_field)
+                       feed.meter_field)
         account = str(row.get(meter.account_field) or "").strip()
         if not account:
             raise _bad(source, line, "missing account code", meter.account_field)
         if len(account) > 80:
             raise _bad(source, line, "account code longer than 80 characters", meter.account_field)
-        return meter, account
-
-    def _timestamp(self, meter: _Meter, row: dict[str, Any], source: str, line: int) -> str:
-        """The row's timestamp in m3ter's wire form, checked against the accepted age."""
         raw_ts = row.get(meter.timestamp_field)
         wire: str | None = None
         try:
@@ -189,10 +161,6 @@ class MeasurementBuilder:
         if ts < meter.oldest:
             raise _bad(source, line, f"timestamp {ts.isoformat()} is older than {meter.max_age_days} days",
                        meter.timestamp_field)
-        return wire or format_ts(ts)
-
-    @staticmethod
-    def _measures(meter: _Meter, row: dict[str, Any], source: str, line: int) -> dict[str, float]:
         measure: dict[str, float] = {}
         for target, column in meter.measures:
             raw = row.get(column)
@@ -203,7 +171,27 @@ class MeasurementBuilder:
             if not math.isfinite(value):
                 raise _bad(source, line, f"not a finite number: {raw!r}", column)
             measure[target] = value
-        return measure
+        if account not in self._known_accounts:
+            if not self.account_exists(account):
+                raise _bad(source, line, f"account {account!r} does not exist in m3ter", meter.account_field)
+            self._known_accounts.add(account)
+        row_id = str(row.get(feed.id_field) or "").strip() if feed.id_field else ""
+        m: dict[str, Any] = {
+            "uid": measurement_uid(feed.name, source, line, row_id or None),
+            "meter": meter.code,
+            "account": account,
+            "ts": wire or format_ts(ts),
+            "measure": measure,
+        }
+        if meter.dimensions:
+            where: dict[str, str] = {}
+            for k, col in meter.dimensions:
+                v = row.get(col)
+                if v is not None and v != "":
+                    where[k] = (v if type(v) is str else str(v))[:256]
+            if where:
+                m["where"] = where
+        return m
 
 
 def _bad(source: str, line: int, reason: str, field: str | None = None) -> InvalidRecord:
