@@ -27,6 +27,7 @@ from m3sh import layout
 from m3sh.automation import rules as R
 from m3sh.automation.rules import Firing
 from m3sh.config import TriggerRule
+from m3sh.runs import chunked
 
 if TYPE_CHECKING:
     from m3sh.hooks.m3ter import M3terAsyncHook, M3terHook
@@ -42,10 +43,6 @@ class Evaluation:
     firings: list[Firing]
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def _chunks(items: Sequence[str], size: int = PAGE) -> list[list[str]]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
 def _total_credit(summary: Mapping[str, Any] | None) -> float | None:
@@ -214,7 +211,7 @@ class Evaluator:
     def _with_codes(self, firings: list[Firing]) -> list[Firing]:
         missing = sorted({f.account_id for f in firings if not f.account_code})
         codes: dict[str, str | None] = {}
-        for chunk in _chunks(missing):
+        for chunk in chunked(missing, PAGE):
             for a in self.hook.list_accounts(ids=chunk, page_size=PAGE):
                 codes[a["id"]] = a.get("code")
         return [f if f.account_code else f.with_code(codes.get(f.account_id)) for f in firings]
@@ -287,7 +284,7 @@ async def aevaluate(hook: M3terAsyncHook, rules: Sequence[TriggerRule], now: dt.
     firings = R.dedupe(firings)
     missing = sorted({f.account_id for f in firings if not f.account_code})
     codes: dict[str, str | None] = {}
-    for chunk in _chunks(missing):
+    for chunk in chunked(missing, PAGE):
         for a in await hook.alist_accounts(ids=chunk, page_size=PAGE):
             codes[a["id"]] = a.get("code")
     firings = [f if f.account_code else f.with_code(codes.get(f.account_id)) for f in firings]

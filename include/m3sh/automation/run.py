@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from m3sh.config import TriggerRule
+from m3sh.runs import MAX_MAP, StepOutcome, chunked
 
 log = logging.getLogger(__name__)
 
-MAX_MAP = 1024  # Airflow's limit on mapped task instances per task
 FIRINGS_PER_TASK = 50
 DRY_RUN_LISTED = 200  # firings a dry run lists in its result
 # A webhook-started run reads each notified account's balances (one call each); past this many
@@ -25,15 +24,6 @@ MAX_NOTIFIED_ACCOUNTS = 20
 
 class TooManyFirings(ValueError):
     """More chunks of firings than Airflow maps."""
-
-
-@dataclass
-class PassSummary:
-    """The pass totals, and when a firing had a failed action, the failure text and the keys."""
-
-    totals: dict[str, Any]
-    failure: str | None = None
-    records: list[str] = field(default_factory=list)
 
 
 def notified_account_ids(events: Any) -> list[str] | None:
@@ -97,7 +87,7 @@ def evaluate(m3ter: Any, rules: Sequence[TriggerRule], storage: Any, *, only_rul
     if final:
         log.info("%d firing(s) already done or abandoned (ledger markers): not re-applied", len(final))
     firings = [f.to_dict() for f in result.firings if f.key not in final]
-    chunks = [firings[i:i + firings_per_task] for i in range(0, len(firings), firings_per_task)]
+    chunks = chunked(firings, firings_per_task)
     if len(chunks) > MAX_MAP:
         raise TooManyFirings(f"{len(firings)} firings exceed {MAX_MAP} mapped tasks")
     return {"chunks": chunks, "firings": len(firings), "dry_run": False, "scope": scope}
@@ -127,7 +117,7 @@ def apply_chunk(firings: Sequence[Mapping[str, Any]], rules: Sequence[TriggerRul
     return outcomes
 
 
-def summarize_pass(evaluation: Mapping[str, Any], outcomes: Sequence[list[dict[str, Any]] | None]) -> PassSummary:
+def summarize_pass(evaluation: Mapping[str, Any], outcomes: Sequence[list[dict[str, Any]] | None]) -> StepOutcome:
     """Counts per outcome (a dry run: the evaluation's plan); a failure names the keys whose actions
     failed, which the next pass resumes."""
     from m3sh.automation.actions import summarize
@@ -142,6 +132,6 @@ def summarize_pass(evaluation: Mapping[str, Any], outcomes: Sequence[list[dict[s
     log.info("plan triggers summary: %s", totals)
     failed: list[str] = totals["failed_keys"]
     if failed:
-        return PassSummary(totals, f"{len(failed)} firing(s) had a failed action; the next pass resumes them: "
+        return StepOutcome(totals, f"{len(failed)} firing(s) had a failed action; the next pass resumes them: "
                                    f"{', '.join(failed[:20])}", failed)
-    return PassSummary(totals)
+    return StepOutcome(totals)

@@ -24,11 +24,11 @@ from m3sh import layout
 from m3sh.config import M3shConfig
 from m3sh.invoicing.deliver import Deliverer, deliver_batch, exported_destinations, fetch_bills, mark_exported
 from m3sh.invoicing.models import Delivery, EnrichedBill
+from m3sh.runs import MAX_MAP  # per destination at most; chunks grow beyond that
 from m3sh.storage import Storage
 
 log = logging.getLogger(__name__)
 
-MAX_MAP = 1024  # mapped task instances per destination at most; chunks grow beyond that
 PROBLEMS_IN_MESSAGE = 20
 
 

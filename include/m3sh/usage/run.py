@@ -9,32 +9,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from m3sh.config import UsageFeed
+from m3sh.runs import MAX_MAP, StepOutcome, chunked
 
 log = logging.getLogger(__name__)
 
-MAX_MAP = 1024  # Airflow's limit on mapped task instances per task
 COUNTED = ("rows_read", "accepted", "rejected", "batches_sent")
 
 
 class TooManyChunks(ValueError):
     """More chunks than Airflow maps."""
-
-
-@dataclass
-class IngestSummary:
-    """The run's totals, and when something was not ingested, the failure text and what it names."""
-
-    totals: dict[str, Any]
-    failure: str | None = None
-    records: list[str] = field(default_factory=list)
-
-
-def chunked(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start: dt.datetime | None = None,
@@ -85,7 +71,7 @@ def ingest_chunk(feed: UsageFeed, keys: Sequence[str], *, m3ter: Any, state: Any
                              max_in_flight=max_in_flight, dry_run=dry_run).to_dict() for key in keys]
 
 
-def summarize(planned: Sequence[dict[str, Any]], results: Sequence[list[dict[str, Any]] | None]) -> IngestSummary:
+def summarize(planned: Sequence[dict[str, Any]], results: Sequence[list[dict[str, Any]] | None]) -> StepOutcome:
     """Totals over every chunk's results. A chunk without results (its task failed after its
     retries) or a failed file makes a failure naming the files: the next run resumes them."""
     done = [chunk for chunk in results if chunk is not None]
@@ -104,10 +90,10 @@ def summarize(planned: Sequence[dict[str, Any]], results: Sequence[list[dict[str
         windows = {(r["feed"], str(r["key"]).split("?", 1)[0]) for r in flat}
         missing = [f"{c['feed']}:{k}" for c in planned for k in c["keys"]
                    if (c["feed"], k) not in reported and (c["feed"], k) not in windows]
-        return IngestSummary(totals, f"{lost_chunks} ingest task(s) failed after their retries; their files/feeds "
+        return StepOutcome(totals, f"{lost_chunks} ingest task(s) failed after their retries; their files/feeds "
                                      f"were not (fully) ingested and will be resumed by the next run: {missing[:20]}",
                              missing[:50])
     if failed:
-        return IngestSummary(totals, f"{len(failed)} usage file(s) failed: "
+        return StepOutcome(totals, f"{len(failed)} usage file(s) failed: "
                              + "; ".join(f"{r['key']}: {r['error']}" for r in failed), [r["key"] for r in failed])
-    return IngestSummary(totals)
+    return StepOutcome(totals)
