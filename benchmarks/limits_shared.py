@@ -114,7 +114,7 @@ def run_phase(m3ter_url: str, conn: dict[str, Any], *, backend: str, processes: 
             if p.is_alive():  # only our own children
                 p.kill()
         if backend == "redis":
-            _delete_prefix(prefix)
+            delete_prefix(prefix)
     stats = admin("stats")
     state1 = admin("state")
     usage1 = state1["usage"]
@@ -143,7 +143,7 @@ def run_phase(m3ter_url: str, conn: dict[str, Any], *, backend: str, processes: 
     }
 
 
-def _delete_prefix(prefix: str) -> None:
+def delete_prefix(prefix: str) -> None:
     import redis
 
     client = redis.Redis.from_url(LIMITER_URL, socket_connect_timeout=5)

@@ -11,7 +11,19 @@ Phase 2 switches m3ter's documented limits on (ingest: 50 requests/s per org) an
 file: its rows/s is the headline ``rows_per_s`` (what production sees); ``rows_per_s_unlimited`` is
 phase 1's, the client's own speed. ``achieved_rps`` is accepted ingest requests over the time
 between the first and the last one, and ``lost`` is valid rows minus the measurements the usage
-query reads back. The last line printed is one JSON object.
+query reads back.
+
+Phase 3 (sustained) scales m3ter's per-IP window (5,000 requests per rolling 300 s) down by
+``--window-scale`` in the emulator and in the client's connection extras alike — the same
+requests/s, so several windows fit a run — and ingests ``--windows`` windows' worth and one more:
+``fraction_of_limit`` is the accepted requests inside the full windows counted from the first one
+over what the window allows in them (1.0: every window kept full), ``limited_429_fraction`` the share
+of ingest requests m3ter answered 429. Phase 4 runs two ingest processes at once on one org (as two
+Celery workers' mapped tasks would: separate processes, one egress IP), the limiter shared through
+the machine's Redis, with the documented limits over less than one per-IP window, so the per-org
+rate binds: ``fraction_of_limit_2_workers`` is their combined accepted requests/s over 50.
+``lost`` and ``duplicates`` add every limited phase up (both must be 0). The last line printed is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +62,12 @@ PREFIX = "usage/bench/"
 INGEST_LIMIT_RPS = 50  # m3ter Ingest API, per organization (shared/api-notes/m3ter.md 2.5)
 BAD_EVERY = 1000  # one malformed row per this many
 MEASUREMENTS_PATH = "POST /organizations/{id}/measurements"
+BATCH_ROWS = 1000  # measurements per ingest request (m3ter's maximum; the config default)
+IP_WINDOW_LIMIT, IP_WINDOW_S = 5_000, 300.0  # m3ter Ingest API, per source IP, rolling (api-notes 2.5)
+# The sustained phase divides the per-IP window (and its count) by this, so several windows fit a run.
+WINDOW_SCALE = 30.0
+SUSTAINED_WINDOWS = 3
+WORKER_ROWS = 400_000  # per worker in the two-worker phase: ~8 s each at the org's 50 requests/s
 
 
 # ---------------------------------------------------------------------------------- data
@@ -113,22 +132,28 @@ def usage_count(box: Any) -> int:
 def set_ingest_rps(rps: float | None) -> None:
     """Client-side ingest pacing of the m3ter connection (its ``extra.ingest_rps``), as a user sets it;
     None: the hook's default (the documented limit)."""
+    set_conn_extra({"ingest_rps": rps})
+
+
+def set_conn_extra(values: dict[str, Any]) -> None:
+    """Set (None: remove) extras of the m3ter connection, as a user edits them in the UI."""
     conn = json.loads(os.environ["AIRFLOW_CONN_M3TER_DEFAULT"])
     extra = conn.setdefault("extra", {})
-    if rps is None:
-        extra.pop("ingest_rps", None)
-    else:
-        extra["ingest_rps"] = rps
+    for name, value in values.items():
+        if value is None:
+            extra.pop(name, None)
+        else:
+            extra[name] = value
     os.environ["AIRFLOW_CONN_M3TER_DEFAULT"] = json.dumps(conn)
 
 
 # ------------------------------------------------------------------------- child: one ingest
-def child(key: str, ingest_rps: str | None) -> None:
+def child(key: str, extra: str | None) -> None:
     """Ingest one object exactly as the DAG's mapped task does, timing the submits; print JSON."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="  [ingest] %(message)s")
     logging.getLogger("m3sh.usage").setLevel(logging.INFO)
-    if ingest_rps is not None:
-        set_ingest_rps(float(ingest_rps))
+    if extra:
+        set_conn_extra(json.loads(extra))
     from m3sh.config import get_config
     from m3sh.exceptions import RetryableError
     from m3sh.hooks.m3ter import M3terHook
@@ -141,6 +166,9 @@ def child(key: str, ingest_rps: str | None) -> None:
         first: float | None = None
         last: float = 0.0
         requests = 0
+        # When each accepted request was answered: the send time is not known here (the limiter's wait
+        # happens inside _request), and the answer follows the server's count by one round trip at most.
+        submits: list[float] = []
 
         def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                      content: bytes | None = None) -> Any:
@@ -150,6 +178,7 @@ def child(key: str, ingest_rps: str | None) -> None:
                 type(self).first = start if type(self).first is None else type(self).first
                 type(self).last = time.time()
                 type(self).requests += 1
+                type(self).submits.append(type(self).last)
             return out
 
     cfg = get_config()
@@ -177,7 +206,8 @@ def child(key: str, ingest_rps: str | None) -> None:
           "accepted": result.accepted,
           "rejected": result.rejected, "batches_sent": result.batches_sent, "seconds": seconds,
           "attempts": attempts, "first_submit": TimedHook.first, "last_submit": TimedHook.last,
-          "accepted_requests": TimedHook.requests, "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()})
+          "accepted_requests": TimedHook.requests, "submits": TimedHook.submits, "baseline_rss_mb": baseline,
+          "peak_rss_mb": peak_rss_mb()})
 
 
 def _cpu() -> float:
@@ -185,15 +215,39 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_child(key: str, ingest_rps: float | None = None) -> dict[str, Any]:
+def start_child(key: str, extra: dict[str, Any] | None = None) -> subprocess.Popen[str]:
+    """One ingest in its own process (as one Airflow task process is), with these connection extras."""
     args = [sys.executable, "-m", "benchmarks.usage_ingest", "--child", key]
-    if ingest_rps is not None:
-        args += ["--ingest-rps", str(ingest_rps)]
-    proc = subprocess.run(args, stdout=subprocess.PIPE, text=True, check=False)
-    out = last_json_line(proc.stdout)
+    if extra:
+        args += ["--extra", json.dumps(extra)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+
+
+def child_result(key: str, proc: subprocess.Popen[str]) -> dict[str, Any]:
+    stdout, _ = proc.communicate()
+    out = last_json_line(stdout)
     if proc.returncode != 0 or out is None or out.get("status") != "complete":
-        raise RuntimeError(f"ingest child for {key} failed (exit {proc.returncode}): {proc.stdout[-2000:]}")
+        raise RuntimeError(f"ingest child for {key} failed (exit {proc.returncode}): {stdout[-2000:]}")
     return out
+
+
+def run_child(key: str, ingest_rps: float | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    extra = {**(extra or {}), **({"ingest_rps": ingest_rps} if ingest_rps is not None else {})}
+    return child_result(key, start_child(key, extra))
+
+
+def full_windows_fraction(submits: list[float], limit: int, window_s: float) -> tuple[int, float]:
+    """(full windows, accepted requests in them / what the server-side window allows in them): the
+    windows are counted from the first request, so a client that keeps each window full scores 1.0
+    whatever its bursts inside a window (rolling windows let a client send a window's worth at once)."""
+    if not submits:
+        return 0, 0.0
+    first = min(submits)
+    windows = int((max(submits) - first) // window_s)
+    if windows < 1:
+        return 0, 0.0
+    inside = sum(1 for t in submits if t < first + windows * window_s)
+    return windows, inside / (windows * limit)
 
 
 # ------------------------------------------------------------------------------- naive path
@@ -218,11 +272,76 @@ def naive_rate(sample: int, accounts: list[str], tag: str) -> float:
     return sample / (time.perf_counter() - start)
 
 
+# ------------------------------------------------------------------------- sustained phases
+def _usage_state(box: Any) -> dict[str, int]:
+    state = admin(box, "m3ter", "state", "GET")
+    return {"uids": int(state["usage"]["uids"]), "duplicates": int(state["usage"]["duplicates"])}
+
+
+def _ingest_429s(box: Any, accepted: int) -> tuple[int, int]:
+    """(ingest requests the emulator answered, of which 429) since the last clear_stats."""
+    sent = int(stats(box, "m3ter").get(MEASUREMENTS_PATH, 0))
+    return sent, sent - accepted
+
+
+def sustained_phase(box: Any, ip_limit: int, ip_window_s: float, valid_rows: int) -> dict[str, Any]:
+    """One worker through several scaled per-IP windows; how full it keeps each window."""
+    admin(box, "m3ter", "limit_windows", body={"ingest_ip": {"limit": ip_limit, "window_s": ip_window_s}})
+    before = _usage_state(box)
+    clear_stats(box, "m3ter")
+    try:
+        out = run_child(f"{PREFIX}sustained.csv.gz", extra={"ingest_ip_limit": ip_limit,
+                                                             "ingest_ip_window_s": ip_window_s})
+    finally:
+        admin(box, "m3ter", "limit_windows", body={})
+    sent, limited = _ingest_429s(box, out["accepted_requests"])
+    after = _usage_state(box)
+    windows, fraction = full_windows_fraction(out["submits"], ip_limit, ip_window_s)
+    print(f"sustained: {out['accepted_requests']} requests over {windows} full windows of {ip_limit}/"
+          f"{ip_window_s:g}s: {fraction:.3f} of the window, {limited} x 429", flush=True)
+    return {"windows": windows, "fraction": round(fraction, 3), "requests": sent,
+            "429_fraction": round(limited / sent, 4) if sent else 0.0,
+            "lost": valid_rows - (after["uids"] - before["uids"]),
+            "duplicates": after["duplicates"] - before["duplicates"]}
+
+
+def two_workers_phase(box: Any, valid_rows: int) -> dict[str, Any]:
+    """Two ingest processes at once on one org, the limiter shared through Redis."""
+    from benchmarks.limits_shared import LIMITER_URL, delete_prefix
+
+    prefix = f"m3sh-bench-{uuid.uuid4().hex[:10]}"
+    extra = {"limiter_url": LIMITER_URL, "limiter_prefix": prefix}
+    before = _usage_state(box)
+    clear_stats(box, "m3ter")
+    try:
+        procs = {key: start_child(key, extra) for key in (f"{PREFIX}worker0.csv.gz", f"{PREFIX}worker1.csv.gz")}
+        outs = [child_result(key, proc) for key, proc in procs.items()]
+    finally:
+        delete_prefix(prefix)
+    accepted = sum(o["accepted_requests"] for o in outs)
+    sent, limited = _ingest_429s(box, accepted)
+    after = _usage_state(box)
+    submits = sorted(t for o in outs for t in o["submits"])
+    span = max(submits[-1] - submits[0], 1e-9) if len(submits) > 1 else float("nan")
+    achieved = (len(submits) - 1) / span if len(submits) > 1 else 0.0
+    print(f"two workers: {accepted} requests, {achieved:.1f} req/s combined, {limited} x 429", flush=True)
+    return {"fraction": round(achieved / INGEST_LIMIT_RPS, 3), "achieved_rps": round(achieved, 2),
+            "429_fraction": round(limited / sent, 4) if sent else 0.0,
+            "lost": valid_rows - (after["uids"] - before["uids"]),
+            "duplicates": after["duplicates"] - before["duplicates"]}
+
+
 # ------------------------------------------------------------------------------------- main
-def run(rows: int, limited_rows: int, sample: int, wan_ms: int) -> dict[str, Any]:
+def run(rows: int, limited_rows: int, sample: int, wan_ms: int, *, window_scale: float = WINDOW_SCALE,
+        windows: int = SUSTAINED_WINDOWS, worker_rows: int = WORKER_ROWS) -> dict[str, Any]:
     accounts = demo_accounts()
     tmp = Path(tempfile.mkdtemp(prefix="m3sh-bench-usage-"))
-    files = {"full": rows, "quarter": max(rows // 4, 1), "wan": max(rows // 4, 1), "limited": limited_rows}
+    ip_limit = max(round(IP_WINDOW_LIMIT / window_scale), 1)
+    ip_window_s = IP_WINDOW_S / window_scale
+    # One window's worth more than the windows measured: the last window must be full, not the tail.
+    sustained_rows = (windows + 1) * ip_limit * BATCH_ROWS
+    files = {"full": rows, "quarter": max(rows // 4, 1), "wan": max(rows // 4, 1), "limited": limited_rows,
+             "sustained": sustained_rows, "worker0": worker_rows, "worker1": worker_rows}
     valid: dict[str, int] = {}
     t = time.perf_counter()
     for name, n in files.items():
@@ -268,6 +387,13 @@ def run(rows: int, limited_rows: int, sample: int, wan_ms: int) -> dict[str, Any
         achieved = (limited["accepted_requests"] - 1) / window if limited["accepted_requests"] > 1 else 0.0
         lost = valid["limited"] - usage_count(box)
 
+        # Phase 3, sustained: the per-IP rolling window scaled down by window_scale in the emulator and in
+        # the client's connection extras alike (same requests/s, windows short enough that several fit).
+        sustained = sustained_phase(box, ip_limit, ip_window_s, valid["sustained"])
+        # Phase 4: two worker processes on one org (two Celery workers' mapped tasks), limits shared through
+        # Redis, the documented limits (a phase shorter than one per-IP window: the org rate binds).
+        workers = two_workers_phase(box, valid["worker0"] + valid["worker1"])
+
     rows_per_s = full["rows_read"] / full["seconds"]
     rows_per_s_wan = wan["rows_read"] / wan["seconds"]
     return {
@@ -301,10 +427,22 @@ def run(rows: int, limited_rows: int, sample: int, wan_ms: int) -> dict[str, Any
         "limited_seconds": round(limited["seconds"], 3),
         "limit_rps": INGEST_LIMIT_RPS,
         "achieved_rps": round(achieved, 2),
-        "fraction_of_limit": round(achieved / INGEST_LIMIT_RPS, 3),
+        # Phase 2 over a few seconds: the per-org rate alone (the per-IP window is never reached).
+        "org_rate_fraction_of_limit": round(achieved / INGEST_LIMIT_RPS, 3),
         "limited_429s": int(counts.get(MEASUREMENTS_PATH, 0)) - limited["accepted_requests"],
         "limited_attempts": limited["attempts"],
-        "lost": lost,
+        # The headline fraction: sustained over full per-IP windows, one worker (phase 3).
+        "fraction_of_limit": sustained["fraction"],
+        "sustained_windows": sustained["windows"],
+        "window_scale": window_scale,
+        "sustained_ip_window": f"{ip_limit}/{ip_window_s:g}s (scaled from {IP_WINDOW_LIMIT}/{IP_WINDOW_S:g}s)",
+        "limited_429_fraction": sustained["429_fraction"],
+        "sustained_requests": sustained["requests"],
+        "fraction_of_limit_2_workers": workers["fraction"],
+        "workers_achieved_rps": workers["achieved_rps"],
+        "workers_429_fraction": workers["429_fraction"],
+        "lost": lost + sustained["lost"] + workers["lost"],
+        "duplicates": sustained["duplicates"] + workers["duplicates"],
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -318,13 +456,20 @@ def main() -> None:
     parser.add_argument("--wan-latency-ms", type=int, default=20,
                         help="round trip added to every ingest request for the *_wan comparison")
     parser.add_argument("--child", metavar="KEY", help=argparse.SUPPRESS)
-    parser.add_argument("--ingest-rps", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--extra", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--window-scale", type=float, default=WINDOW_SCALE,
+                        help="the sustained phase's per-IP window (5,000 per 300 s) divided by this")
+    parser.add_argument("--windows", type=int, default=sized(SUSTAINED_WINDOWS, 2),
+                        help="full per-IP windows the sustained phase measures")
+    parser.add_argument("--worker-rows", type=int, default=sized(WORKER_ROWS, 100_000),
+                        help="rows per worker in the two-worker phase")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.ingest_rps)
+        child(args.child, args.extra)
         return
     limited_rows = args.limited_rows or max(args.rows // 2, 50_000)
-    emit(run(args.rows, limited_rows, args.naive_sample, args.wan_latency_ms))
+    emit(run(args.rows, limited_rows, args.naive_sample, args.wan_latency_ms, window_scale=args.window_scale,
+             windows=args.windows, worker_rows=args.worker_rows))
 
 
 if __name__ == "__main__":
