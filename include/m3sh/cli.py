@@ -150,7 +150,7 @@ def _cmd_triggers_backfill_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_pools_sync(args: argparse.Namespace) -> int:
-    """Create/resize the Airflow pools m3sh.yaml asks for (NetSuite concurrency per account).
+    """Create/resize the Airflow pools m3sh.yaml asks for (NetSuite concurrency per account, usage ingest).
 
     Uses ``airflow pools import`` so it works against whatever metadata DB the environment points
     at (SQLite demo, Postgres in production) without m3sh touching the DB itself.
@@ -161,16 +161,16 @@ def _cmd_pools_sync(args: argparse.Namespace) -> int:
     import tempfile
 
     from m3sh.config import load_config
-    from m3sh.dagkit.invoice_sync import POOL_DESCRIPTION, required_pools
+    from m3sh.dagkit.pools import required_pools
 
     pools = required_pools(load_config(args.config))
     if not pools:
         print("no pools required by this config")
         return 0
-    spec = {name: {"slots": slots, "description": POOL_DESCRIPTION,
-                   "include_deferred": False} for name, slots in pools.items()}
-    for name, slots in pools.items():
-        print(f"pool {name}: {slots} slot(s)")
+    spec = {name: {"slots": slots, "description": description,
+                   "include_deferred": False} for name, (slots, description) in pools.items()}
+    for name, (slots, description) in pools.items():
+        print(f"pool {name}: {slots} slot(s) ({description})")
     if args.dry_run:
         return 0
     airflow = shutil.which("airflow") or str(Path(sys.executable).parent / "airflow")

@@ -87,6 +87,14 @@ class M3terConfig(_Model):
         4, ge=1, le=16,
         description="Ingest requests one file keeps in flight while reading the next rows; batches are still "
                     "confirmed in order, so a retry resumes after the last confirmed one")
+    ingest_pool: str | None = Field(
+        None,
+        description="Airflow pool the usage ingest tasks run in (`m3sh pools sync` creates it with "
+                    "ingest_pool_slots). For deployments whose workers cannot share the m3ter limiter through "
+                    "Redis: each process then keeps m3ter's per-org limit on its own, and only a pool of one slot "
+                    "stops parallel ingest tasks from sending several times the limit between them")
+    ingest_pool_slots: int = Field(1, ge=1, le=64,
+                                   description="Slots of ingest_pool: 1 without a shared limiter; more with one")
     plans: list[str] = Field(
         default_factory=list,
         description="m3ter plan codes trigger rules may switch to besides crm.plan_map values and "

@@ -43,7 +43,7 @@ from m3sh.airflow_env import (
     write_task_config,
 )
 from m3sh.config import load_config
-from m3sh.dagkit.invoice_sync import POOL_DESCRIPTION, required_pools
+from m3sh.dagkit.pools import required_pools
 from m3sh.sandbox.runner import DEFAULT_PORT_BASE, Sandbox, SandboxEndpoints, SandboxError
 
 PID_FILE = "m3sh-demo.json"
@@ -334,8 +334,8 @@ class _Standalone:
         api.wait_dags(dag_ids, timeout_s=300, alive=self.died)
         for dag_id in sorted(api.dag_ids()):  # an earlier interactive demo left them unpaused (same DB)
             api.pause(dag_id)
-        for pool, slots in required_pools(load_config(cfg_path)).items():
-            done = api.ensure_pool(pool, slots, POOL_DESCRIPTION)
+        for pool, (slots, description) in required_pools(load_config(cfg_path)).items():
+            done = api.ensure_pool(pool, slots, description)
             _say(f"pool {pool}: {slots} slot(s) ({done})")
         _say(_sync_notifications(env, cfg_path, self.port))
         return env, api

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from m3sh.config import load_config
-from m3sh.dagkit.invoice_sync import required_pools
+from m3sh.dagkit.pools import required_pools
 
 pytestmark = pytest.mark.e2e
 

@@ -41,13 +41,6 @@ from m3sh.operators.invoicing import (
 
 DAG_ID = "m3sh_invoice_sync"
 MAP_LABEL = "{{ task.staged['dest'] }} part {{ task.staged['index'] + 1 }}"
-POOL_DESCRIPTION = "m3sh: NetSuite per-account concurrency"
-
-
-def required_pools(cfg: M3shConfig) -> dict[str, int]:
-    """Airflow pools the NetSuite groups use, sized from config (``airflow pools set <name> <slots> ''``)."""
-    return {d.pool: d.concurrency for d in cfg.invoicing.destinations
-            if isinstance(d, NetSuiteDestination) and d.pool and d.enabled}
 
 
 def build_invoice_sync_dag(cfg: M3shConfig | None = None) -> DAG:

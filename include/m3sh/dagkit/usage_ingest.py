@@ -70,6 +70,7 @@ def build_usage_ingest_dag(cfg: M3shConfig | None = None) -> DAG:
             task_id="ingest_files", config=cfg.model_dump(mode="json", exclude_defaults=True),
             m3ter_conn_id=cfg.m3ter.conn_id, preview=FROM_PARAM.format("dry_run"),
             scan_all=FROM_PARAM.format("scan_all"), map_index_template=MAP_LABEL,
+            **({"pool": cfg.m3ter.ingest_pool} if cfg.m3ter.ingest_pool else {}),
         ).expand(chunk=planned).output
         M3terUsageFeedsSummaryOperator(task_id="summarize", planned=planned, results=ingested, trigger_rule="all_done")
     return dag
