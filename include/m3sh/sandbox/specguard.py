@@ -423,6 +423,9 @@ class SystemSpec:
     patch: Callable[[dict[str, Any]], None] | None = None
     # Paths an emulator serves that stand in for another system, not for this API: passed through.
     not_api: tuple[str, ...] = ()
+    # (documented prefix, the document's prefix): a path the vendor's docs use for an operation its
+    # document lists under another prefix, judged as that operation.
+    aliases: tuple[tuple[str, str], ...] = ()
 
 
 SYSTEMS = {
@@ -434,9 +437,14 @@ SYSTEMS = {
         "hubspot",
         tuple(f"hubspot/{n}.json" for n in
               ("companies", "deals", "lineItems", "products", "objects", "associations-v4", "properties",
-               # written by m3sh from HubSpot's docs page (tests/specs/PROVENANCE.md): no published one
-               "private-apps")),
-        _hubspot_auth, _hubspot_client, _patch_hubspot),
+               "schemas",
+               # written by m3sh from HubSpot's docs pages (tests/specs/PROVENANCE.md): no published one
+               "private-apps", "legacy-crm")),
+        _hubspot_auth, _hubspot_client, _patch_hubspot,
+        # CRM/Schemas publishes the custom object schemas under /crm-object-schemas/v3/schemas; HubSpot's
+        # docs (developers.hubspot.com/docs/api/crm/crm-custom-objects) and the published connectors
+        # call /crm/v3/schemas.
+        aliases=(("/crm/v3/schemas", "/crm-object-schemas/v3/schemas"),)),
 }
 
 
@@ -652,6 +660,9 @@ class SpecGuard:
         """Per document, the most specific operation matching ``method path`` (servers aside),
         with its path parameter values."""
         found: list[tuple[Operation, tuple[str, ...]]] = []
+        for documented, published in self.system.aliases:
+            if path == documented or path.startswith(documented + "/"):
+                path = published + path[len(documented):]
         for doc in self.documents:
             best: tuple[Operation, tuple[str, ...]] | None = None
             for op in doc.operations:

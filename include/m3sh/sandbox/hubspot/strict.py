@@ -83,6 +83,15 @@ ROUTES: list[tuple[str, re.Pattern[str], frozenset[str], Shape | None]] = [
                                                              "description", "options", "displayOrder", "hidden",
                                                              "formField")}),
         ("DELETE", _PROPS + "/[^/]+", (), None),
+        # the legacy read endpoints (routes_legacy) and the object schemas list
+        ("GET", r"/properties/v[12]/[^/]+/properties", (), None),
+        ("GET", r"/companies/v2/properties", (), None),
+        ("GET", r"/companies/v2/companies/paged", ("limit", "offset", "properties", "propertiesWithHistory"), None),
+        ("GET", r"/companies/v2/companies/\d+", (), None),
+        ("GET", r"/deals/v1/deal/paged", ("limit", "offset", "properties", "propertiesWithHistory",
+                                          "includeAssociations", "includeAllProperties", "allPropertiesFetchMode"),
+         None),
+        ("GET", r"/crm(?:-object-schemas)?/v3/schemas", ("archived",), None),
     ]
 ]
 # HubSpot's documented but unimplemented parameters get this hint instead of "unknown".
