@@ -298,18 +298,28 @@ def _raw(sb, method: str, path: str, body: object = None, invalid: str = "",  # 
 
 
 def test_what_the_emulator_does_not_implement_is_refused_never_ignored(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
-    """Published connectors sent a top-level ``filters`` (answered unfiltered) and ``offset`` paging
-    (answered with the first page again): each is now HubSpot's 400, naming what was not understood."""
+    """Published connectors sent a top-level ``filters`` (once answered unfiltered: now applied, as the
+    live API does) and ``offset`` paging (answered with the first page again): what the emulator does
+    not implement is HubSpot's 400, naming what was not understood."""
     search = "/crm/v3/objects/companies/search"
     flt = {"propertyName": "name", "operator": "EQ", "value": HUBSPOT_CUSTOMERS[0].name}
     ok = _raw(fresh_sandbox, "POST", search, {"filterGroups": [{"filters": [flt]}], "limit": 5})
     assert ok.status_code == 200 and ok.json()["total"] >= 1
     assert ok.json()["total"] < len(HUBSPOT_CUSTOMERS)
 
-    top_level = _raw(fresh_sandbox, "POST", search, {"filters": [flt], "limit": 5}, invalid="top-level filters")
-    body = top_level.json()
-    assert top_level.status_code == 400 and body["category"] == "VALIDATION_ERROR" and body["status"] == "error"
-    assert 'Unrecognized field "filters"' in body["message"] and "column 2" in body["message"]
+    # A top-level ``filters`` is HubSpot's undocumented one-group form (HubSpot/hubspot-api-nodejs#491):
+    # answered filtered, exactly as the filterGroups form; with filterGroups as well it is refused.
+    top_level = _raw(fresh_sandbox, "POST", search, {"filters": [flt], "limit": 5, "after": 0,
+                                                     "sorts": [{"propertyName": "name", "direction": "ASCENDING"}]})
+    assert top_level.status_code == 200, top_level.text
+    assert [r["id"] for r in top_level.json()["results"]] == [r["id"] for r in ok.json()["results"]]
+    both = _raw(fresh_sandbox, "POST", search, {"filters": [flt], "filterGroups": [{"filters": [flt]}]})
+    assert both.status_code == 400 and both.json()["category"] == "VALIDATION_ERROR"
+    assert "either filterGroups or a top-level filters" in str(both.json())
+    unknown = _raw(fresh_sandbox, "POST", search, {"filter": [flt], "limit": 5}, invalid="unknown key filter")
+    body = unknown.json()
+    assert unknown.status_code == 400 and body["category"] == "VALIDATION_ERROR" and body["status"] == "error"
+    assert 'Unrecognized field "filter"' in body["message"] and "column 2" in body["message"]
     nested = _raw(fresh_sandbox, "POST", search, {"filterGroups": [{"filters": [{**flt, "negate": True}]}]},
                   invalid="filter key negate")
     assert nested.status_code == 400 and '"negate" (filterGroups.filters)' in nested.json()["message"]

@@ -40,8 +40,9 @@ _ID: Shape = {"id": None}
 _CREATE_ASSOCIATION: Shape = {"to": _ID, "types": _ASSOCIATION_TYPE}
 _FILTER: Shape = {"propertyName": None, "operator": None, "value": None, "values": None, "highValue": None}
 _SORT: Shape = {"propertyName": None, "direction": None}
-SEARCH: Shape = {"after": None, "filterGroups": {"filters": _FILTER}, "limit": None, "properties": None,
-                 "sorts": _SORT, "query": None}
+# ``filters`` at the top level is HubSpot's undocumented one-group form (search.py says why it is taken).
+SEARCH: Shape = {"after": None, "filterGroups": {"filters": _FILTER}, "filters": _FILTER, "limit": None,
+                 "properties": None, "sorts": _SORT, "query": None}
 _WRITE_INPUT: Shape = {"id": None, "idProperty": None, "properties": None, "objectWriteTraceId": None}
 
 _OBJ = r"/crm/v3/objects/[^/]+"
