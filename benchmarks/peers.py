@@ -447,6 +447,21 @@ def report(phases: list[Phase]) -> None:
     sys.stderr.flush()
 
 
+def summary(phases: list[Phase]) -> dict[str, Any]:
+    """Flat figures for ``make bench``'s table (it shows numbers, not the ``runs`` list)."""
+    out: dict[str, Any] = {"phases_completed": sum(ph.completed for ph in phases), "phases": len(phases)}
+    full = {ph.tool: ph for ph in phases if ph.phase == "full" and ph.completed}
+    peers = [ph for tool, ph in full.items() if tool != "m3sh"]
+    if "m3sh" in full:
+        out["m3sh_full_seconds"] = round(full["m3sh"].seconds, 2)
+        out["m3sh_full_requests"] = full["m3sh"].requests
+    if peers:
+        best = min(peers, key=lambda ph: ph.seconds)
+        out["best_peer_full_seconds"] = round(best.seconds, 2)
+        out["best_peer_full_requests"] = min(ph.requests for ph in peers)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conformance", action="store_true",
@@ -485,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.clear()
         os.environ.update(saved)
     report(phases)
-    emit({"runs": [ph.run_row() for ph in phases]})
+    emit({"runs": [ph.run_row() for ph in phases], **summary(phases)})
     if args.conformance:
         expected = {(p.package, ph) for p in peers for ph in ("discover", "full", "incremental")}
         passed = {(ph.tool, ph.phase) for ph in phases if ph.completed}
