@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # both cores busy while one worker waits on Airflow.
 TEST_WORKERS ?= 2
 
-.PHONY: venv demo test lint typecheck unit bench sandbox clean services
+.PHONY: venv demo test lint typecheck unit bench conformance sandbox clean services
 
 $(STAMP): pyproject.toml
 	@echo ">> bootstrapping $(VENV) (python: $$($(PYTHON) --version))"
@@ -53,6 +53,11 @@ unit: venv
 ## bench: every benchmark, results in benchmarks/results/*.json and one table
 bench: venv
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks
+
+## conformance: published HubSpot connectors (airbyte-source-hubspot, tap-hubspot; each in its own cached
+## virtualenv under .cache/peers) run unmodified against the emulator: discover, full, incremental
+conformance: venv
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.peers --conformance
 
 sandbox: venv
 	@$(BIN)/m3sh sandbox up --root .

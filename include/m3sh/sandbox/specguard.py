@@ -153,9 +153,53 @@ def _patch_hubspot(doc: dict[str, Any]) -> None:
         values = (props.get("properties") or {}).get("additionalProperties")
         if isinstance(values, dict) and values.get("type") == "string":
             values["nullable"] = True
+    search = doc.get("components", {}).get("schemas", {}).get("PublicObjectSearchRequest")
+    if search:
+        _widen_search_request(search)
+    flt = doc.get("components", {}).get("schemas", {}).get("Filter")
+    if flt:
+        # A filter value as a JSON number (epoch ms, ids): Jackson's number -> string coercion, as
+        # for ``after`` below; airbyte-source-hubspot 5.7.0's incremental searches send them so.
+        number_or_string = {"oneOf": [{"type": "string"}, {"type": "number"}]}
+        for key in ("value", "highValue"):
+            if (flt.get("properties", {}).get(key) or {}).get("type") == "string":
+                flt["properties"][key] = dict(number_or_string)
+        values = flt.get("properties", {}).get("values") or {}
+        if (values.get("items") or {}).get("type") == "string":
+            values["items"] = dict(number_or_string)
     std = doc.get("components", {}).get("schemas", {}).get("StandardError")
     if std and (std["properties"].get("subCategory") or {}).get("type") == "object":
         std["properties"]["subCategory"] = {"type": "string"}
+
+
+def _widen_search_request(schema: dict[str, Any]) -> None:
+    """What HubSpot's search accepts beyond ``PublicObjectSearchRequest`` as published (issue 20):
+
+    * ``filters`` at the top level instead of ``filterGroups``, all ANDed: reported by users against
+      the live API in HubSpot/hubspot-api-nodejs#491 ("we can make requests ... WITHOUT using
+      filterGroups supplying filters directly in the body ... treated with an 'AND' condition"),
+      and what airbyte-source-hubspot 5.7.0's incremental searches send;
+    * ``sorts`` as ``{"propertyName", "direction"}`` objects: the form HubSpot's search guide shows
+      (developers.hubspot.com/docs/guides/api/crm/search, "Sort search results"); the document
+      types the items as strings;
+    * ``after`` as a JSON number: HubSpot's services bind with Jackson (their "Invalid input JSON on
+      line 1, column N" errors), which coerces a number to a string field, and a body with
+      ``"after": 0`` was answered only about its filters in HubSpot/hubspot-api-nodejs#226.
+    """
+    props = schema.setdefault("properties", {})
+    groups = props.get("filterGroups") or {}
+    group_ref = (groups.get("items") or {}).get("$ref", "")
+    if group_ref.endswith("/FilterGroup"):
+        props.setdefault("filters", {"type": "array", "items": {"$ref": group_ref.replace("/FilterGroup", "/Filter")}})
+    sort_item = (props.get("sorts") or {}).get("items")
+    if isinstance(sort_item, dict) and sort_item.get("type") == "string":
+        props["sorts"]["items"] = {"oneOf": [{"type": "string"}, {
+            "type": "object", "required": ["propertyName"], "additionalProperties": False,
+            "properties": {"propertyName": {"type": "string"},
+                           "direction": {"type": "string", "enum": ["ASCENDING", "DESCENDING"]}}}]}
+    after = props.get("after")
+    if isinstance(after, dict) and after.get("type") == "string":
+        props["after"] = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
 
 
 def _to_json_schema(node: Any) -> Any:
@@ -423,6 +467,9 @@ class SystemSpec:
     patch: Callable[[dict[str, Any]], None] | None = None
     # Paths an emulator serves that stand in for another system, not for this API: passed through.
     not_api: tuple[str, ...] = ()
+    # (documented prefix, the document's prefix): a path the vendor's docs use for an operation its
+    # document lists under another prefix, judged as that operation.
+    aliases: tuple[tuple[str, str], ...] = ()
 
 
 SYSTEMS = {
@@ -434,9 +481,14 @@ SYSTEMS = {
         "hubspot",
         tuple(f"hubspot/{n}.json" for n in
               ("companies", "deals", "lineItems", "products", "objects", "associations-v4", "properties",
-               # written by m3sh from HubSpot's docs page (tests/specs/PROVENANCE.md): no published one
-               "private-apps")),
-        _hubspot_auth, _hubspot_client, _patch_hubspot),
+               "schemas",
+               # written by m3sh from HubSpot's docs pages (tests/specs/PROVENANCE.md): no published one
+               "private-apps", "legacy-crm")),
+        _hubspot_auth, _hubspot_client, _patch_hubspot,
+        # CRM/Schemas publishes the custom object schemas under /crm-object-schemas/v3/schemas; HubSpot's
+        # docs (developers.hubspot.com/docs/api/crm/crm-custom-objects) and the published connectors
+        # call /crm/v3/schemas.
+        aliases=(("/crm/v3/schemas", "/crm-object-schemas/v3/schemas"),)),
 }
 
 
@@ -652,6 +704,9 @@ class SpecGuard:
         """Per document, the most specific operation matching ``method path`` (servers aside),
         with its path parameter values."""
         found: list[tuple[Operation, tuple[str, ...]]] = []
+        for documented, published in self.system.aliases:
+            if path == documented or path.startswith(documented + "/"):
+                path = published + path[len(documented):]
         for doc in self.documents:
             best: tuple[Operation, tuple[str, ...]] | None = None
             for op in doc.operations:

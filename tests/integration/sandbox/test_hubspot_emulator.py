@@ -298,18 +298,28 @@ def _raw(sb, method: str, path: str, body: object = None, invalid: str = "",  # 
 
 
 def test_what_the_emulator_does_not_implement_is_refused_never_ignored(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
-    """Published connectors sent a top-level ``filters`` (answered unfiltered) and ``offset`` paging
-    (answered with the first page again): each is now HubSpot's 400, naming what was not understood."""
+    """Published connectors sent a top-level ``filters`` (once answered unfiltered: now applied, as the
+    live API does) and ``offset`` paging (answered with the first page again): what the emulator does
+    not implement is HubSpot's 400, naming what was not understood."""
     search = "/crm/v3/objects/companies/search"
     flt = {"propertyName": "name", "operator": "EQ", "value": HUBSPOT_CUSTOMERS[0].name}
     ok = _raw(fresh_sandbox, "POST", search, {"filterGroups": [{"filters": [flt]}], "limit": 5})
     assert ok.status_code == 200 and ok.json()["total"] >= 1
     assert ok.json()["total"] < len(HUBSPOT_CUSTOMERS)
 
-    top_level = _raw(fresh_sandbox, "POST", search, {"filters": [flt], "limit": 5}, invalid="top-level filters")
-    body = top_level.json()
-    assert top_level.status_code == 400 and body["category"] == "VALIDATION_ERROR" and body["status"] == "error"
-    assert 'Unrecognized field "filters"' in body["message"] and "column 2" in body["message"]
+    # A top-level ``filters`` is HubSpot's undocumented one-group form (HubSpot/hubspot-api-nodejs#491):
+    # answered filtered, exactly as the filterGroups form; with filterGroups as well it is refused.
+    top_level = _raw(fresh_sandbox, "POST", search, {"filters": [flt], "limit": 5, "after": 0,
+                                                     "sorts": [{"propertyName": "name", "direction": "ASCENDING"}]})
+    assert top_level.status_code == 200, top_level.text
+    assert [r["id"] for r in top_level.json()["results"]] == [r["id"] for r in ok.json()["results"]]
+    both = _raw(fresh_sandbox, "POST", search, {"filters": [flt], "filterGroups": [{"filters": [flt]}]})
+    assert both.status_code == 400 and both.json()["category"] == "VALIDATION_ERROR"
+    assert "either filterGroups or a top-level filters" in str(both.json())
+    unknown = _raw(fresh_sandbox, "POST", search, {"filter": [flt], "limit": 5}, invalid="unknown key filter")
+    body = unknown.json()
+    assert unknown.status_code == 400 and body["category"] == "VALIDATION_ERROR" and body["status"] == "error"
+    assert 'Unrecognized field "filter"' in body["message"] and "column 2" in body["message"]
     nested = _raw(fresh_sandbox, "POST", search, {"filterGroups": [{"filters": [{**flt, "negate": True}]}]},
                   invalid="filter key negate")
     assert nested.status_code == 400 and '"negate" (filterGroups.filters)' in nested.json()["message"]
@@ -329,3 +339,63 @@ def test_what_the_emulator_does_not_implement_is_refused_never_ignored(fresh_san
     assert asked.status_code == 400 and "not implemented by the m3sh sandbox" in asked.json()["message"]
     # A refused request changed nothing and was answered before the route ran.
     assert fresh_sandbox.requests_to("hubspot", "GET", "/crm/v3/objects/line_items") == 1
+
+
+def _legacy_get(sb, path: str, params: list[tuple[str, str]] | None = None) -> requests.Response:  # type: ignore[no-untyped-def]
+    return requests.get(sb.url("hubspot") + path, params=params, timeout=30,
+                        headers={"Authorization": f"Bearer {credentials.HUBSPOT_TOKEN}"})
+
+
+def test_legacy_companies_and_deals_paging_covers_the_seed(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
+    """tap-hubspot's reads (legacy crm-companies-v2 "Get all companies", deals v1 "Get all deals"):
+    ``offset`` + ``has-more`` / ``hasMore`` paging reaches every seeded record once, properties as
+    ``{value, timestamp, ...}`` with datetimes in epoch ms; limit over 250 is a 400."""
+    seen: list[int] = []
+    offset = None
+    while True:
+        params = [("limit", "50"), ("properties", "name"), ("properties", "hs_lastmodifieddate")]
+        page = _legacy_get(fresh_sandbox, "/companies/v2/companies/paged",
+                           params + ([("offset", str(offset))] if offset is not None else []))
+        assert page.status_code == 200, page.text
+        body = page.json()
+        seen += [c["companyId"] for c in body["companies"]]
+        if not body["has-more"]:
+            break
+        offset = body["offset"]
+    assert sorted(seen) == sorted(int(str(c.hubspot_id)) for c in HUBSPOT_CUSTOMERS)
+    first = HUBSPOT_CUSTOMERS[0]
+    company = _legacy_get(fresh_sandbox, f"/companies/v2/companies/{first.hubspot_id}").json()
+    assert company["properties"]["name"]["value"] == first.name
+    modified = company["properties"]["hs_lastmodifieddate"]
+    assert modified["timestamp"] == int(first.modified_at.timestamp() * 1000) == int(modified["value"])
+    assert _raw(fresh_sandbox, "GET", "/companies/v2/companies/paged", invalid="limit above 250",
+                limit="251").status_code == 400
+
+    deals = _legacy_get(fresh_sandbox, "/deals/v1/deal/paged",
+                        [("limit", "250"), ("includeAllProperties", "true"),
+                         ("allPropertiesFetchMode", "latest_version")]).json()
+    assert deals["hasMore"] is False and len(deals["deals"]) == len(HUBSPOT_CUSTOMERS)
+    assert deals["deals"][0]["properties"]["dealstage"]["value"] == "closedwon"
+    missing = _legacy_get(fresh_sandbox, "/companies/v2/companies/1")
+    assert missing.status_code == 404 and missing.json()["category"] == "OBJECT_NOT_FOUND"
+
+
+def test_legacy_properties_schemas_and_unmodelled_types(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
+    """The property lists connectors discover with: legacy v1/v2 and the companies v2 list are one
+    array of definitions; a standard type the portal holds no records of (tickets) lists HubSpot's
+    common properties; the custom object schemas list (both documented paths) is empty."""
+    v1 = _legacy_get(fresh_sandbox, "/properties/v1/deals/properties").json()
+    v2 = _legacy_get(fresh_sandbox, "/properties/v2/deal/properties").json()
+    assert {p["name"] for p in v1} == {p["name"] for p in v2} >= {"dealstage", "contract_start", "plan_code"}
+    companies = _legacy_get(fresh_sandbox, "/companies/v2/properties").json()
+    assert {"name", "domain", "m3ter_account_id"} <= {p["name"] for p in companies}
+    assert all(isinstance(p["createdAt"], int) for p in companies)
+    tickets = _legacy_get(fresh_sandbox, "/properties/v2/tickets/properties").json()
+    assert {p["name"] for p in tickets} >= {"hs_object_id", "hs_lastmodifieddate"}
+    v3 = _legacy_get(fresh_sandbox, "/crm/v3/properties/tickets").json()["results"]
+    assert {p["name"] for p in v3} == {p["name"] for p in tickets}
+    for path in ("/crm/v3/schemas", "/crm-object-schemas/v3/schemas"):
+        answer = _legacy_get(fresh_sandbox, path)
+        assert answer.status_code == 200 and answer.json() == {"results": []}
+    unknown = _legacy_get(fresh_sandbox, "/properties/v2/widgets/properties")
+    assert unknown.status_code == 400 and unknown.json()["category"] == "VALIDATION_ERROR"

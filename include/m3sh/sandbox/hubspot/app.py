@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m3sh.sandbox import credentials
 from m3sh.sandbox.common import ASGIApp, Emulator, Receive, Scope, Send, WindowLimiter
-from m3sh.sandbox.hubspot import routes_assoc, routes_objects, routes_properties, strict
+from m3sh.sandbox.hubspot import routes_assoc, routes_legacy, routes_objects, routes_properties, strict
 from m3sh.sandbox.hubspot.demo import seed_demo
 from m3sh.sandbox.hubspot.errors import HubSpotHTTPError, RecordError, error_body, rate_limit_body
 from m3sh.sandbox.hubspot.schema import LASTMOD_PROPERTY, canonical_type, iso_ms
@@ -104,6 +104,7 @@ class HubSpotEmulator(Emulator):
         routes_objects.register(api, self)
         routes_assoc.register(api, self)
         routes_properties.register(api, self)
+        routes_legacy.register(api, self)
 
         @api.get("/crm/v3/owners")
         @api.get("/crm/v3/owners/")

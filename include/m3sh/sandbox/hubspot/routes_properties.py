@@ -17,6 +17,7 @@ from m3sh.sandbox.hubspot.schema import (
     default_group,
     iso_ms,
     property_definition,
+    unmodelled_properties,
 )
 from m3sh.sandbox.hubspot.store import now_utc
 
@@ -74,8 +75,11 @@ def register(app: FastAPI, emu: HubSpotEmulator) -> None:
 
     @app.get(V3P)
     async def list_properties(object_type: str, request: Request) -> Any:
-        t = canonical_type(object_type)
         archived = query_bool(request, "archived")
+        common = unmodelled_properties(object_type)
+        if common is not None:
+            return {"results": [] if archived else common}
+        t = canonical_type(object_type)
         with emu.lock:
             return {"results": [p for p in emu.state.properties[t].values() if p["archived"] == archived]}
 

@@ -228,3 +228,32 @@ def builtin_properties(object_type: str) -> dict[str, dict[str, Any]]:
             name, type_, label, group_name=group, has_unique_value=unique, read_only_value=read_only
         )
     return out
+
+
+# HubSpot's other standard object types, which every portal has but this emulator holds no records of
+# (alias -> canonical name). Published connectors read every type's property definitions when they
+# discover their streams (airbyte-source-hubspot's schema loaders, tap-hubspot's tickets); these
+# types answer with HubSpot's common properties only, and have no records, routes or associations.
+UNMODELLED_TYPES: dict[str, str] = {
+    alias: plural
+    for plural, singular, type_id in [
+        ("tickets", "ticket", "0-5"), ("calls", "call", "0-48"), ("emails", "email", "0-49"),
+        ("meetings", "meeting", "0-47"), ("notes", "note", "0-46"), ("tasks", "task", "0-27"),
+        ("leads", "lead", "0-136"), ("goal_targets", "goal_target", "0-74"), ("deal_splits", "deal_split", ""),
+        ("forms", "form", ""),  # airbyte-source-hubspot's forms stream reads /properties/v2/form/properties
+    ]
+    for alias in (plural, singular, type_id) if alias
+}
+
+
+def unmodelled_properties(object_type: str) -> list[dict[str, Any]] | None:
+    """The common property definitions of an unmodelled standard type, or None when it is not one."""
+    plural = UNMODELLED_TYPES.get(object_type.lower())
+    if plural is None:
+        return None
+    group = f"{plural.rstrip('s').replace('_', '')}information"
+    last = ("hs_lastmodifieddate", "datetime", "Last Modified Date", False, True)
+    return [property_definition(name, type_, label, group_name=group, has_unique_value=unique,
+                                read_only_value=read_only)
+            for name, type_, label, unique, read_only in [*_COMMON, last]]
+

@@ -40,8 +40,9 @@ _ID: Shape = {"id": None}
 _CREATE_ASSOCIATION: Shape = {"to": _ID, "types": _ASSOCIATION_TYPE}
 _FILTER: Shape = {"propertyName": None, "operator": None, "value": None, "values": None, "highValue": None}
 _SORT: Shape = {"propertyName": None, "direction": None}
-SEARCH: Shape = {"after": None, "filterGroups": {"filters": _FILTER}, "limit": None, "properties": None,
-                 "sorts": _SORT, "query": None}
+# ``filters`` at the top level is HubSpot's undocumented one-group form (search.py says why it is taken).
+SEARCH: Shape = {"after": None, "filterGroups": {"filters": _FILTER}, "filters": _FILTER, "limit": None,
+                 "properties": None, "sorts": _SORT, "query": None}
 _WRITE_INPUT: Shape = {"id": None, "idProperty": None, "properties": None, "objectWriteTraceId": None}
 
 _OBJ = r"/crm/v3/objects/[^/]+"
@@ -83,6 +84,15 @@ ROUTES: list[tuple[str, re.Pattern[str], frozenset[str], Shape | None]] = [
                                                              "description", "options", "displayOrder", "hidden",
                                                              "formField")}),
         ("DELETE", _PROPS + "/[^/]+", (), None),
+        # the legacy read endpoints (routes_legacy) and the object schemas list
+        ("GET", r"/properties/v[12]/[^/]+/properties", (), None),
+        ("GET", r"/companies/v2/properties", (), None),
+        ("GET", r"/companies/v2/companies/paged", ("limit", "offset", "properties", "propertiesWithHistory"), None),
+        ("GET", r"/companies/v2/companies/\d+", (), None),
+        ("GET", r"/deals/v1/deal/paged", ("limit", "offset", "properties", "propertiesWithHistory",
+                                          "includeAssociations", "includeAllProperties", "allPropertiesFetchMode"),
+         None),
+        ("GET", r"/crm(?:-object-schemas)?/v3/schemas", ("archived",), None),
     ]
 ]
 # HubSpot's documented but unimplemented parameters get this hint instead of "unknown".

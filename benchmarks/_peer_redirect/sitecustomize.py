@@ -1,0 +1,55 @@
+"""Loaded by a published connector's interpreter (``benchmarks/peers.py`` puts this folder on its
+``PYTHONPATH``): sends its ``https://api.hubapi.com`` requests to the sandbox, and logs each one.
+
+Transport level only, nothing of the connector is touched: ``requests``' ``HTTPAdapter.send`` (what
+every ``requests`` session, ``requests_cache``'s included, sends through) gets the prepared request
+with its URL's scheme and host rewritten. A request to any other host is refused (the peer must not
+leave the machine). Each request is appended to ``$M3SH_PEER_LOG`` (method, path, status, and the
+answer's first 600 bytes when it is an error), so a failed run names the endpoint and the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+REDIRECTS = {"https://api.hubapi.com": os.environ.get("M3SH_PEER_HUBSPOT_URL", "")}
+
+
+def _install() -> None:
+    try:
+        from requests.adapters import HTTPAdapter
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+    except ImportError:  # a peer without requests: nothing to redirect
+        return
+    original = HTTPAdapter.send
+    log_path = os.environ.get("M3SH_PEER_LOG", "")
+
+    def send(self: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
+        url = str(request.url)
+        for prefix, target in REDIRECTS.items():
+            if target and (url == prefix or url.startswith(prefix + "/") or url.startswith(prefix + "?")):
+                request.url = target + url[len(prefix):]
+                break
+        else:
+            raise RequestsConnectionError(f"m3sh peer redirect: {url.split('?', 1)[0]} is not a sandboxed host")
+        started = time.perf_counter()
+        response = original(self, request, *args, **kwargs)
+        if log_path:
+            entry = {"method": request.method, "url": url, "status": response.status_code,
+                     "seconds": round(time.perf_counter() - started, 4)}
+            if response.status_code >= 400:
+                entry["answer"] = response.content[:600].decode("utf-8", "replace")
+                body = request.body
+                if body:
+                    entry["request_body"] = (body if isinstance(body, str) else body.decode("utf-8", "replace"))[:600]
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        return response
+
+    HTTPAdapter.send = send  # type: ignore[method-assign]
+
+
+_install()

@@ -1,0 +1,512 @@
+"""Published HubSpot connectors as judges of the HubSpot emulator, measured beside m3sh (issue 20).
+
+``make conformance`` (``python -m benchmarks.peers --conformance``) and ``make bench`` run this. Each
+peer is installed unmodified from PyPI into its own cached virtualenv
+(``.cache/peers/<package>-<version>/``, re-used when present) and started against a fresh demo-seeded
+sandbox with only a transport-level redirect (``benchmarks/_peer_redirect/sitecustomize.py``: its
+``https://api.hubapi.com`` requests go to the emulator). Per peer, three phases:
+
+* **discover**: the peer's catalog must list the companies and deals streams (and line items where
+  the peer has that stream);
+* **full**: a sync of those streams from scratch must return exactly the seed's record ids;
+* **incremental**: after a known change (a few companies, deals and line items edited through the
+  API), a sync from the full sync's state must return every changed id; the ids it returns besides
+  are listed (a connector may re-read records at its bookmark: counted, not a failure).
+
+A failed phase names each request the emulator refused (method, path, status, its answer) and any
+spec-guard violation. With ``--conformance`` the spec guard is on (as in the tests) and the exit code
+is 1 when a phase failed; as a benchmark it is off (as in the other benchmarks) and the last line is
+``{"runs": [{"tool", "system", "phase", "completed", "records", "requests", "seconds",
+"cpu_seconds", "http_429"}, ...]}`` with m3sh's own ``extract_hubspot`` as one tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from benchmarks._common import admin, emit, sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("M3SH_PEER_CACHE", ROOT / ".cache" / "peers"))
+REDIRECT_DIR = Path(__file__).resolve().parent / "_peer_redirect"
+PHASE_TIMEOUT_S = 900.0
+SYSTEM = "hubspot"
+START_DATE = "2015-01-01T00:00:00Z"  # before every seeded record
+# The known change of the incremental phase: how many of each seeded object get an edit.
+CHANGES = {"companies": 3, "deals": 2, "line_items": 2}
+
+
+@dataclass(frozen=True)
+class Peer:
+    package: str
+    version: str
+    streams: dict[str, str]  # the peer's stream name -> the emulator's object type
+    id_field: dict[str, str]  # the peer's stream name -> the record field holding the HubSpot id
+
+    @property
+    def venv(self) -> Path:
+        return CACHE / f"{self.package}-{self.version}"
+
+    def bin(self, name: str) -> Path:
+        return self.venv / "bin" / name
+
+
+PEERS = [
+    Peer("airbyte-source-hubspot", "5.7.0",
+         {"companies": "companies", "deals": "deals", "line_items": "line_items"},
+         {"companies": "id", "deals": "id", "line_items": "id"}),
+    # Singer's tap-hubspot has no line items stream.
+    Peer("tap-hubspot", "4.5.0", {"companies": "companies", "deals": "deals"},
+         {"companies": "companyId", "deals": "dealId"}),
+]
+
+
+@dataclass
+class Phase:
+    tool: str
+    phase: str
+    completed: bool = False
+    records: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    http_429: int = 0
+    problems: list[str] = field(default_factory=list)
+    ids: dict[str, set[str]] = field(default_factory=dict)
+    extra_ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def run_row(self) -> dict[str, Any]:
+        return {"tool": self.tool, "system": SYSTEM, "phase": self.phase, "completed": self.completed,
+                "records": self.records, "requests": self.requests, "seconds": round(self.seconds, 2),
+                "cpu_seconds": round(self.cpu_seconds, 2), "http_429": self.http_429}
+
+
+def ensure_venv(peer: Peer) -> Path:
+    """The peer's virtualenv, created and ``pip install``-ed once (a marker file says it finished)."""
+    marker = peer.venv / ".m3sh-installed"
+    if marker.exists():
+        return peer.venv
+    print(f">> installing {peer.package}=={peer.version} into {peer.venv} (once)", file=sys.stderr, flush=True)
+    peer.venv.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(peer.venv)], check=True)
+    subprocess.run([str(peer.bin("python")), "-m", "pip", "install", "-q", f"{peer.package}=={peer.version}"],
+                   check=True)
+    marker.write_text(f"{peer.package}=={peer.version}\n")
+    return peer.venv
+
+
+# ------------------------------------------------------------------------------ running a peer
+@dataclass
+class Run:
+    stdout: str
+    stderr: str
+    returncode: int
+    seconds: float
+    cpu_seconds: float
+    requests: list[dict[str, Any]]
+
+
+def run_peer(peer: Peer, args: list[str], hubspot_url: str, workdir: Path) -> Run:
+    log = workdir / f"requests-{time.monotonic_ns()}.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "AIRFLOW_CONN"))}
+    env.update({"PYTHONPATH": str(REDIRECT_DIR), "M3SH_PEER_HUBSPOT_URL": hubspot_url, "M3SH_PEER_LOG": str(log),
+                "PATH": f"{peer.venv / 'bin'}:{env.get('PATH', '')}"})
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=PHASE_TIMEOUT_S,
+                              check=False)
+        out, err, code = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        err = f"timed out after {PHASE_TIMEOUT_S:.0f} s"
+        code = -1
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    reqs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return Run(out, err, code, seconds, cpu, reqs)
+
+
+def messages(stdout: str) -> Iterator[dict[str, Any]]:
+    for raw in stdout.splitlines():
+        line = raw.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                yield value
+
+
+def refused(run: Run) -> list[str]:
+    """Each request the emulator answered with an error, once per endpoint and status (429s are
+    counted in ``http_429``, not failures: a client that waits and retries is right)."""
+    seen: dict[tuple[str, str, int], dict[str, Any]] = {}
+    counts: dict[tuple[str, str, int], int] = {}
+    for r in run.requests:
+        if r["status"] >= 400 and r["status"] != 429:
+            key = (r["method"], r["url"].split("?")[0], r["status"])
+            seen.setdefault(key, r)
+            counts[key] = counts.get(key, 0) + 1
+    out = []
+    for key, r in seen.items():
+        query = r["url"].split("?", 1)[1] if "?" in r["url"] else ""
+        out.append(f"{key[0]} {key[1].replace('https://api.hubapi.com', '')}"
+                   f"{'?' + query[:200] if query else ''} -> {key[2]} (x{counts[key]}): {r.get('answer', '')[:400]}")
+    return out
+
+
+def tail(text: str, lines: int = 8) -> str:
+    return "\n    ".join(text.strip().splitlines()[-lines:])
+
+
+# ------------------------------------------------------------------------------ per-peer protocols
+def airbyte_discover(peer: Peer, url: str, work: Path, config: Path) -> tuple[Run, dict[str, Any] | None]:
+    run = run_peer(peer, [str(peer.bin("source-hubspot")), "discover", "--config", str(config)], url, work)
+    catalog = next((m["catalog"] for m in messages(run.stdout) if m.get("type") == "CATALOG"), None)
+    return run, catalog
+
+
+def airbyte_configure(peer: Peer, catalog: dict[str, Any]) -> dict[str, Any]:
+    streams = []
+    for s in catalog["streams"]:
+        if s["name"] in peer.streams:
+            incremental = "incremental" in s.get("supported_sync_modes", [])
+            streams.append({"stream": s, "sync_mode": "incremental" if incremental else "full_refresh",
+                            "destination_sync_mode": "append",
+                            "cursor_field": s.get("default_cursor_field") or []})
+    return {"streams": streams}
+
+
+def airbyte_read(peer: Peer, url: str, work: Path, config: Path, catalog: Path, *,
+                 state: Any) -> tuple[Run, dict[str, set[str]], Any]:
+    args = [str(peer.bin("source-hubspot")), "read", "--config", str(config), "--catalog", str(catalog)]
+    if state is not None:
+        (work / "state.json").write_text(json.dumps(state))
+        args += ["--state", str(work / "state.json")]
+    run = run_peer(peer, args, url, work)
+    ids: dict[str, set[str]] = {s: set() for s in peer.streams}
+    states: dict[str, Any] = {}
+    for m in messages(run.stdout):
+        if m.get("type") == "RECORD":
+            rec = m["record"]
+            if rec["stream"] in ids:
+                ids[rec["stream"]].add(str(rec["data"].get(peer.id_field[rec["stream"]])))
+        elif m.get("type") == "STATE":
+            st = m["state"]
+            key = json.dumps(st.get("stream", {}).get("stream_descriptor", st.get("type")), sort_keys=True)
+            states[key] = st
+        elif m.get("type") == "TRACE" and m.get("trace", {}).get("type") == "ERROR":
+            run.stderr += "\nTRACE ERROR: " + str(m["trace"]["error"].get("message")) + " | " + str(
+                m["trace"]["error"].get("internal_message"))[:500]
+    return run, ids, list(states.values())
+
+
+def tap_discover(peer: Peer, url: str, work: Path, config: Path) -> tuple[Run, dict[str, Any] | None]:
+    run = run_peer(peer, [str(peer.bin("tap-hubspot")), "--config", str(config), "--discover"], url, work)
+    try:
+        catalog = json.loads(run.stdout) if run.returncode == 0 else None
+    except ValueError:
+        catalog = None
+    return run, catalog
+
+
+def tap_configure(peer: Peer, catalog: dict[str, Any]) -> dict[str, Any]:
+    streams = []
+    for s in catalog["streams"]:
+        if s["tap_stream_id"] in peer.streams:
+            for md in s["metadata"]:
+                if md["breadcrumb"] == []:
+                    md["metadata"]["selected"] = True
+            streams.append(s)
+    return {"streams": streams}
+
+
+def tap_read(peer: Peer, url: str, work: Path, config: Path, catalog: Path, *,
+             state: Any) -> tuple[Run, dict[str, set[str]], Any]:
+    args = [str(peer.bin("tap-hubspot")), "--config", str(config), "--properties", str(catalog)]
+    if state is not None:
+        (work / "state.json").write_text(json.dumps(state))
+        args += ["--state", str(work / "state.json")]
+    run = run_peer(peer, args, url, work)
+    ids: dict[str, set[str]] = {s: set() for s in peer.streams}
+    last_state = None
+    for m in messages(run.stdout):
+        if m.get("type") == "RECORD" and m.get("stream") in ids:
+            ids[m["stream"]].add(str(m["record"].get(peer.id_field[m["stream"]])))
+        elif m.get("type") == "STATE":
+            last_state = m.get("value")
+    return run, ids, last_state
+
+
+PROTOCOLS: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[[str], Any]]] = {
+    "airbyte-source-hubspot": (
+        airbyte_discover, airbyte_configure, airbyte_read,
+        lambda token: {"credentials": {"credentials_title": "Private App Credentials", "access_token": token},
+                       "start_date": START_DATE}),
+    "tap-hubspot": (
+        tap_discover, tap_configure, tap_read,
+        lambda token: {"api_key": token, "start_date": START_DATE}),
+}
+
+
+# ------------------------------------------------------------------------------ the sandbox side
+def seed_ids(url: str, token: str, object_type: str) -> set[str]:
+    """Every live record id of a type, read through the v3 list endpoint (the emulator's own paging)."""
+    ids: set[str] = set()
+    after = None
+    while True:
+        params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
+        r = requests.get(f"{url}/crm/v3/objects/{object_type}", params=params,
+                         headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        r.raise_for_status()
+        body = r.json()
+        ids.update(str(x["id"]) for x in body["results"])
+        after = ((body.get("paging") or {}).get("next") or {}).get("after")
+        if not after:
+            return ids
+
+
+def make_change(url: str, token: str, seeded: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Edit the first few records of each type through the API (their last-modified time moves to now)."""
+    changed: dict[str, set[str]] = {}
+    prop = {"companies": "description", "deals": "description", "line_items": "description"}
+    for object_type, count in CHANGES.items():
+        ids = sorted(seeded[object_type], key=int)[:count]
+        inputs = [{"id": i, "properties": {prop[object_type]: f"changed by the peers benchmark {i}"}} for i in ids]
+        r = requests.post(f"{url}/crm/v3/objects/{object_type}/batch/update", json={"inputs": inputs},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        if r.status_code >= 300:
+            raise RuntimeError(f"could not make the known change to {object_type}: {r.status_code} {r.text[:300]}")
+        changed[object_type] = set(ids)
+    return changed
+
+
+def sandbox_counts(box: Any) -> tuple[int, int]:
+    stats = admin(box, "hubspot", "stats", "GET")
+    return int(stats["counts"].get("total", 0)), int(stats.get("statuses", {}).get("429", 0))
+
+
+_READ: dict[Path, int] = {}  # violations file -> lines already reported
+
+
+def violations(coverage_dir: Path | None) -> list[str]:
+    """The spec guard's violations recorded since the last call (the guard writes one line each)."""
+    if coverage_dir is None:
+        return []
+    out = []
+    for path in sorted(coverage_dir.glob("violations-hubspot-*.jsonl")):
+        lines = path.read_text().splitlines()
+        for line in lines[_READ.get(path, 0):]:
+            v = json.loads(line)
+            out.append(f"spec guard ({v.get('kind')}): {v.get('request')} -> {v.get('status')}: "
+                       f"{'; '.join(v.get('problems', []))}"[:500])
+        _READ[path] = len(lines)
+    return out
+
+
+# ------------------------------------------------------------------------------ one peer, three phases
+def run_peer_phases(peer: Peer, box: Any, token: str, coverage_dir: Path | None) -> list[Phase]:
+    discover, configure, read, make_config = PROTOCOLS[peer.package]
+    url = box.endpoints.url("hubspot")
+    work = Path(tempfile.mkdtemp(prefix=f"m3sh-peer-{peer.package}-"))
+    config = work / "config.json"
+    config.write_text(json.dumps(make_config(token)))
+    tool = peer.package
+    box.reset("demo", limits=True)
+    seeded = {t: seed_ids(url, token, t) for t in set(peer.streams.values()) | set(CHANGES)}
+    phases: list[Phase] = []
+
+    def measure(name: str, fn: Callable[[], tuple[Run, Any]]) -> tuple[Phase, Run, Any]:
+        admin(box, "hubspot", "stats", "DELETE")
+        violations(coverage_dir)  # skip what earlier phases left
+        run, value = fn()
+        total, n429 = sandbox_counts(box)
+        ph = Phase(tool, name, requests=total, http_429=n429, seconds=run.seconds, cpu_seconds=run.cpu_seconds)
+        ph.problems += refused(run) + violations(coverage_dir)
+        if run.returncode != 0:
+            ph.problems.append(f"exit {run.returncode}: {tail(run.stderr)}")
+        phases.append(ph)
+        return ph, run, value
+
+    ph, run, catalog = measure("discover", lambda: discover(peer, url, work, config))
+    names = {s.get("name") or s.get("tap_stream_id") for s in (catalog or {}).get("streams", [])}
+    missing = sorted(set(peer.streams) - names)
+    if catalog is None or missing:
+        ph.problems.append(f"catalog lacks {missing or 'everything'}")
+    ph.completed = run.returncode == 0 and not missing
+    ph.records = len(names)
+    if not ph.completed:
+        return phases
+    (work / "catalog.json").write_text(json.dumps(configure(peer, catalog)))
+
+    def sync(name: str, state: Any) -> tuple[Phase, Any]:
+        def call() -> tuple[Run, Any]:
+            run, ids, new_state = read(peer, url, work, config, work / "catalog.json", state=state)
+            return run, (ids, new_state)
+
+        ph, run, value = measure(name, call)
+        ids, new_state = value
+        ph.ids = ids
+        ph.records = sum(len(v) for v in ids.values())
+        ph.completed = run.returncode == 0
+        return ph, new_state
+
+    full, state = sync("full", None)
+    for stream, object_type in peer.streams.items():
+        got, want = full.ids[stream], seeded[object_type]
+        if got != want:
+            full.problems.append(f"{stream}: {len(got)} records, seed has {len(want)}; missing "
+                                 f"{sorted(want - got)[:5]}, unexpected {sorted(got - want)[:5]}")
+    full.completed = full.completed and not full.problems
+    if not full.completed:
+        return phases
+    changed = make_change(url, token, seeded)
+    inc, _ = sync("incremental", state)
+    for stream, object_type in peer.streams.items():
+        got, want = inc.ids[stream], changed.get(object_type, set())
+        if want - got:
+            inc.problems.append(f"{stream}: changed {sorted(want)}, missing {sorted(want - got)}")
+        if got - want:
+            inc.extra_ids[stream] = sorted(got - want)
+    inc.completed = inc.completed and not inc.problems
+    return phases
+
+
+# ------------------------------------------------------------------------------ m3sh's own extract
+def m3sh_phases(box: Any) -> list[Phase]:
+    """m3sh's ``extract_hubspot`` (companies with deals and line items) over the same seed: full,
+    then incremental after the same known change."""
+    from m3sh.config import load_config
+    from m3sh.crm.hubspot import extract_hubspot
+    from m3sh.sandbox import credentials
+
+    cfg = load_config(ROOT / "include" / "m3sh.yaml")
+    source = next(s for s in cfg.crm.sources if s.type == "hubspot")
+    url = box.endpoints.url("hubspot")
+    box.reset("demo", limits=True)
+    seeded = {t: seed_ids(url, credentials.HUBSPOT_TOKEN, t) for t in CHANGES}
+    phases = []
+    start = dt.datetime(2015, 1, 1, tzinfo=dt.UTC)
+    for name in ("full", "incremental"):
+        if name == "incremental":
+            start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            changed = make_change(url, credentials.HUBSPOT_TOKEN, seeded)
+        admin(box, "hubspot", "stats", "DELETE")
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        ph = Phase("m3sh", name)
+        try:
+            out = extract_hubspot(source, start, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
+                                  plan_map=cfg.crm.plan_map)
+            ph.completed = True
+        except Exception as exc:  # reported as the phase's failure, not raised
+            out = []
+            ph.problems.append(f"{type(exc).__name__}: {exc}"[:500])
+        ph.seconds, ph.cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+        ph.requests, ph.http_429 = sandbox_counts(box)
+        ph.records = len(out)
+        got = {a.crm_id for a in out}
+        want = seeded["companies"] if name == "full" else None
+        if want is not None and got != want:
+            ph.problems.append(f"companies: {len(got)} extracted, seed has {len(want)}")
+            ph.completed = False
+        if name == "incremental" and not changed["companies"] <= got:
+            ph.problems.append(f"companies: changed {sorted(changed['companies'])} not all extracted")
+            ph.completed = False
+        phases.append(ph)
+    return phases
+
+
+# ------------------------------------------------------------------------------ main
+def report(phases: list[Phase]) -> None:
+    for ph in phases:
+        mark = "PASS" if ph.completed else "FAIL"
+        print(f"{mark} {ph.tool:24} {ph.phase:12} records={ph.records:<5} requests={ph.requests:<5} "
+              f"wall={ph.seconds:7.2f}s cpu={ph.cpu_seconds:6.2f}s 429={ph.http_429}", file=sys.stderr)
+        for stream, extra in ph.extra_ids.items():
+            print(f"     note: {stream}: {len(extra)} unchanged record(s) re-read too: {extra[:5]}", file=sys.stderr)
+        for p in ph.problems:
+            print(f"     {p}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def summary(phases: list[Phase]) -> dict[str, Any]:
+    """Flat figures for ``make bench``'s table (it shows numbers, not the ``runs`` list)."""
+    out: dict[str, Any] = {"phases_completed": sum(ph.completed for ph in phases), "phases": len(phases)}
+    full = {ph.tool: ph for ph in phases if ph.phase == "full" and ph.completed}
+    peers = [ph for tool, ph in full.items() if tool != "m3sh"]
+    if "m3sh" in full:
+        out["m3sh_full_seconds"] = round(full["m3sh"].seconds, 2)
+        out["m3sh_full_requests"] = full["m3sh"].requests
+    if peers:
+        best = min(peers, key=lambda ph: ph.seconds)
+        out["best_peer_full_seconds"] = round(best.seconds, 2)
+        out["best_peer_full_requests"] = min(ph.requests for ph in peers)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conformance", action="store_true",
+                        help="spec guard on; exit 1 when any phase of any peer failed")
+    parser.add_argument("--only", default="", help="comma-separated peer packages (and/or m3sh)")
+    parser.add_argument("--skip-stream", action="append", default=[],
+                        help="a stream to leave out of every peer's catalog (to see the later phases while "
+                             "one stream fails); the run then does not count as conformance")
+    args = parser.parse_args(argv)
+    # A SIGTERM (timeout, Ctrl-C from make) unwinds through the sandbox's context manager, so its
+    # emulator processes stop with the harness.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    only = {s for s in args.only.split(",") if s}
+    from m3sh.sandbox import credentials
+
+    coverage_dir: Path | None = None
+    saved = dict(os.environ)
+    if args.conformance:
+        coverage_dir = Path(tempfile.mkdtemp(prefix="m3sh-peer-spec-"))
+        os.environ.update({"M3SH_SANDBOX_SPEC_CHECK": "1", "M3SH_SPEC_COVERAGE_DIR": str(coverage_dir)})
+    skip = set(args.skip_stream)
+    peers = [Peer(p.package, p.version, {k: v for k, v in p.streams.items() if k not in skip}, p.id_field)
+             for p in PEERS if not only or p.package in only]
+    for peer in peers:
+        ensure_venv(peer)
+    phases: list[Phase] = []
+    try:
+        with sandbox(["hubspot"], limits=True) as box:
+            for peer in peers:
+                print(f">> {peer.package}=={peer.version}", file=sys.stderr, flush=True)
+                phases += run_peer_phases(peer, box, credentials.HUBSPOT_TOKEN, coverage_dir)
+            if not only or "m3sh" in only:
+                print(">> m3sh extract_hubspot", file=sys.stderr, flush=True)
+                phases += m3sh_phases(box)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    report(phases)
+    emit({"runs": [ph.run_row() for ph in phases], **summary(phases)})
+    if args.conformance:
+        expected = {(p.package, ph) for p in peers for ph in ("discover", "full", "incremental")}
+        passed = {(ph.tool, ph.phase) for ph in phases if ph.completed}
+        return 0 if expected <= passed and not skip else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

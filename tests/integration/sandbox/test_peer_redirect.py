@@ -1,0 +1,45 @@
+"""The transport-level redirect ``make conformance`` starts published connectors with
+(``benchmarks/_peer_redirect/sitecustomize.py``): their ``https://api.hubapi.com`` requests reach the
+emulator unchanged but for scheme and host, every request is logged, any other host is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from m3sh.sandbox import credentials
+
+pytestmark = pytest.mark.sandbox
+
+REDIRECT_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "_peer_redirect"
+# What a connector does: plain requests against the production URL, nothing sandbox-aware.
+PEER = """
+import requests, sys
+token = sys.argv[1]
+r = requests.get("https://api.hubapi.com/crm/v3/objects/companies", params={"limit": 2},
+                 headers={"Authorization": "Bearer " + token}, timeout=30)
+print(r.status_code, len(r.json()["results"]))
+try:
+    requests.get("https://example.com/", timeout=5)
+except requests.exceptions.ConnectionError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_peer_requests_reach_the_emulator_and_other_hosts_are_refused(fresh_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "requests.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REDIRECT_DIR), "M3SH_PEER_HUBSPOT_URL": fresh_sandbox.url("hubspot"),
+           "M3SH_PEER_LOG": str(log)}
+    out = subprocess.run([sys.executable, "-c", PEER, credentials.HUBSPOT_TOKEN], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.splitlines()
+    assert out[0] == "200 2"
+    assert out[1].startswith("refused:") and "https://example.com/ is not a sandboxed host" in out[1]
+    [entry] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entry["method"] == "GET" and entry["status"] == 200
+    assert entry["url"].startswith("https://api.hubapi.com/crm/v3/objects/companies?")
+    assert fresh_sandbox.requests_to("hubspot", "GET", "/crm/v3/objects/companies") == 1
