@@ -447,6 +447,9 @@ def test_item_sublist_sub_resource_and_unimplemented_transform(ns: Client) -> No
     assert "not implemented by the m3sh sandbox" in err["detail"]
     r = ns.req("GET", f"/record/v1/customer/{cid}/addressBook")
     assert r.status_code == 404 and "not implemented by the m3sh sandbox" in error_of(r)["detail"]
+    r = ns.req("GET", "/record/v1/metadata-catalog/customer", headers={"Accept": "application/schema+json"})
+    assert r.status_code == 404 and "not implemented by the m3sh sandbox" in error_of(r)["detail"]
+    assert error_of(r)["o:urlPath"] == "/services/rest/record/v1/metadata-catalog/customer"
 
 
 @pytest.mark.parametrize(("sql", "named"), [
@@ -489,3 +492,23 @@ def test_suiteql_nulls_follow_three_valued_logic(ns: Client) -> None:
     assert ids("email IS NULL OR NOT (email = 'a@x.example')") == ["E2"]
     assert ids("NOT (email = 'a@x.example' AND id > 0)") == []
     assert with_email
+
+
+def test_read_and_write_parameter_values_are_checked(ns: Client) -> None:
+    cid = new_customer(ns)
+    r = ns.req("GET", f"/record/v1/customer/{cid}", params={"fields": "companyName,emial"})
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["o:errorQueryParam"] == "fields" and "'emial'" in err["detail"]
+    got = ns.req("GET", f"/record/v1/customer/{cid}", params={"fields": "companyName,email"}).json()
+    assert set(got) == {"links", "id", "companyName", "email"}
+    sub = ns.req("GET", "/record/v1/subsidiary/1", params={"fields": "name"}).json()
+    assert set(sub) == {"links", "id", "name"}
+    r = ns.req("GET", f"/record/v1/customer/{cid}", params={"expandSubResources": "yes"})
+    assert error_of(r)["o:errorQueryParam"] == "expandSubResources"
+    r = ns.req("PUT", "/record/v1/invoice/eid:P1", params={"replace": "item,lines"}, json=invoice_body(cid))
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["o:errorCode"] == "INVALID_PARAMETER" and err["o:errorQueryParam"] == "replace"
+    assert "'lines'" in err["detail"]
+    assert ns.req("GET", "/record/v1/invoice/eid:P1").status_code == 404

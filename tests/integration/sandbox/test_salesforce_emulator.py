@@ -491,3 +491,12 @@ def test_real_resources_the_sandbox_lacks_say_so(sf: Any, method: str, path: str
     assert error["errorCode"] == "NOT_FOUND"
     resource = path.partition("/")[0]
     assert f"'{resource}' exists in Salesforce but is not implemented by the m3sh sandbox" in error["message"]
+
+
+@pytest.mark.parametrize("path", ["sobjects/Account/listviews", "sobjects/Account/describe/layouts",
+                                  "sobjects/Account/quickActions"])
+def test_sobject_sub_resources_the_sandbox_lacks_say_so(sf: Any, path: str) -> None:
+    """Not taken for a record id or an external-id field ("does not exist")."""
+    with pytest.raises(sf_exc.SalesforceResourceNotFound) as info:
+        sf.restful(path)
+    assert f"'{path}' exists in Salesforce but is not implemented" in _refusal(info.value)["message"]

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from m3sh.sandbox.common import ASGIApp
 from m3sh.sandbox.netsuite.auth import HOST_ACCOUNT_SCOPE_KEY, SignedRequest
 from m3sh.sandbox.netsuite.errors import CONCURRENCY_DETAIL, NetSuiteApiError, ns_error_body, user_error
-from m3sh.sandbox.netsuite.state import RECORD_TYPES, TRANSACTION_TYPES, AccountState
+from m3sh.sandbox.netsuite.state import RECORD_TYPES, TRANSACTION_TYPES, AccountState, known_field
 from m3sh.sandbox.netsuite.suiteql import execute
 from m3sh.sandbox.netsuite.tables import build_tables
 
@@ -55,7 +55,11 @@ _DOCUMENTED_PARAMS = {
                              "sandbox",
     "select": "metadata-catalog's select is documented by NetSuite but not implemented by the m3sh sandbox",
 }
-_VALIDATION_MODES = ("Error", "Warning", "Ignore")  # X-NetSuite-Property{Name,Value}Validation values
+_VALIDATION_MODES = ("Error", "Warning", "Ignore")
+_BOOLEANS = ("true", "false")
+# Sublists ``replace`` may name: the emulator's only modelled sublist is ``item`` (``addressBook``
+# is stored as sent, so replacing it is what storing does anyway).
+_SUBLISTS = frozenset({"item", "addressBook"})  # X-NetSuite-Property{Name,Value}Validation values
 
 RECORD_PREFIX = "/services/rest/record/v1"
 SUITEQL_PATH = "/services/rest/query/v1/suiteql"
@@ -198,11 +202,16 @@ class _Handler:
         parts = [unquote(p) for p in path[len(RECORD_PREFIX) + 1:].split("/")]
         record_type = parts[0]
         validation = _check_headers(request, suiteql=False)
-        if record_type == "metadata-catalog" and method == "GET":
+        if record_type == "metadata-catalog" and method == "GET" and len(parts) == 1:
             _check_params(request, "GET metadata-catalog")
             return JSONResponse({"items": [
                 {"name": rt, "links": [{"rel": "canonical", "href": f"{base}{RECORD_PREFIX}/{rt}"}]}
                 for rt in sorted(RECORD_TYPES)]})
+        if record_type == "metadata-catalog":
+            raise NetSuiteApiError(404, "INVALID_REQUEST", "Record metadata (metadata-catalog/{recordType}, JSON "
+                                   "Schema or OpenAPI) is documented by NetSuite but not implemented by the m3sh "
+                                   "sandbox; only GET metadata-catalog (the record type list) is.",
+                                   url_path=f"{RECORD_PREFIX}/{'/'.join(parts)}")
         if record_type not in RECORD_TYPES:
             raise NetSuiteApiError(404, "NONEXISTENT_ID", f"Record type '{record_type}' does not exist.")
         if len(parts) > 2:
@@ -221,6 +230,10 @@ class _Handler:
             if method in ("GET", "PATCH", "PUT", "DELETE"):
                 _check_params(request, f"{method} record")
             replace = {p for p in request.query_params.get("replace", "").split(",") if p}
+            for name in sorted(replace - _SUBLISTS):
+                raise NetSuiteApiError(400, "INVALID_PARAMETER", f"Invalid value for the query parameter replace: "
+                                       f"'{name}' is not a sublist of {record_type} the m3sh sandbox implements "
+                                       f"({', '.join(sorted(_SUBLISTS))}).", query_param="replace")
             if method == "GET":
                 rec = acct.get(record_type, key)
                 return JSONResponse(_render(rec, record_type, base, request))
@@ -309,7 +322,12 @@ def _created(base: str, record_type: str, rid: str) -> Response:
 def _render(rec: dict[str, Any], record_type: str, base: str, request: Request) -> dict[str, Any]:
     href = f"{base}{RECORD_PREFIX}/{record_type}/{rec['id']}"
     out: dict[str, Any] = {"links": [{"rel": "self", "href": href}]}
-    expand = request.query_params.get("expandSubResources", "false").lower() == "true"
+    expand_value = request.query_params.get("expandSubResources", "false").lower()
+    if expand_value not in _BOOLEANS:
+        raise NetSuiteApiError(400, "INVALID_PARAMETER", "Invalid value for the query parameter "
+                               f"expandSubResources: '{expand_value}'. Provide true or false.",
+                               query_param="expandSubResources")
+    expand = expand_value == "true"
     for key, value in rec.items():
         if key == "refName":
             continue
@@ -323,7 +341,14 @@ def _render(rec: dict[str, Any], record_type: str, base: str, request: Request) 
         out[key] = value
     fields = request.query_params.get("fields")
     if fields:
-        keep = {f.strip() for f in fields.split(",")} | {"links", "id"}
+        wanted = {f.strip() for f in fields.split(",")}
+        for name in sorted(wanted):
+            # Dropping an unknown name would answer a narrower read than the one asked for.
+            if not known_field(record_type, name, rec):
+                raise NetSuiteApiError(400, "INVALID_PARAMETER", f"Invalid value for the query parameter fields: "
+                                       f"'{name}' is not a field of record type '{record_type}'.",
+                                       query_param="fields")
+        keep = wanted | {"links", "id"}
         out = {k: v for k, v in out.items() if k in keep}
     return out
 

@@ -71,6 +71,12 @@ def _fields_for(record_type: str) -> set[str]:
     return _FIELDS.get(record_type, set()) | _COMMON_FIELDS
 
 
+def known_field(record_type: str, name: str, rec: dict[str, Any]) -> bool:
+    """Whether ``name`` is a body field of ``record_type`` the emulator knows (set on ``rec`` or not)."""
+    return (name in rec or name in _fields_for(record_type) or name in _READ_ONLY
+            or _CUSTOM_PREFIX.match(name) is not None)
+
+
 def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -425,6 +425,8 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
+        if record_id in strict.SOBJECT_SUB_RESOURCES:
+            raise strict.unimplemented_resource(f"sobjects/{obj.name}/{record_id}")
         _params(request, strict.RECORD, "GET sobjects/{sobject}/{id}")
         fields = request.query_params.get("fields")
         with emu.lock:
@@ -470,6 +472,8 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
+        if ext_field in strict.SOBJECT_SUB_RESOURCES:
+            raise strict.unimplemented_resource(f"sobjects/{obj.name}/{ext_field}/{value}")
         f = obj.field(ext_field)
         if f is None or not (f.external_id or f.name == "Id"):
             raise ApiError(404, "NOT_FOUND", _NO_EXT_FIELD + ext_field)

@@ -49,6 +49,12 @@ UNIMPLEMENTED_RESOURCES = (
 )
 
 
+# sObject sub-resources (Developer Guide: "sObject Describe Layouts", "List Views", "sObject Quick
+# Actions", "Platform Event Schema by Event Name"): they would otherwise be taken for a record id or
+# an external-id field and answer "does not exist".
+SOBJECT_SUB_RESOURCES = frozenset({"listviews", "quickActions", "eventSchema", "describe", "layouts"})
+
+
 def check_params(names: Iterable[str], allowed: frozenset[str], what: str) -> None:
     """Refuse the first query parameter of a request that ``allowed`` lacks (``what``: the route,
     for the message)."""
