@@ -467,6 +467,7 @@ def test_item_sublist_sub_resource_and_unimplemented_transform(ns: Client) -> No
     ("SELECT id FROM customer WHERE id IN (SELECT entity FROM transaction)", "Subqueries"),
     ("SELECT type, memo, COUNT(*) FROM transaction GROUP BY type", "not a GROUP BY expression: memo"),
     ("SELECT id, COUNT(*) FROM customer", "not a GROUP BY expression: id"),
+    ("SELECT type, COUNT(*) AS n FROM transaction GROUP BY type ORDER BY memo", "ORDER BY memo"),
 ])
 def test_suiteql_the_engine_lacks_is_refused_by_name(ns: Client, sql: str, named: str) -> None:
     """Refused even on empty tables: the check is at parse time, not when a row is evaluated."""

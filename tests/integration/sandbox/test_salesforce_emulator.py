@@ -480,6 +480,11 @@ def test_unknown_fields_in_write_bodies_are_invalid_field(sf: Any) -> None:
     with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
         sf.Invoice__c.upsert("M3ter_Bill_Id__c/bill-g", {"Amount": 1.0})
     assert _refusal(info.value)["message"] == "No such column 'Amount' on sobject of type Invoice__c"
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:  # documented, not modelled: says so
+        sf.Contract.create({"Account": {"M3ter_Account_Id__c": "acc-1"}, "StartDate": "2026-01-01"})
+    error = _refusal(info.value)
+    assert error["errorCode"] == "INVALID_FIELD" and error["fields"] == ["Account"]
+    assert "not implemented by the m3sh sandbox" in error["message"]
 
 
 @pytest.mark.parametrize(("method", "path"), [("POST", "composite/sobjects"), ("POST", "jobs/ingest"),

@@ -604,6 +604,12 @@ def execute(sql: str, tables: dict[str, Table]) -> list[dict[str, str]]:
             vals = {name: ev.value(node, r) for (node, _), name in zip(select, names, strict=True)}
             out.append((vals, r, None))
 
+    if aggregate:
+        for node, _ in q["order"]:
+            positional = node[0] == "lit" and isinstance(node[1], int)
+            if not (positional or _grouped(node, q["group"]) or (node[0] == "col" and node[1] in names)):
+                raise _search_error(f"not a GROUP BY expression: ORDER BY {_shown(node)} is neither grouped nor "
+                                    "aggregated")
     if q["order"]:
         for node, desc in reversed(q["order"]):
             def key(item: tuple[dict[str, Any], dict[str, Any], Any], node: Node = node) -> tuple[int, Any]:

@@ -269,6 +269,12 @@ class Store:
             if key == "attributes":
                 continue
             f = obj.field(key)
+            if f is None and isinstance(raw, dict) and obj.relationship(key) is not None:
+                # Documented ("Insert or Update (Upsert) a Record Using an External ID": a lookup set
+                # through its relationship name and the parent's external id), not modelled here.
+                raise ApiError(400, "INVALID_FIELD", f"Setting the relationship '{key}' of {obj.name} by an "
+                               "external id is documented by Salesforce but not implemented by the m3sh "
+                               "sandbox; set the lookup field to the parent's Id", [key])
             if f is None:
                 raise _no_column(key, obj)
             if not (f.createable if creating else f.updateable):
