@@ -468,25 +468,38 @@ class _Evaluator:
         """SQL's three-valued logic: None is UNKNOWN (a comparison with NULL), and only True keeps a
         row, so ``NOT (x = 'A')`` drops a row whose ``x`` is NULL, as Oracle does."""
         kind = node[0]
+        if kind == "cmp":  # the hot case first
+            a = self.value(node[2], row)
+            if a is None:
+                return None
+            b = self.value(node[3], row)
+            return None if b is None else _compare(node[1], a, b)
         if kind in ("and", "or"):
-            left, right = self.truth(node[1], row), self.truth(node[2], row)
             decisive = kind == "or"  # True decides OR, False decides AND
-            if decisive in (left, right):
+            left = self.truth(node[1], row)
+            if left is decisive:  # short-circuit: functions are checked at parse time, nothing is hidden
                 return decisive
-            return None if None in (left, right) else not decisive
+            right = self.truth(node[2], row)
+            if right is decisive:
+                return decisive
+            return None if left is None or right is None else not decisive
+        if kind == "in":
+            left = self.value(node[1], row)
+            if left is None:
+                return None
+            saw_null = False
+            for item in node[2]:
+                value = self.value(item, row)
+                if value is None:
+                    saw_null = True
+                elif _compare("=", left, value):
+                    return True
+            return None if saw_null else False
         if kind == "not":
             inner = self.truth(node[1], row)
             return None if inner is None else not inner
         if kind == "isnull":
             return self.value(node[1], row) is None
-        if kind == "in":
-            left = self.value(node[1], row)
-            if left is None:
-                return None
-            items = [self.value(v, row) for v in node[2]]
-            if any(v is not None and _compare("=", left, v) for v in items):
-                return True
-            return None if None in items else False
         if kind == "like":
             left, pattern = self.value(node[1], row), self.value(node[2], row)
             if left is None or pattern is None:
@@ -497,9 +510,6 @@ class _Evaluator:
             if v is None or low is None or high is None:
                 return None
             return _compare(">=", v, low) and _compare("<=", v, high)
-        if kind == "cmp":
-            a, b = self.value(node[2], row), self.value(node[3], row)
-            return None if a is None or b is None else _compare(node[1], a, b)
         raise _search_error("Unsupported condition")
 
 
