@@ -505,3 +505,12 @@ def test_sobject_sub_resources_the_sandbox_lacks_say_so(sf: Any, path: str) -> N
     with pytest.raises(sf_exc.SalesforceResourceNotFound) as info:
         sf.restful(path)
     assert f"'{path}' exists in Salesforce but is not implemented" in _refusal(info.value)["message"]
+
+
+def test_malformed_or_non_object_bodies_are_json_parser_errors(sf: Any) -> None:
+    for raw in ('{"Name": "Broken', '[{"Name": "A list"}]'):
+        with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+            sf.restful("sobjects/Account", method="POST", data=raw)
+        assert info.value.status == 400
+        assert _refusal(info.value)["errorCode"] == "JSON_PARSER_ERROR"
+    assert sf.query("SELECT COUNT() FROM Account WHERE Name = 'A list'")["totalSize"] == 0
