@@ -347,3 +347,169 @@ def test_demo_seed_has_reference_data_only(fresh_sandbox: Any) -> None:
         assert {i["id"] for i in acct["items"]} == set(NETSUITE_ITEMS.values())
         assert acct["customers"] == [] and acct["invoices"] == []
     assert state["1234567"]["subsidiaries"][0]["currency"]["refName"] == "USD"
+
+
+# -- strictness (issue 20): what the emulator does not implement is refused, never ignored -------
+def test_unknown_and_unimplemented_query_parameters_are_invalid_parameter(ns: Client) -> None:
+    cid = new_customer(ns)
+    cases = [
+        ("GET", f"/record/v1/customer/{cid}", {"expandSubResources": "true", "expand": "addressBook"}, "expand",
+         "Invalid query parameter name: expand"),
+        ("GET", f"/record/v1/customer/{cid}", {"simpleEnumFormat": "true"}, "simpleEnumFormat",
+         "simpleEnumFormat is documented by NetSuite but not implemented by the m3sh sandbox"),
+        ("GET", "/record/v1/customer", {"limit": 5, "q": 'email START_WITH "a"'}, "q",
+         "not implemented by the m3sh sandbox; use SuiteQL"),
+        ("GET", "/record/v1/customer", {"pageSize": 5}, "pageSize", "Invalid query parameter name: pageSize"),
+        ("PATCH", f"/record/v1/customer/{cid}", {"replaceSelectedFields": "true"}, "replaceSelectedFields",
+         "replaceSelectedFields is documented by NetSuite but not implemented"),
+        ("PUT", "/record/v1/customer/eid:CUST-1", {"upsert": "true"}, "upsert",
+         "Invalid query parameter name: upsert"),
+        ("GET", "/record/v1/metadata-catalog", {"select": "customer"}, "select",
+         "metadata-catalog's select is documented by NetSuite but not implemented"),
+    ]
+    for method, path, params, name, detail in cases:
+        body = {"email": "b@x.example"} if method in ("PATCH", "PUT") else None
+        r = ns.req(method, path, params=params, json=body)
+        assert r.status_code == 400, (method, path, r.text)
+        err = error_of(r)
+        assert err["o:errorCode"] == "INVALID_PARAMETER" and err["o:errorQueryParam"] == name
+        assert detail in err["detail"]
+    r = ns.suiteql("SELECT id FROM customer", limit=5, page=2)
+    assert r.status_code == 400 and error_of(r)["o:errorQueryParam"] == "page"
+    # nothing was written by the refused PATCH/PUT
+    assert ns.req("GET", f"/record/v1/customer/{cid}").json()["email"] == "a@x.example"
+
+
+def test_headers_the_emulator_cannot_honour_are_invalid_header(ns: Client) -> None:
+    r = ns.req("POST", "/record/v1/customer", json={"companyName": "Async"}, headers={"Prefer": "respond-async"})
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["o:errorCode"] == "INVALID_HEADER" and err["o:errorHeader"] == "Prefer"
+    assert "respond-async" in err["detail"] and "not implemented by the m3sh sandbox" in err["detail"]
+    r = ns.req("POST", "/query/v1/suiteql", json={"q": "SELECT id FROM customer"},
+               headers={"Prefer": "transient, respond-async"})
+    assert error_of(r)["o:errorHeader"] == "Prefer"
+    r = ns.req("POST", "/record/v1/customer", json={"companyName": "X", "bogus": 1},
+               headers={"X-NetSuite-PropertyNameValidation": "Lenient"})
+    assert r.status_code == 400
+    assert error_of(r) == {"detail": "Invalid value 'Lenient' for the header X-NetSuite-PropertyNameValidation. "
+                                     "Provide one of: Error, Warning, Ignore.",
+                           "o:errorCode": "INVALID_HEADER", "o:errorHeader": "X-NetSuite-PropertyNameValidation"}
+    assert fresh_state_customers(ns) == 0
+
+
+def fresh_state_customers(c: Client) -> int:
+    return int(c.suiteql("SELECT COUNT(*) AS n FROM customer").json()["items"][0]["n"])
+
+
+def test_unknown_keys_in_references_sublists_and_suiteql_bodies_are_refused(ns: Client) -> None:
+    cid = new_customer(ns)
+    cases: list[tuple[dict[str, Any], str]] = [
+        (invoice_body(cid, entity={"id": cid, "name": "Customer"}), "entity.name"),
+        ({**invoice_body(cid), "item": {"items": invoice_body(cid)["item"]["items"], "replaceAll": True}},
+         "item.replaceAll"),
+        (invoice_body(cid, subsidiary={"internalId": "1"}), "subsidiary.internalId"),
+    ]
+    body = invoice_body(cid)
+    body["item"]["items"][0]["item"] = {"id": NETSUITE_ITEMS["usage"], "type": "serviceSaleItem"}
+    cases.append((body, "item.items[0].item.type"))
+    for payload, path in cases:
+        r = ns.req("PUT", "/record/v1/invoice/eid:STRICT", params={"replace": "item"}, json=payload)
+        assert r.status_code == 400, path
+        err = error_of(r)
+        assert err["o:errorCode"] == "NONEXISTENT_FIELD" and err["o:errorPath"] == path
+    r = ns.req("POST", "/record/v1/creditMemo", json=invoice_body(cid, apply={"items": [{"doc": {"id": "1"}}]}))
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["o:errorCode"] == "USER_ERROR" and err["o:errorPath"] == "apply"
+    assert "not implemented by the m3sh sandbox" in err["detail"]
+    r = ns.req("POST", "/query/v1/suiteql", json={"q": "SELECT id FROM customer", "params": [1]},
+               headers={"Prefer": "transient"})
+    assert r.status_code == 400
+    assert error_of(r)["o:errorCode"] == "NONEXISTENT_FIELD" and error_of(r)["o:errorPath"] == "params"
+    assert ns.suiteql("SELECT COUNT(*) AS n FROM transaction").json()["items"][0]["n"] == "0"
+
+
+def test_item_sublist_sub_resource_and_unimplemented_transform(ns: Client) -> None:
+    cid = new_customer(ns)
+    iid = ns.create("invoice", invoice_body(cid))
+    link = ns.req("GET", f"/record/v1/invoice/{iid}").json()["item"]["links"][0]["href"]
+    assert link.endswith(f"/record/v1/invoice/{iid}/item")
+    sub = ns.req("GET", f"/record/v1/invoice/{iid}/item")
+    assert sub.status_code == 200
+    page = sub.json()
+    assert page["count"] == page["totalResults"] == 2 and page["hasMore"] is False
+    assert [ln["amount"] for ln in page["items"]] == [37.5, 49.0]
+    r = ns.req("POST", f"/record/v1/invoice/{iid}/!transform/creditMemo", json={})
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["o:urlPath"] == f"/services/rest/record/v1/invoice/{iid}/!transform/creditMemo"
+    assert "not implemented by the m3sh sandbox" in err["detail"]
+    r = ns.req("GET", f"/record/v1/customer/{cid}/addressBook")
+    assert r.status_code == 404 and "not implemented by the m3sh sandbox" in error_of(r)["detail"]
+    r = ns.req("GET", "/record/v1/metadata-catalog/customer", headers={"Accept": "application/schema+json"})
+    assert r.status_code == 404 and "not implemented by the m3sh sandbox" in error_of(r)["detail"]
+    assert error_of(r)["o:urlPath"] == "/services/rest/record/v1/metadata-catalog/customer"
+
+
+@pytest.mark.parametrize(("sql", "named"), [
+    ("SELECT t.id FROM transaction t INNER JOIN transactionline l ON l.transaction = t.id", "INNER"),
+    ("SELECT id FROM transaction UNION SELECT id FROM customer", "UNION"),
+    ("SELECT NVL(memo, 'none') AS m FROM transaction", "The function NVL"),
+    ("SELECT id FROM customer WHERE id = 0 AND COALESCE(email, 'x') = 'x'", "The function COALESCE"),
+    ("SELECT BUILTIN.CONSOLIDATE(foreigntotal) FROM transaction", "The function BUILTIN.CONSOLIDATE"),
+    ("SELECT CASE WHEN isinactive = 'T' THEN 1 END FROM customer", "CASE"),
+    ("SELECT id || '-' || entityid FROM customer", "The operator '||'"),
+    ("SELECT foreigntotal * 2 AS twice FROM transaction", "The operator '*'"),
+    ("SELECT TOP 5 id FROM customer", "TOP"),
+    ("SELECT id FROM customer ORDER BY id FETCH FIRST 5 ROWS ONLY", "FETCH"),
+    ("SELECT type, COUNT(*) FROM transaction GROUP BY type HAVING COUNT(*) > 1", "HAVING"),
+    ("SELECT id FROM customer WHERE id IN (SELECT entity FROM transaction)", "Subqueries"),
+    ("SELECT type, memo, COUNT(*) FROM transaction GROUP BY type", "not a GROUP BY expression: memo"),
+    ("SELECT id, COUNT(*) FROM customer", "not a GROUP BY expression: id"),
+    ("SELECT type, COUNT(*) AS n FROM transaction GROUP BY type ORDER BY memo", "ORDER BY memo"),
+])
+def test_suiteql_the_engine_lacks_is_refused_by_name(ns: Client, sql: str, named: str) -> None:
+    """Refused even on empty tables: the check is at parse time, not when a row is evaluated."""
+    r = ns.suiteql(sql)
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["o:errorCode"] == "INVALID_PARAMETER" and err["o:errorQueryParam"] == "q"
+    assert err["detail"].startswith("Invalid search query.")
+    assert named in err["detail"]
+
+
+def test_suiteql_nulls_follow_three_valued_logic(ns: Client) -> None:
+    with_email = new_customer(ns, "E1")
+    ns.create("customer", {"companyName": "No email", "externalId": "E2"})
+
+    def ids(where: str) -> list[str]:
+        sql = f"SELECT externalid FROM customer WHERE {where} ORDER BY id"  # noqa: S608 -- fixed test values
+        return [r["externalid"] for r in ns.suiteql(sql).json()["items"]]
+
+    assert ids("NOT (email = 'z@x.example')") == ["E1"]  # NULL email: unknown, so not kept
+    assert ids("email NOT IN ('z@x.example')") == ["E1"]
+    assert ids("NOT email LIKE 'z%'") == ["E1"]
+    assert ids("email IS NULL OR NOT (email = 'a@x.example')") == ["E2"]
+    assert ids("NOT (email = 'a@x.example' AND id > 0)") == []
+    assert with_email
+
+
+def test_read_and_write_parameter_values_are_checked(ns: Client) -> None:
+    cid = new_customer(ns)
+    r = ns.req("GET", f"/record/v1/customer/{cid}", params={"fields": "companyName,emial"})
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["o:errorQueryParam"] == "fields" and "'emial'" in err["detail"]
+    got = ns.req("GET", f"/record/v1/customer/{cid}", params={"fields": "companyName,email"}).json()
+    assert set(got) == {"links", "id", "companyName", "email"}
+    sub = ns.req("GET", "/record/v1/subsidiary/1", params={"fields": "name"}).json()
+    assert set(sub) == {"links", "id", "name"}
+    r = ns.req("GET", f"/record/v1/customer/{cid}", params={"expandSubResources": "yes"})
+    assert error_of(r)["o:errorQueryParam"] == "expandSubResources"
+    r = ns.req("PUT", "/record/v1/invoice/eid:P1", params={"replace": "item,lines"}, json=invoice_body(cid))
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["o:errorCode"] == "INVALID_PARAMETER" and err["o:errorQueryParam"] == "replace"
+    assert "'lines'" in err["detail"]
+    assert ns.req("GET", "/record/v1/invoice/eid:P1").status_code == 404

@@ -385,3 +385,132 @@ def test_a_second_org_has_its_own_user_instance_host_and_records(sb: Any) -> Non
     state = sb.state("salesforce")
     assert [a["Name"] for a in state["orgs"]["acme"]["objects"]["Account"]] == ["Acme Only"]
     assert "Acme Only" not in {a["Name"] for a in state["objects"]["Account"]}
+
+
+# ------------------------------------------------------------------------ strictness (issue 20)
+def _refusal(exc: sf_exc.SalesforceError) -> dict[str, Any]:
+    """The single error of Salesforce's error list, checked for its shape."""
+    assert isinstance(exc.content, list) and len(exc.content) == 1
+    error: dict[str, Any] = exc.content[0]
+    assert set(error) == {"message", "errorCode", "fields"}
+    return error
+
+
+@pytest.mark.parametrize(("soql", "named"), [
+    ("SELECT MAX(Amount) FROM Opportunity", "function MAX()"),
+    ("SELECT Id FROM Account WHERE CALENDAR_YEAR(CreatedDate) = 2026", "function CALENDAR_YEAR()"),
+    ("SELECT FIELDS(STANDARD) FROM Account LIMIT 200", "function FIELDS()"),
+    ("SELECT Id, toLabel(Industry) FROM Account", "function toLabel()"),
+    ("SELECT Id FROM Account ORDER BY FORMAT(Name)", "function FORMAT()"),
+    ("SELECT TYPEOF Owner WHEN User THEN Name END FROM Account", "TYPEOF"),
+    ("SELECT a.Id FROM Account a", "alias of the object in FROM ('a')"),
+    ("SELECT Id FROM Account USING SCOPE mine", "USING SCOPE"),
+    ("SELECT Id FROM Account LIMIT 5 FOR VIEW", "FOR (FOR VIEW"),
+    ("SELECT Id FROM Account UPDATE TRACKING", "UPDATE (FOR VIEW"),
+    ("SELECT Id FROM Contract WHERE EndDate = THIS_YEAR", "date literal THIS_YEAR"),
+    ("SELECT Id FROM Contract WHERE EndDate = LAST_N_MONTHS:3", "date literal LAST_N_MONTHS:n"),
+    ("SELECT Id, Name, id FROM Account", "duplicate field selected: Id"),
+    ("SELECT COUNT(Id), COUNT(Name) FROM Account", "more than one aggregate"),
+    ("SELECT COUNT(Id) FROM Account ORDER BY Name", "Ordered field must be grouped or aggregated: Name"),
+    ("SELECT Id FROM Account GROUP BY Id", "GROUP"),
+    ("SELECT Id FROM Account WHERE Id IN (SELECT AccountId FROM Contract)", "semi-join"),
+])
+def test_soql_the_parser_lacks_is_a_malformed_query_naming_the_token(sf: Any, soql: str, named: str) -> None:
+    """Never a silently different answer: each unsupported construct is refused by name."""
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.query(soql)
+    assert info.value.status == 400
+    error = _refusal(info.value)
+    assert error["errorCode"] == "MALFORMED_QUERY"
+    assert named in error["message"]
+    assert error["message"].startswith(f"\n{soql}\n")  # Salesforce's query-caret-reason form
+
+
+def test_aggregate_limit_counts_result_rows_not_records(sf: Any) -> None:
+    n = len(demo_company().by_crm("salesforce"))
+    r = sf.query("SELECT COUNT(Id) FROM Account LIMIT 1")
+    assert r["totalSize"] == 1 and r["records"][0]["expr0"] == n
+    assert sf.query("SELECT COUNT(Id) n FROM Account LIMIT 1 OFFSET 1")["records"] == []
+
+
+@pytest.mark.parametrize(("path", "params", "refused"), [
+    ("query/", {"q": "SELECT Id FROM Account", "batchSize": "200"}, "batchSize"),
+    ("queryAll/", {"q": "SELECT Id FROM Account", "includeDeleted": "true"}, "includeDeleted"),
+    ("sobjects/Account/describe", {"ifModifiedSince": "x"}, "ifModifiedSince"),
+    ("sobjects/Account/updated", {"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z",
+                                  "limit": "5"}, "limit"),
+    ("limits", {"verbose": "1"}, "verbose"),
+])
+def test_query_parameters_a_route_does_not_implement_are_refused(sf: Any, path: str, params: dict[str, str],
+                                                                refused: str) -> None:
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.restful(path, params=params)
+    assert info.value.status == 400
+    error = _refusal(info.value)
+    assert error["errorCode"] == "INVALID_OPERATION" and error["fields"] == [refused]
+    assert f"Query parameter '{refused}' is not implemented by the m3sh sandbox" in error["message"]
+
+
+def test_documented_but_unimplemented_parameters_say_so(sf: Any) -> None:
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.restful("query/", params={"explain": "SELECT Id FROM Account"})
+    error = _refusal(info.value)
+    assert error["fields"] == ["explain"]
+    assert "documented by Salesforce but not implemented by the m3sh sandbox" in error["message"]
+
+
+def test_record_reads_take_fields_by_id_and_by_external_id(sf: Any) -> None:
+    acc_id = demo_company().by_crm("salesforce")[0].salesforce_id
+    rec = sf.Account.get(acc_id, params={"fields": "Name,Website"})
+    assert set(rec) == {"attributes", "Name", "Website"}
+    sf.Invoice__c.upsert("M3ter_Bill_Id__c/bill-f", {"Account__c": acc_id, "Amount__c": 1.0})
+    got = sf.Invoice__c.get_by_custom_id("M3ter_Bill_Id__c", "bill-f", params={"fields": "Amount__c"})
+    assert set(got) == {"attributes", "Amount__c"} and got["Amount__c"] == 1.0
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Account.get(acc_id, params={"fields": "Name", "expand": "Owner"})
+    assert _refusal(info.value)["fields"] == ["expand"]
+
+
+def test_unknown_fields_in_write_bodies_are_invalid_field(sf: Any) -> None:
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Account.create({"Name": "Bogus Ltd", "Bogus__c": 1})
+    assert info.value.status == 400
+    assert _refusal(info.value) == {"message": "No such column 'Bogus__c' on sobject of type Account",
+                                    "errorCode": "INVALID_FIELD", "fields": ["Bogus__c"]}
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Invoice__c.upsert("M3ter_Bill_Id__c/bill-g", {"Amount": 1.0})
+    assert _refusal(info.value)["message"] == "No such column 'Amount' on sobject of type Invoice__c"
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:  # documented, not modelled: says so
+        sf.Contract.create({"Account": {"M3ter_Account_Id__c": "acc-1"}, "StartDate": "2026-01-01"})
+    error = _refusal(info.value)
+    assert error["errorCode"] == "INVALID_FIELD" and error["fields"] == ["Account"]
+    assert "not implemented by the m3sh sandbox" in error["message"]
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "composite/sobjects"), ("POST", "jobs/ingest"),
+                                              ("GET", "search/"), ("GET", "tooling/query/")])
+def test_real_resources_the_sandbox_lacks_say_so(sf: Any, method: str, path: str) -> None:
+    with pytest.raises(sf_exc.SalesforceResourceNotFound) as info:
+        sf.restful(path, method=method)
+    error = _refusal(info.value)
+    assert error["errorCode"] == "NOT_FOUND"
+    resource = path.partition("/")[0]
+    assert f"'{resource}' exists in Salesforce but is not implemented by the m3sh sandbox" in error["message"]
+
+
+@pytest.mark.parametrize("path", ["sobjects/Account/listviews", "sobjects/Account/describe/layouts",
+                                  "sobjects/Account/quickActions"])
+def test_sobject_sub_resources_the_sandbox_lacks_say_so(sf: Any, path: str) -> None:
+    """Not taken for a record id or an external-id field ("does not exist")."""
+    with pytest.raises(sf_exc.SalesforceResourceNotFound) as info:
+        sf.restful(path)
+    assert f"'{path}' exists in Salesforce but is not implemented" in _refusal(info.value)["message"]
+
+
+def test_malformed_or_non_object_bodies_are_json_parser_errors(sf: Any) -> None:
+    for raw in ('{"Name": "Broken', '[{"Name": "A list"}]'):
+        with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+            sf.restful("sobjects/Account", method="POST", data=raw)
+        assert info.value.status == 400
+        assert _refusal(info.value)["errorCode"] == "JSON_PARSER_ERROR"
+    assert sf.query("SELECT COUNT() FROM Account WHERE Name = 'A list'")["totalSize"] == 0

@@ -4,6 +4,16 @@ Every failure, including auth and governance, must come back in the same RFC 945
 (``type``, ``title``, ``status``, ``o:errorDetails``) because the m3sh hook and any third-party
 client parse ``o:errorDetails[0]["o:errorCode"]`` to decide between retrying, failing the task and
 putting the record on an "action needed" list.
+
+Checked against NetSuite's "Error Handling in REST Web Services"
+(https://docs.oracle.com/en/cloud/saas/netsuite/ns-online-help/section_156570709583.html): ``status``,
+``o:errorDetails[]`` with ``detail``, ``o:errorCode`` and the optional ``o:errorPath`` (JSON path
+into the body), ``o:urlPath`` (the part of the URL), ``o:errorHeader`` and ``o:errorQueryParam``.
+Two differences from that page's examples, both deliberate: its examples carry the older
+``https://www.w3.org/Protocols/rfc2616/...`` ``type`` URIs, while this emulator answers with the RFC
+9110 ones (which a live account sends today is unverified); no client should key on ``type``. And the page's invalid-
+reference example uses ``INVALID_CONTENT``, where the emulator keeps ``INVALID_KEY_OR_REF`` (what
+third-party clients and mocks record for references, crm-erp.md B.7) with the same ``o:errorPath``.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ def ns_error_body(
     error_path: str | None = None,
     query_param: str | None = None,
     header: str | None = None,
+    url_path: str | None = None,
 ) -> dict[str, Any]:
     """Build an ``nsError`` body exactly as SuiteTalk REST returns it."""
     type_uri, title = _TYPES.get(
@@ -64,6 +75,8 @@ def ns_error_body(
         item["o:errorQueryParam"] = query_param
     if header:
         item["o:errorHeader"] = header
+    if url_path:
+        item["o:urlPath"] = url_path
     return {"type": type_uri, "title": title, "status": status, "o:errorDetails": [item]}
 
 
@@ -79,6 +92,7 @@ class NetSuiteApiError(Exception):
         error_path: str | None = None,
         query_param: str | None = None,
         header: str | None = None,
+        url_path: str | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status = status
@@ -87,10 +101,11 @@ class NetSuiteApiError(Exception):
         self.error_path = error_path
         self.query_param = query_param
         self.header = header
+        self.url_path = url_path
 
     def body(self) -> dict[str, Any]:
         return ns_error_body(self.status, self.code, self.detail, error_path=self.error_path,
-                             query_param=self.query_param, header=self.header)
+                             query_param=self.query_param, header=self.header, url_path=self.url_path)
 
 
 def user_error(detail: str, error_path: str | None = None) -> NetSuiteApiError:

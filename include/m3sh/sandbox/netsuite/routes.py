@@ -21,12 +21,45 @@ from fastapi.responses import JSONResponse, Response
 from m3sh.sandbox.common import ASGIApp
 from m3sh.sandbox.netsuite.auth import HOST_ACCOUNT_SCOPE_KEY, SignedRequest
 from m3sh.sandbox.netsuite.errors import CONCURRENCY_DETAIL, NetSuiteApiError, ns_error_body, user_error
-from m3sh.sandbox.netsuite.state import RECORD_TYPES, AccountState
+from m3sh.sandbox.netsuite.state import RECORD_TYPES, TRANSACTION_TYPES, AccountState, known_field
 from m3sh.sandbox.netsuite.suiteql import execute
 from m3sh.sandbox.netsuite.tables import build_tables
 
 if TYPE_CHECKING:
     from m3sh.sandbox.netsuite.emulator import NetSuiteEmulator
+
+# What each route implements (query parameters), checked before it runs. NetSuite's help center
+# (SuiteTalk REST Web Services: "Collection Paging", "Getting a Record Instance", "Updating a Record",
+# "Using the Upsert Operation", "Executing SuiteQL Queries Through REST Web Services"; crm-erp.md B.3,
+# B.5) names these parameters; no
+# machine-readable spec of the REST record service is vendored (the metadata catalog is per account),
+# so this table rests on the docs' prose. A documented parameter the emulator lacks is refused as
+# unimplemented, an unknown one as invalid, both ``INVALID_PARAMETER`` with ``o:errorQueryParam``
+# ("Error Handling in REST Web Services": section_156570709583.html); the wording is modelled.
+_ROUTE_PARAMS: dict[str, frozenset[str]] = {
+    "GET record": frozenset({"expandSubResources", "fields"}),
+    "GET collection": frozenset({"limit", "offset"}),
+    "GET sublist": frozenset(),
+    "POST collection": frozenset(),
+    "PATCH record": frozenset({"replace"}),
+    "PUT record": frozenset({"replace"}),
+    "DELETE record": frozenset(),
+    "POST suiteql": frozenset({"limit", "offset"}),
+    "GET metadata-catalog": frozenset(),
+}
+_DOCUMENTED_PARAMS = {
+    "q": "Record collection filtering (q) is documented by NetSuite but not implemented by the m3sh sandbox; "
+         "use SuiteQL",
+    "simpleEnumFormat": "simpleEnumFormat is documented by NetSuite but not implemented by the m3sh sandbox",
+    "replaceSelectedFields": "replaceSelectedFields is documented by NetSuite but not implemented by the m3sh "
+                             "sandbox",
+    "select": "metadata-catalog's select is documented by NetSuite but not implemented by the m3sh sandbox",
+}
+_VALIDATION_MODES = ("Error", "Warning", "Ignore")
+_BOOLEANS = ("true", "false")
+# Sublists ``replace`` may name: the emulator's only modelled sublist is ``item`` (``addressBook``
+# is stored as sent, so replacing it is what storing does anyway).
+_SUBLISTS = frozenset({"item", "addressBook"})  # X-NetSuite-Property{Name,Value}Validation values
 
 RECORD_PREFIX = "/services/rest/record/v1"
 SUITEQL_PATH = "/services/rest/query/v1/suiteql"
@@ -54,6 +87,32 @@ def _page_params(request: Request) -> tuple[int, int]:
         raise NetSuiteApiError(400, "INVALID_PARAMETER", "Invalid query parameter value: offset.",
                                query_param="offset")
     return limit, offset
+
+
+def _check_params(request: Request, route: str) -> None:
+    allowed = _ROUTE_PARAMS[route]
+    for name in request.query_params:
+        if name in allowed:
+            continue
+        detail = _DOCUMENTED_PARAMS.get(name) or (
+            f"Invalid query parameter name: {name}. The m3sh sandbox implements "
+            f"{', '.join(sorted(allowed)) or 'no query parameters'} for {route}.")
+        raise NetSuiteApiError(400, "INVALID_PARAMETER", detail, query_param=name)
+
+
+def _check_headers(request: Request, suiteql: bool) -> str:
+    """The property-name validation mode; refuses header values NetSuite does not define and the
+    asynchronous mode, which the emulator would otherwise answer synchronously."""
+    for header in ("X-NetSuite-PropertyNameValidation", "X-NetSuite-PropertyValueValidation"):
+        value = request.headers.get(header)
+        if value is not None and value not in _VALIDATION_MODES:
+            raise NetSuiteApiError(400, "INVALID_HEADER", f"Invalid value '{value}' for the header {header}. "
+                                   f"Provide one of: {', '.join(_VALIDATION_MODES)}.", header=header)
+    if "respond-async" in request.headers.get("prefer", "").lower():
+        raise NetSuiteApiError(
+            400, "INVALID_HEADER", "Asynchronous requests (Prefer: respond-async) are documented by NetSuite "
+            f"but not implemented by the m3sh sandbox for {'SuiteQL' if suiteql else 'records'}.", header="Prefer")
+    return request.headers.get("x-netsuite-propertynamevalidation", "Error")
 
 
 def _paged(base_href: str, items: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
@@ -135,28 +194,46 @@ class _Handler:
         if path == SUITEQL_PATH:
             if method != "POST":
                 raise NetSuiteApiError(405, "INVALID_REQUEST", "SuiteQL queries must be sent with POST.")
+            _check_headers(request, suiteql=True)
+            _check_params(request, "POST suiteql")
             return self.suiteql(acct, request, raw, base)
         if not path.startswith(RECORD_PREFIX + "/"):
             raise NetSuiteApiError(404, "INVALID_REQUEST", f"The requested URL {path} was not found.")
         parts = [unquote(p) for p in path[len(RECORD_PREFIX) + 1:].split("/")]
         record_type = parts[0]
-        if record_type == "metadata-catalog" and method == "GET":
+        validation = _check_headers(request, suiteql=False)
+        if record_type == "metadata-catalog" and method == "GET" and len(parts) == 1:
+            _check_params(request, "GET metadata-catalog")
             return JSONResponse({"items": [
                 {"name": rt, "links": [{"rel": "canonical", "href": f"{base}{RECORD_PREFIX}/{rt}"}]}
                 for rt in sorted(RECORD_TYPES)]})
-        if record_type not in RECORD_TYPES or len(parts) > 2:
+        if record_type == "metadata-catalog":
+            raise NetSuiteApiError(404, "INVALID_REQUEST", "Record metadata (metadata-catalog/{recordType}, JSON "
+                                   "Schema or OpenAPI) is documented by NetSuite but not implemented by the m3sh "
+                                   "sandbox; only GET metadata-catalog (the record type list) is.",
+                                   url_path=f"{RECORD_PREFIX}/{'/'.join(parts)}")
+        if record_type not in RECORD_TYPES:
             raise NetSuiteApiError(404, "NONEXISTENT_ID", f"Record type '{record_type}' does not exist.")
-        validation = request.headers.get("x-netsuite-propertynamevalidation", "Error")
+        if len(parts) > 2:
+            return self.sub_resource(acct, request, method, parts, base)
         with self.emu.lock:
             if len(parts) == 1:
                 if method == "GET":
+                    _check_params(request, "GET collection")
                     return self.list_records(acct, request, record_type, base)
                 if method == "POST":
+                    _check_params(request, "POST collection")
                     new_id, _ = acct.write(record_type, _json_object(raw), validation=validation)
                     return _created(base, record_type, new_id)
                 raise NetSuiteApiError(405, "INVALID_REQUEST", f"{method} is not allowed on a collection.")
             key = parts[1]
+            if method in ("GET", "PATCH", "PUT", "DELETE"):
+                _check_params(request, f"{method} record")
             replace = {p for p in request.query_params.get("replace", "").split(",") if p}
+            for name in sorted(replace - _SUBLISTS):
+                raise NetSuiteApiError(400, "INVALID_PARAMETER", f"Invalid value for the query parameter replace: "
+                                       f"'{name}' is not a sublist of {record_type} the m3sh sandbox implements "
+                                       f"({', '.join(sorted(_SUBLISTS))}).", query_param="replace")
             if method == "GET":
                 rec = acct.get(record_type, key)
                 return JSONResponse(_render(rec, record_type, base, request))
@@ -179,11 +256,28 @@ class _Handler:
                 return Response(status_code=204)
         raise NetSuiteApiError(405, "INVALID_REQUEST", f"{method} is not allowed on a record.")
 
+    def sub_resource(self, acct: AccountState, request: Request, method: str, parts: list[str],
+                     base: str) -> Response:
+        """``GET {type}/{id}/item``: the item sublist the record's ``item`` link points at (the only
+        sub-resource the emulator has). Transforms and other sub-resources are refused by name."""
+        record_type, key, sub = parts[0], parts[1], "/".join(parts[2:])
+        url_path = f"{RECORD_PREFIX}/{'/'.join(parts)}"
+        if sub.startswith("!transform"):
+            raise NetSuiteApiError(400, "INVALID_REQUEST", "Record transformation (!transform) is documented by "
+                                   "NetSuite but not implemented by the m3sh sandbox.", url_path=url_path)
+        if sub != "item" or record_type not in TRANSACTION_TYPES:
+            raise NetSuiteApiError(404, "INVALID_REQUEST", f"The sub-resource '{sub}' of record type "
+                                   f"'{record_type}' is not implemented by the m3sh sandbox.", url_path=url_path)
+        if method != "GET":
+            raise NetSuiteApiError(405, "INVALID_REQUEST", f"{method} on a sublist is not implemented by the m3sh "
+                                   "sandbox; change lines through the record (replace=item).", url_path=url_path)
+        _check_params(request, "GET sublist")
+        with self.emu.lock:
+            rec = acct.get(record_type, key)
+            href = f"{base}{RECORD_PREFIX}/{record_type}/{rec['id']}/item"
+            return JSONResponse(_sublist(href, rec.get("item", [])))
+
     def list_records(self, acct: AccountState, request: Request, record_type: str, base: str) -> Response:
-        if request.query_params.get("q"):
-            raise NetSuiteApiError(400, "INVALID_PARAMETER",
-                                   "The sandbox does not support the q parameter; use SuiteQL.",
-                                   query_param="q")
         limit, offset = _page_params(request)
         href = f"{base}{RECORD_PREFIX}/{record_type}"
         ids = sorted(acct.records[record_type], key=lambda i: (len(i), i))
@@ -198,6 +292,10 @@ class _Handler:
                 "SuiteQL requests must include the header 'Prefer: transient'.", header="Prefer")
         limit, offset = _page_params(request)
         body = _json_object(raw)
+        for key in body:
+            if key != "q":  # the documented body is {"q": ...} only
+                raise NetSuiteApiError(400, "NONEXISTENT_FIELD", f"Invalid field name '{key}' in the SuiteQL "
+                                       "request body; the body has only 'q'.", error_path=key)
         query = body.get("q")
         if not isinstance(query, str):
             raise user_error("The request body must contain the SuiteQL query in 'q'.", error_path="q")
@@ -224,26 +322,41 @@ def _created(base: str, record_type: str, rid: str) -> Response:
 def _render(rec: dict[str, Any], record_type: str, base: str, request: Request) -> dict[str, Any]:
     href = f"{base}{RECORD_PREFIX}/{record_type}/{rec['id']}"
     out: dict[str, Any] = {"links": [{"rel": "self", "href": href}]}
-    expand = request.query_params.get("expandSubResources", "false").lower() == "true"
+    expand_value = request.query_params.get("expandSubResources", "false").lower()
+    if expand_value not in _BOOLEANS:
+        raise NetSuiteApiError(400, "INVALID_PARAMETER", "Invalid value for the query parameter "
+                               f"expandSubResources: '{expand_value}'. Provide true or false.",
+                               query_param="expandSubResources")
+    expand = expand_value == "true"
     for key, value in rec.items():
         if key == "refName":
             continue
         if key == "item" and isinstance(value, list):
             sub_href = f"{href}/item"
             if expand:
-                lines = [{"links": [{"rel": "self", "href": f"{sub_href}/{ln['line']}"}], **ln}
-                         for ln in value]
-                out["item"] = {"links": [{"rel": "self", "href": sub_href}], "count": len(lines),
-                               "hasMore": False, "items": lines, "offset": 0, "totalResults": len(lines)}
+                out["item"] = _sublist(sub_href, value)
             else:
                 out["item"] = {"links": [{"rel": "self", "href": sub_href}]}
             continue
         out[key] = value
     fields = request.query_params.get("fields")
     if fields:
-        keep = {f.strip() for f in fields.split(",")} | {"links", "id"}
+        wanted = {f.strip() for f in fields.split(",")}
+        for name in sorted(wanted):
+            # Dropping an unknown name would answer a narrower read than the one asked for.
+            if not known_field(record_type, name, rec):
+                raise NetSuiteApiError(400, "INVALID_PARAMETER", f"Invalid value for the query parameter fields: "
+                                       f"'{name}' is not a field of record type '{record_type}'.",
+                                       query_param="fields")
+        keep = wanted | {"links", "id"}
         out = {k: v for k, v in out.items() if k in keep}
     return out
+
+
+def _sublist(href: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    items = [{"links": [{"rel": "self", "href": f"{href}/{ln['line']}"}], **ln} for ln in lines]
+    return {"links": [{"rel": "self", "href": href}], "count": len(items), "hasMore": False, "items": items,
+            "offset": 0, "totalResults": len(items)}
 
 
 def build_app(emu: NetSuiteEmulator) -> ASGIApp:

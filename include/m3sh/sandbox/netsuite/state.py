@@ -46,6 +46,21 @@ _READ_ONLY = {"id", "links", "refName", "total", "subtotal", "taxTotal", "discou
 _CUSTOM_PREFIX = re.compile(r"^(custbody|custentity|custitem|custcol|custrecord)")
 
 STATUS_OPEN = {"id": "A", "refName": "Open"}
+# Keys of a reference object (``nsResource``: id, externalId, refName, links) and of a sublist
+# container as a read returns it: anything else in a body is refused, never dropped.
+_REF_KEYS = frozenset({"id", "externalId", "refName", "links"})
+_SUBLIST_KEYS = frozenset({"items", "links", "count", "hasMore", "offset", "totalResults"})
+# Real fields whose effect the emulator does not model: stored, they would be a silently different
+# answer (a credit memo "applied" to an invoice whose amountRemaining never changes).
+_UNMODELLED = {"apply": "The apply sublist (applying a credit memo to invoices)"}
+
+
+def _unknown_key(value: dict[str, Any], allowed: frozenset[str], path: str) -> None:
+    for key in value:
+        if key not in allowed:
+            raise NetSuiteApiError(400, "NONEXISTENT_FIELD", f"Invalid field name '{key}' in '{path}'. "
+                                   f"Provide a valid field name ({', '.join(sorted(allowed))}).",
+                                   error_path=f"{path}.{key}")
 
 
 def _fields_for(record_type: str) -> set[str]:
@@ -54,6 +69,12 @@ def _fields_for(record_type: str) -> set[str]:
     if record_type in ITEM_TYPES:
         return _FIELDS["item"] | _COMMON_FIELDS
     return _FIELDS.get(record_type, set()) | _COMMON_FIELDS
+
+
+def known_field(record_type: str, name: str, rec: dict[str, Any]) -> bool:
+    """Whether ``name`` is a body field of ``record_type`` the emulator knows (set on ``rec`` or not)."""
+    return (name in rec or name in _fields_for(record_type) or name in _READ_ONLY
+            or _CUSTOM_PREFIX.match(name) is not None)
 
 
 def _now_iso() -> str:
@@ -147,6 +168,7 @@ class AccountState:
             ref = {"id": str(ref)}
         if not isinstance(ref, dict):
             raise bad_ref(field_name, ref)
+        _unknown_key(ref, _REF_KEYS, field_name)
         for rt in types:
             rec: dict[str, Any] | None = None
             if ref.get("id") not in (None, ""):
@@ -178,6 +200,9 @@ class AccountState:
         for key, value in body.items():
             if key in _READ_ONLY:
                 continue
+            if key in _UNMODELLED and value:
+                raise user_error(f"{_UNMODELLED[key]} is documented by NetSuite but not implemented by the m3sh "
+                                 "sandbox.", error_path=key)
             if key in allowed or _CUSTOM_PREFIX.match(key):
                 clean[key] = value
             elif validation == "Error":
@@ -334,6 +359,7 @@ class AccountState:
         """Sublist semantics: ``replace=item`` swaps all lines; otherwise lines merge by ``line``."""
         if not isinstance(sublist, dict) or not isinstance(sublist.get("items", []), list):
             raise user_error("The item sublist must be an object with an 'items' array.", error_path="item")
+        _unknown_key(sublist, _SUBLIST_KEYS, "item")
         lines = [] if replace else [dict(x) for x in current]
         by_line = {x["line"]: x for x in lines}
         for pos, raw in enumerate(sublist.get("items", [])):
@@ -355,6 +381,7 @@ class AccountState:
             item_ref = {"id": str(ref)} if isinstance(ref, str | int) else ref
             found = None
             if isinstance(item_ref, dict):
+                _unknown_key(item_ref, _REF_KEYS, f"{path}.item")
                 key = (str(item_ref["id"]) if item_ref.get("id") else
                        f"eid:{item_ref['externalId']}" if item_ref.get("externalId") else None)
                 found = self.find_item(key) if key else None

@@ -5,7 +5,14 @@ Supported: ``SELECT [DISTINCT] * | expr [[AS] alias], ... FROM table [alias] [WH
 comparisons, ``IN``, ``LIKE``, ``BETWEEN``, ``IS [NOT] NULL``; functions ``COUNT(*)``,
 ``COUNT/SUM/MIN/MAX/AVG(col)``, ``TO_CHAR(date, 'YYYY-MM-DD')``, ``TO_DATE('...', 'YYYY-MM-DD')``,
 ``BUILTIN.DF(col)`` (display value). Anything else is a NetSuite-style 400, so a query that works
-here uses only SQL NetSuite also understands.
+here uses only SQL NetSuite also understands, and SQL NetSuite understands but the engine does
+not (joins, subqueries, UNION, CASE, arithmetic, NVL/COALESCE and other functions, HAVING, TOP,
+FETCH FIRST) is refused by name, never evaluated differently. NULLs follow SQL's three-valued logic
+(``NOT (x = 'A')`` and ``x NOT IN (...)`` are not true for a NULL ``x``), and a selected column that is
+neither grouped nor aggregated is refused (Oracle's "not a GROUP BY expression"), not taken from an
+arbitrary row. SuiteQL is Oracle-based SQL (NetSuite help, "SuiteQL Syntax and Examples"); the
+refusals' wording is modelled on NetSuite's ``INVALID_PARAMETER`` "Invalid search query" error, the
+"not implemented by the m3sh sandbox" part is the emulator's.
 
 Output follows SuiteQL over REST: lower-case column keys, unaliased expressions named ``expr1``,
 ``expr2``..., every value a string, ``NULL`` columns omitted, booleans as ``'T'``/``'F'`` and
@@ -23,10 +30,17 @@ from typing import Any
 from m3sh.sandbox.netsuite.errors import NetSuiteApiError
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<str>'(?:[^']|'')*')|(?P<op><=|>=|<>|!=|=|<|>|\(|\)|,|\*|\.|-)"
+    r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<str>'(?:[^']|'')*')|(?P<op><=|>=|<>|!=|=|<|>|\(|\)|,|\*|\.|-|\+|/|\|\|)"
     r"|(?P<ident>[A-Za-z_][A-Za-z0-9_]*))"
 )
 _AGGREGATES = {"COUNT", "SUM", "MIN", "MAX", "AVG"}
+_FUNCTIONS = _AGGREGATES | {"TO_CHAR", "TO_DATE", "BUILTIN.DF", "UPPER", "LOWER"}
+# SQL that SuiteQL accepts and this engine does not: named in the refusal instead of "unexpected".
+_UNSUPPORTED_WORDS = {"JOIN", "INNER", "LEFT", "RIGHT", "FULL", "OUTER", "CROSS", "ON", "UNION", "MINUS",
+                      "INTERSECT", "EXCEPT", "HAVING", "CASE", "WHEN", "THEN", "ELSE", "END", "FETCH", "TOP",
+                      "OVER", "PARTITION", "EXISTS", "WITH", "ESCAPE", "NULLS", "OFFSET", "ROWS", "ONLY",
+                      "CONNECT", "START", "PRIOR"}
+_SANDBOX = "is not implemented by the m3sh sandbox"
 _KEYWORDS = {"SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "IN", "IS", "NULL", "LIKE", "BETWEEN", "ORDER",
              "BY", "GROUP", "ASC", "DESC", "AS", "DISTINCT"}
 
@@ -77,7 +91,7 @@ class _Parser:
 
     def take_kw(self, word: str) -> None:
         if not self.kw(word):
-            raise _search_error(f"Expected {word} near '{self.peek()[1]}'")
+            raise self.unexpected(f"Expected {word} near '{self.peek()[1]}'")
         self.i += 1
 
     def op(self, sym: str) -> bool:
@@ -85,15 +99,35 @@ class _Parser:
 
     def take_op(self, sym: str) -> None:
         if not self.op(sym):
-            raise _search_error(f"Expected '{sym}' near '{self.peek()[1]}'")
+            raise self.unexpected(f"Expected '{sym}' near '{self.peek()[1]}'")
         self.i += 1
 
     def ident(self) -> str:
         kind, val = self.peek()
-        if kind != "ident" or val.upper() in _KEYWORDS:
-            raise _search_error(f"Expected a name near '{val}'")
+        if kind == "ident" and val.upper() == "SELECT":
+            raise _search_error(f"Subqueries are not implemented by the m3sh sandbox (near '{val}')")
+        if kind != "ident" or val.upper() in _KEYWORDS or val.upper() in _UNSUPPORTED_WORDS:
+            raise self.unexpected(f"Expected a name near '{val}'")
         self.i += 1
         return val.lower()
+
+    def unexpected(self, fallback: str) -> NetSuiteApiError:
+        """The refusal for the current token: SQL the engine lacks is named, anything else is
+        ``fallback``."""
+        kind, val = self.peek()
+        if kind == "ident" and val.upper() in _UNSUPPORTED_WORDS:
+            return _search_error(f"{val.upper()} {_SANDBOX} (SuiteQL supports it; the sandbox's engine "
+                                 "does not)")
+        if kind == "op" and val in ("+", "-", "*", "/", "||"):
+            return _search_error(f"The operator '{val}' {_SANDBOX}")
+        if (kind, val) == ("op", "("):
+            return _search_error(f"A subquery or parenthesised expression here {_SANDBOX}")
+        return _search_error(fallback)
+
+    def plain_ident(self) -> bool:
+        """The current token can be an alias: a name, not a keyword or unsupported SQL word."""
+        kind, val = self.peek()
+        return kind == "ident" and val.upper() not in _KEYWORDS and val.upper() not in _UNSUPPORTED_WORDS
 
     # -- grammar ------------------------------------------------------------------------------
     def query(self) -> dict[str, Any]:
@@ -114,7 +148,7 @@ class _Parser:
         self.take_kw("FROM")
         table = self.ident()
         alias = None
-        if self.peek()[0] == "ident" and self.peek()[1].upper() not in _KEYWORDS:
+        if self.plain_ident():
             alias = self.ident()
         where = None
         if self.kw("WHERE"):
@@ -137,7 +171,7 @@ class _Parser:
                 self.i += 1
                 order.append(self.order_item())
         if self.peek()[0] != "eof":
-            raise _search_error(f"Unexpected '{self.peek()[1]}'")
+            raise self.unexpected(f"Unexpected '{self.peek()[1]}'")
         return {"select": select, "table": table, "alias": alias, "where": where, "group": group,
                 "order": order, "distinct": distinct}
 
@@ -147,7 +181,7 @@ class _Parser:
         if self.kw("AS"):
             self.i += 1
             alias = self.ident()
-        elif self.peek()[0] == "ident" and self.peek()[1].upper() not in _KEYWORDS:
+        elif self.plain_ident():
             alias = self.ident()
         return node, alias
 
@@ -217,7 +251,7 @@ class _Parser:
         else:
             kind, sym = self.peek()
             if kind != "op" or sym not in ("=", "!=", "<>", "<", "<=", ">", ">="):
-                raise _search_error(f"Expected a comparison near '{sym}'")
+                raise self.unexpected(f"Expected a comparison near '{sym}'")
             self.i += 1
             node = ("cmp", sym, left, self.value())
         return ("not", node) if negate else node
@@ -237,6 +271,8 @@ class _Parser:
         if kind == "ident" and val.upper() == "NULL":
             self.i += 1
             return ("lit", None)
+        if self.op("("):
+            raise _search_error(f"Parenthesised expressions and subqueries in a value {_SANDBOX}")
         name = self.ident()
         if self.op(".") and self.peek(1)[0] == "ident":
             self.i += 1
@@ -249,6 +285,10 @@ class _Parser:
         return ("col", name, None)
 
     def call(self, name: str) -> Node:
+        if name.upper() not in _FUNCTIONS:
+            # NVL, COALESCE, ROUND, SUBSTR, BUILTIN.CONSOLIDATE...: real SuiteQL, absent here. Refused
+            # at parse time, so an empty table or a short-circuited AND cannot hide it.
+            raise _search_error(f"The function {name.upper()} {_SANDBOX}")
         self.take_op("(")
         args: list[Node] = []
         if self.op("*"):
@@ -261,6 +301,24 @@ class _Parser:
                 args.append(self.value())
         self.take_op(")")
         return ("func", name.upper(), args)
+
+
+def _grouped(node: Node, group: list[Node]) -> bool:
+    """Whether a select item is legal in an aggregate query: an aggregate, a literal, a GROUP BY
+    expression, or a function of those."""
+    if node[0] == "lit" or node in group or (node[0] == "func" and node[1] in _AGGREGATES):
+        return True
+    if node[0] == "col":
+        return any(g[0] == "col" and g[1] == node[1] for g in group)
+    return node[0] == "func" and all(_grouped(a, group) for a in node[2])
+
+
+def _shown(node: Node) -> str:
+    if node[0] == "col":
+        return f"{node[2]}.{node[1]}" if node[2] else node[1]
+    if node[0] == "func":
+        return f"{node[1]}(...)"
+    return str(node[1]) if len(node) > 1 else node[0]
 
 
 def _has_aggregate(node: Node) -> bool:
@@ -406,29 +464,52 @@ class _Evaluator:
             return None if v is None else (str(v).upper() if name == "UPPER" else str(v).lower())
         raise _search_error(f"Unknown function {name}")
 
-    def truth(self, node: Node, row: dict[str, Any]) -> bool:
+    def truth(self, node: Node, row: dict[str, Any]) -> bool | None:
+        """SQL's three-valued logic: None is UNKNOWN (a comparison with NULL), and only True keeps a
+        row, so ``NOT (x = 'A')`` drops a row whose ``x`` is NULL, as Oracle does."""
         kind = node[0]
-        if kind == "and":
-            return self.truth(node[1], row) and self.truth(node[2], row)
-        if kind == "or":
-            return self.truth(node[1], row) or self.truth(node[2], row)
-        if kind == "not":
-            return not self.truth(node[1], row)
-        if kind == "isnull":
-            return self.value(node[1], row) is None
+        if kind == "cmp":  # the hot case first
+            a = self.value(node[2], row)
+            if a is None:
+                return None
+            b = self.value(node[3], row)
+            return None if b is None else _compare(node[1], a, b)
+        if kind in ("and", "or"):
+            decisive = kind == "or"  # True decides OR, False decides AND
+            left = self.truth(node[1], row)
+            if left is decisive:  # short-circuit: functions are checked at parse time, nothing is hidden
+                return decisive
+            right = self.truth(node[2], row)
+            if right is decisive:
+                return decisive
+            return None if left is None or right is None else not decisive
         if kind == "in":
             left = self.value(node[1], row)
             if left is None:
-                return False
-            return any(_compare("=", left, self.value(v, row)) for v in node[2])
+                return None
+            saw_null = False
+            for item in node[2]:
+                value = self.value(item, row)
+                if value is None:
+                    saw_null = True
+                elif _compare("=", left, value):
+                    return True
+            return None if saw_null else False
+        if kind == "not":
+            inner = self.truth(node[1], row)
+            return None if inner is None else not inner
+        if kind == "isnull":
+            return self.value(node[1], row) is None
         if kind == "like":
             left, pattern = self.value(node[1], row), self.value(node[2], row)
-            return left is not None and pattern is not None and _like(_render(left), str(pattern))
+            if left is None or pattern is None:
+                return None
+            return _like(_render(left), str(pattern))
         if kind == "between":
-            v = self.value(node[1], row)
-            return _compare(">=", v, self.value(node[2], row)) and _compare("<=", v, self.value(node[3], row))
-        if kind == "cmp":
-            return _compare(node[1], self.value(node[2], row), self.value(node[3], row))
+            v, low, high = (self.value(n, row) for n in node[1:])
+            if v is None or low is None or high is None:
+                return None
+            return _compare(">=", v, low) and _compare("<=", v, high)
         raise _search_error("Unsupported condition")
 
 
@@ -498,7 +579,7 @@ def execute(sql: str, tables: dict[str, Table]) -> list[dict[str, str]]:
     if q["where"] is not None:
         ev.check(q["where"])
 
-    rows = [r for r in table.rows if q["where"] is None or ev.truth(q["where"], r)]
+    rows = [r for r in table.rows if q["where"] is None or ev.truth(q["where"], r) is True]
     names: list[str] = []
     n_expr = 0
     for node, alias in select:
@@ -511,6 +592,10 @@ def execute(sql: str, tables: dict[str, Table]) -> list[dict[str, str]]:
             names.append(f"expr{n_expr}")
 
     aggregate = bool(q["group"]) or any(_has_aggregate(n) for n, _ in select)
+    if aggregate:
+        for node, _ in select:
+            if not _grouped(node, q["group"]):
+                raise _search_error(f"not a GROUP BY expression: {_shown(node)} is neither grouped nor aggregated")
     out: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]] | None]] = []
     if aggregate:
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -529,6 +614,12 @@ def execute(sql: str, tables: dict[str, Table]) -> list[dict[str, str]]:
             vals = {name: ev.value(node, r) for (node, _), name in zip(select, names, strict=True)}
             out.append((vals, r, None))
 
+    if aggregate:
+        for node, _ in q["order"]:
+            positional = node[0] == "lit" and isinstance(node[1], int)
+            if not (positional or _grouped(node, q["group"]) or (node[0] == "col" and node[1] in names)):
+                raise _search_error(f"not a GROUP BY expression: ORDER BY {_shown(node)} is neither grouped nor "
+                                    "aggregated")
     if q["order"]:
         for node, desc in reversed(q["order"]):
             def key(item: tuple[dict[str, Any], dict[str, Any], Any], node: Node = node) -> tuple[int, Any]:

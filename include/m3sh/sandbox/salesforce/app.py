@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m3sh.sandbox.common import ASGIApp, Emulator, HostGate
-from m3sh.sandbox.salesforce import auth
+from m3sh.sandbox.salesforce import auth, strict
 from m3sh.sandbox.salesforce.schema import OBJECTS, ObjectDef, get_object, redefine_field, restore_schema
 from m3sh.sandbox.salesforce.seed import seed_demo
 from m3sh.sandbox.salesforce.store import ApiError, Store
@@ -242,6 +242,10 @@ def _check_version(version: str) -> str:
     return version
 
 
+def _params(request: Request, allowed: frozenset[str], what: str) -> None:
+    strict.check_params(request.query_params.keys(), allowed, what)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
@@ -298,6 +302,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         v = _check_version(version)
         root = f"/services/data/v{v}"
+        _params(request, strict.NONE, "GET /")
         return org.json(200, {"sobjects": f"{root}/sobjects", "query": f"{root}/query",
                               "queryAll": f"{root}/queryAll", "limits": f"{root}/limits"})
 
@@ -306,6 +311,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
     async def limits(version: str, request: Request) -> Response:
         org.authorize(request)
         _check_version(version)
+        _params(request, strict.NONE, "limits")
         with emu.lock:
             remaining = max(0, org.daily_max - org.api_used)
             return org.json(200, {
@@ -320,6 +326,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
     async def describe_global(version: str, request: Request) -> Response:
         org.authorize(request)
         v = _check_version(version)
+        _params(request, strict.NONE, "sobjects (describe global)")
         return org.json(200, {"encoding": "UTF-8", "maxBatchSize": 200,
                               "sobjects": [o.summary(v) for o in OBJECTS.values()]})
 
@@ -327,6 +334,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
     async def _query(version: str, request: Request, include_deleted: bool) -> Response:
         org.authorize(request)
         v = _check_version(version)
+        _params(request, strict.QUERY, "queryAll" if include_deleted else "query")
         q = request.query_params.get("q")
         if not q:
             raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
@@ -338,6 +346,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
     async def _query_more(version: str, locator: str, request: Request) -> Response:
         org.authorize(request)
         v = _check_version(version)
+        _params(request, strict.NONE, "the next page of a query (nextRecordsUrl)")
         with emu.lock:
             return org.json(200, org.store.query_more(locator, v))
 
@@ -363,6 +372,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
+        _params(request, strict.NONE, "sobjects/{sobject} (basic information)")
         return org.json(200, {"objectDescribe": obj.summary(v), "recentItems": []})
 
     @app.post(base + "/sobjects/{sobject}")
@@ -371,6 +381,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
+        _params(request, strict.NONE, "POST sobjects/{sobject} (create)")
         data = await _json_body(request)
         with emu.lock:
             rec = org.store.create(obj, data)
@@ -381,7 +392,9 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
     async def describe(version: str, sobject: str, request: Request) -> Response:
         org.authorize(request)
         v = _check_version(version)
-        return org.json(200, _object_or_error(sobject).describe(v))
+        obj = _object_or_error(sobject)
+        _params(request, strict.NONE, "sobjects/{sobject}/describe")
+        return org.json(200, obj.describe(v))
 
     @app.get(base + "/sobjects/{sobject}/updated")
     @app.get(base + "/sobjects/{sobject}/updated/")
@@ -390,6 +403,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
+        _params(request, strict.REPLICATION, "sobjects/{sobject}/updated")
         with emu.lock:
             return org.json(200, org.store.replicate(obj, request.query_params.get("start"),
                                                      request.query_params.get("end"), deleted=False))
@@ -401,6 +415,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
+        _params(request, strict.REPLICATION, "sobjects/{sobject}/deleted")
         with emu.lock:
             return org.json(200, org.store.replicate(obj, request.query_params.get("start"),
                                                      request.query_params.get("end"), deleted=True))
@@ -410,6 +425,9 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
+        if record_id in strict.SOBJECT_SUB_RESOURCES:
+            raise strict.unimplemented_resource(f"sobjects/{obj.name}/{record_id}")
+        _params(request, strict.RECORD, "GET sobjects/{sobject}/{id}")
         fields = request.query_params.get("fields")
         with emu.lock:
             rec = org.store.find(obj, record_id)
@@ -422,6 +440,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
+        _params(request, strict.NONE, "PATCH sobjects/{sobject}/{id} (update)")
         data = await _json_body(request)
         with emu.lock:
             rec = org.store.find(obj, record_id, include_deleted=True)
@@ -437,6 +456,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         _check_version(version)
         obj = _object_or_error(sobject)
+        _params(request, strict.NONE, "DELETE sobjects/{sobject}/{id}")
         with emu.lock:
             rec = org.store.find(obj, record_id, include_deleted=True)
             if rec is None:
@@ -452,16 +472,21 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
+        if ext_field in strict.SOBJECT_SUB_RESOURCES:
+            raise strict.unimplemented_resource(f"sobjects/{obj.name}/{ext_field}/{value}")
         f = obj.field(ext_field)
         if f is None or not (f.external_id or f.name == "Id"):
             raise ApiError(404, "NOT_FOUND", _NO_EXT_FIELD + ext_field)
+        # "fields" is documented for this resource too ("sObject Rows by External ID").
+        _params(request, strict.RECORD, "GET sobjects/{sobject}/{field}/{value}")
+        fields = request.query_params.get("fields")
         with emu.lock:
             matches = org.store.find_by_field(obj, f, value)
             if not matches:
                 raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
             if len(matches) > 1:
                 return org.json(300, [org.store.attributes(obj, r["Id"], v)["url"] for r in matches])
-            return org.json(200, org.store.full_record(obj, matches[0], v))
+            return org.json(200, org.store.full_record(obj, matches[0], v, fields.split(",") if fields else None))
 
     @app.patch(base + "/sobjects/{sobject}/{ext_field}/{value:path}")
     async def upsert(version: str, sobject: str, ext_field: str, value: str, request: Request) -> Response:
@@ -469,6 +494,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         org.authorize(request)
         v = _check_version(version)
         obj = _object_or_error(sobject)
+        _params(request, strict.NONE, "PATCH sobjects/{sobject}/{field}/{value} (upsert)")
         data = await _json_body(request)
         with emu.lock:
             rec, created = org.store.upsert(obj, ext_field, value, data)
@@ -478,5 +504,17 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         if float(v) < 46:
             return Response(status_code=204, headers=org.limit_header())
         return org.json(200, body)
+
+    async def unimplemented(version: str, request: Request) -> Response:
+        org.authorize(request)
+        _check_version(version)
+        resource = request.url.path.split("/")[4]
+        raise strict.unimplemented_resource(resource)
+
+    # Registered last: real resources the sandbox lacks say so, instead of "does not exist".
+    for resource in strict.UNIMPLEMENTED_RESOURCES:
+        for path in (f"{base}/{resource}", f"{base}/{resource}/{{rest:path}}"):
+            app.add_api_route(path, unimplemented, methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                              include_in_schema=False)
 
     return app

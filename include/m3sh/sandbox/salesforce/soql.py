@@ -14,7 +14,14 @@ YESTERDAY, TOMORROW, LAST_MONTH, THIS_MONTH, NEXT_MONTH, LAST_N_DAYS:n, NEXT_N_D
 The emulator is deliberately as strict as Salesforce where integrations commonly go wrong:
 quoting a datetime, comparing a date field with a datetime, or mixing AND and OR without
 parentheses is rejected the way the real API rejects it, so those bugs show up in tests, not in
-production. Anything outside the subset is a ``MALFORMED_QUERY`` that says so.
+production. Anything outside the subset is a ``MALFORMED_QUERY`` that says so and names the
+token (a function, a date literal, a clause, an object alias), never a silently different answer:
+a duplicate field, a second aggregate or an ORDER BY on an aggregate query are refused as Salesforce
+refuses them, and LIMIT/OFFSET of an aggregate query count result rows, not input records.
+The grammar and literals follow the SOQL and SOSL Reference (https://developer.salesforce.com/docs/
+atlas.en-us.soql_sosl.meta/soql_sosl/, "SOQL SELECT Syntax", "Date Formats and Date Literals",
+"Aggregate Functions"); the exact wording of each refusal is modelled on the API's
+``<query> ^ ERROR at Row:1:Column:n <reason>`` form, not copied from a published example.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ _TOKEN_RE = re.compile(
 KEYWORDS = frozenset({
     "select", "from", "where", "and", "or", "not", "in", "like", "order", "by", "asc", "desc",
     "nulls", "first", "last", "limit", "offset", "true", "false", "null", "count", "group",
-    "having", "with", "for", "using", "includes", "excludes", "typeof",
+    "having", "with", "for", "using", "includes", "excludes", "typeof", "update",
 })
 
 
@@ -86,6 +93,24 @@ def tokenize(soql: str) -> list[Token]:
         pos = m.end()
     tokens.append(Token("eof", "<EOF>", len(soql)))
     return tokens
+
+
+_SANDBOX = "is not supported by the m3sh Salesforce sandbox"
+# SOQL's date literals (SOQL and SOSL Reference, "Date Formats and Date Literals"). The ones in
+# _RANGES/_N_RANGES are implemented; any other is refused by name, not taken for a field.
+_DATE_LITERALS = frozenset({
+    "YESTERDAY", "TODAY", "TOMORROW", "LAST_WEEK", "THIS_WEEK", "NEXT_WEEK", "LAST_MONTH", "THIS_MONTH",
+    "NEXT_MONTH", "LAST_90_DAYS", "NEXT_90_DAYS", "THIS_QUARTER", "LAST_QUARTER", "NEXT_QUARTER",
+    "THIS_YEAR", "LAST_YEAR", "NEXT_YEAR", "THIS_FISCAL_QUARTER", "LAST_FISCAL_QUARTER",
+    "NEXT_FISCAL_QUARTER", "THIS_FISCAL_YEAR", "LAST_FISCAL_YEAR", "NEXT_FISCAL_YEAR",
+})
+_N_DATE_LITERALS = frozenset({
+    "LAST_N_DAYS", "NEXT_N_DAYS", "N_DAYS_AGO", "NEXT_N_WEEKS", "LAST_N_WEEKS", "N_WEEKS_AGO",
+    "NEXT_N_MONTHS", "LAST_N_MONTHS", "N_MONTHS_AGO", "NEXT_N_QUARTERS", "LAST_N_QUARTERS",
+    "N_QUARTERS_AGO", "NEXT_N_YEARS", "LAST_N_YEARS", "N_YEARS_AGO", "NEXT_N_FISCAL_QUARTERS",
+    "LAST_N_FISCAL_QUARTERS", "N_FISCAL_QUARTERS_AGO", "NEXT_N_FISCAL_YEARS", "LAST_N_FISCAL_YEARS",
+    "N_FISCAL_YEARS_AGO",
+})
 
 
 def _at(soql: str, pos: int, message: str) -> str:
@@ -199,8 +224,15 @@ class _Parser:
 
     def ident(self) -> Token:
         t = self.tok
+        if t.kw("typeof"):
+            raise self.fail(f"TYPEOF {_SANDBOX}")
         if t.kind != "ident" or t.text.lower() in KEYWORDS:
             raise self.fail()
+        nxt = self.tokens[self.i + 1]
+        if nxt.kind == "punct" and nxt.text == "(":
+            # FORMAT(), toLabel(), convertCurrency(), CALENDAR_YEAR(), MAX(), FIELDS()... would
+            # otherwise fail as "unexpected token: (", hiding which feature is missing.
+            raise self.fail(f"function {t.text}() {_SANDBOX}")
         return self.advance()
 
     def parse(self) -> Query:
@@ -209,6 +241,10 @@ class _Parser:
         self._select_list(q)
         self.expect_kw("from")
         q.sobject = self.ident().text
+        if self.tok.kind == "ident" and self.tok.text.lower() not in KEYWORDS:
+            raise self.fail(f"an alias of the object in FROM ('{self.tok.text}') {_SANDBOX}")
+        if self.tok.kw("using"):
+            raise self.fail(f"USING SCOPE {_SANDBOX}")
         if self.tok.kw("where"):
             self.advance()
             q.where = self._condition()
@@ -229,8 +265,15 @@ class _Parser:
             q.offset = self._int()
             if q.offset > 2000:
                 raise SoqlError("NUMBER_OUTSIDE_VALID_RANGE", "Maximum SOQL offset allowed is 2000")
+        if self.tok.kw("for", "update"):
+            raise self.fail(f"{self.tok.text.upper()} (FOR VIEW/REFERENCE/UPDATE, UPDATE TRACKING/VIEWSTAT) "
+                            f"{_SANDBOX}")
         if self.tok.kind != "eof":
             raise self.fail()
+        if q.count == "aggregate" and q.order:
+            item = q.order[0]
+            raise SoqlError("MALFORMED_QUERY", _at(self.soql, item.field.pos, "Ordered field must be grouped or "
+                                                   f"aggregated: {'.'.join(item.field.path)}"))
         return q
 
     def _int(self) -> int:
@@ -244,6 +287,8 @@ class _Parser:
         while True:
             t = self.tok
             if t.kw("count"):
+                if q.count is not None:
+                    raise self.fail(f"more than one aggregate in SELECT {_SANDBOX}", t)
                 self.advance()
                 self.expect_punct("(")
                 if self.tok.kind == "punct" and self.tok.text == ")":
@@ -347,6 +392,8 @@ class _Parser:
                 raise self.fail(tok=t) from None
         if t.kind == "nrange":
             name, _, n = t.text.partition(":")
+            if name.upper() in _N_DATE_LITERALS - _N_RANGES:
+                raise self.fail(f"date literal {name.upper()}:n {_SANDBOX}", t)
             if name.upper() not in _N_RANGES:
                 raise self.fail(tok=t)
             return Literal("daterange", (name.upper(), int(n)), t.pos)
@@ -358,6 +405,8 @@ class _Parser:
                 return Literal("null", None, t.pos)
             if t.text.upper() in _RANGES:
                 return Literal("daterange", (t.text.upper(), 0), t.pos)
+            if t.text.upper() in _DATE_LITERALS:
+                raise self.fail(f"date literal {t.text.upper()} {_SANDBOX}", t)
         raise self.fail(tok=t)
 
 
@@ -446,8 +495,14 @@ def bind(q: Query) -> Query:
             f"sObject type '{q.sobject}' is not supported. If you are attempting to use a custom object, "
             "be sure to append the '__c' after the entity name."))
     q.obj = obj
+    seen: set[tuple[str, ...]] = set()
     for ref in q.fields:
         _bind_field(q, obj, ref)
+        key = tuple(n.lower() for n in ref.names)
+        if key in seen:  # Salesforce: "duplicate field selected: Name"
+            raise SoqlError("MALFORMED_QUERY", _at(q.text, ref.pos,
+                                                   f"duplicate field selected: {'.'.join(ref.names)}"))
+        seen.add(key)
     if q.count_field is not None:
         _bind_field(q, obj, q.count_field)
     for item in q.order:

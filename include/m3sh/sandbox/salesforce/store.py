@@ -269,6 +269,12 @@ class Store:
             if key == "attributes":
                 continue
             f = obj.field(key)
+            if f is None and isinstance(raw, dict) and obj.relationship(key) is not None:
+                # Documented ("Insert or Update (Upsert) a Record Using an External ID": a lookup set
+                # through its relationship name and the parent's external id), not modelled here.
+                raise ApiError(400, "INVALID_FIELD", f"Setting the relationship '{key}' of {obj.name} by an "
+                               "external id is documented by Salesforce but not implemented by the m3sh "
+                               "sandbox; set the lookup field to the parent's Id", [key])
             if f is None:
                 raise _no_column(key, obj)
             if not (f.createable if creating else f.updateable):
@@ -399,6 +405,13 @@ class Store:
         matches = soql.Evaluator(self.resolve, now_utc()).compile(q.where)
         rows = [r for r in self._candidates(obj, q.where)
                 if (include_deleted or not r.get("IsDeleted")) and matches(r)]
+        if q.count == "aggregate":
+            # One result row: LIMIT/OFFSET apply to it, not to the records counted.
+            assert q.count_field is not None
+            n = sum(1 for r in rows if soql.field_value(r, q.count_field, self.resolve) is not None)
+            result = [{"attributes": {"type": "AggregateResult"}, q.count_alias: n}][q.offset or 0:]
+            result = result[:q.limit] if q.limit is not None else result
+            return {"totalSize": len(result), "done": True, "records": result}
         if q.order:
             rows = soql.sort_records(rows, q.order, self.resolve)
         if q.offset:
@@ -407,11 +420,6 @@ class Store:
             rows = rows[:q.limit]
         if q.count == "count()":
             return {"totalSize": len(rows), "done": True, "records": []}
-        if q.count == "aggregate":
-            assert q.count_field is not None
-            n = sum(1 for r in rows if soql.field_value(r, q.count_field, self.resolve) is not None)
-            return {"totalSize": 1, "done": True,
-                    "records": [{"attributes": {"type": "AggregateResult"}, q.count_alias: n}]}
         plain = all(not ref.hops for ref in q.fields)
         names = [ref.names[-1] for ref in q.fields]
         projected = [self._project_plain(obj, r, names, version) if plain else self._project(obj, r, q, version)
