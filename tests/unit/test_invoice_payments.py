@@ -1,0 +1,140 @@
+"""Payments back from NetSuite, without systems: the SuiteQL m3sh sends, the parsing of its rows,
+the payment state derived from them, the read window and the watermark (m3sh.invoicing.payments)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from m3sh.hooks.netsuite import invoice_payments_query
+from m3sh.invoicing.payments import (
+    InvoicePayment,
+    PaymentRowError,
+    parse_payment_row,
+    payment_status,
+    read_watermark,
+    read_window,
+    write_watermark,
+)
+
+UTC = dt.UTC
+ROW = {"id": "1042", "tranid": "INV10007", "externalid": "bill-1", "foreigntotal": "100", "foreignamountpaid": "60",
+       "foreignamountunpaid": "40", "status": "CustInvc:A", "currency": "USD", "duedate": "2026-12-31",
+       "lastmodified": "2026-12-02 10:15:00"}
+
+
+def _payment(**over: Any) -> InvoicePayment:
+    return parse_payment_row({**ROW, **over}, "netsuite_us")
+
+
+# -- parsing the SuiteQL rows -----------------------------------------------------------------------
+def test_a_row_is_parsed_with_its_amounts_due_date_and_status() -> None:
+    p = _payment()
+    assert (p.source, p.invoice_id, p.tran_id, p.bill_id) == ("netsuite_us", "1042", "INV10007", "bill-1")
+    assert (p.total, p.paid, p.remaining, p.currency) == (100.0, 60.0, 40.0, "USD")
+    assert p.due_date == dt.date(2026, 12, 31) and p.status == "CustInvc:A"
+    assert p.last_modified == "2026-12-02 10:15:00"
+
+
+def test_null_columns_omitted_by_suiteql_mean_nothing_paid_and_no_due_date() -> None:
+    row = {k: v for k, v in ROW.items() if k not in ("foreignamountpaid", "foreignamountunpaid", "duedate")}
+    p = parse_payment_row(row, "netsuite_us")
+    assert (p.paid, p.remaining, p.due_date) == (0.0, 100.0, None)
+
+
+@pytest.mark.parametrize(("field", "value", "why"), [
+    ("foreigntotal", "12,5", "not a number"),
+    ("foreigntotal", None, "missing"),
+    ("foreignamountunpaid", "n/a", "not a number"),
+    ("duedate", "12/31/2026", "not a YYYY-MM-DD date"),
+    ("status", "A", "not an invoice status"),
+    ("externalid", None, "not an m3sh invoice"),
+])
+def test_a_bad_row_names_account_invoice_and_field(field: str, value: Any, why: str) -> None:
+    row = {**ROW, field: value} if value is not None else {k: v for k, v in ROW.items() if k != field}
+    with pytest.raises(PaymentRowError, match=why) as err:
+        parse_payment_row(row, "netsuite_us")
+    assert err.value.field == field and err.value.invoice == "INV10007" and err.value.source == "netsuite_us"
+    assert f"NetSuite netsuite_us: invoice INV10007: field {field}" in str(err.value)
+
+
+# -- the state --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("over", "as_of", "state", "text"), [
+    ({}, "2026-12-02", "partly_paid", "partly paid 40.00 remaining"),
+    ({"foreignamountpaid": "100", "foreignamountunpaid": "0", "status": "CustInvc:B"}, "2026-12-02", "paid", "paid"),
+    # Paid in full on the due date's far side: paid, never overdue.
+    ({"foreignamountpaid": "100", "foreignamountunpaid": "0", "status": "CustInvc:B"}, "2027-02-01", "paid", "paid"),
+    ({"foreignamountpaid": "0", "foreignamountunpaid": "100"}, "2026-12-02", "open", "open (due 2026-12-31)"),
+    ({"foreignamountpaid": "0", "foreignamountunpaid": "100", "duedate": None}, "2026-12-02", "open", "open"),
+    # Due on the 31st: still open that day, overdue from the next.
+    ({"foreignamountpaid": "0", "foreignamountunpaid": "100"}, "2026-12-31", "open", "open (due 2026-12-31)"),
+    ({"foreignamountpaid": "0", "foreignamountunpaid": "100"}, "2027-01-01", "overdue",
+     "overdue 100.00 remaining (due 2026-12-31)"),
+    ({}, "2027-01-01", "overdue", "overdue 40.00 remaining (due 2026-12-31)"),  # partly paid and late
+    ({"foreignamountunpaid": "0.004"}, "2026-12-02", "paid", "paid"),  # a sub-cent rest is paid
+])
+def test_payment_state_as_of_the_logical_date(over: dict[str, Any], as_of: str, state: str, text: str) -> None:
+    row = {k: v for k, v in {**ROW, **over}.items() if v is not None}
+    status = payment_status(parse_payment_row(row, "netsuite_us"), dt.date.fromisoformat(as_of))
+    assert (status.state, status.text) == (state, text)
+    assert status.remaining == (0.0 if state == "paid" else float(row["foreignamountunpaid"]))
+
+
+# -- the query and the window -----------------------------------------------------------------------
+def test_the_query_reads_invoices_modified_in_the_window_and_those_falling_due() -> None:
+    q = invoice_payments_query(modified_from=dt.datetime(2026, 12, 1, tzinfo=UTC),
+                               modified_until=dt.datetime(2026, 12, 2, tzinfo=UTC),
+                               due_from=dt.date(2026, 11, 30), due_until=dt.date(2026, 12, 1))
+    assert q.startswith("SELECT t.id, t.tranid, t.externalid, t.foreigntotal, t.foreignamountpaid, "
+                        "t.foreignamountunpaid, BUILTIN.CF(t.status) AS status")
+    assert ("WHERE t.type = 'CustInvc' AND t.externalid IS NOT NULL AND ((t.lastmodifieddate >= "
+            "TO_DATE('2026-12-01 00:00:00', 'YYYY-MM-DD HH24:MI:SS') AND t.lastmodifieddate < "
+            "TO_DATE('2026-12-02 00:00:00', 'YYYY-MM-DD HH24:MI:SS')) OR (BUILTIN.CF(t.status) = 'CustInvc:A' "
+            "AND t.duedate >= TO_DATE('2026-11-30', 'YYYY-MM-DD') AND t.duedate < TO_DATE('2026-12-01', "
+            "'YYYY-MM-DD'))) ORDER BY t.id") in q
+    # The account's time zone: SuiteQL compares date-times as the account writes them.
+    q = invoice_payments_query(modified_from=dt.datetime(2026, 12, 1, tzinfo=UTC), timezone="America/New_York")
+    assert q.endswith("AND t.lastmodifieddate >= TO_DATE('2026-11-30 19:00:00', 'YYYY-MM-DD HH24:MI:SS') "
+                      "ORDER BY t.id")
+    assert "lastmodifieddate" not in invoice_payments_query().split("WHERE")[1]  # a full read
+    with pytest.raises(ValueError, match="no time zone"):
+        invoice_payments_query(modified_from=dt.datetime(2026, 12, 1))
+
+
+def test_read_window_backfills_catches_up_and_full_scans() -> None:
+    s, e = dt.datetime(2026, 12, 1, tzinfo=UTC), dt.datetime(2026, 12, 2, tzinfo=UTC)
+    assert read_window(s, e, None) == (s, e)                          # first run: its interval
+    assert read_window(s, e, s) == (s, e)                             # the usual run
+    earlier = dt.datetime(2026, 11, 28, tzinfo=UTC)
+    assert read_window(s, e, earlier) == (earlier, e)                 # runs failed or skipped: catch up
+    later = dt.datetime(2026, 12, 20, tzinfo=UTC)
+    assert read_window(s, e, later) == (s, e)                         # a backfill: exactly its interval
+    assert read_window(e, e, later) == (later, None)                  # no interval: since the watermark
+    assert read_window(s, e, later, full_scan=True) == (None, None)
+
+
+class _Storage:
+    def __init__(self) -> None:
+        self.objects: dict[str, Any] = {}
+
+    def key(self, *parts: str) -> str:
+        return "m3sh/" + "/".join(parts)
+
+    def get_json(self, key: str) -> Any:
+        return self.objects.get(key)
+
+    def put_json(self, key: str, value: Any) -> None:
+        self.objects[key] = value
+
+
+def test_the_watermark_only_moves_forward() -> None:
+    storage = _Storage()
+    assert read_watermark(storage, "netsuite_us") is None
+    d1, d2 = dt.datetime(2026, 12, 1, tzinfo=UTC), dt.datetime(2026, 12, 2, tzinfo=UTC)
+    assert write_watermark(storage, "netsuite_us", d2, None) == d2
+    assert read_watermark(storage, "netsuite_us") == d2
+    assert write_watermark(storage, "netsuite_us", d1, d2) == d2  # a backfill leaves it
+    assert read_watermark(storage, "netsuite_us") == d2
+    assert list(storage.objects) == ["m3sh/state/invoicing/payments/netsuite_us/watermark.json"]
