@@ -138,3 +138,23 @@ def test_the_watermark_only_moves_forward() -> None:
     assert write_watermark(storage, "netsuite_us", d1, d2) == d2  # a backfill leaves it
     assert read_watermark(storage, "netsuite_us") == d2
     assert list(storage.objects) == ["m3sh/state/invoicing/payments/netsuite_us/watermark.json"]
+
+
+# -- config and preflight -----------------------------------------------------------------------------
+def test_payments_are_off_by_default_and_preflight_lists_their_fields_when_on() -> None:
+    from m3sh.config import DEFAULT_CONFIG_PATH, load_config, parse_config
+    from m3sh.preflight import needed_hubspot, needed_salesforce
+
+    assert load_config().invoicing.payments.enabled is False
+    assert "Payment_Status__c" not in needed_salesforce(load_config())["salesforce_default"]["Invoice__c"]
+    text = DEFAULT_CONFIG_PATH.read_text().replace(
+        "  routes:\n", "    - {name: hs, type: hubspot}\n  payments: {enabled: true}\n  routes:\n", 1)
+    cfg = parse_config(text)
+    sf = needed_salesforce(cfg)["salesforce_default"]
+    assert [n.kind for n in sf["Invoice__c"]["Payment_Status__c"]] == ["text"]
+    assert [n.kind for n in sf["Invoice__c"]["Amount_Remaining__c"]] == ["number"]
+    assert sf["Account"]["M3ter_Invoice_Payment__c"][0].why == \
+        "invoicing.destinations[salesforce].account_payment_fields.payment"
+    assert "m3ter_last_invoice_payment" in needed_hubspot(cfg)["hubspot_default"].deal_properties.items
+    with pytest.raises(ValueError, match=r"payments.sources names \['salesforce'\], which are not NetSuite"):
+        parse_config(text.replace("payments: {enabled: true}", "payments: {enabled: true, sources: [salesforce]}"))
