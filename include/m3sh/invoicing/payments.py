@@ -242,7 +242,8 @@ class SalesforcePayments:
         if not changes:
             return Outcome(payment.bill_id, self.dest.name, record, "unchanged", status.text)
         if dry_run:
-            return Outcome(payment.bill_id, self.dest.name, record, "dry_run", f"would set {changes}")
+            shows = {f: current.get(f) for f in changes}
+            return Outcome(payment.bill_id, self.dest.name, record, "dry_run", f"shows {shows}; would set {changes}")
         self.sync.update_record(sobject, record_id, changes)
         return Outcome(payment.bill_id, self.dest.name, record, "written", status.text)
 
@@ -291,7 +292,8 @@ class HubSpotPayments:
         if not updates:
             return out
         if dry_run:
-            return out + [Outcome(b, name, f"deal {d}", "dry_run", f"would set {prop} = {t!r}")
+            shown = {d: ((deals.get(d) or {}).get("properties") or {}).get(prop) for d in updates}
+            return out + [Outcome(b, name, f"deal {d}", "dry_run", f"shows {prop} = {shown[d]!r}; would set {t!r}")
                           for d, (b, t) in updates.items()]
         self.hook.ensure_property("deals", prop, "m3ter last invoice payment",
                                   description="Written by m3sh_invoice_sync's payments step from NetSuite")
@@ -338,3 +340,38 @@ def write_watermark(storage: Any, source: str, until: dt.datetime, previous: dt.
     if new != previous:
         storage.put_json(layout.payments_watermark(storage, source), {"until": new.isoformat()})
     return new
+
+
+# -- reconciliation ----------------------------------------------------------------------------------
+def payment_disagreements(sources: Sequence[Any], destinations: Sequence[Any], ledger: Ledger,
+                          bills: Mapping[str, set[str]], as_of: dt.date, *,
+                          hook_for: Any = None) -> tuple[list[Outcome], list[tuple[InvoicePayment, PaymentStatus]]]:
+    """Every CRM record whose payment state differs from NetSuite's now: the payments writers run as a
+    dry run over all exported invoices of each NetSuite source (``bills``: the bill ids in scope per
+    source name). Returns ``(the dry-run outcomes that would write, or failed, the states read)``."""
+    from m3sh.config import HubSpotDestination
+
+    if hook_for is None:
+        from m3sh.hooks.netsuite import NetSuiteHook
+
+        hook_for = NetSuiteHook
+    items: list[tuple[InvoicePayment, PaymentStatus]] = []
+    out: list[Outcome] = []
+    for source in sources:
+        wanted = bills.get(source.name, set())
+        for row in hook_for(source.conn_id).invoice_payment_rows():
+            if str(row.get("externalid") or "") not in wanted:
+                continue
+            try:
+                payment = parse_payment_row(row, source.name)
+            except PaymentRowError as exc:
+                out.append(Outcome(str(row.get("externalid")), source.name, f"invoice {exc.invoice}", "failed",
+                                   str(exc)))
+                continue
+            items.append((payment, payment_status(payment, as_of)))
+    for dest in destinations:
+        writer: Any = (HubSpotPayments(dest, ledger) if isinstance(dest, HubSpotDestination)
+                       else SalesforcePayments(dest))
+        if items:
+            out += [o for o in writer.apply(items, dry_run=True) if o.status in ("dry_run", "failed")]
+    return out, items

@@ -44,6 +44,7 @@ def _payments_xcom(run: Any, source: str) -> dict[str, Any]:
 def test_partly_then_fully_paid_invoices_reach_invoice_record_account_and_deal_once(
         fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> None:
     from m3sh.config import get_config
+    from m3sh.dagkit.reconcile import build_reconcile_dag
     from m3sh.hooks.hubspot import HubSpotHook
     from m3sh.hooks.netsuite import NetSuiteHook
     from m3sh.hooks.salesforce import SalesforceSync, soql_literal
@@ -112,6 +113,20 @@ def test_partly_then_fully_paid_invoices_reach_invoice_record_account_and_deal_o
     again = _incremental(tomorrow)
     assert again.state == "success"
     assert {n: writes(fresh_sandbox, n) for n in ("salesforce", "hubspot", "netsuite", "m3ter")} == before
+
+    # 6. Reconciliation: someone edits the invoice record's payment status by hand; m3sh_reconcile
+    # reports exactly that record as disagreeing with NetSuite (and writes nothing to the CRMs).
+    (record,) = sf.query(f"SELECT Id FROM Invoice__c WHERE M3ter_Bill_Id__c = {soql_literal(sf_bill['id'])}")  # noqa: S608
+    fresh_sandbox.admin("salesforce", "set_fields", "POST", sobject="Invoice__c", id=record["Id"],
+                        fields={"Payment_Status__c": "open"})
+    crm_writes = {n: writes(fresh_sandbox, n) for n in ("salesforce", "hubspot")}
+    build_reconcile_dag().test(run_conf={})  # fails on other drift: this test's routes skip destinations
+    storage = Storage.from_config(get_config().storage)
+    report = storage.get_json(storage.key("reports", "reconcile", "latest.json"))
+    mismatches = [(f["destination"], f["bill_id"]) for f in report["drift"] if f["check"] == "payment_state_mismatch"]
+    assert mismatches == [("salesforce", sf_bill["id"])]
+    assert report["checked"]["NetSuite invoices with payment state"] == 4
+    assert {n: writes(fresh_sandbox, n) for n in ("salesforce", "hubspot")} == crm_writes
     # Invoice__c, Account and Opportunity of both USD invoices; the deal of the EUR HubSpot one (the EUR
     # Salesforce customer's invoice went to no CRM: routing sent it to NetSuite EU and S3 only).
     assert _payments_xcom(again, "netsuite_us")["by_destination"] == {
@@ -126,3 +141,17 @@ def test_partly_then_fully_paid_invoices_reach_invoice_record_account_and_deal_o
     xcom = _payments_xcom(backfill, "netsuite_us")
     assert xcom["invoices"] == 0 and xcom["window"] == [(old - dt.timedelta(days=1)).isoformat(), old.isoformat()]
     assert {n: writes(fresh_sandbox, n) for n in ("salesforce", "hubspot", "netsuite", "m3ter")} == before
+
+    # 6. Reconciliation: someone edits the invoice record's payment status by hand; m3sh_reconcile
+    # reports exactly that record as disagreeing with NetSuite (and writes nothing to the CRMs).
+    (record,) = sf.query(f"SELECT Id FROM Invoice__c WHERE M3ter_Bill_Id__c = {soql_literal(sf_bill['id'])}")  # noqa: S608
+    fresh_sandbox.admin("salesforce", "set_fields", "POST", sobject="Invoice__c", id=record["Id"],
+                        fields={"Payment_Status__c": "open"})
+    crm_writes = {n: writes(fresh_sandbox, n) for n in ("salesforce", "hubspot")}
+    build_reconcile_dag().test(run_conf={})  # fails on other drift: this test's routes skip destinations
+    storage = Storage.from_config(get_config().storage)
+    report = storage.get_json(storage.key("reports", "reconcile", "latest.json"))
+    mismatches = [(f["destination"], f["bill_id"]) for f in report["drift"] if f["check"] == "payment_state_mismatch"]
+    assert mismatches == [("salesforce", sf_bill["id"])]
+    assert report["checked"]["NetSuite invoices with payment state"] == 4
+    assert {n: writes(fresh_sandbox, n) for n in ("salesforce", "hubspot")} == crm_writes
