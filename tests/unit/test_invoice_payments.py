@@ -158,3 +158,127 @@ def test_payments_are_off_by_default_and_preflight_lists_their_fields_when_on() 
     assert "m3ter_last_invoice_payment" in needed_hubspot(cfg)["hubspot_default"].deal_properties.items
     with pytest.raises(ValueError, match=r"payments.sources names \['salesforce'\], which are not NetSuite"):
         parse_config(text.replace("payments: {enabled: true}", "payments: {enabled: true, sources: [salesforce]}"))
+
+
+# -- the writers, against fakes of the Salesforce and HubSpot clients --------------------------------------
+class _FakeSalesforce:
+    def __init__(self, invoices: list[dict[str, Any]], records: dict[str, dict[str, Any]],
+                 fail_on: str | None = None) -> None:
+        self.invoices, self.records, self.fail_on = invoices, records, fail_on
+        self.updates: list[tuple[str, str, dict[str, Any]]] = []
+
+    def query(self, soql: str, sobject: str = "query") -> Any:
+        return iter([r for r in self.invoices if f"'{r['M3ter_Bill_Id__c']}'" in soql])
+
+    def get_record(self, sobject: str, record_id: str, fields: Any = None) -> dict[str, Any]:
+        return dict(self.records[record_id])
+
+    def update_record(self, sobject: str, record_id: str, fields: dict[str, Any]) -> None:
+        if record_id == self.fail_on:
+            raise RuntimeError("UNABLE_TO_LOCK_ROW")
+        self.updates.append((sobject, record_id, fields))
+        self.records.setdefault(record_id, {}).update(fields)
+
+
+def _sf_world(fail_on: str | None = None) -> tuple[Any, _FakeSalesforce]:
+    from m3sh.config import SalesforceDestination
+    from m3sh.invoicing.payments import SalesforcePayments
+
+    invoices = [{"Id": "a0X1", "M3ter_Bill_Id__c": "bill-1", "Account__c": "001A", "Opportunity__c": "006A",
+                 "Invoice_Number__c": "INV-7", "Invoice_Date__c": "2026-11-01", "Payment_Status__c": "open",
+                 "Amount_Remaining__c": 100.0},
+                {"Id": "a0X2", "M3ter_Bill_Id__c": "bill-2", "Account__c": "001B", "Opportunity__c": None,
+                 "Invoice_Number__c": "INV-8", "Invoice_Date__c": "2026-10-01",
+                 "Payment_Status__c": "open (due 2026-12-31)",
+                 "Amount_Remaining__c": 100.0}]
+    records = {"001A": {"M3ter_Last_Invoice__c": "INV-7", "M3ter_Invoice_Payment__c": None},
+               "006A": {"M3ter_Last_Invoice__c": "INV-7", "M3ter_Invoice_Payment__c": "partly paid 40.00 remaining"},
+               "001B": {"M3ter_Last_Invoice__c": "INV-9"},  # shows a later invoice
+               "a0X1": {}, "a0X2": {}}
+    fake = _FakeSalesforce(invoices, records, fail_on)
+    return SalesforcePayments(SalesforceDestination(name="sf", type="salesforce"), sync=fake), fake
+
+
+def _items(*bills: tuple[str, str]) -> list[Any]:
+    out = []
+    for bill_id, unpaid in bills:
+        p = _payment(externalid=bill_id, foreignamountunpaid=unpaid, foreignamountpaid=str(100 - float(unpaid)))
+        out.append((p, payment_status(p, dt.date(2026, 12, 2))))
+    return out
+
+
+def test_salesforce_writes_what_differs_on_the_invoice_and_on_records_showing_it() -> None:
+    writer, fake = _sf_world()
+    outcomes = writer.apply(_items(("bill-1", "40"), ("bill-2", "100"), ("bill-3", "0")))
+    by = {(o.bill_id, o.record): o.status for o in outcomes}
+    assert by == {("bill-1", "Invoice__c a0X1"): "written", ("bill-1", "Account 001A"): "written",
+                  ("bill-1", "Opportunity 006A"): "unchanged",  # already shows it
+                  ("bill-2", "Invoice__c a0X2"): "unchanged",  # open, as shown
+                  ("bill-2", "Account 001B"): "not_latest",     # a later invoice is shown: left alone
+                  ("bill-3", "Invoice__c"): "not_in_crm"}
+    assert fake.updates == [
+        ("Invoice__c", "a0X1", {"Payment_Status__c": "partly paid 40.00 remaining", "Amount_Remaining__c": 40.0}),
+        ("Account", "001A", {"M3ter_Invoice_Payment__c": "partly paid 40.00 remaining"})]
+    # Dry run: the same verdicts, no write, and what each record shows.
+    writer, fake = _sf_world()
+    preview = writer.apply(_items(("bill-1", "0")), dry_run=True)
+    assert [o.status for o in preview] == ["dry_run", "dry_run", "dry_run"] and fake.updates == []
+    assert "shows {'Payment_Status__c': 'open', 'Amount_Remaining__c': 100.0}" in preview[0].detail
+
+
+def test_one_failed_record_never_stops_the_others() -> None:
+    writer, fake = _sf_world(fail_on="a0X1")
+    outcomes = writer.apply(_items(("bill-1", "40"), ("bill-2", "0")))
+    assert [(o.bill_id, o.status) for o in outcomes if o.status == "failed"] == [("bill-1", "failed")]
+    assert "UNABLE_TO_LOCK_ROW" in outcomes[0].detail
+    assert ("Invoice__c", "a0X2", {"Payment_Status__c": "paid", "Amount_Remaining__c": 0.0}) in fake.updates
+
+
+class _FakeHubSpot:
+    def __init__(self, deals: dict[str, dict[str, Any]]) -> None:
+        self.deals, self.updates, self.properties = deals, [], []  # type: ignore[var-annotated]
+
+    def batch_read(self, object_type: str, ids: list[str], props: list[str]) -> dict[str, Any]:
+        return {i: {"id": i, "properties": dict(self.deals[i])} for i in ids if i in self.deals}
+
+    def ensure_property(self, object_type: str, name: str, label: str, **kw: Any) -> dict[str, Any]:
+        self.properties.append(name)
+        return {}
+
+    def batch_update(self, object_type: str, inputs: list[dict[str, Any]]) -> Any:
+        from m3sh.hooks.hubspot import BatchResult
+
+        self.updates += inputs
+        return BatchResult(succeeded=list(inputs))
+
+
+class _Ledger:
+    def __init__(self, entries: dict[str, str]) -> None:
+        self.entries = entries
+
+    def get(self, destination: str, key: str) -> dict[str, Any] | None:
+        return {"remote_id": self.entries[key]} if key in self.entries else None
+
+
+def test_hubspot_writes_the_deal_property_only_while_the_deal_shows_that_bill() -> None:
+    from m3sh.config import HubSpotDestination
+    from m3sh.invoicing.payments import HubSpotPayments
+
+    summary = "INV-7 2026-11-01 100.00 EUR (m3ter bill {})"
+    fake = _FakeHubSpot({"d1": {"m3ter_last_invoice": summary.format("bill-1")},
+                         "d2": {"m3ter_last_invoice": summary.format("bill-9")},  # a later bill shown
+                         "d3": {"m3ter_last_invoice": summary.format("bill-3"), "m3ter_last_invoice_payment": "paid"}})
+    writer = HubSpotPayments(HubSpotDestination(name="hs", type="hubspot"),
+                             _Ledger({"bill-1": "d1", "bill-2": "d2", "bill-3": "d3", "bill-4": "gone"}), hook=fake)
+    outcomes = writer.apply(_items(("bill-1", "40"), ("bill-2", "0"), ("bill-3", "0"), ("bill-4", "0"),
+                                   ("bill-5", "0")))
+    assert sorted((o.bill_id, o.status) for o in outcomes) == [
+        ("bill-1", "written"), ("bill-2", "not_latest"), ("bill-3", "unchanged"), ("bill-4", "failed"),
+        ("bill-5", "not_in_crm")]
+    assert fake.updates == [{"id": "d1", "properties": {"m3ter_last_invoice_payment": "partly paid 40.00 remaining"}}]
+    assert fake.properties == ["m3ter_last_invoice_payment"]
+    # Nothing to change: not even the property check.
+    fake = _FakeHubSpot({"d3": {"m3ter_last_invoice": summary.format("bill-3"), "m3ter_last_invoice_payment": "paid"}})
+    writer = HubSpotPayments(HubSpotDestination(name="hs", type="hubspot"), _Ledger({"bill-3": "d3"}), hook=fake)
+    assert [o.status for o in writer.apply(_items(("bill-3", "0")))] == ["unchanged"]
+    assert fake.properties == [] and fake.updates == []
