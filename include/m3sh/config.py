@@ -616,10 +616,10 @@ class DagDefaults(_Model):
 
 # ------------------------------------------------------------------------------------- analytics
 AnalyticsTable = Literal["usage_daily", "bills", "bill_line_items", "balances", "balance_transactions",
-                         "account_plans", "accounts", "account_links", "bill_links"]
+                         "account_plans", "accounts", "account_links", "bill_links", "invoice_payments"]
 ANALYTICS_TABLES: tuple[AnalyticsTable, ...] = (
     "usage_daily", "bills", "bill_line_items", "balances", "balance_transactions", "account_plans", "accounts",
-    "account_links", "bill_links")
+    "account_links", "bill_links", "invoice_payments")
 
 
 class AnalyticsConfig(_Model):

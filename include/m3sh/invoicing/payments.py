@@ -334,6 +334,25 @@ def read_watermark(storage: Any, source: str) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value["until"]))
 
 
+def record_states(storage: Any, items: Sequence[tuple[InvoicePayment, PaymentStatus]], as_of: dt.date,
+                  read_at: dt.datetime) -> int:
+    """Keep each invoice's payment state in S3 (the analytics ``invoice_payments`` table reads them),
+    written only when it differs from the one kept; returns how many were written."""
+    written = 0
+    for p, s in items:
+        key = layout.payments_state(storage, p.source, p.bill_id)
+        state = {"bill_id": p.bill_id, "source": p.source, "invoice_id": p.invoice_id, "tran_id": p.tran_id,
+                 "state": s.state, "text": s.text, "total": p.total, "paid": p.paid, "remaining": s.remaining,
+                 "currency": p.currency, "due_date": p.due_date.isoformat() if p.due_date else None,
+                 "last_modified": p.last_modified}
+        kept = storage.get_json(key)
+        if isinstance(kept, dict) and {k: kept.get(k) for k in state} == state:
+            continue
+        storage.put_json(key, {**state, "as_of": as_of.isoformat(), "read_at": read_at.isoformat()})
+        written += 1
+    return written
+
+
 def write_watermark(storage: Any, source: str, until: dt.datetime, previous: dt.datetime | None) -> dt.datetime:
     """Move the watermark forward to ``until`` (never back: a backfill leaves it where it was)."""
     new = max(until, previous) if previous is not None else until

@@ -455,6 +455,7 @@ class NetSuitePaymentsToCrmOperator(StagingMixin, BaseOperator):
                             f"{failed[0].bill_id} -> {failed[0].destination}: {failed[0].detail}",
                             records=sorted({o.bill_id for o in failed}))
         if not preview:
+            pay.record_states(storage, items, as_of, started)
             pay.write_watermark(storage, name, upper or started, watermark)
         return {"source": name, "window": [lower.isoformat() if lower else None, upper.isoformat() if upper else None],
                 "as_of": as_of.isoformat(), "invoices": len(items), "by_state": by_state, "by_destination": by_dest,

@@ -114,6 +114,18 @@ def test_partly_then_fully_paid_invoices_reach_invoice_record_account_and_deal_o
     assert again.state == "success"
     assert {n: writes(fresh_sandbox, n) for n in ("salesforce", "hubspot", "netsuite", "m3ter")} == before
 
+    # The analytics export carries the payment state (the invoice_payments table, a daily snapshot).
+    from m3sh.analytics.reader import AnalyticsReader
+    from m3sh.dagkit.analytics_export import build_analytics_export_dag
+
+    assert build_analytics_export_dag().test(logical_date=tomorrow,
+                                             run_conf={"tables": ["invoice_payments"]}).state == "success"
+    exported = AnalyticsReader.from_config(get_config()).partition("invoice_payments", today).to_pylist()
+    assert {(r["bill_id"], r["destination"]): (r["state"], r["payment_text"], r["amount_remaining"])
+            for r in exported if r["bill_id"] in (sf_bill["id"], hs_bill["id"], late_bill["id"])} == {
+        (sf_bill["id"], "netsuite_us"): ("paid", "paid", 0.0), (hs_bill["id"], "netsuite_eu"): ("paid", "paid", 0.0),
+        (late_bill["id"], "netsuite_us"): ("overdue", overdue, erp_total(late_bill))}
+
     # 6. Reconciliation: someone edits the invoice record's payment status by hand; m3sh_reconcile
     # reports exactly that record as disagreeing with NetSuite (and writes nothing to the CRMs).
     (record,) = sf.query(f"SELECT Id FROM Invoice__c WHERE M3ter_Bill_Id__c = {soql_literal(sf_bill['id'])}")  # noqa: S608
@@ -141,6 +153,18 @@ def test_partly_then_fully_paid_invoices_reach_invoice_record_account_and_deal_o
     xcom = _payments_xcom(backfill, "netsuite_us")
     assert xcom["invoices"] == 0 and xcom["window"] == [(old - dt.timedelta(days=1)).isoformat(), old.isoformat()]
     assert {n: writes(fresh_sandbox, n) for n in ("salesforce", "hubspot", "netsuite", "m3ter")} == before
+
+    # The analytics export carries the payment state (the invoice_payments table, a daily snapshot).
+    from m3sh.analytics.reader import AnalyticsReader
+    from m3sh.dagkit.analytics_export import build_analytics_export_dag
+
+    assert build_analytics_export_dag().test(logical_date=tomorrow,
+                                             run_conf={"tables": ["invoice_payments"]}).state == "success"
+    exported = AnalyticsReader.from_config(get_config()).partition("invoice_payments", today).to_pylist()
+    assert {(r["bill_id"], r["destination"]): (r["state"], r["payment_text"], r["amount_remaining"])
+            for r in exported if r["bill_id"] in (sf_bill["id"], hs_bill["id"], late_bill["id"])} == {
+        (sf_bill["id"], "netsuite_us"): ("paid", "paid", 0.0), (hs_bill["id"], "netsuite_eu"): ("paid", "paid", 0.0),
+        (late_bill["id"], "netsuite_us"): ("overdue", overdue, erp_total(late_bill))}
 
     # 6. Reconciliation: someone edits the invoice record's payment status by hand; m3sh_reconcile
     # reports exactly that record as disagreeing with NetSuite (and writes nothing to the CRMs).
