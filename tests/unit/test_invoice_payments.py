@@ -282,3 +282,15 @@ def test_hubspot_writes_the_deal_property_only_while_the_deal_shows_that_bill() 
     writer = HubSpotPayments(HubSpotDestination(name="hs", type="hubspot"), _Ledger({"bill-3": "d3"}), hook=fake)
     assert [o.status for o in writer.apply(_items(("bill-3", "0")))] == ["unchanged"]
     assert fake.properties == [] and fake.updates == []
+
+
+def test_a_netsuite_connection_with_an_unknown_time_zone_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from m3sh.hooks.netsuite import NetSuiteHook
+
+    conn = {"conn_type": "netsuite", "login": "ck", "password": "cs",
+            "extra": {"account_id": "1234567", "token_id": "t", "token_secret": "ts", "timezone": "Mars/Olympus"}}
+    monkeypatch.setenv("AIRFLOW_CONN_NS_TZ", json.dumps(conn))
+    with pytest.raises(ValueError, match=r"'ns_tz': extra.timezone 'Mars/Olympus' is not an IANA time zone"):
+        NetSuiteHook("ns_tz").settings  # noqa: B018

@@ -244,6 +244,12 @@ class NetSuiteHook(BaseHook):
         missing = [name for name, value in required.items() if not value]
         if missing:
             raise ValueError(f"NetSuite connection {self.netsuite_conn_id!r} is missing {', '.join(missing)}")
+        timezone = str(extra.get("timezone") or "UTC")
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"NetSuite connection {self.netsuite_conn_id!r}: extra.timezone {timezone!r} is not an "
+                             "IANA time zone (e.g. America/Los_Angeles)") from None
         # NetSuite's own host per account (1234567_SB1 -> 1234567-sb1.suitetalk.api.netsuite.com).
         default = f"https://{account_id.lower().replace('_', '-')}.suitetalk.api.netsuite.com"
         host = absolute_url(conn.host, default).removesuffix(REST_PATH)
@@ -257,7 +263,7 @@ class NetSuiteHook(BaseHook):
             timeout_s=float(extra.get("timeout_s") or 60.0),
             limiter_url=extra.get("limiter_url") or None,
             limiter_prefix=extra.get("limiter_prefix") or None,
-            timezone=str(extra.get("timezone") or "UTC"),
+            timezone=timezone,
         )
         return str(conn.login), consumer_secret, str(extra["token_id"]), token_secret, settings
 

@@ -116,7 +116,7 @@ def parse_payment_row(row: Mapping[str, Any], source: str) -> InvoicePayment:
 
 
 def payment_status(payment: InvoicePayment, as_of: dt.date) -> PaymentStatus:
-    """The invoice's state as of ``as_of`` (the run's logical date), and the text the CRMs show."""
+    """The invoice's state as of ``as_of`` (the end of the run's data interval), and the text the CRMs show."""
     remaining = max(payment.remaining, 0.0)
     if payment.status == STATUS_PAID or remaining < AMOUNT_TOLERANCE:
         return PaymentStatus("paid", 0.0, "paid")

@@ -330,10 +330,11 @@ class NetSuitePaymentsToCrmOperator(StagingMixin, BaseOperator):
     Reads the invoices changed in ``[min(data interval start, watermark), data interval end)`` (a
     backfill re-reads exactly its interval; the S3 watermark catches up after failed or skipped runs)
     plus open invoices falling due since the last read; derives ``paid`` / ``partly_paid`` /
-    ``overdue`` / ``open`` as of the run's logical date; writes the text ("partly paid 40.00
-    remaining") to the Salesforce invoice record and, while they show that invoice, its Account and
-    Opportunity, and to the HubSpot deal's ``payment_property``. Every record is read first and
-    written only where it differs, so a re-run with no payment in between writes nothing.
+    ``overdue`` / ``open`` as of the end of the data interval (a manual run's logical date); writes
+    the text ("partly paid 40.00 remaining") to the Salesforce invoice record and, while they show
+    that invoice, its Account and Opportunity, and to the HubSpot deal's ``payment_property``. Every
+    record is read first and written only where it differs, so a re-run with no payment in between
+    writes nothing.
 
     :param source: the NetSuite destination read: an object, its mapping, or its name in ``config``.
     :param destinations: Salesforce / HubSpot destinations written (objects, mappings or names in
@@ -408,7 +409,9 @@ class NetSuitePaymentsToCrmOperator(StagingMixin, BaseOperator):
         started = dt.datetime.now(dt.UTC).replace(microsecond=0)
         watermark = pay.read_watermark(storage, name)
         lower, upper = pay.read_window(start, end, watermark, full_scan)
-        as_of = (logical or end or started).date()
+        # The state is derived as of the end of the data interval (a manual run's logical date): tied to
+        # the run, not to the wall clock, so a re-run of the same interval derives the same states.
+        as_of = (end or logical or started).date()
         # Open invoices falling due since the last read became overdue without any record changing.
         due_from = (lower.date() - dt.timedelta(days=1)) if lower is not None else None
         hook = NetSuiteHook(self.source.conn_id)
