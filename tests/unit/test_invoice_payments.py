@@ -166,12 +166,13 @@ class _FakeSalesforce:
                  fail_on: str | None = None) -> None:
         self.invoices, self.records, self.fail_on = invoices, records, fail_on
         self.updates: list[tuple[str, str, dict[str, Any]]] = []
+        self.queries: list[str] = []
 
     def query(self, soql: str, sobject: str = "query") -> Any:
-        return iter([r for r in self.invoices if f"'{r['M3ter_Bill_Id__c']}'" in soql])
-
-    def get_record(self, sobject: str, record_id: str, fields: Any = None) -> dict[str, Any]:
-        return dict(self.records[record_id])
+        self.queries.append(sobject)
+        if sobject == "Invoice__c":
+            return iter([r for r in self.invoices if f"'{r['M3ter_Bill_Id__c']}'" in soql])
+        return iter([{"Id": k, **v} for k, v in self.records.items() if f"'{k}'" in soql])
 
     def update_record(self, sobject: str, record_id: str, fields: dict[str, Any]) -> None:
         if record_id == self.fail_on:
@@ -219,6 +220,7 @@ def test_salesforce_writes_what_differs_on_the_invoice_and_on_records_showing_it
     assert fake.updates == [
         ("Invoice__c", "a0X1", {"Payment_Status__c": "partly paid 40.00 remaining", "Amount_Remaining__c": 40.0}),
         ("Account", "001A", {"M3ter_Invoice_Payment__c": "partly paid 40.00 remaining"})]
+    assert fake.queries == ["Invoice__c", "Account", "Opportunity"]  # one query each, not a read per record
     # Dry run: the same verdicts, no write, and what each record shows.
     writer, fake = _sf_world()
     preview = writer.apply(_items(("bill-1", "0")), dry_run=True)

@@ -193,9 +193,31 @@ class SalesforcePayments:
                 out[str(rec[d.external_id_field])] = rec
         return out
 
+    def _targets(self) -> tuple[tuple[str, str, Mapping[Any, str], Mapping[Any, str]], ...]:
+        """``(sObject, its lookup on the invoice record, latest-invoice fields, payment fields)``."""
+        d = self.dest
+        return (("Account", "Account__c", d.account_fields, d.account_payment_fields),
+                ("Opportunity", "Opportunity__c", d.opportunity_fields, d.opportunity_payment_fields))
+
+    def _records(self, sobject: str, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Records by 15-character Id, read with SOQL in chunks (one query per 200, not a GET each)."""
+        from m3sh.hooks.salesforce import soql_literal
+
+        wanted, out = sorted(set(ids)), {}
+        for i in range(0, len(wanted), SOQL_CHUNK):
+            id_list = ", ".join(soql_literal(x) for x in wanted[i:i + SOQL_CHUNK])
+            # Field names are validated API names (config); ids are SOQL literals.
+            soql = f"SELECT {', '.join(dict.fromkeys(fields))} FROM {sobject} WHERE Id IN ({id_list})"  # noqa: S608
+            for rec in self.sync.query(soql, sobject=sobject):
+                out[str(rec["Id"])[:15]] = rec
+        return out
+
     def apply(self, items: Sequence[tuple[InvoicePayment, PaymentStatus]], dry_run: bool = False) -> list[Outcome]:
         name = self.dest.name
         found = self._invoices(sorted({p.bill_id for p, _ in items}))
+        related = {sobject: self._records(sobject, [str(inv[key]) for inv in found.values() if inv.get(key)],
+                                          ["Id", *latest.values(), *mapping.values()])
+                   for sobject, key, latest, mapping in self._targets() if mapping}
         out: list[Outcome] = []
         for payment, status in items:
             inv = found.get(payment.bill_id)
@@ -205,23 +227,23 @@ class SalesforcePayments:
             try:
                 out.append(self._write(self.dest.invoice_object, str(inv["Id"]), payment=payment, status=status,
                                        mapping=self.dest.invoice_payment_fields, current=inv, dry_run=dry_run))
-                targets = (("Account", inv.get("Account__c"), self.dest.account_fields,
-                            self.dest.account_payment_fields),
-                           ("Opportunity", inv.get("Opportunity__c"), self.dest.opportunity_fields,
-                            self.dest.opportunity_payment_fields))
-                for sobject, record_id, latest, mapping in targets:
-                    if record_id and mapping:
-                        out.append(self._record(sobject, str(record_id), latest=latest, mapping=mapping, inv=inv,
-                                                payment=payment, status=status, dry_run=dry_run))
+                for sobject, key, latest, mapping in self._targets():
+                    if inv.get(key) and mapping:
+                        record_id = str(inv[key])
+                        current = related[sobject].get(record_id[:15])
+                        if current is None:
+                            raise LookupError(f"{sobject} {record_id} of {self.dest.invoice_object} {inv['Id']} "
+                                              "was not found (deleted or merged?)")
+                        out.append(self._record(sobject, record_id, current, latest=latest, mapping=mapping,
+                                                inv=inv, payment=payment, status=status, dry_run=dry_run))
             except Exception as exc:  # one invoice's failure never stops the others; reported by bill
                 out.append(Outcome(payment.bill_id, name, self.dest.invoice_object, "failed",
                                    f"{type(exc).__name__}: {exc}"[:1000]))
         return out
 
-    def _record(self, sobject: str, record_id: str, *, latest: Mapping[Any, str], mapping: Mapping[Any, str],
-                inv: Mapping[str, Any], payment: InvoicePayment, status: PaymentStatus, dry_run: bool) -> Outcome:
-        current = self.sync.get_record(sobject, record_id, list(dict.fromkeys(["Id", *latest.values(),
-                                                                              *mapping.values()])))
+    def _record(self, sobject: str, record_id: str, current: dict[str, Any], *, latest: Mapping[Any, str],
+                mapping: Mapping[Any, str], inv: Mapping[str, Any], payment: InvoicePayment, status: PaymentStatus,
+                dry_run: bool) -> Outcome:
         # Does the record show this invoice as its latest? By number, else bill id, else date.
         if "invoice" in latest:
             shows = str(current.get(latest["invoice"]) or "") == str(inv.get("Invoice_Number__c") or "")
@@ -245,6 +267,8 @@ class SalesforcePayments:
             shows = {f: current.get(f) for f in changes}
             return Outcome(payment.bill_id, self.dest.name, record, "dry_run", f"shows {shows}; would set {changes}")
         self.sync.update_record(sobject, record_id, changes)
+        if isinstance(current, dict):
+            current.update(changes)  # records are read once per batch: keep the copy true
         return Outcome(payment.bill_id, self.dest.name, record, "written", status.text)
 
 
