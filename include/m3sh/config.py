@@ -299,6 +299,17 @@ _STATUS_FIELDS_HELP = (
     "customer's latest bill (by 'date', which is therefore required); {{}} writes nothing there")
 
 
+PaymentValue = Literal["payment", "amount_remaining"]
+PaymentKey = Annotated[PaymentValue, _one_of(get_args(PaymentValue), "payment value")]
+DEFAULT_INVOICE_PAYMENT_FIELDS: dict[PaymentValue, str] = {
+    "payment": "Payment_Status__c", "amount_remaining": "Amount_Remaining__c"}
+DEFAULT_RECORD_PAYMENT_FIELDS: dict[PaymentValue, str] = {"payment": "M3ter_Invoice_Payment__c"}
+_PAYMENT_FIELDS_HELP = (
+    "payment value -> {record} field, written by the payments step (invoicing.payments) from NetSuite: "
+    "payment = 'paid' / 'partly paid 40.00 remaining' / 'overdue 40.00 remaining (due ...)' / 'open', "
+    "amount_remaining = the amount still due{only}; {{}} writes nothing there")
+
+
 class SalesforceDestination(_Destination):
     """Each bill as an ``Invoice__c`` (upserted by bill id); the latest invoice on Account and Opportunity.
 
@@ -318,6 +329,17 @@ class SalesforceDestination(_Destination):
     opportunity_fields: dict[InvoiceStatusKey, Annotated[str, Field(pattern=SF_FIELD_NAME)]] = Field(
         default_factory=lambda: dict(DEFAULT_INVOICE_STATUS_FIELDS),
         description=_STATUS_FIELDS_HELP.format(record="Opportunity"))
+    invoice_payment_fields: dict[PaymentKey, Annotated[str, Field(pattern=SF_FIELD_NAME)]] = Field(
+        default_factory=lambda: dict(DEFAULT_INVOICE_PAYMENT_FIELDS),
+        description=_PAYMENT_FIELDS_HELP.format(record="invoice object", only=""))
+    account_payment_fields: dict[PaymentKey, Annotated[str, Field(pattern=SF_FIELD_NAME)]] = Field(
+        default_factory=lambda: dict(DEFAULT_RECORD_PAYMENT_FIELDS),
+        description=_PAYMENT_FIELDS_HELP.format(
+            record="Account", only=" (only while the Account shows that invoice as its latest)"))
+    opportunity_payment_fields: dict[PaymentKey, Annotated[str, Field(pattern=SF_FIELD_NAME)]] = Field(
+        default_factory=lambda: dict(DEFAULT_RECORD_PAYMENT_FIELDS),
+        description=_PAYMENT_FIELDS_HELP.format(
+            record="Opportunity", only=" (only while the Opportunity shows that invoice as its latest)"))
 
     @model_validator(mode="after")
     def _dated(self) -> SalesforceDestination:
@@ -340,6 +362,11 @@ class HubSpotDestination(_Destination):
                           "portal); required when several HubSpot sources are configured")
     deal_property: str = Field("m3ter_last_invoice", pattern=r"^[a-z][a-z0-9_]*$",
                                description="Deal property (internal name) holding the latest invoice")
+    payment_property: str | None = Field(
+        "m3ter_last_invoice_payment", pattern=r"^[a-z][a-z0-9_]*$",
+        description="Deal property the payments step (invoicing.payments) writes the latest invoice's payment "
+                    "state to ('paid', 'partly paid 40.00 remaining', ...), while the deal shows that invoice; "
+                    "null: none")
 
 
 class S3Destination(_Destination):
@@ -378,6 +405,15 @@ class Route(_Model):
     to: list[str] = Field(min_length=1)
 
 
+class PaymentsConfig(_Model):
+    """Payment state of exported invoices, read back from NetSuite and written to the CRM destinations."""
+
+    enabled: bool = Field(False, description="Run the payments step in m3sh_invoice_sync (the CRM fields it "
+                                             "writes must exist: see the README)")
+    sources: list[str] | None = Field(None, description="NetSuite destination names read (default: every "
+                                                        "enabled one)")
+
+
 class InvoicingConfig(_Model):
     """Which m3ter bills are exported, how they are enriched and where they go (every matching route)."""
 
@@ -395,6 +431,17 @@ class InvoicingConfig(_Model):
     catchup: bool = Field(True, description="Run missed daily intervals (backfill)")
     bills_per_task: int = Field(50, ge=1, le=1000, description="Bills per mapped delivery task")
     reconcile_lookback_days: int = Field(90, ge=1, description="Bills dated this far back are reconciled")
+    payments: PaymentsConfig = Field(default_factory=PaymentsConfig,
+                                     description="Payment state read back from NetSuite to the CRM destinations")
+
+    @model_validator(mode="after")
+    def _payment_sources(self) -> InvoicingConfig:
+        netsuite = {d.name for d in self.destinations if isinstance(d, NetSuiteDestination)}
+        unknown = sorted(set(self.payments.sources or []) - netsuite)
+        if unknown:
+            raise ValueError(f"payments.sources names {unknown}, which are not NetSuite destinations; "
+                             f"known: {sorted(netsuite)}")
+        return self
 
 
 # -------------------------------------------------------------------------------------- triggers
@@ -577,10 +624,10 @@ class DagDefaults(_Model):
 
 # ------------------------------------------------------------------------------------- analytics
 AnalyticsTable = Literal["usage_daily", "bills", "bill_line_items", "balances", "balance_transactions",
-                         "account_plans", "accounts", "account_links", "bill_links"]
+                         "account_plans", "accounts", "account_links", "bill_links", "invoice_payments"]
 ANALYTICS_TABLES: tuple[AnalyticsTable, ...] = (
     "usage_daily", "bills", "bill_line_items", "balances", "balance_transactions", "account_plans", "accounts",
-    "account_links", "bill_links")
+    "account_links", "bill_links", "invoice_payments")
 
 
 class AnalyticsConfig(_Model):

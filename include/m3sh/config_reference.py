@@ -31,6 +31,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("invoicing.destinations[] (type: webhook)", c.WebhookDestination),
     ("invoicing.routes[]", c.Route),
     ("invoicing.routes[].when", c.RouteMatch),
+    ("invoicing.payments", c.PaymentsConfig),
     ("triggers[]", c.TriggerRule),
     ("triggers[].when", c.Condition),
     ("triggers[].actions[]", c.Action),

@@ -10,6 +10,9 @@ Every key is under the storage prefix (``storage.prefix``, ``m3sh/`` by default)
     dead-letter/usage/<feed>/<object key>.jsonl         rejected usage rows with reasons  -> the m3sh page
     state/invoicing/ledger/<destination>/<bill>.json    what each destination took         -> reconciliation
     state/invoicing/exported/<bill>.json                bills exported everywhere
+    state/invoicing/payments/<netsuite dest>/watermark.json  end of the last payments read of that account
+    state/invoicing/payments/<netsuite dest>/bills/<bill>.json  an invoice's last payment state -> analytics
+    reports/<dag_id>/payments/<run id>.json             payments step outcome per run     -> the m3sh page
     triggers/ledger|final|index/..., index-meta.json    plan-automation ledger and audit index
     triggers/balance-credits.json                       the evaluator's credit cache
     alerts/open/<dag_id>/<task_id>.json                 failures alerted and not yet resolved
@@ -97,6 +100,26 @@ def delivery_ledger(storage: _Keyed, destination: str, key: str) -> str:
 
 def exported_marker(storage: _Keyed, bill_id: str) -> str:
     return storage.key("state", "invoicing", "exported", f"{bill_id}.json")
+
+
+def payments_watermark(storage: _Keyed, source: str) -> str:
+    """Where the payments step keeps the end of its last completed read of one NetSuite destination."""
+    return storage.key("state", "invoicing", "payments", source, "watermark.json")
+
+
+def payments_states_prefix(storage: _Keyed, source: str) -> str:
+    return storage.key("state", "invoicing", "payments", source, "bills") + "/"
+
+
+def payments_state(storage: _Keyed, source: str, bill_id: str) -> str:
+    """One invoice's payment state as the payments step last read it (the analytics table's source)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_.:" else "_" for ch in bill_id)
+    return storage.key("state", "invoicing", "payments", source, "bills", f"{safe}.json")
+
+
+def payments_report(storage: _Keyed, dag_id: str, run_id: str, source: str) -> str:
+    """One payments read's outcome (window, counts, per-record outcomes that were not ``unchanged``)."""
+    return storage.key("reports", dag_id, "payments", safe_run_id(run_id), f"{source}.json")
 
 
 # -- plan automation --------------------------------------------------------------------------------

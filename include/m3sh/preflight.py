@@ -273,6 +273,9 @@ def needed_hubspot(cfg: M3shConfig) -> dict[str, HubSpotNeeds]:
             need.scopes.add("crm.objects.deals.read", why)
             need.scopes.add("crm.objects.deals.write", why)
             need.deal_properties.add(dest.deal_property, f"{why}.deal_property")
+            if cfg.invoicing.payments.enabled and dest.payment_property:
+                # created on first use like deal_property; listed so preflight shows it
+                need.deal_properties.add(dest.payment_property, f"{why}.payment_property")
     return out
 
 
@@ -290,6 +293,8 @@ INVOICE_FIELD_KINDS: dict[str, str] = {
 # Latest-invoice values (config keys of account_fields / opportunity_fields) -> kind of value written.
 STATUS_VALUE_KINDS = {"invoice": "text", "status": "text", "date": "date", "amount": "number",
                       "currency": "text", "bill_id": "text"}
+# Payment values (keys of the *_payment_fields) -> kind of value the payments step writes.
+PAYMENT_VALUE_KINDS = {"payment": "text", "amount_remaining": "number"}
 # Fields the Salesforce extract always reads besides the mapped Account fields (crm/salesforce.py).
 SALESFORCE_READS = {
     "Contract": ("Id", "AccountId", "StartDate", "EndDate", "Status"),
@@ -331,7 +336,18 @@ def needed_salesforce(cfg: M3shConfig) -> dict[str, dict[str, dict[str, list[Fie
     for dest in cfg.invoicing.destinations:
         if isinstance(dest, SalesforceDestination) and dest.enabled:
             _salesforce_destination_needs(dest, statuses, need)
+            if cfg.invoicing.payments.enabled:
+                _salesforce_payment_needs(dest, need)
     return out
+
+
+def _salesforce_payment_needs(dest: SalesforceDestination, need: _Need) -> None:
+    why = f"invoicing.destinations[{dest.name}]"
+    for sobject, mapping, key in ((dest.invoice_object, dest.invoice_payment_fields, "invoice_payment_fields"),
+                                  ("Account", dest.account_payment_fields, "account_payment_fields"),
+                                  ("Opportunity", dest.opportunity_payment_fields, "opportunity_payment_fields")):
+        for value, name in mapping.items():
+            need(dest.conn_id, sobject, name, FieldNeed(PAYMENT_VALUE_KINDS[value], f"{why}.{key}.{value}"))
 
 
 def _salesforce_source_needs(src: CrmSource, need: _Need) -> None:

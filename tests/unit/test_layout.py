@@ -34,6 +34,11 @@ def test_every_key_where_existing_buckets_have_it() -> None:
         "m3sh/state/invoicing/ledger/netsuite/customer:acme_1.json"
     assert layout.delivery_ledger_prefix(s, "netsuite") == "m3sh/state/invoicing/ledger/netsuite/"
     assert layout.exported_marker(s, "b-1") == "m3sh/state/invoicing/exported/b-1.json"
+    assert layout.payments_watermark(s, "netsuite_us") == "m3sh/state/invoicing/payments/netsuite_us/watermark.json"
+    assert layout.payments_state(s, "netsuite_us", "b/1") == "m3sh/state/invoicing/payments/netsuite_us/bills/b_1.json"
+    assert layout.payments_states_prefix(s, "netsuite_us") == "m3sh/state/invoicing/payments/netsuite_us/bills/"
+    assert layout.payments_report(s, "m3sh_invoice_sync", run, "netsuite_us") == \
+        "m3sh/reports/m3sh_invoice_sync/payments/manual__2026-01-01T00_00_00_00_00/netsuite_us.json"
     assert layout.triggers_prefix("m3sh/") == "m3sh/triggers/"
     assert layout.balance_credits(s) == "m3sh/triggers/balance-credits.json"
     assert layout.open_alert(s, "m3sh_usage_ingest", "summarize") == "m3sh/alerts/open/m3sh_usage_ingest/summarize.json"

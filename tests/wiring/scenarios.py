@@ -347,6 +347,9 @@ def netsuite() -> None:
         h.get_by_external_id("invoice", "bill-1", expand_sub_resources=False)
         list(h.suiteql("SELECT id, externalid, foreigntotal FROM transaction WHERE externalid = 'bill-1' "
                        "ORDER BY id", page_size=500))
+        list(h.invoice_payment_rows(modified_from=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+                                    modified_until=dt.datetime(2026, 11, 2, tzinfo=dt.UTC),
+                                    due_from=dt.date(2026, 10, 31), due_until=dt.date(2026, 11, 2)))
         h.get_record("customer", "4242", fields=["companyName"])
         h.create_record("customer", {"externalId": "a-2", "companyName": "Globex"})
         h.patch_record("invoice", "eid:bill-1", {"memo": "m3ter bill 1"})

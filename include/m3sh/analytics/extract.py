@@ -333,3 +333,23 @@ class DayExtract:
                        "destination": dest.name, "destination_type": dest.type,
                        "remote_id": _str(e.get("remote_id")), "delivered_at": parse_ts(e.get("delivered_at")),
                        "total": _num(e.get("total")), "currency": e.get("currency")}
+
+    def table_invoice_payments(self) -> Iterable[Row]:
+        from m3sh.config import NetSuiteDestination
+        from m3sh.layout import payments_states_prefix
+
+        for dest in self._ledger_destinations():
+            if not isinstance(dest, NetSuiteDestination):
+                continue
+            assert self.storage is not None
+            for obj in self.storage.list_keys(payments_states_prefix(self.storage, dest.name)):
+                e = self.storage.get_json(obj["Key"])
+                if not isinstance(e, dict) or not e.get("bill_id"):
+                    continue
+                yield {"bill_id": str(e["bill_id"]), "destination": dest.name, "invoice_id": _str(e.get("invoice_id")),
+                       "invoice_number": _str(e.get("tran_id")), "state": _str(e.get("state")),
+                       "payment_text": _str(e.get("text")), "total": _num(e.get("total")),
+                       "amount_paid": _num(e.get("paid")), "amount_remaining": _num(e.get("remaining")),
+                       "currency": _str(e.get("currency")), "due_date": parse_date(e.get("due_date")),
+                       "as_of": parse_date(e.get("as_of")), "netsuite_modified": _str(e.get("last_modified")),
+                       "read_at": parse_ts(e.get("read_at"))}

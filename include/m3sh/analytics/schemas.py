@@ -203,6 +203,26 @@ _table(
      _f("currency", pa.string(), "currency sent")],
     sort_by=("bill_id", "destination"))
 
+_table(
+    "invoice_payments", "Payment state of each invoice m3sh exported to NetSuite, as the payments step of "
+    "m3sh_invoice_sync last read it (invoicing.payments; empty while that is off). A daily snapshot.",
+    "bill x NetSuite destination", "all payment states at export time",
+    [_f("bill_id", pa.string(), "m3ter bill id (the NetSuite invoice's external id)", nullable=False),
+     _f("destination", pa.string(), "NetSuite destination name in m3sh.yaml", nullable=False),
+     _f("invoice_id", pa.string(), "NetSuite internal id"),
+     _f("invoice_number", pa.string(), "NetSuite tranid"),
+     _f("state", pa.string(), "paid | partly_paid | overdue | open"),
+     _f("payment_text", pa.string(), "what the CRMs show, e.g. 'partly paid 40.00 remaining'"),
+     _f("total", pa.float64(), "foreigntotal (transaction currency)"),
+     _f("amount_paid", pa.float64(), "foreignamountpaid"),
+     _f("amount_remaining", pa.float64(), "foreignamountunpaid"),
+     _f("currency", pa.string(), "transaction currency"),
+     _f("due_date", pa.date32(), "duedate"),
+     _f("as_of", pa.date32(), "the logical date the state (overdue or not) was derived for"),
+     _f("netsuite_modified", pa.string(), "lastmodifieddate as NetSuite wrote it (the account's time zone)"),
+     _f("read_at", _TS, "when the payments step read it")],
+    sort_by=("bill_id", "destination"))
+
 
 def spec(name: str) -> TableSpec:
     try:

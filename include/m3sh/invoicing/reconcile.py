@@ -31,6 +31,7 @@ LABELS = {
     "crm_record_missing": "m3ter account links to a CRM record that does not exist",
     "crm_link_broken": "CRM record points to an m3ter account that does not exist",
     "account_currency_mismatch": "CRM and m3ter disagree on the account currency",
+    "payment_state_mismatch": "CRM payment state differs from NetSuite's",
 }
 CSV_COLUMNS = ["check", "system", "destination", "bill_id", "account", "expected", "actual", "detail"]
 

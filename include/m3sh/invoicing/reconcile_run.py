@@ -220,8 +220,33 @@ def check_bills(m3ter: Any, settings: M3shConfig, destinations: Sequence[Any], l
         findings += found
         checked.update(counts)
         notes += more
+    if settings.invoicing.payments.enabled:
+        found, counts = check_payments(settings, enabled, expected, ledger, until.date())
+        findings += found
+        checked.update(counts)
     log.info("bills since %s: %s; %d finding(s)", since, checked, len(findings))
     return {"findings": findings, "checked": checked, "notes": notes, "period": f"{since} to {until.date()}"}
+
+
+def check_payments(settings: M3shConfig, enabled: Sequence[Any], expected: Expected, ledger: Any,
+                   as_of: dt.date) -> tuple[list[Finding], dict[str, int]]:
+    """NetSuite's payment state of the bills in scope <-> what the CRM destinations show (the payments
+    step's writers, as a dry run): one ``payment_state_mismatch`` finding per record that differs."""
+    from m3sh.invoicing.payments import payment_disagreements
+
+    sources = [d for d in enabled if isinstance(d, NetSuiteDestination)
+               and (settings.invoicing.payments.sources is None or d.name in settings.invoicing.payments.sources)]
+    crm = [d for d in enabled if isinstance(d, SalesforceDestination | HubSpotDestination)]
+    if not sources or not crm:
+        return [], {}
+    bills = {s.name: set(expected.by_destination.get(s.name, {})) for s in sources}
+    outcomes, items = payment_disagreements(sources, crm, ledger, bills, as_of)
+    state = {p.bill_id: s.text for p, s in items}
+    system = {d.name: d.type for d in crm}
+    findings = [Finding("payment_state_mismatch", system.get(o.destination, "netsuite"), o.destination,
+                        bill_id=o.bill_id, expected=state.get(o.bill_id, ""), actual=o.detail, detail=o.record)
+                for o in outcomes]
+    return findings, {"NetSuite invoices with payment state": len(items)}
 
 
 # ------------------------------------------------------------------------------------ staging

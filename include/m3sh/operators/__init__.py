@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         M3terBillsDeliverOperator,
         M3terBillsToNetSuiteOperator,
         M3terInvoiceRunSummaryOperator,
+        NetSuitePaymentsToCrmOperator,
     )
     from m3sh.operators.m3ter import (
         M3terBalanceOperator,
@@ -72,6 +73,7 @@ _MODULES = {
     "M3terBillsToNetSuiteOperator": "m3sh.operators.invoicing",
     "M3terFiringsSummaryOperator": "m3sh.operators.automation",
     "M3terInvoiceRunSummaryOperator": "m3sh.operators.invoicing",
+    "NetSuitePaymentsToCrmOperator": "m3sh.operators.invoicing",
     "M3terReconcileAccountsOperator": "m3sh.operators.reconcile",
     "M3terReconcileBillsOperator": "m3sh.operators.reconcile",
     "M3terRulesEvaluateOperator": "m3sh.operators.automation",
@@ -108,6 +110,7 @@ __all__ = [
     "M3terUsageFeedsIngestOperator",
     "M3terUsageFeedsPlanOperator",
     "M3terUsageFeedsSummaryOperator",
+    "NetSuitePaymentsToCrmOperator",
     "ReconcileReportOperator",
     "S3UsageToM3terOperator",
     "SalesforceToM3terOperator",

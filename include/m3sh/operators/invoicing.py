@@ -321,3 +321,145 @@ class M3terInvoiceRunSummaryOperator(StagingMixin, M3terLazyOperator):
         if result["problems"]:
             out.update({k: result[k] for k in ("action_needed", "failed", "set_aside")})
         return out
+
+
+class NetSuitePaymentsToCrmOperator(StagingMixin, BaseOperator):
+    """Payment state of the invoices m3sh exported to one NetSuite account, read back with SuiteQL and
+    written to the CRM destinations that took those invoices (:mod:`m3sh.invoicing.payments`).
+
+    Reads the invoices changed in ``[min(data interval start, watermark), data interval end)`` (a
+    backfill re-reads exactly its interval; the S3 watermark catches up after failed or skipped runs)
+    plus open invoices falling due since the last read; derives ``paid`` / ``partly_paid`` /
+    ``overdue`` / ``open`` as of the end of the data interval (a manual run's logical date); writes
+    the text ("partly paid 40.00 remaining") to the Salesforce invoice record and, while they show
+    that invoice, its Account and Opportunity, and to the HubSpot deal's ``payment_property``. Every
+    record is read first and written only where it differs, so a re-run with no payment in between
+    writes nothing.
+
+    :param source: the NetSuite destination read: an object, its mapping, or its name in ``config``.
+    :param destinations: Salesforce / HubSpot destinations written (objects, mappings or names in
+        ``config``; default: the config's enabled ones).
+    :param config: an :class:`~m3sh.config.M3shConfig` supplying names and storage.
+    :param full_scan: read every invoice m3sh wrote, whatever its change time. (templated)
+    :param preview: a dry run: report what would be written, write nothing. (templated)
+    :param bucket: / :param prefix: / :param aws_conn_id: where the watermark and report live.
+
+    Returns ``{"source", "window", "as_of", "invoices", "by_state", "by_destination", "report_key"}``.
+    """
+
+    template_fields: Sequence[str] = ("full_scan", "preview")
+    ui_color = "#e8f4ff"
+
+    def __init__(self, *, source: Any, destinations: Sequence[Any] | None = None, config: M3shConfig | None = None,
+                 full_scan: bool | str = False, preview: bool | str = False, bucket: str | None = None,
+                 prefix: str = "m3sh/", aws_conn_id: str = "aws_default", **kwargs: Any) -> None:
+        from m3sh.config import HubSpotDestination, SalesforceDestination
+
+        super().__init__(**kwargs)
+        self._init_storage(config, aws_conn_id, bucket, prefix)
+        self.source = self._destination(source, config, "source")
+        if not isinstance(self.source, NetSuiteDestination):
+            raise ValueError(f"{self.task_id}: source must be a NetSuite destination, got {self.source.type!r}")
+        if destinations is None:
+            if config is None:
+                raise ValueError(f"{self.task_id}: give destinations=[...] (Salesforce / HubSpot) or config=...")
+            destinations = [d for d in config.invoicing.destinations
+                            if d.enabled and isinstance(d, SalesforceDestination | HubSpotDestination)]
+        self.destinations = [self._destination(d, config, "destinations") for d in destinations]
+        wrong = [d.name for d in self.destinations if not isinstance(d, SalesforceDestination | HubSpotDestination)]
+        if wrong:
+            raise ValueError(f"{self.task_id}: destinations must be Salesforce or HubSpot destinations; {wrong} "
+                             "are not")
+        self.full_scan = full_scan
+        self.preview = preview
+
+    def _destination(self, value: Any, config: M3shConfig | None, arg: str) -> Any:
+        if isinstance(value, str):
+            found = next((d for d in config.invoicing.destinations if d.name == value), None) if config else None
+            if found is None:
+                raise ValueError(f"{self.task_id}: {arg}: no destination {value!r} "
+                                 + ("in config" if config else "(a name needs config=...)"))
+            return found
+        if isinstance(value, Mapping):
+            try:
+                return DESTINATION.validate_python(dict(value))
+            except ValidationError as exc:
+                raise ValueError(f"{self.task_id}: {arg}: invalid destination ({problems(exc)})") from None
+        if not hasattr(value, "type") or not hasattr(value, "name"):
+            raise ValueError(f"{self.task_id}: {arg}: a destination object, mapping or name, not "
+                             f"{type(value).__name__}")
+        return value
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import datetime as dt
+
+        from m3sh.config import HubSpotDestination
+        from m3sh.dagkit.errors import RunFailed
+        from m3sh.hooks.netsuite import NetSuiteHook
+        from m3sh.invoicing import payments as pay
+        from m3sh.invoicing.ledger import S3Ledger
+        from m3sh.layout import payments_report
+
+        storage = self._storage()
+        name = str(self.source.name)
+        preview = bool(native(self.task_id, "preview", self.preview, bool))
+        full_scan = bool(native(self.task_id, "full_scan", self.full_scan, bool))
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
+        logical = context.get("logical_date")
+        started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        watermark = pay.read_watermark(storage, name)
+        lower, upper = pay.read_window(start, end, watermark, full_scan)
+        # The state is derived as of the end of the data interval (a manual run's logical date): tied to
+        # the run, not to the wall clock, so a re-run of the same interval derives the same states.
+        as_of = (end or logical or started).date()
+        # Open invoices falling due since the last read became overdue without any record changing.
+        due_from = (lower.date() - dt.timedelta(days=1)) if lower is not None else None
+        hook = NetSuiteHook(self.source.conn_id)
+        rows = hook.invoice_payment_rows(modified_from=lower, modified_until=upper, due_from=due_from,
+                                         due_until=as_of if due_from is not None else None)
+        items: list[tuple[pay.InvoicePayment, pay.PaymentStatus]] = []
+        outcomes: list[pay.Outcome] = []
+        for row in rows:
+            try:
+                payment = pay.parse_payment_row(row, name)
+            except pay.PaymentRowError as exc:
+                outcomes.append(pay.Outcome(str(row.get("externalid") or ""), name, f"invoice {exc.invoice}",
+                                            "failed", str(exc)))
+                continue
+            items.append((payment, pay.payment_status(payment, as_of)))
+        self.log.info("%s: %d invoice(s) changed in [%s, %s) or falling due before %s", name, len(items),
+                      lower or "-", upper or "-", as_of)
+        ledger = S3Ledger(storage)
+        for dest in self.destinations:
+            writer: Any = (pay.HubSpotPayments(dest, ledger) if isinstance(dest, HubSpotDestination)
+                           else pay.SalesforcePayments(dest))
+            try:
+                outcomes += writer.apply(items, dry_run=preview) if items else []
+            except Exception as exc:  # a destination that cannot be read never blocks the others
+                outcomes += [pay.Outcome(p.bill_id, dest.name, "-", "failed", f"{type(exc).__name__}: {exc}"[:1000])
+                             for p, _ in items]
+        by_dest = {d.name: pay.count(o for o in outcomes if o.destination == d.name) for d in self.destinations}
+        by_state: dict[str, int] = {}
+        for _, status in items:
+            by_state[status.state] = by_state.get(status.state, 0) + 1
+        failed = [o for o in outcomes if o.status == "failed"]
+        report_key = payments_report(storage, self.dag_id, context["run_id"], name)
+        storage.put_json(report_key, {
+            "source": name, "window": [lower.isoformat() if lower else None, upper.isoformat() if upper else None],
+            "as_of": as_of.isoformat(), "dry_run": preview, "invoices": len(items), "by_state": by_state,
+            "by_destination": by_dest,
+            "states": {p.bill_id: {"invoice": p.tran_id, "state": s.state, "text": s.text} for p, s in items},
+            "outcomes": [o.to_json() for o in outcomes if o.status != "unchanged"]})
+        for o in failed:
+            self.log.error("bill %s -> %s %s: %s", o.bill_id, o.destination, o.record, o.detail)
+        if failed:
+            # The watermark stays: the next run reads these invoices again.
+            raise RunFailed(f"{name}: payment state of {len(failed)} record(s) not written, e.g. bill "
+                            f"{failed[0].bill_id} -> {failed[0].destination}: {failed[0].detail}",
+                            records=sorted({o.bill_id for o in failed}))
+        if not preview:
+            pay.record_states(storage, items, as_of, started)
+            pay.write_watermark(storage, name, upper or started, watermark)
+        return {"source": name, "window": [lower.isoformat() if lower else None, upper.isoformat() if upper else None],
+                "as_of": as_of.isoformat(), "invoices": len(items), "by_state": by_state, "by_destination": by_dest,
+                "report_key": report_key}

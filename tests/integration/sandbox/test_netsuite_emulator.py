@@ -13,6 +13,7 @@ import requests
 from requests_oauthlib import OAuth1
 
 from m3sh.sandbox.credentials import NETSUITE, NetSuiteCredentials
+from m3sh.sandbox.runner import SandboxError
 from m3sh.sandbox.seed import NETSUITE_ITEMS
 
 pytestmark = pytest.mark.sandbox
@@ -291,6 +292,61 @@ def test_suiteql_transaction_table_for_reconciliation(ns: Client) -> None:
     only_jan = ns.suiteql(
         "SELECT id FROM transaction WHERE type = 'CustInvc' AND trandate < '2030-02-01'").json()
     assert only_jan["totalResults"] == 1
+
+
+def test_payments_applied_to_an_invoice_show_in_the_record_and_in_suiteql(ns: Client, fresh_sandbox: Any) -> None:
+    """``pay_invoice``: a customer payment applied in part, then in full. The invoice record's
+    ``amountPaid``/``amountRemaining``/``status`` and SuiteQL's ``foreignamountpaid``/
+    ``foreignamountunpaid``/``status`` (letter, and ``CustInvc:B`` through BUILTIN.CF) follow, and
+    ``lastmodifieddate`` moves, to the second, so an incremental read finds the invoice again."""
+    cid = new_customer(ns)
+    ns.req("PUT", "/record/v1/invoice/eid:PAY-1", params={"replace": "item"},
+           json=invoice_body(cid, dueDate="2030-03-02"))
+    query = ("SELECT t.externalid, t.foreigntotal, t.foreignamountpaid, t.foreignamountunpaid, t.status, "
+             "BUILTIN.CF(t.status) AS cf, BUILTIN.DF(t.status) AS df, TO_CHAR(t.duedate, 'YYYY-MM-DD') AS due, "
+             "TO_CHAR(t.lastmodifieddate, 'YYYY-MM-DD HH24:MI:SS') AS modified FROM transaction t "
+             "WHERE t.type = 'CustInvc' AND t.externalid = 'PAY-1'")
+
+    def row() -> dict[str, Any]:
+        (found,) = ns.suiteql(query).json()["items"]
+        return dict(found)
+
+    before = row()
+    assert {k: before[k] for k in ("foreigntotal", "foreignamountpaid", "foreignamountunpaid", "status", "cf",
+                                   "df", "due")} == {
+        "foreigntotal": "86.5", "foreignamountpaid": "0", "foreignamountunpaid": "86.5", "status": "A",
+        "cf": "CustInvc:A", "df": "Invoice : Open", "due": "2030-03-02"}
+    paid = fresh_sandbox.admin("netsuite", "pay_invoice", "POST", account=US.account_id, invoice="eid:PAY-1",
+                               amount=46.5, date="2030-02-10")
+    assert paid["amountRemaining"] == 40.0 and paid["status"] == "Open"
+    part = row()
+    assert (part["foreignamountpaid"], part["foreignamountunpaid"], part["cf"]) == ("46.5", "40", "CustInvc:A")
+    assert part["modified"] >= before["modified"]  # whole seconds: maybe the same one
+    since = f"TO_DATE('{part['modified']}', 'YYYY-MM-DD HH24:MI:SS')"
+    changed = ns.suiteql("SELECT externalid FROM transaction "  # noqa: S608
+                         f"WHERE type = 'CustInvc' AND lastmodifieddate >= {since}").json()["items"]
+    assert [r["externalid"] for r in changed] == ["PAY-1"]
+    assert ns.suiteql(f"SELECT id FROM transaction WHERE lastmodifieddate > {since}").json()["items"] == []  # noqa: S608
+
+    fresh_sandbox.admin("netsuite", "pay_invoice", "POST", account=US.account_id, invoice="eid:PAY-1")
+    full = row()
+    assert (full["foreignamountpaid"], full["foreignamountunpaid"], full["status"], full["cf"], full["df"]) == (
+        "86.5", "0", "B", "CustInvc:B", "Invoice : Paid In Full")
+    inv = ns.req("GET", "/record/v1/invoice/eid:PAY-1").json()
+    assert (inv["amountPaid"], inv["amountRemaining"], inv["status"]) == (
+        86.5, 0.0, {"id": "B", "refName": "Paid In Full"})
+    payments = ns.suiteql("SELECT type, foreigntotal FROM transaction WHERE type = 'CustPymt' ORDER BY id").json()
+    assert [(r["type"], r["foreigntotal"]) for r in payments["items"]] == [("CustPymt", "46.5"), ("CustPymt", "40")]
+    # Payments are NetSuite's to record: read-only over REST, refused beyond what remains.
+    assert ns.req("POST", "/record/v1/customerPayment", json={"customer": {"id": cid}}).status_code == 403
+    with pytest.raises(SandboxError, match="already paid in full"):
+        fresh_sandbox.admin("netsuite", "pay_invoice", "POST", account=US.account_id, invoice="eid:PAY-1")
+    # An edit of the invoice (a re-upsert) keeps the payments applied.
+    ns.req("PUT", "/record/v1/invoice/eid:PAY-1", params={"replace": "item"},
+           json=invoice_body(cid, dueDate="2030-03-02", memo="edited"))
+    assert row()["cf"] == "CustInvc:B"
+    r = ns.suiteql("SELECT foreignamountremaining FROM transaction")
+    assert r.status_code == 400  # not a column of the Records Catalog's transaction record
 
 
 # -- accounts, governance, faults ----------------------------------------------------------------

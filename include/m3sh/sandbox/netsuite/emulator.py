@@ -11,6 +11,12 @@ Admin actions (``POST /_sandbox/<name>``, see :mod:`m3sh.sandbox.common`):
 * ``account_fault`` ``{"account": "eu", "status": 503}`` makes every request of one account answer
   that status (the generic ``faults`` cannot tell accounts apart: they share a port and paths);
   ``{"account": "eu"}`` (no status) ends it.
+* ``pay_invoice`` ``{"account": "1234567", "invoice": "<internal id> | eid:<externalId>",
+  "amount": 60.0, "date": "YYYY-MM-DD"}`` applies a customer payment to an invoice, in full when
+  ``amount`` is omitted, in part otherwise: the invoice's ``amountPaid``/``amountRemaining``,
+  status (Open / Paid In Full) and ``lastModifiedDate`` follow, as in NetSuite, and SuiteQL's
+  ``transaction`` table shows it (``foreignamountpaid``/``foreignamountunpaid``, a ``CustPymt``
+  row). Real payments are entered in NetSuite by finance; m3sh only reads them.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from m3sh.sandbox import credentials as cred
 from m3sh.sandbox.common import Emulator, Receive, Scope, Send
 from m3sh.sandbox.netsuite import seed_data
 from m3sh.sandbox.netsuite.auth import HOST_ACCOUNT_SCOPE_KEY, TbaVerifier, normalise_account
-from m3sh.sandbox.netsuite.errors import CONCURRENCY_DETAIL, DEFAULT_CODES, ns_error_body
+from m3sh.sandbox.netsuite.errors import CONCURRENCY_DETAIL, DEFAULT_CODES, NetSuiteApiError, ns_error_body
 from m3sh.sandbox.netsuite.routes import build_app
-from m3sh.sandbox.netsuite.state import ITEM_TYPES, TRANSACTION_TYPES, AccountState
+from m3sh.sandbox.netsuite.state import ITEM_TYPES, PAYMENT_TYPES, TRANSACTION_TYPES, AccountState
 
 DEFAULT_CONCURRENCY = 5
 
@@ -55,6 +61,7 @@ class NetSuiteEmulator(Emulator):
             latency=self._admin_latency,
             close_period=self._admin_close_period,
             account_fault=self._admin_account_fault,
+            pay_invoice=self._admin_pay_invoice,
         )
         # One host per account, as <account>.suitetalk.api.netsuite.com in production: the main port
         # is the default account's host, each other account listens on its own port (its label is
@@ -102,7 +109,8 @@ class NetSuiteEmulator(Emulator):
                 "customers": list(recs["customer"].values()),
                 "invoices": list(recs["invoice"].values()),
                 "creditMemos": list(recs["creditMemo"].values()),
-                "counts": {rt: len(recs[rt]) for rt in ("customer", *TRANSACTION_TYPES)},
+                "customerPayments": list(recs["customerPayment"].values()),
+                "counts": {rt: len(recs[rt]) for rt in ("customer", *TRANSACTION_TYPES, *PAYMENT_TYPES)},
             }
         return out
 
@@ -163,3 +171,12 @@ class NetSuiteEmulator(Emulator):
         before = body.get("before")
         acct.closed_before = dt.date.fromisoformat(before) if before else None
         return {"account": acct.account_id, "closed_before": before}
+
+    def _admin_pay_invoice(self, body: dict[str, Any]) -> dict[str, Any]:
+        if "account" not in body or not body.get("invoice"):
+            raise ValueError("pay_invoice needs 'account' and 'invoice' (internal id or eid:<externalId>)")
+        acct = self.account(str(body["account"]))
+        try:
+            return acct.apply_payment(str(body["invoice"]), body.get("amount"), body.get("date"))
+        except NetSuiteApiError as exc:
+            raise ValueError(exc.detail) from None

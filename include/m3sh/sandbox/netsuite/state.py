@@ -18,10 +18,13 @@ from m3sh.sandbox.credentials import NetSuiteCredentials
 from m3sh.sandbox.netsuite.errors import NetSuiteApiError, bad_ref, not_found, user_error
 
 TRANSACTION_TYPES: dict[str, str] = {"invoice": "CustInvc", "creditMemo": "CustCred"}
+# Customer payments enter only through the ``pay_invoice`` admin action (a payment applied to one
+# invoice); the REST record API serves them read-only, so no client can depend on writing them here.
+PAYMENT_TYPES: dict[str, str] = {"customerPayment": "CustPymt"}
 ITEM_TYPES: dict[str, str] = {"inventoryItem": "InvtPart", "serviceSaleItem": "Service",
                               "nonInventorySaleItem": "NonInvtPart"}
 WRITABLE_TYPES = {"customer", *TRANSACTION_TYPES, *ITEM_TYPES}
-READONLY_TYPES = {"subsidiary", "currency"}
+READONLY_TYPES = {"subsidiary", "currency", *PAYMENT_TYPES}
 RECORD_TYPES = WRITABLE_TYPES | READONLY_TYPES
 
 _COMMON_FIELDS = {"externalId"}
@@ -45,7 +48,13 @@ _READ_ONLY = {"id", "links", "refName", "total", "subtotal", "taxTotal", "discou
               "overdueBalance"}
 _CUSTOM_PREFIX = re.compile(r"^(custbody|custentity|custitem|custcol|custrecord)")
 
+# Invoice statuses: record API ``status`` {id, refName}; SuiteQL ``transaction.status`` is the letter
+# and ``BUILTIN.CF(status)`` the criteria form ``CustInvc:A`` (tables.py).
 STATUS_OPEN = {"id": "A", "refName": "Open"}
+STATUS_PAID = {"id": "B", "refName": "Paid In Full"}
+# A customer payment's own status [INF: not checked against a NetSuite account; m3sh never reads it].
+PAYMENT_STATUS = {"id": "C", "refName": "Deposited"}
+AMOUNT_TOLERANCE = 0.005
 # Keys of a reference object (``nsResource``: id, externalId, refName, links) and of a sublist
 # container as a read returns it: anything else in a body is refused, never dropped.
 _REF_KEYS = frozenset({"id", "externalId", "refName", "links"})
@@ -350,9 +359,14 @@ class AccountState:
             raise user_error("You must enter at least one line item for this transaction.", error_path="item")
         total = round(sum(line["amount"] for line in lines), 2)
         merged.update({"subtotal": total, "total": total, "exchangeRate": 1.0})
-        if record_type == "invoice":
-            merged.update({"amountPaid": 0.0, "amountRemaining": total})
         merged["status"] = dict(STATUS_OPEN)
+        if record_type == "invoice":
+            # Payments already applied stay applied when the invoice is edited (a re-upsert).
+            paid = round(float(merged.get("amountPaid") or 0.0), 2)
+            remaining = round(max(total - paid, 0.0), 2)
+            merged.update({"amountPaid": paid, "amountRemaining": remaining})
+            if paid > 0 and remaining < AMOUNT_TOLERANCE:
+                merged["status"] = dict(STATUS_PAID)
         return merged
 
     def _lines(self, current: list[dict[str, Any]], sublist: Any, replace: bool) -> list[dict[str, Any]]:
@@ -422,7 +436,49 @@ class AccountState:
         if record_type in TRANSACTION_TYPES:
             self.check_open_period(dt.date.fromisoformat(rec["tranDate"]))
         if record_type == "customer":
-            for tt in TRANSACTION_TYPES:
+            for tt in (*TRANSACTION_TYPES, *PAYMENT_TYPES):
                 if any(t["entity"]["id"] == rec["id"] for t in self.records[tt].values()):
                     raise user_error("This record cannot be deleted because it has dependent records.")
         del self.records[record_type][rec["id"]]
+
+    # -- payments (admin action) ----------------------------------------------------------------
+    def apply_payment(self, invoice_key: str, amount: Any = None, pay_date: Any = None) -> dict[str, Any]:
+        """A ``customerPayment`` of ``amount`` (default: what remains) applied to one invoice.
+
+        As in NetSuite, the invoice's ``amountPaid``/``amountRemaining`` follow the payment, its
+        status becomes *Paid In Full* when nothing remains, and its ``lastModifiedDate`` moves (so
+        an incremental SuiteQL read by ``lastmodifieddate`` sees the change). A payment larger than
+        what remains, or dated in a closed period, is refused.
+        """
+        inv = self.get("invoice", invoice_key)
+        remaining = round(float(inv.get("amountRemaining") or 0.0), 2)
+        if remaining < AMOUNT_TOLERANCE:
+            raise user_error(f"Invoice #{inv['tranId']} is already paid in full.", error_path="apply")
+        amt = remaining if amount is None else round(_number(amount, "payment"), 2)
+        if amt <= 0 or amt > remaining + AMOUNT_TOLERANCE:
+            raise user_error(f"The payment amount {amt:.2f} must be more than 0 and at most the amount "
+                             f"remaining on invoice #{inv['tranId']} ({remaining:.2f}).", error_path="payment")
+        day = parse_date(pay_date, "tranDate") if pay_date else dt.datetime.now(dt.UTC).date()
+        self.check_open_period(day)
+        now = _now_iso()
+        seq = self.tran_seq.get("customerPayment", 20000) + 1
+        self.tran_seq["customerPayment"] = seq
+        pay_id = self._new_id()
+        payment = {
+            "id": pay_id, "tranId": f"PYMT{seq}", "refName": f"Payment #PYMT{seq}",
+            "customer": dict(inv["entity"]), "subsidiary": dict(inv["subsidiary"]),
+            "currency": dict(inv["currency"]), "tranDate": day.isoformat(), "payment": amt, "total": amt,
+            "applied": amt, "unapplied": 0.0, "status": dict(PAYMENT_STATUS),
+            "apply": [{"doc": self.ref(inv), "apply": True, "amount": amt, "total": inv["total"],
+                       "due": remaining, "applyDate": day.isoformat(), "refNum": inv["tranId"]}],
+            "createdDate": now, "lastModifiedDate": now,
+        }
+        self.records["customerPayment"][pay_id] = payment
+        left = round(remaining - amt, 2)
+        inv["amountPaid"] = round(float(inv.get("amountPaid") or 0.0) + amt, 2)
+        inv["amountRemaining"] = max(left, 0.0)
+        inv["status"] = dict(STATUS_PAID if left < AMOUNT_TOLERANCE else STATUS_OPEN)
+        inv["lastModifiedDate"] = now
+        return {"payment": pay_id, "tranId": payment["tranId"], "invoice": inv["id"], "amount": amt,
+                "amountPaid": inv["amountPaid"], "amountRemaining": inv["amountRemaining"],
+                "status": inv["status"]["refName"]}

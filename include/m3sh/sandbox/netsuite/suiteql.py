@@ -3,16 +3,20 @@
 Supported: ``SELECT [DISTINCT] * | expr [[AS] alias], ... FROM table [alias] [WHERE cond]
 [GROUP BY col, ...] [ORDER BY expr [ASC|DESC], ...]`` with ``AND``/``OR``/``NOT``/parentheses,
 comparisons, ``IN``, ``LIKE``, ``BETWEEN``, ``IS [NOT] NULL``; functions ``COUNT(*)``,
-``COUNT/SUM/MIN/MAX/AVG(col)``, ``TO_CHAR(date, 'YYYY-MM-DD')``, ``TO_DATE('...', 'YYYY-MM-DD')``,
-``BUILTIN.DF(col)`` (display value). Anything else is a NetSuite-style 400, so a query that works
-here uses only SQL NetSuite also understands, and SQL NetSuite understands but the engine does
-not (joins, subqueries, UNION, CASE, arithmetic, NVL/COALESCE and other functions, HAVING, TOP,
-FETCH FIRST) is refused by name, never evaluated differently. NULLs follow SQL's three-valued logic
-(``NOT (x = 'A')`` and ``x NOT IN (...)`` are not true for a NULL ``x``), and a selected column that is
-neither grouped nor aggregated is refused (Oracle's "not a GROUP BY expression"), not taken from an
-arbitrary row. SuiteQL is Oracle-based SQL (NetSuite help, "SuiteQL Syntax and Examples"); the
-refusals' wording is modelled on NetSuite's ``INVALID_PARAMETER`` "Invalid search query" error, the
-"not implemented by the m3sh sandbox" part is the emulator's.
+``COUNT/SUM/MIN/MAX/AVG(col)``, ``TO_CHAR(date, 'YYYY-MM-DD')``, ``TO_DATE('...', 'YYYY-MM-DD')``
+(``'YYYY-MM-DD HH24:MI:SS'`` keeps the time: Oracle's DATE has one), ``BUILTIN.DF(col)`` (display
+value), ``BUILTIN.CF(status)`` (the criteria form ``CustInvc:B``). Anything else is a NetSuite-style
+400, so a query that works here uses only SQL NetSuite also understands, and SQL NetSuite understands
+but the engine does not (joins, subqueries, UNION, CASE, arithmetic, NVL/COALESCE and other functions,
+HAVING, TOP, FETCH FIRST) is refused by name, never evaluated differently. NULLs follow SQL's
+three-valued logic (``NOT (x = 'A')`` and ``x NOT IN (...)`` are not true for a NULL ``x``), and a
+selected column that is neither grouped nor aggregated is refused (Oracle's "not a GROUP BY
+expression"), not taken from an arbitrary row. SuiteQL is Oracle-based SQL (NetSuite help, "SuiteQL
+Syntax and Examples"); the refusals' wording is modelled on NetSuite's ``INVALID_PARAMETER`` "Invalid
+search query" error, the "not implemented by the m3sh sandbox" part is the emulator's.
+
+Date-time columns (``lastmodifieddate``, ``createddate``) compare to the second, against a date as
+its midnight (Oracle semantics); date columns (``trandate``, ``duedate``) compare as dates.
 
 Output follows SuiteQL over REST: lower-case column keys, unaliased expressions named ``expr1``,
 ``expr2``..., every value a string, ``NULL`` columns omitted, booleans as ``'T'``/``'F'`` and
@@ -341,12 +345,31 @@ def _to_date(value: Any) -> dt.date | None:
     return None
 
 
+def _to_datetime(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    text = str(value).strip()
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d", "%m/%d/%Y"):
+        try:
+            return dt.datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    return None
+
+
 def _coerce(a: Any, b: Any) -> tuple[Any, Any]:
     """Oracle-like implicit conversion: numbers and dates win over strings."""
     if isinstance(a, bool) or isinstance(b, bool):
         a = ("T" if a else "F") if isinstance(a, bool) else a
         b = ("T" if b else "F") if isinstance(b, bool) else b
         return a, b
+    if isinstance(a, dt.datetime) or isinstance(b, dt.datetime):
+        ta, tb = _to_datetime(a), _to_datetime(b)
+        if ta is None or tb is None:
+            raise _search_error(f"Cannot compare date with '{b if ta else a}'")
+        return ta, tb
     if isinstance(a, dt.date) or isinstance(b, dt.date):
         da, db = _to_date(a), _to_date(b)
         if da is None or db is None:
@@ -450,7 +473,8 @@ class _Evaluator:
                 return None
             fmt = _oracle_format(str(evaluated[1])) if len(evaluated) > 1 else "%Y-%m-%d"
             try:
-                return dt.datetime.strptime(str(evaluated[0]), fmt).date()
+                parsed = dt.datetime.strptime(str(evaluated[0]), fmt)
+                return parsed if any(t in fmt for t in ("%H", "%M", "%S")) else parsed.date()
             except ValueError:
                 raise _search_error(f"Invalid date '{evaluated[0]}' for format '{evaluated[1]}'") from None
         if name == "BUILTIN.DF":
@@ -459,6 +483,15 @@ class _Evaluator:
             col = self.column(args[0][1], args[0][2])
             shown = self.table.display.get(id(row), {}).get(col)
             return shown if shown is not None else row.get(col)
+        if name == "BUILTIN.CF":
+            if len(args) != 1 or args[0][0] != "col":
+                raise _search_error("BUILTIN.CF takes one column")
+            col = self.column(args[0][1], args[0][2])
+            value = row.get(col)
+            # A transaction's status in criteria form is "<type>:<letter>" (CustInvc:B).
+            if col == "status" and value is not None and row.get("type"):
+                return f"{row['type']}:{value}"
+            return value
         if name in ("UPPER", "LOWER"):
             v = evaluated[0] if evaluated else None
             return None if v is None else (str(v).upper() if name == "UPPER" else str(v).lower())

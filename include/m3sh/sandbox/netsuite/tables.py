@@ -3,6 +3,13 @@
 Column names and codes follow NetSuite's analytics tables, so reconciliation queries written
 against the emulator run unchanged on a real account. Credit memos carry a negative
 ``foreigntotal`` there, as in NetSuite, so ``SUM(foreigntotal)`` over both types is the net.
+
+Payment columns: ``foreignamountpaid`` / ``foreignamountunpaid`` ("Amount Paid / Unpaid
+(Transaction Currency)") are the names NetSuite's Records Catalog gives the analytics
+``transaction`` record (SuiteScript Records Browser 2021.1, analytics/record/transaction.html);
+``foreignamountremaining``, which some third-party queries use, is not listed there, so the
+emulator refuses it like any unknown column. Customer payments are ``CustPymt`` rows whose
+``foreigntotal`` is the amount received (positive) [INF: sign not checked against an account].
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from m3sh.sandbox.netsuite.state import ITEM_TYPES, TRANSACTION_TYPES, AccountState
+from m3sh.sandbox.netsuite.state import ITEM_TYPES, PAYMENT_TYPES, TRANSACTION_TYPES, AccountState
 from m3sh.sandbox.netsuite.suiteql import Table
 
 
@@ -26,8 +33,8 @@ def build_tables(acct: AccountState) -> dict[str, Table]:
     tables: dict[str, Table] = {}
 
     tx = Table(["id", "tranid", "externalid", "entity", "type", "trandate", "duedate", "foreigntotal",
-                "currency", "exchangerate", "subsidiary", "status", "memo", "otherrefnum", "createddate",
-                "lastmodifieddate", "recordtype"], [])
+                "foreignamountpaid", "foreignamountunpaid", "currency", "exchangerate", "subsidiary", "status",
+                "memo", "otherrefnum", "createddate", "lastmodifieddate", "recordtype"], [])
     lines = Table(["id", "transaction", "linesequencenumber", "item", "quantity", "rate", "foreignamount",
                    "memo", "mainline"], [])
     for record_type, code in TRANSACTION_TYPES.items():
@@ -46,6 +53,9 @@ def build_tables(acct: AccountState) -> dict[str, Table]:
                 "lastmodifieddate": _dt(rec.get("lastModifiedDate")),
                 "recordtype": record_type.lower(),
             }
+            if record_type == "invoice":
+                row["foreignamountpaid"] = float(rec.get("amountPaid") or 0.0)
+                row["foreignamountunpaid"] = float(rec.get("amountRemaining", rec["total"]))
             tx.rows.append(row)
             label = "Invoice" if record_type == "invoice" else "Credit Memo"
             tx.display[id(row)] = {
@@ -61,6 +71,23 @@ def build_tables(acct: AccountState) -> dict[str, Table]:
                 }
                 lines.rows.append(lrow)
                 lines.display[id(lrow)] = {"item": line["item"]["refName"]}
+    for record_type, code in PAYMENT_TYPES.items():
+        for rec in acct.records[record_type].values():
+            row = {
+                "id": int(rec["id"]), "tranid": rec["tranId"], "externalid": rec.get("externalId"),
+                "entity": _int(rec["customer"]["id"]), "type": code,
+                "trandate": dt.date.fromisoformat(rec["tranDate"]), "duedate": None,
+                "foreigntotal": float(rec["total"]), "currency": _int(rec["currency"]["id"]),
+                "exchangerate": 1.0, "subsidiary": _int(rec["subsidiary"]["id"]), "status": rec["status"]["id"],
+                "memo": rec.get("memo"), "otherrefnum": None, "createddate": _dt(rec.get("createdDate")),
+                "lastmodifieddate": _dt(rec.get("lastModifiedDate")), "recordtype": record_type.lower(),
+            }
+            tx.rows.append(row)
+            tx.display[id(row)] = {
+                "entity": rec["customer"]["refName"], "currency": rec["currency"]["refName"],
+                "subsidiary": rec["subsidiary"]["refName"], "type": "Payment",
+                "status": f"Payment : {rec['status']['refName']}",
+            }
     tables["transaction"] = tx
     tables["transactionline"] = lines
 

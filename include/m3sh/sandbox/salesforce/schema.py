@@ -163,6 +163,8 @@ def _last_invoice() -> list[FieldDef]:
         FieldDef("M3ter_Invoice_Status__c", "picklist", picklist=_INVOICE_STATUSES),
         FieldDef("M3ter_Last_Invoice_Date__c", "date"),
         FieldDef("M3ter_Last_Invoice_Amount__c", "currency"),
+        # The payments step's default account/opportunity_payment_fields (m3sh's own custom field).
+        FieldDef("M3ter_Invoice_Payment__c", "string"),
     ]
 
 
@@ -287,6 +289,9 @@ OBJECTS: dict[str, ObjectDef] = {
             FieldDef("Status__c", "picklist", picklist=_INVOICE_STATUSES),
             FieldDef("Invoice_Date__c", "date"),
             FieldDef("Due_Date__c", "date"),
+            # Written by the payments step from NetSuite (invoice_payment_fields defaults).
+            FieldDef("Payment_Status__c", "string"),
+            FieldDef("Amount_Remaining__c", "currency"),
         ], name_defaults_to_id=True),
     ]
 }
