@@ -38,7 +38,7 @@ _TOKEN = re.compile(
     r"|(?P<ident>[A-Za-z_][A-Za-z0-9_]*))"
 )
 _AGGREGATES = {"COUNT", "SUM", "MIN", "MAX", "AVG"}
-_FUNCTIONS = _AGGREGATES | {"TO_CHAR", "TO_DATE", "BUILTIN.DF", "UPPER", "LOWER"}
+_FUNCTIONS = _AGGREGATES | {"TO_CHAR", "TO_DATE", "BUILTIN.DF", "BUILTIN.CF", "UPPER", "LOWER"}
 # SQL that SuiteQL accepts and this engine does not: named in the refusal instead of "unexpected".
 _UNSUPPORTED_WORDS = {"JOIN", "INNER", "LEFT", "RIGHT", "FULL", "OUTER", "CROSS", "ON", "UNION", "MINUS",
                       "INTERSECT", "EXCEPT", "HAVING", "CASE", "WHEN", "THEN", "ELSE", "END", "FETCH", "TOP",
