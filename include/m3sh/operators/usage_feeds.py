@@ -162,23 +162,26 @@ class M3terUsageFeedsIngestOperator(M3terLazyOperator):
         from m3sh.triggers.m3ter_uploads import M3terUploadJobsTrigger
 
         self.log.info("%d file upload job(s) sent to m3ter; deferring until they finish", len(job_ids))
-        # The results travel with the deferral (small dicts); the manifests say "awaiting" meanwhile.
+        # The results travel with the trigger and come back in its event (small dicts); the
+        # manifests say "awaiting" meanwhile, so a retry of this task only waits again.
         self.defer(trigger=M3terUploadJobsTrigger(job_ids=job_ids, m3ter_conn_id=self.m3ter_conn_id,
                                                   poll_interval=usage.bulk_poll_interval_s,
-                                                  timeout_s=usage.bulk_timeout_s),
-                   method_name="execute_complete", kwargs={"results": results})
+                                                  timeout_s=usage.bulk_timeout_s, carry=results),
+                   method_name="execute_complete")
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None,
-                         results: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The chunk's results with every awaited file upload job finished (or the files failed,
         naming the jobs: the next run re-uses finished jobs and re-sends the rest)."""
         from m3sh.storage import Storage
         from m3sh.usage.bulk import finish_all
 
         event = event or {}
+        results = event.get("carry")
+        if not isinstance(results, list):
+            raise AirflowFailException(f"{self.task_id}: the file upload trigger returned no results: {event}")
         error = None if event.get("status") == "success" else str(event.get("message") or "no trigger event")
         self.log.info("file upload jobs: %s", event.get("message"))
-        return finish_all(list(results or []), dict(event.get("jobs") or {}),
+        return finish_all(results, dict(event.get("jobs") or {}),
                           Storage.from_config(self.settings.storage), error)
 
 
@@ -189,7 +192,8 @@ class M3terUsageFeedsSummaryOperator(BaseOperator):
     :param planned: what :class:`M3terUsageFeedsPlanOperator` returned. (templated)
     :param results: what the :class:`M3terUsageFeedsIngestOperator` tasks returned. (templated)
 
-    Returns ``{"rows_read", "accepted", "rejected", "batches_sent", "files", "skipped", "failed",
+    Returns ``{"rows_read", "accepted", "rejected", "batches_sent", "bulk_processed", "bulk_failed",
+    "bulk_files", "files", "skipped", "failed",
     "dead_letter_keys"}``.
     """
 

@@ -25,11 +25,14 @@ class M3terUploadJobsTrigger(BaseTrigger):
     :param m3ter_conn_id: Airflow connection of type ``m3ter``.
     :param poll_interval: seconds between polls of the unfinished jobs.
     :param timeout_s: give up (an ``error`` event) after this many seconds.
+    :param carry: JSON-safe data returned unchanged as the event's ``carry`` (what the deferring
+        task resumes with; ``dag.test()`` drops a deferral's own ``next_kwargs``, the event keeps it).
     """
 
     def __init__(self, job_ids: Sequence[str], m3ter_conn_id: str = "m3ter_default", poll_interval: float = 10.0,
-                 timeout_s: float = 6 * 3600.0) -> None:
+                 timeout_s: float = 6 * 3600.0, carry: Any = None) -> None:
         super().__init__()
+        self.carry = carry
         self.job_ids = list(job_ids)
         self.m3ter_conn_id = m3ter_conn_id
         self.poll_interval = float(poll_interval)
@@ -38,7 +41,7 @@ class M3terUploadJobsTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
                 {"job_ids": self.job_ids, "m3ter_conn_id": self.m3ter_conn_id,
-                 "poll_interval": self.poll_interval, "timeout_s": self.timeout_s})
+                 "poll_interval": self.poll_interval, "timeout_s": self.timeout_s, "carry": self.carry})
 
     def _hook(self) -> Any:
         from m3sh.hooks.m3ter import M3terAsyncHook
@@ -46,7 +49,7 @@ class M3terUploadJobsTrigger(BaseTrigger):
         return M3terAsyncHook(m3ter_conn_id=self.m3ter_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        yield TriggerEvent(await self._wait())  # exactly one event, whatever happens
+        yield TriggerEvent({**await self._wait(), "carry": self.carry})  # exactly one event, whatever happens
 
     async def _wait(self) -> dict[str, Any]:
         from m3sh.hooks.m3ter import UPLOAD_JOB_TERMINAL

@@ -16,7 +16,8 @@ from m3sh.triggers.m3ter_uploads import M3terUploadJobsTrigger
 from m3sh.usage.bulk import PartWriter, existing_jobs, upload_file_name, upload_part, wait_jobs
 
 pytestmark = pytest.mark.sandbox
-GENERATE = "POST /organizations/{id}/fileuploads/measurements/generateUploadUrl"
+# the stats collapse id-like path segments: "generateUploadUrl" (17 letters) reads as a Salesforce id
+GENERATE = "POST /organizations/{id}/fileuploads/measurements/{id}"
 
 
 @pytest.fixture
@@ -68,6 +69,7 @@ def test_upload_part_reuses_a_sent_job_and_resends_one_never_uploaded(m3: Any) -
     assert job_id != stale
     wait_jobs(hook, [job_id], poll_interval=0.05, timeout_s=30)
     generated = m3.stats("m3ter")["counts"].get(GENERATE, 0)
+    assert generated == 2
     # A retry finds the succeeded job by its file name: no new URL, no second upload.
     found = existing_jobs(hook, name[:37], since)
     assert found[name]["id"] == job_id and found[name]["status"] == "succeeded"
