@@ -102,3 +102,37 @@ def test_a_bulk_feed_lands_every_valid_row_once_and_never_uploads_twice(
     assert fresh_sandbox.stats("m3ter")["counts"].get(GENERATE, 0) == generated
     assert _usage(hook) == {a: (151, 160.0), b: (150, 150.0)}
     assert no_m3sh_yaml.call_count == 0
+
+
+def test_rows_m3ter_fails_are_dead_lettered_with_what_its_api_gives(fresh_sandbox: Any) -> None:
+    """m3ter's file upload job reports failed rows only as a count: the dead letter names the job,
+    its file and the count (a meter m3ter does not know: every row of that file fails there)."""
+    from m3sh.hooks.m3ter import M3terHook
+    from m3sh.usage.ingest import AccountLookup
+    from m3sh.usage.run import ingest_chunk, summarize
+
+    fresh_sandbox.admin("m3ter", "limits", "POST", enabled=False)
+    hook = M3terHook()
+    account = sorted(acc["code"] for acc in hook.list_accounts())[0]
+    ts = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"usage/bulk-ghost-{tag}/"
+    body = "event_id,account,meter,ts,quantity\n" + "".join(
+        f"g{i},{account},{'ghost_meter' if i < 4 else 'api_calls'},{ts},1\n" for i in range(10))
+    s3_client(fresh_sandbox.url("moto")).put_object(Bucket=SOURCE, Key=prefix + "ghost.csv", Body=body.encode())
+    meters = [{"code": "api_calls", "measures": {"quantity": "quantity"}},
+              {"code": "ghost_meter", "measures": {"quantity": "quantity"}}]
+    feed = UsageFeed.model_validate({"name": "ghost", "type": "s3", "conn_id": "aws_default", "bucket": SOURCE,
+                                     "prefix": prefix, "meters": meters, "bulk_min_bytes": 1})
+    state = Storage("aws_default", STATE, f"bulk-ghost-state-{tag}/")
+    assert AccountLookup(hook)(account)
+    results = ingest_chunk(feed, [prefix + "ghost.csv"], m3ter=hook, state=state, start=None, end=None,
+                           poll_interval=0.1, timeout_s=60)
+    (result,) = results
+    assert (result["status"], result["accepted"], result["bulk_processed"], result["bulk_failed"]) == (
+        "complete", 10, 6, 4)
+    dead = list(state.iter_jsonl(result["m3ter_dead_letter_key"]))
+    assert len(dead) == 1 and dead[0]["failed_rows"] == 4 and dead[0]["job_id"] == result["jobs"][0]["job_id"]
+    assert "no per-row reasons" in dead[0]["reason"] and dead[0]["file"].endswith("ghost.csv")
+    totals = summarize([{"feed": "ghost", "keys": [prefix + "ghost.csv"]}], [results]).totals
+    assert (totals["bulk_failed"], totals["dead_letter_keys"]) == (4, [result["m3ter_dead_letter_key"]])
