@@ -210,8 +210,10 @@ class UsageFeed(_Model):
         None, ge=1, description="Objects of at least this many bytes go through m3ter's measurement file uploads "
                                 "(validated the same way, built into JSON files, uploaded, the job awaited) instead "
                                 "of the Ingest API; unset: never")
+    # 16 MiB (~80,000 measurements), not m3ter's 1 GiB maximum: m3ter starts on a file while the next
+    # is still being built, and a failed upload or job re-sends one small file, not the whole object.
     bulk_part_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, le=1_073_741_824,
+        16 * 1024 * 1024, ge=1024, le=1_073_741_824,
         description="Largest measurement file uploaded at once (m3ter accepts up to 1 GiB); bigger objects "
                     "are sent as several files")
     # http
