@@ -78,7 +78,6 @@ class UploadState:
         self.memory: dict[str, bytes] = {}  # the files, when moto is not running
         self.rows_per_s: float | None = None  # the processing rate (None: as fast as the emulator goes)
         self.url_ttl_s = URL_TTL_S
-        self.threads: list[threading.Thread] = []
 
 
 def _s3() -> Any:
@@ -238,7 +237,6 @@ def register(api: FastAPI, emu: M3terEmulator) -> None:
         spool.seek(0)
         worker = threading.Thread(target=_store_and_process, args=(emu, state, job, spool),
                                   name=f"m3ter-fileupload-{job['id'][:8]}", daemon=True)
-        state.threads.append(worker)
         worker.start()
         return Response(b"", status_code=200, headers={"ETag": f'"{secrets.token_hex(16)}"'})
 
@@ -308,6 +306,8 @@ def _process(emu: M3terEmulator, state: UploadState, job: dict[str, Any], body: 
 
     def flush() -> None:
         with emu.lock:
+            if emu.uploads is not state:  # the emulator was reset meanwhile: its new state gets nothing
+                raise _Reset
             failed = emu._store_batch(pending)
             job["processedRows"] += len(pending) - failed
             job["failedRows"] += failed
@@ -321,6 +321,8 @@ def _process(emu: M3terEmulator, state: UploadState, job: dict[str, Any], body: 
     status = "succeeded"
     try:
         for item in _items(body):
+            if emu.uploads is not state:
+                return
             try:
                 pending.append(ingest.parse_item(item, index, latest))
             except ApiError as bad:
@@ -333,11 +335,20 @@ def _process(emu: M3terEmulator, state: UploadState, job: dict[str, Any], body: 
                 flush()
     except ValueError as exc:
         status, job["_error"] = "failed", str(exc)
+    except _Reset:
+        return
     if pending:
-        flush()
+        try:
+            flush()
+        except _Reset:
+            return
     with emu.lock:
         job["status"] = status
         job["version"] += 1
+
+
+class _Reset(Exception):
+    """The emulator was reset while a file was being processed: stop, store nothing more."""
 
 
 def _items(body: Any) -> Iterator[Any]:
