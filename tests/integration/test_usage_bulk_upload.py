@@ -136,3 +136,24 @@ def test_rows_m3ter_fails_are_dead_lettered_with_what_its_api_gives(fresh_sandbo
     assert "no per-row reasons" in dead[0]["reason"] and dead[0]["file"].endswith("ghost.csv")
     totals = summarize([{"feed": "ghost", "keys": [prefix + "ghost.csv"]}], [results]).totals
     assert (totals["bulk_failed"], totals["dead_letter_keys"]) == (4, [result["m3ter_dead_letter_key"]])
+
+
+def test_the_single_prefix_operator_awaits_a_bulk_feeds_jobs(fresh_sandbox: Any) -> None:
+    """``S3UsageToM3terOperator`` given a bulk feed waits for m3ter's jobs itself (it does not defer)."""
+    from m3sh.hooks.m3ter import M3terHook
+    from m3sh.operators import S3UsageToM3terOperator
+
+    fresh_sandbox.admin("m3ter", "limits", "POST", enabled=False)
+    account = sorted(acc["code"] for acc in M3terHook().list_accounts())[0]
+    ts = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"usage/bulk-op-{tag}/"
+    s3_client(fresh_sandbox.url("moto")).put_object(
+        Bucket=SOURCE, Key=prefix + "a.csv", Body=_csv([(f"o{i}", account, 2) for i in range(25)], ts))
+    feed = UsageFeed.model_validate({"name": "op", "type": "s3", "conn_id": "aws_default", "bucket": SOURCE,
+                                     "prefix": prefix, "meters": METERS, "bulk_min_bytes": 1})
+    op = S3UsageToM3terOperator(task_id="bulk_op", feed=feed, prefix=prefix, state_bucket=STATE,
+                                state_prefix=f"bulk-op-state-{tag}/")
+    out = op.execute({})  # type: ignore[arg-type]
+    assert (out["files"], out["accepted"], out["failed"]) == (1, 25, [])
+    assert [d["status"] for d in out["files_detail"]] == ["complete"]
