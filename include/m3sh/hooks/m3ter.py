@@ -25,6 +25,7 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -486,6 +487,14 @@ class UploadUrlExpired(RetryableError):
 def _redact_url(url: str) -> str:
     """A pre-signed URL without its query (the signature is a credential for the upload)."""
     return url.split("?", 1)[0]
+
+
+def _s3_error(text: str) -> str:
+    """``Code: Message`` of an S3 XML error body, nothing else: S3 echoes the request's signature
+    (``SignatureProvided``) in some error bodies, and it is a credential of the URL."""
+    code = re.search(r"<Code>([^<]{0,100})</Code>", text)
+    message = re.search(r"<Message>([^<]{0,300})</Message>", text)
+    return ": ".join(m.group(1) for m in (code, message) if m) or "no S3 error code"
 
 
 @dataclass
@@ -978,11 +987,11 @@ class M3terHook(BaseHook):
             raise RetryableError(f"upload to {where} failed: {type(exc).__name__}") from None
         if resp.status_code == 403:
             raise UploadUrlExpired(f"upload to {where} refused (403; the URL is valid for one minute): "
-                                   f"{resp.text[:300]}")
+                                   f"{_s3_error(resp.text)}")
         if resp.status_code >= 500 or resp.status_code == 429:
             raise RetryableError(f"upload to {where} failed: HTTP {resp.status_code}")
         if resp.status_code >= 300:
-            raise M3terApiError(f"upload to {where} refused: HTTP {resp.status_code} {resp.text[:300]}",
+            raise M3terApiError(f"upload to {where} refused: HTTP {resp.status_code} {_s3_error(resp.text)}",
                                 entity="fileuploads/measurements", status=resp.status_code)
 
     # -- Airflow UI -----------------------------------------------------------------------------
