@@ -146,3 +146,24 @@ def test_trigger_times_out_on_a_job_never_uploaded(m3: Any) -> None:
 
     event = asyncio.run(first_event()).payload
     assert event["status"] == "error" and job_id in event["message"]
+
+
+def test_trigger_reports_an_unreadable_job_as_one_error_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No sandbox: a hook whose read fails; the trigger still yields exactly one event, with its carry."""
+
+    class Broken:
+        async def aget_upload_job(self, job_id: str) -> dict[str, Any]:
+            raise RuntimeError("m3ter unreachable")
+
+        async def aclose(self) -> None:
+            return None
+
+    trigger = M3terUploadJobsTrigger(job_ids=["j-1"], poll_interval=0.01, carry=[{"key": "a.csv"}])
+    monkeypatch.setattr(trigger, "_hook", Broken)
+
+    async def events() -> list[Any]:
+        return [e.payload async for e in trigger.run()]
+
+    (event,) = asyncio.run(events())
+    assert event["status"] == "error" and "m3ter unreachable" in event["message"]
+    assert event["carry"] == [{"key": "a.csv"}]

@@ -80,6 +80,8 @@ def test_upload_is_processed_like_the_ingest_api(client: m3ter.M3ter, fresh_sand
     assert (job.status, job.total_rows, job.processed_rows, job.failed_rows) == ("succeeded", 2503, 2500, 3)
     assert job.file_name == "m.json" and job.content_length == len(body) and job.upload_date
     assert fresh_sandbox.state("m3ter")["usage"]["accepted"] == before + 2500
+    assert fresh_sandbox.state("m3ter")["file_uploads"] == {
+        "jobs": 1, "by_status": {"succeeded": 1}, "processed_rows": 2500, "failed_rows": 3}
     # the file landed in the sandbox's moto S3, as m3ter keeps it in S3
     s3 = boto3.client("s3", endpoint_url=fresh_sandbox.url("moto"), aws_access_key_id=cred.AWS_ACCESS_KEY,
                       aws_secret_access_key=cred.AWS_SECRET_KEY, region_name="us-east-1")

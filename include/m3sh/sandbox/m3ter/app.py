@@ -175,6 +175,7 @@ class M3terEmulator(Emulator):
             "events": [public(e) for e in store.events.values()][-500:],
             "event_count": len(store.events),
             "usage": self.usage.snapshot(),
+            "file_uploads": fileuploads.snapshot(self.uploads),
             "rate_limited": dict(self.rate_limited),
             "webhook_deliveries": list(self.webhooks.deliveries),
         }

@@ -80,6 +80,16 @@ class UploadState:
         self.url_ttl_s = URL_TTL_S
 
 
+def snapshot(state: UploadState) -> dict[str, Any]:
+    """For ``GET /_sandbox/state``: the jobs by status and their row counts."""
+    by_status: dict[str, int] = {}
+    for job in state.jobs.values():
+        by_status[job["status"]] = by_status.get(job["status"], 0) + 1
+    return {"jobs": len(state.jobs), "by_status": by_status,
+            "processed_rows": sum(j["processedRows"] for j in state.jobs.values()),
+            "failed_rows": sum(j["failedRows"] for j in state.jobs.values())}
+
+
 def _s3() -> Any:
     url = os.environ.get("M3SH_SANDBOX_MOTO_URL")
     if not url:
