@@ -11,9 +11,7 @@ Phase 2 switches m3ter's documented limits on (ingest: 50 requests/s per org) an
 file: its rows/s is the headline ``rows_per_s`` (what production sees); ``rows_per_s_unlimited`` is
 phase 1's, the client's own speed. ``achieved_rps`` is accepted ingest requests over the time
 between the first and the last one, and ``lost`` is valid rows minus the measurements the usage
-query reads back. Phase 3 sends as many rows through m3ter's file uploads (``bulk_rows_per_s``, end
-to end: file built, uploaded, jobs finished; ``bulk_vs_request_path`` against phase 2's rate;
-``bulk_lost``/``bulk_duplicates`` from the usage query). The last line printed is one JSON object.
+query reads back. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -125,9 +123,8 @@ def set_ingest_rps(rps: float | None) -> None:
 
 
 # ------------------------------------------------------------------------- child: one ingest
-def child(key: str, ingest_rps: str | None, bulk: bool = False) -> None:
-    """Ingest one object exactly as the DAG's mapped task does, timing the submits; print JSON.
-    ``bulk``: through m3ter's file uploads (the feed's ``bulk_min_bytes``), the jobs awaited here."""
+def child(key: str, ingest_rps: str | None) -> None:
+    """Ingest one object exactly as the DAG's mapped task does, timing the submits; print JSON."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="  [ingest] %(message)s")
     logging.getLogger("m3sh.usage").setLevel(logging.INFO)
     if ingest_rps is not None:
@@ -157,8 +154,6 @@ def child(key: str, ingest_rps: str | None, bulk: bool = False) -> None:
 
     cfg = get_config()
     feed = next(f for f in cfg.usage.feeds if f.name == FEED)
-    if bulk:
-        feed = feed.model_copy(update={"bulk_min_bytes": 1})
     hook = TimedHook(cfg.m3ter.conn_id)
     baseline = current_rss_mb()
     attempts = 0
@@ -177,23 +172,12 @@ def child(key: str, ingest_rps: str | None, bulk: bool = False) -> None:
             if attempts >= 3:
                 raise
             print(f"  [ingest] attempt {attempts} failed ({exc}); retrying as Airflow would", file=sys.stderr)
-    uploaded_at = time.perf_counter() - t0  # the bulk path: every part file built and uploaded
-    if result.status == "awaiting":  # the bulk path: end to end includes m3ter finishing the jobs
-        from m3sh.usage.bulk import finish_bulk, pending_job_ids, wait_jobs
-
-        state = Storage.from_config(cfg.storage)
-        jobs, error = wait_jobs(hook, pending_job_ids([result.to_dict()]), poll_interval=0.1, timeout_s=3600)
-        final = finish_bulk(result.to_dict(), jobs, state, error)
-        result.status, result.bulk_processed, result.bulk_failed = final["status"], final["bulk_processed"], \
-            final["bulk_failed"]
     seconds = time.perf_counter() - t0
     emit({"cpu_seconds": _cpu() - cpu0, "key": key, "status": result.status, "rows_read": result.rows_read,
           "accepted": result.accepted,
           "rejected": result.rejected, "batches_sent": result.batches_sent, "seconds": seconds,
           "attempts": attempts, "first_submit": TimedHook.first, "last_submit": TimedHook.last,
-          "accepted_requests": TimedHook.requests, "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(),
-          "bulk_processed": result.bulk_processed, "bulk_failed": result.bulk_failed, "uploaded_at": uploaded_at,
-          "bulk_files": len(result.jobs)})
+          "accepted_requests": TimedHook.requests, "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()})
 
 
 def _cpu() -> float:
@@ -201,12 +185,10 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_child(key: str, ingest_rps: float | None = None, bulk: bool = False) -> dict[str, Any]:
+def run_child(key: str, ingest_rps: float | None = None) -> dict[str, Any]:
     args = [sys.executable, "-m", "benchmarks.usage_ingest", "--child", key]
     if ingest_rps is not None:
         args += ["--ingest-rps", str(ingest_rps)]
-    if bulk:
-        args += ["--bulk"]
     proc = subprocess.run(args, stdout=subprocess.PIPE, text=True, check=False)
     out = last_json_line(proc.stdout)
     if proc.returncode != 0 or out is None or out.get("status") != "complete":
@@ -240,8 +222,7 @@ def naive_rate(sample: int, accounts: list[str], tag: str) -> float:
 def run(rows: int, limited_rows: int, sample: int, wan_ms: int) -> dict[str, Any]:
     accounts = demo_accounts()
     tmp = Path(tempfile.mkdtemp(prefix="m3sh-bench-usage-"))
-    files = {"full": rows, "quarter": max(rows // 4, 1), "wan": max(rows // 4, 1), "limited": limited_rows,
-             "bulk": limited_rows}
+    files = {"full": rows, "quarter": max(rows // 4, 1), "wan": max(rows // 4, 1), "limited": limited_rows}
     valid: dict[str, int] = {}
     t = time.perf_counter()
     for name, n in files.items():
@@ -287,16 +268,6 @@ def run(rows: int, limited_rows: int, sample: int, wan_ms: int) -> dict[str, Any
         achieved = (limited["accepted_requests"] - 1) / window if limited["accepted_requests"] > 1 else 0.0
         lost = valid["limited"] - usage_count(box)
 
-        # Phase 3, limits still on: the same number of rows through m3ter's file uploads (file built
-        # streaming, uploaded, every job finished in the emulator), end to end. The emulator processes
-        # uploaded rows as fast as it can: m3ter documents 2,000 measurements/s per file ("higher
-        # rates are available"), so this is the client's and the upload's side of the comparison.
-        before_bulk = usage_count(box)
-        bulk = run_child(f"{PREFIX}bulk.csv.gz", bulk=True)
-        bulk_landed = usage_count(box) - before_bulk
-        bulk_lost = valid["bulk"] - bulk_landed
-        bulk_duplicates = max(0, bulk_landed - valid["bulk"])
-
     rows_per_s = full["rows_read"] / full["seconds"]
     rows_per_s_wan = wan["rows_read"] / wan["seconds"]
     return {
@@ -334,22 +305,6 @@ def run(rows: int, limited_rows: int, sample: int, wan_ms: int) -> dict[str, Any
         "limited_429s": int(counts.get(MEASUREMENTS_PATH, 0)) - limited["accepted_requests"],
         "limited_attempts": limited["attempts"],
         "lost": lost,
-        # m3ter documents its file processing as sequential at 2,000 measurements/s ("higher processing
-        # rates are available"): the production bound of the bulk path, a documented figure, not a
-        # measurement (the emulator processes as fast as it can unless told otherwise).
-        "bulk_bound_rows_per_s_documented": 2_000,
-        "bulk_rows": bulk["rows_read"],
-        "bulk_seconds": round(bulk["seconds"], 3),
-        "bulk_rows_per_s": round(bulk["rows_read"] / bulk["seconds"]),
-        "bulk_vs_request_path": round((bulk["rows_read"] / bulk["seconds"])
-                                      / (limited["rows_read"] / limited["seconds"]), 2),
-        # the client's side alone: rows read, validated, written to part files and uploaded
-        "bulk_upload_rows_per_s": round(bulk["rows_read"] / bulk["uploaded_at"]),
-        "bulk_files": bulk["bulk_files"],
-        "bulk_peak_rss_mb": bulk["peak_rss_mb"],
-        "bulk_failed_rows": bulk["bulk_failed"],
-        "bulk_lost": bulk_lost,
-        "bulk_duplicates": bulk_duplicates,
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -364,10 +319,9 @@ def main() -> None:
                         help="round trip added to every ingest request for the *_wan comparison")
     parser.add_argument("--child", metavar="KEY", help=argparse.SUPPRESS)
     parser.add_argument("--ingest-rps", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--bulk", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.ingest_rps, args.bulk)
+        child(args.child, args.ingest_rps)
         return
     limited_rows = args.limited_rows or max(args.rows // 2, 50_000)
     emit(run(args.rows, limited_rows, args.naive_sample, args.wan_latency_ms))
