@@ -214,6 +214,16 @@ class UsageFeed(_Model):
     event_queue: str | None = Field(
         None, description="SQS queue URL receiving the bucket's s3:ObjectCreated notifications; when set, new "
                           "objects trigger a run within seconds (AssetWatcher on the Amazon SqsSensorTrigger)")
+    bulk_min_bytes: int | None = Field(
+        None, ge=1, description="Objects of at least this many bytes go through m3ter's measurement file uploads "
+                                "(validated the same way, built into JSON files, uploaded, the job awaited) instead "
+                                "of the Ingest API; unset: never")
+    # 16 MiB (~80,000 measurements), not m3ter's 1 GiB maximum: m3ter starts on a file while the next
+    # is still being built, and a failed upload or job re-sends one small file, not the whole object.
+    bulk_part_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=1_073_741_824,
+        description="Largest measurement file uploaded at once (m3ter accepts up to 1 GiB); bigger objects "
+                    "are sent as several files")
     # http
     endpoint: str | None = Field(None, description="Path on the connection host, paged JSON")
     page_param: str = Field("cursor", description="Query parameter carrying the page cursor")
@@ -239,6 +249,8 @@ class UsageFeed(_Model):
             raise ValueError("an s3 feed needs 'bucket'")
         if self.type == "http" and not self.endpoint:
             raise ValueError("an http feed needs 'endpoint'")
+        if self.type == "http" and self.bulk_min_bytes is not None:
+            raise ValueError("'bulk_min_bytes' applies to s3 feeds only (an http feed has no object size)")
         return self
 
 
@@ -246,6 +258,10 @@ class UsageConfig(_Model):
     feeds: list[UsageFeed] = Field(default_factory=list)
     files_per_task: int = Field(20, ge=1, description="Files per mapped task (keeps maps under 1024)")
     progress_every_rows: int = Field(50_000, ge=1, description="Log progress (rows, rows/s, ETA) this often")
+    bulk_poll_interval_s: float = Field(10.0, gt=0, description="Seconds between polls of m3ter file upload jobs "
+                                                                "(feeds with bulk_min_bytes)")
+    bulk_timeout_s: float = Field(6 * 3600.0, gt=0, description="Fail the files whose upload jobs are unfinished "
+                                                                 "after this long")
 
 
 class StorageConfig(_Model):

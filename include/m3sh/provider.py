@@ -75,7 +75,8 @@ def get_provider_info() -> dict[str, Any]:
                                                             "m3sh.operators.crm", "m3sh.operators.reconcile"]},
         ],
         "sensors": [{"integration-name": M3TER, "python-modules": ["m3sh.sensors.m3ter"]}],
-        "triggers": [{"integration-name": M3TER, "python-modules": ["m3sh.triggers.m3ter"]}],
+        "triggers": [{"integration-name": M3TER,
+                      "python-modules": ["m3sh.triggers.m3ter", "m3sh.triggers.m3ter_uploads"]}],
         "notifications": ["m3sh.notifiers.alerts.M3shAlertNotifier"],
         "connection-types": [
             {

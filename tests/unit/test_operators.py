@@ -309,7 +309,7 @@ def test_provider_info_lists_every_module_in_the_official_format() -> None:
         "operators": ["m3sh.operators.m3ter", "m3sh.operators.usage", "m3sh.operators.invoicing",
                       "m3sh.operators.analytics", "m3sh.operators.usage_feeds", "m3sh.operators.automation",
                       "m3sh.operators.crm", "m3sh.operators.reconcile"],
-        "sensors": ["m3sh.sensors.m3ter"], "triggers": ["m3sh.triggers.m3ter"]}
+        "sensors": ["m3sh.sensors.m3ter"], "triggers": ["m3sh.triggers.m3ter", "m3sh.triggers.m3ter_uploads"]}
     for kind in modules:
         assert all(entry["integration-name"] in names for entry in info[kind])
     for module in (m for ms in modules.values() for m in ms):

@@ -40,7 +40,8 @@ def test_summary_totals_and_names_failed_files() -> None:
                 _result("s3", "b.csv", "failed", error="not gzip")]]
     out = summarize(planned, results)
     assert out.totals == {"rows_read": 3, "accepted": 2, "rejected": 1, "batches_sent": 0, "files": 2,
-                          "skipped": 0, "failed": 1, "dead_letter_keys": ["dl/a.csv.jsonl"]}
+                          "skipped": 0, "failed": 1, "dead_letter_keys": ["dl/a.csv.jsonl"],
+                          "bulk_processed": 0, "bulk_failed": 0, "bulk_files": 0}
     assert out.failure == "1 usage file(s) failed: b.csv: not gzip" and out.records == ["b.csv"]
 
 

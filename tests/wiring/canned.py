@@ -24,6 +24,13 @@ M3TER_TOKEN = "m3ter-wired-access-token"
 SALESFORCE_INSTANCE = "acme.my.salesforce.com"
 SALESFORCE_SESSION = "00D000000000001!AQwired.session"
 NOW = "2026-11-02T10:00:00Z"
+# What generateUploadUrl answers: an S3 pre-signed PUT URL (query-string SigV4). m3ter does not
+# document its bucket's name; this one stands for it.
+M3TER_UPLOAD_BUCKET = "m3ter-measurement-uploads"
+_PRESIGNED = ("?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAM3TERWIRED%2F20261102%2Fus-east-1%2Fs3"
+              "%2Faws4_request&X-Amz-Date=20261102T100000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=content-type%3Bhost"
+              "&X-Amz-Signature=" + "0" * 64)
+M3TER_UPLOAD_URL = f"https://{M3TER_UPLOAD_BUCKET}.s3.amazonaws.com/org/m3sh-wired-p0000.json{_PRESIGNED}"
 
 
 def respond(rec: Recorded) -> Canned:
@@ -50,6 +57,11 @@ def _m3ter(rec: Recorded, op: Operation) -> Canned:
     segments = rec.path.rstrip("/").split("/")
     if template.endswith("/getdownloadurl"):
         return Canned(200, {"url": "https://m3ter-exports.s3.amazonaws.com/export.csv", "expirationTime": NOW})
+    if template.endswith("/generateUploadUrl"):
+        return Canned(200, {"jobId": _uuid("upload"), "url": M3TER_UPLOAD_URL,
+                            "headers": {"Content-Type": "application/json"}})
+    if template.endswith("/jobs/{id}/original"):
+        return Canned(200, {"jobId": _uuid("download"), "url": M3TER_UPLOAD_URL.replace("60", "300", 1)})
     if template.endswith("/transactions/summary"):
         return Canned(200, {"totalCreditAmount": 100.0, "totalDebitAmount": 0.0})
     if template.endswith("/measurements"):
@@ -124,6 +136,8 @@ def _m3ter_entity(entity_id: str, template: str, code: str = "wired") -> dict[st
         "bills": {"accountId": account, "status": "APPROVED", "currency": "USD", "billDate": "2026-11-01",
                   "lineItems": []},
         "dataexports/jobs": {"status": "SUCCEEDED"},
+        "fileuploads/measurements/jobs": {"status": "succeeded", "fileName": "m3sh-wired-p0000.json",
+                                          "contentLength": 2, "totalRows": 0, "processedRows": 0, "failedRows": 0},
     }
     for prefix, shape in shapes.items():
         if collection == prefix or collection.startswith(prefix + "/"):

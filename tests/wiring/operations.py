@@ -180,15 +180,21 @@ def _service_model(service: str) -> Any:
     return botocore.session.get_session().get_service_model(service)
 
 
-def aws_service(headers: Mapping[str, str], host: str = "") -> str:
+def aws_service(headers: Mapping[str, str], host: str = "", query: str = "") -> str:
+    """The service a SigV4 request is signed for: from its Authorization header, or from the
+    ``X-Amz-Credential`` of a pre-signed URL's query (m3ter's upload URLs)."""
     m = _CREDENTIAL.search(headers.get("authorization", ""))
+    if m:
+        return m.group(1)
+    credential = dict(parse_qsl(query)).get("X-Amz-Credential", "")
+    m = _CREDENTIAL.search(f"Credential={credential}")
     if m:
         return m.group(1)
     raise Unclassified(f"aws: request to {host or '?'} carries no SigV4 credential scope naming its service")
 
 
 def _aws(method: str, host: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> str:  # noqa: PLR0917
-    service = aws_service(headers, host)
+    service = aws_service(headers, host, query)
     model = _service_model(service)
     if model.protocol == "json":
         target = headers.get("x-amz-target", "")

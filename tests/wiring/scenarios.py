@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import os
 import uuid
@@ -265,6 +266,14 @@ def m3ter_sync() -> None:
     h.update_account_plan(_id("ap-2"), {"endDate": "2026-12-01T00:00:00Z"}, current=_stale(
         "conflict-ap", id=_id("ap-2"), accountId=acc["id"], planId=_id("p-1"), startDate="2026-01-01T00:00:00Z"))
 
+    # Measurement file uploads: generateUploadUrl answers a pre-signed S3 URL of m3ter's own bucket
+    # (canned.M3TER_UPLOAD_URL), which the hook PUTs to as given, with the headers that came with it.
+    upload = h.generate_upload_url("m3sh-wired-p0000.json", 2)
+    h.put_upload(upload["url"], upload["headers"], io.BytesIO(b"[]"), 2)
+    list(h.list_upload_jobs(date_created_start="2026-11-01T00:00:00Z"))
+    h.get_upload_job(upload["jobId"])
+    h.get_upload_job_original_url(upload["jobId"])
+
     h.submit_measurements([{"uid": "wired-1", "meter": "api_calls", "account": "acme", "ts": "2026-11-01T10:00:00Z",
                             "measure": {"quantity": 5.0}, "where": {"region": "us-east-1"}}])
     h.query_usage({"startDate": "2026-11-01T00:00:00Z", "endDate": "2026-11-02T00:00:00Z", "meterIds": [_id("m-1")],
@@ -289,6 +298,7 @@ def m3ter_async() -> None:
             await h.alist_meters(codes=["api_calls"])
             await h.alist_contracts()
             await h.abalance_transaction_summary(_id("b-1"))
+            await h.aget_upload_job(_id("upload-1"))
             await h.aquery_usage({"startDate": "2026-11-01T00:00:00Z", "endDate": "2026-11-02T00:00:00Z",
                                   "meterIds": [_id("m-1")], "groups": [{"groupType": "ACCOUNT"}], "aggregations": [
                                       {"meterId": _id("m-1"), "fieldCode": "quantity", "fieldType": "MEASURE",

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -469,6 +470,31 @@ def merge_for_put(current: dict[str, Any], changes: dict[str, Any], put_op: str 
 class IngestResult:
     measurements: int = 0
     batches: int = 0
+
+
+# File Upload Service job statuses (the spec's ``JobStatus``): the terminal ones, shared by the sync
+# waiter and the deferrable trigger. ``notUploaded`` and ``running`` are still pending.
+UPLOAD_JOB_TERMINAL = frozenset({"succeeded", "failed"})
+UPLOAD_CONTENT_TYPE = "application/json"
+UPLOAD_PUT_TIMEOUT_S = 300.0
+
+
+class UploadUrlExpired(RetryableError):
+    """The storage behind an upload URL answered 403 (m3ter's upload URLs are valid for one minute):
+    ask for a new URL and send the file again."""
+
+
+def _redact_url(url: str) -> str:
+    """A pre-signed URL without its query (the signature is a credential for the upload)."""
+    return url.split("?", 1)[0]
+
+
+def _s3_error(text: str) -> str:
+    """``Code: Message`` of an S3 XML error body, nothing else: S3 echoes the request's signature
+    (``SignatureProvided``) in some error bodies, and it is a credential of the URL."""
+    code = re.search(r"<Code>([^<]{0,100})</Code>", text)
+    message = re.search(r"<Message>([^<]{0,300})</Message>", text)
+    return ": ".join(m.group(1) for m in (code, message) if m) or "no S3 error code"
 
 
 @dataclass
@@ -920,6 +946,54 @@ class M3terHook(BaseHook):
     def query_usage(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._post("query_usage", body)  # type: ignore[no-any-return]
 
+    # -- measurement file uploads (m3ter's File Upload Service) ----------------------------------
+    # https://docs.m3ter.com/guides/billing-and-usage-data/submitting-usage-data/file-upload-service-api:
+    # POST generateUploadUrl -> {jobId, url, headers}; PUT the JSON file to url with those headers
+    # within one minute; then follow the job (status, totalRows, processedRows, failedRows).
+    def generate_upload_url(self, file_name: str, content_length: int,
+                            content_type: str = UPLOAD_CONTENT_TYPE) -> dict[str, Any]:
+        """``{"jobId", "url", "headers"}`` for one file (``file_name`` 1..100 characters, at most 1 GiB)."""
+        return self._post("generate_upload_url", {  # type: ignore[no-any-return]
+            "fileName": file_name, "contentType": content_type, "contentLength": content_length})
+
+    def list_upload_jobs(self, *, date_created_start: str | None = None,
+                         date_created_end: str | None = None) -> Iterator[dict[str, Any]]:
+        """File upload jobs, newest first (m3ter filters by creation date only, not by file name)."""
+        return self._list("list_upload_jobs", dateCreatedStart=date_created_start, dateCreatedEnd=date_created_end)
+
+    def get_upload_job(self, job_id: str) -> dict[str, Any]:
+        return self._get("get_upload_job", id=job_id)
+
+    def get_upload_job_original_url(self, job_id: str) -> str:
+        """A download URL of the file uploaded for ``job_id`` (as m3ter received it)."""
+        return str(self._get("get_upload_job_original", id=job_id)["url"])
+
+    def put_upload(self, url: str, headers: dict[str, str], body: Any, content_length: int) -> None:
+        """PUT a file (a binary file object, read in chunks: memory stays flat) to an upload URL from
+        :meth:`generate_upload_url`, with the headers it came with. The URL is a pre-signed storage
+        URL, not an m3ter API path: no bearer token goes with it, and it is never logged whole.
+
+        Raises :class:`UploadUrlExpired` on a 403 (ask for a new URL), RetryableError on a 5xx or a
+        connection failure, M3terApiError otherwise."""
+        def chunks() -> Iterator[bytes]:
+            while data := body.read(1 << 20):
+                yield data
+
+        where = _redact_url(url)
+        try:
+            resp = httpx.put(url, content=chunks(), timeout=UPLOAD_PUT_TIMEOUT_S,
+                             headers={**headers, "Content-Length": str(content_length)})
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"upload to {where} failed: {type(exc).__name__}") from None
+        if resp.status_code == 403:
+            raise UploadUrlExpired(f"upload to {where} refused (403; the URL is valid for one minute): "
+                                   f"{_s3_error(resp.text)}")
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise RetryableError(f"upload to {where} failed: HTTP {resp.status_code}")
+        if resp.status_code >= 300:
+            raise M3terApiError(f"upload to {where} refused: HTTP {resp.status_code} {_s3_error(resp.text)}",
+                                entity="fileuploads/measurements", status=resp.status_code)
+
     # -- Airflow UI -----------------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:
         try:
@@ -1060,3 +1134,6 @@ class M3terAsyncHook(M3terHook):
 
     async def aquery_usage(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._arequest("query_usage", body)  # type: ignore[no-any-return]
+
+    async def aget_upload_job(self, job_id: str) -> dict[str, Any]:
+        return await self._arequest("get_upload_job", id=job_id)  # type: ignore[no-any-return]

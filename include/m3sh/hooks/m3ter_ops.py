@@ -109,6 +109,13 @@ OPS: dict[str, Op] = {
     # usage
     "submit_measurements": Op("POST", "measurements", "usage.submit", host="ingest"),
     "query_usage": Op("POST", "usage/query", "usage.query"),
+    # measurement file uploads (the File Upload Service; on the Config API host, like the SDK sends them)
+    "generate_upload_url": Op("POST", "fileuploads/measurements/generateUploadUrl",
+                              "usage.file_uploads.generate_upload_url"),
+    "list_upload_jobs": Op("GET", "fileuploads/measurements/jobs", "usage.file_uploads.jobs.list"),
+    "get_upload_job": Op("GET", "fileuploads/measurements/jobs/{id}", "usage.file_uploads.jobs.retrieve"),
+    "get_upload_job_original": Op("GET", "fileuploads/measurements/jobs/{id}/original",
+                                  "usage.file_uploads.jobs.get_original_download_url"),
     # data exports
     "create_adhoc_data_export": Op("POST", "dataexports/adhoc", "data_exports.create_adhoc"),
     "get_data_export_job": Op("GET", "dataexports/jobs/{id}", "data_exports.jobs.retrieve"),

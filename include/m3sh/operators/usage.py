@@ -135,6 +135,12 @@ class S3UsageToM3terOperator(M3terBaseOperator[M3terHook]):
         results = [ingest_s3_object(feed=feed, key=key, m3ter=self.hook, source_storage=source, state=state,
                                     account_exists=lookup, batch_size=self.batch_size,
                                     max_in_flight=self.max_in_flight).to_dict() for key in keys]
+        from m3sh.usage.bulk import finish_all, pending_job_ids, wait_jobs
+
+        job_ids = pending_job_ids(results)
+        if job_ids:  # a feed with bulk_min_bytes: m3ter's file upload jobs, awaited here (no deferral)
+            jobs, error = wait_jobs(self.hook, job_ids, poll_interval=5.0, timeout_s=6 * 3600.0)
+            results = finish_all(results, jobs, state, error)
         # Counts are this run's work: a file its manifest skips was counted by the run that ingested it.
         done_now = [r for r in results if r["status"] != "skipped"]
         summary: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in done_now) for k in COUNTED}

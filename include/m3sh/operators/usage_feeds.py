@@ -107,9 +107,13 @@ class M3terUsageFeedsIngestOperator(M3terLazyOperator):
     :param aws_conn_id: Airflow AWS connection of that bucket.
     :param batch_size: measurements per request (m3ter accepts up to 1000).
     :param max_in_flight: ingest requests one file keeps in flight.
+    :param deferrable: objects sent through m3ter's file uploads (a feed's ``bulk_min_bytes``) are
+        awaited by :class:`~m3sh.triggers.m3ter_uploads.M3terUploadJobsTrigger` on the triggerer,
+        freeing the worker slot; else polled here.
 
     Returns one result per object (or feed window): ``{"feed", "key", "status", "rows_read",
-    "accepted", "rejected", "batches_sent", "dead_letter_key", "error", ...}``.
+    "accepted", "rejected", "batches_sent", "dead_letter_key", "error", ...}`` (bulk objects also
+    ``"jobs"``, ``"bulk_processed"``, ``"bulk_failed"``, ``"m3ter_dead_letter_key"``).
     """
 
     template_fields: Sequence[str] = (*M3terLazyOperator.template_fields, "chunk", "preview", "scan_all")
@@ -118,8 +122,9 @@ class M3terUsageFeedsIngestOperator(M3terLazyOperator):
     def __init__(self, *, chunk: Any, feeds: FeedArg = None, config: ConfigArg = None, preview: bool | str = False,
                  scan_all: bool | str = False, bucket: str | None = None, prefix: str = "m3sh/",
                  aws_conn_id: str = "aws_default", batch_size: int = 1000, max_in_flight: int = 4,
-                 **kwargs: Any) -> None:
+                 deferrable: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.deferrable = deferrable
         inline: dict[str, Any] = {"ingest_batch_size": batch_size, "ingest_requests_in_flight": max_in_flight}
         if config is None:
             inline["storage"] = storage_settings(self.task_id, bucket, prefix, aws_conn_id)
@@ -142,12 +147,42 @@ class M3terUsageFeedsIngestOperator(M3terLazyOperator):
         scan_all = flag(self.task_id, "scan_all", self.scan_all)
         start, end = (None, None) if scan_all else (context.get("data_interval_start"),
                                                     context.get("data_interval_end"))
-        m3ter = self.settings.m3ter
-        return ingest_chunk(feed, list(chunk.get("keys") or []), m3ter=self.hook,
-                            state=Storage.from_config(self.settings.storage), start=start, end=end,
-                            dry_run=flag(self.task_id, "preview", self.preview),
-                            progress_every=self.settings.usage.progress_every_rows,
-                            batch_size=m3ter.ingest_batch_size, max_in_flight=m3ter.ingest_requests_in_flight)
+        m3ter, usage = self.settings.m3ter, self.settings.usage
+        results = ingest_chunk(feed, list(chunk.get("keys") or []), m3ter=self.hook,
+                               state=Storage.from_config(self.settings.storage), start=start, end=end,
+                               dry_run=flag(self.task_id, "preview", self.preview),
+                               progress_every=usage.progress_every_rows, batch_size=m3ter.ingest_batch_size,
+                               max_in_flight=m3ter.ingest_requests_in_flight, await_jobs=not self.deferrable,
+                               poll_interval=usage.bulk_poll_interval_s, timeout_s=usage.bulk_timeout_s)
+        from m3sh.usage.bulk import pending_job_ids
+
+        job_ids = pending_job_ids(results)
+        if not job_ids:
+            return results
+        from m3sh.triggers.m3ter_uploads import M3terUploadJobsTrigger
+
+        self.log.info("%d file upload job(s) sent to m3ter; deferring until they finish", len(job_ids))
+        # The results travel with the trigger and come back in its event (small dicts); the
+        # manifests say "awaiting" meanwhile, so a retry of this task only waits again.
+        self.defer(trigger=M3terUploadJobsTrigger(job_ids=job_ids, m3ter_conn_id=self.m3ter_conn_id,
+                                                  poll_interval=usage.bulk_poll_interval_s,
+                                                  timeout_s=usage.bulk_timeout_s, carry=results),
+                   method_name="execute_complete")
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The chunk's results with every awaited file upload job finished (or the files failed,
+        naming the jobs: the next run re-uses finished jobs and re-sends the rest)."""
+        from m3sh.storage import Storage
+        from m3sh.usage.bulk import finish_all
+
+        event = event or {}
+        results = event.get("carry")
+        if not isinstance(results, list):
+            raise AirflowFailException(f"{self.task_id}: the file upload trigger returned no results: {event}")
+        error = None if event.get("status") == "success" else str(event.get("message") or "no trigger event")
+        self.log.info("file upload jobs: %s", event.get("message"))
+        return finish_all(results, dict(event.get("jobs") or {}),
+                          Storage.from_config(self.settings.storage), error)
 
 
 class M3terUsageFeedsSummaryOperator(BaseOperator):
@@ -157,7 +192,8 @@ class M3terUsageFeedsSummaryOperator(BaseOperator):
     :param planned: what :class:`M3terUsageFeedsPlanOperator` returned. (templated)
     :param results: what the :class:`M3terUsageFeedsIngestOperator` tasks returned. (templated)
 
-    Returns ``{"rows_read", "accepted", "rejected", "batches_sent", "files", "skipped", "failed",
+    Returns ``{"rows_read", "accepted", "rejected", "batches_sent", "bulk_processed", "bulk_failed",
+    "bulk_files", "files", "skipped", "failed",
     "dead_letter_keys"}``.
     """
 

@@ -230,7 +230,9 @@ class Sandbox:
         env = {**os.environ, "M3SH_PLATFORM_SMTP_PORT": str(self.endpoints.port_base + SMTP_OFFSET),
                # moto's request recorder (/moto-api/recorder/..., off until started) writes here, not
                # to ./moto_recording in the root
-               "MOTO_RECORDER_FILEPATH": str(self.dir / "moto-recording.jsonl")}
+               "MOTO_RECORDER_FILEPATH": str(self.dir / "moto-recording.jsonl"),
+               # where the m3ter emulator's file upload service keeps uploaded files (as m3ter does in S3)
+               **({"M3SH_SANDBOX_MOTO_URL": self.endpoints.url("moto")} if "moto" in self.names else {})}
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root, env=env
         )

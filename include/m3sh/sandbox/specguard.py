@@ -475,8 +475,9 @@ class SystemSpec:
 SYSTEMS = {
     "m3ter": SystemSpec("m3ter", ("m3ter/m3ter-openapi.json",), _m3ter_auth, _m3ter_client,
                         # the S3 pre-signed URL that GET .../dataexports/jobs/{jobId}/getdownloadurl
-                        # hands out (m3sh.sandbox.m3ter.dataexports.DOWNLOAD_PATH)
-                        not_api=("/_downloads/",)),
+                        # hands out (m3sh.sandbox.m3ter.dataexports.DOWNLOAD_PATH), and the S3
+                        # pre-signed upload/download URLs of the file upload service (fileuploads.UPLOAD_PATH)
+                        not_api=("/_downloads/", "/_uploads/")),
     "hubspot": SystemSpec(
         "hubspot",
         tuple(f"hubspot/{n}.json" for n in

@@ -58,6 +58,13 @@ class FileResult:
     etag: str = ""
     manifest_version: int = MANIFEST_VERSION
     finished_at: str | None = None
+    # bulk (m3ter file uploads, m3sh.usage.bulk): status "awaiting" until the jobs finish
+    mode: str = "request"  # request | bulk
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # {part, file_name, job_id, rows, bytes[, status]}
+    bulk_started_at: str | None = None
+    bulk_processed: int = 0  # rows m3ter's jobs processed / reported failed
+    bulk_failed: int = 0
+    m3ter_dead_letter_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,15 +214,27 @@ def ingest_s3_object(
     batch_size: int = 1000,
     max_in_flight: int = 4,
 ) -> FileResult:
-    """Ingest one object of ``feed``; never raises for bad rows, raises BadFile only via the result."""
+    """Ingest one object of ``feed``; never raises for bad rows, raises BadFile only via the result.
+
+    An object of at least ``feed.bulk_min_bytes`` goes through m3ter's file uploads
+    (:mod:`m3sh.usage.bulk`) and comes back ``awaiting`` its jobs (see :func:`m3sh.usage.bulk.finish_bulk`)."""
     t0 = time.monotonic()
     head = source_storage.client.head_object(Bucket=source_storage.bucket, Key=key)
     etag = str(head.get("ETag", "")).strip('"')
     mkey = manifest_key(state, feed.name, key, etag)
     source = f"s3://{source_storage.bucket}/{key}"
-    result = _resume(state.get_json(mkey) or {}, feed.name, key, etag, source)
-    if result.status == "skipped":
+    previous = state.get_json(mkey) or {}
+    result = _resume(previous, feed.name, key, etag, source)
+    if result.status in ("skipped", "awaiting"):
         return result
+    bulk = (not dry_run and feed.bulk_min_bytes is not None
+            and int(head.get("ContentLength", 0)) >= feed.bulk_min_bytes)
+    if bulk:
+        # Every part is rebuilt (deterministically) and matched to m3ter's jobs by file name, so a
+        # retry starts at row 0; the first attempt's time bounds the job listing.
+        result.mode, result.rows_sent, result.batches_sent = "bulk", 0, 0
+        result.bulk_started_at = previous.get("bulk_started_at") or dt.datetime.now(dt.UTC).isoformat()
+        state.put_json(mkey, {**result.to_dict(), "status": "in_progress"})
     builder = MeasurementBuilder(feed, account_exists, now=now)
     body = _CountingStream(source_storage.client.get_object(Bucket=source_storage.bucket, Key=key)["Body"])
     progress = _Progress(source, int(head.get("ContentLength", 0)), progress_every)
@@ -224,6 +243,10 @@ def ingest_s3_object(
     measurements = _valid_measurements(_rows(body, source, key, feed), builder, result, source=source, dead=dead,
                                        tick=lambda: progress.maybe_log(result.rows_read, body.bytes_read),
                                        resume_after=result.rows_sent)
+    if bulk:
+        _send_bulk(measurements, feed=feed, key=key, etag=etag, m3ter=m3ter, result=result,
+                   checkpoint=lambda: state.put_json(mkey, {**result.to_dict(), "status": "in_progress"}))
+        return _finish_file(result, t0, dead, state, source, body, mkey, dry_run)
 
     def confirmed(size: int) -> None:
         result.batches_sent += 1
@@ -251,14 +274,33 @@ def ingest_s3_object(
             raise
         else:
             result.status = "complete"
+    return _finish_file(result, t0, dead, state, source, body, mkey, dry_run)
+
+
+def _send_bulk(measurements: Iterator[dict[str, Any]], *, feed: UsageFeed, key: str, etag: str, m3ter: M3terHook,
+               result: FileResult, checkpoint: Callable[[], object]) -> None:
+    from m3sh.usage.bulk import send_bulk
+
+    try:
+        send_bulk(measurements, m3ter=m3ter, feed=feed.name, key=key, etag=etag, part_bytes=feed.bulk_part_bytes,
+                  started_at=str(result.bulk_started_at), result=result, checkpoint=checkpoint)
+    except BadFile as exc:
+        result.status, result.error = "failed", str(exc)
+        log.error("%s", exc)
+    else:
+        result.status = "awaiting"
+
+
+def _finish_file(result: FileResult, t0: float, dead: IO[bytes], state: Storage, source: str,  # noqa: PLR0917
+                 body: _CountingStream, mkey: str, dry_run: bool) -> FileResult:
     result.seconds = round(time.monotonic() - t0, 3)
     _store_dead_letters(result, dead, state, source)
     result.finished_at = dt.datetime.now(dt.UTC).isoformat()
-    if result.status == "complete" and result.rows_read == 0:
+    if result.status in ("complete", "awaiting") and result.rows_read == 0:
         # A quiet hour is often exported as an empty file: nothing to send, and not a failure.
         log.info("%s: no rows (%s); not an error", source,
                  "0 bytes" if body.bytes_read == 0 else "only a header, a byte-order mark or blank lines")
-    if not dry_run and result.status == "complete":
+    if not dry_run and result.status in ("complete", "awaiting"):
         state.put_json(mkey, result.to_dict())
     log.info("%s: %s — read %d, accepted %d, rejected %d, %d batch(es) in %.1fs", source, result.status,
              result.rows_read, result.accepted, result.rejected, result.batches_sent, result.seconds)
@@ -299,6 +341,11 @@ def _resume(previous: dict[str, Any], feed: str, key: str, etag: str, source: st
     if previous.get("status") == "complete":
         log.info("usage file %s already ingested (%s rows accepted); skipping", source, previous.get("accepted"))
         return FileResult(**{**previous, "status": "skipped"})
+    if previous.get("status") == "awaiting" and previous.get("etag") == etag:
+        # Every part is uploaded already (m3sh.usage.bulk): only the jobs remain to be awaited.
+        log.info("usage file %s: %d file upload job(s) already sent; awaiting them", source,
+                 len(previous.get("jobs") or []))
+        return FileResult(**previous)
     resume_after = int(previous.get("rows_sent", 0)) if previous.get("etag") == etag else 0
     if resume_after:
         log.info("resuming %s after %d confirmed measurements", source, resume_after)

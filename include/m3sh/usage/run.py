@@ -16,7 +16,9 @@ from m3sh.runs import MAX_MAP, StepOutcome, chunked
 
 log = logging.getLogger(__name__)
 
-COUNTED = ("rows_read", "accepted", "rejected", "batches_sent")
+# batches_sent: Ingest API requests, or files uploaded on the bulk path; bulk_processed/bulk_failed:
+# the rows m3ter's file upload jobs processed / reported failed.
+COUNTED = ("rows_read", "accepted", "rejected", "batches_sent", "bulk_processed", "bulk_failed")
 
 
 class TooManyChunks(ValueError):
@@ -53,9 +55,15 @@ def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start
 
 def ingest_chunk(feed: UsageFeed, keys: Sequence[str], *, m3ter: Any, state: Any, start: dt.datetime | None,
                  end: dt.datetime | None, dry_run: bool = False, progress_every: int = 50_000,
-                 batch_size: int = 1000, max_in_flight: int = 4) -> list[dict[str, Any]]:
+                 batch_size: int = 1000, max_in_flight: int = 4, await_jobs: bool = True,
+                 poll_interval: float = 10.0, timeout_s: float = 6 * 3600.0) -> list[dict[str, Any]]:
     """Ingest one chunk: each S3 object in ``keys`` (a bad file fails only itself, in its result),
-    or the HTTP feed's ``[start, end)`` window. One :class:`~m3sh.usage.ingest.FileResult` dict each."""
+    or the HTTP feed's ``[start, end)`` window. One :class:`~m3sh.usage.ingest.FileResult` dict each.
+
+    Objects sent through m3ter's file uploads (``feed.bulk_min_bytes``) come back ``awaiting`` their
+    jobs unless ``await_jobs``: then this polls them (every ``poll_interval`` s, for at most
+    ``timeout_s``) and finishes them (:func:`m3sh.usage.bulk.finish_all`); a deferring operator
+    leaves that to its trigger instead."""
     from m3sh.storage import Storage
     from m3sh.usage.ingest import AccountLookup, ingest_s3_object
 
@@ -66,9 +74,16 @@ def ingest_chunk(feed: UsageFeed, keys: Sequence[str], *, m3ter: Any, state: Any
         return [ingest_http_feed(feed=feed, m3ter=m3ter, state=state, account_exists=lookup, start=start, end=end,
                                  dry_run=dry_run).to_dict()]
     src = Storage(feed.conn_id, feed.bucket or "")
-    return [ingest_s3_object(feed=feed, key=key, m3ter=m3ter, source_storage=src, state=state,
-                             account_exists=lookup, progress_every=progress_every, batch_size=batch_size,
-                             max_in_flight=max_in_flight, dry_run=dry_run).to_dict() for key in keys]
+    results = [ingest_s3_object(feed=feed, key=key, m3ter=m3ter, source_storage=src, state=state,
+                                account_exists=lookup, progress_every=progress_every, batch_size=batch_size,
+                                max_in_flight=max_in_flight, dry_run=dry_run).to_dict() for key in keys]
+    from m3sh.usage.bulk import finish_all, pending_job_ids, wait_jobs
+
+    job_ids = pending_job_ids(results)
+    if not await_jobs or not job_ids:
+        return results
+    jobs, error = wait_jobs(m3ter, job_ids, poll_interval=poll_interval, timeout_s=timeout_s)
+    return finish_all(results, jobs, state, error)
 
 
 def summarize(planned: Sequence[dict[str, Any]], results: Sequence[list[dict[str, Any]] | None]) -> StepOutcome:
@@ -82,7 +97,9 @@ def summarize(planned: Sequence[dict[str, Any]], results: Sequence[list[dict[str
     failed = [r for r in flat if r["status"] == "failed"]
     totals["failed"] = len(failed)
     lost_chunks = len(planned) - len(done)
-    totals["dead_letter_keys"] = [r["dead_letter_key"] for r in flat if r.get("dead_letter_key")]
+    totals["dead_letter_keys"] = [k for r in flat for k in (r.get("dead_letter_key"), r.get("m3ter_dead_letter_key"))
+                                  if k]
+    totals["bulk_files"] = sum(len(r.get("jobs") or []) for r in flat if r.get("mode") == "bulk")
     log.info("usage ingest summary: %s", totals)
     if lost_chunks > 0:
         reported = {(r["feed"], r["key"]) for r in flat}

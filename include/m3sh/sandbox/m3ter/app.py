@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m3sh.sandbox import credentials as cred
 from m3sh.sandbox.common import ASGIApp, Emulator, HostGate, Receive, Scope, Send, WindowLimiter
-from m3sh.sandbox.m3ter import ingest, notify
+from m3sh.sandbox.m3ter import fileuploads, ingest, notify
 from m3sh.sandbox.m3ter.schemas import ApiError
 from m3sh.sandbox.m3ter.store import Store, new_id, public
 from m3sh.sandbox.m3ter.timeutil import now_iso
@@ -75,6 +75,7 @@ class M3terEmulator(Emulator):
         super().__init__()
         self.store = Store(cred.M3TER_ORG_ID)
         self.usage = ingest.UsageStore()
+        self.uploads = fileuploads.UploadState()
         self.tokens: dict[str, float] = {}
         self.token_ttl_s: float = TOKEN_TTL_S
         self.token_requests = 0
@@ -107,6 +108,7 @@ class M3terEmulator(Emulator):
         from m3sh.sandbox.m3ter import bulk
 
         self.admin_actions["bulk_seed"] = lambda body: bulk.admin_bulk_seed(self, body)
+        self.admin_actions["fileuploads"] = lambda body: fileuploads.admin_settings(self, body)
 
     def listener_apps(self) -> dict[str, Any]:
         return {"ingest": self.ingest_app}
@@ -119,6 +121,7 @@ class M3terEmulator(Emulator):
             raise ValueError(f"unknown seed {seed!r}; use 'demo' or 'empty'")
         self.store = Store(cred.M3TER_ORG_ID)
         self.usage = ingest.UsageStore()
+        self.uploads = fileuploads.UploadState()
         self.tokens = {}
         self.token_ttl_s = TOKEN_TTL_S
         self.token_requests = 0
@@ -172,6 +175,7 @@ class M3terEmulator(Emulator):
             "events": [public(e) for e in store.events.values()][-500:],
             "event_count": len(store.events),
             "usage": self.usage.snapshot(),
+            "file_uploads": fileuploads.snapshot(self.uploads),
             "rate_limited": dict(self.rate_limited),
             "webhook_deliveries": list(self.webhooks.deliveries),
         }
@@ -256,6 +260,7 @@ class M3terEmulator(Emulator):
             return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code)
 
         routes_misc.register(api, self)
+        fileuploads.register(api, self)
         billing.register(api, self)
         dataexports.register(api, self)
         routes_config.register(api, self)
@@ -330,7 +335,10 @@ class M3terEmulator(Emulator):
             self._store_batch(batch)
         await _respond(send, 200, {"result": "accepted"})
 
-    def _store_batch(self, batch: list[ingest.Measurement]) -> None:
+    def _store_batch(self, batch: list[ingest.Measurement]) -> int:
+        """Store a validated batch (caller holds the lock); the number of measurements that failed
+        m3ter's asynchronous validation (each also an ``ingest.validation.failure`` event)."""
+        failed = 0
         usage = self.usage
         uids = usage.uids
         store = self.store
@@ -345,6 +353,7 @@ class M3terEmulator(Emulator):
                     self._ingest_failure(
                         "DuplicateUid", m, "A measurement with this uid was already ingested"
                     )
+                    failed += 1
                     continue
                 uids.add(m.uid)
             meter_ok = known_meters.get(m.meter)
@@ -352,6 +361,7 @@ class M3terEmulator(Emulator):
                 meter_ok = known_meters[m.meter] = store.find("meters", "code", m.meter) is not None
             if not meter_ok:
                 self._ingest_failure("UndefinedMeter", m, f"Meter code {m.meter!r} is not defined")
+                failed += 1
                 continue
             if m.account not in known_accounts:
                 if store.find("accounts", "code", m.account) is None:
@@ -359,6 +369,7 @@ class M3terEmulator(Emulator):
                     store.insert("accounts", {"code": m.account, "name": m.account})
                 known_accounts.add(m.account)
             usage.add(m)
+        return failed
 
     def _ingest_failure(self, failure: str, m: ingest.Measurement, message: str) -> None:
         stamp = now_iso()

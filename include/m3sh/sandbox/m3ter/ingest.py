@@ -68,54 +68,57 @@ def parse_batch(raw: bytes) -> list[Measurement]:
     if not 1 <= len(items) <= MAX_ITEMS:
         raise ApiError(400, f"measurements: must contain between 1 and {MAX_ITEMS} items (got {len(items)})")
     latest = time.time() + FUTURE_SKEW_S
-    out: list[Measurement] = []
-    append = out.append
-    for i, item in enumerate(items):
-        if type(item) is not dict:
-            raise _bad(i, "", "must be an object")
-        account = _code(item, i, "account")
-        meter = _code(item, i, "meter")
-        ts = item.get("ts")
-        if type(ts) is not str or "T" not in ts:
-            raise _bad(i, "ts", "is required and must be an ISO-8601 date-time")
+    return [parse_item(item, i, latest) for i, item in enumerate(items)]
+
+
+def parse_item(item: Any, i: int, latest: float) -> Measurement:
+    """One measurement of a request (or of an uploaded file: m3ter's file upload service validates
+    rows the same way, failing the row instead of the request); raises ApiError naming ``[i].field``.
+    ``latest``: the newest acceptable ``ts`` (now plus the clock skew allowed)."""
+    if type(item) is not dict:
+        raise _bad(i, "", "must be an object")
+    account = _code(item, i, "account")
+    meter = _code(item, i, "meter")
+    ts = item.get("ts")
+    if type(ts) is not str or "T" not in ts:
+        raise _bad(i, "ts", "is required and must be an ISO-8601 date-time")
+    try:
+        parsed = _fromiso(ts)
+    except ValueError:
+        raise _bad(i, "ts", "is not a valid ISO-8601 date-time") from None
+    epoch = (parsed if parsed.tzinfo else parsed.replace(tzinfo=_UTC)).timestamp()
+    if epoch > latest:
+        raise _bad(i, "ts", "must not be in the future")
+    uid = item.get("uid")
+    if uid is not None and (type(uid) is not str or len(uid) > 50):
+        raise _bad(i, "uid", "must be a string of at most 50 characters")
+    ets = item.get("ets")
+    if ets is not None:
         try:
-            parsed = _fromiso(ts)
-        except ValueError:
-            raise _bad(i, "ts", "is not a valid ISO-8601 date-time") from None
-        epoch = (parsed if parsed.tzinfo else parsed.replace(tzinfo=_UTC)).timestamp()
-        if epoch > latest:
-            raise _bad(i, "ts", "must not be in the future")
-        uid = item.get("uid")
-        if uid is not None and (type(uid) is not str or len(uid) > 50):
-            raise _bad(i, "uid", "must be a string of at most 50 characters")
-        ets = item.get("ets")
-        if ets is not None:
-            try:
-                _fromiso(ets)
-            except (TypeError, ValueError):
-                raise _bad(i, "ets", "is not a valid ISO-8601 date-time") from None
-        for name in _NUM_MAPS:
-            values = item.get(name)
-            if values is None:
-                continue
-            if type(values) is not dict:
-                raise _bad(i, name, "must be an object of numbers")
-            for key, value in values.items():
-                if type(value) not in (int, float):
-                    raise _bad(i, f"{name}.{key}", "must be a number")
-        for name in _STR_MAPS:
-            values = item.get(name)
-            if values is None:
-                continue
-            if type(values) is not dict:
-                raise _bad(i, name, "must be an object of strings")
-            for key, value in values.items():
-                if type(value) is not str:
-                    raise _bad(i, f"{name}.{key}", "must be a string")
-                if name == "metadata" and len(value) > 256:
-                    raise _bad(i, f"{name}.{key}", "must be at most 256 characters")
-        append(Measurement(account, meter, epoch, uid, item))
-    return out
+            _fromiso(ets)
+        except (TypeError, ValueError):
+            raise _bad(i, "ets", "is not a valid ISO-8601 date-time") from None
+    for name in _NUM_MAPS:
+        values = item.get(name)
+        if values is None:
+            continue
+        if type(values) is not dict:
+            raise _bad(i, name, "must be an object of numbers")
+        for key, value in values.items():
+            if type(value) not in (int, float):
+                raise _bad(i, f"{name}.{key}", "must be a number")
+    for name in _STR_MAPS:
+        values = item.get(name)
+        if values is None:
+            continue
+        if type(values) is not dict:
+            raise _bad(i, name, "must be an object of strings")
+        for key, value in values.items():
+            if type(value) is not str:
+                raise _bad(i, f"{name}.{key}", "must be a string")
+            if name == "metadata" and len(value) > 256:
+                raise _bad(i, f"{name}.{key}", "must be at most 256 characters")
+    return Measurement(account, meter, epoch, uid, item)
 
 
 class UsageStore:
