@@ -133,6 +133,10 @@ class CrmSource(_Model):
                     "(po_number), or the HubSpot closed-won deal; unlisted keys keep the defaults: "
                     + "; ".join(f"{crm} {m}" for crm, m in DEFAULT_CONTRACT_FIELDS.items()))
     write_back_field: str | None = Field(None, description="CRM field that receives the m3ter account id")
+    plan_field: str | None = Field(
+        None, description="CRM field (Salesforce Account / HubSpot company) that receives the code of the "
+                          "account's current m3ter plan, e.g. after m3sh_plan_triggers switched it (m3ter owns "
+                          "it: written by the to_crm_<source> step of m3sh_crm_sync; None: not written)")
     priority: int = Field(100, description="Lower wins when the same customer is in several CRMs")
 
     def contract_field_map(self) -> dict[CanonicalContractField, str]:
@@ -145,6 +149,8 @@ class CrmSource(_Model):
         out += [(("contract_fields", k), v) for k, v in self.contract_fields.items()]
         if self.write_back_field is not None:
             out.append((("write_back_field",), self.write_back_field))
+        if self.plan_field is not None:
+            out.append((("plan_field",), self.plan_field))
         return out
 
 

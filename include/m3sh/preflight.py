@@ -256,6 +256,9 @@ def needed_hubspot(cfg: M3shConfig) -> dict[str, HubSpotNeeds]:
         if src.write_back_field:
             need.scopes.add("crm.objects.companies.write", f"{why}.write_back_field")
             need.company_properties.add(src.write_back_field, f"{why}.write_back_field")
+        if src.plan_field:
+            need.scopes.add("crm.objects.companies.write", f"{why}.plan_field")
+            need.company_properties.add(src.plan_field, f"{why}.plan_field")
     for src in _enabled_sources(cfg, "hubspot"):  # each portal is written on its own connection
         rule_fields = _crm_fields_of_rules(cfg, src)
         if not rule_fields:
@@ -341,6 +344,8 @@ def _salesforce_source_needs(src: CrmSource, need: _Need) -> None:
         need(src.conn_id, "Account", name, FieldNeed("read", f"{why}.account_fields.{canonical}"))
     if src.write_back_field:
         need(src.conn_id, "Account", src.write_back_field, FieldNeed("text", f"{why}.write_back_field"))
+    if src.plan_field:
+        need(src.conn_id, "Account", src.plan_field, FieldNeed("text", f"{why}.plan_field"))
     for sobject, names in SALESFORCE_READS.items():
         for name in names:
             need(src.conn_id, sobject, name, FieldNeed("read", why))
