@@ -163,6 +163,18 @@ def test_field_edited_in_m3ter_and_salesforce_is_one_conflict_resolved_by_the_ru
     assert conflict["m3ter_changed_at"] and conflict["crm_changed_at"]
     assert conflict["decision"].startswith("m3ter_wins")
 
+    # on the m3sh page, read from S3 as the plugin does
+    from m3sh.config import get_config
+    from m3sh.web.ui import Section, StatusReader, render_page
+
+    section = StatusReader(get_config(), storage).crm()
+    [shown] = section.data["conflicts"]
+    assert (shown["record"], shown["field"], shown["run_id"]) == (customer.salesforce_id, "name", run.run_id)
+    empty = Section(error="not read by this test")
+    page = render_page({"crm": section, **dict.fromkeys(("usage", "invoices", "triggers", "reconcile"), empty)},
+                       empty, user="test")
+    assert "Name From Salesforce" in page and "Name From m3ter" in page and "m3ter_wins: m3ter&#x27;s value" in page
+
     # resolved: the next run finds no conflict and writes nothing
     before = _crm_writes(crm_env)
     rerun = _run()
