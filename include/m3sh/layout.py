@@ -4,7 +4,7 @@ Every key is under the storage prefix (``storage.prefix``, ``m3sh/`` by default)
 
     staging/<dag_id>/<run id>/...                       a run's intermediate files (XComs carry these keys)
     reports/m3sh_crm_sync/<run id>.json                 CRM sync report per run           -> the m3sh page
-    reports/m3sh_crm_sync/to_crm/<run id>/<source>.json m3ter -> CRM diff per run/source
+    reports/to_crm/m3sh_crm_sync/<run id>/<source>.json m3ter -> CRM diff per run and source
     state/crm/to_crm/<source>.json                      per CRM record: m3ter fingerprint, last synced values
     conflicts/crm/<source>/<run id>.json                fields changed on both sides     -> the m3sh page
     reports/<dag_id>/latest.json, runs/<run id>.json    invoice run summaries             -> the m3sh page
@@ -72,8 +72,9 @@ def reconcile_reports(storage: _Keyed, name: str, day: str) -> tuple[str, str, s
 
 # -- m3ter -> CRM ----------------------------------------------------------------------------------
 def crm_outbound_report(storage: _Keyed, dag_id: str, run_id: str, source: str) -> str:
-    """The m3ter -> CRM diff of one run and source (a sub-folder: the page lists run reports flat)."""
-    return storage.key("reports", dag_id, "to_crm", safe_run_id(run_id), f"{source}.json")
+    """The m3ter -> CRM diff of one run and source (not under ``reports/<dag id>/``, whose listing
+    readers take for the CRM -> m3ter run reports)."""
+    return storage.key("reports", "to_crm", dag_id, safe_run_id(run_id), f"{source}.json")
 
 
 def crm_outbound_state(storage: _Keyed, source: str) -> str:

@@ -253,6 +253,8 @@ def needed_hubspot(cfg: M3shConfig) -> dict[str, HubSpotNeeds]:
             need.scopes.add(f"crm.objects.{obj}.read", why)
         for canonical, prop in src.account_fields.items():
             need.company_properties.add(prop, f"{why}.account_fields.{canonical}")
+            if cfg.crm.ownership.owner_of(canonical) != "crm_wins":  # m3ter -> CRM writes it (crm.outbound)
+                need.scopes.add("crm.objects.companies.write", f"crm.ownership ({canonical})")
         if src.write_back_field:
             need.scopes.add("crm.objects.companies.write", f"{why}.write_back_field")
             need.company_properties.add(src.write_back_field, f"{why}.write_back_field")

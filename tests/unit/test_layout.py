@@ -26,7 +26,7 @@ def test_every_key_where_existing_buckets_have_it() -> None:
         "m3sh/reports/reconcile/latest.json")
     assert layout.reports_prefix(s, "m3sh_crm_sync") == "m3sh/reports/m3sh_crm_sync/"
     assert layout.crm_outbound_report(s, "m3sh_crm_sync", run, "hubspot") == \
-        "m3sh/reports/m3sh_crm_sync/to_crm/manual__2026-01-01T00_00_00_00_00/hubspot.json"
+        "m3sh/reports/to_crm/m3sh_crm_sync/manual__2026-01-01T00_00_00_00_00/hubspot.json"
     assert layout.crm_outbound_state(s, "salesforce") == "m3sh/state/crm/to_crm/salesforce.json"
     assert layout.crm_conflicts_prefix(s) == "m3sh/conflicts/crm/"
     assert layout.crm_conflicts(s, "salesforce", run) == \

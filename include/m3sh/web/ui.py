@@ -4,7 +4,8 @@ Mounted by the m3sh plugin at ``/m3sh/ui`` inside the Airflow api-server and sho
 navigation as an external view (an iframe on ``/plugin/m3sh``). Sections:
 
 * **CRM sync**: the last sync per CRM source with record counts, and the recent syncs with what
-  changed in m3ter (reports ``<prefix>reports/m3sh_crm_sync/<run_id>.json``);
+  changed in m3ter (reports ``<prefix>reports/m3sh_crm_sync/<run_id>.json``) and the conflicts the
+  m3ter -> CRM steps recorded (``conflicts/crm/<source>/<run id>.json``);
 * **Usage ingest**: files, rows accepted and rejected per feed (manifests under
   ``manifests/usage/``) and the dead-letter files (``dead-letter/usage/``);
 * **Invoices**: the latest invoice-sync run per destination with its failures and *action needed*
@@ -32,6 +33,7 @@ login page; API clients get 401.
 
 from __future__ import annotations
 
+import collections
 import csv
 import datetime as dt
 import html
@@ -147,9 +149,13 @@ class StatusReader:
                                "last_live_records": last_live and last_live["sources"].get(src.name)})
         notes = [f"showing the newest {len(objs)} of {total} sync reports"] if total > len(objs) else []
         conflicts, files = self._crm_conflicts()
+        per_run = collections.Counter(str(c["run_id"]) for c in conflicts)
+        for r in reports:  # a run's conflicts: the CRM -> m3ter step's plus the m3ter -> CRM steps'
+            r["conflicts"] += per_run.get(str(r["run_id"]), 0)
         if files > self.max_objects:
             notes.append(f"conflicts: showing those of the newest {self.max_objects} of {files} runs with conflicts")
-        return Section(data={"per_source": per_source, "runs": reports, "conflicts": conflicts}, notes=notes)
+        return Section(data={"per_source": per_source, "runs": reports, "conflicts": conflicts[:CONFLICTS_SHOWN]},
+                       notes=notes)
 
     def _crm_conflicts(self) -> tuple[list[dict[str, Any]], int]:
         """Fields changed in m3ter and in a CRM between two syncs (m3sh.crm.outbound), newest first."""
@@ -161,7 +167,7 @@ class StatusReader:
                                                       "crm_value", "m3ter_changed_at", "crm_changed_at",
                                                       "rule", "decision", "run_id")},
                             "at": _iso(obj["LastModified"])})
-        return out[:CONFLICTS_SHOWN], total
+        return out, total
 
     def usage(self) -> Section:
         prefix = layout.usage_manifests_prefix(self.storage)

@@ -170,6 +170,8 @@ def test_field_edited_in_m3ter_and_salesforce_is_one_conflict_resolved_by_the_ru
     section = StatusReader(get_config(), storage).crm()
     [shown] = section.data["conflicts"]
     assert (shown["record"], shown["field"], shown["run_id"]) == (customer.salesforce_id, "name", run.run_id)
+    [summary] = [r for r in section.data["runs"] if r["run_id"] == run.run_id]
+    assert summary["conflicts"] == 1  # counted in the run's row too
     empty = Section(error="not read by this test")
     page = render_page({"crm": section, **dict.fromkeys(("usage", "invoices", "triggers", "reconcile"), empty)},
                        empty, user="test")
