@@ -211,3 +211,32 @@ def test_fill_missing_fills_only_an_empty_crm_field_and_dry_run_reports_the_diff
     assert _sf_account(emptied.salesforce_id)["Billing_Email__c"] == emptied.email
     assert _sf_account(kept.salesforce_id)["Billing_Email__c"] == kept.email
     assert hook.find_account(kept.key)["emailAddress"] == "finance@changed-in-m3ter.example"
+
+
+@pytest.fixture
+def crm_wins_env(fresh_sandbox: Any, airflow_db: Path, m3sh_config: Any) -> Any:
+    m3sh_config()  # the demo config: name is crm_wins (the default)
+    return fresh_sandbox
+
+
+def test_crm_wins_conflict_is_recorded_though_the_crm_to_m3ter_step_overwrote_m3ter(crm_wins_env: Any) -> None:
+    """With ``crm_wins`` the CRM -> m3ter step replaces m3ter's edit before ``to_crm`` runs; the
+    conflict is still found (from that step's report of m3ter's value before it wrote)."""
+    assert _run(run_conf={"full_resync": True}).state == "success"
+    customer = next(c for c in demo_company().customers if c.crm == "salesforce" and not c.in_m3ter)
+    assert customer.salesforce_id
+    hook = _m3ter()
+    account = hook.find_account(customer.key)
+    hook.update_account(account["id"], {"name": "Edited In m3ter"}, current=account)
+    crm_wins_env.admin("salesforce", "set_fields", "POST", sobject="Account", id=customer.salesforce_id,
+                       fields={"Name": "Edited In Salesforce"})
+
+    before = _writes(crm_wins_env, "salesforce")
+    run = _run(run_conf={"full_resync": True})
+    assert run.state == "success"
+    assert hook.find_account(customer.key)["name"] == "Edited In Salesforce"
+    assert _sf_account(customer.salesforce_id)["Name"] == "Edited In Salesforce"
+    assert _writes(crm_wins_env, "salesforce") == before  # the CRM keeps its value: nothing written to it
+    [conflict] = _outbound_report(run, "salesforce")["conflicts"]
+    assert (conflict["field"], conflict["m3ter_value"], conflict["crm_value"], conflict["rule"], conflict["written"]) \
+        == ("name", "Edited In m3ter", "Edited In Salesforce", "crm_wins", None)
