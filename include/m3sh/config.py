@@ -560,6 +560,9 @@ class AlertingConfig(_Model):
     notifiers: list[Notifier] = Field(default_factory=list)
     on_failure: list[str] = Field(default_factory=list, description="Notifier names for failed tasks")
     on_retry: list[str] = Field(default_factory=list)
+    on_conflict: list[str] = Field(
+        default_factory=list, description="Notifier names told when m3sh_crm_sync's m3ter -> CRM step finds "
+                                          "fields changed in m3ter and in a CRM since the last sync")
     send_resolved: bool = Field(True, description="Send a 'resolved' message when an alerted task succeeds again")
     ui_base_url: str = "http://localhost:8080"
 
@@ -643,7 +646,7 @@ class M3shConfig(_Model):
                 if target not in dests:
                     errors.append((("invoicing", "routes", i, "to", j),
                                    f"unknown destination {target!r}; known: {sorted(dests)}"))
-        for section in ("on_failure", "on_retry"):
+        for section in ("on_failure", "on_retry", "on_conflict"):
             for j, name in enumerate(getattr(self.alerting, section)):
                 if name not in notifiers:
                     errors.append((("alerting", section, j), f"unknown notifier {name!r}; known: {sorted(notifiers)}"))

@@ -444,6 +444,12 @@ class M3terToCrmOperator(_CrmStaging, M3terLazyOperator):
                         run_id=context["run_id"], dry_run=_flag(self.task_id, "preview", self.preview),
                         full_resync=_flag(self.task_id, "full_resync", self.full_resync), staged=staged,
                         synced=synced)
+        if result["conflicts_key"]:
+            from m3sh.notifiers.alerts import alert_conflicts
+
+            conflicts = (self._storage().get_json(result["conflicts_key"]) or {}).get("conflicts") or []
+            alert_conflicts(self.settings, dag_id=self.dag_id, task_id=self.task_id, run_id=context["run_id"],
+                            conflicts=conflicts, where=self._storage().uri(result["conflicts_key"]))
         if result["errors"]:
             raise RunFailed(f"{self.task_id}: {failure_message(self.source.name, result['errors'])}",
                             records=[str(e["record"]) for e in result["errors"]])

@@ -17,7 +17,9 @@ from m3sh.sandbox.seed import demo_company
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
 
-NAME_M3TER_WINS = {"      po_number: m3ter_wins\n": "      po_number: m3ter_wins\n      name: m3ter_wins\n"}
+NAME_M3TER_WINS = {"      po_number: m3ter_wins\n": "      po_number: m3ter_wins\n      name: m3ter_wins\n",
+                   "  on_failure: [ops_slack, ops_email]\n": "  on_failure: [ops_slack, ops_email]\n"
+                                                              "  on_conflict: [ops_slack]\n"}
 
 
 @pytest.fixture
@@ -177,12 +179,18 @@ def test_field_edited_in_m3ter_and_salesforce_is_one_conflict_resolved_by_the_ru
                        empty, user="test")
     assert "Name From Salesforce" in page and "Name From m3ter" in page and "m3ter_wins: m3ter&#x27;s value" in page
 
+    # alerted once (alerting.on_conflict), naming the record and field
+    [alert] = [m["text"] for m in crm_env.state("platform")["slack"]]
+    assert "m3sh CRM conflicts: m3sh_crm_sync.to_crm_salesforce" in alert
+    assert f"salesforce {customer.salesforce_id} ({customer.key}) name: m3ter_wins" in alert
+
     # resolved: the next run finds no conflict and writes nothing
     before = _crm_writes(crm_env)
     rerun = _run()
     assert rerun.state == "success"
     assert _outbound_report(rerun, "salesforce")["counts"]["conflicts"] == 0
     assert _crm_writes(crm_env) == before
+    assert len(crm_env.state("platform")["slack"]) == 1
 
 
 def test_fill_missing_fills_only_an_empty_crm_field_and_dry_run_reports_the_diff(crm_env: Any) -> None:
