@@ -141,6 +141,10 @@ class CrmSource(_Model):
                     "(po_number), or the HubSpot closed-won deal; unlisted keys keep the defaults: "
                     + "; ".join(f"{crm} {m}" for crm, m in DEFAULT_CONTRACT_FIELDS.items()))
     write_back_field: str | None = Field(None, description="CRM field that receives the m3ter account id")
+    plan_field: str | None = Field(
+        None, description="CRM field (Salesforce Account / HubSpot company) that receives the code of the "
+                          "account's current m3ter plan, e.g. after m3sh_plan_triggers switched it (m3ter owns "
+                          "it: written by the to_crm_<source> step of m3sh_crm_sync; None: not written)")
     priority: int = Field(100, description="Lower wins when the same customer is in several CRMs")
 
     def contract_field_map(self) -> dict[CanonicalContractField, str]:
@@ -153,6 +157,8 @@ class CrmSource(_Model):
         out += [(("contract_fields", k), v) for k, v in self.contract_fields.items()]
         if self.write_back_field is not None:
             out.append((("write_back_field",), self.write_back_field))
+        if self.plan_field is not None:
+            out.append((("plan_field",), self.plan_field))
         return out
 
 
@@ -625,6 +631,9 @@ class AlertingConfig(_Model):
     notifiers: list[Notifier] = Field(default_factory=list)
     on_failure: list[str] = Field(default_factory=list, description="Notifier names for failed tasks")
     on_retry: list[str] = Field(default_factory=list)
+    on_conflict: list[str] = Field(
+        default_factory=list, description="Notifier names told when m3sh_crm_sync's m3ter -> CRM step finds "
+                                          "fields changed in m3ter and in a CRM since the last sync")
     send_resolved: bool = Field(True, description="Send a 'resolved' message when an alerted task succeeds again")
     ui_base_url: str = "http://localhost:8080"
 
@@ -708,7 +717,7 @@ class M3shConfig(_Model):
                 if target not in dests:
                     errors.append((("invoicing", "routes", i, "to", j),
                                    f"unknown destination {target!r}; known: {sorted(dests)}"))
-        for section in ("on_failure", "on_retry"):
+        for section in ("on_failure", "on_retry", "on_conflict"):
             for j, name in enumerate(getattr(self.alerting, section)):
                 if name not in notifiers:
                     errors.append((("alerting", section, j), f"unknown notifier {name!r}; known: {sorted(notifiers)}"))

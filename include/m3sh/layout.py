@@ -4,6 +4,9 @@ Every key is under the storage prefix (``storage.prefix``, ``m3sh/`` by default)
 
     staging/<dag_id>/<run id>/...                       a run's intermediate files (XComs carry these keys)
     reports/m3sh_crm_sync/<run id>.json                 CRM sync report per run           -> the m3sh page
+    reports/to_crm/m3sh_crm_sync/<run id>/<source>.json m3ter -> CRM diff per run and source
+    state/crm/to_crm/<source>.json                      per CRM record: m3ter fingerprint, last synced values
+    conflicts/crm/<source>/<run id>.json                fields changed on both sides     -> the m3sh page
     reports/<dag_id>/latest.json, runs/<run id>.json    invoice run summaries             -> the m3sh page
     reports/<name>/<day>/report.html|.csv, latest.json  reconciliation reports            -> the m3sh page
     manifests/usage/<feed>/<digest>.json                one per usage object (key + ETag) -> the m3sh page
@@ -68,6 +71,27 @@ def reconcile_reports(storage: _Keyed, name: str, day: str) -> tuple[str, str, s
     """``(report.html, report.csv, latest.json)``."""
     return (storage.key("reports", name, day, "report.html"), storage.key("reports", name, day, "report.csv"),
             latest_report(storage, name))
+
+
+# -- m3ter -> CRM ----------------------------------------------------------------------------------
+def crm_outbound_report(storage: _Keyed, dag_id: str, run_id: str, source: str) -> str:
+    """The m3ter -> CRM diff of one run and source (not under ``reports/<dag id>/``, whose listing
+    readers take for the CRM -> m3ter run reports)."""
+    return storage.key("reports", "to_crm", dag_id, safe_run_id(run_id), f"{source}.json")
+
+
+def crm_outbound_state(storage: _Keyed, source: str) -> str:
+    """Per CRM record of ``source``: the m3ter fingerprint and each field's last synced values."""
+    return storage.key("state", "crm", "to_crm", f"{source}.json")
+
+
+def crm_conflicts_prefix(storage: _Keyed) -> str:
+    return storage.key("conflicts", "crm") + "/"
+
+
+def crm_conflicts(storage: _Keyed, source: str, run_id: str) -> str:
+    """Fields of ``source`` changed in m3ter and in the CRM since the last sync, found by one run."""
+    return storage.key("conflicts", "crm", source, f"{safe_run_id(run_id)}.json")
 
 
 # -- usage ingest -----------------------------------------------------------------------------------

@@ -253,9 +253,16 @@ def needed_hubspot(cfg: M3shConfig) -> dict[str, HubSpotNeeds]:
             need.scopes.add(f"crm.objects.{obj}.read", why)
         for canonical, prop in src.account_fields.items():
             need.company_properties.add(prop, f"{why}.account_fields.{canonical}")
-        if src.write_back_field:
-            need.scopes.add("crm.objects.companies.write", f"{why}.write_back_field")
-            need.company_properties.add(src.write_back_field, f"{why}.write_back_field")
+        # m3sh writes these to the company: the m3ter id, the plan, fields m3ter owns or fills (crm.outbound)
+        written: list[tuple[str, str | None]] = [
+            (f"{why}.{key}", name) for key, name in (("write_back_field", src.write_back_field),
+                                                     ("plan_field", src.plan_field)) if name]
+        written += [(f"crm.ownership ({canonical})", None) for canonical in src.account_fields
+                    if cfg.crm.ownership.owner_of(canonical) != "crm_wins"]
+        for reason, name in written:
+            need.scopes.add("crm.objects.companies.write", reason)
+            if name:
+                need.company_properties.add(name, reason)
     for src in _enabled_sources(cfg, "hubspot"):  # each portal is written on its own connection
         rule_fields = _crm_fields_of_rules(cfg, src)
         if not rule_fields:
@@ -357,6 +364,8 @@ def _salesforce_source_needs(src: CrmSource, need: _Need) -> None:
         need(src.conn_id, "Account", name, FieldNeed("read", f"{why}.account_fields.{canonical}"))
     if src.write_back_field:
         need(src.conn_id, "Account", src.write_back_field, FieldNeed("text", f"{why}.write_back_field"))
+    if src.plan_field:
+        need(src.conn_id, "Account", src.plan_field, FieldNeed("text", f"{why}.plan_field"))
     for sobject, names in SALESFORCE_READS.items():
         for name in names:
             need(src.conn_id, sobject, name, FieldNeed("read", why))

@@ -25,6 +25,12 @@ def test_every_key_where_existing_buckets_have_it() -> None:
         "m3sh/reports/reconcile/2026-01-02/report.html", "m3sh/reports/reconcile/2026-01-02/report.csv",
         "m3sh/reports/reconcile/latest.json")
     assert layout.reports_prefix(s, "m3sh_crm_sync") == "m3sh/reports/m3sh_crm_sync/"
+    assert layout.crm_outbound_report(s, "m3sh_crm_sync", run, "hubspot") == \
+        "m3sh/reports/to_crm/m3sh_crm_sync/manual__2026-01-01T00_00_00_00_00/hubspot.json"
+    assert layout.crm_outbound_state(s, "salesforce") == "m3sh/state/crm/to_crm/salesforce.json"
+    assert layout.crm_conflicts_prefix(s) == "m3sh/conflicts/crm/"
+    assert layout.crm_conflicts(s, "salesforce", run) == \
+        "m3sh/conflicts/crm/salesforce/manual__2026-01-01T00_00_00_00_00.json"
     assert layout.usage_manifest(s, "platform", "abc") == "m3sh/manifests/usage/platform/abc.json"
     assert layout.usage_manifests_prefix(s) == "m3sh/manifests/usage/"
     assert layout.usage_dead_letter(s, "platform", "usage/2026/01.csv") == \

@@ -127,3 +127,24 @@ def read_account_links(source: CrmSource, hook: HubSpotHook | None = None) -> di
         out[str(rec["id"])] = {"m3ter_id": props.get(source.write_back_field) if source.write_back_field else None,
                                "currency": props.get(cur_field) if cur_field else None}
     return out
+
+
+def read_companies_hubspot(source: CrmSource, ids: list[str], fields: list[str],
+                           hook: HubSpotHook | None = None) -> dict[str, tuple[dict[str, Any], str | None]]:
+    """Companies by id -> ``(their properties, hs_lastmodifieddate)`` (batch reads of 100)."""
+    hook = hook or HubSpotHook(hubspot_conn_id=source.conn_id)
+    found = hook.batch_read("companies", ids, sorted({*fields, "hs_lastmodifieddate"}))
+    return {cid: (_props(rec), _props(rec).get("hs_lastmodifieddate") or rec.get("updated_at"))
+            for cid, rec in found.items()}
+
+
+def update_companies_hubspot(source: CrmSource, updates: Mapping[str, Mapping[str, Any]],
+                             hook: HubSpotHook | None = None) -> dict[str, str]:
+    """Batch-update companies' properties; returns ``{company id: error}`` of those HubSpot refused.
+    The plan property is created first when the portal lacks it (as the invoice deal property is)."""
+    hook = hook or HubSpotHook(hubspot_conn_id=source.conn_id)
+    if source.plan_field and any(source.plan_field in props for props in updates.values()):
+        hook.ensure_property("companies", source.plan_field, "m3ter plan",
+                             description="The account's current m3ter plan (written by m3sh)")
+    result = hook.batch_update("companies", [{"id": cid, "properties": dict(props)} for cid, props in updates.items()])
+    return {str(inp.get("id")): str(why) for inp, why in result.failed}

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from m3sh.config import SF_FIELD_NAME, CrmSource
+from m3sh.exceptions import ExternalApiError
 from m3sh.hooks.salesforce import SalesforceSync, soql_literal
 from m3sh.mapping.crm import contract_values, to_crm_account
 from m3sh.models.records import CrmAccount
@@ -119,3 +120,33 @@ def read_account_links(source: CrmSource, sf: SalesforceSync | None = None) -> d
     return {str(rec["Id"]): {"m3ter_id": rec.get(source.write_back_field) if source.write_back_field else None,
                              "currency": rec.get(cur_field) if cur_field else None}
             for rec in sf.query(f"SELECT {', '.join(fields)} FROM Account", sobject="Account")}
+
+
+def read_accounts_salesforce(source: CrmSource, ids: list[str], fields: list[str],
+                             sf: SalesforceSync | None = None) -> dict[str, tuple[dict[str, Any], str | None]]:
+    """Accounts by Id -> ``(their fields, SystemModstamp)`` for the m3ter -> CRM comparison."""
+    bad = sorted(n for n in fields if not re.fullmatch(SF_FIELD_NAME, n))
+    if bad:
+        raise ValueError(f"salesforce {source.name}: {bad} are not Salesforce field API names")
+    sf = sf or SalesforceSync(conn_id=source.conn_id)
+    cols = ", ".join(sorted({"Id", "SystemModstamp", *fields}))
+    out: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for chunk in _chunks(sorted(ids)):
+        for r in sf.query(f"SELECT {cols} FROM Account WHERE Id IN {_in(chunk)}", "Account"):
+            out[str(r["Id"])] = (r, r.get("SystemModstamp"))
+    return out
+
+
+def update_accounts_salesforce(source: CrmSource, updates: Mapping[str, Mapping[str, Any]],
+                               sf: SalesforceSync | None = None) -> dict[str, str]:
+    """PATCH each Account's changed fields (one request per Account: the REST API's record update;
+    the sObject Collections API would batch 200, but the sandbox emulates record updates only).
+    A failed record does not stop the others; returns ``{Account Id: error}`` of the failed."""
+    sf = sf or SalesforceSync(conn_id=source.conn_id)
+    failed: dict[str, str] = {}
+    for acc_id, fields in updates.items():
+        try:
+            sf.update_record("Account", acc_id, fields)
+        except ExternalApiError as exc:  # reported per record; the task fails after the others
+            failed[acc_id] = str(exc)
+    return failed

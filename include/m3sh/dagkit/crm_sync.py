@@ -3,8 +3,9 @@
 Hourly with real data intervals and catch-up, so a backfill of any window re-syncs exactly the
 records changed in it. Graph: ``extract_<source>`` (one per enabled CRM, staged as JSONL in S3) ->
 ``sync_to_m3ter`` (de-duplicate, diff, upsert; report in S3) -> ``write_back_<source>`` (m3ter ids
-into the CRM where missing). XComs carry only keys and counts. The tasks are the operators of
-:mod:`m3sh.operators.crm`, configured from ``m3sh.yaml``.
+into the CRM where missing) -> ``to_crm_<source>`` (m3ter-owned fields and the current plan back
+into the CRM; conflicts recorded: :mod:`m3sh.crm.outbound`). XComs carry only keys and counts.
+The tasks are the operators of :mod:`m3sh.operators.crm`, configured from ``m3sh.yaml``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from airflow.sdk import DAG, Param
 from m3sh.compat import CronDataIntervalTimetable
 from m3sh.config import M3shConfig, get_config
 from m3sh.dagkit.defaults import FROM_PARAM, common_dag_args
-from m3sh.operators.crm import CrmExtractOperator, CrmToM3terSyncOperator, CrmWriteBackOperator
+from m3sh.operators.crm import (
+    CrmExtractOperator,
+    CrmToM3terSyncOperator,
+    CrmWriteBackOperator,
+    M3terToCrmOperator,
+)
 
 log = logging.getLogger(__name__)
 DAG_ID = "m3sh_crm_sync"
@@ -46,6 +52,11 @@ def build_crm_sync_dag(cfg: M3shConfig | None = None) -> DAG:
                                      full_resync=FROM_PARAM.format("full_resync")).output for s in sources]
         synced = CrmToM3terSyncOperator(task_id="sync_to_m3ter", staged=staged, config=cfg,
                                         preview=FROM_PARAM.format("dry_run")).output
-        for s in sources:
-            CrmWriteBackOperator(task_id=f"write_back_{s.name}", synced=synced, source=s, config=cfg)
+        for s, staged_ref in zip(sources, staged, strict=True):
+            # After this source's write-back (same records) and the CRM -> m3ter step, whose report
+            # holds m3ter's values before it wrote (conflicts need them); see m3sh.crm.outbound.
+            CrmWriteBackOperator(task_id=f"write_back_{s.name}", synced=synced, source=s, config=cfg) >> \
+                M3terToCrmOperator(task_id=f"to_crm_{s.name}", source=s, config=cfg, staged=staged_ref,
+                                   synced=synced, full_resync=FROM_PARAM.format("full_resync"),
+                                   preview=FROM_PARAM.format("dry_run"))
     return dag

@@ -70,10 +70,11 @@ def _redact(alert: dict[str, Any]) -> dict[str, Any]:
 
 def format_text(alert: dict[str, Any]) -> str:
     head = {"failure": ":red_circle: m3sh task failed", "retry": ":warning: m3sh task retrying",
-            "resolved": ":white_check_mark: m3sh resolved"}.get(alert["event"], alert["event"])
+            "resolved": ":white_check_mark: m3sh resolved",
+            "conflict": ":twisted_rightwards_arrows: m3sh CRM conflicts"}.get(alert["event"], alert["event"])
     lines = [f"{head}: {alert['dag_id']}.{alert['task_id']}"
              + (f"[{alert['map_index']}]" if alert.get("map_index", -1) not in (-1, None) else ""),
-             f"run {alert['run_id']}, try {alert['try_number']}",
+             f"run {alert['run_id']}" + (f", try {alert['try_number']}" if alert.get("try_number") else ""),
              f"cause: {alert['cause']}"]
     if alert["records"]:
         lines.append("records: " + ", ".join(alert["records"]))
@@ -199,6 +200,34 @@ def post_signed_webhook(conn_id: str, path: str, payload: dict[str, Any]) -> Non
     r = requests.post(url, data=body, timeout=10, headers={"Content-Type": "application/json",
                                                            "X-M3sh-Timestamp": ts, "X-M3sh-Signature": sig})
     r.raise_for_status()
+
+
+def alert_conflicts(cfg: M3shConfig, *, dag_id: str, task_id: str, run_id: str,
+                    conflicts: list[dict[str, Any]], where: str) -> int:
+    """Tell ``alerting.on_conflict`` about fields changed on both sides (m3sh.crm.outbound): one
+    message per run and source, naming each record and field. A channel that fails is logged, never
+    fails the sync (the conflicts are in S3 and on the m3sh page either way). Returns channels sent to."""
+    channels = _channels(cfg, cfg.alerting.on_conflict)
+    if not channels or not conflicts:
+        return 0
+    alert = _redact({
+        "event": "conflict", "dag_id": dag_id, "task_id": task_id, "map_index": -1, "run_id": run_id,
+        "try_number": None, "log_url": None,
+        "cause": f"{len(conflicts)} field(s) changed in m3ter and in the CRM since the last sync; the ownership "
+                 f"rule decided; details in {where}",
+        "records": [f"{c['source']} {c['record']} ({c['account']}) {c['field']}: {c['decision']}"
+                    for c in conflicts[:20]] + ([f"... {len(conflicts) - 20} more"] if len(conflicts) > 20 else []),
+    })
+    text = format_text(alert)
+    sent = 0
+    for channel in channels:
+        try:
+            send(channel, alert, text)
+            sent += 1
+        except Exception:
+            log.exception("m3sh conflict alert channel %s (%s) failed; the alert was: %s", channel.get("name"),
+                          channel.get("type"), text)
+    return sent
 
 
 def _channels(cfg: M3shConfig, names: list[str]) -> list[dict[str, Any]]:

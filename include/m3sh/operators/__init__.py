@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         CrmToM3terSyncOperator,
         CrmWriteBackOperator,
         HubSpotToM3terOperator,
+        M3terToCrmOperator,
         SalesforceToM3terOperator,
     )
     from m3sh.operators.invoicing import (
@@ -61,6 +62,7 @@ _MODULES = {
     "CrmExtractOperator": "m3sh.operators.crm",
     "CrmToM3terSyncOperator": "m3sh.operators.crm",
     "CrmWriteBackOperator": "m3sh.operators.crm",
+    "M3terToCrmOperator": "m3sh.operators.crm",
     "HubSpotToM3terOperator": "m3sh.operators.crm",
     "M3terAnalyticsCommitOperator": "m3sh.operators.analytics",
     "M3terAnalyticsPlanOperator": "m3sh.operators.analytics",
@@ -107,6 +109,7 @@ __all__ = [
     "M3terRulesEvaluateOperator",
     "M3terSetCustomFieldsOperator",
     "M3terSwitchPlanOperator",
+    "M3terToCrmOperator",
     "M3terUsageFeedsIngestOperator",
     "M3terUsageFeedsPlanOperator",
     "M3terUsageFeedsSummaryOperator",

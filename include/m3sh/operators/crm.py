@@ -394,3 +394,63 @@ class HubSpotToM3terOperator(_OneCrmToM3terOperator):
 
     def __init__(self, *, hubspot_conn_id: str = "hubspot_default", **kwargs: Any) -> None:
         super().__init__(conn_id=hubspot_conn_id, **kwargs)
+
+
+class M3terToCrmOperator(_CrmStaging, M3terLazyOperator):
+    """m3ter -> one CRM source: each linked record's fields that m3ter owns (``ownership``
+    ``m3ter_wins``; ``fill_missing`` where the CRM has no value) and the account's current plan
+    (the source's ``plan_field``), written only where the CRM's value differs, so a re-run writes
+    nothing. Fields changed on both sides since the last sync are conflicts: the ownership rule
+    decides, and each is stored in S3 (``conflicts/crm/<source>/<run id>.json``) and counted.
+    Incremental by a per-record fingerprint of m3ter's values kept in S3 (m3ter's account search
+    has no modification filter); see :mod:`m3sh.crm.outbound`.
+
+    :param source: a :class:`~m3sh.config.CrmSource`, its mapping, or its name in ``config``.
+    :param config: supplies the source by name, the ownership rules, every source (to attribute
+        m3ter's external mappings) and the storage. Required.
+    :param staged: what :class:`CrmExtractOperator` returned for this source (its records changed
+        in the CRM are compared too, so a CRM edit of an m3ter-owned field is undone). (templated)
+    :param synced: what :class:`CrmToM3terSyncOperator` returned (its report holds m3ter's values
+        before that step, which conflicts need). (templated)
+    :param full_resync: compare every linked record, whatever the fingerprints. (templated)
+    :param preview: a dry run: store the diff, write nothing. (templated)
+
+    Returns ``{"source", "report_key", "conflicts_key", "counts"}``.
+    """
+
+    template_fields: Sequence[str] = (*M3terLazyOperator.template_fields, "staged", "synced", "full_resync",
+                                      "preview")
+    ui_color = "#fff1e0"
+
+    def __init__(self, *, source: SourceArg, config: M3shConfig, staged: Any = None, synced: Any = None,
+                 full_resync: bool | str = False, preview: bool | str = False, m3ter_conn_id: str | None = None,
+                 aws_conn_id: str = "aws_default", **kwargs: Any) -> None:
+        super().__init__(m3ter_conn_id=m3ter_conn_id or config.m3ter.conn_id, **kwargs)
+        self._init_storage(config, aws_conn_id, None, "m3sh/")
+        self.settings = config
+        self.source = _source(self.task_id, source, config)
+        self.staged = staged
+        self.synced = synced
+        self.full_resync = full_resync
+        self.preview = preview
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from m3sh.crm.outbound import failure_message, to_crm
+        from m3sh.dagkit.errors import RunFailed
+
+        staged = native(self.task_id, "staged", self.staged, dict) if self.staged not in (None, "", "None") else None
+        synced = native(self.task_id, "synced", self.synced, dict) if self.synced not in (None, "", "None") else None
+        result = to_crm(self.hook, self.settings, self.source, self._storage(), dag_id=self.dag_id,
+                        run_id=context["run_id"], dry_run=_flag(self.task_id, "preview", self.preview),
+                        full_resync=_flag(self.task_id, "full_resync", self.full_resync), staged=staged,
+                        synced=synced)
+        if result["conflicts_key"]:
+            from m3sh.notifiers.alerts import alert_conflicts
+
+            conflicts = (self._storage().get_json(result["conflicts_key"]) or {}).get("conflicts") or []
+            alert_conflicts(self.settings, dag_id=self.dag_id, task_id=self.task_id, run_id=context["run_id"],
+                            conflicts=conflicts, where=self._storage().uri(result["conflicts_key"]))
+        if result["errors"]:
+            raise RunFailed(f"{self.task_id}: {failure_message(self.source.name, result['errors'])}",
+                            records=[str(e["record"]) for e in result["errors"]])
+        return {k: result[k] for k in ("source", "report_key", "conflicts_key", "counts")}

@@ -4,7 +4,8 @@ Mounted by the m3sh plugin at ``/m3sh/ui`` inside the Airflow api-server and sho
 navigation as an external view (an iframe on ``/plugin/m3sh``). Sections:
 
 * **CRM sync**: the last sync per CRM source with record counts, and the recent syncs with what
-  changed in m3ter (reports ``<prefix>reports/m3sh_crm_sync/<run_id>.json``);
+  changed in m3ter (reports ``<prefix>reports/m3sh_crm_sync/<run_id>.json``) and the conflicts the
+  m3ter -> CRM steps recorded (``conflicts/crm/<source>/<run id>.json``);
 * **Usage ingest**: files, rows accepted and rejected per feed (manifests under
   ``manifests/usage/``) and the dead-letter files (``dead-letter/usage/``);
 * **Invoices**: the latest invoice-sync run per destination with its failures and *action needed*
@@ -32,6 +33,7 @@ login page; API clients get 401.
 
 from __future__ import annotations
 
+import collections
 import csv
 import datetime as dt
 import html
@@ -65,6 +67,7 @@ CRM_DAG = "m3sh_crm_sync"
 INVOICE_DAG = "m3sh_invoice_sync"
 MAX_OBJECTS = 300  # newest objects read per section (manifests, reports)
 READ_THREADS = 8
+CONFLICTS_SHOWN = 20  # the newest; every conflict stays in S3 (conflicts/crm/<source>/<run id>.json)
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -145,7 +148,26 @@ class StatusReader:
                                "last_live_at": last_live and last_live["at"],
                                "last_live_records": last_live and last_live["sources"].get(src.name)})
         notes = [f"showing the newest {len(objs)} of {total} sync reports"] if total > len(objs) else []
-        return Section(data={"per_source": per_source, "runs": reports}, notes=notes)
+        conflicts, files = self._crm_conflicts()
+        per_run = collections.Counter(str(c["run_id"]) for c in conflicts)
+        for r in reports:  # a run's conflicts: the CRM -> m3ter step's plus the m3ter -> CRM steps'
+            r["conflicts"] += per_run.get(str(r["run_id"]), 0)
+        if files > self.max_objects:
+            notes.append(f"conflicts: showing those of the newest {self.max_objects} of {files} runs with conflicts")
+        return Section(data={"per_source": per_source, "runs": reports, "conflicts": conflicts[:CONFLICTS_SHOWN]},
+                       notes=notes)
+
+    def _crm_conflicts(self) -> tuple[list[dict[str, Any]], int]:
+        """Fields changed in m3ter and in a CRM between two syncs (m3sh.crm.outbound), newest first."""
+        objs, total = self._newest(layout.crm_conflicts_prefix(self.storage))
+        out: list[dict[str, Any]] = []
+        for obj, doc in zip(objs, self._read_many(o["Key"] for o in objs), strict=True):
+            for c in (doc.get("conflicts") or []) if isinstance(doc, dict) else []:
+                out.append({**{k: c.get(k) for k in ("source", "record", "account", "field", "m3ter_value",
+                                                      "crm_value", "m3ter_changed_at", "crm_changed_at",
+                                                      "rule", "decision", "run_id")},
+                            "at": _iso(obj["LastModified"])})
+        return out, total
 
     def usage(self) -> Section:
         prefix = layout.usage_manifests_prefix(self.storage)
@@ -353,7 +375,18 @@ def _crm_html(data: dict[str, Any], ui_base: str) -> str:
           _n(r["created"]), _n(r["updated"]), _n(r["conflicts"]),
           _badge("failed", str(r["errors"])) if r["errors"] else "0", _n(r["m3ter_writes"]), _n(r["write_backs"])]
          for r in runs], numeric=[3, 4, 5, 6, 7, 9, 10])
-    return out + '<p class="note">For a dry run, creates, updates and write-backs are what a live run would do.</p>'
+    out += '<p class="note">For a dry run, creates, updates and write-backs are what a live run would do.</p>'
+    conflicts = data.get("conflicts") or []
+    out += ("<h3 class='sub'>Conflicts (a field changed in m3ter and in the CRM between two syncs; the "
+            "ownership rule decided)</h3>")
+    if not conflicts:
+        return out + '<p class="empty">No conflicts recorded.</p>'
+    return out + _table(
+        ["When", "Run", "Source", "Record", "Account", "Field", "m3ter value", "m3ter changed", "CRM value",
+         "CRM changed", "Decision"],
+        [[_when(c["at"]), _run_link(ui_base, CRM_DAG, c["run_id"]), _e(c["source"]), _e(c["record"]),
+          _e(c["account"]), f"<b>{_e(c['field'])}</b>", _e(c["m3ter_value"]), _when(c["m3ter_changed_at"]),
+          _e(c["crm_value"]), _when(c["crm_changed_at"]), _e(c["decision"])] for c in conflicts])
 
 
 def _usage_html(data: dict[str, Any]) -> str:

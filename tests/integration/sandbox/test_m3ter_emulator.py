@@ -490,3 +490,22 @@ def test_async_client_lists_with_a_token(sb: Any) -> None:
 
     codes = asyncio.run(run())
     assert len(codes) == 24 and len(set(codes)) == 24
+
+
+def test_account_search_honours_only_the_published_filters(sb: Any) -> None:
+    """The spec's searchQuery names its allowed parameters; dtLastModified is not one (which is why
+    m3sh's m3ter -> CRM sync keeps fingerprints instead), so the emulator refuses it."""
+    url = sb.url("m3ter")
+    headers = {"Authorization": f"Bearer {_token(url)}"}
+    path = f"{url}/organizations/{cred.M3TER_ORG_ID}/accounts/search"
+    codes = sorted(a.key for a in seed.demo_company().customers if a.in_m3ter)[:2]
+    r = requests.get(path, params={"searchQuery": f"codes:{','.join(codes)}"}, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    assert sorted(a["code"] for a in r.json()["data"]) == codes
+    r = requests.get(path, params={"searchQuery": "dtCreated>2000-01-01T00:00:00Z", "pageSize": 100},
+                     headers=headers, timeout=10)
+    assert r.status_code == 200 and len(r.json()["data"]) >= len(codes)
+    r = requests.get(path, params={"searchQuery": "dtLastModified>2000-01-01T00:00:00Z"}, headers=headers,
+                     timeout=10)
+    assert r.status_code == 400, r.text
+    assert "dtLastModified" in r.text and "dtCreated" in r.text

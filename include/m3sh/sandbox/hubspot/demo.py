@@ -41,6 +41,7 @@ CUSTOM_PROPERTIES: dict[str, list[tuple[str, str, str, bool]]] = {
         ("billing_currency", "string", "Billing currency", False),
         ("m3ter_account_code", "string", "m3ter account code", False),
         ("m3ter_account_id", "string", "m3ter account id", True),
+        ("m3ter_plan", "string", "m3ter plan", False),
     ],
     "deals": [
         ("contract_start", "date", "Contract start", False),

@@ -203,6 +203,7 @@ OBJECTS: dict[str, ObjectDef] = {
             FieldDef("Owner_Name__c", "string"),
             FieldDef("Billing_Email__c", "email"),
             FieldDef("M3ter_Account_Id__c", "string", external_id=True, unique=True),
+            FieldDef("M3ter_Plan__c", "string"),
             *_last_invoice(),
         ], required=("Name",)),
         _obj("Contact", "003", "Contact", [
