@@ -273,6 +273,12 @@ def needed_hubspot(cfg: M3shConfig) -> dict[str, HubSpotNeeds]:
                 need.company_properties.add(name, why)
                 need.scopes.add("crm.objects.companies.read", why)
                 need.scopes.add("crm.objects.companies.write", why)
+    _hubspot_destination_needs(cfg, out)
+    return out
+
+
+def _hubspot_destination_needs(cfg: M3shConfig, out: dict[str, HubSpotNeeds]) -> None:
+    """The deal scopes and properties of each enabled HubSpot invoice destination."""
     for dest in cfg.invoicing.destinations:
         if isinstance(dest, HubSpotDestination) and dest.enabled:
             need = out.setdefault(dest.conn_id, HubSpotNeeds())
@@ -283,7 +289,6 @@ def needed_hubspot(cfg: M3shConfig) -> dict[str, HubSpotNeeds]:
             if cfg.invoicing.payments.enabled and dest.payment_property:
                 # created on first use like deal_property; listed so preflight shows it
                 need.deal_properties.add(dest.payment_property, f"{why}.payment_property")
-    return out
 
 
 # Salesforce field kinds: what m3sh reads (any type), or writes as text / number / date / a lookup.
