@@ -214,16 +214,16 @@ def test_properties_api_and_unknown_property_errors(client: HubSpot) -> None:
     customer = HUBSPOT_CUSTOMERS[0]
     with pytest.raises(CompaniesApiException) as err:
         client.crm.companies.basic_api.update(customer.hubspot_id,
-                                              SimplePublicObjectInput(properties={"m3ter_plan": "x"}))
+                                              SimplePublicObjectInput(properties={"m3ter_tier": "x"}))
     assert err.value.status == 400 and "PROPERTY_DOESNT_EXIST" in json.loads(err.value.body)["message"]
-    created = props.create("companies", PropertyCreate(name="m3ter_plan", label="m3ter plan", type="string",
+    created = props.create("companies", PropertyCreate(name="m3ter_tier", label="m3ter tier", type="string",
                                                        field_type="text", group_name="m3sh"))
-    assert created.name == "m3ter_plan" and not created.hubspot_defined
+    assert created.name == "m3ter_tier" and not created.hubspot_defined
     updated = client.crm.companies.basic_api.update(customer.hubspot_id,
-                                                    SimplePublicObjectInput(properties={"m3ter_plan": "growth"}))
-    assert updated.properties["m3ter_plan"] == "growth"
+                                                    SimplePublicObjectInput(properties={"m3ter_tier": "growth"}))
+    assert updated.properties["m3ter_tier"] == "growth"
     with pytest.raises(PropertiesApiException) as dup:
-        props.create("companies", PropertyCreate(name="m3ter_plan", label="again", type="string",
+        props.create("companies", PropertyCreate(name="m3ter_tier", label="again", type="string",
                                                  field_type="text", group_name="m3sh"))
     assert dup.value.status == 409
 
