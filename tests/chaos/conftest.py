@@ -11,10 +11,16 @@ import collections
 import datetime as dt
 import gzip
 import json
+import os
 import random
 import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,54 @@ DAG_DEFAULTS = "\ndag_defaults: {retries: 2, retry_delay_s: 0.1, max_retry_delay
 FAST_NETSUITE = {"max_attempts": 6, "backoff_base_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 10}
 USAGE_PREFIX = "usage/chaos/"
 _ALERT_HEAD = re.compile(r"^:red_circle: m3sh task failed: (?P<task>\S+)$")
+# A worker process ingesting one usage file of the demo's S3 feed (the key is argv[1]): what a
+# Celery/Local worker runs, in a process the tests can SIGKILL. {kwargs}: extra ingest arguments.
+USAGE_WORKER = textwrap.dedent("""
+    import sys
+    from m3sh.config import get_config
+    from m3sh.hooks.m3ter import M3terHook
+    from m3sh.storage import Storage
+    from m3sh.usage.ingest import AccountLookup, ingest_s3_object
+
+    cfg = get_config()
+    feed = next(f for f in cfg.usage.feeds if f.name == "platform_files")
+    hook = M3terHook(cfg.m3ter.conn_id)
+    ingest_s3_object(feed=feed, key=sys.argv[1], m3ter=hook, source_storage=Storage(feed.conn_id, feed.bucket),
+                     state=Storage.from_config(cfg.storage), account_exists=AccountLookup(hook){kwargs})
+    print("finished", flush=True)
+""")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.02)
+
+
+def kill_usage_worker_in_flight(chaos: Chaos, key: str, started: Callable[[], bool], what: str, *,
+                                ingest_kwargs: str = "", before_kill: Callable[[], None] | None = None) -> None:
+    """Run :data:`USAGE_WORKER` on ``key``; once ``started()`` holds and a request is in flight at the
+    m3ter emulator, SIGKILL it, then wait until the emulator has finished that request."""
+    script = USAGE_WORKER.replace("{kwargs}", ingest_kwargs)
+    proc = subprocess.Popen([sys.executable, "-c", script, key], env={**os.environ},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        # Generous: the worker imports Airflow first, which takes tens of seconds on a busy machine.
+        wait_for(lambda: started() or proc.poll() is not None, what, 300)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:] if proc.stdout else ""
+        wait_for(lambda: chaos.sb.stats("m3ter")["in_flight"] > 0, "a request in flight", 60)
+        if before_kill is not None:
+            before_kill()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        # the emulator finishes the request that was in flight (its stats count it then)
+        wait_for(lambda: chaos.sb.stats("m3ter")["in_flight"] == 0, "the in-flight request done", 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
 
 
 @dataclass

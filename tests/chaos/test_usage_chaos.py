@@ -7,17 +7,11 @@ task exactly one alert.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from typing import Any
 
 import pytest
 
-from tests.chaos.conftest import USAGE_PREFIX, Chaos, make_usage_file
+from tests.chaos.conftest import USAGE_PREFIX, Chaos, kill_usage_worker_in_flight, make_usage_file
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun, pytest.mark.chaos]
 MEASUREMENTS = "POST /organizations/{id}/measurements"
@@ -33,13 +27,6 @@ def _run(**conf: Any) -> Any:
 
 def _accounts(chaos: Chaos) -> list[str]:
     return sorted(a["code"] for a in chaos.m3ter().list_accounts())
-
-
-def _wait_for(condition: Any, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
-        time.sleep(0.01)
 
 
 def _posts(chaos: Chaos) -> int:
@@ -98,22 +85,6 @@ def test_storm_drops_latency_and_a_truncated_upload_lose_and_duplicate_nothing(
     chaos.assert_dead_lettered([a, b_full, c])
 
 
-_WORKER = textwrap.dedent("""
-    import sys
-    from m3sh.config import get_config
-    from m3sh.hooks.m3ter import M3terHook
-    from m3sh.storage import Storage
-    from m3sh.usage.ingest import AccountLookup, ingest_s3_object
-
-    cfg = get_config()
-    feed = next(f for f in cfg.usage.feeds if f.name == "platform_files")
-    hook = M3terHook(cfg.m3ter.conn_id)
-    # One request in flight, so "killed while batch 8 is in flight" is exact; the DAG's retry below
-    # runs with the configured window (a failure with several in flight: test_usage_ingest_dag).
-    ingest_s3_object(feed=feed, key=sys.argv[1], m3ter=hook, source_storage=Storage(feed.conn_id, feed.bucket),
-                     state=Storage.from_config(cfg.storage), account_exists=AccountLookup(hook), max_in_flight=1)
-    print("finished", flush=True)
-""")
 
 
 def test_worker_killed_mid_batch_then_the_dag_retries_exactly_once(chaos: Chaos) -> None:
@@ -125,31 +96,15 @@ def test_worker_killed_mid_batch_then_the_dag_retries_exactly_once(chaos: Chaos)
     chaos.put_usage(f)
     # slow batches so the kill lands mid-file, while a request is in flight
     chaos.faults("m3ter", path_regex="/measurements$", methods=["POST"], latency_ms=400)
-    proc = subprocess.Popen([sys.executable, "-c", _WORKER, f.key], env={**os.environ},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        # Generous: the worker imports Airflow first, which takes tens of seconds on a busy machine.
-        deadline = time.monotonic() + 300
-        while _posts(chaos) < 7 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:] if proc.stdout else ""
-        assert _posts(chaos) >= 7
-        # batch 8 is on its way (each batch is held 400 ms): kill the worker once the emulator has it
-        _wait_for(lambda: chaos.sb.stats("m3ter")["in_flight"] > 0, "batch 8 in flight", 60)
-        # Up to 4 batches are in flight: the kill may cut one mid-body, and the emulator then sees a
-        # truncated request (the spec guard would count it as m3sh's). Declared for the kill only.
-        chaos.sb.admin("m3ter", "spec", "POST", expect_invalid={
-            "path_regex": "/measurements$", "count": 1, "reason": "a request cut short by the SIGKILL"})
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        # the emulator finishes the request that was in flight (its stats count it then)
-        _wait_for(lambda: chaos.sb.stats("m3ter")["in_flight"] == 0, "the in-flight batch done", 60)
-        chaos.sb.admin("m3ter", "spec", "DELETE")  # the retry's requests are judged in full again
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # Up to 4 batches are in flight in the DAG; the worker here sends one at a time, so "killed while
+    # batch 8 is in flight" is exact (a failure with several in flight: test_usage_ingest_dag). The
+    # kill may still cut the request mid-body, and the emulator then sees a truncated request (the
+    # spec guard would count it as m3sh's): declared for the kill only.
+    kill_usage_worker_in_flight(
+        chaos, f.key, lambda: _posts(chaos) >= 7, "7 batches confirmed", ingest_kwargs=", max_in_flight=1",
+        before_kill=lambda: chaos.sb.admin("m3ter", "spec", "POST", expect_invalid={
+            "path_regex": "/measurements$", "count": 1, "reason": "a request cut short by the SIGKILL"}))
+    chaos.sb.admin("m3ter", "spec", "DELETE")  # the retry's requests are judged in full again
     sent_before = _posts(chaos)
     assert 7 <= sent_before < 12
     count, _ = chaos.usage_totals()

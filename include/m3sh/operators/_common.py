@@ -69,6 +69,28 @@ def settings(task_id: str, config: ConfigArg, inline: Callable[[], M3shConfig]) 
         raise ValueError(f"{task_id}: invalid {what} ({problems(exc)})") from None
 
 
+def destination(task_id: str, arg: str, value: Any, config: M3shConfig | None) -> Any:
+    """An invoice destination given as an object, a mapping or (with ``config``) a name; errors name ``arg``."""
+    if isinstance(value, str):
+        known = [d.name for d in config.invoicing.destinations] if config is not None else []
+        found = next((d for d in config.invoicing.destinations if d.name == value), None) if config else None
+        if found is None:
+            if config is None:
+                raise ValueError(f"{task_id}: {arg} {value!r} is a name; give the destination object (or mapping), "
+                                 "or config=... that defines it")
+            raise ValueError(f"{task_id}: {arg}: config has no destination {value!r}; known: {known}")
+        return found
+    if isinstance(value, Mapping):
+        try:
+            return DESTINATION.validate_python(dict(value))
+        except ValidationError as exc:
+            raise ValueError(f"{task_id}: invalid {arg} ({problems(exc)})") from None
+    if not hasattr(value, "type") or not hasattr(value, "name"):
+        raise ValueError(f"{task_id}: {arg} must be a destination object, mapping or name; "
+                         f"got {type(value).__name__}")
+    return value
+
+
 def models(items: Sequence[Any] | None) -> list[Any]:
     """Pydantic objects as their JSON form, so inline arguments validate into a config alike."""
     return [i.model_dump(mode="json") if hasattr(i, "model_dump") else dict(i) for i in items or []]

@@ -35,7 +35,8 @@ from m3sh.config import (
     M3shConfig,
     NetSuiteDestination,
 )
-from m3sh.operators._common import DESTINATION, M3terLazyOperator, StagingMixin, names, native, problems
+from m3sh.operators._common import M3terLazyOperator, StagingMixin, names, native, problems
+from m3sh.operators._common import destination as resolve_destination
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -179,23 +180,7 @@ class M3terBillsDeliverOperator(StagingMixin, BaseOperator):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._init_storage(config, aws_conn_id, bucket, prefix)
-        if isinstance(destination, str):
-            if config is None:
-                raise ValueError(f"{self.task_id}: destination {destination!r} is a name; give the destination "
-                                 "object (or mapping), or config=... that defines it")
-            found = next((d for d in config.invoicing.destinations if d.name == destination), None)
-            if found is None:
-                raise ValueError(f"{self.task_id}: config has no destination {destination!r}; known: "
-                                 f"{[d.name for d in config.invoicing.destinations]}")
-            destination = found
-        elif isinstance(destination, Mapping):
-            try:
-                destination = DESTINATION.validate_python(dict(destination))
-            except ValidationError as exc:
-                raise ValueError(f"{self.task_id}: invalid destination ({problems(exc)})") from None
-        if not hasattr(destination, "type") or not hasattr(destination, "name"):
-            raise ValueError(f"{self.task_id}: destination must be a destination object, mapping or name; "
-                             f"got {type(destination).__name__}")
+        destination = resolve_destination(self.task_id, "destination", destination, config)
         if threads is not None and threads < 1:
             raise ValueError(f"{self.task_id}: threads must be >= 1, got {threads}")
         self.destination = destination
@@ -357,7 +342,7 @@ class NetSuitePaymentsToCrmOperator(StagingMixin, BaseOperator):
 
         super().__init__(**kwargs)
         self._init_storage(config, aws_conn_id, bucket, prefix)
-        self.source = self._destination(source, config, "source")
+        self.source = resolve_destination(self.task_id, "source", source, config)
         if not isinstance(self.source, NetSuiteDestination):
             raise ValueError(f"{self.task_id}: source must be a NetSuite destination, got {self.source.type!r}")
         if destinations is None:
@@ -365,30 +350,13 @@ class NetSuitePaymentsToCrmOperator(StagingMixin, BaseOperator):
                 raise ValueError(f"{self.task_id}: give destinations=[...] (Salesforce / HubSpot) or config=...")
             destinations = [d for d in config.invoicing.destinations
                             if d.enabled and isinstance(d, SalesforceDestination | HubSpotDestination)]
-        self.destinations = [self._destination(d, config, "destinations") for d in destinations]
+        self.destinations = [resolve_destination(self.task_id, "destinations", d, config) for d in destinations]
         wrong = [d.name for d in self.destinations if not isinstance(d, SalesforceDestination | HubSpotDestination)]
         if wrong:
             raise ValueError(f"{self.task_id}: destinations must be Salesforce or HubSpot destinations; {wrong} "
                              "are not")
         self.full_scan = full_scan
         self.preview = preview
-
-    def _destination(self, value: Any, config: M3shConfig | None, arg: str) -> Any:
-        if isinstance(value, str):
-            found = next((d for d in config.invoicing.destinations if d.name == value), None) if config else None
-            if found is None:
-                raise ValueError(f"{self.task_id}: {arg}: no destination {value!r} "
-                                 + ("in config" if config else "(a name needs config=...)"))
-            return found
-        if isinstance(value, Mapping):
-            try:
-                return DESTINATION.validate_python(dict(value))
-            except ValidationError as exc:
-                raise ValueError(f"{self.task_id}: {arg}: invalid destination ({problems(exc)})") from None
-        if not hasattr(value, "type") or not hasattr(value, "name"):
-            raise ValueError(f"{self.task_id}: {arg}: a destination object, mapping or name, not "
-                             f"{type(value).__name__}")
-        return value
 
     def execute(self, context: Context) -> dict[str, Any]:
         import datetime as dt

@@ -26,7 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from m3sh.compat import AirflowFailException
 from m3sh.config import CrmSource, CrmSyncConfig, InvoicingConfig, M3shConfig, Notifier
-from m3sh.operators._common import DESTINATION, M3terLazyOperator, StagingMixin, native, problems
+from m3sh.operators._common import M3terLazyOperator, StagingMixin, destination, native, problems
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -47,23 +47,7 @@ def _destinations(task_id: str, given: Sequence[Any] | None, config: M3shConfig 
     known = {d.name: d for d in config.invoicing.destinations} if config is not None else {}
     if given is None:
         return [d for d in known.values() if d.enabled]
-    out = []
-    for d in given:
-        if isinstance(d, str):
-            if d not in known:
-                raise ValueError(f"{task_id}: destination {d!r} is a name; give the destination object (or "
-                                 f"mapping), or config=... that defines it (known: {sorted(known)})")
-            out.append(known[d])
-        elif isinstance(d, Mapping):
-            try:
-                out.append(DESTINATION.validate_python(dict(d)))
-            except ValidationError as exc:
-                raise ValueError(f"{task_id}: invalid destination ({problems(exc)})") from None
-        elif hasattr(d, "type") and hasattr(d, "name"):
-            out.append(d)
-        else:
-            raise ValueError(f"{task_id}: a destination must be an object, mapping or name; got {type(d).__name__}")
-    return out
+    return [destination(task_id, "destination", d, config) for d in given]
 
 
 class M3terReconcileAccountsOperator(StagingMixin, M3terLazyOperator):

@@ -22,13 +22,6 @@ pytestmark = pytest.mark.sandbox
 MEASURE_POSTS = "POST /organizations/{id}/measurements"
 
 
-@pytest.fixture
-def m3(fresh_sandbox: Any) -> Any:
-    TOKEN_CACHE.clear()
-    fresh_sandbox.admin("m3ter", "stats", "DELETE")
-    return fresh_sandbox
-
-
 def _token_requests(sandbox: Any) -> int:
     return int(sandbox.state("m3ter")["token_requests"])
 

@@ -11,20 +11,13 @@ from typing import Any
 
 import pytest
 
-from m3sh.hooks.m3ter import TOKEN_CACHE, M3terHook, UploadUrlExpired
+from m3sh.hooks.m3ter import M3terHook, UploadUrlExpired
 from m3sh.triggers.m3ter_uploads import M3terUploadJobsTrigger
 from m3sh.usage.bulk import PartWriter, existing_jobs, upload_file_name, upload_part, wait_jobs
 
 pytestmark = pytest.mark.sandbox
 # the stats collapse id-like path segments: "generateUploadUrl" (17 letters) reads as a Salesforce id
 GENERATE = "POST /organizations/{id}/fileuploads/measurements/{id}"
-
-
-@pytest.fixture
-def m3(fresh_sandbox: Any) -> Any:
-    TOKEN_CACHE.clear()
-    fresh_sandbox.admin("m3ter", "stats", "DELETE")
-    return fresh_sandbox
 
 
 def _file(n: int) -> bytes:

@@ -18,8 +18,12 @@ from m3sh.sandbox.m3ter.schemas import ApiError
 MAX_ITEMS = 1000
 MAX_BODY_BYTES = 512_000  # the payload must be *under* this size
 FUTURE_SKEW_S = 300.0  # client clocks run ahead a little; m3ter rejects clearly-future timestamps
-_STR_MAPS = ("who", "where", "what", "other", "metadata")
-_NUM_MAPS = ("measure", "cost", "income")
+# (maps, accepted value types, what the message calls them, longest string allowed)
+_MAPS: tuple[tuple[tuple[str, ...], tuple[type, ...], str, int | None], ...] = (
+    (("measure", "cost", "income"), (int, float), "number", None),
+    (("who", "where", "what", "other"), (str,), "string", None),
+    (("metadata",), (str,), "string", 256),
+)
 _UTC = dt.UTC
 _fromiso = dt.datetime.fromisoformat
 
@@ -98,26 +102,18 @@ def parse_item(item: Any, i: int, latest: float) -> Measurement:
             _fromiso(ets)
         except (TypeError, ValueError):
             raise _bad(i, "ets", "is not a valid ISO-8601 date-time") from None
-    for name in _NUM_MAPS:
-        values = item.get(name)
-        if values is None:
-            continue
-        if type(values) is not dict:
-            raise _bad(i, name, "must be an object of numbers")
-        for key, value in values.items():
-            if type(value) not in (int, float):
-                raise _bad(i, f"{name}.{key}", "must be a number")
-    for name in _STR_MAPS:
-        values = item.get(name)
-        if values is None:
-            continue
-        if type(values) is not dict:
-            raise _bad(i, name, "must be an object of strings")
-        for key, value in values.items():
-            if type(value) is not str:
-                raise _bad(i, f"{name}.{key}", "must be a string")
-            if name == "metadata" and len(value) > 256:
-                raise _bad(i, f"{name}.{key}", "must be at most 256 characters")
+    for names, kinds, noun, max_len in _MAPS:
+        for name in names:
+            values = item.get(name)
+            if values is None:
+                continue
+            if type(values) is not dict:
+                raise _bad(i, name, f"must be an object of {noun}s")
+            for key, value in values.items():
+                if type(value) not in kinds:
+                    raise _bad(i, f"{name}.{key}", f"must be a {noun}")
+                if max_len is not None and len(value) > max_len:
+                    raise _bad(i, f"{name}.{key}", f"must be at most {max_len} characters")
     return Measurement(account, meter, epoch, uid, item)
 
 
