@@ -78,6 +78,11 @@ class UploadState:
         self.memory: dict[str, bytes] = {}  # the files, when moto is not running
         self.rows_per_s: float | None = None  # the processing rate (None: as fast as the emulator goes)
         self.url_ttl_s = URL_TTL_S
+        # chaos knobs: the next N upload URLs handed out already expired (one late PUT, without waiting
+        # a minute); the next N jobs fail after processing ``fail_after_rows`` rows (rows before stay in).
+        self.expire_next = 0
+        self.fail_next = 0
+        self.fail_after_rows = 0
 
 
 def snapshot(state: UploadState) -> dict[str, Any]:
@@ -184,7 +189,10 @@ def register(api: FastAPI, emu: M3terEmulator) -> None:
                 "id": job_id, "version": 1, "fileName": name, "contentLength": length, "status": "notUploaded",
                 "uploadDate": None, "totalRows": 0, "processedRows": 0, "failedRows": 0,
                 "_seq": emu.store.next_seq(), "_created": now_iso(), "_key": key, "_contentType": ctype}
-        url = _presigned(str(request.base_url).rstrip("/"), state, "PUT", key, ttl=state.url_ttl_s, content_type=ctype)
+            ttl = state.url_ttl_s
+            if state.expire_next > 0:
+                state.expire_next, ttl = state.expire_next - 1, 0
+        url = _presigned(str(request.base_url).rstrip("/"), state, "PUT", key, ttl=ttl, content_type=ctype)
         return ok({"jobId": job_id, "url": url, "headers": {"Content-Type": ctype}})
 
     @api.get(base_path + "/jobs")
@@ -313,6 +321,9 @@ def _process(emu: M3terEmulator, state: UploadState, job: dict[str, Any], body: 
     index = 0
     pending: list[ingest.Measurement] = []
     t0 = time.monotonic()
+    with emu.lock:
+        fail_at = state.fail_after_rows if state.fail_next > 0 else None
+        state.fail_next = max(0, state.fail_next - 1)
 
     def flush() -> None:
         with emu.lock:
@@ -333,6 +344,8 @@ def _process(emu: M3terEmulator, state: UploadState, job: dict[str, Any], body: 
         for item in _items(body):
             if emu.uploads is not state:
                 return
+            if fail_at is not None and index >= fail_at:
+                raise ValueError(f"processing stopped after {index} row(s) (a sandbox fault: fileuploads.fail_next)")
             try:
                 pending.append(ingest.parse_item(item, index, latest))
             except ApiError as bad:
@@ -447,7 +460,9 @@ def _row_failure(emu: M3terEmulator, job: dict[str, Any], item: Any, message: st
 def admin_settings(emu: M3terEmulator, body: dict[str, Any]) -> dict[str, Any]:
     """``POST /_sandbox/fileuploads``: ``{"rows_per_s": 2000}`` processes uploaded files at m3ter's
     documented rate (null: as fast as the emulator goes, the default); ``{"url_ttl_s": 0}`` hands out
-    upload URLs that have already expired (a test of the 403 without waiting a minute; default 60)."""
+    upload URLs that have already expired (a test of the 403 without waiting a minute; default 60);
+    ``{"expire_next": n}`` does that for the next n URLs only; ``{"fail_next": n, "fail_after_rows": r}``
+    makes the next n jobs fail after r rows (m3ter's ``failed`` status, the rows before it ingested)."""
     state = emu.uploads
     if "rows_per_s" in body:
         rate = body["rows_per_s"]
@@ -459,4 +474,11 @@ def admin_settings(emu: M3terEmulator, body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 604_800:
             raise ValueError("fileuploads.url_ttl_s: whole seconds, 0..604800")
         state.url_ttl_s = ttl
-    return {"rows_per_s": state.rows_per_s, "url_ttl_s": state.url_ttl_s}
+    for name in ("expire_next", "fail_next", "fail_after_rows"):
+        if name in body:
+            value = body[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"fileuploads.{name}: a whole number >= 0")
+            setattr(state, name, value)
+    return {"rows_per_s": state.rows_per_s, "url_ttl_s": state.url_ttl_s, "expire_next": state.expire_next,
+            "fail_next": state.fail_next, "fail_after_rows": state.fail_after_rows}
