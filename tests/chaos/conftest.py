@@ -35,8 +35,9 @@ USAGE_PREFIX = "usage/chaos/"
 _ALERT_HEAD = re.compile(r"^:red_circle: m3sh task failed: (?P<task>\S+)$")
 # A worker process ingesting one usage file of the demo's S3 feed (the key is argv[1]): what a
 # Celery/Local worker runs, in a process the tests can SIGKILL. {kwargs}: extra ingest arguments.
+# With argv[2] (a directory) and argv[3] (n), it starts ingesting only once n workers are ready.
 USAGE_WORKER = textwrap.dedent("""
-    import sys
+    import os, sys, time
     from m3sh.config import get_config
     from m3sh.hooks.m3ter import M3terHook
     from m3sh.storage import Storage
@@ -45,6 +46,11 @@ USAGE_WORKER = textwrap.dedent("""
     cfg = get_config()
     feed = next(f for f in cfg.usage.feeds if f.name == "platform_files")
     hook = M3terHook(cfg.m3ter.conn_id)
+    if len(sys.argv) > 3:
+        open(os.path.join(sys.argv[2], str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 300
+        while len(os.listdir(sys.argv[2])) < int(sys.argv[3]) and time.monotonic() < deadline:
+            time.sleep(0.01)
     ingest_s3_object(feed=feed, key=sys.argv[1], m3ter=hook, source_storage=Storage(feed.conn_id, feed.bucket),
                      state=Storage.from_config(cfg.storage), account_exists=AccountLookup(hook){kwargs})
     print("finished", flush=True)

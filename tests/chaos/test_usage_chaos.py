@@ -1,17 +1,20 @@
-"""Chaos for ``m3sh_usage_ingest``: storms, dropped responses, latency, a truncated upload and a
-``kill -9`` mid-file. After each scenario m3ter's usage query must hold exactly the valid rows (0
-lost, 0 duplicated), every malformed row must have one dead letter with a reason, and every failed
-task exactly one alert.
+"""Chaos for ``m3sh_usage_ingest``: storms, dropped responses, latency, a truncated upload, a
+``kill -9`` mid-file and two workers on one file at once. After each scenario m3ter's usage query
+must hold exactly the valid rows (0 lost, 0 duplicated), every malformed row must have one dead
+letter with a reason, and every failed task exactly one alert.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.chaos.conftest import USAGE_PREFIX, Chaos, kill_usage_worker_in_flight, make_usage_file
+from tests.chaos.conftest import USAGE_PREFIX, USAGE_WORKER, Chaos, kill_usage_worker_in_flight, make_usage_file
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun, pytest.mark.chaos]
 MEASUREMENTS = "POST /organizations/{id}/measurements"
@@ -123,3 +126,24 @@ def test_worker_killed_mid_batch_then_the_dag_retries_exactly_once(chaos: Chaos)
     posts = _posts(chaos)
     assert _run().state == "success"
     assert _posts(chaos) == posts
+
+
+def test_two_workers_ingesting_the_same_file_at_once_land_it_exactly_once(chaos: Chaos, tmp_path: Path) -> None:
+    """Two workers take the same object at the same moment (a task run twice: a zombie's retry while
+    the first attempt still runs, or two deployments pointed at one org). m3ter de-duplicates by uid,
+    so every valid row is counted once, and each malformed row has one dead letter."""
+    accounts = _accounts(chaos)
+    f = make_usage_file(USAGE_PREFIX + "twice.csv.gz", accounts, 3_000, seed=5)
+    chaos.put_usage(f)
+    # each batch held a little, so the two workers' requests interleave
+    chaos.faults("m3ter", path_regex="/measurements$", methods=["POST"], latency_ms=200)
+    script = USAGE_WORKER.replace("{kwargs}", "")
+    # both start sending only once both have imported Airflow (seconds apart on a busy machine)
+    procs = [subprocess.Popen([sys.executable, "-c", script, f.key, str(tmp_path), "2"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+    chaos.clear_faults("m3ter")
+    assert _posts(chaos) > 3  # both sent (3 batches each), or the test proved nothing
+    chaos.assert_usage_exact([f])
+    chaos.assert_dead_lettered([f])
