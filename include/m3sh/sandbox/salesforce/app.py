@@ -34,6 +34,9 @@ _ERROR_CODES = {
     405: "METHOD_NOT_ALLOWED", 429: "REQUEST_LIMIT_EXCEEDED", 503: "SERVER_UNAVAILABLE",
 }
 _NOT_FOUND = "The requested resource does not exist"
+_HEADER_CASE = {b"content-type": b"Content-Type", b"content-length": b"Content-Length",
+                b"sforce-locator": b"Sforce-Locator", b"sforce-numberofrecords": b"Sforce-NumberOfRecords",
+                b"sforce-limit-info": b"Sforce-Limit-Info"}
 _NO_EXT_FIELD = "Provided external ID field does not exist or is not accessible: "
 
 Handler = Callable[..., Awaitable[Response]]
@@ -98,6 +101,9 @@ class SalesforceEmulator(Emulator):
     """
 
     name = "salesforce"
+    # The instance hosts answer Bulk API 2.0 results with "Content-Type" capitalised (see
+    # query_job_results), which only uvicorn's h11 protocol sends as spelled.
+    case_preserving_roles = frozenset({"instance", "instance_acme"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -577,7 +583,12 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         with emu.lock:
             content, headers = org.query_jobs.results(job_id, v, request.query_params.get("locator"),
                                                       request.query_params.get("maxRecords"))
-        return Response(content, media_type="text/csv", headers={**headers, **org.limit_header()})
+        response = Response(content, media_type="text/csv", headers={**headers, **org.limit_header()})
+        # Header names as Salesforce spells them ("Content-Type", "Sforce-Locator"): HTTP says case
+        # does not matter, but airbyte-cdk's ResponseToFileExtractor looks up "content-type" in a
+        # plain dict of the headers, so its CSV download works only when the name is capitalised.
+        response.raw_headers = [(_HEADER_CASE.get(k, k), v) for k, v in response.raw_headers]
+        return response
 
     async def unimplemented(version: str, request: Request) -> Response:
         org.authorize(request)
