@@ -505,44 +505,59 @@ def run_peer_phases(peer: Peer, box: Any, token: str, coverage_dir: Path | None)
 
 
 # ------------------------------------------------------------------------------ m3sh's own extract
-def m3sh_phases(box: Any) -> list[Phase]:
-    """m3sh's ``extract_hubspot`` (companies with deals and line items) over the same seed: full,
-    then incremental after the same known change."""
+def m3sh_phases(box: Any, system: str = "hubspot") -> list[Phase]:
+    """m3sh's own extract over the same seed — ``extract_hubspot`` (companies with deals and line
+    items) or ``extract_salesforce`` (Accounts with Contracts and Opportunities): full, then
+    incremental after the same known change. Records are the accounts/companies extracted."""
     from m3sh.config import load_config
     from m3sh.crm.hubspot import extract_hubspot
+    from m3sh.crm.salesforce import extract_salesforce
     from m3sh.sandbox import credentials
 
     cfg = load_config(ROOT / "include" / "m3sh.yaml")
-    source = next(s for s in cfg.crm.sources if s.type == "hubspot")
-    url = box.endpoints.url("hubspot")
+    source = next(s for s in cfg.crm.sources if s.type == system)
     box.reset("demo", limits=True)
-    seeded = {t: seed_ids(url, credentials.HUBSPOT_TOKEN, t) for t in CHANGES["hubspot"]}
+    account = "companies" if system == "hubspot" else "Account"
+    if system == "hubspot":
+        url = box.endpoints.url("hubspot")
+        seeded = {t: seed_ids(url, credentials.HUBSPOT_TOKEN, t) for t in CHANGES["hubspot"]}
+
+        def change() -> dict[str, set[str]]:
+            return make_change(url, credentials.HUBSPOT_TOKEN, seeded)
+        extract = extract_hubspot
+    else:
+        side = SalesforceSide(box)
+        seeded = {t: side.ids(t) for t in CHANGES["salesforce"]}
+
+        def change() -> dict[str, set[str]]:
+            return side.change(seeded)
+        extract = extract_salesforce  # type: ignore[assignment]
     phases = []
     start = dt.datetime(2015, 1, 1, tzinfo=dt.UTC)
     for name in ("full", "incremental"):
         if name == "incremental":
             start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-            changed = make_change(url, credentials.HUBSPOT_TOKEN, seeded)
-        admin(box, "hubspot", "stats", "DELETE")
+            changed = change()
+        admin(box, system, "stats", "DELETE")
         cpu0, t0 = time.process_time(), time.perf_counter()
-        ph = Phase("m3sh", name)
+        ph = Phase("m3sh", name, system=system)
         try:
-            out = extract_hubspot(source, start, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
-                                  plan_map=cfg.crm.plan_map)
+            out = extract(source, start, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
+                          plan_map=cfg.crm.plan_map)
             ph.completed = True
         except Exception as exc:  # reported as the phase's failure, not raised
             out = []
             ph.problems.append(f"{type(exc).__name__}: {exc}"[:500])
         ph.seconds, ph.cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
-        ph.requests, ph.http_429 = sandbox_counts(box, "hubspot")
+        ph.requests, ph.http_429 = sandbox_counts(box, system)
         ph.records = len(out)
         got = {a.crm_id for a in out}
-        want = seeded["companies"] if name == "full" else None
+        want = seeded[account] if name == "full" else None
         if want is not None and got != want:
-            ph.problems.append(f"companies: {len(got)} extracted, seed has {len(want)}")
+            ph.problems.append(f"{account}: {len(got)} extracted, seed has {len(want)}")
             ph.completed = False
-        if name == "incremental" and not changed["companies"] <= got:
-            ph.problems.append(f"companies: changed {sorted(changed['companies'])} not all extracted")
+        if name == "incremental" and not changed[account] <= got:
+            ph.problems.append(f"{account}: changed {sorted(changed[account])} not all extracted")
             ph.completed = False
         phases.append(ph)
     return phases
@@ -552,7 +567,7 @@ def m3sh_phases(box: Any) -> list[Phase]:
 def report(phases: list[Phase]) -> None:
     for ph in phases:
         mark = "PASS" if ph.completed else "FAIL"
-        print(f"{mark} {ph.tool:24} {ph.phase:12} records={ph.records:<5} requests={ph.requests:<5} "
+        print(f"{mark} {ph.tool:26} {ph.system:10} {ph.phase:12} records={ph.records:<5} requests={ph.requests:<5} "
               f"wall={ph.seconds:7.2f}s cpu={ph.cpu_seconds:6.2f}s 429={ph.http_429}", file=sys.stderr)
         for stream, extra in ph.extra_ids.items():
             print(f"     note: {stream}: {len(extra)} unchanged record(s) re-read too: {extra[:5]}", file=sys.stderr)
@@ -562,17 +577,20 @@ def report(phases: list[Phase]) -> None:
 
 
 def summary(phases: list[Phase]) -> dict[str, Any]:
-    """Flat figures for ``make bench``'s table (it shows numbers, not the ``runs`` list)."""
+    """Flat figures for ``make bench``'s table (it shows numbers, not the ``runs`` list); HubSpot's
+    keep their names, Salesforce's have a ``salesforce_`` prefix."""
     out: dict[str, Any] = {"phases_completed": sum(ph.completed for ph in phases), "phases": len(phases)}
-    full = {ph.tool: ph for ph in phases if ph.phase == "full" and ph.completed}
-    peers = [ph for tool, ph in full.items() if tool != "m3sh"]
-    if "m3sh" in full:
-        out["m3sh_full_seconds"] = round(full["m3sh"].seconds, 2)
-        out["m3sh_full_requests"] = full["m3sh"].requests
-    if peers:
-        best = min(peers, key=lambda ph: ph.seconds)
-        out["best_peer_full_seconds"] = round(best.seconds, 2)
-        out["best_peer_full_requests"] = min(ph.requests for ph in peers)
+    for system in ("hubspot", "salesforce"):
+        prefix = "" if system == "hubspot" else f"{system}_"
+        full = {ph.tool: ph for ph in phases if ph.phase == "full" and ph.completed and ph.system == system}
+        peers = [ph for tool, ph in full.items() if tool != "m3sh"]
+        if "m3sh" in full:
+            out[f"{prefix}m3sh_full_seconds"] = round(full["m3sh"].seconds, 2)
+            out[f"{prefix}m3sh_full_requests"] = full["m3sh"].requests
+        if peers:
+            best = min(peers, key=lambda ph: ph.seconds)
+            out[f"{prefix}best_peer_full_seconds"] = round(best.seconds, 2)
+            out[f"{prefix}best_peer_full_requests"] = min(ph.requests for ph in peers)
     return out
 
 
@@ -602,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     for peer in peers:
         ensure_venv(peer)
     phases: list[Phase] = []
-    systems = sorted({p.system for p in peers} | ({"hubspot"} if not only or "m3sh" in only else set()))
+    m3sh_systems = {"hubspot", "salesforce"} if not only or "m3sh" in only else set()
+    systems = sorted({p.system for p in peers} | m3sh_systems)
     try:
         # M3SH_TEST_PORT_BASE (a developer's own port range) moves where free ports are searched from.
         start = int(os.environ.get("M3SH_TEST_PORT_BASE") or PORT_START)
@@ -610,9 +629,9 @@ def main(argv: list[str] | None = None) -> int:
             for peer in peers:
                 print(f">> {peer.package}=={peer.version}", file=sys.stderr, flush=True)
                 phases += run_peer_phases(peer, box, credentials.HUBSPOT_TOKEN, coverage_dir)
-            if not only or "m3sh" in only:
-                print(">> m3sh extract_hubspot", file=sys.stderr, flush=True)
-                phases += m3sh_phases(box)
+            for system in sorted(m3sh_systems):
+                print(f">> m3sh extract_{system}", file=sys.stderr, flush=True)
+                phases += m3sh_phases(box, system)
     finally:
         os.environ.clear()
         os.environ.update(saved)
