@@ -54,8 +54,9 @@ unit: venv
 bench: venv
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks
 
-## conformance: published HubSpot connectors (airbyte-source-hubspot, tap-hubspot; each in its own cached
-## virtualenv under .cache/peers) run unmodified against the emulator: discover, full, incremental
+## conformance: published HubSpot and Salesforce connectors (airbyte-source-hubspot, tap-hubspot,
+## tap-salesforce, airbyte-source-salesforce; each in its own cached virtualenv under .cache/peers) run
+## unmodified against the emulators: discover, full, incremental
 conformance: venv
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.peers --conformance
 

@@ -1,16 +1,18 @@
-"""Published HubSpot connectors as judges of the HubSpot emulator, measured beside m3sh (issue 20).
+"""Published HubSpot and Salesforce connectors as judges of the emulators, measured beside m3sh (issue 20).
 
 ``make conformance`` (``python -m benchmarks.peers --conformance``) and ``make bench`` run this. Each
 peer is installed unmodified from PyPI into its own cached virtualenv
 (``.cache/peers/<package>-<version>/``, re-used when present) and started against a fresh demo-seeded
 sandbox with only a transport-level redirect (``benchmarks/_peer_redirect/sitecustomize.py``: its
-``https://api.hubapi.com`` requests go to the emulator). Per peer, three phases:
+``https://api.hubapi.com``, ``https://login.salesforce.com`` and Salesforce instance requests go to
+the emulators). Per peer, three phases:
 
 * **discover**: the peer's catalog must list the companies and deals streams (and line items where
-  the peer has that stream);
+  the peer has that stream), or Account, Opportunity and Contract;
 * **full**: a sync of those streams from scratch must return exactly the seed's record ids;
-* **incremental**: after a known change (a few companies, deals and line items edited through the
-  API), a sync from the full sync's state must return every changed id; the ids it returns besides
+* **incremental**: after a known change (a few companies, deals and line items, or Accounts,
+  Opportunities and Contracts, edited through the API), a sync from the full sync's state must
+  return every changed id; the ids it returns besides
   are listed (a connector may re-read records at its bookmark: counted, not a failure).
 
 A failed phase names each request the emulator refused (method, path, status, its answer) and any
@@ -23,6 +25,7 @@ is 1 when a phase failed; as a benchmark it is off (as in the other benchmarks) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -39,16 +42,20 @@ from typing import Any
 
 import requests
 
-from benchmarks._common import admin, emit, sandbox
+from benchmarks._common import PORT_START, admin, emit, sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("M3SH_PEER_CACHE", ROOT / ".cache" / "peers"))
 REDIRECT_DIR = Path(__file__).resolve().parent / "_peer_redirect"
 PHASE_TIMEOUT_S = 900.0
-SYSTEM = "hubspot"
 START_DATE = "2015-01-01T00:00:00Z"  # before every seeded record
+# Salesforce peers start where airbyte-source-salesforce does when no start date is given (two years
+# back; the demo seed's records are all newer): it queries in 30-day windows from the start date.
+SF_START_DATE = (dt.datetime.now(dt.UTC) - dt.timedelta(days=730)).strftime("%Y-%m-%dT00:00:00Z")
 # The known change of the incremental phase: how many of each seeded object get an edit.
-CHANGES = {"companies": 3, "deals": 2, "line_items": 2}
+CHANGES = {"hubspot": {"companies": 3, "deals": 2, "line_items": 2},
+           "salesforce": {"Account": 3, "Opportunity": 2, "Contract": 2}}
+SF_API = "v61.0"
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,9 @@ class Peer:
     package: str
     version: str
     streams: dict[str, str]  # the peer's stream name -> the emulator's object type
-    id_field: dict[str, str]  # the peer's stream name -> the record field holding the HubSpot id
+    id_field: dict[str, str]  # the peer's stream name -> the record field holding the vendor's id
+    system: str = "hubspot"
+    command: str = ""  # the console script; default: the package name
 
     @property
     def venv(self) -> Path:
@@ -73,6 +82,12 @@ PEERS = [
     # Singer's tap-hubspot has no line items stream.
     Peer("tap-hubspot", "4.5.0", {"companies": "companies", "deals": "deals"},
          {"companies": "companyId", "deals": "dealId"}),
+    # Singer's original tap (singer-io; MeltanoLabs' fork is not on PyPI), REST API: queryAll.
+    Peer("tap-salesforce", "2.8.1", {s: s for s in CHANGES["salesforce"]}, {s: "Id" for s in CHANGES["salesforce"]},
+         system="salesforce"),
+    # Bulk API 2.0 query jobs for every seeded object (none has a compound or base64 field).
+    Peer("airbyte-source-salesforce", "2.10.3", {s: s for s in CHANGES["salesforce"]},
+         {s: "Id" for s in CHANGES["salesforce"]}, system="salesforce", command="source-salesforce"),
 ]
 
 
@@ -89,9 +104,10 @@ class Phase:
     problems: list[str] = field(default_factory=list)
     ids: dict[str, set[str]] = field(default_factory=dict)
     extra_ids: dict[str, list[str]] = field(default_factory=dict)
+    system: str = "hubspot"
 
     def run_row(self) -> dict[str, Any]:
-        return {"tool": self.tool, "system": SYSTEM, "phase": self.phase, "completed": self.completed,
+        return {"tool": self.tool, "system": self.system, "phase": self.phase, "completed": self.completed,
                 "records": self.records, "requests": self.requests, "seconds": round(self.seconds, 2),
                 "cpu_seconds": round(self.cpu_seconds, 2), "http_429": self.http_429}
 
@@ -121,11 +137,12 @@ class Run:
     requests: list[dict[str, Any]]
 
 
-def run_peer(peer: Peer, args: list[str], hubspot_url: str, workdir: Path) -> Run:
+def run_peer(peer: Peer, args: list[str], redirects: dict[str, str], workdir: Path) -> Run:
+    """Run one peer command; ``redirects``: production origin -> sandbox URL (the transport redirect's map)."""
     log = workdir / f"requests-{time.monotonic_ns()}.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "AIRFLOW_CONN"))}
-    env.update({"PYTHONPATH": str(REDIRECT_DIR), "M3SH_PEER_HUBSPOT_URL": hubspot_url, "M3SH_PEER_LOG": str(log),
-                "PATH": f"{peer.venv / 'bin'}:{env.get('PATH', '')}"})
+    env.update({"PYTHONPATH": str(REDIRECT_DIR), "M3SH_PEER_REDIRECTS": json.dumps(redirects),
+                "M3SH_PEER_LOG": str(log), "PATH": f"{peer.venv / 'bin'}:{env.get('PATH', '')}"})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     try:
@@ -168,7 +185,8 @@ def refused(run: Run) -> list[str]:
     out = []
     for key, r in seen.items():
         query = r["url"].split("?", 1)[1] if "?" in r["url"] else ""
-        out.append(f"{key[0]} {key[1].replace('https://api.hubapi.com', '')}"
+        path = key[1].split("://", 1)[-1]
+        out.append(f"{key[0]} {path}"
                    f"{'?' + query[:200] if query else ''} -> {key[2]} (x{counts[key]}): {r.get('answer', '')[:400]}")
     return out
 
@@ -178,8 +196,13 @@ def tail(text: str, lines: int = 8) -> str:
 
 
 # ------------------------------------------------------------------------------ per-peer protocols
-def airbyte_discover(peer: Peer, url: str, work: Path, config: Path) -> tuple[Run, dict[str, Any] | None]:
-    run = run_peer(peer, [str(peer.bin("source-hubspot")), "discover", "--config", str(config)], url, work)
+def _command(peer: Peer) -> str:
+    return str(peer.bin(peer.command or peer.package))
+
+
+def airbyte_discover(peer: Peer, url: dict[str, str], work: Path, config: Path) -> tuple[Run, dict[str, Any] | None]:
+    run = run_peer(peer, [str(peer.bin(peer.command or "source-hubspot")), "discover", "--config", str(config)],
+                   url, work)
     catalog = next((m["catalog"] for m in messages(run.stdout) if m.get("type") == "CATALOG"), None)
     return run, catalog
 
@@ -195,9 +218,9 @@ def airbyte_configure(peer: Peer, catalog: dict[str, Any]) -> dict[str, Any]:
     return {"streams": streams}
 
 
-def airbyte_read(peer: Peer, url: str, work: Path, config: Path, catalog: Path, *,
+def airbyte_read(peer: Peer, url: dict[str, str], work: Path, config: Path, catalog: Path, *,
                  state: Any) -> tuple[Run, dict[str, set[str]], Any]:
-    args = [str(peer.bin("source-hubspot")), "read", "--config", str(config), "--catalog", str(catalog)]
+    args = [str(peer.bin(peer.command or "source-hubspot")), "read", "--config", str(config), "--catalog", str(catalog)]
     if state is not None:
         (work / "state.json").write_text(json.dumps(state))
         args += ["--state", str(work / "state.json")]
@@ -219,8 +242,8 @@ def airbyte_read(peer: Peer, url: str, work: Path, config: Path, catalog: Path, 
     return run, ids, list(states.values())
 
 
-def tap_discover(peer: Peer, url: str, work: Path, config: Path) -> tuple[Run, dict[str, Any] | None]:
-    run = run_peer(peer, [str(peer.bin("tap-hubspot")), "--config", str(config), "--discover"], url, work)
+def tap_discover(peer: Peer, url: dict[str, str], work: Path, config: Path) -> tuple[Run, dict[str, Any] | None]:
+    run = run_peer(peer, [_command(peer), "--config", str(config), "--discover"], url, work)
     try:
         catalog = json.loads(run.stdout) if run.returncode == 0 else None
     except ValueError:
@@ -239,9 +262,9 @@ def tap_configure(peer: Peer, catalog: dict[str, Any]) -> dict[str, Any]:
     return {"streams": streams}
 
 
-def tap_read(peer: Peer, url: str, work: Path, config: Path, catalog: Path, *,
+def tap_read(peer: Peer, url: dict[str, str], work: Path, config: Path, catalog: Path, *,
              state: Any) -> tuple[Run, dict[str, set[str]], Any]:
-    args = [str(peer.bin("tap-hubspot")), "--config", str(config), "--properties", str(catalog)]
+    args = [_command(peer), "--config", str(config), "--properties", str(catalog)]
     if state is not None:
         (work / "state.json").write_text(json.dumps(state))
         args += ["--state", str(work / "state.json")]
@@ -256,6 +279,27 @@ def tap_read(peer: Peer, url: str, work: Path, config: Path, catalog: Path, *,
     return run, ids, last_state
 
 
+def tap_salesforce_configure(peer: Peer, catalog: dict[str, Any]) -> dict[str, Any]:
+    """Select the streams as a Singer user does: incremental on the replication key discovery offers."""
+    streams = []
+    for s in catalog["streams"]:
+        if s["tap_stream_id"] in peer.streams:
+            for md in s["metadata"]:
+                if md["breadcrumb"] == []:
+                    keys = md["metadata"].get("valid-replication-keys") or []
+                    md["metadata"].update({"selected": True, "replication-method": "INCREMENTAL" if keys else
+                                           "FULL_TABLE", **({"replication-key": keys[0]} if keys else {})})
+            streams.append(s)
+    return {"streams": streams}
+
+
+def _sf_config(_: str) -> dict[str, Any]:
+    from m3sh.sandbox import credentials as cred
+
+    return {"client_id": cred.SALESFORCE_CLIENT_ID, "client_secret": cred.SALESFORCE_CLIENT_SECRET,
+            "refresh_token": cred.SALESFORCE_REFRESH_TOKEN, "start_date": SF_START_DATE, "is_sandbox": False}
+
+
 PROTOCOLS: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[[str], Any]]] = {
     "airbyte-source-hubspot": (
         airbyte_discover, airbyte_configure, airbyte_read,
@@ -264,6 +308,12 @@ PROTOCOLS: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[...,
     "tap-hubspot": (
         tap_discover, tap_configure, tap_read,
         lambda token: {"api_key": token, "start_date": START_DATE}),
+    "tap-salesforce": (
+        tap_discover, tap_salesforce_configure, tap_read,
+        lambda token: {**_sf_config(token), "api_type": "REST", "select_fields_by_default": True}),
+    "airbyte-source-salesforce": (
+        airbyte_discover, airbyte_configure, airbyte_read,
+        lambda token: {**_sf_config(token), "auth_type": "Client"}),
 }
 
 
@@ -288,7 +338,7 @@ def make_change(url: str, token: str, seeded: dict[str, set[str]]) -> dict[str, 
     """Edit the first few records of each type through the API (their last-modified time moves to now)."""
     changed: dict[str, set[str]] = {}
     prop = {"companies": "description", "deals": "description", "line_items": "description"}
-    for object_type, count in CHANGES.items():
+    for object_type, count in CHANGES["hubspot"].items():
         ids = sorted(seeded[object_type], key=int)[:count]
         inputs = [{"id": i, "properties": {prop[object_type]: f"changed by the peers benchmark {i}"}} for i in ids]
         r = requests.post(f"{url}/crm/v3/objects/{object_type}/batch/update", json={"inputs": inputs},
@@ -299,8 +349,58 @@ def make_change(url: str, token: str, seeded: dict[str, set[str]]) -> dict[str, 
     return changed
 
 
-def sandbox_counts(box: Any) -> tuple[int, int]:
-    stats = admin(box, "hubspot", "stats", "GET")
+class SalesforceSide:
+    """The harness's own Salesforce calls (seed ids, the known change), through the same OAuth
+    refresh token flow the peers log in with."""
+
+    def __init__(self, box: Any) -> None:
+        from m3sh.sandbox import credentials as cred
+
+        r = requests.post(f"{box.endpoints.url('salesforce')}/services/oauth2/token", timeout=60, data={
+            "grant_type": "refresh_token", "client_id": cred.SALESFORCE_CLIENT_ID,
+            "client_secret": cred.SALESFORCE_CLIENT_SECRET, "refresh_token": cred.SALESFORCE_REFRESH_TOKEN})
+        r.raise_for_status()
+        self.base = box.endpoints.url("salesforce_instance")
+        self.headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def ids(self, sobject: str) -> set[str]:
+        out: set[str] = set()
+        r = requests.get(f"{self.base}/services/data/{SF_API}/query", params={"q": f"SELECT Id FROM {sobject}"},  # noqa: S608 - fixed names
+                         headers=self.headers, timeout=60)
+        while True:
+            r.raise_for_status()
+            body = r.json()
+            out.update(rec["Id"] for rec in body["records"])
+            if body.get("done", True):
+                return out
+            r = requests.get(self.base + body["nextRecordsUrl"], headers=self.headers, timeout=60)
+
+    def change(self, seeded: dict[str, set[str]]) -> dict[str, set[str]]:
+        changed: dict[str, set[str]] = {}
+        for sobject, count in CHANGES["salesforce"].items():
+            ids = sorted(seeded[sobject])[:count]
+            for i in ids:
+                r = requests.patch(f"{self.base}/services/data/{SF_API}/sobjects/{sobject}/{i}", headers=self.headers,
+                                   json={"Description": f"changed by the peers benchmark {i}"}, timeout=60)
+                if r.status_code >= 300:
+                    raise RuntimeError(f"could not make the known change to {sobject} {i}: {r.status_code} "
+                                       f"{r.text[:300]}")
+            changed[sobject] = set(ids)
+        return changed
+
+
+def redirects(box: Any, system: str) -> dict[str, str]:
+    """Production origin -> sandbox URL, for the peer's transport redirect."""
+    from m3sh.sandbox import credentials as cred
+
+    if system == "hubspot":
+        return {"https://api.hubapi.com": box.endpoints.url("hubspot")}
+    return {f"https://{cred.SALESFORCE_LOGIN_HOST}": box.endpoints.url("salesforce"),
+            f"https://{cred.SALESFORCE_INSTANCE_HOST}": box.endpoints.url("salesforce_instance")}
+
+
+def sandbox_counts(box: Any, system: str = "hubspot") -> tuple[int, int]:
+    stats = admin(box, system, "stats", "GET")
     return int(stats["counts"].get("total", 0)), int(stats.get("statuses", {}).get("429", 0))
 
 
@@ -308,7 +408,8 @@ _READ: dict[Path, int] = {}  # violations file -> lines already reported
 
 
 def violations(coverage_dir: Path | None) -> list[str]:
-    """The spec guard's violations recorded since the last call (the guard writes one line each)."""
+    """The spec guard's violations recorded since the last call (the guard writes one line each;
+    only HubSpot's emulator has published documents to judge by)."""
     if coverage_dir is None:
         return []
     out = []
@@ -325,21 +426,34 @@ def violations(coverage_dir: Path | None) -> list[str]:
 # ------------------------------------------------------------------------------ one peer, three phases
 def run_peer_phases(peer: Peer, box: Any, token: str, coverage_dir: Path | None) -> list[Phase]:
     discover, configure, read, make_config = PROTOCOLS[peer.package]
-    url = box.endpoints.url("hubspot")
+    system = peer.system
+    url = redirects(box, system)
     work = Path(tempfile.mkdtemp(prefix=f"m3sh-peer-{peer.package}-"))
     config = work / "config.json"
     config.write_text(json.dumps(make_config(token)))
     tool = peer.package
     box.reset("demo", limits=True)
-    seeded = {t: seed_ids(url, token, t) for t in set(peer.streams.values()) | set(CHANGES)}
+    if system == "hubspot":
+        hs_url = box.endpoints.url("hubspot")
+        seeded = {t: seed_ids(hs_url, token, t) for t in set(peer.streams.values()) | set(CHANGES[system])}
+
+        def change() -> dict[str, set[str]]:
+            return make_change(hs_url, token, seeded)
+    else:
+        side = SalesforceSide(box)
+        seeded = {t: side.ids(t) for t in set(peer.streams.values()) | set(CHANGES[system])}
+
+        def change() -> dict[str, set[str]]:
+            return side.change(seeded)
     phases: list[Phase] = []
 
     def measure(name: str, fn: Callable[[], tuple[Run, Any]]) -> tuple[Phase, Run, Any]:
-        admin(box, "hubspot", "stats", "DELETE")
+        admin(box, system, "stats", "DELETE")
         violations(coverage_dir)  # skip what earlier phases left
         run, value = fn()
-        total, n429 = sandbox_counts(box)
-        ph = Phase(tool, name, requests=total, http_429=n429, seconds=run.seconds, cpu_seconds=run.cpu_seconds)
+        total, n429 = sandbox_counts(box, system)
+        ph = Phase(tool, name, requests=total, http_429=n429, seconds=run.seconds, cpu_seconds=run.cpu_seconds,
+                   system=system)
         ph.problems += refused(run) + violations(coverage_dir)
         if run.returncode != 0:
             ph.problems.append(f"exit {run.returncode}: {tail(run.stderr)}")
@@ -378,7 +492,7 @@ def run_peer_phases(peer: Peer, box: Any, token: str, coverage_dir: Path | None)
     full.completed = full.completed and not full.problems
     if not full.completed:
         return phases
-    changed = make_change(url, token, seeded)
+    changed = change()
     inc, _ = sync("incremental", state)
     for stream, object_type in peer.streams.items():
         got, want = inc.ids[stream], changed.get(object_type, set())
@@ -391,44 +505,59 @@ def run_peer_phases(peer: Peer, box: Any, token: str, coverage_dir: Path | None)
 
 
 # ------------------------------------------------------------------------------ m3sh's own extract
-def m3sh_phases(box: Any) -> list[Phase]:
-    """m3sh's ``extract_hubspot`` (companies with deals and line items) over the same seed: full,
-    then incremental after the same known change."""
+def m3sh_phases(box: Any, system: str = "hubspot") -> list[Phase]:
+    """m3sh's own extract over the same seed — ``extract_hubspot`` (companies with deals and line
+    items) or ``extract_salesforce`` (Accounts with Contracts and Opportunities): full, then
+    incremental after the same known change. Records are the accounts/companies extracted."""
     from m3sh.config import load_config
     from m3sh.crm.hubspot import extract_hubspot
+    from m3sh.crm.salesforce import extract_salesforce
     from m3sh.sandbox import credentials
 
     cfg = load_config(ROOT / "include" / "m3sh.yaml")
-    source = next(s for s in cfg.crm.sources if s.type == "hubspot")
-    url = box.endpoints.url("hubspot")
+    source = next(s for s in cfg.crm.sources if s.type == system)
     box.reset("demo", limits=True)
-    seeded = {t: seed_ids(url, credentials.HUBSPOT_TOKEN, t) for t in CHANGES}
+    account = "companies" if system == "hubspot" else "Account"
+    if system == "hubspot":
+        url = box.endpoints.url("hubspot")
+        seeded = {t: seed_ids(url, credentials.HUBSPOT_TOKEN, t) for t in CHANGES["hubspot"]}
+
+        def change() -> dict[str, set[str]]:
+            return make_change(url, credentials.HUBSPOT_TOKEN, seeded)
+        extract = extract_hubspot
+    else:
+        side = SalesforceSide(box)
+        seeded = {t: side.ids(t) for t in CHANGES["salesforce"]}
+
+        def change() -> dict[str, set[str]]:
+            return side.change(seeded)
+        extract = extract_salesforce  # type: ignore[assignment]
     phases = []
     start = dt.datetime(2015, 1, 1, tzinfo=dt.UTC)
     for name in ("full", "incremental"):
         if name == "incremental":
             start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-            changed = make_change(url, credentials.HUBSPOT_TOKEN, seeded)
-        admin(box, "hubspot", "stats", "DELETE")
+            changed = change()
+        admin(box, system, "stats", "DELETE")
         cpu0, t0 = time.process_time(), time.perf_counter()
-        ph = Phase("m3sh", name)
+        ph = Phase("m3sh", name, system=system)
         try:
-            out = extract_hubspot(source, start, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
-                                  plan_map=cfg.crm.plan_map)
+            out = extract(source, start, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
+                          plan_map=cfg.crm.plan_map)
             ph.completed = True
         except Exception as exc:  # reported as the phase's failure, not raised
             out = []
             ph.problems.append(f"{type(exc).__name__}: {exc}"[:500])
         ph.seconds, ph.cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
-        ph.requests, ph.http_429 = sandbox_counts(box)
+        ph.requests, ph.http_429 = sandbox_counts(box, system)
         ph.records = len(out)
         got = {a.crm_id for a in out}
-        want = seeded["companies"] if name == "full" else None
+        want = seeded[account] if name == "full" else None
         if want is not None and got != want:
-            ph.problems.append(f"companies: {len(got)} extracted, seed has {len(want)}")
+            ph.problems.append(f"{account}: {len(got)} extracted, seed has {len(want)}")
             ph.completed = False
-        if name == "incremental" and not changed["companies"] <= got:
-            ph.problems.append(f"companies: changed {sorted(changed['companies'])} not all extracted")
+        if name == "incremental" and not changed[account] <= got:
+            ph.problems.append(f"{account}: changed {sorted(changed[account])} not all extracted")
             ph.completed = False
         phases.append(ph)
     return phases
@@ -438,7 +567,7 @@ def m3sh_phases(box: Any) -> list[Phase]:
 def report(phases: list[Phase]) -> None:
     for ph in phases:
         mark = "PASS" if ph.completed else "FAIL"
-        print(f"{mark} {ph.tool:24} {ph.phase:12} records={ph.records:<5} requests={ph.requests:<5} "
+        print(f"{mark} {ph.tool:26} {ph.system:10} {ph.phase:12} records={ph.records:<5} requests={ph.requests:<5} "
               f"wall={ph.seconds:7.2f}s cpu={ph.cpu_seconds:6.2f}s 429={ph.http_429}", file=sys.stderr)
         for stream, extra in ph.extra_ids.items():
             print(f"     note: {stream}: {len(extra)} unchanged record(s) re-read too: {extra[:5]}", file=sys.stderr)
@@ -448,17 +577,20 @@ def report(phases: list[Phase]) -> None:
 
 
 def summary(phases: list[Phase]) -> dict[str, Any]:
-    """Flat figures for ``make bench``'s table (it shows numbers, not the ``runs`` list)."""
+    """Flat figures for ``make bench``'s table (it shows numbers, not the ``runs`` list); HubSpot's
+    keep their names, Salesforce's have a ``salesforce_`` prefix."""
     out: dict[str, Any] = {"phases_completed": sum(ph.completed for ph in phases), "phases": len(phases)}
-    full = {ph.tool: ph for ph in phases if ph.phase == "full" and ph.completed}
-    peers = [ph for tool, ph in full.items() if tool != "m3sh"]
-    if "m3sh" in full:
-        out["m3sh_full_seconds"] = round(full["m3sh"].seconds, 2)
-        out["m3sh_full_requests"] = full["m3sh"].requests
-    if peers:
-        best = min(peers, key=lambda ph: ph.seconds)
-        out["best_peer_full_seconds"] = round(best.seconds, 2)
-        out["best_peer_full_requests"] = min(ph.requests for ph in peers)
+    for system in ("hubspot", "salesforce"):
+        prefix = "" if system == "hubspot" else f"{system}_"
+        full = {ph.tool: ph for ph in phases if ph.phase == "full" and ph.completed and ph.system == system}
+        peers = [ph for tool, ph in full.items() if tool != "m3sh"]
+        if "m3sh" in full:
+            out[f"{prefix}m3sh_full_seconds"] = round(full["m3sh"].seconds, 2)
+            out[f"{prefix}m3sh_full_requests"] = full["m3sh"].requests
+        if peers:
+            best = min(peers, key=lambda ph: ph.seconds)
+            out[f"{prefix}best_peer_full_seconds"] = round(best.seconds, 2)
+            out[f"{prefix}best_peer_full_requests"] = min(ph.requests for ph in peers)
     return out
 
 
@@ -483,19 +615,23 @@ def main(argv: list[str] | None = None) -> int:
         coverage_dir = Path(tempfile.mkdtemp(prefix="m3sh-peer-spec-"))
         os.environ.update({"M3SH_SANDBOX_SPEC_CHECK": "1", "M3SH_SPEC_COVERAGE_DIR": str(coverage_dir)})
     skip = set(args.skip_stream)
-    peers = [Peer(p.package, p.version, {k: v for k, v in p.streams.items() if k not in skip}, p.id_field)
+    peers = [dataclasses.replace(p, streams={k: v for k, v in p.streams.items() if k not in skip})
              for p in PEERS if not only or p.package in only]
     for peer in peers:
         ensure_venv(peer)
     phases: list[Phase] = []
+    m3sh_systems = {"hubspot", "salesforce"} if not only or "m3sh" in only else set()
+    systems = sorted({p.system for p in peers} | m3sh_systems)
     try:
-        with sandbox(["hubspot"], limits=True) as box:
+        # M3SH_TEST_PORT_BASE (a developer's own port range) moves where free ports are searched from.
+        start = int(os.environ.get("M3SH_TEST_PORT_BASE") or PORT_START)
+        with sandbox(systems, limits=True, start=start) as box:
             for peer in peers:
                 print(f">> {peer.package}=={peer.version}", file=sys.stderr, flush=True)
                 phases += run_peer_phases(peer, box, credentials.HUBSPOT_TOKEN, coverage_dir)
-            if not only or "m3sh" in only:
-                print(">> m3sh extract_hubspot", file=sys.stderr, flush=True)
-                phases += m3sh_phases(box)
+            for system in sorted(m3sh_systems):
+                print(f">> m3sh extract_{system}", file=sys.stderr, flush=True)
+                phases += m3sh_phases(box, system)
     finally:
         os.environ.clear()
         os.environ.update(saved)

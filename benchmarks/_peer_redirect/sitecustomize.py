@@ -1,5 +1,10 @@
 """Loaded by a published connector's interpreter (``benchmarks/peers.py`` puts this folder on its
-``PYTHONPATH``): sends its ``https://api.hubapi.com`` requests to the sandbox, and logs each one.
+``PYTHONPATH``): sends its requests for the vendor's production hosts to the sandbox, and logs each one.
+
+The hosts: ``https://api.hubapi.com`` (``$M3SH_PEER_HUBSPOT_URL``), and any given in
+``$M3SH_PEER_REDIRECTS``, a JSON object of production origin -> sandbox base URL (Salesforce:
+``https://login.salesforce.com``, where the OAuth token request goes, and the org's My Domain
+instance host that the token response's ``instance_url`` names).
 
 Transport level only, nothing of the connector is touched: ``requests``' ``HTTPAdapter.send`` (what
 every ``requests`` session, ``requests_cache``'s included, sends through) gets the prepared request
@@ -15,7 +20,8 @@ import os
 import time
 from typing import Any
 
-REDIRECTS = {"https://api.hubapi.com": os.environ.get("M3SH_PEER_HUBSPOT_URL", "")}
+REDIRECTS = {"https://api.hubapi.com": os.environ.get("M3SH_PEER_HUBSPOT_URL", ""),
+             **json.loads(os.environ.get("M3SH_PEER_REDIRECTS") or "{}")}
 
 
 def _install() -> None:

@@ -172,6 +172,10 @@ class Emulator:
     """
 
     name = "emulator"
+    # Listener roles served by uvicorn's h11 protocol, which sends header names as the app spells
+    # them (httptools, the default where installed, lowercases them): for clients that look headers
+    # up case-sensitively.
+    case_preserving_roles: frozenset[str | None] = frozenset()
 
     def __init__(self) -> None:
         self.faults = FaultConfig()

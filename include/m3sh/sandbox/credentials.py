@@ -29,6 +29,11 @@ SALESFORCE2_USERNAME = "integration@acme.example"
 SALESFORCE2_PASSWORD = "sandbox-sf2-password-37"  # noqa: S105 - sandbox credential
 SALESFORCE2_SECURITY_TOKEN = "sandbox-sf2-token-08"  # noqa: S105 - sandbox credential
 SALESFORCE2_INSTANCE_HOST = "acme.my.salesforce.com"
+# A connected app and a refresh token for the first org's integration user: the OAuth 2.0 refresh
+# token flow that published connectors (tap-salesforce, airbyte-source-salesforce) log in with.
+SALESFORCE_CLIENT_ID = "3MVG9sandbox.northwind.connected.app"
+SALESFORCE_CLIENT_SECRET = "sandbox-sf-client-secret-4c"  # noqa: S105 - sandbox credential
+SALESFORCE_REFRESH_TOKEN = "5Aep861sandbox.refresh.token.northwind"  # noqa: S105 - sandbox credential
 
 AWS_ACCESS_KEY = "sandbox-aws-key"
 AWS_SECRET_KEY = "sandbox-aws-secret-3e"  # noqa: S105 - sandbox credential

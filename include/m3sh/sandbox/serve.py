@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     servers = [
         uvicorn.Server(uvicorn.Config(build_asgi(emulator, role, SPEC_SERVERS.get((args.emulator, role))),
                                       host=args.host, port=port, log_level="warning", access_log=False,
-                                      timeout_keep_alive=30))
+                                      timeout_keep_alive=30,
+                                      http="h11" if role in emulator.case_preserving_roles else "auto"))
         for role, port in listeners
     ]
     # One event loop (uvloop where uvicorn would pick it) serves every listener of the process: they

@@ -43,3 +43,31 @@ def test_peer_requests_reach_the_emulator_and_other_hosts_are_refused(fresh_sand
     assert entry["method"] == "GET" and entry["status"] == 200
     assert entry["url"].startswith("https://api.hubapi.com/crm/v3/objects/companies?")
     assert fresh_sandbox.requests_to("hubspot", "GET", "/crm/v3/objects/companies") == 1
+
+
+# A Salesforce connector's login: the refresh token flow at login.salesforce.com, then REST calls to
+# the instance_url the token response names (the org's My Domain host).
+SF_PEER = """
+import requests, sys
+auth = requests.post("https://login.salesforce.com/services/oauth2/token", timeout=30, data={
+    "grant_type": "refresh_token", "client_id": sys.argv[1], "client_secret": sys.argv[2],
+    "refresh_token": sys.argv[3]}).json()
+r = requests.get(auth["instance_url"] + "/services/data/v61.0/sobjects", timeout=30,
+                 headers={"Authorization": "Bearer " + auth["access_token"]})
+print(auth["instance_url"], r.status_code, len(r.json()["sobjects"]) > 0)
+"""
+
+
+def test_salesforce_login_and_instance_hosts_are_redirected(fresh_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "requests.jsonl"
+    hosts = {f"https://{credentials.SALESFORCE_LOGIN_HOST}": fresh_sandbox.url("salesforce"),
+             f"https://{credentials.SALESFORCE_INSTANCE_HOST}": fresh_sandbox.url("salesforce_instance")}
+    env = {**os.environ, "PYTHONPATH": str(REDIRECT_DIR), "M3SH_PEER_REDIRECTS": json.dumps(hosts),
+           "M3SH_PEER_LOG": str(log)}
+    out = subprocess.run([sys.executable, "-c", SF_PEER, credentials.SALESFORCE_CLIENT_ID,
+                          credentials.SALESFORCE_CLIENT_SECRET, credentials.SALESFORCE_REFRESH_TOKEN], env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out == [f"https://{credentials.SALESFORCE_INSTANCE_HOST}", "200", "True"]
+    urls = [json.loads(line)["url"] for line in log.read_text().splitlines()]
+    assert urls == [f"https://{credentials.SALESFORCE_LOGIN_HOST}/services/oauth2/token",
+                    f"https://{credentials.SALESFORCE_INSTANCE_HOST}/services/data/v61.0/sobjects"]

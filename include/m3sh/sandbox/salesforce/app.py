@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
+from urllib.parse import parse_qs
 
 import orjson
 from fastapi import FastAPI, Request
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m3sh.sandbox.common import ASGIApp, Emulator, HostGate
-from m3sh.sandbox.salesforce import auth, strict
+from m3sh.sandbox.salesforce import auth, bulk2, strict
 from m3sh.sandbox.salesforce.schema import OBJECTS, ObjectDef, get_object, redefine_field, restore_schema
 from m3sh.sandbox.salesforce.seed import seed_demo
 from m3sh.sandbox.salesforce.store import ApiError, Store
@@ -33,13 +34,17 @@ _ERROR_CODES = {
     405: "METHOD_NOT_ALLOWED", 429: "REQUEST_LIMIT_EXCEEDED", 503: "SERVER_UNAVAILABLE",
 }
 _NOT_FOUND = "The requested resource does not exist"
+_HEADER_CASE = {b"content-type": b"Content-Type", b"content-length": b"Content-Length",
+                b"sforce-locator": b"Sforce-Locator", b"sforce-numberofrecords": b"Sforce-NumberOfRecords",
+                b"sforce-limit-info": b"Sforce-Limit-Info"}
 _NO_EXT_FIELD = "Provided external ID field does not exist or is not accessible: "
 
 Handler = Callable[..., Awaitable[Response]]
 
 
 def _login_host_operation(method: str, path: str) -> bool:
-    return (method == "POST" and path.startswith("/services/Soap/u/")) or path.rstrip("/") == "/services/data"
+    return ((method == "POST" and (path.startswith("/services/Soap/u/") or path == "/services/oauth2/token"))
+            or path.rstrip("/") == "/services/data")
 
 
 class SalesforceOrg:
@@ -51,6 +56,7 @@ class SalesforceOrg:
         self.login = login
         self.lock = emu.lock
         self.store = Store()
+        self.query_jobs = bulk2.QueryJobs()
         self.sessions: set[str] = set()
         self.daily_max = DEFAULT_DAILY_LIMIT
         self.api_used = 0
@@ -95,6 +101,9 @@ class SalesforceEmulator(Emulator):
     """
 
     name = "salesforce"
+    # The instance hosts answer Bulk API 2.0 results with "Content-Type" capitalised (see
+    # query_job_results), which only uvicorn's h11 protocol sends as spelled.
+    case_preserving_roles = frozenset({"instance", "instance_acme"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,6 +155,7 @@ class SalesforceEmulator(Emulator):
             restore_schema()
             for org in self.orgs.values():
                 org.store = Store()
+                org.query_jobs = bulk2.QueryJobs()
                 org.sessions.clear()
                 org.api_used = 0
                 org.daily_max = DEFAULT_DAILY_LIMIT
@@ -289,6 +299,27 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         return Response(auth.login_response(session_id, version, user_org.login),
                         media_type="text/xml;charset=UTF-8")
 
+    @app.post("/services/oauth2/token")
+    async def oauth_token(request: Request) -> Response:
+        """OAuth 2.0 refresh token flow (``auth.refresh_token_grant``); the access token it issues
+        is a session of the org whose user granted the refresh token."""
+        try:
+            if request.query_params:
+                raise auth.OAuthError("invalid_request", "the m3sh sandbox takes the token request's "
+                                                         "parameters in the form-encoded body only")
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/x-www-form-urlencoded":
+                raise auth.OAuthError("invalid_request", "the token request must be application/x-www-form-urlencoded")
+            form = parse_qs((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True)
+            app_ = auth.refresh_token_grant(form, request.headers.get("authorization", ""))
+        except auth.OAuthError as exc:
+            return JSONResponse(exc.body, status_code=exc.status)
+        token_org = emu.orgs[app_.org]
+        session_id = auth.new_session_id(token_org.login)
+        with emu.lock:
+            token_org.sessions.add(session_id)
+        return JSONResponse(auth.token_response(session_id, app_, token_org.login))
+
     @app.get("/services/data")
     @app.get("/services/data/")
     async def versions() -> Response:
@@ -316,7 +347,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
             remaining = max(0, org.daily_max - org.api_used)
             return org.json(200, {
                 "DailyApiRequests": {"Max": org.daily_max, "Remaining": remaining},
-                "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+                "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": max(0, 10000 - org.query_jobs.created)},
                 "DataStorageMB": {"Max": 1024, "Remaining": 1000},
                 "SingleEmailMessages": {"Max": 5000, "Remaining": 5000},
             })
@@ -504,6 +535,60 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
         if float(v) < 46:
             return Response(status_code=204, headers=org.limit_header())
         return org.json(200, body)
+
+    # --------------------------------------------------------------- Bulk API 2.0 query jobs
+    jobs = base + "/jobs/query"
+
+    @app.post(jobs)
+    async def create_query_job(version: str, request: Request) -> Response:
+        org.authorize(request)
+        v = _check_version(version)
+        _params(request, strict.NONE, "POST jobs/query (create a query job)")
+        body = await _json_body(request)
+        with emu.lock:
+            job = org.query_jobs.create(org.store, body, v, org.login.user_id)
+        return org.json(200, job.info())
+
+    @app.get(jobs + "/{job_id}")
+    async def query_job_info(version: str, job_id: str, request: Request) -> Response:
+        org.authorize(request)
+        _check_version(version)
+        _params(request, strict.NONE, "jobs/query/{id} (job information)")
+        with emu.lock:
+            return org.json(200, org.query_jobs.info(job_id))
+
+    @app.patch(jobs + "/{job_id}")
+    async def abort_query_job(version: str, job_id: str, request: Request) -> Response:
+        org.authorize(request)
+        _check_version(version)
+        _params(request, strict.NONE, "PATCH jobs/query/{id} (abort)")
+        body = await _json_body(request)
+        with emu.lock:
+            return org.json(200, org.query_jobs.abort(job_id, body))
+
+    @app.delete(jobs + "/{job_id}")
+    async def delete_query_job(version: str, job_id: str, request: Request) -> Response:
+        org.authorize(request)
+        _check_version(version)
+        _params(request, strict.NONE, "DELETE jobs/query/{id}")
+        with emu.lock:
+            org.query_jobs.delete(job_id)
+        return Response(status_code=204, headers=org.limit_header())
+
+    @app.get(jobs + "/{job_id}/results")
+    async def query_job_results(version: str, job_id: str, request: Request) -> Response:
+        org.authorize(request)
+        v = _check_version(version)
+        _params(request, bulk2.RESULTS_PARAMS, "jobs/query/{id}/results")
+        with emu.lock:
+            content, headers = org.query_jobs.results(job_id, v, request.query_params.get("locator"),
+                                                      request.query_params.get("maxRecords"))
+        response = Response(content, media_type="text/csv", headers={**headers, **org.limit_header()})
+        # Header names as Salesforce spells them ("Content-Type", "Sforce-Locator"): HTTP says case
+        # does not matter, but airbyte-cdk's ResponseToFileExtractor looks up "content-type" in a
+        # plain dict of the headers, so its CSV download works only when the name is capitalised.
+        response.raw_headers = [(_HEADER_CASE.get(k, k), v) for k, v in response.raw_headers]
+        return response
 
     async def unimplemented(version: str, request: Request) -> Response:
         org.authorize(request)

@@ -8,7 +8,9 @@ query *building*, not evaluation). The subset is what billing integrations send:
     [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...] [LIMIT n] [OFFSET n]
 
 Values: 'quoted strings' (backslash escapes), numbers, true/false, null, dates ``2026-01-01``,
-datetimes ``2026-01-01T00:00:00Z`` / ``+0000`` / ``+00:00``, and the date-range literals TODAY,
+datetimes ``2026-01-01T00:00:00Z`` / ``+0000`` / ``+00:00`` with up to 6 fractional digits (the
+SOQL reference shows none; tap-salesforce sends its bookmark as ``...T23:00:00.000000Z`` on every
+incremental sync, so Salesforce accepts microseconds), and the date-range literals TODAY,
 YESTERDAY, TOMORROW, LAST_MONTH, THIS_MONTH, NEXT_MONTH, LAST_N_DAYS:n, NEXT_N_DAYS:n.
 
 The emulator is deliberately as strict as Salesforce where integrations commonly go wrong:
@@ -52,7 +54,7 @@ _TOKEN_RE = re.compile(
     r"""
     (?P<ws>\s+)
   | (?P<string>'(?:[^'\\]|\\.)*')
-  | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,3})?(?:Z|[+-]\d{2}:?\d{2}))
+  | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:?\d{2}))
   | (?P<date>\d{4}-\d{2}-\d{2}(?![\dT]))
   | (?P<nrange>[A-Za-z_][A-Za-z0-9_]*:\d+)
   | (?P<number>-?\d+(?:\.\d+)?(?![\w.]))

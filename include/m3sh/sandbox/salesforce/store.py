@@ -402,9 +402,7 @@ class Store:
             raise ApiError(400, exc.error_code, exc.message) from None
         assert q.obj is not None
         obj = q.obj
-        matches = soql.Evaluator(self.resolve, now_utc()).compile(q.where)
-        rows = [r for r in self._candidates(obj, q.where)
-                if (include_deleted or not r.get("IsDeleted")) and matches(r)]
+        rows = self._matching(q, include_deleted)
         if q.count == "aggregate":
             # One result row: LIMIT/OFFSET apply to it, not to the records counted.
             assert q.count_field is not None
@@ -427,6 +425,22 @@ class Store:
         size = min(max(batch or DEFAULT_BATCH, MIN_BATCH), DEFAULT_BATCH)
         endpoint = "queryAll" if include_deleted else "query"
         return self._page(Cursor(q, projected, size, endpoint), 0, version, new=True)
+
+    def _matching(self, q: soql.Query, include_deleted: bool) -> list[Record]:
+        assert q.obj is not None
+        matches = soql.Evaluator(self.resolve, now_utc()).compile(q.where)
+        return [r for r in self._candidates(q.obj, q.where)
+                if (include_deleted or not r.get("IsDeleted")) and matches(r)]
+
+    def select_records(self, q: soql.Query, include_deleted: bool) -> list[Record]:
+        """The stored records a compiled, non-aggregate query selects, ordered and limited (Bulk API
+        2.0 query jobs format them themselves)."""
+        rows = self._matching(q, include_deleted)
+        if q.order:
+            rows = soql.sort_records(rows, q.order, self.resolve)
+        if q.offset:
+            rows = rows[q.offset:]
+        return rows[:q.limit] if q.limit is not None else rows
 
     def _candidates(self, obj: ObjectDef, where: soql.Cond | None) -> Iterable[Record]:
         """The records a WHERE can match: an indexed ``=``/``IN`` conjunct narrows them (the

@@ -41,7 +41,9 @@ DOCUMENTED = {
 # REST resources Salesforce serves under /services/data/vXX.X/ that the emulator does not: a request
 # for one says so, instead of the generic "does not exist" (Developer Guide, "List Available REST
 # Resources"). simple-salesforce reaches several of them (``bulk``/``bulk2`` -> jobs, ``search``,
-# ``quick_search``, ``toolingexecute``, composite via ``restful``).
+# ``quick_search``, ``toolingexecute``, composite via ``restful``). Under ``jobs`` only Bulk API 2.0
+# query jobs (``jobs/query/{id}``, ``bulk2.py``) are implemented: ingest jobs and the list of query
+# jobs reach this refusal.
 UNIMPLEMENTED_RESOURCES = (
     "composite", "jobs", "search", "parameterizedSearch", "tooling", "recent", "analytics", "actions",
     "process", "quickActions", "connect", "chatter", "ui-api", "async-queries", "appMenu", "consent",
