@@ -54,8 +54,16 @@ START_DATE = "2015-01-01T00:00:00Z"  # before every seeded record
 SF_START_DATE = (dt.datetime.now(dt.UTC) - dt.timedelta(days=730)).strftime("%Y-%m-%dT00:00:00Z")
 # The known change of the incremental phase: how many of each seeded object get an edit.
 CHANGES = {"hubspot": {"companies": 3, "deals": 2, "line_items": 2},
-           "salesforce": {"Account": 3, "Opportunity": 2, "Contract": 2}}
+           "salesforce": {"Account": 3, "Opportunity": 2, "Contract": 2},
+           "netsuite": {"customer": 3, "invoice": 2}}
 SF_API = "v61.0"
+# NetSuite's demo seed has no customers or invoices (m3sh creates them), so the harness creates
+# these through the REST record API before a NetSuite peer's discover, as m3sh's invoice sync would.
+NS_SEED = {"customer": 25, "invoice": 50}
+NS_HOST_SUFFIX = ".suitetalk.api.netsuite.com"  # production host of an account: <account>.suitetalk...
+# airbyte-source-netsuite queries lastModifiedDate in window_in_days date windows from its start; the
+# NetSuite records are all created during the run, so it starts 30 days back (one default window).
+NS_START_DATE = (dt.datetime.now(dt.UTC) - dt.timedelta(days=30)).strftime("%Y-%m-%dT00:00:00Z")
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,10 @@ PEERS = [
     # Bulk API 2.0 query jobs for every seeded object (none has a compound or base64 field).
     Peer("airbyte-source-salesforce", "2.10.3", {s: s for s in CHANGES["salesforce"]},
          {s: "Id" for s in CHANGES["salesforce"]}, system="salesforce", command="source-salesforce"),
+    # REST record API with TBA: metadata-catalog JSON Schemas, then per stream a `q`-filtered
+    # lastModifiedDate window list and one GET per record (expandSubResources).
+    Peer("airbyte-source-netsuite", "0.1.29", {s: s for s in CHANGES["netsuite"]},
+         {s: "id" for s in CHANGES["netsuite"]}, system="netsuite", command="source-netsuite"),
 ]
 
 
@@ -141,7 +153,10 @@ def run_peer(peer: Peer, args: list[str], redirects: dict[str, str], workdir: Pa
     """Run one peer command; ``redirects``: production origin -> sandbox URL (the transport redirect's map)."""
     log = workdir / f"requests-{time.monotonic_ns()}.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "AIRFLOW_CONN"))}
+    # NetSuite's requests are signed over their URL: its origins are forwarded keeping their Host.
+    keep_host = [origin for origin in redirects if origin.endswith(NS_HOST_SUFFIX)]
     env.update({"PYTHONPATH": str(REDIRECT_DIR), "M3SH_PEER_REDIRECTS": json.dumps(redirects),
+                "M3SH_PEER_KEEP_HOST": json.dumps(keep_host),
                 "M3SH_PEER_LOG": str(log), "PATH": f"{peer.venv / 'bin'}:{env.get('PATH', '')}"})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -300,6 +315,15 @@ def _sf_config(_: str) -> dict[str, Any]:
             "refresh_token": cred.SALESFORCE_REFRESH_TOKEN, "start_date": SF_START_DATE, "is_sandbox": False}
 
 
+def _ns_config(_: str) -> dict[str, Any]:
+    from m3sh.sandbox import credentials as cred
+
+    ns = cred.NETSUITE["default"]
+    return {"realm": ns.account_id, "consumer_key": ns.consumer_key, "consumer_secret": ns.consumer_secret,
+            "token_key": ns.token_id, "token_secret": ns.token_secret, "object_types": list(CHANGES["netsuite"]),
+            "start_datetime": NS_START_DATE, "window_in_days": 30}
+
+
 PROTOCOLS: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[[str], Any]]] = {
     "airbyte-source-hubspot": (
         airbyte_discover, airbyte_configure, airbyte_read,
@@ -314,6 +338,7 @@ PROTOCOLS: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[...,
     "airbyte-source-salesforce": (
         airbyte_discover, airbyte_configure, airbyte_read,
         lambda token: {**_sf_config(token), "auth_type": "Client"}),
+    "airbyte-source-netsuite": (airbyte_discover, airbyte_configure, airbyte_read, _ns_config),
 }
 
 
@@ -389,12 +414,69 @@ class SalesforceSide:
         return changed
 
 
+class NetSuiteSide:
+    """The harness's own NetSuite calls (creating the customers and invoices the peer reads, their
+    ids, the known change), TBA-signed with requests-oauthlib as the peer signs."""
+
+    def __init__(self, box: Any) -> None:
+        from requests_oauthlib import OAuth1
+
+        from m3sh.sandbox import credentials as cred
+
+        ns = cred.NETSUITE["default"]
+        self.base = box.endpoints.url("netsuite") + "/services/rest/record/v1"
+        self.session = requests.Session()
+        self.session.auth = OAuth1(ns.consumer_key, ns.consumer_secret, ns.token_id, ns.token_secret,
+                                   realm=ns.account_id, signature_method="HMAC-SHA256")
+
+    def _send(self, method: str, path: str, **kw: Any) -> requests.Response:
+        r = self.session.request(method, self.base + path, timeout=60, **kw)
+        if r.status_code >= 300:
+            raise RuntimeError(f"NetSuite {method} {path}: {r.status_code} {r.text[:300]}")
+        return r
+
+    def seed(self) -> None:
+        from m3sh.sandbox.seed import NETSUITE_ITEMS
+
+        customers = []
+        for n in range(NS_SEED["customer"]):
+            r = self._send("POST", "/customer", json={"companyName": f"Peer Customer {n}", "externalId": f"PEER-{n}"})
+            customers.append(r.headers["Location"].rsplit("/", 1)[1])
+        for n in range(NS_SEED["invoice"]):
+            self._send("POST", "/invoice", json={
+                "entity": {"id": customers[n % len(customers)]}, "externalId": f"PEER-INV-{n}",
+                "item": {"items": [{"item": {"id": NETSUITE_ITEMS["usage"]}, "quantity": n + 1, "rate": 2.5}]}})
+
+    def ids(self, record_type: str) -> set[str]:
+        out: set[str] = set()
+        offset = 0
+        while True:
+            page = self._send("GET", f"/{record_type}", params={"offset": offset}).json()
+            out.update(item["id"] for item in page["items"])
+            if not page["hasMore"]:
+                return out
+            offset += page["count"]
+
+    def change(self, seeded: dict[str, set[str]]) -> dict[str, set[str]]:
+        changed: dict[str, set[str]] = {}
+        for record_type, count in CHANGES["netsuite"].items():
+            ids = sorted(seeded[record_type], key=int)[:count]
+            field_name = "comments" if record_type == "customer" else "memo"
+            for i in ids:
+                self._send("PATCH", f"/{record_type}/{i}", json={field_name: f"changed by the peers benchmark {i}"})
+            changed[record_type] = set(ids)
+        return changed
+
+
 def redirects(box: Any, system: str) -> dict[str, str]:
     """Production origin -> sandbox URL, for the peer's transport redirect."""
     from m3sh.sandbox import credentials as cred
 
     if system == "hubspot":
         return {"https://api.hubapi.com": box.endpoints.url("hubspot")}
+    if system == "netsuite":
+        account = cred.NETSUITE["default"].account_id.replace("_", "-").lower()
+        return {f"https://{account}{NS_HOST_SUFFIX}": box.endpoints.url("netsuite")}
     return {f"https://{cred.SALESFORCE_LOGIN_HOST}": box.endpoints.url("salesforce"),
             f"https://{cred.SALESFORCE_INSTANCE_HOST}": box.endpoints.url("salesforce_instance")}
 
@@ -440,7 +522,9 @@ def run_peer_phases(peer: Peer, box: Any, token: str, coverage_dir: Path | None)
         def change() -> dict[str, set[str]]:
             return make_change(hs_url, token, seeded)
     else:
-        side = SalesforceSide(box)
+        side: SalesforceSide | NetSuiteSide = SalesforceSide(box) if system == "salesforce" else NetSuiteSide(box)
+        if isinstance(side, NetSuiteSide):
+            side.seed()
         seeded = {t: side.ids(t) for t in set(peer.streams.values()) | set(CHANGES[system])}
 
         def change() -> dict[str, set[str]]:
@@ -580,7 +664,7 @@ def summary(phases: list[Phase]) -> dict[str, Any]:
     """Flat figures for ``make bench``'s table (it shows numbers, not the ``runs`` list); HubSpot's
     keep their names, Salesforce's have a ``salesforce_`` prefix."""
     out: dict[str, Any] = {"phases_completed": sum(ph.completed for ph in phases), "phases": len(phases)}
-    for system in ("hubspot", "salesforce"):
+    for system in ("hubspot", "salesforce", "netsuite"):
         prefix = "" if system == "hubspot" else f"{system}_"
         full = {ph.tool: ph for ph in phases if ph.phase == "full" and ph.completed and ph.system == system}
         peers = [ph for tool, ph in full.items() if tool != "m3sh"]

@@ -6,6 +6,12 @@ The hosts: ``https://api.hubapi.com`` (``$M3SH_PEER_HUBSPOT_URL``), and any give
 ``https://login.salesforce.com``, where the OAuth token request goes, and the org's My Domain
 instance host that the token response's ``instance_url`` names).
 
+NetSuite's requests are signed (OAuth 1.0 TBA: the signature covers the URL's scheme, host and
+path), so for the origins listed in ``$M3SH_PEER_KEEP_HOST`` (a JSON list) the request goes on as
+through a TLS-terminating reverse proxy: its ``Host`` header keeps the production host and
+``X-Forwarded-Proto`` its scheme (uvicorn trusts that header from 127.0.0.1), so the emulator sees
+the URL the connector signed and builds its record links on the production host.
+
 Transport level only, nothing of the connector is touched: ``requests``' ``HTTPAdapter.send`` (what
 every ``requests`` session, ``requests_cache``'s included, sends through) gets the prepared request
 with its URL's scheme and host rewritten. A request to any other host is refused (the peer must not
@@ -22,6 +28,7 @@ from typing import Any
 
 REDIRECTS = {"https://api.hubapi.com": os.environ.get("M3SH_PEER_HUBSPOT_URL", ""),
              **json.loads(os.environ.get("M3SH_PEER_REDIRECTS") or "{}")}
+KEEP_HOST = set(json.loads(os.environ.get("M3SH_PEER_KEEP_HOST") or "[]"))
 
 
 def _install() -> None:
@@ -38,6 +45,10 @@ def _install() -> None:
         for prefix, target in REDIRECTS.items():
             if target and (url == prefix or url.startswith(prefix + "/") or url.startswith(prefix + "?")):
                 request.url = target + url[len(prefix):]
+                if prefix in KEEP_HOST:
+                    scheme, host = prefix.split("://", 1)
+                    request.headers["Host"] = host
+                    request.headers["X-Forwarded-Proto"] = scheme
                 break
         else:
             raise RequestsConnectionError(f"m3sh peer redirect: {url.split('?', 1)[0]} is not a sandboxed host")

@@ -414,7 +414,7 @@ def test_unknown_and_unimplemented_query_parameters_are_invalid_parameter(ns: Cl
         ("GET", f"/record/v1/customer/{cid}", {"simpleEnumFormat": "true"}, "simpleEnumFormat",
          "simpleEnumFormat is documented by NetSuite but not implemented by the m3sh sandbox"),
         ("GET", "/record/v1/customer", {"limit": 5, "q": 'email START_WITH "a"'}, "q",
-         "not implemented by the m3sh sandbox; use SuiteQL"),
+         "The operator START_WITH is documented by NetSuite but not implemented by the m3sh sandbox"),
         ("GET", "/record/v1/customer", {"pageSize": 5}, "pageSize", "Invalid query parameter name: pageSize"),
         ("PATCH", f"/record/v1/customer/{cid}", {"replaceSelectedFields": "true"}, "replaceSelectedFields",
          "replaceSelectedFields is documented by NetSuite but not implemented"),
@@ -503,8 +503,9 @@ def test_item_sublist_sub_resource_and_unimplemented_transform(ns: Client) -> No
     assert "not implemented by the m3sh sandbox" in err["detail"]
     r = ns.req("GET", f"/record/v1/customer/{cid}/addressBook")
     assert r.status_code == 404 and "not implemented by the m3sh sandbox" in error_of(r)["detail"]
-    r = ns.req("GET", "/record/v1/metadata-catalog/customer", headers={"Accept": "application/schema+json"})
-    assert r.status_code == 404 and "not implemented by the m3sh sandbox" in error_of(r)["detail"]
+    r = ns.req("GET", "/record/v1/metadata-catalog/customer", headers={"Accept": "application/swagger+json"})
+    assert r.status_code == 400 and "not implemented by the m3sh sandbox" in error_of(r)["detail"]
+    assert error_of(r)["o:errorHeader"] == "Accept"
     assert error_of(r)["o:urlPath"] == "/services/rest/record/v1/metadata-catalog/customer"
 
 
@@ -569,3 +570,75 @@ def test_read_and_write_parameter_values_are_checked(ns: Client) -> None:
     assert err["o:errorCode"] == "INVALID_PARAMETER" and err["o:errorQueryParam"] == "replace"
     assert "'lines'" in err["detail"]
     assert ns.req("GET", "/record/v1/invoice/eid:P1").status_code == 404
+
+
+# -- what airbyte-source-netsuite reads (issue 20): JSON Schema metadata and q-filtered collections -
+def test_metadata_catalog_serves_json_schema_of_record_types(ns: Client) -> None:
+    """NetSuite's "Working with JSON Schema Metadata": Accept application/schema+json gives a Draft 6 schema
+    of the record's fields; the ``$ref``s it contains are served too."""
+    schema_json = {"Accept": "application/schema+json"}
+    r = ns.req("GET", "/record/v1/metadata-catalog/invoice", headers=schema_json)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/schema+json")
+    schema = r.json()
+    assert schema["$schema"] == "https://json-schema.org/draft-06/hyper-schema#" and schema["type"] == "object"
+    props = schema["properties"]
+    assert props["lastModifiedDate"] == {"title": "Last Modified Date", "type": "string", "format": "date-time",
+                                         "nullable": True}
+    assert props["tranDate"]["format"] == "date" and props["total"]["type"] == "number"
+    assert "lastModifiedDate" in schema["x-ns-filterable"]
+    refs = {props["links"]["items"]["$ref"], props["entity"]["$ref"]}
+    for ref in refs:
+        shared = ns.session.get(ns.base.removesuffix("/services/rest") + ref, headers=schema_json, timeout=10)
+        assert shared.status_code == 200 and "properties" in shared.json(), ref
+    customer = ns.req("GET", "/record/v1/metadata-catalog/customer", headers=schema_json).json()
+    assert {"companyName", "email", "lastModifiedDate", "dateCreated"} <= set(customer["properties"])
+    r = ns.req("GET", "/record/v1/metadata-catalog/salesOrder", headers=schema_json)
+    assert r.status_code == 404 and error_of(r)["o:urlPath"].endswith("/metadata-catalog/salesOrder")
+    r = ns.req("GET", "/record/v1/metadata-catalog/customer", headers={"Accept": "text/html"})
+    assert r.status_code == 400 and error_of(r)["o:errorCode"] == "INVALID_HEADER"
+
+
+def test_q_filters_the_collection_by_date_and_pages_keep_the_filter(ns: Client, fresh_sandbox: Any) -> None:
+    """NetSuite's "Record Collection Filtering": date operators against bare dates in the account's format
+    (M/D/YYYY; midnight UTC: modelled), AND/OR/() and the filter kept in the paging links."""
+    today = time.strftime("%m/%d/%Y", time.gmtime())  # before the writes: their instants are later
+    tomorrow = time.strftime("%m/%d/%Y", time.gmtime(time.time() + 86400))
+    ids = [new_customer(ns, f"Q-{n}") for n in range(3)]
+
+    def listed(q: str, **params: Any) -> dict[str, Any]:
+        r = ns.req("GET", "/record/v1/customer", params={"q": q, **params})
+        assert r.status_code == 200, r.text
+        page: dict[str, Any] = r.json()
+        return page
+
+    assert [i["id"] for i in listed(f'lastModifiedDate AFTER "{today}"')["items"]] == ids
+    assert listed(f'lastModifiedDate ON "{today}" AND lastModifiedDate BEFORE "{tomorrow}"')["totalResults"] == 3
+    assert listed(f'lastModifiedDate AFTER "{tomorrow}"')["totalResults"] == 0
+    assert listed(f'lastModifiedDate ON_OR_AFTER "{tomorrow}" OR (dateCreated BEFORE "{tomorrow}" AND '
+                  'lastModifiedDate EMPTY_NOT)')["totalResults"] == 3
+    assert listed("lastModifiedDate BEFORE \"1/1/2015\"")["totalResults"] == 0
+    page = listed(f'lastModifiedDate AFTER "{today}"', limit=2)
+    assert page["hasMore"] is True and page["count"] == 2
+    nxt = next(link["href"] for link in page["links"] if link["rel"] == "next")
+    assert "q=lastModifiedDate+AFTER" in nxt and "offset=2" in nxt
+    assert [i["id"] for i in listed(f'lastModifiedDate AFTER "{today}"', limit=2, offset=2)["items"]] == ids[2:]
+    cid = new_customer(ns, "INV-CUST")
+    ns.create("invoice", invoice_body(cid, tranDate="2030-01-31"))
+    r = ns.req("GET", "/record/v1/invoice", params={"q": 'tranDate ON_OR_AFTER "1/31/2030"'})
+    assert r.status_code == 200 and r.json()["totalResults"] == 1
+    for q, detail in [
+        ('lastModifiedDate AFTER "2026-01-01"', "not a date in the account's date format (M/D/YYYY)"),
+        ('lastModifiedDate AFTER "01/01/2026 10:00 am"', "not a date in the account's date format"),
+        ('email IS "a@x.example"', "The operator IS is documented by NetSuite but not implemented"),
+        ('lastModifiedDate LATER "1/1/2026"', "Unknown operator 'LATER'"),
+        ('companyName EMPTY', "The field 'companyName' cannot be filtered"),
+        ('lastModifiedDate AFTER "1/1/2026" AND', "The filter ends unexpectedly"),
+        ('(lastModifiedDate AFTER "1/1/2026"', "ends unexpectedly"),
+        ("lastModifiedDate AFTER 1/1/2026", "Unexpected character '1'"),
+    ]:
+        r = ns.req("GET", "/record/v1/customer", params={"q": q})
+        assert r.status_code == 400, (q, r.text)
+        err = error_of(r)
+        assert err["o:errorCode"] == "INVALID_PARAMETER" and err["o:errorQueryParam"] == "q", q
+        assert detail in err["detail"], (q, err["detail"])

@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from m3sh.sandbox.common import ASGIApp
 from m3sh.sandbox.netsuite.auth import HOST_ACCOUNT_SCOPE_KEY, SignedRequest
 from m3sh.sandbox.netsuite.errors import CONCURRENCY_DETAIL, NetSuiteApiError, ns_error_body, user_error
+from m3sh.sandbox.netsuite.metadata import SCHEMA_JSON, check_accept, record_schema
+from m3sh.sandbox.netsuite.record_query import compile_filter, filterable
 from m3sh.sandbox.netsuite.state import RECORD_TYPES, TRANSACTION_TYPES, AccountState, known_field
 from m3sh.sandbox.netsuite.suiteql import execute
 from m3sh.sandbox.netsuite.tables import build_tables
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     from m3sh.sandbox.netsuite.emulator import NetSuiteEmulator
 
 # What each route implements (query parameters), checked before it runs. NetSuite's help center
-# (SuiteTalk REST Web Services: "Collection Paging", "Getting a Record Instance", "Updating a Record",
+# (SuiteTalk REST Web Services: "Collection Paging", "Record Collection Filtering" (q, record_query.py),
+# "Working with JSON Schema Metadata" (metadata.py), "Getting a Record Instance", "Updating a Record",
 # "Using the Upsert Operation", "Executing SuiteQL Queries Through REST Web Services"; crm-erp.md B.3,
 # B.5) names these parameters; no
 # machine-readable spec of the REST record service is vendored (the metadata catalog is per account),
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
 # ("Error Handling in REST Web Services": section_156570709583.html); the wording is modelled.
 _ROUTE_PARAMS: dict[str, frozenset[str]] = {
     "GET record": frozenset({"expandSubResources", "fields"}),
-    "GET collection": frozenset({"limit", "offset"}),
+    "GET collection": frozenset({"limit", "offset", "q"}),
     "GET sublist": frozenset(),
     "POST collection": frozenset(),
     "PATCH record": frozenset({"replace"}),
@@ -46,10 +49,9 @@ _ROUTE_PARAMS: dict[str, frozenset[str]] = {
     "DELETE record": frozenset(),
     "POST suiteql": frozenset({"limit", "offset"}),
     "GET metadata-catalog": frozenset(),
+    "GET metadata-catalog record": frozenset(),
 }
 _DOCUMENTED_PARAMS = {
-    "q": "Record collection filtering (q) is documented by NetSuite but not implemented by the m3sh sandbox; "
-         "use SuiteQL",
     "simpleEnumFormat": "simpleEnumFormat is documented by NetSuite but not implemented by the m3sh sandbox",
     "replaceSelectedFields": "replaceSelectedFields is documented by NetSuite but not implemented by the m3sh "
                              "sandbox",
@@ -115,13 +117,15 @@ def _check_headers(request: Request, suiteql: bool) -> str:
     return request.headers.get("x-netsuite-propertynamevalidation", "Error")
 
 
-def _paged(base_href: str, items: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
+def _paged(base_href: str, items: list[dict[str, Any]], limit: int, offset: int,
+           extra: dict[str, str] | None = None) -> dict[str, Any]:
     total = len(items)
     page = items[offset:offset + limit]
     has_more = offset + len(page) < total
 
     def href(off: int) -> str:
-        return f"{base_href}?{urlencode({'limit': limit, 'offset': off})}"
+        # The filter stays in the paging links, so following ``next`` pages the same filtered list.
+        return f"{base_href}?{urlencode({**(extra or {}), 'limit': limit, 'offset': off})}"
 
     links = [{"rel": "self", "href": href(offset)}]
     if offset > 0:
@@ -207,10 +211,13 @@ class _Handler:
             return JSONResponse({"items": [
                 {"name": rt, "links": [{"rel": "canonical", "href": f"{base}{RECORD_PREFIX}/{rt}"}]}
                 for rt in sorted(RECORD_TYPES)]})
+        if record_type == "metadata-catalog" and method == "GET" and len(parts) == 2:
+            _check_params(request, "GET metadata-catalog record")
+            check_accept(request.headers.get("accept", ""), parts[1])
+            return JSONResponse(record_schema(parts[1]), media_type=SCHEMA_JSON)
         if record_type == "metadata-catalog":
-            raise NetSuiteApiError(404, "INVALID_REQUEST", "Record metadata (metadata-catalog/{recordType}, JSON "
-                                   "Schema or OpenAPI) is documented by NetSuite but not implemented by the m3sh "
-                                   "sandbox; only GET metadata-catalog (the record type list) is.",
+            raise NetSuiteApiError(405 if len(parts) == 2 else 404, "INVALID_REQUEST",
+                                   f"{method} {RECORD_PREFIX}/{'/'.join(parts)} is not a metadata-catalog resource.",
                                    url_path=f"{RECORD_PREFIX}/{'/'.join(parts)}")
         if record_type not in RECORD_TYPES:
             raise NetSuiteApiError(404, "NONEXISTENT_ID", f"Record type '{record_type}' does not exist.")
@@ -281,8 +288,13 @@ class _Handler:
         limit, offset = _page_params(request)
         href = f"{base}{RECORD_PREFIX}/{record_type}"
         ids = sorted(acct.records[record_type], key=lambda i: (len(i), i))
+        q = request.query_params.get("q")
+        if q is not None:
+            keep = compile_filter(q, filterable(record_type, set(TRANSACTION_TYPES)))
+            table = acct.records[record_type]
+            ids = [i for i in ids if keep(table[i])]
         items = [{"links": [{"rel": "self", "href": f"{href}/{i}"}], "id": i} for i in ids]
-        return JSONResponse(_paged(href, items, limit, offset))
+        return JSONResponse(_paged(href, items, limit, offset, {"q": q} if q is not None else {}))
 
     def suiteql(self, acct: AccountState, request: Request, raw: bytes, base: str) -> Response:
         prefer = request.headers.get("prefer", "")
