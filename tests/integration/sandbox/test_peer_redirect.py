@@ -71,3 +71,33 @@ def test_salesforce_login_and_instance_hosts_are_redirected(fresh_sandbox, tmp_p
     urls = [json.loads(line)["url"] for line in log.read_text().splitlines()]
     assert urls == [f"https://{credentials.SALESFORCE_LOGIN_HOST}/services/oauth2/token",
                     f"https://{credentials.SALESFORCE_INSTANCE_HOST}/services/data/v61.0/sobjects"]
+
+
+# A NetSuite connector: TBA-signed (OAuth 1.0, HMAC-SHA256) requests to the account's production host.
+NS_PEER = """
+import requests, sys
+from requests_oauthlib import OAuth1
+auth = OAuth1(*sys.argv[2:6], realm=sys.argv[1], signature_method="HMAC-SHA256")
+base = "https://" + sys.argv[1].lower().replace("_", "-") + ".suitetalk.api.netsuite.com/services/rest/record/v1"
+r = requests.get(base + "/subsidiary", auth=auth, timeout=30)
+print(r.status_code, r.json()["items"][0]["links"][0]["href"] if r.ok else "")
+"""
+
+
+@pytest.mark.parametrize("keep_host", [True, False])
+def test_netsuite_signed_requests_keep_their_host(fresh_sandbox, tmp_path: Path, keep_host: bool) -> None:  # type: ignore[no-untyped-def]
+    """The signature covers scheme, host and path: forwarded as by a TLS-terminating proxy (Host and
+    X-Forwarded-Proto kept), the emulator verifies it and links records on the production host;
+    with the URL rewritten alone it cannot (401, as NetSuite would answer a mis-signed request)."""
+    ns = credentials.NETSUITE["default"]
+    origin = "https://1234567.suitetalk.api.netsuite.com"
+    env = {**os.environ, "PYTHONPATH": str(REDIRECT_DIR),
+           "M3SH_PEER_REDIRECTS": json.dumps({origin: fresh_sandbox.url("netsuite")}),
+           "M3SH_PEER_KEEP_HOST": json.dumps([origin] if keep_host else []), "M3SH_PEER_LOG": str(tmp_path / "log")}
+    out = subprocess.run([sys.executable, "-c", NS_PEER, ns.account_id, ns.consumer_key, ns.consumer_secret,
+                          ns.token_id, ns.token_secret], env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout.split()
+    if keep_host:
+        assert out == ["200", f"{origin}/services/rest/record/v1/subsidiary/1"]
+    else:
+        assert out == ["401"]
