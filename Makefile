@@ -54,8 +54,9 @@ unit: venv
 bench: venv
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks
 
-## conformance: published HubSpot and Salesforce connectors (airbyte-source-hubspot, tap-hubspot,
-## tap-salesforce, airbyte-source-salesforce; each in its own cached virtualenv under .cache/peers) run
+## conformance: published HubSpot, Salesforce and NetSuite connectors (airbyte-source-hubspot, tap-hubspot,
+## tap-salesforce, airbyte-source-salesforce, airbyte-source-netsuite; each in its own cached virtualenv
+## under .cache/peers) run
 ## unmodified against the emulators: discover, full, incremental
 conformance: venv
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.peers --conformance

@@ -1,19 +1,21 @@
-"""Published HubSpot and Salesforce connectors as judges of the emulators, measured beside m3sh (issue 20).
+"""Published HubSpot, Salesforce and NetSuite connectors judge the emulators, measured beside m3sh (issue 20).
 
 ``make conformance`` (``python -m benchmarks.peers --conformance``) and ``make bench`` run this. Each
 peer is installed unmodified from PyPI into its own cached virtualenv
 (``.cache/peers/<package>-<version>/``, re-used when present) and started against a fresh demo-seeded
 sandbox with only a transport-level redirect (``benchmarks/_peer_redirect/sitecustomize.py``: its
 ``https://api.hubapi.com``, ``https://login.salesforce.com`` and Salesforce instance requests go to
-the emulators). Per peer, three phases:
+the emulators; a NetSuite account's ``https://<account>.suitetalk.api.netsuite.com``, whose requests
+are TBA-signed over their URL, is forwarded keeping its ``Host``). Per peer, three phases:
 
 * **discover**: the peer's catalog must list the companies and deals streams (and line items where
-  the peer has that stream), or Account, Opportunity and Contract;
+  the peer has that stream), or Account, Opportunity and Contract, or customer and invoice (NetSuite's
+  demo seed has none: the harness creates them through the REST record API first);
 * **full**: a sync of those streams from scratch must return exactly the seed's record ids;
-* **incremental**: after a known change (a few companies, deals and line items, or Accounts,
-  Opportunities and Contracts, edited through the API), a sync from the full sync's state must
-  return every changed id; the ids it returns besides
-  are listed (a connector may re-read records at its bookmark: counted, not a failure).
+* **incremental**: after a known change (a few companies, deals and line items, Accounts,
+  Opportunities and Contracts, or customers and invoices, edited through the API), a sync from the
+  full sync's state must return every changed id; the ids it returns besides are listed (a
+  connector may re-read records at its bookmark: counted, not a failure).
 
 A failed phase names each request the emulator refused (method, path, status, its answer) and any
 spec-guard violation. With ``--conformance`` the spec guard is on (as in the tests) and the exit code
