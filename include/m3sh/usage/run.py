@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from m3sh.config import UsageFeed
@@ -26,11 +26,15 @@ class TooManyChunks(ValueError):
 
 
 def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start: dt.datetime | None = None,
-                end: dt.datetime | None = None, files_per_task: int = 20) -> list[dict[str, Any]]:
+                end: dt.datetime | None = None, files_per_task: int = 20,
+                event_keys: Mapping[str, Sequence[str] | None] | None = None) -> list[dict[str, Any]]:
     """``{"feed", "keys"}`` chunks of at most ``files_per_task`` objects, per enabled feed (only the
     ``only`` ones when given) modified in ``[start, end)`` (every object without a window; manifests
     skip finished ones). An HTTP feed is one chunk naming its endpoint. Raises TooManyChunks past
-    :data:`MAX_MAP` chunks."""
+    :data:`MAX_MAP` chunks.
+
+    ``event_keys`` (an event-started run, :func:`m3sh.usage.events.keys_from_asset_events`): only the
+    feeds it names, each with the keys its events named, or listed as above where it holds None."""
     from m3sh.storage import Storage
     from m3sh.usage.ingest import list_feed_objects
 
@@ -41,8 +45,16 @@ def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start
             why = "disabled in m3sh.yaml" if not feed.enabled else "not selected"
             log.info("usage feed %s skipped (%s)", feed.name, why)
             continue
+        if event_keys is not None and feed.name not in event_keys:
+            log.info("usage feed %s skipped (no event of this run names it)", feed.name)
+            continue
         if feed.type == "http":
             chunks.append({"feed": feed.name, "keys": [feed.endpoint or ""]})
+            continue
+        named = event_keys.get(feed.name) if event_keys is not None else None
+        if named is not None:
+            log.info("feed %s: %d object(s) named by this run's S3 events", feed.name, len(named))
+            chunks += [{"feed": feed.name, "keys": c} for c in chunked(list(named), files_per_task)]
             continue
         keys = list_feed_objects(Storage(feed.conn_id, feed.bucket or ""), feed.prefix, start, end)
         log.info("feed %s: %d object(s) under s3://%s/%s in window %s..%s", feed.name, len(keys), feed.bucket,
