@@ -104,3 +104,13 @@ def test_an_asset_triggered_run_is_recognised_by_the_task_sdk_s_run_type() -> No
     assert is_event_run({"dag_run": SimpleNamespace(run_type="asset_triggered")})
     assert not is_event_run({"dag_run": SimpleNamespace(run_type=DagRunType.SCHEDULED)})
     assert not is_event_run({})
+
+
+def test_a_second_bucket_on_the_same_connection_shares_the_s3_client() -> None:
+    from m3sh.storage import Storage
+
+    state = Storage("aws", "archive", "m3sh/")
+    state.__dict__["client"] = client = object()  # no boto3 here: the cached client is what is shared
+    assert state.for_bucket("aws", "usage").client is client
+    assert state.for_bucket("aws", "usage").bucket == "usage"
+    assert "client" not in state.for_bucket("other_conn", "usage").__dict__

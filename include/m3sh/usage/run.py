@@ -85,7 +85,8 @@ def ingest_chunk(feed: UsageFeed, keys: Sequence[str], *, m3ter: Any, state: Any
 
         return [ingest_http_feed(feed=feed, m3ter=m3ter, state=state, account_exists=lookup, start=start, end=end,
                                  dry_run=dry_run).to_dict()]
-    src = Storage(feed.conn_id, feed.bucket or "")
+    src = state.for_bucket(feed.conn_id, feed.bucket or "") if isinstance(state, Storage) else \
+        Storage(feed.conn_id, feed.bucket or "")
     results = [ingest_s3_object(feed=feed, key=key, m3ter=m3ter, source_storage=src, state=state,
                                 account_exists=lookup, progress_every=progress_every, batch_size=batch_size,
                                 max_in_flight=max_in_flight, dry_run=dry_run).to_dict() for key in keys]
