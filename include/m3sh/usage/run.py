@@ -35,9 +35,6 @@ def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start
 
     ``event_keys`` (an event-started run, :func:`m3sh.usage.events.keys_from_asset_events`): only the
     feeds it names, each with the keys its events named, or listed as above where it holds None."""
-    from m3sh.storage import Storage
-    from m3sh.usage.ingest import list_feed_objects
-
     wanted = set(only)
     chunks: list[dict[str, Any]] = []
     for feed in feeds:
@@ -56,6 +53,11 @@ def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start
             log.info("feed %s: %d object(s) named by this run's S3 events", feed.name, len(named))
             chunks += [{"feed": feed.name, "keys": c} for c in chunked(list(named), files_per_task)]
             continue
+        # Imported here: m3sh.usage.ingest brings the m3ter SDK (~1 s of CPU on a busy host), which an
+        # event-started run's plan (the keys come with its events) does not need.
+        from m3sh.storage import Storage
+        from m3sh.usage.ingest import list_feed_objects
+
         keys = list_feed_objects(Storage(feed.conn_id, feed.bucket or ""), feed.prefix, start, end)
         log.info("feed %s: %d object(s) under s3://%s/%s in window %s..%s", feed.name, len(keys), feed.bucket,
                  feed.prefix, start, end)
