@@ -17,9 +17,10 @@ event, first task processes), not in the percentiles.
 ``plan_started``, ``plan_done`` (``plan_files``), ``ingest_queued``, ``ingest_started``,
 ``ingest_done`` (the mapped ``ingest_files``), ``visible`` (the rows counted in m3ter).
 
-The m3ter emulator counts a measurement the moment its ingest request is answered; production m3ter
-processes ingested measurements asynchronously (its docs speak of usage becoming available shortly
-after submission, no figure given), so ``visible`` here is a lower bound of what a user sees in m3ter.
+The m3ter emulator counts a measurement the moment its ingest request is answered. m3ter validates
+measurements after accepting the request (its API spec's "Ingest Validation Failure Events ... after
+the initial submission"), and how soon its usage queries show them is not documented: ``visible`` is
+when m3ter accepted every row, a lower bound of when a user sees them in m3ter's usage views.
 ``M3SH_BENCH_AIRFLOW_HOME`` keeps the Airflow home (and its logs); ``--port-start`` (or
 ``M3SH_BENCH_PORT_START``) moves the sandbox, and Airflow at sandbox base + 80, away from other work.
 The last line printed is one JSON object.
