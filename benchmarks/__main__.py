@@ -65,6 +65,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "triggers.seconds": ("<=", 10),
     "triggers.double_fires": ("<=", 0),
     "triggers.webhook_to_action_p95_s": ("<=", 10),
+    # event-driven usage: a file put into the watched S3 prefix has all its rows in m3ter (issue 17)
+    "freshness.freshness_p95_s": ("<=", 10),
     "audit_trail.requests_page1_5000": ("<=", 60),
     "audit_trail.requests_page1_100000": ("<=", 200),
     "audit_trail.requests_week_100000": ("<=", 60),
@@ -86,6 +88,7 @@ CONTEXT: dict[str, list[str]] = {
     "sandbox_ingest": ["measurements", "seconds"],
     "invoice_sync": ["bills", "seconds", "bound_seconds"],
     "triggers": ["accounts", "api_calls_cold"],
+    "freshness": ["freshness_p50_s", "freshness_samples", "rows_per_file", "load_avg_1m_end"],
     "audit_trail": ["months_5000", "requests_csv_5000", "months_100000", "requests_csv_100000"],
     "limits_shared": ["processes", "requests", "client_org_rate_rps", "binding_limit_rps", "redis_achieved_rps",
                       "redis_vs_binding_limit", "redis_429_fraction", "in_process_429s", "in_process_429_fraction"],

@@ -36,6 +36,15 @@ class Storage:
 
         return S3Hook(aws_conn_id=self.conn_id).get_conn()
 
+    def for_bucket(self, conn_id: str, bucket: str, prefix: str = "") -> Storage:
+        """Another bucket; through this one's S3 client when the connection is the same (a boto3 client
+        is not tied to a bucket, and building one costs ~0.3 s of CPU: seconds on a busy 2-core host,
+        on the path of every event-started usage run)."""
+        other = Storage(conn_id, bucket, prefix)
+        if conn_id == self.conn_id:
+            other.__dict__["client"] = self.client  # what @cached_property would have stored
+        return other
+
     def key(self, *parts: str) -> str:
         return self.prefix + "/".join(p.strip("/") for p in parts if p)
 

@@ -20,8 +20,16 @@ from m3sh.operators.usage_feeds import (
     M3terUsageFeedsPlanOperator,
     M3terUsageFeedsSummaryOperator,
 )
+from m3sh.usage.events import feed_asset_name
 
 DAG_ID = "m3sh_usage_ingest"
+# The S3 event watcher long-polls its queue continuously: each ReceiveMessage waits up to SQS's
+# maximum of 20 s and returns as soon as a message arrives, and the next one starts at once (no
+# pause between polls; the provider's default pause is 60 s, m3sh had 5 s). A pause is the one place
+# a message waits, so it went. Idle cost: 3 requests a minute per feed, ~130,000 a month, inside
+# SQS's free tier (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/
+# sqs-short-and-long-polling.html).
+SQS_WAIT_S, SQS_PAUSE_S = 20, 0
 MAP_LABEL = "{{ task.chunk['feed'] }}: {{ task.chunk['keys'] | length }} file(s)"
 
 
@@ -37,8 +45,8 @@ def usage_schedule(cfg: M3shConfig) -> Any:
             from airflow.sdk import Asset, AssetWatcher
 
             trigger = SqsSensorTrigger(sqs_queue=feed.event_queue, aws_conn_id=feed.conn_id, max_messages=10,
-                                       wait_time_seconds=10, waiter_delay=5)
-            assets.append(Asset(name=f"m3sh_usage_{feed.name}", uri=f"s3://{feed.bucket}/{feed.prefix}",
+                                       wait_time_seconds=SQS_WAIT_S, waiter_delay=SQS_PAUSE_S)
+            assets.append(Asset(name=feed_asset_name(feed.name), uri=f"s3://{feed.bucket}/{feed.prefix}",
                                 watchers=[AssetWatcher(name=f"m3sh_usage_{feed.name}_events", trigger=trigger)]))
     if not assets:
         return hourly

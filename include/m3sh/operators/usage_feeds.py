@@ -78,17 +78,37 @@ class M3terUsageFeedsPlanOperator(BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from m3sh.usage.run import TooManyChunks, plan_chunks
 
-        # An S3 event (asset-triggered run) means "new files, whenever they landed": consider every
-        # object; manifests skip the finished ones, so this is exact and cheap.
-        event_run = str(getattr(context.get("dag_run"), "run_type", "")).endswith("asset_triggered")
+        # An S3 event (asset-triggered run) means "new files, whenever they landed": the objects its
+        # events name (m3sh.usage.events), else every object (manifests skip the finished ones).
+        event_run = is_event_run(context)
         scan_all = flag(self.task_id, "scan_all", self.scan_all) or event_run
         start, end = (None, None) if scan_all else (context.get("data_interval_start"),
                                                     context.get("data_interval_end"))
+        event_keys = _event_keys(context, self.settings.usage.feeds) if event_run else None
         try:
             return plan_chunks(self.settings.usage.feeds, only=names(self.task_id, "only_feeds", self.only_feeds),
-                               start=start, end=end, files_per_task=self.files_per_task)
+                               start=start, end=end, files_per_task=self.files_per_task, event_keys=event_keys)
         except TooManyChunks as exc:
             raise AirflowFailException(str(exc)) from None
+
+
+def is_event_run(context: Context | Mapping[str, Any]) -> bool:
+    """Whether an asset event started this run. In a task, ``dag_run.run_type`` is the Task SDK's own
+    ``DagRunType`` enum, whose ``str()`` is ``"DagRunType.ASSET_TRIGGERED"``: compare its value."""
+    run_type = getattr(context.get("dag_run"), "run_type", None)
+    return str(getattr(run_type, "value", run_type) or "") == "asset_triggered"
+
+
+def _event_keys(context: Context, feeds: Sequence[UsageFeed]) -> dict[str, list[str] | None] | None:
+    """Per feed, the keys the run's triggering asset events name (None: an asset-triggered run whose
+    events belong to no feed's asset, e.g. a user's own: every feed is planned as before)."""
+    from m3sh.usage.events import keys_from_asset_events
+
+    accessor = context.get("triggering_asset_events") or {}
+    pairs = [(str(getattr(getattr(e, "asset", None), "name", "")), getattr(e, "extra", None))
+             for asset in list(accessor) for e in accessor[asset]]
+    found = keys_from_asset_events(pairs, feeds)
+    return found or None
 
 
 class M3terUsageFeedsIngestOperator(M3terLazyOperator):

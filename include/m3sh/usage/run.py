@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from m3sh.config import UsageFeed
@@ -26,14 +26,15 @@ class TooManyChunks(ValueError):
 
 
 def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start: dt.datetime | None = None,
-                end: dt.datetime | None = None, files_per_task: int = 20) -> list[dict[str, Any]]:
+                end: dt.datetime | None = None, files_per_task: int = 20,
+                event_keys: Mapping[str, Sequence[str] | None] | None = None) -> list[dict[str, Any]]:
     """``{"feed", "keys"}`` chunks of at most ``files_per_task`` objects, per enabled feed (only the
     ``only`` ones when given) modified in ``[start, end)`` (every object without a window; manifests
     skip finished ones). An HTTP feed is one chunk naming its endpoint. Raises TooManyChunks past
-    :data:`MAX_MAP` chunks."""
-    from m3sh.storage import Storage
-    from m3sh.usage.ingest import list_feed_objects
+    :data:`MAX_MAP` chunks.
 
+    ``event_keys`` (an event-started run, :func:`m3sh.usage.events.keys_from_asset_events`): only the
+    feeds it names, each with the keys its events named, or listed as above where it holds None."""
     wanted = set(only)
     chunks: list[dict[str, Any]] = []
     for feed in feeds:
@@ -41,9 +42,22 @@ def plan_chunks(feeds: Sequence[UsageFeed], *, only: Collection[str] = (), start
             why = "disabled in m3sh.yaml" if not feed.enabled else "not selected"
             log.info("usage feed %s skipped (%s)", feed.name, why)
             continue
+        if event_keys is not None and feed.name not in event_keys:
+            log.info("usage feed %s skipped (no event of this run names it)", feed.name)
+            continue
         if feed.type == "http":
             chunks.append({"feed": feed.name, "keys": [feed.endpoint or ""]})
             continue
+        named = event_keys.get(feed.name) if event_keys is not None else None
+        if named is not None:
+            log.info("feed %s: %d object(s) named by this run's S3 events", feed.name, len(named))
+            chunks += [{"feed": feed.name, "keys": c} for c in chunked(list(named), files_per_task)]
+            continue
+        # Imported here: m3sh.usage.ingest brings the m3ter SDK (~1 s of CPU on a busy host), which an
+        # event-started run's plan (the keys come with its events) does not need.
+        from m3sh.storage import Storage
+        from m3sh.usage.ingest import list_feed_objects
+
         keys = list_feed_objects(Storage(feed.conn_id, feed.bucket or ""), feed.prefix, start, end)
         log.info("feed %s: %d object(s) under s3://%s/%s in window %s..%s", feed.name, len(keys), feed.bucket,
                  feed.prefix, start, end)
@@ -73,7 +87,8 @@ def ingest_chunk(feed: UsageFeed, keys: Sequence[str], *, m3ter: Any, state: Any
 
         return [ingest_http_feed(feed=feed, m3ter=m3ter, state=state, account_exists=lookup, start=start, end=end,
                                  dry_run=dry_run).to_dict()]
-    src = Storage(feed.conn_id, feed.bucket or "")
+    src = state.for_bucket(feed.conn_id, feed.bucket or "") if isinstance(state, Storage) else \
+        Storage(feed.conn_id, feed.bucket or "")
     results = [ingest_s3_object(feed=feed, key=key, m3ter=m3ter, source_storage=src, state=state,
                                 account_exists=lookup, progress_every=progress_every, batch_size=batch_size,
                                 max_in_flight=max_in_flight, dry_run=dry_run).to_dict() for key in keys]
