@@ -147,7 +147,8 @@ class AccountState:
     # externalId -> internal id per record type, and the table size it was built at: an upsert looks
     # its record up by external id, and a scan of the table per request made the emulator's cost grow
     # with the records written (quadratic over a benchmark). :meth:`write` and :meth:`delete` keep it
-    # current; records added or removed directly (the seed, a test) change the size and rebuild it.
+    # current; records added or removed directly (the seed, a test) change the size and rebuild it. A
+    # record's externalId changes only through ``write`` (which stores a new dict), never in place.
     _eid_index: dict[str, dict[str, str]] = field(default_factory=dict, repr=False, compare=False)
     _eid_size: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
