@@ -73,8 +73,9 @@ def test_the_sandbox_verifier_accepts_it() -> None:
     p = _prepare("http://127.0.0.1:8000/services/rest/record/v1/invoice/eid:BILL%2F1", params={"replace": "item"},
                  auth=auth, body={"memo": "x"})
     path, _, query = str(p.url).partition("?")
+    body = p.body.encode() if isinstance(p.body, str) else p.body or b""
     signed = SignedRequest(method="PUT", scheme="http", host="127.0.0.1:8000", raw_path=path.split("8000", 1)[1],
-                           query_string=query, authorization=p.headers["Authorization"], body=p.body or b"")
+                           query_string=query, authorization=p.headers["Authorization"], body=body)
     account = verifier.account_for(signed)
     verifier.verify(account, signed)  # raises a 401 NetSuiteApiError on any mismatch
     assert not verifier.failures
