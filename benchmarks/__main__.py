@@ -86,7 +86,7 @@ CONTEXT: dict[str, list[str]] = {
     "crm_sync": ["accounts", "seconds", "binding_api", "binding_limit_rps", "achieved_rps", "m3ter_writes"],
     "dag_parse": ["destinations", "files", "slowest_file", "max_warm_parse_s"],
     "sandbox_ingest": ["measurements", "seconds"],
-    "invoice_sync": ["bills", "seconds", "bound_seconds"],
+    "invoice_sync": ["bills", "seconds", "bound_seconds", "client_cpu_ms_per_request", "emulator_cpu_ms_per_request"],
     "triggers": ["accounts", "api_calls_cold"],
     "freshness": ["freshness_p50_s", "freshness_samples", "rows_per_file", "load_avg_1m_end"],
     "audit_trail": ["months_5000", "requests_csv_5000", "months_100000", "requests_csv_100000"],

@@ -144,18 +144,44 @@ class AccountState:
     tran_seq: dict[str, int] = field(default_factory=dict)
     closed_before: dt.date | None = None
     governance: Governance = field(default_factory=Governance)
+    # externalId -> internal id per record type, and the table size it was built at: an upsert looks
+    # its record up by external id, and a scan of the table per request made the emulator's cost grow
+    # with the records written (quadratic over a benchmark). :meth:`write` and :meth:`delete` keep it
+    # current; records added or removed directly (the seed, a test) change the size and rebuild it. A
+    # record's externalId changes only through ``write`` (which stores a new dict), never in place.
+    _eid_index: dict[str, dict[str, str]] = field(default_factory=dict, repr=False, compare=False)
+    _eid_size: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for rt in RECORD_TYPES:
             self.records.setdefault(rt, {})
 
     # -- lookups ------------------------------------------------------------------------------
+    def _index(self, record_type: str) -> dict[str, str]:
+        table = self.records[record_type]
+        index = self._eid_index.get(record_type)
+        if index is None or self._eid_size.get(record_type) != len(table):
+            index = {}
+            for rid, rec in table.items():
+                if rec.get("externalId") is not None:
+                    index.setdefault(str(rec["externalId"]), rid)  # the first one, as a scan finds it
+            self._eid_index[record_type], self._eid_size[record_type] = index, len(table)
+        return index
+
     def find(self, record_type: str, key: str) -> dict[str, Any] | None:
         """A record by internal id or by ``eid:<externalId>``."""
         table = self.records[record_type]
         if key.startswith("eid:"):
             eid = key[4:]
-            return next((r for r in table.values() if r.get("externalId") == eid), None)
+            rid = self._index(record_type).get(eid)
+            rec = table.get(rid) if rid is not None else None
+            if rec is not None and rec.get("externalId") == eid:
+                return rec
+            if rid is None:
+                return None
+            self._eid_index.pop(record_type, None)  # a record changed in place: rebuild and look again
+            rid = self._index(record_type).get(eid)
+            return table.get(rid) if rid is not None else None
         return table.get(key)
 
     def get(self, record_type: str, key: str) -> dict[str, Any]:
@@ -288,7 +314,14 @@ class AccountState:
             new["refName"] = f"{label} #{new['tranId']}"
         else:
             new["refName"] = new.get("itemId", new["id"])
+        index = self._index(record_type)
+        old_eid = (existing or {}).get("externalId")
+        if old_eid is not None and index.get(str(old_eid)) == new["id"]:
+            del index[str(old_eid)]
         self.records[record_type][new["id"]] = new
+        if new.get("externalId") is not None:
+            index.setdefault(str(new["externalId"]), new["id"])
+        self._eid_size[record_type] = len(self.records[record_type])
         return new["id"], created
 
     def _customer(self, merged: dict[str, Any], clean: dict[str, Any]) -> dict[str, Any]:
@@ -439,7 +472,11 @@ class AccountState:
             for tt in (*TRANSACTION_TYPES, *PAYMENT_TYPES):
                 if any(t["entity"]["id"] == rec["id"] for t in self.records[tt].values()):
                     raise user_error("This record cannot be deleted because it has dependent records.")
+        index = self._index(record_type)
+        if rec.get("externalId") is not None and index.get(str(rec["externalId"])) == rec["id"]:
+            del index[str(rec["externalId"])]
         del self.records[record_type][rec["id"]]
+        self._eid_size[record_type] = len(self.records[record_type])
 
     # -- payments (admin action) ----------------------------------------------------------------
     def apply_payment(self, invoice_key: str, amount: Any = None, pay_date: Any = None) -> dict[str, Any]:
