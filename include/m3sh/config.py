@@ -166,7 +166,8 @@ class CrmSource(_Model):
 
 
 class FieldOwnership(_Model):
-    """Which side wins, per canonical account field. Unlisted fields use ``default``."""
+    """Which side wins, per canonical account field (unlisted fields use ``default``) and per
+    contract date (unlisted dates: ``crm_wins``)."""
 
     default: Ownership = "crm_wins"
     fields: dict[AccountFieldKey, Ownership] = Field(

@@ -85,7 +85,8 @@ def _outbound_report(run: Any, source: str) -> dict[str, Any]:
 def _sf_contract(account_id: str) -> dict[str, Any]:
     from m3sh.hooks.salesforce import SalesforceSync, soql_literal
 
-    soql = "SELECT Id, StartDate, ContractTerm, EndDate FROM Contract WHERE AccountId = " + soql_literal(account_id)
+    soql = "SELECT Id, StartDate, ContractTerm, EndDate FROM Contract WHERE AccountId = " + soql_literal(  # noqa: S608
+        account_id)  # quoted and escaped
     [contract] = SalesforceSync().query(soql, "Contract")
     return dict(contract)
 
