@@ -161,8 +161,9 @@ def read_deals_hubspot(source: CrmSource, ids: list[str], fields: list[str],
 
 def update_deals_hubspot(source: CrmSource, updates: Mapping[str, Mapping[str, Any]],
                          hook: HubSpotHook | None = None) -> dict[str, str]:
-    """Batch-update deals' date properties as ``YYYY-MM-DD`` (a date property's documented input
-    format); returns ``{deal id: error}`` of those HubSpot refused."""
+    """Batch-update deals' date properties as ``YYYY-MM-DD`` (HubSpot's API FAQ, "How should I
+    format timestamps": a value that represents a date is the complete ISO 8601 date, or a
+    midnight-UTC millisecond timestamp); returns ``{deal id: error}`` of those HubSpot refused."""
     hook = hook or HubSpotHook(hubspot_conn_id=source.conn_id)
     result = hook.batch_update("deals", [{"id": did, "properties": {k: str(v)[:10] for k, v in props.items()}}
                                          for did, props in updates.items()])

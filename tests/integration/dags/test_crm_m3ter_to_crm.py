@@ -188,7 +188,9 @@ def test_plan_switch_and_rename_reach_both_crms_and_a_rerun_writes_nothing(crm_e
     assert window.state == "success"
     report = _outbound_report(window, "hubspot")
     assert [w["record"] for w in report["writes"]] == [deal_id], report["writes"]
-    assert report["counts"]["candidates"] < report["counts"]["linked"]  # the window's records, not all
+    # every record m3ter touched in that hour (this fresh sandbox made them all then) is compared;
+    # only the drifted deal differs, so it is the one write
+    assert report["counts"]["crm_writes"] == 1 and report["counts"]["candidates"] > 1
     assert _hs_deal(deal_id)["contract_end"][:10] == "2031-06-15"
 
 
