@@ -92,7 +92,7 @@ def seed_salesforce(box: Any, n: int, today: dt.date) -> None:
 
     products = {code: seed_id("01t", code) for code in ("starter_usd", "growth_usd", "enterprise_usd")}
     plans = list(products)
-    start, end = today - dt.timedelta(days=30), today + dt.timedelta(days=335)
+    start = today - dt.timedelta(days=30)
 
     def insert(sobject: str, records: list[dict[str, Any]]) -> list[str]:
         ids: list[str] = []
@@ -106,7 +106,7 @@ def seed_salesforce(box: Any, n: int, today: dt.date) -> None:
     } for i in range(n)])
     contracts = insert("Contract", [{
         "AccountId": acc, "Name": f"SF Bench {i} subscription", "StartDate": start.isoformat(),
-        "EndDate": end.isoformat(), "ContractTerm": 12, "Status": "Draft", "CurrencyIsoCode": "USD",
+        "ContractTerm": 12, "Status": "Draft", "CurrencyIsoCode": "USD",  # EndDate: computed from the term
     } for i, acc in enumerate(accounts)])
     opps = insert("Opportunity", [{
         "Name": f"SF Bench {i} - new", "AccountId": acc, "ContractId": contracts[i], "StageName": "Closed Won",

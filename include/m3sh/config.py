@@ -64,6 +64,9 @@ def _one_of(known: tuple[str, ...], what: str) -> BeforeValidator:
 
 AccountFieldKey = Annotated[CanonicalAccountField, _one_of(CANONICAL_ACCOUNT_FIELDS, "canonical field")]
 ContractFieldKey = Annotated[CanonicalContractField, _one_of(CANONICAL_CONTRACT_FIELDS, "canonical contract field")]
+ContractDate = Literal["start_date", "end_date"]
+CONTRACT_DATES: tuple[ContractDate, ...] = get_args(ContractDate)
+ContractDateKey = Annotated[ContractDate, _one_of(CONTRACT_DATES, "contract date")]
 
 
 # --------------------------------------------------------------------------------------- m3ter
@@ -163,7 +166,8 @@ class CrmSource(_Model):
 
 
 class FieldOwnership(_Model):
-    """Which side wins, per canonical account field. Unlisted fields use ``default``."""
+    """Which side wins, per canonical account field (unlisted fields use ``default``) and per
+    contract date (unlisted dates: ``crm_wins``)."""
 
     default: Ownership = "crm_wins"
     fields: dict[AccountFieldKey, Ownership] = Field(
@@ -171,8 +175,19 @@ class FieldOwnership(_Model):
         description="Canonical account field (as in account_fields) -> who wins on the m3ter account field it "
                     "fills (domain, owner, country: custom fields crm_domain, crm_owner, country)")
 
+    contract_fields: dict[ContractDateKey, Ownership] = Field(
+        default_factory=dict,
+        description="Contract date (start_date, end_date) -> who wins on it; unlisted dates are crm_wins whatever "
+                    "`default` says (m3ter -> CRM date writes are opt-in: a Salesforce Contract's EndDate is "
+                    "written through ContractTerm). m3ter_wins: the CRM -> m3ter step keeps m3ter's date on an "
+                    "existing contract and the to_crm_<source> step writes it to the linked Salesforce Contract "
+                    "or HubSpot deal")
+
     def owner_of(self, field: CanonicalAccountField) -> Ownership:
         return self.fields.get(field, self.default)
+
+    def owner_of_contract(self, field: ContractDate) -> Ownership:
+        return self.contract_fields.get(field, "crm_wins")
 
 
 class CrmSyncConfig(_Model):

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from m3sh.config import (
+    CONTRACT_DATES,
     CrmSource,
     HubSpotDestination,
     M3shConfig,
@@ -34,6 +35,7 @@ from m3sh.config import (
     SalesforceDestination,
     UsageFeed,
 )
+from m3sh.mapping.crm import M3TER_ACCOUNT_CUSTOM_FIELDS, M3TER_ACCOUNT_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +236,7 @@ class HubSpotNeeds:
     scopes: Needs = field(default_factory=Needs)
     company_properties: Needs = field(default_factory=Needs)
     deal_properties: Needs = field(default_factory=Needs)  # created on first use when missing
+    deal_dates: Needs = field(default_factory=Needs)  # contract dates m3sh writes: must exist (never created)
 
 
 def needed_hubspot(cfg: M3shConfig) -> dict[str, HubSpotNeeds]:
@@ -263,6 +266,11 @@ def needed_hubspot(cfg: M3shConfig) -> dict[str, HubSpotNeeds]:
             need.scopes.add("crm.objects.companies.write", reason)
             if name:
                 need.company_properties.add(name, reason)
+        for fld, prop in _m3ter_owned_dates(cfg, src).items():  # written to the closed-won deal
+            reason = (f"{why}.contract_fields.{fld}: {cfg.crm.ownership.owner_of_contract(fld)} in "  # type: ignore[arg-type]
+                      "crm.ownership.contract_fields")
+            need.scopes.add("crm.objects.deals.write", reason)
+            need.deal_dates.add(prop, reason)
     for src in _enabled_sources(cfg, "hubspot"):  # each portal is written on its own connection
         rule_fields = _crm_fields_of_rules(cfg, src)
         if not rule_fields:
@@ -307,6 +315,8 @@ STATUS_VALUE_KINDS = {"invoice": "text", "status": "text", "date": "date", "amou
                       "currency": "text", "bill_id": "text"}
 # Payment values (keys of the *_payment_fields) -> kind of value the payments step writes.
 PAYMENT_VALUE_KINDS = {"payment": "text", "amount_remaining": "number"}
+# Canonical account fields m3ter holds, so the m3ter -> CRM step may write them (crm/outbound.py).
+M3TER_OWNABLE = frozenset(M3TER_ACCOUNT_FIELDS.values()) | frozenset(M3TER_ACCOUNT_CUSTOM_FIELDS.values())
 # Fields the Salesforce extract always reads besides the mapped Account fields (crm/salesforce.py).
 SALESFORCE_READS = {
     "Contract": ("Id", "AccountId", "StartDate", "EndDate", "Status"),
@@ -321,6 +331,7 @@ class FieldNeed:
     why: str
     external_id: bool = False
     picklist: tuple[str, ...] = ()  # values m3sh writes, when the field is a picklist
+    update: bool = False  # m3sh updates existing records' value (describe's `updateable`, not `createable`)
 
     @property
     def writes(self) -> bool:
@@ -339,7 +350,7 @@ def needed_salesforce(cfg: M3shConfig) -> dict[str, dict[str, dict[str, list[Fie
 
     for src in cfg.crm.sources:
         if src.type == "salesforce" and src.enabled:
-            _salesforce_source_needs(src, need)
+            _salesforce_source_needs(src, need, cfg)
     for src in _enabled_sources(cfg, "salesforce"):  # each org is written on its own connection
         for name, reasons in _crm_fields_of_rules(cfg, src).items.items():
             for why in reasons:
@@ -362,15 +373,41 @@ def _salesforce_payment_needs(dest: SalesforceDestination, need: _Need) -> None:
             need(dest.conn_id, sobject, name, FieldNeed(PAYMENT_VALUE_KINDS[value], f"{why}.{key}.{value}"))
 
 
-def _salesforce_source_needs(src: CrmSource, need: _Need) -> None:
+def _m3ter_owned_dates(cfg: M3shConfig, src: CrmSource) -> dict[str, str]:
+    """Contract date -> CRM field, of the dates the m3ter -> CRM step writes for ``src``."""
+    cf = src.contract_field_map()
+    return {f: cf[f] for f in CONTRACT_DATES if cfg.crm.ownership.owner_of_contract(f) != "crm_wins"}
+
+
+def _salesforce_source_needs(src: CrmSource, need: _Need, cfg: M3shConfig) -> None:
     why = f"crm.sources[{src.name}]"
+    ownership = cfg.crm.ownership
+    dates = _m3ter_owned_dates(cfg, src)
     need(src.conn_id, "Account", "Id", FieldNeed("read", why))
     for canonical, name in src.account_fields.items():
         need(src.conn_id, "Account", name, FieldNeed("read", f"{why}.account_fields.{canonical}"))
     if src.write_back_field:
         need(src.conn_id, "Account", src.write_back_field, FieldNeed("text", f"{why}.write_back_field"))
     if src.plan_field:
-        need(src.conn_id, "Account", src.plan_field, FieldNeed("text", f"{why}.plan_field"))
+        need(src.conn_id, "Account", src.plan_field, FieldNeed("text", f"{why}.plan_field", update=True))
+    for canonical, name in src.account_fields.items():
+        if canonical in M3TER_OWNABLE and ownership.owner_of(canonical) != "crm_wins":
+            need(src.conn_id, "Account", name, FieldNeed(
+                "text", f"{why}.account_fields.{canonical}: {ownership.owner_of(canonical)}, so m3ter -> CRM "
+                        f"updates Account.{name}", update=True))
+    for fld, name in dates.items():
+        reason = (f"{why}.contract_fields.{fld}: {ownership.owner_of_contract(fld)} in "  # type: ignore[arg-type]
+                  "crm.ownership.contract_fields")
+        if name == "EndDate":
+            # Salesforce computes Contract.EndDate (object reference: read-only, StartDate + ContractTerm),
+            # so m3sh writes the term that yields m3ter's end date, from the StartDate it reads.
+            need(src.conn_id, "Contract", "ContractTerm", FieldNeed(
+                "number", f"{reason}, so m3ter -> CRM updates Contract.ContractTerm (Salesforce computes EndDate "
+                          "from StartDate + ContractTerm)", update=True))
+            need(src.conn_id, "Contract", "StartDate", FieldNeed("read", reason))
+        else:
+            need(src.conn_id, "Contract", name, FieldNeed("date", f"{reason}, so m3ter -> CRM updates "
+                                                                  f"Contract.{name}", update=True))
     for sobject, names in SALESFORCE_READS.items():
         for name in names:
             need(src.conn_id, sobject, name, FieldNeed("read", why))
@@ -742,7 +779,7 @@ class Preflight:
 
         for object_type, props, label in (("companies", need.company_properties, "company"),
                                           ("deals", need.deal_properties, "deal")):
-            if not props:
+            if not props and not (object_type == "deals" and need.deal_dates):
                 continue
             name = f"HubSpot {label} properties ({conn_id})"
             try:
@@ -752,6 +789,12 @@ class Preflight:
                              f"grant the private app crm.objects.{object_type}.read")
                 continue
             absent = sorted(set(props.items) - existing)
+            if object_type == "deals" and need.deal_dates:
+                dates_absent = sorted(set(need.deal_dates.items) - existing)
+                if dates_absent:
+                    yield failed(f"HubSpot deal date properties ({conn_id})", "missing: " + "; ".join(
+                        f"{p!r} ({need.deal_dates.why(p)})" for p in dates_absent),
+                        "create the deal date propert(ies) in HubSpot or correct contract_fields in m3sh.yaml")
             if object_type == "deals":
                 # The HubSpot destination creates its deal property on first use, which needs the
                 # schema scope (HubSpot's scopes reference: crm.schemas.deals.write).
@@ -1068,6 +1111,8 @@ def _salesforce_field_problems(described: dict[str, Any], fields: dict[str, list
 def _field_problem(f: dict[str, Any], ftype: str, need: FieldNeed) -> str | None:
     if not need.writes:
         return None
+    if need.update and not f.get("updateable"):
+        return "is not updateable for the integration user (describe: updateable false)"
     if need.kind.startswith("ref:"):
         target = need.kind.removeprefix("ref:")
         if ftype != "reference" or target not in (f.get("referenceTo") or []):

@@ -228,3 +228,42 @@ def test_update_crm_fields_targets_sources_by_name_or_type_each_on_its_connectio
         ("salesforce", "sf_acme_conn", "001ACME", {"Status__c": "low", "Tier__c": "x"}),
         ("salesforce", "sf_main_conn", "001MAIN", {"Tier__c": "x"}),
     ]  # the retired source's record is not written
+
+
+class ContractM3ter(FakeM3ter):
+    """m3ter holding the contract synced from Salesforce Contract 800A, its end date since renewed in m3ter."""
+
+    def __init__(self) -> None:
+        super().__init__([_mapping("sf_main", "001A")])
+        self.contract = {"id": "con-1", "code": "acme-c20260101", "version": 1, "accountId": "acc-1",
+                         "name": "Acme 2026-01-01", "startDate": "2026-01-01", "endDate": "2027-12-31",
+                         "customFields": {"crm_contract": "sf_main:800A"}}
+        self.contract_writes: list[tuple[str, dict[str, Any]]] = []
+
+    def list_contracts(self) -> list[dict[str, Any]]:
+        return [self.contract]
+
+    def upsert_contract(self, code: str, desired: dict[str, Any], existing: dict[str, Any] | None = None,
+                        **kw: Any) -> Any:
+        from m3sh.hooks.m3ter import UpsertResult
+
+        self.contract_writes.append((code, {k: desired[k] for k in ("startDate", "endDate")}))
+        return UpsertResult(existing or desired, "unchanged")
+
+
+@pytest.mark.parametrize(("ownership", "crm_start", "want"), [
+    ("", "2026-01-01", ("acme-c20260101", {"startDate": "2026-01-01", "endDate": "2026-12-31"})),
+    ("  ownership: {contract_fields: {end_date: m3ter_wins}}\n", "2026-01-01",
+     ("acme-c20260101", {"startDate": "2026-01-01", "endDate": "2027-12-31"})),
+    # m3ter owns the start date too: a CRM start date moved is the same contract (found by its link)
+    ("  ownership: {contract_fields: {start_date: m3ter_wins, end_date: m3ter_wins}}\n", "2026-02-01",
+     ("acme-c20260101", {"startDate": "2026-01-01", "endDate": "2027-12-31"})),
+])
+def test_the_crm_to_m3ter_step_keeps_contract_dates_m3ter_owns(ownership: str, crm_start: str,
+                                                               want: tuple[str, dict[str, str]]) -> None:
+    m3ter = ContractM3ter()
+    record = CrmAccount(source="sf_main", source_type="salesforce", crm_id="001A", crm_object="Account",
+                        name="Acme", domain="acme.com", contract_id="800A",
+                        contract_start=dt.date.fromisoformat(crm_start), contract_end=dt.date(2026, 12, 31))
+    _sync(ONE_ORG.replace("  match_keys: [domain]\n", "  match_keys: [domain]\n" + ownership), m3ter, [record])
+    assert m3ter.contract_writes == [want]

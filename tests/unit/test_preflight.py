@@ -60,6 +60,40 @@ def test_a_hubspot_destination_needs_deal_scopes_and_disabled_parts_need_nothing
     assert not need.company_properties
 
 
+def test_fields_the_m3ter_to_crm_step_updates_must_be_updateable() -> None:
+    """describe's ``updateable`` decides: a field m3ter owns (or fills) on the Account, and for an
+    m3ter-owned contract end date Contract.ContractTerm (Salesforce computes EndDate from it)."""
+    from m3sh.preflight import _salesforce_field_problems
+
+    text = DEMO.replace("      po_number: m3ter_wins\n",
+                        "      po_number: m3ter_wins\n      name: m3ter_wins\n"
+                        "    contract_fields:\n      end_date: m3ter_wins\n")
+    cfg = parse_config(text)
+    sf = needed_salesforce(cfg)["salesforce_default"]
+    assert [n.update for n in sf["Account"]["Name"]] == [False, True]
+    assert [(n.kind, n.update) for n in sf["Contract"]["ContractTerm"]] == [("number", True)]
+    assert "EndDate" not in {n for n, needs in sf["Contract"].items() if any(x.writes for x in needs)}
+    hubspot = needed_hubspot(cfg)["hubspot_default"]
+    assert set(hubspot.deal_dates.items) == {"contract_end"}
+    assert "crm.objects.deals.write" in hubspot.scopes.items
+
+    def described(**updateable: bool) -> dict[str, Any]:
+        return {"fields": [{"name": n, "type": t, "createable": True, "updateable": updateable.get(n, True)}
+                           for n, t in (("Name", "string"), ("ContractTerm", "int"), ("StartDate", "date"),
+                                        ("EndDate", "date"), ("Id", "id"), ("AccountId", "reference"),
+                                        ("Status", "picklist"), ("Billing_Email__c", "email"),
+                                        ("Website", "url"), ("CurrencyIsoCode", "picklist"),
+                                        ("BillingCountry", "string"), ("Owner_Name__c", "string"),
+                                        ("M3ter_Account_Id__c", "string"), ("M3ter_Plan__c", "string"))]}
+
+    assert _salesforce_field_problems(described(EndDate=False), sf["Contract"]) == []
+    [problem] = _salesforce_field_problems(described(ContractTerm=False), sf["Contract"])
+    assert problem.startswith("ContractTerm is not updateable for the integration user")
+    assert "crm.sources[salesforce].contract_fields.end_date: m3ter_wins" in problem
+    [problem] = _salesforce_field_problems(described(Name=False), {"Name": sf["Account"]["Name"]})
+    assert "crm.sources[salesforce].account_fields.name: m3ter_wins, so m3ter -> CRM updates Account.Name" in problem
+
+
 def test_invoice_field_table_matches_what_the_salesforce_destination_writes() -> None:
     from m3sh.invoicing.models import BillLine, CrmInfo, EnrichedBill
     from m3sh.invoicing.salesforce import invoice_fields

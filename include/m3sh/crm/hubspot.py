@@ -148,3 +148,23 @@ def update_companies_hubspot(source: CrmSource, updates: Mapping[str, Mapping[st
                              description="The account's current m3ter plan (written by m3sh)")
     result = hook.batch_update("companies", [{"id": cid, "properties": dict(props)} for cid, props in updates.items()])
     return {str(inp.get("id")): str(why) for inp, why in result.failed}
+
+
+def read_deals_hubspot(source: CrmSource, ids: list[str], fields: list[str],
+                       hook: HubSpotHook | None = None) -> dict[str, tuple[dict[str, Any], str | None]]:
+    """Deals by id -> ``(their properties, hs_lastmodifieddate)`` (batch reads of 100)."""
+    hook = hook or HubSpotHook(hubspot_conn_id=source.conn_id)
+    found = hook.batch_read("deals", ids, sorted({*fields, "hs_lastmodifieddate"}))
+    return {did: (_props(rec), _props(rec).get("hs_lastmodifieddate") or rec.get("updated_at"))
+            for did, rec in found.items()}
+
+
+def update_deals_hubspot(source: CrmSource, updates: Mapping[str, Mapping[str, Any]],
+                         hook: HubSpotHook | None = None) -> dict[str, str]:
+    """Batch-update deals' date properties as ``YYYY-MM-DD`` (HubSpot's API FAQ, "How should I
+    format timestamps": a value that represents a date is the complete ISO 8601 date, or a
+    midnight-UTC millisecond timestamp); returns ``{deal id: error}`` of those HubSpot refused."""
+    hook = hook or HubSpotHook(hubspot_conn_id=source.conn_id)
+    result = hook.batch_update("deals", [{"id": did, "properties": {k: str(v)[:10] for k, v in props.items()}}
+                                         for did, props in updates.items()])
+    return {str(inp.get("id")): str(why) for inp, why in result.failed}

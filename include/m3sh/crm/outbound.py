@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from m3sh import layout
-from m3sh.config import CrmSource, M3shConfig, Ownership
+from m3sh.config import CONTRACT_DATES, ContractDate, CrmSource, M3shConfig, Ownership
 from m3sh.crm.links import SourceLinks
 from m3sh.mapping.crm import M3TER_ACCOUNT_CUSTOM_FIELDS, M3TER_ACCOUNT_FIELDS, normalize_domain, normalize_email
 from m3sh.storage import Storage
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 PLAN = "plan"  # the pseudo-field of the account's current plan (source.plan_field); m3ter always owns it
 STATE_VERSION = 1
 
+# contract date -> the m3ter contract field holding it
+CONTRACT_DATE_KEYS: dict[ContractDate, str] = {"start_date": "startDate", "end_date": "endDate"}
+CONTRACT_PREFIX = "contract:"  # state keys of CRM contract records (HubSpot deal and company ids may collide)
 # canonical field -> (m3ter account field, custom field or None)
 M3TER_PATH: dict[str, tuple[str, str | None]] = {
     **{canonical: (m3_field, None) for m3_field, canonical in M3TER_ACCOUNT_FIELDS.items()},
@@ -71,6 +74,10 @@ def norm(fld: str, value: Any) -> str | None:
         return normalize_email(value)
     if fld == "currency":
         return str(value).strip().upper()
+    if fld in CONTRACT_DATE_KEYS:
+        # m3ter may answer a date with a time (``2026-01-01T00:00:00Z``), Salesforce and HubSpot as
+        # ``YYYY-MM-DD``: the day is what is compared and written.
+        return str(value).strip()[:10]
     return str(value).strip()
 
 
@@ -135,6 +142,88 @@ def decide(fld: str, rule: Ownership, *, m3ter_before: Any, m3ter_now: Any, crm:
     return out
 
 
+# --------------------------------------------------------------------------------------- contracts
+def _date(value: Any) -> dt.date:
+    return dt.date.fromisoformat(str(value).strip()[:10])
+
+
+def _add_months(day: dt.date, months: int) -> dt.date:
+    y, m = divmod(day.month - 1 + months, 12)
+    year, month = day.year + y, m + 1
+    last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
+    return dt.date(year, month, min(day.day, last))
+
+
+def salesforce_contract_end(start: dt.date, term: int) -> dt.date:
+    """The EndDate Salesforce computes for a Contract: StartDate plus ContractTerm months, less a day.
+
+    The object reference says only "Read-only. Calculated end date of the contract. This value is
+    calculated by adding the ContractTerm to the StartDate"; the day less comes from Salesforce
+    Help article 000384288 (StartDate March 1, 2025, ContractTerm 5 -> EndDate July 31, 2025). The
+    clamp to a shorter month's last day (Jan 31 + 1 month -> Feb 28) is Apex ``Date.addMonths``'s
+    and is not documented for EndDate: prose-backed assumption, shared by the sandbox.
+    """
+    return _add_months(start, term) - dt.timedelta(days=1)
+
+
+def salesforce_contract_term(start: dt.date, end: dt.date) -> int | None:
+    """The ContractTerm (months, >= 1) that makes Salesforce compute ``end`` from ``start``; None if
+    no whole number of months does (e.g. an end date mid-month for a contract starting on the 1st)."""
+    months = (end.year - start.year) * 12 + end.month - start.month
+    return next((n for n in (months, months + 1) if n >= 1 and salesforce_contract_end(start, n) == end), None)
+
+
+def salesforce_contract_update(current: Mapping[str, Any], writes: Mapping[str, Any]) -> dict[str, Any]:
+    """The Contract fields to PATCH for ``writes`` (``{CRM field: date}``).
+
+    ``EndDate`` is not updateable (the object reference: read-only, calculated from StartDate and
+    ContractTerm), so an end date becomes the ContractTerm that yields it from the (new or current)
+    StartDate. Raises ValueError naming the dates when no whole number of months does.
+    """
+    out: dict[str, Any] = {k: (_date(v).isoformat() if v is not None else None) for k, v in writes.items()}
+    if "EndDate" not in out:
+        return out
+    end = _date(out.pop("EndDate"))
+    start_raw = out.get("StartDate") or current.get("StartDate")
+    if not start_raw:
+        raise ValueError(f"m3ter's end date {end} cannot be written: the Contract has no StartDate, and "
+                         "Salesforce computes EndDate from StartDate + ContractTerm")
+    start = _date(start_raw)
+    term = salesforce_contract_term(start, end)
+    if term is None:
+        raise ValueError(
+            f"m3ter's end date {end} cannot be written: Salesforce computes Contract.EndDate as StartDate "
+            f"({start}) plus ContractTerm months less one day and refuses EndDate itself; no whole number of "
+            "months gives that date. Align the end date in m3ter, or map contract_fields.end_date to an "
+            "updateable date field")
+    out["ContractTerm"] = term
+    return out
+
+
+def linked_contracts(contracts: Iterable[Mapping[str, Any]], source_name: str) -> dict[str, dict[str, Any]]:
+    """CRM contract record id -> the m3ter contract linked to it (``customFields.crm_contract`` =
+    ``<source>:<id>``, as the CRM -> m3ter step writes it). A CRM start date change makes that step
+    create a contract under a new code with the same link: the latest created is the live one."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in contracts:
+        src, _, crm_id = str((c.get("customFields") or {}).get("crm_contract") or "").partition(":")
+        if src != source_name or not crm_id:
+            continue
+        prev = out.get(crm_id)
+        if prev is None or (str(c.get("dtCreated") or ""), str(c.get("code") or "")) > (
+                str(prev.get("dtCreated") or ""), str(prev.get("code") or "")):
+            out[crm_id] = dict(c)
+    return out
+
+
+def in_window(stamp: Any, window: tuple[dt.datetime, dt.datetime] | None) -> bool:
+    """Is an m3ter ``dtLastModified`` inside ``[start, end)``?"""
+    if window is None or not stamp:
+        return False
+    at = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return window[0] <= (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) < window[1]
+
+
 # ------------------------------------------------------------------------------------------ report
 @dataclass
 class Conflict:
@@ -197,10 +286,18 @@ def _m3ter_before(report: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]
     return out
 
 
-def _staged_ids(storage: Storage, staged: Mapping[str, Any] | None) -> set[str]:
+def _contract_tracked(cfg: M3shConfig, source: CrmSource) -> dict[str, str]:
+    """Contract date -> CRM field, for the dates m3ter owns (``ownership.contract_fields``)."""
+    cf = source.contract_field_map()
+    return {f: cf[f] for f in CONTRACT_DATES if cfg.crm.ownership.owner_of_contract(f) != "crm_wins"}
+
+
+def _staged_ids(storage: Storage, staged: Mapping[str, Any] | None) -> tuple[set[str], set[str]]:
+    """(record ids, contract record ids) the CRM extract of this run staged."""
     if not staged or not staged.get("key"):
-        return set()
-    return {str(r["crm_id"]) for r in storage.iter_jsonl(str(staged["key"]))}
+        return set(), set()
+    rows = list(storage.iter_jsonl(str(staged["key"])))
+    return {str(r["crm_id"]) for r in rows}, {str(r["contract_id"]) for r in rows if r.get("contract_id")}
 
 
 def _read_crm(source: CrmSource, ids: list[str], fields: list[str]) -> dict[str, tuple[dict[str, Any], str | None]]:
@@ -224,6 +321,36 @@ def _write_crm(source: CrmSource, updates: dict[str, dict[str, Any]]) -> dict[st
     return update_companies_hubspot(source, updates)
 
 
+def _read_crm_contracts(source: CrmSource, ids: list[str],
+                        fields: list[str]) -> dict[str, tuple[dict[str, Any], str | None]]:
+    if source.type == "salesforce":
+        from m3sh.crm.salesforce import read_contracts_salesforce
+
+        return read_contracts_salesforce(source, ids, fields)
+    from m3sh.crm.hubspot import read_deals_hubspot
+
+    return read_deals_hubspot(source, ids, fields)
+
+
+def _write_crm_contracts(source: CrmSource, updates: dict[str, dict[str, Any]],
+                         current: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Write ``{contract record id: {CRM field: date}}``; returns ``{record id: error}`` of the failed."""
+    if source.type == "salesforce":
+        from m3sh.crm.salesforce import update_contracts_salesforce
+
+        failed: dict[str, str] = {}
+        patches: dict[str, dict[str, Any]] = {}
+        for cid, fields in updates.items():
+            try:
+                patches[cid] = salesforce_contract_update(current.get(cid) or {}, fields)
+            except ValueError as exc:
+                failed[cid] = f"Contract {cid}: {exc}"
+        return {**failed, **update_contracts_salesforce(source, patches)}
+    from m3sh.crm.hubspot import update_deals_hubspot
+
+    return update_deals_hubspot(source, updates)
+
+
 @dataclass
 class _M3terSide:
     """What m3ter holds for one source's linked records."""
@@ -231,10 +358,11 @@ class _M3terSide:
     accounts: dict[str, dict[str, Any]]  # account id -> account
     linked: dict[str, str]  # CRM record id -> m3ter account id
     values: dict[str, dict[str, Any]]  # CRM record id -> tracked field -> m3ter's value now
+    in_window: set[str]  # CRM record ids whose account or account plan m3ter modified in the backfill window
 
 
 def _read_m3ter(m3ter: M3terHook, cfg: M3shConfig, source: CrmSource, tracked: Mapping[str, str],
-                now: dt.datetime) -> _M3terSide:
+                now: dt.datetime, *, window: tuple[dt.datetime, dt.datetime] | None = None) -> _M3terSide:
     accounts = {a["id"]: a for a in m3ter.list_accounts() if a.get("id")}
     plan_codes = {p["id"]: p["code"] for p in m3ter.list_plans() if p.get("id") and p.get("code")}
     account_plans: dict[str, list[dict[str, Any]]] = {}
@@ -255,7 +383,10 @@ def _read_m3ter(m3ter: M3terHook, cfg: M3shConfig, source: CrmSource, tracked: M
         if PLAN in tracked:
             vals[PLAN] = current_plan(account_plans.get(acc_id, []), plan_codes, now)
         values[crm_id] = vals
-    return _M3terSide(accounts, linked, values)
+    touched = {acc_id for acc_id, a in accounts.items() if in_window(a.get("dtLastModified"), window)}
+    touched |= {acc_id for acc_id, aps in account_plans.items()
+                if any(in_window(ap.get("dtLastModified"), window) for ap in aps)}
+    return _M3terSide(accounts, linked, values, {crm_id for crm_id, acc in linked.items() if acc in touched})
 
 
 def _compare(cfg: M3shConfig, source: CrmSource, tracked: Mapping[str, str], *, crm_id: str,
@@ -290,14 +421,54 @@ def _compare(cfg: M3shConfig, source: CrmSource, tracked: Mapping[str, str], *, 
     return writes, entry, conflicts
 
 
+def _compare_contract(cfg: M3shConfig, source: CrmSource, tracked: Mapping[str, str], *, crm_id: str,
+                      contract: Mapping[str, Any], account_code: str, crm_vals: Mapping[str, Any],
+                      crm_modified: str | None, previous: Mapping[str, Any],
+                      run_id: str) -> tuple[dict[str, Any], dict[str, Any], list[Conflict]]:
+    """One CRM contract record (Salesforce Contract / HubSpot deal), as :func:`_compare` an account.
+    The CRM -> m3ter step never changes an m3ter-owned date, so m3ter's value before it is its value now."""
+    writes: dict[str, Any] = {}
+    entry: dict[str, Any] = {}
+    conflicts: list[Conflict] = []
+    for fld, crm_field in tracked.items():
+        rule = cfg.crm.ownership.owner_of_contract(fld)  # type: ignore[arg-type]
+        now_val = norm(fld, contract.get(CONTRACT_DATE_KEYS[fld]))  # type: ignore[index]
+        crm_val = crm_vals.get(crm_field)
+        prev = previous.get(fld)
+        d = decide(fld, rule, m3ter_before=now_val, m3ter_now=now_val, crm=crm_val, previous=prev)
+        if d.write is not None:
+            writes[crm_field] = d.write
+        if d.conflict and prev is not None:
+            conflicts.append(Conflict(
+                source=source.name, record=crm_id, crm_object="Contract" if source.type == "salesforce" else "deals",
+                account=account_code, field=fld, crm_field=crm_field, m3ter_value=now_val, crm_value=crm_val,
+                previous=dict(prev), m3ter_changed_at=contract.get("dtLastModified"), crm_changed_at=crm_modified,
+                rule=rule, decision=DECISIONS[rule], written=d.write, run_id=run_id))
+        entry[fld] = {"m3ter": now_val, "crm": d.write if d.write is not None else crm_val}
+    return writes, entry, conflicts
+
+
+@dataclass
+class _Plan:
+    """What one run writes: per-record CRM updates and the state entries that follow them."""
+
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)  # record id -> {CRM field: value}
+    contracts: dict[str, dict[str, Any]] = field(default_factory=dict)  # contract record id -> {CRM field: value}
+    contract_current: dict[str, dict[str, Any]] = field(default_factory=dict)  # contract record id -> CRM values
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # state key -> entry
+
+
 def to_crm(m3ter: M3terHook, cfg: M3shConfig, source: CrmSource, storage: Storage, *, dag_id: str, run_id: str,
            dry_run: bool, full_resync: bool = False, staged: Mapping[str, Any] | None = None,
-           synced: Mapping[str, Any] | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
+           synced: Mapping[str, Any] | None = None, now: dt.datetime | None = None,
+           window: tuple[dt.datetime, dt.datetime] | None = None) -> dict[str, Any]:
     """One m3ter -> CRM run for ``source`` (see the module docstring).
 
     ``staged`` is this source's extract ref (its records changed in the CRM), ``synced`` the CRM ->
-    m3ter step's result (its report holds m3ter's values before that step). Returns
-    ``{"source", "report_key", "conflicts_key", "counts", "errors"}``.
+    m3ter step's result (its report holds m3ter's values before that step). ``window`` makes it a
+    backfill of that interval: exactly the records whose m3ter account, account plan or contract has
+    its ``dtLastModified`` in ``[start, end)`` are compared, whatever their fingerprints, and no
+    other. Returns ``{"source", "report_key", "conflicts_key", "counts", "errors"}``.
     """
     now = now or dt.datetime.now(dt.UTC)
     tracked = _tracked(source)
@@ -305,20 +476,24 @@ def to_crm(m3ter: M3terHook, cfg: M3shConfig, source: CrmSource, storage: Storag
     state_key = layout.crm_outbound_state(storage, source.name)
     records: dict[str, Any] = dict((storage.get_json(state_key) or {}).get("records") or {})
 
-    side = _read_m3ter(m3ter, cfg, source, tracked, now)
+    side = _read_m3ter(m3ter, cfg, source, tracked, now, window=window)
     report.linked = len(side.linked)
     prints = {crm_id: fingerprint(side.linked[crm_id], vals) for crm_id, vals in side.values.items()}
-    changed_in_crm = _staged_ids(storage, staged)
+    changed_in_crm, contracts_changed_in_crm = _staged_ids(storage, staged)
+
+    def wanted(key: str, print_: str, crm_changed: bool, m3ter_in_window: bool) -> bool:
+        if window is not None:
+            return m3ter_in_window
+        return full_resync or crm_changed or (records.get(key) or {}).get("fingerprint") != print_
+
     candidates = sorted(crm_id for crm_id in side.linked
-                        if full_resync or crm_id in changed_in_crm
-                        or (records.get(crm_id) or {}).get("fingerprint") != prints[crm_id])
+                        if wanted(crm_id, prints[crm_id], crm_id in changed_in_crm, crm_id in side.in_window))
     report.candidates = len(candidates)
     before_sync = _m3ter_before(storage.get_json(str(synced["report_key"]))
                                 if synced and synced.get("report_key") else None)
     crm_current = _read_crm(source, candidates, sorted(set(tracked.values()))) if candidates else {}
 
-    updates: dict[str, dict[str, Any]] = {}
-    new_entries: dict[str, dict[str, Any]] = {}
+    plan = _Plan()
     for crm_id in candidates:
         if crm_id not in crm_current:
             # The mapping points at a record the CRM no longer has (deleted or merged): report, skip.
@@ -334,12 +509,13 @@ def to_crm(m3ter: M3terHook, cfg: M3shConfig, source: CrmSource, storage: Storag
         if writes:
             report.writes.append({"record": crm_id, "account": account.get("code"), "fields": {
                 f: {"before": crm_vals.get(f), "after": v} for f, v in writes.items()}})
-            updates[crm_id] = writes
-        new_entries[crm_id] = {"account_id": side.linked[crm_id], "account": account.get("code"),
-                               "fingerprint": prints[crm_id], "fields": entry}
-    ckey = None if dry_run else _apply(
-        source, storage, report, updates=updates, new_entries=new_entries, records=records, state_key=state_key,
-        now=now)
+            plan.accounts[crm_id] = writes
+        plan.entries[crm_id] = {"account_id": side.linked[crm_id], "account": account.get("code"),
+                                "fingerprint": prints[crm_id], "fields": entry}
+    _plan_contracts(m3ter, cfg, source, report, plan, accounts=side.accounts, records=records,
+                    changed_in_crm=contracts_changed_in_crm,
+                    wanted=wanted, window=window, run_id=run_id)
+    ckey = None if dry_run else _apply(source, storage, report, plan, records=records, state_key=state_key, now=now)
     rkey = layout.crm_outbound_report(storage, dag_id, run_id, source.name)
     storage.put_json(rkey, report.to_dict())
     _log(report, storage.uri(rkey))
@@ -347,22 +523,66 @@ def to_crm(m3ter: M3terHook, cfg: M3shConfig, source: CrmSource, storage: Storag
             "errors": report.errors}
 
 
-def _apply(source: CrmSource, storage: Storage, report: OutboundReport, *, updates: dict[str, dict[str, Any]],
-           new_entries: dict[str, dict[str, Any]], records: dict[str, Any], state_key: str,
-           now: dt.datetime) -> str | None:
+def _plan_contracts(m3ter: M3terHook, cfg: M3shConfig, source: CrmSource, report: OutboundReport, plan: _Plan, *,
+                    accounts: Mapping[str, Mapping[str, Any]], records: Mapping[str, Any],
+                    changed_in_crm: set[str], wanted: Any,
+                    window: tuple[dt.datetime, dt.datetime] | None, run_id: str) -> None:
+    """The m3ter-owned contract dates onto each linked Salesforce Contract / HubSpot deal (nothing to
+    do, and no m3ter read, unless ``ownership.contract_fields`` gives m3ter a date)."""
+    tracked = _contract_tracked(cfg, source)
+    if not tracked:
+        return
+    linked = linked_contracts(m3ter.list_contracts(), source.name)
+    codes = {a_id: str(a.get("code") or a_id) for a_id, a in accounts.items()}
+    prints = {cid: fingerprint(str(c.get("id")), {f: c.get(CONTRACT_DATE_KEYS[f]) for f in tracked})  # type: ignore[index]
+              for cid, c in linked.items()}
+    candidates = sorted(cid for cid, c in linked.items()
+                        if wanted(CONTRACT_PREFIX + cid, prints[cid], cid in changed_in_crm,
+                                  in_window(c.get("dtLastModified"), window)))
+    report.candidates += len(candidates)
+    crm_current = _read_crm_contracts(source, candidates, sorted(set(tracked.values()))) if candidates else {}
+    crm_object = "Contract" if source.type == "salesforce" else "deals"
+    for cid in candidates:
+        if cid not in crm_current:
+            report.skipped.append({"record": cid, "detail": f"m3ter contract {linked[cid].get('code')} is linked "
+                                                            f"to {crm_object} {cid}, which the CRM does not have"})
+            continue
+        contract = linked[cid]
+        code = codes.get(str(contract.get("accountId")), str(contract.get("accountId")))
+        crm_vals, crm_modified = crm_current[cid]
+        key = CONTRACT_PREFIX + cid
+        writes, entry, conflicts = _compare_contract(
+            cfg, source, tracked, crm_id=cid, contract=contract, account_code=code, crm_vals=crm_vals,
+            crm_modified=crm_modified, previous=(records.get(key) or {}).get("fields") or {}, run_id=run_id)
+        report.conflicts += conflicts
+        if writes:
+            report.writes.append({"record": cid, "object": crm_object, "account": code,
+                                  "contract": contract.get("code"), "fields": {
+                                      f: {"before": crm_vals.get(f), "after": v} for f, v in writes.items()}})
+            plan.contracts[cid] = writes
+            plan.contract_current[cid] = dict(crm_vals)
+        plan.entries[key] = {"contract_id": contract.get("id"), "contract": contract.get("code"), "account": code,
+                             "fingerprint": prints[cid], "fields": entry}
+
+
+def _apply(source: CrmSource, storage: Storage, report: OutboundReport, plan: _Plan, *, records: dict[str, Any],
+           state_key: str, now: dt.datetime) -> str | None:
     """Write the CRM, then the conflicts and the state (a failed record keeps its old state, so
     the next run compares it again). Returns the conflicts key, if any."""
-    failed = _write_crm(source, updates) if updates else {}
-    report.crm_writes = len(updates) - len(failed)
-    for crm_id, why in failed.items():
+    failed = _write_crm(source, plan.accounts) if plan.accounts else {}
+    failed_contracts = (_write_crm_contracts(source, plan.contracts, plan.contract_current)
+                        if plan.contracts else {})
+    report.crm_writes = len(plan.accounts) - len(failed) + len(plan.contracts) - len(failed_contracts)
+    for key, crm_id, why in [*((k, k, w) for k, w in failed.items()),
+                             *((CONTRACT_PREFIX + k, k, w) for k, w in failed_contracts.items())]:
         report.errors.append({"record": crm_id, "detail": why})
-        new_entries.pop(crm_id, None)
+        plan.entries.pop(key, None)
     ckey = None
     if report.conflicts:
         ckey = layout.crm_conflicts(storage, source.name, report.run_id)
         storage.put_json(ckey, {"source": source.name, "run_id": report.run_id, "at": now.isoformat(),
                                 "conflicts": [asdict(c) for c in report.conflicts]})
-    records.update(new_entries)
+    records.update(plan.entries)
     storage.put_json(state_key, {"version": STATE_VERSION, "source": source.name, "run_id": report.run_id,
                                  "at": now.isoformat(), "records": records})
     return ckey

@@ -150,3 +150,32 @@ def update_accounts_salesforce(source: CrmSource, updates: Mapping[str, Mapping[
         except ExternalApiError as exc:  # reported per record; the task fails after the others
             failed[acc_id] = str(exc)
     return failed
+
+
+def read_contracts_salesforce(source: CrmSource, ids: list[str], fields: list[str],
+                              sf: SalesforceSync | None = None) -> dict[str, tuple[dict[str, Any], str | None]]:
+    """Contracts by Id -> ``(their fields, SystemModstamp)``; StartDate and ContractTerm are always
+    read, since an EndDate is written through them (see :func:`m3sh.crm.outbound.salesforce_contract_update`)."""
+    bad = sorted(n for n in fields if not re.fullmatch(SF_FIELD_NAME, n))
+    if bad:
+        raise ValueError(f"salesforce {source.name}: {bad} are not Salesforce field API names")
+    sf = sf or SalesforceSync(conn_id=source.conn_id)
+    cols = ", ".join(sorted({"Id", "SystemModstamp", "StartDate", "ContractTerm", *fields}))
+    out: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for chunk in _chunks(sorted(ids)):
+        for r in sf.query(f"SELECT {cols} FROM Contract WHERE Id IN {_in(chunk)}", "Contract"):
+            out[str(r["Id"])] = (r, r.get("SystemModstamp"))
+    return out
+
+
+def update_contracts_salesforce(source: CrmSource, updates: Mapping[str, Mapping[str, Any]],
+                                sf: SalesforceSync | None = None) -> dict[str, str]:
+    """PATCH each Contract (one request each, as Accounts); returns ``{Contract Id: error}`` of the failed."""
+    sf = sf or SalesforceSync(conn_id=source.conn_id)
+    failed: dict[str, str] = {}
+    for contract_id, fields in updates.items():
+        try:
+            sf.update_record("Contract", contract_id, fields)
+        except ExternalApiError as exc:  # reported per record; the task fails after the others
+            failed[contract_id] = str(exc)
+    return failed

@@ -178,6 +178,19 @@ class CrmToM3ter:
         if po:
             desired["purchaseOrderNumber"] = po
         current = self.index.contracts.get(code)
+        owners = self.crm.ownership
+        if current is None and owners.owner_of_contract("start_date") != "crm_wins":
+            # m3ter owns the start date, so a CRM start date that differs from it (the code carries
+            # it) is the same contract, found by its link to the CRM record, not a new one.
+            link = desired["customFields"]["crm_contract"]
+            current = next((c for c in self.index.contracts.values() if c.get("accountId") == account["id"]
+                            and (c.get("customFields") or {}).get("crm_contract") == link), None)
+            code = str(current["code"]) if current is not None else code
+        if current is not None:
+            for fld, key in (("start_date", "startDate"), ("end_date", "endDate")):
+                rule = owners.owner_of_contract(fld)  # type: ignore[arg-type]
+                if rule == "m3ter_wins" or (rule == "fill_missing" and current.get(key)):
+                    desired[key] = current.get(key)  # m3ter's date stays; to_crm writes it to the CRM
         try:
             result = self.hook.upsert_contract(code, desired, existing=current, known_missing=True,
                                               dry_run=out.dry_run)

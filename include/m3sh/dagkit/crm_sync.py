@@ -40,6 +40,9 @@ def build_crm_sync_dag(cfg: M3shConfig | None = None) -> DAG:
             "full_resync": Param(False, type="boolean", description="Ignore the data interval: every record"),
             "accounts": Param([], type="array",
                               description="Only these CRM ids, domains or billing emails (empty: all)"),
+            "m3ter_backfill": Param(False, type="boolean",
+                                    description="m3ter -> CRM as a backfill run does it: re-apply the m3ter "
+                                                "records modified in the data interval, and only those"),
         },
         doc_md=__doc__,
     ) as dag:
@@ -58,5 +61,6 @@ def build_crm_sync_dag(cfg: M3shConfig | None = None) -> DAG:
             CrmWriteBackOperator(task_id=f"write_back_{s.name}", synced=synced, source=s, config=cfg) >> \
                 M3terToCrmOperator(task_id=f"to_crm_{s.name}", source=s, config=cfg, staged=staged_ref,
                                    synced=synced, full_resync=FROM_PARAM.format("full_resync"),
-                                   preview=FROM_PARAM.format("dry_run"))
+                                   preview=FROM_PARAM.format("dry_run"),
+                                   backfill=FROM_PARAM.format("m3ter_backfill"))
     return dag

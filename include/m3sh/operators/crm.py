@@ -414,18 +414,22 @@ class M3terToCrmOperator(_CrmStaging, M3terLazyOperator):
         before that step, which conflicts need). (templated)
     :param full_resync: compare every linked record, whatever the fingerprints. (templated)
     :param preview: a dry run: store the diff, write nothing. (templated)
+    :param backfill: re-apply exactly the m3ter records (account, account plan, contract) whose
+        ``dtLastModified`` is in the run's data interval, whatever the fingerprints, and no other;
+        always so in a backfill run (``run_type`` backfill). (templated)
 
     Returns ``{"source", "report_key", "conflicts_key", "counts"}``.
     """
 
     template_fields: Sequence[str] = (*M3terLazyOperator.template_fields, "staged", "synced", "full_resync",
-                                      "preview")
+                                      "preview", "backfill")
     ui_color = "#fff1e0"
 
     def __init__(self, *, source: SourceArg, config: M3shConfig, staged: Any = None, synced: Any = None,
-                 full_resync: bool | str = False, preview: bool | str = False, m3ter_conn_id: str | None = None,
-                 aws_conn_id: str = "aws_default", **kwargs: Any) -> None:
+                 full_resync: bool | str = False, preview: bool | str = False, backfill: bool | str = False,
+                 m3ter_conn_id: str | None = None, aws_conn_id: str = "aws_default", **kwargs: Any) -> None:
         super().__init__(m3ter_conn_id=m3ter_conn_id or config.m3ter.conn_id, **kwargs)
+        self.backfill = backfill
         self._init_storage(config, aws_conn_id, None, "m3sh/")
         self.settings = config
         self.source = _source(self.task_id, source, config)
@@ -433,6 +437,18 @@ class M3terToCrmOperator(_CrmStaging, M3terLazyOperator):
         self.synced = synced
         self.full_resync = full_resync
         self.preview = preview
+
+    def _backfill_window(self, context: Context) -> tuple[dt.datetime, dt.datetime] | None:
+        """The data interval when this run is a backfill of it (see :func:`m3sh.crm.outbound.to_crm`)."""
+        kind = getattr(context.get("dag_run"), "run_type", "")
+        run_type = str(getattr(kind, "value", kind))  # DagRunType.BACKFILL_JOB's value is "backfill"
+        if not (run_type == "backfill" or _flag(self.task_id, "backfill", self.backfill)):
+            return None
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
+        if start is None or end is None:
+            raise AirflowFailException(f"{self.task_id}: a backfill of m3ter -> CRM needs the run's data interval; "
+                                       "this run has none")
+        return start, end
 
     def execute(self, context: Context) -> dict[str, Any]:
         from m3sh.crm.outbound import failure_message, to_crm
@@ -443,7 +459,7 @@ class M3terToCrmOperator(_CrmStaging, M3terLazyOperator):
         result = to_crm(self.hook, self.settings, self.source, self._storage(), dag_id=self.dag_id,
                         run_id=context["run_id"], dry_run=_flag(self.task_id, "preview", self.preview),
                         full_resync=_flag(self.task_id, "full_resync", self.full_resync), staged=staged,
-                        synced=synced)
+                        synced=synced, window=self._backfill_window(context))
         if result["conflicts_key"]:
             from m3sh.notifiers.alerts import alert_conflicts
 

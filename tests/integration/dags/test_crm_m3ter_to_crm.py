@@ -17,7 +17,8 @@ from m3sh.sandbox.seed import demo_company
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
 
-NAME_M3TER_WINS = {"      po_number: m3ter_wins\n": "      po_number: m3ter_wins\n      name: m3ter_wins\n",
+NAME_M3TER_WINS = {"      po_number: m3ter_wins\n": "      po_number: m3ter_wins\n      name: m3ter_wins\n"
+                                                   "    contract_fields:\n      end_date: m3ter_wins\n",
                    "  on_failure: [ops_slack, ops_email]\n": "  on_failure: [ops_slack, ops_email]\n"
                                                               "  on_conflict: [ops_slack]\n"}
 
@@ -81,6 +82,32 @@ def _outbound_report(run: Any, source: str) -> dict[str, Any]:
     return dict(report)
 
 
+def _sf_contract(account_id: str) -> dict[str, Any]:
+    from m3sh.hooks.salesforce import SalesforceSync, soql_literal
+
+    soql = "SELECT Id, StartDate, ContractTerm, EndDate FROM Contract WHERE AccountId = " + soql_literal(  # noqa: S608
+        account_id)  # quoted and escaped
+    [contract] = SalesforceSync().query(soql, "Contract")
+    return dict(contract)
+
+
+def _hs_deal(deal_id: str) -> dict[str, Any]:
+    from m3sh.hooks.hubspot import HubSpotHook
+
+    return dict(HubSpotHook().batch_read("deals", [deal_id], ["contract_end"])[deal_id]["properties"])
+
+
+def _extend_m3ter_contract(account_code: str, source: str, end: str) -> tuple[str, str]:
+    """Set the end date of the m3ter contract linked to ``source``'s record (as an operator renewing
+    it in m3ter would); returns (CRM contract record id, the contract's dtLastModified)."""
+    hook = _m3ter()
+    account = hook.find_account(account_code)
+    [contract] = [c for c in hook.list_contracts(account_id=account["id"])
+                  if str((c.get("customFields") or {}).get("crm_contract") or "").startswith(f"{source}:")]
+    updated = hook.update_contract(contract["id"], {"endDate": end}, current=contract)
+    return contract["customFields"]["crm_contract"].split(":", 1)[1], str(updated["dtLastModified"])
+
+
 def _switch_plan(account: dict[str, Any], plan_code: str) -> None:
     from m3sh.automation.actions import switch_account_plan
 
@@ -106,6 +133,19 @@ def test_plan_switch_and_rename_reach_both_crms_and_a_rerun_writes_nothing(crm_e
         new_plan = new_plan.replace("enterprise", "growth")
     _switch_plan(account, new_plan)
     hook.update_account(account["id"], {"name": "Renamed In m3ter"}, current=account)
+    # contracts renewed in m3ter (end_date: m3ter_wins): a Salesforce Contract a year longer (its
+    # EndDate is computed by Salesforce, so m3sh writes ContractTerm), a HubSpot deal to any date
+    from m3sh.crm.outbound import salesforce_contract_end
+
+    sf_customer = next(c for c in demo_company().customers if c.crm == "salesforce")
+    hs_customer = next(c for c in demo_company().customers if c.crm == "hubspot")
+    assert sf_customer.salesforce_id
+    sf_before = _sf_contract(sf_customer.salesforce_id)
+    sf_end = salesforce_contract_end(dt.date.fromisoformat(sf_before["StartDate"]),
+                                     int(sf_before["ContractTerm"]) + 12).isoformat()
+    contract_id, _ = _extend_m3ter_contract(sf_customer.key, "salesforce", sf_end)
+    assert contract_id == sf_before["Id"]
+    deal_id, changed_at = _extend_m3ter_contract(hs_customer.key, "hubspot", "2031-06-15")
 
     before = _crm_writes(crm_env)
     run = _run(logical_date=_past_hour(30))
@@ -113,14 +153,17 @@ def test_plan_switch_and_rename_reach_both_crms_and_a_rerun_writes_nothing(crm_e
     sf, hs = _sf_account(customer.salesforce_id), _hs_company(customer.hubspot_id)
     assert (sf["Name"], sf["M3ter_Plan__c"]) == ("Renamed In m3ter", new_plan)
     assert (hs["name"], hs["m3ter_plan"]) == ("Renamed In m3ter", new_plan)
-    # incremental: the changed account's record plus those the CRM changed in that past hour (the
-    # seed spreads its edits over 20 days) are compared, not every linked record; one write each
+    sf_after = _sf_contract(sf_customer.salesforce_id)
+    assert (sf_after["EndDate"], sf_after["ContractTerm"]) == (sf_end, int(sf_before["ContractTerm"]) + 12)
+    assert _hs_deal(deal_id)["contract_end"][:10] == "2031-06-15"
+    # incremental: the changed records plus those the CRM changed in that past hour (the seed
+    # spreads its edits over 20 days) are compared, not every linked record; one write each
     for source in ("salesforce", "hubspot"):
         counts = _outbound_report(run, source)["counts"]
-        assert (counts["crm_writes"], counts["conflicts"]) == (1, 0), (source, counts)
-        assert 1 <= counts["candidates"] < counts["linked"] / 4, (source, counts)
-    assert _crm_writes(crm_env) == {n: before[n] + 1 for n in before}
-    # m3ter keeps its name (name: m3ter_wins) after the CRM -> m3ter step read the renamed records back
+        assert (counts["crm_writes"], counts["conflicts"]) == (2, 0), (source, counts)
+        assert 2 <= counts["candidates"] < counts["linked"] / 4, (source, counts)
+    assert _crm_writes(crm_env) == {n: before[n] + 2 for n in before}
+    # m3ter keeps its name and end dates (m3ter_wins) after the CRM -> m3ter step read the records back
     assert hook.find_account(customer.key)["name"] == "Renamed In m3ter"
 
     # re-runs, incremental and full, write nothing to either CRM
@@ -128,6 +171,27 @@ def test_plan_switch_and_rename_reach_both_crms_and_a_rerun_writes_nothing(crm_e
     assert _run(logical_date=_past_hour(29)).state == "success"
     assert _run(run_conf={"full_resync": True}).state == "success"
     assert _crm_writes(crm_env) == before
+
+    # A backfill (m3ter_backfill, as a run of type backfill does): the deal drifts in HubSpot behind
+    # m3sh's back (its modification time too old for any extract window), so an incremental run
+    # would not see it; a backfill of the hour m3ter renewed the contract in re-applies that
+    # contract's end date, though its fingerprint is unchanged, and nothing else (a window with no
+    # m3ter change selects nothing: tests/unit/test_crm_outbound.py).
+    from m3sh.hooks.hubspot import HubSpotHook
+
+    assert not HubSpotHook().batch_update("deals", [{"id": deal_id, "properties": {"contract_end": "2027-01-01"}}]
+                                          ).failed
+    crm_env.admin("hubspot", "set_modified", "POST", object_type="deals", ids=[deal_id],
+                  modified_at="2020-01-01T00:00:00Z")
+    hour = dt.datetime.fromisoformat(changed_at.replace("Z", "+00:00")).replace(minute=0, second=0, microsecond=0)
+    window = _run(logical_date=hour + dt.timedelta(hours=1), run_conf={"m3ter_backfill": True})
+    assert window.state == "success"
+    report = _outbound_report(window, "hubspot")
+    assert [w["record"] for w in report["writes"]] == [deal_id], report["writes"]
+    # every record m3ter touched in that hour (this fresh sandbox made them all then) is compared;
+    # only the drifted deal differs, so it is the one write
+    assert report["counts"]["crm_writes"] == 1 and report["counts"]["candidates"] > 1
+    assert _hs_deal(deal_id)["contract_end"][:10] == "2031-06-15"
 
 
 def test_field_edited_in_m3ter_and_salesforce_is_one_conflict_resolved_by_the_rule(crm_env: Any) -> None:

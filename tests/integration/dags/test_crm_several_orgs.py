@@ -22,7 +22,7 @@ import pytest
 pytestmark = [pytest.mark.sandbox, pytest.mark.dagrun]
 
 TODAY = dt.date.today()
-START, END = TODAY - dt.timedelta(days=30), TODAY + dt.timedelta(days=335)
+START = TODAY - dt.timedelta(days=30)  # Contract EndDate: computed from ContractTerm 12
 FIRST_SOURCE = """    - name: salesforce
       type: salesforce
       conn_id: salesforce_default
@@ -50,7 +50,7 @@ def _customers(sb: Any, org: str, names: list[str]) -> dict[str, str]:
         "CurrencyIsoCode": "USD", "BillingCountry": "US", "Owner_Name__c": "Ada", "Type": "Customer"}
         for name in names])["ids"]
     sb.admin("salesforce", "insert", "POST", org=org, sobject="Contract", records=[{
-        "AccountId": acc, "Name": f"{name} subscription", "StartDate": START.isoformat(), "EndDate": END.isoformat(),
+        "AccountId": acc, "Name": f"{name} subscription", "StartDate": START.isoformat(),
         "ContractTerm": 12, "Status": "Draft", "CurrencyIsoCode": "USD"} for name, acc in zip(names, ids, strict=True)])
     return dict(zip(names, ids, strict=True))
 

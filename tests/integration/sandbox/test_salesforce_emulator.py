@@ -287,6 +287,27 @@ def test_writes_are_validated(sf: Any) -> None:
         sf.Account.update("001000000000000AAA", {"Name": "x"})
 
 
+def test_contract_end_date_is_computed_from_start_date_and_term(sf: Any) -> None:
+    """The object reference: Contract.EndDate is read-only, calculated from StartDate and
+    ContractTerm; the day less is Salesforce Help 000384288's example (March 1 + 5 -> July 31)."""
+    acc_id = demo_company().by_crm("salesforce")[0].salesforce_id
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Contract.create({"AccountId": acc_id, "StartDate": "2025-03-01", "EndDate": "2025-08-30"})
+    assert _error_code(info.value) == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    cid = sf.Contract.create({"AccountId": acc_id, "StartDate": "2025-03-01", "ContractTerm": 5})["id"]
+    assert sf.Contract.get(cid)["EndDate"] == "2025-07-31"
+    sf.Contract.update(cid, {"ContractTerm": 12})
+    assert sf.Contract.get(cid)["EndDate"] == "2026-02-28"
+    sf.Contract.update(cid, {"StartDate": "2024-01-31", "ContractTerm": 1})  # Jan 31 + 1 month: Feb 29
+    assert sf.Contract.get(cid)["EndDate"] == "2024-02-28"
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.Contract.update(cid, {"EndDate": "2026-12-31"})
+    assert _error_code(info.value) == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    described = {f["name"]: f for f in sf.Contract.describe()["fields"]}
+    assert (described["EndDate"]["createable"], described["EndDate"]["updateable"]) == (False, False)
+    assert described["ContractTerm"]["updateable"] and described["StartDate"]["updateable"]
+
+
 def test_upsert_by_external_id_is_idempotent(sf: Any, sb: Any) -> None:
     acc_id = demo_company().by_crm("salesforce")[0].salesforce_id
     body = {"Account__c": acc_id, "Amount__c": 120.5, "Currency__c": "USD", "Status__c": "Posted",

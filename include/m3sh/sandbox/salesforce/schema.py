@@ -233,7 +233,9 @@ OBJECTS: dict[str, ObjectDef] = {
             _ro("ContractNumber", "string"),
             FieldDef("Name", "string"),
             FieldDef("StartDate", "date"),
-            FieldDef("EndDate", "date"),
+            # The object reference: EndDate is "Read-only. Calculated end date of the contract ... by
+            # adding the ContractTerm to the StartDate" (no Create/Update property); store.py derives it.
+            FieldDef("EndDate", "date", createable=False, updateable=False),
             FieldDef("ContractTerm", "int"),
             FieldDef("Status", "picklist", picklist=("Draft", "In Approval Process", "Activated")),
             _ro("StatusCode", "picklist", picklist=("Draft", "InApproval", "Activated")),

@@ -184,6 +184,7 @@ class Store:
         rec.update(values)
         if not trusted:
             self._check_unique(obj, rec)
+            _contract_end(obj, rec)  # seeds set EndDate as they find it (an org may have imported it)
         self._derive(obj, rec)
         table = self.records[obj.name]
         if rid in table:  # a re-used id replaces the record, as before indexes existed
@@ -203,6 +204,8 @@ class Store:
         self._check_unique(obj, candidate)
         before = self._index_keys(obj, rec)
         rec.update(values)
+        if {"StartDate", "ContractTerm"} & values.keys():
+            _contract_end(obj, rec)
         self._derive(obj, rec)
         self._touch(rec)
         self._reindex(obj, self._rid(obj, rec), rec, before)
@@ -527,3 +530,23 @@ class Store:
         for name in names:
             out[name] = rec.get(name)
         return out
+
+
+def _contract_end(obj: ObjectDef, rec: Record) -> None:
+    """A Contract's EndDate as Salesforce computes it on save: StartDate plus ContractTerm months,
+    less one day (Salesforce Help 000384288: March 1, 2025 + 5 months -> July 31, 2025); a day past
+    a shorter month's end is clamped to it (Apex Date.addMonths; not documented for EndDate). No
+    StartDate or no term: no EndDate. Written apart from m3sh.crm.outbound on purpose."""
+    if obj.name != "Contract":
+        return
+    start, term = rec.get("StartDate"), rec.get("ContractTerm")
+    if not start or term is None:
+        rec["EndDate"] = None
+        return
+    day = dt.date.fromisoformat(str(start)[:10])
+    total = day.year * 12 + day.month - 1 + int(term)
+    year, month = divmod(total, 12)
+    month += 1
+    next_first = dt.date(year + 1, 1, 1) if month == 12 else dt.date(year, month + 1, 1)
+    moved = dt.date(year, month, min(day.day, (next_first - dt.timedelta(days=1)).day))
+    rec["EndDate"] = (moved - dt.timedelta(days=1)).isoformat()
