@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -145,3 +146,14 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def nearest_rank(ordered: list[float], q: float) -> float | None:
+    """The ``q`` quantile of sorted values, nearest rank (a few dozen samples: no interpolation)."""
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)

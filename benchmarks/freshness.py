@@ -33,7 +33,6 @@ import datetime as dt
 import io
 import logging
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -42,7 +41,7 @@ from typing import Any
 import requests
 
 from benchmarks._airflow import standalone
-from benchmarks._common import PORT_START, emit, sized
+from benchmarks._common import PORT_START, emit, median, nearest_rank, sized
 
 DAG_ID = "m3sh_usage_ingest"
 BUCKET = "m3sh-usage"
@@ -101,17 +100,17 @@ def run(files: int, rows: int, port_start: int = PORT_START) -> dict[str, Any]:
     warmup, rest = measured[0], measured[1:]
     latencies = sorted(s["latency_s"] for s in rest if s.get("latency_s") is not None)
     return {
-        "freshness_p95_s": _pct(latencies, 0.95),
-        "freshness_p50_s": _median(latencies),
+        "freshness_p95_s": nearest_rank(latencies, 0.95),
+        "freshness_p50_s": median(latencies),
         "freshness_max_s": latencies[-1] if latencies else None,
         "freshness_samples": len(latencies),
         "freshness_timeouts": sum(1 for s in rest if s.get("latency_s") is None),
         "freshness_warmup_s": warmup.get("latency_s"),
-        "freshness_breakdown_p50_s": {k: _median(v) for k in BREAKDOWN
+        "freshness_breakdown_p50_s": {k: median(v) for k in BREAKDOWN
                                       if (v := [s["breakdown"][k] for s in rest if k in s.get("breakdown", {})])},
         "freshness_samples_s": [s.get("latency_s") for s in rest],
         "rows_per_file": rows,
-        "mapped_ingest_tasks_p50": _median([s["ingest_tasks"] for s in rest if "ingest_tasks" in s]),
+        "mapped_ingest_tasks_p50": median([s["ingest_tasks"] for s in rest if "ingest_tasks" in s]),
         "run_types": sorted({s["run_type"] for s in measured if s.get("run_type")}),
         "airflow_startup_s": round(startup_s, 1),
         "airflow_settings": settings,
@@ -196,17 +195,6 @@ def _breakdown(stack: Any, run: dict[str, Any], t0_wall: float) -> tuple[dict[st
         "ingest_done": since(max((t["end_date"] for t in ingest if t.get("end_date")), default=None)),
     }
     return {k: v for k, v in points.items() if v is not None}, len(ingest)
-
-
-def _median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 3) if values else None
-
-
-def _pct(ordered: list[float], q: float) -> float | None:
-    """The ``q`` quantile of sorted values, nearest rank (the same as benchmarks.triggers)."""
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
 
 
 def main() -> None:

@@ -37,7 +37,6 @@ import argparse
 import datetime as dt
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._airflow import standalone
-from benchmarks._common import PORT_START, admin, clear_stats, emit, sandbox, stats
+from benchmarks._common import PORT_START, admin, clear_stats, emit, median, nearest_rank, sandbox, stats
 
 DAG_ID = "m3sh_plan_triggers"
 RULE = "prepaid_depleted"
@@ -198,15 +197,15 @@ def _live_latency(box: Any, cfg_path: Path, samples: int) -> dict[str, Any]:
     warmup, rest = measured[0], measured[1:]
     latencies = sorted(s["latency_s"] for s in rest if s.get("latency_s") is not None)
     return {
-        "webhook_to_action_p95_s": _pct(latencies, 0.95),
-        "webhook_to_action_p50_s": _median(latencies),
+        "webhook_to_action_p95_s": nearest_rank(latencies, 0.95),
+        "webhook_to_action_p50_s": median(latencies),
         "webhook_to_action_max_s": latencies[-1] if latencies else None,
         "webhook_samples": len(latencies),
         "webhook_timeouts": sum(1 for s in rest if s.get("latency_s") is None),
         "webhook_to_action_warmup_s": warmup.get("latency_s"),
-        "webhook_breakdown_p50_s": {k: _median(v) for k in BREAKDOWN
+        "webhook_breakdown_p50_s": {k: median(v) for k in BREAKDOWN
                                     if (v := [s["breakdown"][k] for s in rest if k in s.get("breakdown", {})])},
-        "webhook_run_seconds_p50": _median([s["run_s"] for s in rest if s.get("run_s") is not None]),
+        "webhook_run_seconds_p50": median([s["run_s"] for s in rest if s.get("run_s") is not None]),
         "webhook_run_types": sorted({s["run_type"] for s in measured if s.get("run_type")}),
         "live_accounts": accounts,
         "live_balances_not_reset": [b for b in balances if float(hook.get_balance(b).get("amount") or 0) != 0],
@@ -275,16 +274,6 @@ def _breakdown(stack: Any, run: dict[str, Any], t0_wall: float, entry: dict[str,
               "evaluate_done": since(evaluate.get("end_date")), "apply_started": since(min(applies, default=None)),
               "action_done": since(entry.get("finished_at"))}
     return {k: v for k, v in points.items() if v is not None}
-
-
-def _median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 3) if values else None
-
-
-def _pct(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
 
 
 def main() -> None:

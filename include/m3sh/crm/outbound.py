@@ -406,19 +406,29 @@ def _compare(cfg: M3shConfig, source: CrmSource, tracked: Mapping[str, str], *, 
             rule = cfg.crm.ownership.owner_of(fld)  # type: ignore[arg-type]
             if M3TER_PATH[fld][0] in m3ter_before:
                 before_val = m3ter_value(m3ter_before, fld)
-        crm_val = crm_vals.get(crm_field)
-        prev = previous.get(fld)
-        d = decide(fld, rule, m3ter_before=before_val, m3ter_now=now_val, crm=crm_val, previous=prev)
-        if d.write is not None:
-            writes[crm_field] = d.write
-        if d.conflict and prev is not None:
-            conflicts.append(Conflict(
-                source=source.name, record=crm_id, crm_object="Account" if source.type == "salesforce" else "companies",
-                account=code, field=fld, crm_field=crm_field, m3ter_value=before_val, crm_value=crm_val,
-                previous=dict(prev), m3ter_changed_at=account.get("dtLastModified"), crm_changed_at=crm_modified,
-                rule=rule, decision=DECISIONS[rule], written=d.write, run_id=run_id))
-        entry[fld] = {"m3ter": now_val, "crm": d.write if d.write is not None else crm_val}
+        _decide_into((writes, entry, conflicts), fld, crm_field, rule, m3ter_before=before_val, m3ter_now=now_val,
+                     crm_val=crm_vals.get(crm_field), prev=previous.get(fld), about={
+                         "source": source.name, "record": crm_id, "account": code,
+                         "crm_object": "Account" if source.type == "salesforce" else "companies",
+                         "m3ter_changed_at": account.get("dtLastModified"), "crm_changed_at": crm_modified,
+                         "run_id": run_id})
     return writes, entry, conflicts
+
+
+def _decide_into(out: tuple[dict[str, Any], dict[str, Any], list[Conflict]], fld: str, crm_field: str, rule: Ownership,
+                 *, m3ter_before: Any, m3ter_now: Any, crm_val: Any, prev: Mapping[str, Any] | None,
+                 about: Mapping[str, Any]) -> None:
+    """One field's decision added to a record's ``(writes, fingerprint entry, conflicts)`` (``about``:
+    the record's part of a :class:`Conflict`)."""
+    writes, entry, conflicts = out
+    d = decide(fld, rule, m3ter_before=m3ter_before, m3ter_now=m3ter_now, crm=crm_val, previous=prev)
+    if d.write is not None:
+        writes[crm_field] = d.write
+    if d.conflict and prev is not None:
+        conflicts.append(Conflict(**about, field=fld, crm_field=crm_field, m3ter_value=m3ter_before,
+                                  crm_value=crm_val, previous=dict(prev), rule=rule, decision=DECISIONS[rule],
+                                  written=d.write))
+    entry[fld] = {"m3ter": m3ter_now, "crm": d.write if d.write is not None else crm_val}
 
 
 def _compare_contract(cfg: M3shConfig, source: CrmSource, tracked: Mapping[str, str], *, crm_id: str,
@@ -433,18 +443,12 @@ def _compare_contract(cfg: M3shConfig, source: CrmSource, tracked: Mapping[str, 
     for fld, crm_field in tracked.items():
         rule = cfg.crm.ownership.owner_of_contract(fld)  # type: ignore[arg-type]
         now_val = norm(fld, contract.get(CONTRACT_DATE_KEYS[fld]))  # type: ignore[index]
-        crm_val = crm_vals.get(crm_field)
-        prev = previous.get(fld)
-        d = decide(fld, rule, m3ter_before=now_val, m3ter_now=now_val, crm=crm_val, previous=prev)
-        if d.write is not None:
-            writes[crm_field] = d.write
-        if d.conflict and prev is not None:
-            conflicts.append(Conflict(
-                source=source.name, record=crm_id, crm_object="Contract" if source.type == "salesforce" else "deals",
-                account=account_code, field=fld, crm_field=crm_field, m3ter_value=now_val, crm_value=crm_val,
-                previous=dict(prev), m3ter_changed_at=contract.get("dtLastModified"), crm_changed_at=crm_modified,
-                rule=rule, decision=DECISIONS[rule], written=d.write, run_id=run_id))
-        entry[fld] = {"m3ter": now_val, "crm": d.write if d.write is not None else crm_val}
+        _decide_into((writes, entry, conflicts), fld, crm_field, rule, m3ter_before=now_val, m3ter_now=now_val,
+                     crm_val=crm_vals.get(crm_field), prev=previous.get(fld), about={
+                         "source": source.name, "record": crm_id, "account": account_code,
+                         "crm_object": "Contract" if source.type == "salesforce" else "deals",
+                         "m3ter_changed_at": contract.get("dtLastModified"), "crm_changed_at": crm_modified,
+                         "run_id": run_id})
     return writes, entry, conflicts
 
 

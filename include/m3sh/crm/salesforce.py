@@ -122,19 +122,36 @@ def read_account_links(source: CrmSource, sf: SalesforceSync | None = None) -> d
             for rec in sf.query(f"SELECT {', '.join(fields)} FROM Account", sobject="Account")}
 
 
-def read_accounts_salesforce(source: CrmSource, ids: list[str], fields: list[str],
-                             sf: SalesforceSync | None = None) -> dict[str, tuple[dict[str, Any], str | None]]:
-    """Accounts by Id -> ``(their fields, SystemModstamp)`` for the m3ter -> CRM comparison."""
-    bad = sorted(n for n in fields if not re.fullmatch(SF_FIELD_NAME, n))
+def _read_records(source: CrmSource, sobject: str, ids: list[str], cols: set[str],
+                  sf: SalesforceSync | None) -> dict[str, tuple[dict[str, Any], str | None]]:
+    bad = sorted(n for n in cols if not re.fullmatch(SF_FIELD_NAME, n))
     if bad:
         raise ValueError(f"salesforce {source.name}: {bad} are not Salesforce field API names")
     sf = sf or SalesforceSync(conn_id=source.conn_id)
-    cols = ", ".join(sorted({"Id", "SystemModstamp", *fields}))
+    select = ", ".join(sorted({"Id", "SystemModstamp", *cols}))
     out: dict[str, tuple[dict[str, Any], str | None]] = {}
     for chunk in _chunks(sorted(ids)):
-        for r in sf.query(f"SELECT {cols} FROM Account WHERE Id IN {_in(chunk)}", "Account"):
+        for r in sf.query(f"SELECT {select} FROM {sobject} WHERE Id IN {_in(chunk)}", sobject):
             out[str(r["Id"])] = (r, r.get("SystemModstamp"))
     return out
+
+
+def _update_records(source: CrmSource, sobject: str, updates: Mapping[str, Mapping[str, Any]],
+                    sf: SalesforceSync | None) -> dict[str, str]:
+    sf = sf or SalesforceSync(conn_id=source.conn_id)
+    failed: dict[str, str] = {}
+    for record_id, fields in updates.items():
+        try:
+            sf.update_record(sobject, record_id, fields)
+        except ExternalApiError as exc:  # reported per record; the task fails after the others
+            failed[record_id] = str(exc)
+    return failed
+
+
+def read_accounts_salesforce(source: CrmSource, ids: list[str], fields: list[str],
+                             sf: SalesforceSync | None = None) -> dict[str, tuple[dict[str, Any], str | None]]:
+    """Accounts by Id -> ``(their fields, SystemModstamp)`` for the m3ter -> CRM comparison."""
+    return _read_records(source, "Account", ids, set(fields), sf)
 
 
 def update_accounts_salesforce(source: CrmSource, updates: Mapping[str, Mapping[str, Any]],
@@ -142,40 +159,17 @@ def update_accounts_salesforce(source: CrmSource, updates: Mapping[str, Mapping[
     """PATCH each Account's changed fields (one request per Account: the REST API's record update;
     the sObject Collections API would batch 200, but the sandbox emulates record updates only).
     A failed record does not stop the others; returns ``{Account Id: error}`` of the failed."""
-    sf = sf or SalesforceSync(conn_id=source.conn_id)
-    failed: dict[str, str] = {}
-    for acc_id, fields in updates.items():
-        try:
-            sf.update_record("Account", acc_id, fields)
-        except ExternalApiError as exc:  # reported per record; the task fails after the others
-            failed[acc_id] = str(exc)
-    return failed
+    return _update_records(source, "Account", updates, sf)
 
 
 def read_contracts_salesforce(source: CrmSource, ids: list[str], fields: list[str],
                               sf: SalesforceSync | None = None) -> dict[str, tuple[dict[str, Any], str | None]]:
     """Contracts by Id -> ``(their fields, SystemModstamp)``; StartDate and ContractTerm are always
     read, since an EndDate is written through them (see :func:`m3sh.crm.outbound.salesforce_contract_update`)."""
-    bad = sorted(n for n in fields if not re.fullmatch(SF_FIELD_NAME, n))
-    if bad:
-        raise ValueError(f"salesforce {source.name}: {bad} are not Salesforce field API names")
-    sf = sf or SalesforceSync(conn_id=source.conn_id)
-    cols = ", ".join(sorted({"Id", "SystemModstamp", "StartDate", "ContractTerm", *fields}))
-    out: dict[str, tuple[dict[str, Any], str | None]] = {}
-    for chunk in _chunks(sorted(ids)):
-        for r in sf.query(f"SELECT {cols} FROM Contract WHERE Id IN {_in(chunk)}", "Contract"):
-            out[str(r["Id"])] = (r, r.get("SystemModstamp"))
-    return out
+    return _read_records(source, "Contract", ids, {"StartDate", "ContractTerm", *fields}, sf)
 
 
 def update_contracts_salesforce(source: CrmSource, updates: Mapping[str, Mapping[str, Any]],
                                 sf: SalesforceSync | None = None) -> dict[str, str]:
     """PATCH each Contract (one request each, as Accounts); returns ``{Contract Id: error}`` of the failed."""
-    sf = sf or SalesforceSync(conn_id=source.conn_id)
-    failed: dict[str, str] = {}
-    for contract_id, fields in updates.items():
-        try:
-            sf.update_record("Contract", contract_id, fields)
-        except ExternalApiError as exc:  # reported per record; the task fails after the others
-            failed[contract_id] = str(exc)
-    return failed
+    return _update_records(source, "Contract", updates, sf)
