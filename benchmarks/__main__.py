@@ -67,6 +67,13 @@ TARGETS: dict[str, tuple[str, float]] = {
     "triggers.webhook_to_action_p95_s": ("<=", 10),
     # event-driven usage: a file put into the watched S3 prefix has all its rows in m3ter (issue 17)
     "freshness.freshness_p95_s": ("<=", 10),
+    # published connectors side by side (issue 20), on 10,000 more companies / Accounts than the demo's
+    "peers.m3sh_vs_best_peer_seconds": ("<=", 0.333),
+    "peers.m3sh_requests_over_best_peer": ("<=", 0),
+    "peers.m3sh_incremental_requests": ("<=", 10),
+    "peers.salesforce_m3sh_vs_best_peer_seconds": ("<=", 0.333),
+    "peers.salesforce_m3sh_requests_over_best_peer": ("<=", 0),
+    "peers.salesforce_m3sh_incremental_requests": ("<=", 10),
     "audit_trail.requests_page1_5000": ("<=", 60),
     "audit_trail.requests_page1_100000": ("<=", 200),
     "audit_trail.requests_week_100000": ("<=", 60),
@@ -89,6 +96,8 @@ CONTEXT: dict[str, list[str]] = {
     "invoice_sync": ["bills", "seconds", "bound_seconds", "client_cpu_ms_per_request", "emulator_cpu_ms_per_request"],
     "triggers": ["accounts", "api_calls_cold"],
     "freshness": ["freshness_p50_s", "freshness_samples", "rows_per_file", "load_avg_1m_end"],
+    "peers": ["scale", "m3sh_full_seconds", "best_peer_full_seconds", "m3sh_full_requests", "best_peer_full_requests",
+              "salesforce_m3sh_full_seconds", "salesforce_best_peer_full_seconds"],
     "audit_trail": ["months_5000", "requests_csv_5000", "months_100000", "requests_csv_100000"],
     "limits_shared": ["processes", "requests", "client_org_rate_rps", "binding_limit_rps", "redis_achieved_rps",
                       "redis_vs_binding_limit", "redis_429_fraction", "in_process_429s", "in_process_429_fraction"],
