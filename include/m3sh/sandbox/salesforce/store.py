@@ -247,7 +247,9 @@ class Store:
         self._touch(rec)
         self._reindex(obj, self._rid(obj, rec), rec, before)
         for name, old in tracked.items():
-            if rec.get(name) != old:  # a save that leaves a value as it was records nothing for it
+            # a save that leaves a value as it was records nothing for it (the reference speaks of
+            # "changes"; that an unchanged value is no change is the emulator's reading)
+            if rec.get(name) != old:
                 self._track(obj, rec, name, old, rec.get(name))
         return rec
 
