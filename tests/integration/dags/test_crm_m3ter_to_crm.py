@@ -192,10 +192,10 @@ def test_plan_switch_and_rename_reach_both_crms_and_a_rerun_writes_nothing(crm_e
     def changes() -> dict[str, list[tuple[Any, ...]]]:
         return {
             "sf name": [(h["OldValue"], h["NewValue"], h["CreatedById"])
-                        for h in _sf_history("AccountHistory", "AccountId", customer.salesforce_id, "Name")],
+                        for h in _sf_history("AccountHistory", "AccountId", str(customer.salesforce_id), "Name")],
             "sf term": [(h["OldValue"], h["NewValue"])
                         for h in _sf_history("ContractHistory", "ContractId", contract_id, "ContractTerm")],
-            "hs name": [(h["value"],) for h in _hs_history("companies", customer.hubspot_id, "name")],
+            "hs name": [(h["value"],) for h in _hs_history("companies", str(customer.hubspot_id), "name")],
             "hs end": [(h["value"][:10],) for h in _hs_history("deals", deal_id, "contract_end")],
         }
 
