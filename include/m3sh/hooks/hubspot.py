@@ -276,11 +276,14 @@ class HubSpotHook(BaseHook):
         return cls(message, object_type=object_type, object_id=object_id, status=status, category=category)
 
     # -- reads ----------------------------------------------------------------------------------------
-    def batch_read(self, object_type: str, ids: Sequence[str],
-                   properties: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    def batch_read(self, object_type: str, ids: Sequence[str], properties: Sequence[str] | None = None,
+                   history: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
         """``{id: record}`` for many ids, 100 per request (one call instead of one per record).
 
         Ids HubSpot doesn't know are simply absent from the result (a 207 with per-id errors).
+        ``history``: properties whose change history to include, as the official client's model
+        gives it (``properties_with_history``: ``{name: [{value, timestamp, source_type,
+        source_id, ...}]}``, newest first).
         """
         out: dict[str, dict[str, Any]] = {}
         unique = list(dict.fromkeys(str(i) for i in ids))
@@ -292,11 +295,14 @@ class HubSpotHook(BaseHook):
             # off by default, so leaving it out went unnoticed); empty = no property history.
             body = BatchReadInputSimplePublicObjectId(inputs=[{"id": i} for i in chunk],
                                                       properties=list(properties or []),
-                                                      properties_with_history=[])
+                                                      properties_with_history=list(history))
             result = self._call("batch read", partial(api.read, object_type, body, **self._timeout),
                                 object_type=object_type)
             for rec in getattr(result, "results", None) or []:
                 d = _to_dict(rec)
+                if d.get("properties_with_history"):  # the model's to_dict leaves these entries as models
+                    d["properties_with_history"] = {name: [_to_dict(v) for v in versions]
+                                                    for name, versions in d["properties_with_history"].items()}
                 out[str(d["id"])] = d
         return out
 

@@ -2,7 +2,9 @@
 
 m3ter is changed through the hook (an operator renaming an account) and the automation's own plan
 switch (what ``m3sh_plan_triggers`` does); the CRMs are read back through their public APIs and
-CRM writes are counted through the emulators' request stats.
+CRM writes are counted through the emulators' request stats, and read back through the CRMs' field
+history (Salesforce ``AccountHistory``/``ContractHistory``, HubSpot ``propertiesWithHistory``): one
+write of m3sh's is one history entry by its user / private app, and a re-run adds none.
 """
 
 from __future__ import annotations
@@ -71,6 +73,23 @@ def _hs_company(hs_id: str) -> dict[str, Any]:
     from m3sh.hooks.hubspot import HubSpotHook
 
     return dict(HubSpotHook().batch_read("companies", [hs_id], ["name", "m3ter_plan"])[hs_id]["properties"])
+
+
+def _sf_history(history_object: str, parent_field: str, record_id: str, field: str) -> list[dict[str, Any]]:
+    """Field history rows of one tracked field of one record, oldest first."""
+    from m3sh.hooks.salesforce import SalesforceSync, soql_literal
+
+    soql = (f"SELECT Field, OldValue, NewValue, CreatedById FROM {history_object} WHERE {parent_field} = "  # noqa: S608
+            f"{soql_literal(record_id)} AND Field = {soql_literal(field)} ORDER BY CreatedDate")  # quoted, escaped
+    return [dict(r) for r in SalesforceSync().query(soql, history_object)]
+
+
+def _hs_history(object_type: str, record_id: str, prop: str) -> list[dict[str, Any]]:
+    """A property's history entries written by a private app (INTEGRATION), newest first."""
+    from m3sh.hooks.hubspot import HubSpotHook
+
+    rec = HubSpotHook().batch_read(object_type, [record_id], [prop], history=[prop])[record_id]
+    return [h for h in (rec.get("properties_with_history") or {}).get(prop, []) if h["source_type"] == "INTEGRATION"]
 
 
 def _outbound_report(run: Any, source: str) -> dict[str, Any]:
@@ -166,11 +185,34 @@ def test_plan_switch_and_rename_reach_both_crms_and_a_rerun_writes_nothing(crm_e
     # m3ter keeps its name and end dates (m3ter_wins) after the CRM -> m3ter step read the records back
     assert hook.find_account(customer.key)["name"] == "Renamed In m3ter"
 
-    # re-runs, incremental and full, write nothing to either CRM
+    # the CRMs' field history: the rename and the renewals are each one change by m3sh (the
+    # integration user on Salesforce, the private app on HubSpot), from the values seeded
+    from m3sh.sandbox.salesforce.auth import USER_ID
+
+    def changes() -> dict[str, list[tuple[Any, ...]]]:
+        return {
+            "sf name": [(h["OldValue"], h["NewValue"], h["CreatedById"])
+                        for h in _sf_history("AccountHistory", "AccountId", str(customer.salesforce_id), "Name")],
+            "sf term": [(h["OldValue"], h["NewValue"])
+                        for h in _sf_history("ContractHistory", "ContractId", contract_id, "ContractTerm")],
+            "hs name": [(h["value"],) for h in _hs_history("companies", str(customer.hubspot_id), "name")],
+            "hs end": [(h["value"][:10],) for h in _hs_history("deals", deal_id, "contract_end")],
+        }
+
+    written = changes()
+    assert written == {
+        "sf name": [(customer.name, "Renamed In m3ter", USER_ID)],
+        "sf term": [(int(sf_before["ContractTerm"]), int(sf_before["ContractTerm"]) + 12)],
+        "hs name": [("Renamed In m3ter",)],
+        "hs end": [("2031-06-15",)],
+    }, written
+
+    # re-runs, incremental and full, write nothing to either CRM: no request, no history entry
     before = _crm_writes(crm_env)
     assert _run(logical_date=_past_hour(29)).state == "success"
     assert _run(run_conf={"full_resync": True}).state == "success"
     assert _crm_writes(crm_env) == before
+    assert changes() == written
 
     # A backfill (m3ter_backfill, as a run of type backfill does): the deal drifts in HubSpot behind
     # m3sh's back (its modification time too old for any extract window), so an incremental run

@@ -328,17 +328,45 @@ def test_what_the_emulator_does_not_implement_is_refused_never_ignored(fresh_san
                  offset="100", limit="10")
     assert paged.status_code == 400 and "'offset'" in paged.json()["message"]
     assert "after" in paged.json()["message"]  # what the endpoint does implement
-    history = _raw(fresh_sandbox, "GET", "/crm/v3/objects/companies", propertiesWithHistory="name")
-    assert history.status_code == 400 and "not implemented by the m3sh sandbox" in history.json()["message"]
-
-    read = "/crm/v3/objects/companies/batch/read"
-    ids = [{"id": HUBSPOT_CUSTOMERS[0].hubspot_id}]
-    assert _raw(fresh_sandbox, "POST", read, {"inputs": ids, "properties": ["name"],
-                                              "propertiesWithHistory": []}).status_code == 200
-    asked = _raw(fresh_sandbox, "POST", read, {"inputs": ids, "properties": [], "propertiesWithHistory": ["name"]})
-    assert asked.status_code == 400 and "not implemented by the m3sh sandbox" in asked.json()["message"]
     # A refused request changed nothing and was answered before the route ran.
     assert fresh_sandbox.requests_to("hubspot", "GET", "/crm/v3/objects/line_items") == 1
+
+
+def test_property_history_is_newest_first_with_the_writers_source(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
+    """``propertiesWithHistory`` on the v3 reads (get, list, batch read) and the legacy versions: one
+    entry per change, newest first, the seeded value last (IMPORT), the private app's writes as
+    INTEGRATION with its app id; a write of the current value adds none, a cleared value is ""."""
+    company = HUBSPOT_CUSTOMERS[0]
+    path = f"/crm/v3/objects/companies/{company.hubspot_id}"
+    for name in ("Renamed Once", "Renamed Twice", "Renamed Twice"):
+        assert _raw(fresh_sandbox, "PATCH", path, {"properties": {"name": name, "phone": ""}}).status_code == 200
+    one = _raw(fresh_sandbox, "GET", path, propertiesWithHistory="name,phone,no_such_property")
+    assert one.status_code == 200, one.text
+    history = one.json()["propertiesWithHistory"]
+    assert list(history) == ["name"]  # never-set and unknown properties are left out, as documented
+    assert [(h["value"], h["sourceType"], h.get("sourceId")) for h in history["name"]] == [
+        ("Renamed Twice", "INTEGRATION", "3310942"), ("Renamed Once", "INTEGRATION", "3310942"),
+        (company.name, "IMPORT", None)]
+    stamps = [h["timestamp"] for h in history["name"]]
+    assert stamps == sorted(stamps, reverse=True)
+
+    created = _raw(fresh_sandbox, "POST", "/crm/v3/objects/companies", {"properties": {"name": "Fresh", "phone": "1"}})
+    new_id = created.json()["id"]
+    _raw(fresh_sandbox, "PATCH", f"/crm/v3/objects/companies/{new_id}", {"properties": {"phone": ""}})
+    read = _raw(fresh_sandbox, "POST", "/crm/v3/objects/companies/batch/read",
+                {"inputs": [{"id": new_id}], "properties": ["name"], "propertiesWithHistory": ["phone"]})
+    assert [h["value"] for h in read.json()["results"][0]["propertiesWithHistory"]["phone"]] == ["", "1"]
+    page = _raw(fresh_sandbox, "GET", "/crm/v3/objects/companies", limit="100", propertiesWithHistory="name")
+    listed = {r["id"]: r for r in page.json()["results"]}
+    assert listed[company.hubspot_id]["propertiesWithHistory"]["name"] == history["name"]
+
+    legacy = _legacy_get(fresh_sandbox, "/companies/v2/companies/paged",
+                         [("limit", "250"), ("properties", "domain"), ("propertiesWithHistory", "name")])
+    [mine] = [c for c in legacy.json()["companies"] if str(c["companyId"]) == company.hubspot_id]
+    name = mine["properties"]["name"]
+    assert [(v["value"], v["source"]) for v in name["versions"]] == [
+        ("Renamed Twice", "INTEGRATION"), ("Renamed Once", "INTEGRATION"), (company.name, "IMPORT")]
+    assert name["timestamp"] == name["versions"][0]["timestamp"] and len(mine["properties"]["domain"]["versions"]) == 1
 
 
 def _legacy_get(sb, path: str, params: list[tuple[str, str]] | None = None) -> requests.Response:  # type: ignore[no-untyped-def]

@@ -308,6 +308,50 @@ def test_contract_end_date_is_computed_from_start_date_and_term(sf: Any) -> None
     assert described["ContractTerm"]["updateable"] and described["StartDate"]["updateable"]
 
 
+def test_field_history_rows_record_each_tracked_change_and_are_read_only(sf: Any) -> None:
+    """Field History Tracking as the object reference describes it: a row per changed tracked field
+    per save (Field, OldValue, NewValue, CreatedDate, CreatedById = the writing user), a "created"
+    row on insert, nothing for an unchanged value or an untracked field; OpportunityFieldHistory and
+    Invoice__History (ParentId) likewise; queryable, not writable, OldValue/NewValue not filterable."""
+    from m3sh.sandbox.salesforce.auth import USER_ID
+
+    acc_id = demo_company().by_crm("salesforce")[0].salesforce_id
+    name = sf.Account.get(acc_id)["Name"]
+    sf.Account.update(acc_id, {"Name": "History One", "M3ter_Plan__c": "growth_usd", "Phone": "555"})
+    sf.Account.update(acc_id, {"Name": "History One"})  # unchanged: no row
+    sf.Account.update(acc_id, {"Name": "History Two"})
+    rows = sf.query_all("SELECT Field, OldValue, NewValue, CreatedDate, CreatedById, AccountId FROM AccountHistory "
+                        f"WHERE AccountId = '{acc_id}' ORDER BY CreatedDate, Field")["records"]
+    assert [(r["Field"], r["OldValue"], r["NewValue"]) for r in rows] == [
+        ("M3ter_Plan__c", None, "growth_usd"), ("Name", name, "History One"), ("Name", "History One", "History Two")]
+    assert {r["CreatedById"] for r in rows} == {USER_ID} and {r["AccountId"] for r in rows} == {acc_id}
+    named = sf.query(f"SELECT NewValue FROM AccountHistory WHERE AccountId = '{acc_id}' AND Field = 'Name'")
+    assert named["totalSize"] == 2
+
+    opp = sf.Opportunity.create({"Name": "H", "StageName": "Prospecting", "CloseDate": "2026-01-01"})["id"]
+    sf.Opportunity.update(opp, {"StageName": "Closed Won"})
+    opp_rows = sf.query(f"SELECT Field, NewValue FROM OpportunityFieldHistory WHERE OpportunityId = '{opp}'")
+    assert [(r["Field"], r["NewValue"]) for r in opp_rows["records"]] == [
+        ("created", None), ("StageName", "Closed Won")]
+    sf.Invoice__c.upsert("M3ter_Bill_Id__c/bill-h", {"Account__c": acc_id, "Status__c": "Posted"})
+    sf.Invoice__c.upsert("M3ter_Bill_Id__c/bill-h", {"Status__c": "Paid", "Amount_Remaining__c": 0})
+    # (text sorts fold case, so "created" sorts between the two)
+    inv_rows = sf.query("SELECT ParentId, Field, OldValue, NewValue FROM Invoice__History ORDER BY Field")["records"]
+    assert [(r["Field"], r["OldValue"], r["NewValue"]) for r in inv_rows] == [
+        ("Amount_Remaining__c", None, 0), ("created", None, None), ("Status__c", "Posted", "Paid")]
+
+    described = sf.AccountHistory.describe()
+    fields = {f["name"]: f for f in described["fields"]}
+    assert not described["createable"] and not fields["NewValue"]["filterable"] and fields["Field"]["filterable"]
+    assert "Name" in {p["value"] for p in fields["Field"]["picklistValues"]}
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.AccountHistory.create({"AccountId": acc_id, "Field": "Name"})
+    assert _error_code(info.value) == "INVALID_TYPE_FOR_OPERATION"
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.query("SELECT Id FROM AccountHistory WHERE NewValue = 'History Two'")
+    assert _error_code(info.value) == "INVALID_FIELD"
+
+
 def test_upsert_by_external_id_is_idempotent(sf: Any, sb: Any) -> None:
     acc_id = demo_company().by_crm("salesforce")[0].salesforce_id
     body = {"Account__c": acc_id, "Amount__c": 120.5, "Currency__c": "USD", "Status__c": "Posted",

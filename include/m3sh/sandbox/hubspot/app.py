@@ -33,7 +33,7 @@ from m3sh.sandbox.hubspot import routes_assoc, routes_legacy, routes_objects, ro
 from m3sh.sandbox.hubspot.demo import seed_demo
 from m3sh.sandbox.hubspot.errors import HubSpotHTTPError, RecordError, error_body, rate_limit_body
 from m3sh.sandbox.hubspot.schema import LASTMOD_PROPERTY, canonical_type, iso_ms
-from m3sh.sandbox.hubspot.store import PortalState, parse_datetime_value
+from m3sh.sandbox.hubspot.store import PRIVATE_APP_ID, PortalState, parse_datetime_value
 
 # Documented limits (api-notes A.9/A.7): private app on Free/Starter.
 TEN_SECONDLY_MAX = 100
@@ -42,7 +42,7 @@ SEARCH_PER_SECOND = 5
 DAILY_MAX = 250_000
 BULK_MAX = 50_000
 HUB_ID = 24_571_003  # the emulated portal's (account's) id; any stable number
-APP_ID = 3_310_942
+APP_ID = PRIVATE_APP_ID  # the private app whose token the sandbox issues
 USER_ID = 61_004_117
 # Scope names per HubSpot's scopes reference (api-notes A.2): read and write per CRM object type,
 # plus the schema scopes that cover creating properties.

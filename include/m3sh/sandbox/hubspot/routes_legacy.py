@@ -12,9 +12,13 @@ where the emulator and that document agree, no machine-readable source stands be
 Legacy shapes differ from v3: ids are numbers (``companyId``, ``dealId``, ``portalId``), each
 property is ``{"value", "timestamp", "source", "sourceId", "versions": [...]}`` with date and
 datetime values as epoch milliseconds, and paging is ``offset`` + ``has-more`` (companies) or
-``hasMore`` (deals). The emulator keeps no per-property history, so every property's timestamp is
-the record's last modification (``hs_lastmodifieddate``'s is exactly that, which is what
-incremental readers compare).
+``hasMore`` (deals). Each property's ``timestamp`` and ``source`` are those of its latest change in
+the property history the v3 reads serve (store.py); ``propertiesWithHistory`` asks for every
+version, newest first, the others carry only the current one. A property without recorded history
+(``hs_lastmodifieddate``, which HubSpot itself moves) is stamped with the record's last
+modification, which for that property is exact (what incremental readers compare). The legacy
+pages show ``source`` values like the v3 ``sourceType`` ("API", "CRM_UI", "INTEGRATION"); that the
+two agree for one write is the emulator's assumption.
 
 ``GET /crm/v3/schemas`` (custom object schemas; published as ``/crm-object-schemas/v3/schemas`` in
 ``CRM/Schemas``, documented as ``/crm/v3/schemas`` on developers.hubspot.com/docs/api/crm/crm-custom-objects):
@@ -85,10 +89,20 @@ def legacy_record(state: PortalState, object_type: str, rec: Record, *, names: l
         raw = rec.properties.get(name)
         if raw is None or name not in defs:
             continue  # legacy answers leave out properties without a value
-        value = _ms(raw, defs[name]["type"])
-        version: dict[str, Any] = {"name": name, "value": value, "timestamp": stamp, "source": "API", "sourceVid": []}
-        props[name] = {"value": value, "timestamp": stamp, "source": "API", "sourceId": None,
-                       "versions": [version]}
+        kind = defs[name]["type"]
+        value = _ms(raw, kind)
+        changes = rec.history.get(name) if name != "hs_lastmodifieddate" else None
+        versions: list[dict[str, Any]]
+        if changes:
+            versions = [{"name": name, "value": _ms(c["value"], kind), "timestamp": to_epoch_ms(c["timestamp"]),
+                         "source": c["sourceType"], "sourceId": c.get("sourceId"), "sourceVid": []}
+                        for c in (changes if name in history else changes[:1])]
+        else:
+            versions = [{"name": name, "value": value, "timestamp": stamp, "source": "API", "sourceId": None,
+                         "sourceVid": []}]
+        latest = versions[0]
+        props[name] = {"value": value, "timestamp": latest["timestamp"], "source": latest["source"],
+                       "sourceId": latest["sourceId"], "versions": versions}
     out: dict[str, Any] = {"portalId": portal_id, LEGACY_ID[object_type]: int(rec.id), "isDeleted": rec.archived,
                            "properties": props}
     if object_type == "companies":

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from m3sh.sandbox.hubspot.errors import HubSpotHTTPError, RecordError
 from m3sh.sandbox.hubspot.schema import KNOWN_ASSOCIATION_TYPES, SINGULAR, canonical_type, iso_ms
 from m3sh.sandbox.hubspot.search import search
-from m3sh.sandbox.hubspot.store import PortalState, Record, now_utc
+from m3sh.sandbox.hubspot.store import API_SOURCE, PortalState, Record, now_utc
 
 if TYPE_CHECKING:
     from m3sh.sandbox.hubspot.app import HubSpotEmulator
@@ -153,13 +153,14 @@ def register(app: FastAPI, emu: HubSpotEmulator) -> None:
         started = now_utc()
         archived = query_bool(request, "archived")
         props = body.get("properties") or None
+        history = body.get("propertiesWithHistory") or []
         id_prop = body.get("idProperty")
 
         def run(s: PortalState) -> JSONResponse:
             results, missing = [], []
             for inp in inputs:
                 try:
-                    results.append(s.get(t, str(inp.get("id")), id_prop, archived).to_json(t, props))
+                    results.append(s.get(t, str(inp.get("id")), id_prop, archived).to_json(t, props, history))
                 except RecordError:
                     missing.append(str(inp.get("id")))
             errors = []
@@ -182,7 +183,7 @@ def register(app: FastAPI, emu: HubSpotEmulator) -> None:
             results, errors = [], []
             for inp in inputs:
                 try:
-                    rec = s.create(t, _props_of(inp))
+                    rec = s.create(t, _props_of(inp), source=API_SOURCE)
                     _create_associations(s, t, rec, inp.get("associations"))
                     results.append(_with_trace(rec.to_json(t, list(rec.properties)), inp))
                 except RecordError as exc:
@@ -244,7 +245,7 @@ def register(app: FastAPI, emu: HubSpotEmulator) -> None:
                     elif id_prop == "hs_object_id":
                         raise RecordError(404, f"No {SINGULAR[t]} with ID {rid} exists", "OBJECT_NOT_FOUND")
                     else:
-                        rec, new = s.create(t, {**props, id_prop: rid}), True
+                        rec, new = s.create(t, {**props, id_prop: rid}, source=API_SOURCE), True
                     out = rec.to_json(t, list(rec.properties))
                     out["new"] = new
                     results.append(_with_trace(out, inp))
@@ -281,6 +282,7 @@ def register(app: FastAPI, emu: HubSpotEmulator) -> None:
         after = request.query_params.get("after")
         archived = query_bool(request, "archived")
         props = query_list(request, "properties") or None
+        history = query_list(request, "propertiesWithHistory")
         assoc = query_list(request, "associations")
 
         def run(s: PortalState) -> dict[str, Any]:
@@ -295,7 +297,7 @@ def register(app: FastAPI, emu: HubSpotEmulator) -> None:
                 recs = [r for r in recs if int(r.id) >= cursor]
             page = recs[:limit]
             out: dict[str, Any] = {
-                "results": [_with_associations(s, t, r, r.to_json(t, props), assoc) for r in page]
+                "results": [_with_associations(s, t, r, r.to_json(t, props, history), assoc) for r in page]
             }
             if len(recs) > limit:
                 nxt = recs[limit].id
@@ -311,7 +313,7 @@ def register(app: FastAPI, emu: HubSpotEmulator) -> None:
 
         def run(s: PortalState) -> JSONResponse:
             try:
-                rec = s.create(t, _props_of(body))
+                rec = s.create(t, _props_of(body), source=API_SOURCE)
                 _create_associations(s, t, rec, body.get("associations"))
             except RecordError as exc:
                 raise exc.to_http() from None
@@ -323,6 +325,7 @@ def register(app: FastAPI, emu: HubSpotEmulator) -> None:
     async def get_object(object_type: str, object_id: str, request: Request) -> Any:
         t = canonical_type(object_type)
         props = query_list(request, "properties") or None
+        history = query_list(request, "propertiesWithHistory")
         assoc = query_list(request, "associations")
 
         def run(s: PortalState) -> dict[str, Any]:
@@ -331,7 +334,7 @@ def register(app: FastAPI, emu: HubSpotEmulator) -> None:
                             query_bool(request, "archived"))
             except RecordError as exc:
                 raise exc.to_http() from None
-            return _with_associations(s, t, rec, rec.to_json(t, props), assoc)
+            return _with_associations(s, t, rec, rec.to_json(t, props, history), assoc)
 
         return locked(run)
 

@@ -1,7 +1,16 @@
-"""State of the emulated HubSpot portal: records, property definitions and associations.
+"""State of the emulated HubSpot portal: records, property definitions, associations, property history.
 
 Callers hold the emulator lock; nothing here locks. Property values are stored as strings exactly as
 the API returns them (api-notes A.3), so responses need no conversion.
+
+Property history is what the CRM v3 reads answer under ``propertiesWithHistory`` (``ValueWithTimestamp``
+in tests/specs/hubspot: ``value``, ``timestamp``, ``sourceType`` required; ``sourceId``...): per
+property, newest first, the value set at creation included. The shape and the values come from
+HubSpot's published OpenAPI and from live answers recorded in public connector test suites (a
+private app's writes: ``"sourceType": "INTEGRATION", "sourceId": "<app id>"``, no ``sourceLabel``;
+entries newest first, the creation value last). Two choices rest on no HubSpot document: a write
+that leaves a value unchanged adds no entry (the emulator records changes, request stats count
+writes), and seeded records carry their values as ``IMPORT`` (the demo portal's data predates m3sh).
 """
 
 from __future__ import annotations
@@ -25,6 +34,12 @@ from m3sh.sandbox.hubspot.schema import (
     builtin_properties,
     iso_ms,
 )
+
+# The emulated private app's id (the token-info answer's ``appId``): a private app's writes are
+# recorded with sourceType INTEGRATION and the app id as sourceId.
+PRIVATE_APP_ID = 3_310_942
+API_SOURCE: tuple[str, str | None] = ("INTEGRATION", str(PRIVATE_APP_ID))
+SEED_SOURCE: tuple[str, str | None] = ("IMPORT", None)
 
 FIRST_NEW_ID = 30_000_000_000  # above every seeded id, so new ids keep dict order == id order
 
@@ -54,8 +69,25 @@ class Record:
     updated_at: dt.datetime
     archived: bool = False
     archived_at: dt.datetime | None = None
+    # property -> ValueWithTimestamp entries, newest first
+    history: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
-    def to_json(self, object_type: str, wanted: Iterable[str] | None = None) -> dict[str, Any]:
+    def record_history(self, before: Mapping[str, str], ts: dt.datetime, source: tuple[str, str | None],
+                       names: Iterable[str]) -> None:
+        """One entry per property of ``names`` whose value differs from ``before`` (a cleared value is
+        recorded as ``""``, the value that cleared it)."""
+        kind, source_id = source
+        for name in names:
+            value = self.properties.get(name, "")
+            if before.get(name, "") == value:  # unset and "" are the same to HubSpot (api-notes A.4)
+                continue
+            entry = {"value": value, "timestamp": iso_ms(ts), "sourceType": kind}
+            if source_id is not None:
+                entry["sourceId"] = source_id
+            self.history.setdefault(name, []).insert(0, entry)
+
+    def to_json(self, object_type: str, wanted: Iterable[str] | None = None,
+                with_history: Iterable[str] = ()) -> dict[str, Any]:
         names = list(wanted) if wanted else DEFAULT_PROPERTIES[object_type]
         always = ("hs_object_id", "createdate", LASTMOD_PROPERTY[object_type])
         props: dict[str, str | None] = {n: self.properties.get(n) for n in names}
@@ -70,6 +102,12 @@ class Record:
         }
         if self.archived_at:
             out["archivedAt"] = iso_ms(self.archived_at)
+        history = list(with_history)
+        if history:
+            # "If any of the specified properties are not present on the requested object(s), they
+            # will be ignored" (the parameter's description in the published spec).
+            out["propertiesWithHistory"] = {n: [dict(e) for e in self.history[n]]
+                                            for n in dict.fromkeys(history) if self.history.get(n)}
         return out
 
 
@@ -153,7 +191,8 @@ class PortalState:
         return rec
 
     def create(self, object_type: str, values: Mapping[str, Any], *, allow_read_only: bool = False,
-               when: dt.datetime | None = None, record_id: str | None = None) -> Record:
+               when: dt.datetime | None = None, record_id: str | None = None,
+               source: tuple[str, str | None] = SEED_SOURCE) -> Record:
         props = self.normalise(object_type, values, allow_read_only=allow_read_only)
         self._check_unique(object_type, props, None)
         ts = when or now_utc()
@@ -163,12 +202,15 @@ class PortalState:
         merged = {**base, **{k: v for k, v in props.items() if v != ""}}
         _derive(object_type, merged)
         rec = Record(rid, merged, ts, parse_datetime_value(merged[lastmod]))
+        rec.record_history({}, ts, source, merged)
         self.objects[object_type][rid] = rec
         return rec
 
-    def update(self, object_type: str, rec: Record, values: Mapping[str, Any]) -> Record:
+    def update(self, object_type: str, rec: Record, values: Mapping[str, Any],
+               source: tuple[str, str | None] = API_SOURCE) -> Record:
         props = self.normalise(object_type, values)
         self._check_unique(object_type, props, rec.id)
+        before = dict(rec.properties)
         for k, v in props.items():
             if v == "":
                 rec.properties.pop(k, None)  # an empty string clears the value (api-notes A.4)
@@ -176,6 +218,11 @@ class PortalState:
                 rec.properties[k] = v
         _derive(object_type, rec.properties)
         self.touch(object_type, rec)
+        # the written properties and what HubSpot derived from them (not the modification date,
+        # which every write moves: HubSpot's source for it is its own, not the writer's)
+        lastmod = LASTMOD_PROPERTY[object_type]
+        rec.record_history(before, rec.updated_at, source,
+                           dict.fromkeys([*props, *(k for k in rec.properties if k != lastmod)]))
         return rec
 
     def touch(self, object_type: str, rec: Record, when: dt.datetime | None = None) -> None:

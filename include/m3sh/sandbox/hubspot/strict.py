@@ -7,7 +7,7 @@ parameter and JSON body key is checked against what the routes implement, before
 
 The tables are the published request schemas (tests/specs/hubspot: ``PublicObjectSearchRequest``,
 ``BatchInputSimplePublicObjectBatchInput``... and their parameters) narrowed to what the routes
-act on. A documented parameter the emulator does not implement (``propertiesWithHistory``) is
+act on. A documented parameter the emulator does not implement (``paginateAssociations``) is
 refused too, saying so: a visible failure, never a silently different answer.
 
 The refusal is HubSpot's 400 ``VALIDATION_ERROR`` body. For an unknown body key its message is the
@@ -31,8 +31,8 @@ from typing import Any
 from m3sh.sandbox.hubspot.errors import error_body
 
 Shape = Mapping[str, Any]  # key -> None (any value) | a nested Shape (object, or list of objects) | EMPTY_ONLY
-# A documented key the emulator does not implement, accepted only when it asks for nothing (the
-# schema marks batch read's ``propertiesWithHistory`` required, so clients send ``[]``).
+# A documented key the emulator does not implement, accepted only when it asks for nothing (a
+# required key of a published request schema that the routes do not act on).
 EMPTY_ONLY = "empty-only"
 
 _ASSOCIATION_TYPE: Shape = {"associationCategory": None, "associationTypeId": None}
@@ -55,15 +55,16 @@ ROUTES: list[tuple[str, re.Pattern[str], frozenset[str], Shape | None]] = [
     (m, re.compile(f"^{p}/?$"), frozenset(q), b) for m, p, q, b in [
         ("POST", _OBJ + "/search", (), SEARCH),
         ("POST", _OBJ + "/batch/read", ("archived",),
-         {"inputs": _ID, "properties": None, "idProperty": None, "propertiesWithHistory": EMPTY_ONLY}),
+         {"inputs": _ID, "properties": None, "idProperty": None, "propertiesWithHistory": None}),
         ("POST", _OBJ + "/batch/create", (),
          {"inputs": {"properties": None, "associations": _CREATE_ASSOCIATION, "objectWriteTraceId": None}}),
         ("POST", _OBJ + "/batch/update", (), {"inputs": _WRITE_INPUT}),
         ("POST", _OBJ + "/batch/upsert", (), {"inputs": _WRITE_INPUT}),
         ("POST", _OBJ + "/batch/archive", (), {"inputs": _ID}),
-        ("GET", _OBJ, ("limit", "after", "properties", "associations", "archived"), None),
+        ("GET", _OBJ, ("limit", "after", "properties", "propertiesWithHistory", "associations", "archived"), None),
         ("POST", _OBJ, (), {"properties": None, "associations": _CREATE_ASSOCIATION}),
-        ("GET", _OBJ + "/[^/]+", ("properties", "associations", "archived", "idProperty"), None),
+        ("GET", _OBJ + "/[^/]+", ("properties", "propertiesWithHistory", "associations", "archived", "idProperty"),
+         None),
         ("PATCH", _OBJ + "/[^/]+", ("idProperty",), {"properties": None, "objectWriteTraceId": None}),
         ("DELETE", _OBJ + "/[^/]+", (), None),
         ("PUT", _V4_OBJ + "/default/[^/]+/[^/]+", (), None),
@@ -96,7 +97,7 @@ ROUTES: list[tuple[str, re.Pattern[str], frozenset[str], Shape | None]] = [
     ]
 ]
 # HubSpot's documented but unimplemented parameters get this hint instead of "unknown".
-NOT_IMPLEMENTED = {"propertiesWithHistory", "paginateAssociations"}
+NOT_IMPLEMENTED = {"paginateAssociations"}
 
 
 def route_of(method: str, path: str) -> tuple[frozenset[str], Shape | None] | None:

@@ -55,7 +55,7 @@ class SalesforceOrg:
         self.emu = emu
         self.login = login
         self.lock = emu.lock
-        self.store = Store()
+        self.store = Store(login.user_id)
         self.query_jobs = bulk2.QueryJobs()
         self.sessions: set[str] = set()
         self.daily_max = DEFAULT_DAILY_LIMIT
@@ -154,7 +154,7 @@ class SalesforceEmulator(Emulator):
         with self.lock:
             restore_schema()
             for org in self.orgs.values():
-                org.store = Store()
+                org.store = Store(org.login.user_id)
                 org.query_jobs = bulk2.QueryJobs()
                 org.sessions.clear()
                 org.api_used = 0

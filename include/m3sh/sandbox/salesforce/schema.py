@@ -29,6 +29,7 @@ class FieldDef:
     reference_to: str | None = None  # target sObject of a lookup
     relationship_name: str | None = None  # name used to traverse the lookup in SOQL
     picklist: tuple[str, ...] = ()
+    filterable: bool = True  # false for anyType (a field history's OldValue/NewValue)
 
     @property
     def custom(self) -> bool:
@@ -44,7 +45,7 @@ class FieldDef:
             "nillable": self.nillable,
             "createable": self.createable,
             "updateable": self.updateable,
-            "filterable": True,
+            "filterable": self.filterable,
             "sortable": self.type != "textarea",
             "externalId": self.external_id,
             "unique": self.unique,
@@ -64,7 +65,7 @@ class FieldDef:
 _SOAP_TYPES = {
     "id": "tns:ID", "reference": "tns:ID", "boolean": "xsd:boolean", "date": "xsd:date",
     "datetime": "xsd:dateTime", "double": "xsd:double", "currency": "xsd:double",
-    "percent": "xsd:double", "int": "xsd:int",
+    "percent": "xsd:double", "int": "xsd:int", "anyType": "xsd:anyType",
 }
 
 
@@ -76,6 +77,7 @@ class ObjectDef:
     fields: dict[str, FieldDef] = field(default_factory=dict)
     required: tuple[str, ...] = ()  # required on create (beyond system fields)
     name_defaults_to_id: bool = False  # custom objects with a text Name field
+    history_of: str | None = None  # a field history object: the sObject whose changes it records
 
     @property
     def custom(self) -> bool:
@@ -118,9 +120,11 @@ class ObjectDef:
             "labelPlural": self.label + "s",
             "keyPrefix": self.prefix,
             "custom": self.custom,
-            "createable": True,
-            "updateable": True,
-            "deletable": True,
+            # field history is written by Salesforce alone ("Supported Calls: describeSObjects(),
+            # getDeleted(), getUpdated(), query(), retrieve()")
+            "createable": self.history_of is None,
+            "updateable": self.history_of is None,
+            "deletable": self.history_of is None,
             "queryable": True,
             "searchable": True,
             "urls": {"sobject": base, "describe": f"{base}/describe", "rowTemplate": f"{base}/{{ID}}"},
@@ -299,15 +303,70 @@ OBJECTS: dict[str, ObjectDef] = {
     ]
 }
 
+# ---------------------------------------------------------------------------------- field history
+# Field History Tracking is per-org configuration (Setup > Object Manager > Fields & Relationships >
+# Set History Tracking, at most 20 fields per object). The emulated org tracks the fields m3sh maps
+# and writes: the account fields of the demo config (name, website, email, currency, country,
+# owner name), the write-back id and plan, the latest-invoice and payment fields, the contract dates
+# and PO number, and the invoice's status and payment. Not tracked: Contract EndDate (Salesforce
+# computes it; the history shows the ContractTerm or StartDate that moved it) and long text areas.
+TRACKED_FIELDS: dict[str, tuple[str, ...]] = {
+    "Account": ("Name", "Website", "Billing_Email__c", "CurrencyIsoCode", "BillingCountry", "Owner_Name__c",
+                "M3ter_Account_Id__c", "M3ter_Plan__c", "M3ter_Last_Invoice__c", "M3ter_Invoice_Status__c",
+                "M3ter_Last_Invoice_Date__c", "M3ter_Last_Invoice_Amount__c", "M3ter_Invoice_Payment__c"),
+    "Contract": ("StartDate", "ContractTerm", "Status", "M3ter_Contract_Id__c"),
+    "Opportunity": ("Name", "StageName", "CloseDate", "Amount", "PO_Number__c", "M3ter_Last_Invoice__c",
+                    "M3ter_Invoice_Status__c", "M3ter_Last_Invoice_Date__c", "M3ter_Last_Invoice_Amount__c",
+                    "M3ter_Invoice_Payment__c"),
+    "Invoice__c": ("Status__c", "Amount__c", "Invoice_Number__c", "Due_Date__c", "Payment_Status__c",
+                   "Amount_Remaining__c"),
+}
+# Object reference: StandardObjectNameHistory (AccountHistory, ContractHistory; the parent's id in
+# <Object>Id), OpportunityFieldHistory for Opportunity (OpportunityHistory is its *stage* history,
+# other fields, not modelled), and CustomObject__History for custom objects (the parent in ParentId).
+# Their fields: Id, IsDeleted, the parent id, CreatedById, CreatedDate, Field (restricted picklist:
+# the tracked fields and "created"), OldValue and NewValue (anyType: Sort, but not Filter). DataType
+# (API 47.0+) is not modelled: the reference does not list its values. Field holds the changed
+# field's API name; that Salesforce reports every field so (a standard lookup may appear under its
+# relationship name) rests on the reference's prose, "The name of the field that was changed".
+# Every history row's id starts 017, the key prefix commonly reported for field history rows (not in
+# the object reference; nothing in m3sh depends on it).
+HISTORY_OBJECTS: dict[str, tuple[str, str, str]] = {  # parent -> (history object, parent id field, relationship)
+    "Account": ("AccountHistory", "AccountId", "Account"),
+    "Contract": ("ContractHistory", "ContractId", "Contract"),
+    "Opportunity": ("OpportunityFieldHistory", "OpportunityId", "Opportunity"),
+    "Invoice__c": ("Invoice__History", "ParentId", "Parent"),
+}
+HISTORY_CREATED = "created"  # the Field value of the row written when a record is created
+
+
+def _history(parent: str) -> ObjectDef:
+    name, id_field, rel = HISTORY_OBJECTS[parent]
+    return _obj(name, "017", f"{OBJECTS[parent].label} History", [
+        _ro("Id", "id", nillable=False),
+        _ro("IsDeleted", "boolean", nillable=False),
+        _ref(id_field, parent, rel, nillable=False, createable=False, updateable=False),
+        _ref("CreatedById", "User", "CreatedBy", createable=False, updateable=False),
+        _ro("CreatedDate", "datetime", nillable=False),
+        _ro("Field", "picklist", nillable=False, picklist=(*TRACKED_FIELDS[parent], HISTORY_CREATED)),
+        _ro("OldValue", "anyType", filterable=False),
+        _ro("NewValue", "anyType", filterable=False),
+    ], history_of=parent)
+
+
+OBJECTS.update({h.name: h for h in (_history(parent) for parent in HISTORY_OBJECTS)})
+
 _LOWER_OBJECTS = {k.lower(): v for k, v in OBJECTS.items()}
-_BY_PREFIX = {o.prefix: o for o in OBJECTS.values()}
+# history rows are never a lookup's target, and all share one prefix
+_BY_PREFIX = {o.prefix: o for o in OBJECTS.values() if o.history_of is None}
 _PRISTINE = dict(OBJECTS)
 
 
 def _install(obj: ObjectDef) -> None:
     OBJECTS[obj.name] = obj
     _LOWER_OBJECTS[obj.name.lower()] = obj
-    _BY_PREFIX[obj.prefix] = obj
+    if obj.history_of is None:
+        _BY_PREFIX[obj.prefix] = obj
 
 
 def redefine_field(sobject: str, name: str, type_: str | None) -> ObjectDef:

@@ -550,6 +550,16 @@ def _invalid_field(q: Query, ref: FieldRef, part: str, obj: ObjectDef) -> SoqlEr
 _EXPECTED = {"date": "date", "datetime": "dateTime", "boolean": "boolean"}
 
 
+def _bind_filter(q: Query, obj: ObjectDef, ref: FieldRef) -> None:
+    """Bind a WHERE field; a field describe marks not filterable (anyType: a field history's
+    OldValue/NewValue) is refused with the API's INVALID_FIELD."""
+    _bind_field(q, obj, ref)
+    assert ref.target is not None
+    if not ref.target.filterable:
+        raise SoqlError("INVALID_FIELD", _at(q.text, ref.pos,
+                                             f"field '{ref.target.name}' can not be filtered in a query call"))
+
+
 def _bind_cond(q: Query, obj: ObjectDef, cond: Cond) -> None:
     if isinstance(cond, BoolOp):
         for item in cond.items:
@@ -557,14 +567,14 @@ def _bind_cond(q: Query, obj: ObjectDef, cond: Cond) -> None:
     elif isinstance(cond, Not):
         _bind_cond(q, obj, cond.item)
     elif isinstance(cond, Compare):
-        _bind_field(q, obj, cond.field)
+        _bind_filter(q, obj, cond.field)
         _check_value(q, cond.field, cond.value, cond.op)
     elif isinstance(cond, InList):
-        _bind_field(q, obj, cond.field)
+        _bind_filter(q, obj, cond.field)
         for v in cond.values:
             _check_value(q, cond.field, v, "=")
     else:
-        _bind_field(q, obj, cond.field)
+        _bind_filter(q, obj, cond.field)
         assert cond.field.target is not None
         if _kind(cond.field.target) != "string":
             raise SoqlError("INVALID_QUERY_FILTER_OPERATOR", _at(

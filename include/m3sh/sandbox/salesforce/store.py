@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from m3sh.sandbox.salesforce import soql
-from m3sh.sandbox.salesforce.schema import NUMBER_TYPES, OBJECTS, FieldDef, ObjectDef, get_object
+from m3sh.sandbox.salesforce.schema import (
+    HISTORY_CREATED,
+    HISTORY_OBJECTS,
+    NUMBER_TYPES,
+    OBJECTS,
+    TRACKED_FIELDS,
+    FieldDef,
+    ObjectDef,
+    get_object,
+)
 
 Record = dict[str, Any]
 
@@ -40,6 +49,13 @@ def _no_column(name: str, obj: ObjectDef) -> ApiError:
 
 
 _NO_EXT_FIELD = "Provided external ID field does not exist or is not accessible: "
+
+
+def _history_is_read_only(obj: ObjectDef, what: str) -> ApiError:
+    """Field history supports describe, query, retrieve and the replication calls only (object
+    reference); the error code is the API's for an operation an entity does not support, the wording
+    the emulator's."""
+    return ApiError(400, "INVALID_TYPE_FOR_OPERATION", f"entity type cannot be {what}: {obj.label}")
 
 
 class ApiError(Exception):
@@ -102,9 +118,14 @@ class Cursor:
 
 
 class Store:
-    """All sObject records plus the open query cursors. Callers hold the emulator lock."""
+    """All sObject records plus the open query cursors. Callers hold the emulator lock.
 
-    def __init__(self) -> None:
+    ``user_id``: the org's integration user, the ``CreatedById`` of the field history rows its API
+    writes leave (what m3sh reads back to tell its own writes from a person's).
+    """
+
+    def __init__(self, user_id: str | None = None) -> None:
+        self.user_id = user_id
         self.records: dict[str, dict[str, Record]] = {name: {} for name in OBJECTS}
         # object -> field -> comparable value -> {record id: record}; None values aren't indexed
         self._index: dict[str, dict[str, dict[Any, dict[str, Record]]]] = {
@@ -171,7 +192,10 @@ class Store:
     # ---------------------------------------------------------------------------------- writes
     def create(self, obj: ObjectDef, data: dict[str, Any], now: dt.datetime | None = None,
                record_id: str | None = None, trusted: bool = False) -> Record:
-        """Insert a record. ``trusted`` (seeding) may set system fields the API never accepts."""
+        """Insert a record. ``trusted`` (seeding) may set system fields the API never accepts, and
+        leaves no field history (seeded records predate the org's tracking)."""
+        if obj.history_of is not None and not trusted:
+            raise _history_is_read_only(obj, "inserted")
         values = data if trusted else self._validate(obj, data, creating=True)
         missing = [f for f in obj.required if values.get(f) in (None, "")]
         if missing and not trusted:
@@ -193,9 +217,21 @@ class Store:
             self._position[obj.name][rid] = len(self._position[obj.name])
         table[rid] = rec
         self._reindex(obj, rid, rec, [(f.name, None) for f in _indexed(obj)])
+        if not trusted and obj.name in TRACKED_FIELDS:
+            self._track(obj, rec, HISTORY_CREATED, None, None)
         return rec
 
+    def _track(self, obj: ObjectDef, rec: Record, field_name: str, old: Any, new: Any) -> None:
+        """One field history row (object reference, "AccountHistory": a row per changed tracked field
+        per save, and a "created" row when the record is created)."""
+        history, parent_field, _ = HISTORY_OBJECTS[obj.name]
+        self.create(OBJECTS[history], {parent_field: rec["Id"], "CreatedById": self.user_id, "Field": field_name,
+                                       "OldValue": old, "NewValue": new, "IsDeleted": False},
+                    now=soql.parse_datetime(rec["LastModifiedDate"]), trusted=True)
+
     def update(self, obj: ObjectDef, rec: Record, data: dict[str, Any]) -> Record:
+        if obj.history_of is not None:
+            raise _history_is_read_only(obj, "updated")
         values = self._validate(obj, data, creating=False)
         candidate = {**rec, **values}
         for name in obj.required:
@@ -203,12 +239,18 @@ class Store:
                 raise _missing([name])
         self._check_unique(obj, candidate)
         before = self._index_keys(obj, rec)
+        tracked = {name: rec.get(name) for name in TRACKED_FIELDS.get(obj.name, ())}
         rec.update(values)
         if {"StartDate", "ContractTerm"} & values.keys():
             _contract_end(obj, rec)
         self._derive(obj, rec)
         self._touch(rec)
         self._reindex(obj, self._rid(obj, rec), rec, before)
+        for name, old in tracked.items():
+            # a save that leaves a value as it was records nothing for it (the reference speaks of
+            # "changes"; that an unchanged value is no change is the emulator's reading)
+            if rec.get(name) != old:
+                self._track(obj, rec, name, old, rec.get(name))
         return rec
 
     def set_fields(self, obj: ObjectDef, rec: Record, fields: dict[str, Any]) -> Record:
@@ -235,6 +277,9 @@ class Store:
         return next(k for k, r in table.items() if r is rec)
 
     def delete(self, obj: ObjectDef, rec: Record) -> None:
+        if obj.history_of is not None:
+            # "You can also enable delete() in API version 42.0 and later" (an org setting; off here)
+            raise _history_is_read_only(obj, "deleted")
         rec["IsDeleted"] = True
         self._touch(rec)
 
