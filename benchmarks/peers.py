@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from urllib3.util.retry import Retry
 
 from benchmarks._common import PORT_START, admin, emit, sandbox, sized
 
@@ -59,6 +60,13 @@ CHANGES = {"hubspot": {"companies": 3, "deals": 2, "line_items": 2},
            "salesforce": {"Account": 3, "Opportunity": 2, "Contract": 2},
            "netsuite": {"customer": 3, "invoice": 2}}
 SF_API = "v61.0"
+# The harness's own calls (seed ids, the known change) meet the same rate limits as the tools it
+# measures (at --scale, 100 list pages): a 429 is waited out (Retry-After) and the call repeated
+# (a 429 means nothing was applied). These are set-up, outside each phase's request counts.
+HTTP = requests.Session()
+HTTP.mount("http://", requests.adapters.HTTPAdapter(max_retries=Retry(
+    total=20, status_forcelist=[429], allowed_methods=None, backoff_factor=0.5, respect_retry_after_header=True,
+    raise_on_status=False)))
 # NetSuite's demo seed has no customers or invoices (m3sh creates them), so the harness creates
 # these through the REST record API before a NetSuite peer's discover, as m3sh's invoice sync would.
 NS_SEED = {"customer": 25, "invoice": 50}
@@ -351,7 +359,7 @@ def seed_ids(url: str, token: str, object_type: str) -> set[str]:
     after = None
     while True:
         params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
-        r = requests.get(f"{url}/crm/v3/objects/{object_type}", params=params,
+        r = HTTP.get(f"{url}/crm/v3/objects/{object_type}", params=params,
                          headers={"Authorization": f"Bearer {token}"}, timeout=60)
         r.raise_for_status()
         body = r.json()
@@ -368,7 +376,7 @@ def make_change(url: str, token: str, seeded: dict[str, set[str]]) -> dict[str, 
     for object_type, count in CHANGES["hubspot"].items():
         ids = sorted(seeded[object_type], key=int)[:count]
         inputs = [{"id": i, "properties": {prop[object_type]: f"changed by the peers benchmark {i}"}} for i in ids]
-        r = requests.post(f"{url}/crm/v3/objects/{object_type}/batch/update", json={"inputs": inputs},
+        r = HTTP.post(f"{url}/crm/v3/objects/{object_type}/batch/update", json={"inputs": inputs},
                           headers={"Authorization": f"Bearer {token}"}, timeout=60)
         if r.status_code >= 300:
             raise RuntimeError(f"could not make the known change to {object_type}: {r.status_code} {r.text[:300]}")
@@ -383,7 +391,7 @@ class SalesforceSide:
     def __init__(self, box: Any) -> None:
         from m3sh.sandbox import credentials as cred
 
-        r = requests.post(f"{box.endpoints.url('salesforce')}/services/oauth2/token", timeout=60, data={
+        r = HTTP.post(f"{box.endpoints.url('salesforce')}/services/oauth2/token", timeout=60, data={
             "grant_type": "refresh_token", "client_id": cred.SALESFORCE_CLIENT_ID,
             "client_secret": cred.SALESFORCE_CLIENT_SECRET, "refresh_token": cred.SALESFORCE_REFRESH_TOKEN})
         r.raise_for_status()
@@ -392,7 +400,7 @@ class SalesforceSide:
 
     def ids(self, sobject: str) -> set[str]:
         out: set[str] = set()
-        r = requests.get(f"{self.base}/services/data/{SF_API}/query", params={"q": f"SELECT Id FROM {sobject}"},  # noqa: S608 - fixed names
+        r = HTTP.get(f"{self.base}/services/data/{SF_API}/query", params={"q": f"SELECT Id FROM {sobject}"},  # noqa: S608 - fixed names
                          headers=self.headers, timeout=60)
         while True:
             r.raise_for_status()
@@ -400,14 +408,14 @@ class SalesforceSide:
             out.update(rec["Id"] for rec in body["records"])
             if body.get("done", True):
                 return out
-            r = requests.get(self.base + body["nextRecordsUrl"], headers=self.headers, timeout=60)
+            r = HTTP.get(self.base + body["nextRecordsUrl"], headers=self.headers, timeout=60)
 
     def change(self, seeded: dict[str, set[str]]) -> dict[str, set[str]]:
         changed: dict[str, set[str]] = {}
         for sobject, count in CHANGES["salesforce"].items():
             ids = sorted(seeded[sobject])[:count]
             for i in ids:
-                r = requests.patch(f"{self.base}/services/data/{SF_API}/sobjects/{sobject}/{i}", headers=self.headers,
+                r = HTTP.patch(f"{self.base}/services/data/{SF_API}/sobjects/{sobject}/{i}", headers=self.headers,
                                    json={"Description": f"changed by the peers benchmark {i}"}, timeout=60)
                 if r.status_code >= 300:
                     raise RuntimeError(f"could not make the known change to {sobject} {i}: {r.status_code} "
