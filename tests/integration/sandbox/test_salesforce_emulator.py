@@ -516,6 +516,26 @@ def test_query_parameters_a_route_does_not_implement_are_refused(sf: Any, path: 
     assert f"Query parameter '{refused}' is not implemented by the m3sh sandbox" in error["message"]
 
 
+def test_query_all_next_pages_take_the_repeated_q_a_published_tap_sends(sf: Any, sb: Any) -> None:
+    """tap-salesforce (REST) re-sends ``params={"q": ...}`` with every nextRecordsUrl of a queryAll;
+    the locator picks the page and the repeated ``q`` is ignored. Any other parameter is refused."""
+    sb.admin("salesforce", "insert", "POST", sobject="Account",
+             records=[{"Name": f"Paged {i:03d}"} for i in range(210)])
+    soql = "SELECT Id FROM Account"
+    headers = {"Sforce-Query-Options": "batchSize=200"}
+    page = sf.restful("queryAll", params={"q": soql}, headers=headers)
+    ids = [r["Id"] for r in page["records"]]
+    nxt = page["nextRecordsUrl"]
+    assert "/queryAll/01g" in nxt
+    locator = nxt.rsplit("/", 1)[1]
+    with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
+        sf.restful(f"queryAll/{locator}", params={"q": soql, "batchSize": "200"})
+    assert _refusal(info.value)["fields"] == ["batchSize"]
+    rest = sf.restful(f"queryAll/{locator}", params={"q": soql})
+    ids += [r["Id"] for r in rest["records"]]
+    assert rest["done"] is True and len(ids) == len(set(ids)) == page["totalSize"]
+
+
 def test_documented_but_unimplemented_parameters_say_so(sf: Any) -> None:
     with pytest.raises(sf_exc.SalesforceMalformedRequest) as info:
         sf.restful("query/", params={"explain": "SELECT Id FROM Account"})

@@ -377,7 +377,7 @@ def _build_app(emu: SalesforceEmulator, org: SalesforceOrg) -> FastAPI:
     async def _query_more(version: str, locator: str, request: Request) -> Response:
         org.authorize(request)
         v = _check_version(version)
-        _params(request, strict.NONE, "the next page of a query (nextRecordsUrl)")
+        _params(request, strict.QUERY_MORE, "the next page of a query (nextRecordsUrl)")
         with emu.lock:
             return org.json(200, org.store.query_more(locator, v))
 

@@ -31,6 +31,12 @@ QUERY = frozenset({"q"})  # Query / QueryAll: "q" (and "explain", below)
 RECORD = frozenset({"fields"})  # sObject Rows (GET) and sObject Rows by External ID (GET): "fields"
 REPLICATION = frozenset({"start", "end"})  # sObject Get Updated / Get Deleted: "start", "end"
 NONE: frozenset[str] = frozenset()
+# The next page of a query (nextRecordsUrl): the locator alone picks the page. Clients that re-send
+# the first request's params on every page (tap-salesforce's REST ``_sync_records`` passes
+# ``{"q": query}`` with each nextRecordsUrl, and runs against production that way) get that page, the
+# repeated ``q`` ignored. Anything else is refused. No Salesforce document states this; the published
+# connector's behaviour in production is the evidence.
+QUERY_MORE = frozenset({"q"})
 
 # Documented parameters the emulator does not implement: refused, saying what they are.
 DOCUMENTED = {
