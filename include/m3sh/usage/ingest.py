@@ -40,6 +40,10 @@ from m3sh.usage.reader import BadFile, csv_delimiter, detect_format, iter_rows
 log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 CHECKPOINT_EVERY_BATCHES = 5
+# After the first checkpoint, at most one manifest write per this many seconds: a write is an S3 PUT
+# (a few ms of botocore CPU), and at full speed every 5 batches was ~10 % of the ingest's CPU. A
+# retry re-sends at most this long's batches more (m3ter drops them by uid).
+CHECKPOINT_MIN_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -248,11 +252,18 @@ def ingest_s3_object(
                    checkpoint=lambda: state.put_json(mkey, {**result.to_dict(), "status": "in_progress"}))
         return _finish_file(result, t0, dead, state, source, body, mkey, dry_run)
 
+    last_checkpoint: list[float] = []  # monotonic time of the last manifest write, once there was one
+
     def confirmed(size: int) -> None:
         result.batches_sent += 1
         result.rows_sent += size
-        if not dry_run and result.batches_sent % CHECKPOINT_EVERY_BATCHES == 0:
-            state.put_json(mkey, {**result.to_dict(), "status": "in_progress"})
+        if dry_run or result.batches_sent % CHECKPOINT_EVERY_BATCHES:
+            return
+        now = time.monotonic()
+        if last_checkpoint and now - last_checkpoint[0] < CHECKPOINT_MIN_INTERVAL_S:
+            return
+        state.put_json(mkey, {**result.to_dict(), "status": "in_progress"})
+        last_checkpoint[:] = [now]
 
     # Both S3 clients exist by now (head_object, the manifest read): their objects are frozen too.
     with _steady_senders(), ThreadPoolExecutor(max_workers=max(1, max_in_flight),
