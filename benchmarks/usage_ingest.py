@@ -324,7 +324,9 @@ def two_workers_phase(box: Any, valid_rows: int) -> dict[str, Any]:
     submits = sorted(t for o in outs for t in o["submits"])
     span = max(submits[-1] - submits[0], 1e-9) if len(submits) > 1 else float("nan")
     achieved = (len(submits) - 1) / span if len(submits) > 1 else 0.0
-    print(f"two workers: {accepted} requests, {achieved:.1f} req/s combined, {limited} x 429", flush=True)
+    tripped = admin(box, "m3ter", "state", "GET").get("rate_limited", {})
+    print(f"two workers: {accepted} requests, {achieved:.1f} req/s combined, {limited} x 429 "
+          f"(m3ter's 429s so far, by limit: {tripped})", flush=True)
     return {"fraction": round(achieved / INGEST_LIMIT_RPS, 3), "achieved_rps": round(achieved, 2),
             "429_fraction": round(limited / sent, 4) if sent else 0.0,
             "lost": valid_rows - (after["uids"] - before["uids"]),

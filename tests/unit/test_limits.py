@@ -224,8 +224,8 @@ def test_m3ter_settings_read_the_limits_from_the_connection() -> None:
         "limiter_prefix": "p"}))
     s = M3terSettings.from_connection(conn)
     ingest, config = api_limiters(s)
-    assert ingest.rules == Rules(49.0, 120, 4.0) and ingest.backend == "in-process"
-    assert config.rules == Rules(49.0, 20_000, 300.0)
+    assert ingest.rules == Rules(48.0, 120, 4.0) and ingest.backend == "in-process"
+    assert config.rules == Rules(48.0, 20_000, 300.0)
     assert ingest.rate_key == "p:{ingest.m3ter.com}:org:org-1:ingest:rate"
     assert ingest.window_key == "p:{ingest.m3ter.com}:ip:default:ingest:window"
     assert "limiter_url" not in repr(s)
@@ -240,7 +240,7 @@ def test_a_zero_rate_turns_that_apis_client_limits_off() -> None:
                            extra=json.dumps({"org_id": "org-1", "ingest_rps": 0, "config_ip_limit": 0}))
     s = M3terSettings.from_connection(conn)
     assert not ingest_rules(s).active  # a sandbox with limits off: neither the rate nor the window
-    assert config_rules(s) == Rules(49.0, 0, 300.0) and config_rules(s).active  # only the window off
+    assert config_rules(s) == Rules(48.0, 0, 300.0) and config_rules(s).active  # only the window off
 
 
 def test_hubspot_and_netsuite_limits_are_shared_when_a_limiter_url_is_given(prefix: str) -> None:

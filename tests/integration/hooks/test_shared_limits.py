@@ -19,7 +19,7 @@ pytestmark = pytest.mark.sandbox
 
 # The client runs at 45 of the emulator's 50 requests/s: the margin absorbs the scheduling jitter between
 # a slot's grant and the request's arrival on a 2-core machine several sessions share (load 10+), which
-# at the default 49/s (one request of margin) tripped the org limit about one run in three. What is
+# at 49/s (the former default; one request of margin) tripped the org limit about one run in three. What is
 # under test is that four processes keep *one* budget; per process they would send 4 x 45/s.
 PHASE = {"processes": 4, "requests_per_process": 60, "ip_limit": 120, "ip_window_s": 4.0, "org_rate": 45.0}
 

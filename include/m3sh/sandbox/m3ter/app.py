@@ -17,6 +17,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -324,16 +325,26 @@ class M3terEmulator(Emulator):
             size += len(chunk)
             chunks.append(chunk)
             more = message.get("more_body", False)
+        # Validated and stored off the event loop: m3ter's limits are counted on arrival (at its
+        # gateway), so a batch being processed here must not hold back the next requests' count
+        # (on the loop, ~10 ms of parsing per 1,000 items bunched arrivals into 429s the client's
+        # evenly paced requests had not earned).
+        problem = await anyio.to_thread.run_sync(self._accept_batch, b"".join(chunks))
+        if problem is not None:
+            await _respond(send, problem.status, {"message": problem.message})
+            return
+        await _respond(send, 200, {"result": "accepted"})
+
+    def _accept_batch(self, raw: bytes) -> ApiError | None:
         try:
-            batch = ingest.parse_batch(b"".join(chunks))
+            batch = ingest.parse_batch(raw)
         except ApiError as exc:
             with self.lock:
                 self.usage.rejected += 1
-            await _respond(send, exc.status, {"message": exc.message})
-            return
+            return exc
         with self.lock:
             self._store_batch(batch)
-        await _respond(send, 200, {"result": "accepted"})
+        return None
 
     def _store_batch(self, batch: list[ingest.Measurement]) -> int:
         """Store a validated batch (caller holds the lock); the number of measurements that failed
