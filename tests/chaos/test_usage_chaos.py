@@ -135,8 +135,10 @@ def test_two_workers_ingesting_the_same_file_at_once_land_it_exactly_once(chaos:
     accounts = _accounts(chaos)
     f = make_usage_file(USAGE_PREFIX + "twice.csv.gz", accounts, 3_000, seed=5)
     chaos.put_usage(f)
-    # each batch held a little, so the two workers' requests interleave
-    chaos.faults("m3ter", path_regex="/measurements$", methods=["POST"], latency_ms=200)
+    # each batch held long enough that the second worker, however late its first request on a busy
+    # machine (at 200 ms, one run in four with a core kept busy finished the first worker before the
+    # second had sent anything), sends while the first still waits
+    chaos.faults("m3ter", path_regex="/measurements$", methods=["POST"], latency_ms=2000)
     script = USAGE_WORKER.replace("{kwargs}", "")
     # both start sending only once both have imported Airflow (seconds apart on a busy machine)
     procs = [subprocess.Popen([sys.executable, "-c", script, f.key, str(tmp_path), "2"], stdout=subprocess.PIPE,

@@ -79,10 +79,10 @@ class M3terSettings:
     timeout_s: float = 60.0
     page_size: int = 100
     # Client-side limits, shared by every process through m3sh.hooks.limits. Per org (requests/s):
-    # the documented 50/s of the Ingest and of the Config API less 4 %: evenly spaced at 49/s, a
-    # rolling second can still hold 50 grants, so one request that leaves late (a busy core, network
-    # jitter) makes 51 and a 429 (two workers on one org met ~1.4 % 429s at 49/s, none at 48/s:
-    # benchmarks.usage_ingest, 2026-12-02); per source
+    # the documented 50/s of the Ingest and of the Config API less 4 %: m3ter counts each clock second
+    # ("429 for the remainder of the second"), which an evenly spaced 49/s can fill to 50, so two
+    # requests that leave late (a busy core, network jitter) make a 429 (two workers on one org met
+    # ~1.4 % 429s at 49/s, none at 48/s: benchmarks.usage_ingest, 2026-12-02); per source
     # IP: 5,000 (Ingest) and 20,000 (Config) requests per rolling 5 minutes. Source: m3ter's "Rate and
     # Payload Limits" page as summarised in shared/api-notes/m3ter.md ("Rate limits"); the
     # emulator enforces the same numbers. ingest_rps / config_rps 0 turns that API's client limits

@@ -100,6 +100,40 @@ class WindowLimiter:
             self._hits.clear()
 
 
+class FixedWindowLimiter:
+    """``limit`` requests per clock-aligned ``window_s`` (the calendar second for 1 s) per key: once a
+    window is full, every further request in it is refused until the next one starts.
+
+    m3ter's per-organization limits work this way: "429 is returned for the remainder of the second in
+    which throttling has occurred" (m3ter docs "Ingest API Limits" / "Config API Limits"; api-notes
+    m3ter.md "Rate limits"), whereas its per-IP limits count a rolling 5 minutes (:class:`WindowLimiter`).
+    """
+
+    def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._counts: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: str = "") -> float | None:
+        """Record a request; return None when allowed, else seconds until the current window ends."""
+        now = self._clock()
+        window = int(now // self.window_s)
+        with self._lock:
+            current, n = self._counts.get(key, (window, 0))
+            if current != window:
+                n = 0
+            if n >= self.limit:
+                return max(0.0, (window + 1) * self.window_s - now)
+            self._counts[key] = (window, n + 1)
+            return None
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
 # POSTs that only read: searches, batch reads, logins and token requests, queries (m3ter usage
 # query, SuiteQL). Every API here serves some reads through POST, so "is it a write?" needs these.
 READ_ONLY_POST_MARKERS = ("/search", "/batch/read", "token", "/services/Soap/", "/query", "/suiteql")

@@ -11,7 +11,6 @@ import base64
 import binascii
 import collections
 import json
-import math
 import secrets
 import time
 from typing import Any
@@ -23,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m3sh.sandbox import credentials as cred
-from m3sh.sandbox.common import ASGIApp, Emulator, HostGate, Receive, Scope, Send, WindowLimiter
+from m3sh.sandbox.common import ASGIApp, Emulator, FixedWindowLimiter, HostGate, Receive, Scope, Send, WindowLimiter
 from m3sh.sandbox.m3ter import fileuploads, ingest, notify
 from m3sh.sandbox.m3ter.schemas import ApiError
 from m3sh.sandbox.m3ter.store import Store, new_id, public
@@ -140,8 +139,12 @@ class M3terEmulator(Emulator):
     def _make_limiters(self) -> None:
         # m3ter's documented limits (api-notes/m3ter.md "Rate limits"): per org 50 requests/s on each
         # API, per source IP 20,000 (Config) / 5,000 (Ingest) per rolling 5 minutes.
+        # Per org a clock-aligned window ("429 for the remainder of the second in which throttling has
+        # occurred"), per IP a rolling one ("until the total in the rolling 5-minute period drops").
         limits = {**DOCUMENTED_LIMITS, **self.limit_overrides}
-        self.limiters = {name: WindowLimiter(n, window) for name, (n, window) in limits.items()}
+        self.limiters: dict[str, WindowLimiter | FixedWindowLimiter] = {
+            name: (FixedWindowLimiter if name.endswith("_org") else WindowLimiter)(n, window)
+            for name, (n, window) in limits.items()}
         self.query_bucket = TokenBucket(2.0, 20)
 
     def _admin_limit_windows(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -446,7 +449,10 @@ class M3terEmulator(Emulator):
 
 
 def _raise_429(wait: float, message: str) -> None:
-    raise ApiError(429, message, {"Retry-After": str(max(1, math.ceil(wait)))})
+    # No Retry-After: no m3ter source mentions one (api-notes m3ter.md "Retry-After"; m3ter recommends
+    # exponential back-off), so clients are judged on their own back-off. When the limit frees is in
+    # the message, for whoever reads the log.
+    raise ApiError(429, f"{message}; retry in {wait:.2f} s")
 
 
 async def _respond(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
