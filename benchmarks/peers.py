@@ -103,7 +103,9 @@ PEERS = [
     # Singer's original tap (singer-io; MeltanoLabs' fork is not on PyPI), REST API: queryAll.
     Peer("tap-salesforce", "2.8.1", {s: s for s in CHANGES["salesforce"]}, {s: "Id" for s in CHANGES["salesforce"]},
          system="salesforce"),
-    # Bulk API 2.0 query jobs for every seeded object (none has a compound or base64 field).
+    # Bulk API 2.0 query jobs for every seeded object (none has a compound or base64 field). Its
+    # incremental sync starts 10 minutes before the saved cursor (source_salesforce/streams.py:
+    # DEFAULT_LOOKBACK_SECONDS = 600), so it re-reads the whole seed here, seeded seconds before.
     Peer("airbyte-source-salesforce", "2.10.3", {s: s for s in CHANGES["salesforce"]},
          {s: "Id" for s in CHANGES["salesforce"]}, system="salesforce", command="source-salesforce"),
     # REST record API with TBA: metadata-catalog JSON Schemas, then per stream a `q`-filtered
