@@ -84,6 +84,8 @@ class Peer:
     id_field: dict[str, str]  # the peer's stream name -> the record field holding the vendor's id
     system: str = "hubspot"
     command: str = ""  # the console script; default: the package name
+    # stream -> a known fault of this release, printed under a phase whose records of it are wrong
+    known: dict[str, str] = field(default_factory=dict)
 
     @property
     def venv(self) -> Path:
@@ -94,9 +96,17 @@ class Peer:
 
 
 PEERS = [
+    # Its line_items stream pages GET /crm/v3/objects/line_item by offset (source_hubspot/manifest.yaml:
+    # base_crm_object_stream -> base_retriever -> offset_paginator, OffsetIncrement of 100), which the
+    # v3 list does not take (HubSpot answers the first page again): past 100 line items (any --scale)
+    # the emulator refuses its second page. Airbyte fixed it after this, its last PyPI release
+    # (airbytehq/airbyte#61502: cursor pagination, "lead to stuck sync"); see hubspot/strict.py.
     Peer("airbyte-source-hubspot", "5.7.0",
          {"companies": "companies", "deals": "deals", "line_items": "line_items"},
-         {"companies": "id", "deals": "id", "line_items": "id"}),
+         {"companies": "id", "deals": "id", "line_items": "id"},
+         known={"line_items": "5.7.0 pages line items by offset, which HubSpot's v3 list ignores (first page "
+                              "again: a sync that never ends); fixed upstream by airbytehq/airbyte#61502, not "
+                              "released on PyPI. --skip-stream line_items measures the rest"}),
     # Singer's tap-hubspot has no line items stream.
     Peer("tap-hubspot", "4.5.0", {"companies": "companies", "deals": "deals"},
          {"companies": "companyId", "deals": "dealId"}),
@@ -606,6 +616,8 @@ def run_peer_phases(peer: Peer, box: Any, token: str, coverage_dir: Path | None,
         if got != want:
             full.problems.append(f"{stream}: {len(got)} records, seed has {len(want)}; missing "
                                  f"{sorted(want - got)[:5]}, unexpected {sorted(got - want)[:5]}")
+            if stream in peer.known:
+                full.problems.append(f"known: {stream}: {peer.known[stream]}")
     full.completed = full.completed and not full.problems
     if not full.completed:
         return phases
@@ -615,6 +627,8 @@ def run_peer_phases(peer: Peer, box: Any, token: str, coverage_dir: Path | None,
         got, want = inc.ids[stream], changed.get(object_type, set())
         if want - got:
             inc.problems.append(f"{stream}: changed {sorted(want)}, missing {sorted(want - got)}")
+            if stream in peer.known:
+                inc.problems.append(f"known: {stream}: {peer.known[stream]}")
         if got - want:
             inc.extra_ids[stream] = sorted(got - want)
     inc.completed = inc.completed and not inc.problems

@@ -332,6 +332,45 @@ def test_what_the_emulator_does_not_implement_is_refused_never_ignored(fresh_san
     assert fresh_sandbox.requests_to("hubspot", "GET", "/crm/v3/objects/line_items") == 1
 
 
+def test_line_items_past_one_page_follow_after_and_offset_is_refused_with_why(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
+    """More than a page of line items (what ``benchmarks.peers --scale`` seeds): the published list
+    pages by ``paging.next.after`` and reaches each once; ``offset=100``, what airbyte-source-hubspot
+    5.7.0 sends for its second page (``GET /crm/v3/objects/line_item?...&offset=100&limit=100``), is
+    refused, saying that HubSpot would answer the first page again (strict.KNOWN_MISUSE names the
+    sources)."""
+    created: set[str] = set()
+    for batch in range(2):  # the demo's line items and 150 more: past one page of 100
+        body = {"inputs": [{"properties": {"name": f"extra {batch}-{i}", "quantity": "1", "price": "10"},
+                            "associations": []} for i in range(75)]}
+        made = _raw(fresh_sandbox, "POST", "/crm/v3/objects/line_items/batch/create", body)
+        assert made.status_code == 201, made.text
+        created |= {r["id"] for r in made.json()["results"]}
+    for path in ("/crm/v3/objects/line_items", "/crm/v3/objects/line_item"):  # the plural and airbyte's singular
+        seen: list[str] = []
+        pages = 0
+        after: str | None = None
+        while True:
+            cursor = {"after": after} if after else {}
+            page = _raw(fresh_sandbox, "GET", path, limit="100", archived="false", **cursor)
+            assert page.status_code == 200, page.text
+            pages += 1
+            seen.extend(r["id"] for r in page.json()["results"])
+            after = page.json().get("paging", {}).get("next", {}).get("after")
+            if not after:
+                break
+        assert len(seen) == len(set(seen)) and created <= set(seen) and pages == -(-len(seen) // 100) >= 2
+
+        refused = _raw(fresh_sandbox, "GET", path, invalid="offset is no parameter of the list", archived="false",
+                       offset="100", limit="100")
+        message = refused.json()["message"]
+        assert refused.status_code == 400 and refused.json()["category"] == "VALIDATION_ERROR"
+        assert "'offset'" in message and "paging.next.after" in message and "first page again" in message
+    # The hint is the list's: elsewhere an unknown offset is refused as unknown only.
+    other = _raw(fresh_sandbox, "GET", f"/crm/v3/objects/line_items/{sorted(created)[0]}",
+                 invalid="offset is no parameter of a read", offset="1")
+    assert other.status_code == 400 and "first page again" not in other.json()["message"]
+
+
 def test_property_history_is_newest_first_with_the_writers_source(fresh_sandbox) -> None:  # type: ignore[no-untyped-def]
     """``propertiesWithHistory`` on the v3 reads (get, list, batch read) and the legacy versions: one
     entry per change, newest first, the seeded value last (IMPORT), the private app's writes as

@@ -98,6 +98,20 @@ ROUTES: list[tuple[str, re.Pattern[str], frozenset[str], Shape | None]] = [
 ]
 # HubSpot's documented but unimplemented parameters get this hint instead of "unknown".
 NOT_IMPLEMENTED = {"paginateAssociations"}
+# Undocumented parameters a published client is known to send, with what HubSpot does instead.
+# ``offset`` on a v3 list: the published list operations (tests/specs/hubspot objects.json,
+# lineItems.json...: after, archived, associations, limit, properties, propertiesWithHistory) page by
+# the ``paging.next.after`` cursor only, and HubSpot ignores the unknown ``offset``, so each such
+# request reads the first page again. airbyte-source-hubspot 5.7.0 (its last PyPI release) pages its
+# line_items, products and goals streams this way (source_hubspot/manifest.yaml: ``offset_paginator``
+# under ``base_retriever``); Airbyte's fix, airbytehq/airbyte#61502 "a wrong type of pagination were
+# applied to crm object streams, which lead to stuck sync. set cursor based pagination", moved them
+# to ``after``.
+KNOWN_MISUSE = {
+    ("GET", _OBJ, "offset"): "HubSpot pages this list by the paging.next.after cursor only: it ignores offset "
+                             "and answers the first page again, so a client that pages by offset until a short "
+                             "page never ends",
+}
 
 
 def route_of(method: str, path: str) -> tuple[frozenset[str], Shape | None] | None:
@@ -114,6 +128,10 @@ def query_problem(names: list[str], allowed: frozenset[str], method: str, path: 
         if name not in allowed:
             what = ("is documented by HubSpot but not implemented by the m3sh sandbox"
                     if name in NOT_IMPLEMENTED else "is not a parameter of this endpoint")
+            hint = next((h for (m, pattern, param), h in KNOWN_MISUSE.items()
+                         if (m, param) == (method, name) and re.match(f"^{pattern}/?$", path)), "")
+            if hint:
+                what += f": {hint}"
             implemented = ", ".join(sorted(allowed)) or "none"
             return error_body(400, f"Query parameter '{name}' {what} ({method} {path}; implemented: {implemented})",
                               "VALIDATION_ERROR", errors=[{"message": f"Unknown query parameter '{name}'",
