@@ -50,7 +50,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "usage_ingest.cpu_rows_per_s": (">=", 150_000),
     "usage_ingest.lost": ("<=", 0),
     "usage_ingest.duplicates": ("<=", 0),
-    # bulk path (m3ter file uploads) end to end vs the request path, limits on, same run (issue 17)
+    # bulk path (m3ter file uploads) end to end vs the request path, limits on, same run (issue 17).
+    # The sandbox processes uploaded files as fast as it can; m3ter documents 2,000 rows/s, so in
+    # production the ratio is bulk_vs_request_path_documented (about 0.12), not this.
     "usage_bulk.bulk_vs_request_path": (">=", 3.0),
     "usage_bulk.lost": ("<=", 0),
     "usage_bulk.duplicates": ("<=", 0),
