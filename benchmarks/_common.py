@@ -69,6 +69,17 @@ def sandbox(names: list[str], *, limits: bool, seed: str = "demo", start: int = 
         os.environ.update(saved)
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """CPU time of another process so far (Linux ``/proc/<pid>/stat`` utime + stime); 0 when unreadable."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def admin(box: Sandbox, emulator: str, action: str, method: str = "POST", *, body: dict[str, Any] | None = None,
           timeout: float = 300) -> Any:
     """Call an emulator's admin endpoint (``/_sandbox/<action>``) and return its JSON answer."""

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._common import process_cpu_seconds
 from m3sh.config import NetSuiteDestination
 from m3sh.invoicing.deliver import deliver_batch
 from m3sh.invoicing.ledger import MemoryLedger, WriteOnlyLedger
@@ -68,15 +69,6 @@ def cpu_seconds() -> float:
     """CPU time of this process so far, every thread, user and system."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """CPU time of another process so far (Linux ``/proc/<pid>/stat`` utime + stime); 0 when unreadable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_pass(work: dict[str, list[EnrichedBill]], ledgers: dict[str, Any], concurrency: int) -> tuple[float, int]:

@@ -297,6 +297,12 @@ class Sandbox:
         path = self.dir / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
+    def pid(self, name: str) -> int | None:
+        """The process id of the emulator ``name`` this sandbox started (None when it did not), so a
+        benchmark can tell what the emulator's own CPU costs."""
+        pid = self._state().get("pids", {}).get(name)
+        return int(pid) if pid else None
+
     def _is_healthy(self, name: str) -> bool:
         if name == "moto":
             return self._answers(f"{self.endpoints.url('moto')}/moto-api/")
