@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import io
 import json
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,33 @@ def test_batches_respect_item_and_byte_limits() -> None:
     for b in batches:
         assert len(json.dumps({"measurements": b}).encode()) < MAX_BATCH_BYTES
     assert len(batches) > 2
+
+
+def test_batches_mix_dicts_and_pre_encoded_measurements() -> None:
+    """m3sh.usage.columnar hands over measurements as JSON bytes; a row it left to the row path is a
+    dict. Both go into one request body, sized as sent."""
+    import orjson
+
+    from m3sh.exceptions import M3terApiError
+    from m3sh.hooks.m3ter import measurement_uid_of
+    from m3sh.usage.bulk import PartWriter
+
+    mixed: list[Any] = [{"uid": f"d{i}", "meter": "m", "account": "a", "ts": "t"} if i % 3 else
+                        orjson.dumps({"uid": f"b{i}", "meter": "m", "account": "a", "ts": "t"}) for i in range(2500)]
+    batches = list(measurement_batches(mixed))
+    assert [len(b) for b in batches] == [1000, 1000, 500]
+    sent = [m["uid"] for b in batches for m in orjson.loads(b.body)["measurements"]]
+    assert sent == [f"{'d' if i % 3 else 'b'}{i}" for i in range(2500)]
+    big = [orjson.dumps({"uid": f"x{i}", "blob": "x" * 2000}) for i in range(600)]
+    split = list(measurement_batches(big))
+    assert sum(len(b) for b in split) == 600 and len(split) > 2
+    assert all(len(b.body) < MAX_BATCH_BYTES for b in split)
+    assert [measurement_uid_of(m) for m in (mixed[0], mixed[1])] == ["b0", "d1"]
+    with pytest.raises(M3terApiError, match="uid='huge'"):
+        list(measurement_batches([orjson.dumps({"uid": "huge", "blob": "x" * MAX_BATCH_BYTES})]))
+    parts: list[bytes] = []
+    writer = PartWriter(10_000, lambda part, f, size, rows: parts.append(f.read()))
+    for m in mixed[:200]:
+        writer.add(m)
+    writer.finish()
+    assert [m["uid"] for part in parts for m in orjson.loads(part)] == sent[:200]

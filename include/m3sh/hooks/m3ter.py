@@ -297,9 +297,21 @@ def is_version_conflict(exc: Exception) -> bool:
 _encode = orjson.dumps
 _ENVELOPE_HEAD = b'{"measurements":['
 _ENVELOPE_TAIL = b"]}"
+# A measurement as a dict, or already encoded as one JSON object (m3sh.usage.columnar builds those a
+# block at a time, without a dict per row).
+Measurement = dict[str, Any] | bytes
 
 
-class EncodedBatch(list[dict[str, Any]]):
+def measurement_uid_of(m: Measurement) -> Any:
+    """The ``uid`` of a measurement in either form (for error messages)."""
+    return (orjson.loads(m) if isinstance(m, bytes) else m).get("uid")
+
+
+def encode_measurement(m: Measurement) -> bytes:
+    return m if isinstance(m, bytes) else _encode(m)
+
+
+class EncodedBatch(list[Measurement]):
     """A batch of measurements plus its request body, serialised once while sizing the batch.
 
     ``submit_measurements`` sends ``body`` as is, so the hot ingest path never encodes a measurement
@@ -319,7 +331,7 @@ class EncodedBatch(list[dict[str, Any]]):
         return self.sealed_len == len(self)
 
 
-def measurement_batches(measurements: Iterable[dict[str, Any]],
+def measurement_batches(measurements: Iterable[Measurement],
                         max_items: int = MAX_BATCH_ITEMS,
                         max_bytes: int = _BATCH_BYTES_BUDGET) -> Iterator[EncodedBatch]:
     """Group measurements so each request has <= max_items and a body under max_bytes.
@@ -328,7 +340,7 @@ def measurement_batches(measurements: Iterable[dict[str, Any]],
     hundred bytes, so 1000 of them fit easily); only a group whose body is too big is split item by
     item. Sizes are UTF-8 bytes as sent, and the encoded body travels with the batch.
     """
-    group: list[dict[str, Any]] = []
+    group: list[Measurement] = []
     for m in measurements:
         group.append(m)
         if len(group) >= max_items:
@@ -338,8 +350,11 @@ def measurement_batches(measurements: Iterable[dict[str, Any]],
         yield from _seal_group(group, max_items, max_bytes)
 
 
-def _seal_group(group: list[dict[str, Any]], max_items: int, max_bytes: int) -> Iterator[EncodedBatch]:
-    body = _encode({"measurements": group})
+def _seal_group(group: list[Measurement], max_items: int, max_bytes: int) -> Iterator[EncodedBatch]:
+    if any(type(m) is bytes for m in group):
+        body = _ENVELOPE_HEAD + b",".join([encode_measurement(m) for m in group]) + _ENVELOPE_TAIL
+    else:
+        body = _encode({"measurements": group})
     if len(body) <= max_bytes:
         batch = EncodedBatch(group)
         batch.body, batch.sealed_len = body, len(batch)
@@ -349,10 +364,10 @@ def _seal_group(group: list[dict[str, Any]], max_items: int, max_bytes: int) -> 
     parts: list[bytes] = []
     size = 0
     for m in group:
-        raw = _encode(m)
+        raw = encode_measurement(m)
         item_size = len(raw) + 1
         if item_size > max_bytes:
-            raise M3terApiError(f"measurement uid={m.get('uid')!r} alone is {item_size} bytes, over the "
+            raise M3terApiError(f"measurement uid={measurement_uid_of(m)!r} alone is {item_size} bytes, over the "
                                 f"{MAX_BATCH_BYTES}-byte request limit", entity="measurement")
         if batch and (len(batch) >= max_items or size + item_size > max_bytes):
             yield batch.seal(parts)
@@ -928,7 +943,7 @@ class M3terHook(BaseHook):
         return str(self._get("get_data_export_download_url", jobId=job_id)["url"])
 
     # -- measurements -------------------------------------------------------------------------
-    def submit_measurements(self, measurements: Iterable[dict[str, Any]]) -> IngestResult:
+    def submit_measurements(self, measurements: Iterable[Measurement]) -> IngestResult:
         """Ingest in <=1000-item, <512,000-byte requests. Idempotent when every measurement has a uid."""
         path = self.settings.measurements_url()
         result = IngestResult()
@@ -940,7 +955,7 @@ class M3terHook(BaseHook):
             try:
                 self._request("post", path, content=batch.body)
             except m3ter.APIError as exc:
-                first, last = batch[0].get("uid"), batch[-1].get("uid")
+                first, last = measurement_uid_of(batch[0]), measurement_uid_of(batch[-1])
                 raise translate_error(exc, entity="measurements", record_id=f"{first}..{last}") from exc
             result.batches += 1
             result.measurements += len(batch)

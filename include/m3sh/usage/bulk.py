@@ -41,11 +41,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
-import orjson
-
 from m3sh import layout
 from m3sh.exceptions import RetryableError
-from m3sh.hooks.m3ter import UPLOAD_JOB_TERMINAL, M3terHook
+from m3sh.hooks.m3ter import UPLOAD_JOB_TERMINAL, M3terHook, Measurement, encode_measurement
 from m3sh.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -111,8 +109,8 @@ class PartWriter:
         self.file: IO[bytes] | None = None
         self.size = self.rows = 0
 
-    def add(self, measurement: dict[str, Any]) -> None:
-        encoded = orjson.dumps(measurement)
+    def add(self, measurement: Measurement) -> None:
+        encoded = encode_measurement(measurement)
         if self.file is not None and self.size + len(encoded) + 3 > self.part_bytes:
             self._close()
         if self.file is None:
@@ -149,7 +147,7 @@ class PartWriter:
         self.part += 1
 
 
-def send_bulk(measurements: Iterable[dict[str, Any]], *, m3ter: M3terHook, feed: str, key: str, etag: str,
+def send_bulk(measurements: Iterable[Measurement], *, m3ter: M3terHook, feed: str, key: str, etag: str,
               part_bytes: int, started_at: str, result: Any, checkpoint: Callable[[], object]) -> None:
     """Write, upload and record every part of one object (``result`` is its FileResult: ``jobs``,
     ``batches_sent`` = files, ``rows_sent`` = measurements uploaded); ``checkpoint`` after each part."""

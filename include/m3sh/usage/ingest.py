@@ -32,10 +32,11 @@ from typing import IO, Any
 from m3sh import layout
 from m3sh.config import UsageFeed
 from m3sh.exceptions import InvalidRecord
-from m3sh.hooks.m3ter import M3terHook, measurement_batches
+from m3sh.hooks.m3ter import M3terHook, Measurement, measurement_batches
 from m3sh.storage import Storage
+from m3sh.usage.columnar import Built, Rejected, iter_built
 from m3sh.usage.measurements import MeasurementBuilder
-from m3sh.usage.reader import BadFile, csv_delimiter, detect_format, iter_rows
+from m3sh.usage.reader import BadFile, csv_delimiter, detect_format
 
 log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
@@ -244,7 +245,7 @@ def ingest_s3_object(
     progress = _Progress(source, int(head.get("ContentLength", 0)), progress_every)
     dead = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; invalid rows spool to disk, memory stays flat
 
-    measurements = _valid_measurements(_rows(body, source, key, feed), builder, result, source=source, dead=dead,
+    measurements = _valid_measurements(_built(body, source, key, feed, builder), result, dead=dead,
                                        tick=lambda: progress.maybe_log(result.rows_read, body.bytes_read),
                                        resume_after=result.rows_sent)
     if bulk:
@@ -288,7 +289,7 @@ def ingest_s3_object(
     return _finish_file(result, t0, dead, state, source, body, mkey, dry_run)
 
 
-def _send_bulk(measurements: Iterator[dict[str, Any]], *, feed: UsageFeed, key: str, etag: str, m3ter: M3terHook,
+def _send_bulk(measurements: Iterator[Measurement], *, feed: UsageFeed, key: str, etag: str, m3ter: M3terHook,
                result: FileResult, checkpoint: Callable[[], object]) -> None:
     from m3sh.usage.bulk import send_bulk
 
@@ -318,32 +319,29 @@ def _finish_file(result: FileResult, t0: float, dead: IO[bytes], state: Storage,
     return result
 
 
-def _rows(body: Any, source: str, key: str, feed: UsageFeed) -> Iterator[tuple[int, Any]]:
-    """The object's rows, read when first asked for: a file m3sh cannot read raises BadFile inside
-    the send loop, which records it as a failed file instead of failing the task."""
+def _built(body: Any, source: str, key: str, feed: UsageFeed,
+           builder: MeasurementBuilder) -> Iterator[list[Built]]:
+    """The object's rows built into measurements, read when first asked for: a file m3sh cannot read
+    raises BadFile inside the send loop, which records it as a failed file instead of failing the task."""
     fmt, gz = detect_format(key, feed.format)
-    yield from iter_rows(body, source, fmt, gz, csv_delimiter(key, feed.delimiter))
+    yield from iter_built(body, source, fmt, gz, csv_delimiter(key, feed.delimiter), builder=builder)
 
 
-def _valid_measurements(rows: Iterator[tuple[int, Any]], builder: MeasurementBuilder, result: FileResult, *,
-                        source: str, dead: IO[bytes], tick: Callable[[], None],
-                        resume_after: int) -> Iterator[dict[str, Any]]:
-    """The measurements of ``rows`` past the ``resume_after`` a previous attempt confirmed; invalid
+def _valid_measurements(built: Iterator[list[Built]], result: FileResult, *, dead: IO[bytes],
+                        tick: Callable[[], None], resume_after: int) -> Iterator[Measurement]:
+    """The measurements of ``built`` past the ``resume_after`` a previous attempt confirmed; invalid
     rows are counted and spooled to ``dead`` with file, line, field and reason."""
-    for line, row in rows:
-        result.rows_read += 1
+    for block in built:
+        for m in block:
+            result.rows_read += 1
+            if type(m) is not Rejected:
+                result.accepted += 1
+                if result.accepted > resume_after:
+                    yield m  # type: ignore[misc]
+            else:
+                result.rejected += 1
+                _dead_letter(dead, m.error, m.row)
         tick()
-        try:
-            if isinstance(row, InvalidRecord):
-                raise row
-            m = builder.build(row, source, line)
-        except InvalidRecord as bad:
-            result.rejected += 1
-            _dead_letter(dead, bad, row if isinstance(row, dict) else None)
-            continue
-        result.accepted += 1
-        if result.accepted > resume_after:
-            yield m
 
 
 def _resume(previous: dict[str, Any], feed: str, key: str, etag: str, source: str) -> FileResult:
@@ -370,12 +368,12 @@ class _InOrderSender:
     rows_sent stays a confirmed prefix: after a failure the retry re-sends from the first
     unconfirmed batch, and any later batch that did land is dropped by m3ter's uid de-dup."""
 
-    def __init__(self, pool: ThreadPoolExecutor, send: Callable[[list[dict[str, Any]]], Any], window: int,
+    def __init__(self, pool: ThreadPoolExecutor, send: Callable[[list[Measurement]], Any], window: int,
                  confirmed: Callable[[int], None]) -> None:
         self.pool, self._send, self.window, self.confirmed = pool, send, window, confirmed
         self.in_flight: deque[tuple[Future[Any], int]] = deque()
 
-    def send(self, batch: list[dict[str, Any]]) -> None:
+    def send(self, batch: list[Measurement]) -> None:
         if len(self.in_flight) >= self.window:
             self.confirm_oldest()
         self.in_flight.append((self.pool.submit(self._send, batch), len(batch)))

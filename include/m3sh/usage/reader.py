@@ -12,6 +12,7 @@ with only its header is no rows, not an error.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
 import io
@@ -121,16 +122,22 @@ def _encoding(head: bytes, source: str) -> str:
 
 def iter_rows(stream: IO[bytes], source: str, fmt: str, gz: bool, delimiter: str = ",") -> Iterator[Row]:
     """Yield ``(line, row)``; a row that cannot be parsed is yielded as an :class:`InvalidRecord`."""
+    with open_text(stream, source, gz) as text:
+        if fmt == "jsonl":
+            yield from _jsonl(text, source)
+        else:
+            yield from _csv(text, source, delimiter)
+
+
+@contextlib.contextmanager
+def open_text(stream: IO[bytes], source: str, gz: bool) -> Iterator[IO[str]]:
+    """The (decompressed) stream as text in its encoding, line ends kept; read errors become BadFile."""
     raw: IO[bytes] = gzip.GzipFile(fileobj=stream) if gz else stream  # type: ignore[assignment]
     encoding = "utf-8"
     try:
         sniffed = _Sniffed(raw, source)
         encoding = sniffed.encoding
-        text = io.TextIOWrapper(sniffed, encoding=encoding, newline="")  # type: ignore[type-var]
-        if fmt == "jsonl":
-            yield from _jsonl(text, source)
-        else:
-            yield from _csv(text, source, delimiter)
+        yield io.TextIOWrapper(sniffed, encoding=encoding, newline="")  # type: ignore[type-var]
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise BadFile(source, f"unreadable ({exc.__class__.__name__}: {exc}); truncated or not gzip?") from exc
     except UnicodeDecodeError as exc:
@@ -175,6 +182,13 @@ def _check_delimiter(header: list[str], delimiter: str, source: str) -> None:
 
 def _csv(text: Iterable[str], source: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | InvalidRecord]]:
     reader = csv.reader(text, delimiter=delimiter)
+    header = csv_header(reader, source, delimiter)
+    if header is not None:
+        yield from csv_records(reader, header, source)
+
+
+def csv_header(reader: Any, source: str, delimiter: str) -> list[str] | None:
+    """The header row of a ``csv.reader`` (blank lines before it skipped), stripped; None for no header."""
     try:
         header = next(reader, None)
         while header is not None and not "".join(header).strip():  # blank lines before the header
@@ -182,9 +196,15 @@ def _csv(text: Iterable[str], source: str, delimiter: str) -> Iterator[tuple[int
     except csv.Error as exc:
         raise BadFile(source, f"unreadable CSV header row ({exc})") from exc
     if header is None:
-        return  # an empty file (zero bytes, a BOM only, blank lines only): no rows
+        return None  # an empty file (zero bytes, a BOM only, blank lines only): no rows
     header = [h.strip() for h in header]
     _check_delimiter(header, delimiter, source)
+    return header
+
+
+def csv_records(reader: Any, header: list[str], source: str,
+                offset: int = 0) -> Iterator[tuple[int, dict[str, Any] | InvalidRecord]]:
+    """The records of a ``csv.reader`` past its header; lines are ``offset`` + the reader's line."""
     width = len(header)
     wide = width > 1  # a 1-column file needs the blank-row check below before its fast path
     # A plain for loop over the reader (the per-row hot path); a csv.Error ends that loop, is
@@ -193,14 +213,15 @@ def _csv(text: Iterable[str], source: str, delimiter: str) -> Iterator[tuple[int
         try:
             for values in reader:
                 if len(values) == width and wide:
-                    yield reader.line_num, dict(zip(header, values))  # noqa: B905 - width checked above
+                    yield offset + reader.line_num, dict(zip(header, values))  # noqa: B905 - width checked above
                 elif not values or (len(values) == 1 and not values[0].strip()):
                     continue
                 elif len(values) == width:
-                    yield reader.line_num, dict(zip(header, values))  # noqa: B905 - width checked above
+                    yield offset + reader.line_num, dict(zip(header, values))  # noqa: B905 - width checked above
                 else:
-                    yield reader.line_num, InvalidRecord(f"expected {width} columns, got {len(values)}",
-                                                         source=source, line=reader.line_num)
+                    line = offset + reader.line_num
+                    yield line, InvalidRecord(f"expected {width} columns, got {len(values)}", source=source, line=line)
             return
         except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): that row only, the file goes on
-            yield reader.line_num, InvalidRecord(f"unreadable CSV row ({exc})", source=source, line=reader.line_num)
+            line = offset + reader.line_num
+            yield line, InvalidRecord(f"unreadable CSV row ({exc})", source=source, line=line)
