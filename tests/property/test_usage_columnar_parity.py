@@ -225,3 +225,37 @@ def mostly_plain_csv(draw: st.DrawFn) -> str:
 def test_plain_files_with_hostile_cells_get_the_row_paths_answer(text: str, gz: bool) -> None:
     data = text.encode("utf-8", errors="replace")
     _same(gzip.compress(data) if gz else data, "fuzz/p.csv.gz" if gz else "fuzz/p.csv")
+
+
+def test_a_block_starting_with_a_byte_order_mark_takes_the_row_path() -> None:
+    # Arrow drops a leading U+FEFF, csv keeps it in the first cell: a block that starts with one
+    # (a concatenated export, say) must be read by csv. Every line starts with one, so every block does.
+    assert not columnar._plain("\ufeffe1,acc-1\n")
+    lines = _rows(60, 8).splitlines()
+    text = "\n".join([lines[0], *("\ufeff" + line for line in lines[1:])]) + "\n"
+    assert _same(text.encode(), "fuzz/bom.csv") == 0
+
+
+def test_a_line_longer_than_csvs_field_limit_takes_the_row_path() -> None:
+    import csv
+
+    before = csv.field_size_limit()
+    try:
+        csv.field_size_limit(40)  # the rows are ~50 characters: csv refuses their longest fields' lines
+        assert not columnar._plain("x" * 41 + "\n")
+        text = _rows(30, 9).replace("us-east-1", "us-east-1-" + "x" * 35)
+        _same(text.encode(), "fuzz/long.csv")
+    finally:
+        csv.field_size_limit(before)
+    assert columnar._plain("x" * 41 + "\n")
+
+
+def test_a_meter_code_with_surrounding_spaces_never_matches_a_cell_directly() -> None:
+    # The row path strips the meter cell before looking the code up, so " api_calls" is never matched.
+    feed = UsageFeed(name="spaced", type="s3", conn_id="aws_default", bucket="b", prefix="p/", id_field="event_id",
+                     meters=[MeterDefinition(code=" api_calls", measures={"quantity": "quantity"}),
+                             MeterDefinition(code="storage_gb", measures={"quantity": "quantity"})])
+    text = _rows(80, 10).replace(",api_calls,", ", api_calls,")
+    assert " api_calls" in text
+    assert _same(text.encode(), "fuzz/spaced.csv", feed) == sum(
+        1 for line in text.splitlines()[1:] if ",storage_gb," in line and ",acme," not in line)

@@ -146,9 +146,14 @@ def _blocks(text: IO[str]) -> Iterator[str | Iterable[str]]:
 
 
 def _plain(block: str) -> bool:
-    """One record per line and a line per record: no quotes, no blank lines, CR only before LF."""
-    return ('"' not in block and "\n\n" not in block and "\n\r\n" not in block and block[:1] not in ("\n", "\r")
-            and block.count("\r") == block.count("\r\n"))
+    """One record per line and a line per record: no quotes, no blank lines, CR only before LF; no
+    leading U+FEFF (Arrow drops one, csv keeps it in the cell) and no line longer than csv's field
+    limit (csv refuses such a field, Arrow has no limit)."""
+    if ('"' in block or "\n\n" in block or "\n\r\n" in block or block[:1] in ("\n", "\r", "\ufeff")
+            or block.count("\r") != block.count("\r\n")):
+        return False
+    limit = csv.field_size_limit()
+    return len(block) <= limit or max(map(len, block.split("\n"))) <= limit
 
 
 class _MeterColumns:
@@ -226,6 +231,8 @@ class _Plan:
         for meter in self.meters:
             if self.meter_field is None:
                 idx = pa.array(range(n), pa.int64())
+            elif meter.code != meter.code.strip():
+                continue  # the row path strips the cell, so such a code never matches: its rows go there
             else:
                 match = pc.equal(meter_col, meter.code)
                 if meter.code == self.only_meter:
@@ -323,21 +330,6 @@ class _Plan:
         account = pc.if_else(ok, account, None)
         known = self.builder.known_accounts(pc.drop_null(pc.unique(account)).to_pylist())
         return pc.indices_nonzero(pc.fill_null(pc.and_(ok, pc.is_in(account, pa.array(known, pa.string()))), False))
-
-    def _add_dimensions(self, meter: _MeterColumns, take: pa.Table, built: list[dict[str, Any]]) -> None:
-        """The row path leaves an empty dimension out, and ``where`` out when none is left."""
-        dims = [(key, take.column(col).to_pylist()) for key, col in meter.dimensions if col in self.header]
-        if len(dims) == 1:  # the usual shape, without a dict per row to filter
-            key, col = dims[0]
-            for m, v in zip(built, col, strict=True):
-                if v:
-                    m["where"] = {key: v}
-        elif dims:
-            keys = [key for key, _ in dims]
-            for m, vs in zip(built, zip(*(col for _, col in dims), strict=True), strict=True):
-                where = {k: v for k, v in zip(keys, vs, strict=True) if v}
-                if where:
-                    m["where"] = where
 
 
 def _detached(bad: InvalidRecord) -> InvalidRecord:
