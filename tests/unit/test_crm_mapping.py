@@ -115,16 +115,17 @@ def test_salesforce_reads_the_contract_fields_it_is_told_to() -> None:
         "Account": [{"Id": "001A", "Name": "Acme"}],
         "Contract": [{"Id": "800A", "AccountId": "001A", "Billing_Start__c": "2026-02-01", "EndDate": "2027-01-31",
                       "StartDate": "2025-01-01"}],
-        "Opportunity": [{"Id": "006A", "AccountId": "001A", "Customer_PO__c": "PO-77", "PO_Number__c": "PO-old"}],
+        "Opportunity": [{"Id": "006A", "AccountId": "001A", "Customer_PO__c": "PO-77", "PO_Number__c": "PO-old",
+                         "StageName": "Closed Won"}],
     })
     [rec] = extract_salesforce(source, START, END, sf=sf)  # type: ignore[arg-type]
     assert (rec.contract_id, rec.contract_start, rec.contract_end, rec.po_number) == (
         "800A", dt.date(2026, 2, 1), dt.date(2027, 1, 31), "PO-77")
     contract_soql = next(q for q in sf.soql if "FROM Contract" in q)
-    assert contract_soql.startswith("SELECT AccountId, Billing_Start__c, EndDate, Id FROM Contract")
+    assert contract_soql.startswith("SELECT AccountId, Billing_Start__c, EndDate, Id, SystemModstamp FROM Contract")
     assert contract_soql.endswith("ORDER BY Billing_Start__c DESC")  # "latest" by the mapped start date
     assert next(q for q in sf.soql if "FROM Opportunity" in q).startswith(
-        "SELECT AccountId, CloseDate, Customer_PO__c, Id FROM Opportunity")
+        "SELECT AccountId, CloseDate, Customer_PO__c, Id, StageName, SystemModstamp FROM Opportunity")
     # a name that is not a field API name never reaches SOQL, even from an unvalidated source
     bad = source.model_copy(update={"contract_fields": {"start_date": "StartDate FROM Contract --"}})
     with pytest.raises(ValueError, match="are not Salesforce field API names"):

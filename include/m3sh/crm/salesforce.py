@@ -18,7 +18,7 @@ from typing import Any
 
 from m3sh.config import SF_FIELD_NAME, CrmSource
 from m3sh.exceptions import ExternalApiError
-from m3sh.hooks.salesforce import SalesforceSync, soql_literal
+from m3sh.hooks.salesforce import SalesforceSync, soql_datetime, soql_literal
 from m3sh.mapping.crm import contract_values, to_crm_account
 from m3sh.models.records import CrmAccount
 
@@ -36,6 +36,31 @@ def _in(ids: list[str]) -> str:
     return "(" + ", ".join(soql_literal(i) for i in ids) + ")"
 
 
+def _stamp_in(rec: Mapping[str, Any], start: dt.datetime, end: dt.datetime) -> bool:
+    stamp = rec.get("SystemModstamp")
+    return bool(stamp) and start <= dt.datetime.fromisoformat(str(stamp)) < end
+
+
+def _plans(sf: SalesforceSync, opps: Mapping[str, Mapping[str, Any]], via_child: list[str], since: str,
+           plan_map: Mapping[str, str]) -> dict[str, str]:
+    """The plan code of each chosen opportunity, from its line items (see :func:`extract_salesforce`)."""
+    chosen = {o["Id"] for o in opps.values()}
+    items = "SELECT Id, OpportunityId, ProductCode FROM OpportunityLineItem WHERE"
+    if len(chosen) <= IN_CHUNK:
+        queries = [f"{items} OpportunityId IN {_in(sorted(chosen))} ORDER BY Id"] if chosen else []
+    else:  # the won opportunities' items of every changed account at once, then those touched via a child
+        queries = [f"{items} Opportunity.StageName = 'Closed Won' AND Opportunity.{since} ORDER BY Id"]
+        queries += [f"{items} OpportunityId IN {_in(chunk)} ORDER BY Id" for chunk in _chunks(sorted(via_child))]
+    codes_by_opp: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for soql in queries:
+        for li in sf.query(soql, "OpportunityLineItem"):
+            if li["OpportunityId"] in chosen and li.get("ProductCode") and li["Id"] not in seen:
+                seen.add(li["Id"])
+                codes_by_opp.setdefault(li["OpportunityId"], []).append(str(li["ProductCode"]))
+    return {opp_id: next((c for c in codes if c in plan_map), codes[0]) for opp_id, codes in codes_by_opp.items()}
+
+
 def extract_salesforce(source: CrmSource, start: dt.datetime, end: dt.datetime,
                        sf: SalesforceSync | None = None, plan_map: Mapping[str, str] | None = None) -> list[CrmAccount]:
     """Accounts changed in ``[start, end)`` themselves or through a contract or opportunity.
@@ -43,47 +68,63 @@ def extract_salesforce(source: CrmSource, start: dt.datetime, end: dt.datetime,
     ``plan_map`` is ``crm.plan_map``: of an opportunity's line items, the first (by id) whose
     ProductCode it maps chooses the plan, so a set-up fee or add-on line never does; with none
     mapped, the first ProductCode is kept so the sync report names the unmapped product.
+
+    One query per object, whatever the number of accounts: a Contract or Opportunity is read when
+    it changed in the window *or* its account did (a child-to-parent filter on
+    ``Account.SystemModstamp``), so the changed children and every changed account's latest
+    contract and won opportunity come back together. That filter has no upper bound on purpose:
+    ``SystemModstamp`` only grows, so an account edited after the Account query still has its
+    children read. Only accounts touched through a child alone need ``Id IN`` lookups. (Child-to-parent
+    paths in WHERE, several levels deep, are documented SOQL: "Using Relationship Queries" in the SOQL
+    and SOSL Reference.)
     """
     sf = sf or SalesforceSync(conn_id=source.conn_id)
-    fields = sorted({"Id", *source.account_fields.values(),
-                     *([source.write_back_field] if source.write_back_field else [])})
-    accounts: dict[str, dict[str, Any]] = {r["Id"]: r for r in sf.query_modified("Account", fields, start, end)}
-    touched = {r["AccountId"] for r in sf.query_modified("Contract", ["Id", "AccountId"], start, end)
-               if r.get("AccountId")}
-    touched |= {r["AccountId"] for r in sf.query_modified("Opportunity", ["Id", "AccountId"], start, end)
-                if r.get("AccountId")}
-    missing = sorted(touched - set(accounts))
-    for chunk in _chunks(missing):
-        for r in sf.query(f"SELECT {', '.join(fields)} FROM Account WHERE Id IN {_in(chunk)}", "Account"):
-            accounts[r["Id"]] = r
     cf = source.contract_field_map()
     # Field names go into the SOQL below as they are: `config validate` checks them, and so does this
     # (a CrmSource need not come from a validated file).
     bad = sorted(n for n in cf.values() if not re.fullmatch(SF_FIELD_NAME, n))
     if bad:
         raise ValueError(f"salesforce {source.name}: contract_fields {bad} are not Salesforce field API names")
-    contract_cols = ", ".join(sorted({"Id", "AccountId", cf["start_date"], cf["end_date"]}))
-    opp_cols = ", ".join(sorted({"Id", "AccountId", "CloseDate", cf["po_number"]}))
-    ids = sorted(accounts)
+    fields = sorted({"Id", *source.account_fields.values(),
+                     *([source.write_back_field] if source.write_back_field else [])})
+    # query_modified's window, to the second, so the Python check below agrees with it
+    lo, hi = (t.astimezone(dt.UTC).replace(microsecond=0) for t in (start, end))
+    changed = f"(SystemModstamp >= {soql_datetime(lo)} AND SystemModstamp < {soql_datetime(hi)})"
+    since = f"Account.SystemModstamp >= {soql_datetime(lo)}"
+    contract_cols = ", ".join(sorted({"Id", "AccountId", "SystemModstamp", cf["start_date"], cf["end_date"]}))
+    opp_cols = ", ".join(sorted({"Id", "AccountId", "CloseDate", "StageName", "SystemModstamp", cf["po_number"]}))
+    contract_order = f"ORDER BY {cf['start_date']} DESC"
+    won = "StageName = 'Closed Won'"
+
+    accounts: dict[str, dict[str, Any]] = {r["Id"]: r for r in sf.query_modified("Account", fields, start, end)}
     contracts: dict[str, dict[str, Any]] = {}
     opps: dict[str, dict[str, Any]] = {}
-    codes_by_opp: dict[str, list[str]] = {}
-    for chunk in _chunks(ids):
-        for c in sf.query(f"SELECT {contract_cols} FROM Contract "
-                          f"WHERE AccountId IN {_in(chunk)} ORDER BY {cf['start_date']} DESC", "Contract"):
+    touched: set[str] = set()
+    for c in sf.query(f"SELECT {contract_cols} FROM Contract WHERE {changed} OR {since} {contract_order}", "Contract"):
+        if c.get("AccountId") in accounts:
             contracts.setdefault(c["AccountId"], c)  # the latest contract per account
-        for o in sf.query(f"SELECT {opp_cols} FROM Opportunity "
-                          f"WHERE AccountId IN {_in(chunk)} AND StageName = 'Closed Won' ORDER BY CloseDate DESC",
-                          "Opportunity"):
+        if c.get("AccountId") and _stamp_in(c, lo, hi):
+            touched.add(c["AccountId"])
+    for o in sf.query(f"SELECT {opp_cols} FROM Opportunity WHERE {changed} OR ({since} AND {won}) "
+                      "ORDER BY CloseDate DESC", "Opportunity"):
+        if o.get("AccountId") in accounts and o.get("StageName") == "Closed Won":
             opps.setdefault(o["AccountId"], o)
-    opp_ids = sorted(o["Id"] for o in opps.values())
-    for chunk in _chunks(opp_ids):
-        for li in sf.query(f"SELECT Id, OpportunityId, ProductCode FROM OpportunityLineItem "
-                           f"WHERE OpportunityId IN {_in(chunk)} ORDER BY Id", "OpportunityLineItem"):
-            if li.get("ProductCode"):
-                codes_by_opp.setdefault(li["OpportunityId"], []).append(str(li["ProductCode"]))
-    mapping = plan_map or {}
-    plan_by_opp = {opp_id: next((c for c in codes if c in mapping), codes[0]) for opp_id, codes in codes_by_opp.items()}
+        if o.get("AccountId") and _stamp_in(o, lo, hi):
+            touched.add(o["AccountId"])
+
+    # Accounts touched only through a child: their record, latest contract and won opportunity by id.
+    missing = sorted(touched - set(accounts))
+    for chunk in _chunks(missing):
+        for r in sf.query(f"SELECT {', '.join(fields)} FROM Account WHERE Id IN {_in(chunk)}", "Account"):
+            accounts[r["Id"]] = r
+        for c in sf.query(f"SELECT {contract_cols} FROM Contract WHERE AccountId IN {_in(chunk)} {contract_order}",
+                          "Contract"):
+            contracts.setdefault(c["AccountId"], c)
+        for o in sf.query(f"SELECT {opp_cols} FROM Opportunity WHERE AccountId IN {_in(chunk)} AND {won} "
+                          "ORDER BY CloseDate DESC", "Opportunity"):
+            opps.setdefault(o["AccountId"], o)
+
+    plan_by_opp = _plans(sf, opps, [opps[a]["Id"] for a in missing if a in opps], since, plan_map or {})
     out = []
     for acc_id, rec in accounts.items():
         contract = contracts.get(acc_id) or {}
