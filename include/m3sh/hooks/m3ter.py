@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -340,21 +341,37 @@ def measurement_batches(measurements: Iterable[Measurement],
     hundred bytes, so 1000 of them fit easily); only a group whose body is too big is split item by
     item. Sizes are UTF-8 bytes as sent, and the encoded body travels with the batch.
     """
+    it = iter(measurements)
+    return measurement_batches_of_blocks(iter(lambda: list(islice(it, max_items)), []), max_items, max_bytes)
+
+
+def measurement_batches_of_blocks(blocks: Iterable[Sequence[Measurement]],
+                                  max_items: int = MAX_BATCH_ITEMS,
+                                  max_bytes: int = _BATCH_BYTES_BUDGET) -> Iterator[EncodedBatch]:
+    """:func:`measurement_batches` over measurements that come a block at a time (a usage file's
+    blocks): groups are cut by slicing, so the hot ingest path touches no measurement one by one."""
     group: list[Measurement] = []
-    for m in measurements:
-        group.append(m)
-        if len(group) >= max_items:
-            yield from _seal_group(group, max_items, max_bytes)
-            group = []
+    for block in blocks:
+        start = 0
+        while start < len(block):
+            take = max_items - len(group)
+            group += block[start:start + take]
+            start += take
+            if len(group) >= max_items:
+                yield from _seal_group(group, max_items, max_bytes)
+                group = []
     if group:
         yield from _seal_group(group, max_items, max_bytes)
 
 
 def _seal_group(group: list[Measurement], max_items: int, max_bytes: int) -> Iterator[EncodedBatch]:
-    if any(type(m) is bytes for m in group):
-        body = _ENVELOPE_HEAD + b",".join([encode_measurement(m) for m in group]) + _ENVELOPE_TAIL
-    else:
-        body = _encode({"measurements": group})
+    try:  # all pre-encoded (m3sh.usage.columnar's rows): one join, no call per measurement
+        body = _ENVELOPE_HEAD + b",".join(group) + _ENVELOPE_TAIL  # type: ignore[arg-type]
+    except TypeError:  # some are dicts
+        if any(type(m) is bytes for m in group):
+            body = _ENVELOPE_HEAD + b",".join([encode_measurement(m) for m in group]) + _ENVELOPE_TAIL
+        else:
+            body = _encode({"measurements": group})
     if len(body) <= max_bytes:
         batch = EncodedBatch(group)
         batch.body, batch.sealed_len = body, len(batch)

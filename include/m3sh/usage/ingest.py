@@ -27,12 +27,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any
+from itertools import chain
+from typing import IO, Any, cast
 
 from m3sh import layout
 from m3sh.config import UsageFeed
 from m3sh.exceptions import InvalidRecord
-from m3sh.hooks.m3ter import M3terHook, Measurement, measurement_batches
+from m3sh.hooks.m3ter import M3terHook, Measurement, measurement_batches_of_blocks
 from m3sh.storage import Storage
 from m3sh.usage.columnar import Built, Rejected, iter_built
 from m3sh.usage.measurements import MeasurementBuilder
@@ -245,11 +246,11 @@ def ingest_s3_object(
     progress = _Progress(source, int(head.get("ContentLength", 0)), progress_every)
     dead = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; invalid rows spool to disk, memory stays flat
 
-    measurements = _valid_measurements(_built(body, source, key, feed, builder), result, dead=dead,
-                                       tick=lambda: progress.maybe_log(result.rows_read, body.bytes_read),
-                                       resume_after=result.rows_sent)
+    blocks = _valid_blocks(_built(body, source, key, feed, builder), result, dead=dead,
+                           tick=lambda: progress.maybe_log(result.rows_read, body.bytes_read),
+                           resume_after=result.rows_sent)
     if bulk:
-        _send_bulk(measurements, feed=feed, key=key, etag=etag, m3ter=m3ter, result=result,
+        _send_bulk(chain.from_iterable(blocks), feed=feed, key=key, etag=etag, m3ter=m3ter, result=result,
                    checkpoint=lambda: state.put_json(mkey, {**result.to_dict(), "status": "in_progress"}))
         return _finish_file(result, t0, dead, state, source, body, mkey, dry_run)
 
@@ -271,7 +272,7 @@ def ingest_s3_object(
                                                thread_name_prefix="m3sh-ingest") as pool:
         sender = _InOrderSender(pool, m3ter.submit_measurements, max(1, max_in_flight), confirmed)
         try:
-            for batch in measurement_batches(measurements, max_items=batch_size):
+            for batch in measurement_batches_of_blocks(blocks, max_items=batch_size):
                 if dry_run:
                     confirmed(len(batch))
                     continue
@@ -327,20 +328,24 @@ def _built(body: Any, source: str, key: str, feed: UsageFeed,
     yield from iter_built(body, source, fmt, gz, csv_delimiter(key, feed.delimiter), builder=builder)
 
 
-def _valid_measurements(built: Iterator[list[Built]], result: FileResult, *, dead: IO[bytes],
-                        tick: Callable[[], None], resume_after: int) -> Iterator[Measurement]:
-    """The measurements of ``built`` past the ``resume_after`` a previous attempt confirmed; invalid
-    rows are counted and spooled to ``dead`` with file, line, field and reason."""
+def _valid_blocks(built: Iterator[list[Built]], result: FileResult, *, dead: IO[bytes],
+                  tick: Callable[[], None], resume_after: int) -> Iterator[list[Measurement]]:
+    """Each block's measurements past the ``resume_after`` a previous attempt confirmed; invalid
+    rows are counted and spooled to ``dead`` with file, line, field and reason. A block at a time,
+    not a row at a time: on the columnar path the per-row generator step was a tenth of the CPU."""
     for block in built:
-        for m in block:
-            result.rows_read += 1
-            if type(m) is not Rejected:
-                result.accepted += 1
-                if result.accepted > resume_after:
-                    yield m  # type: ignore[misc]
-            else:
-                result.rejected += 1
-                _dead_letter(dead, m.error, m.row)
+        result.rows_read += len(block)
+        bad = [m for m in block if type(m) is Rejected]
+        # the type check above is what narrows: Rejected never reaches good
+        good = cast("list[Measurement]", [m for m in block if type(m) is not Rejected] if bad else block)
+        for m in bad:
+            rejected = cast("Rejected", m)
+            _dead_letter(dead, rejected.error, rejected.row)
+        result.rejected += len(bad)
+        skip = max(0, min(len(good), resume_after - result.accepted))
+        result.accepted += len(good)
+        if skip < len(good):
+            yield good[skip:] if skip else good
         tick()
 
 
