@@ -17,11 +17,14 @@ slow core).
 
 from __future__ import annotations
 
+import array
 import csv
+import datetime as dt
+import functools
 import hashlib
 import io
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any, NamedTuple
 
 import orjson
@@ -30,7 +33,7 @@ import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
 from m3sh.exceptions import InvalidRecord
-from m3sh.usage.measurements import MeasurementBuilder, measurement_uid
+from m3sh.usage.measurements import UID_DIGITS, UID_PREFIX, MeasurementBuilder, uid_basis
 from m3sh.usage.reader import csv_header, csv_records, iter_rows, open_text
 
 
@@ -46,7 +49,9 @@ class Rejected(NamedTuple):
 Built = dict[str, Any] | bytes | Rejected
 ROW_PATH_CHUNK = 1024
 
-BLOCK_CHARS = 1 << 18  # ~4k rows of a typical export per Arrow call: per-call costs stay small, memory flat
+# ~8k rows of a typical export per block. A block costs some 60 Arrow calls with fixed overheads: smaller
+# blocks spend measurably more CPU per row, bigger ones more memory than they save CPU.
+BLOCK_CHARS = 1 << 19
 # A block is cut at a line end outside quotes; a file whose quotes never balance (an unterminated
 # quote) is read by the row path from there on rather than buffered.
 MAX_CARRY_CHARS = 16 << 20
@@ -168,8 +173,8 @@ class _MeterColumns:
         self.timestamp = meter.timestamp_field
         self.measures = meter.measures
         self.dimensions = meter.dimensions
-        self.oldest = pa.scalar(meter.oldest, pa.timestamp("us", tz="UTC"))
-        self.latest = pa.scalar(builder._latest, pa.timestamp("us", tz="UTC"))
+        self.oldest = _timestamp(meter.oldest)
+        self.latest = _timestamp(builder._latest)
 
 
 class _Plan:
@@ -230,13 +235,13 @@ class _Plan:
         built = 0
         for meter in self.meters:
             if self.meter_field is None:
-                idx = pa.array(range(n), pa.int64())
+                idx = _int64s(range(n))
             elif meter.code != meter.code.strip():
                 continue  # the row path strips the cell, so such a code never matches: its rows go there
             else:
-                match = pc.equal(meter_col, meter.code)
+                match = pc.equal(meter_col, _text(meter.code))
                 if meter.code == self.only_meter:
-                    match = pc.or_(match, pc.equal(meter_col, ""))
+                    match = pc.or_(match, pc.equal(meter_col, _text("")))
                 idx = pc.indices_nonzero(match)
             if len(idx):
                 built += self._build_meter(meter, table.take(idx), idx, offset, source, out)
@@ -264,72 +269,85 @@ class _Plan:
         take = t.take(accepted)
         at = pc.take(positions, accepted).to_pylist()
         feed = self.feed_name
+        # measurement_uid's scheme, a block at a time: Arrow joins the id bases, and one hex() call
+        # writes every uid's digits (per-row hexdigest, slice and concatenation cost more than the hash).
+        basis: list[bytes]
         if self.id_field:
-            sha, prefix = hashlib.sha256, f"{feed}|id|"
-            uids = ["m3sh-" + sha((prefix + r).encode()).hexdigest()[:40] if r else "" for r in
-                    take.column(self.id_field).to_pylist()]
+            ids = take.column(self.id_field)
+            basis = pc.binary_join_element_wise(_text(f"{feed}|id|"), ids, _text("")).cast(pa.binary()).to_pylist()
+            missing: Iterable[int] = pc.indices_nonzero(pc.equal(ids, _text(""))).to_pylist()
         else:
-            uids = [""] * len(at)
-        for j, uid in enumerate(uids):
-            if not uid:  # no id in the row: the uid is its place in the file
-                uids[j] = measurement_uid(feed, source, offset + at[j] + 1, None)
+            basis, missing = [b""] * len(at), range(len(at))
+        for j in missing:  # no id in the row: the uid is its place in the file
+            basis[j] = uid_basis(feed, source, offset + at[j] + 1, None).encode()
+        sha, size = hashlib.sha256, UID_DIGITS // 2
+        digits = b"".join([sha(b).digest()[:size] for b in basis]).hex().encode()
+        uids = pa.Array.from_buffers(pa.string(), len(basis), [
+            None, pa.py_buffer(array.array("i", range(0, UID_DIGITS * len(basis) + 1, UID_DIGITS))),
+            pa.py_buffer(digits)])
         raw_ts = take.column(meter.timestamp)
         # m3ter's wire form keeps milliseconds: whole seconds get ".000" before the Z, as in the row path
-        wire_ts = pc.if_else(pc.equal(pc.utf8_length(raw_ts), 20),
-                             pc.binary_join_element_wise(pc.utf8_slice_codeunits(raw_ts, 0, 19), ".000Z", ""),
+        wire_ts = pc.if_else(pc.equal(pc.utf8_length(raw_ts), _int(20)),
+                             pc.binary_join_element_wise(pc.utf8_slice_codeunits(raw_ts, 0, 19), _text(".000Z"),
+                                                         _text("")),
                              raw_ts)
         # Values checked above need no JSON escaping (no quote, backslash or control character); the
         # numbers are read as doubles, as float() reads them, and written back in Arrow's round-trip form.
-        measures = [[_json(target) + ":", pc.cast(pc.cast(take.column(col), pa.float64()), pa.string())]
+        measures = [[_text(_json(target) + ":"), pc.cast(pc.cast(take.column(col), pa.float64()), pa.string())]
                     for target, col in meter.measures]
-        pieces: list[Any] = ['{"uid":"', pa.array(uids, pa.string()), '","meter":' + _json(meter.code) + ',"account":"',
-                             take.column(meter.account), '","ts":"', wire_ts, '","measure":{',
-                             *_joined(measures, ","), "}", self._where(meter, take), "}", ""]
+        pieces: list[Any] = [_text('{"uid":"' + UID_PREFIX), uids,
+                             _text('","meter":' + _json(meter.code) + ',"account":"'), take.column(meter.account),
+                             _text('","ts":"'), wire_ts, _text('","measure":{'), *_joined(measures, _text(",")),
+                             _text("}"), self._where(meter, take), _text("}"), _text("")]
         encoded = pc.binary_join_element_wise(*pieces).cast(pa.binary()).to_pylist()
         for pos, m in zip(at, encoded, strict=True):
             out[pos] = m
         return len(encoded)
 
-    def _where(self, meter: _MeterColumns, take: pa.Table) -> pa.ChunkedArray | str:
+    def _where(self, meter: _MeterColumns, take: pa.Table) -> pa.ChunkedArray | pa.Scalar:
         """``,"where":{...}`` per row; the row path leaves an empty dimension out, and ``where`` out
         when none is left. (Not binary_join_element_wise's null_handling="skip": in pyarrow 26 it
         drops rows whose values are all null.)"""
         inner: Any = None
+        empty = _text("")
         for key, col in meter.dimensions:
             if col not in self.header:
                 continue
             values = take.column(col)
-            part = pc.if_else(pc.equal(values, ""), "", pc.binary_join_element_wise(_json(key) + ':"', values, '"', ""))
+            part = pc.if_else(pc.equal(values, empty), empty,
+                              pc.binary_join_element_wise(_text(_json(key) + ':"'), values, _text('"'), empty))
             inner = part if inner is None else pc.if_else(
-                pc.equal(inner, ""), part, pc.if_else(pc.equal(part, ""), inner,
-                                                      pc.binary_join_element_wise(inner, part, ",")))
+                pc.equal(inner, empty), part, pc.if_else(pc.equal(part, empty), inner,
+                                                         pc.binary_join_element_wise(inner, part, _text(","))))
         if inner is None:
-            return ""
-        return pc.if_else(pc.equal(inner, ""), "", pc.binary_join_element_wise(',"where":{', inner, "}", ""))
+            return empty
+        return pc.if_else(pc.equal(inner, empty), empty,
+                          pc.binary_join_element_wise(_text(',"where":{'), inner, _text("}"), empty))
 
     def _accepted(self, meter: _MeterColumns, t: pa.Table) -> pa.Array | None:
         """Indices of the rows of ``t`` the fast path builds exactly as the row path would."""
         account = t.column(meter.account)
-        ok = pc.and_(pc.match_substring_regex(account, _CODE), pc.less_equal(pc.utf8_length(account), _MAX_ACCOUNT))
+        ok = pc.and_(pc.match_substring_regex(account, _CODE),
+                     pc.less_equal(pc.utf8_length(account), _int(_MAX_ACCOUNT)))
         ok = pc.and_(ok, pc.match_substring_regex(t.column(meter.timestamp), _TS))
         for _, column in meter.measures:
             ok = pc.and_(ok, pc.match_substring_regex(t.column(column), _NUMBER))
         for _, column in meter.dimensions:
             if column in self.header:
                 values = t.column(column)
-                ok = pc.and_(ok, pc.and_(pc.less_equal(pc.utf8_length(values), _MAX_DIMENSION),
+                ok = pc.and_(ok, pc.and_(pc.less_equal(pc.utf8_length(values), _int(_MAX_DIMENSION)),
                                          pc.match_substring_regex(values, _TEXT)))
         if self.id_field:
             ids = t.column(self.id_field)
-            ok = pc.and_(ok, pc.or_(pc.equal(ids, ""), pc.match_substring_regex(ids, _CODE)))
+            ok = pc.and_(ok, pc.or_(pc.equal(ids, _text("")), pc.match_substring_regex(ids, _CODE)))
         try:
-            ts = pc.cast(pc.if_else(ok, t.column(meter.timestamp), None), pa.timestamp("us", tz="UTC"))
+            ts = pc.cast(pc.if_else(ok, t.column(meter.timestamp), _NULL_TEXT), _TIMESTAMP)
         except pa.ArrowInvalid:  # an impossible date (30 February) in the block: its rows take the row path
             return None
         ok = pc.and_(ok, pc.and_(pc.greater_equal(ts, meter.oldest), pc.less_equal(ts, meter.latest)))
-        account = pc.if_else(ok, account, None)
+        account = pc.if_else(ok, account, _NULL_TEXT)
         known = self.builder.known_accounts(pc.drop_null(pc.unique(account)).to_pylist())
-        return pc.indices_nonzero(pc.fill_null(pc.and_(ok, pc.is_in(account, pa.array(known, pa.string()))), False))
+        return pc.indices_nonzero(pc.fill_null(pc.and_(ok, pc.is_in(account, _strings(known))), _FALSE))
 
 
 def _detached(bad: InvalidRecord) -> InvalidRecord:
@@ -343,7 +361,7 @@ def _json(text: str) -> str:
     return orjson.dumps(text).decode()
 
 
-def _joined(items: list[list[Any]], separator: str) -> list[Any]:
+def _joined(items: list[list[Any]], separator: pa.Scalar) -> list[Any]:
     """``items`` flattened with ``separator`` between them, for binary_join_element_wise."""
     out: list[Any] = []
     for i, item in enumerate(items):
@@ -351,3 +369,42 @@ def _joined(items: list[list[Any]], separator: str) -> list[Any]:
             out.append(separator)
         out.extend(item)
     return out
+
+
+# Arrow values are made from their buffers here, not with pa.array or pa.scalar (which a Python literal
+# handed to a compute function goes through): their type sniffing imports pandas, which costs a task
+# process ~45 MB of RSS and ~0.25 s of CPU for nothing this module uses.
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_INT64 = pa.int64()
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _strings(values: Sequence[str]) -> pa.Array:
+    data = [v.encode() for v in values]
+    offsets = array.array("i", itertools.accumulate(map(len, data), initial=0))
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
+def _int64s(values: Iterable[int], type_: pa.DataType = _INT64) -> pa.Array:
+    data = array.array("q", values)
+    return pa.Array.from_buffers(type_, len(data), [None, pa.py_buffer(data)])
+
+
+@functools.cache
+def _text(value: str) -> pa.Scalar:
+    return _strings([value])[0]
+
+
+@functools.cache
+def _int(value: int) -> pa.Scalar:
+    return _int64s([value])[0]
+
+
+def _timestamp(value: dt.datetime) -> pa.Scalar:
+    if value.tzinfo is None:  # as pa.scalar reads a naive datetime for a UTC type
+        value = value.replace(tzinfo=dt.UTC)
+    return _int64s([(value - _EPOCH) // dt.timedelta(microseconds=1)], _TIMESTAMP)[0]
+
+
+_NULL_TEXT = pa.nulls(1, pa.string())[0]
+_FALSE = pa.Array.from_buffers(pa.bool_(), 1, [None, pa.py_buffer(b"\x00")])[0]

@@ -24,8 +24,15 @@ def measurement_uid(feed: str, source_key: str, line: int, row_id: str | None) -
     With an id column the uid depends only on (feed, id), so an event re-exported in another file is
     still de-duplicated; without one, on (feed, object key, line).
     """
-    basis = f"{feed}|id|{row_id}" if row_id else f"{feed}|{source_key}|{line}"
-    return "m3sh-" + hashlib.sha256(basis.encode()).hexdigest()[:40]
+    return UID_PREFIX + hashlib.sha256(uid_basis(feed, source_key, line, row_id).encode()).hexdigest()[:UID_DIGITS]
+
+
+# Fixed forever: a changed uid would make m3ter take a re-sent file's rows as new.
+UID_PREFIX, UID_DIGITS = "m3sh-", 40
+
+
+def uid_basis(feed: str, source_key: str, line: int, row_id: str | None) -> str:
+    return f"{feed}|id|{row_id}" if row_id else f"{feed}|{source_key}|{line}"
 
 
 def parse_ts(value: Any) -> dt.datetime:
