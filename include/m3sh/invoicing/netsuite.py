@@ -119,12 +119,15 @@ class NetSuiteDelivery:
 
     def ensure_customer(self, bill: EnrichedBill, currency_id: str) -> str:
         """The customer's internal id, upserting it at most once per run and content version."""
-        body = customer_body(self.dest, bill, currency_id)
-        fp = repr(sorted(body.items()))
+        cached = self._customers.get(bill.account_id)  # the common case, without the lock or the body
+        if cached:
+            return cached
         with self._account_lock(bill.account_id):
             cached = self._customers.get(bill.account_id)
             if cached:
                 return cached
+            body = customer_body(self.dest, bill, currency_id)
+            fp = repr(sorted(body.items()))
             entry = self.ledger.get(self.dest.name, f"customer:{bill.account_id}")
             if entry and entry.get("fingerprint") == fp and entry.get("remote_id"):
                 self._customers[bill.account_id] = str(entry["remote_id"])
@@ -137,10 +140,11 @@ class NetSuiteDelivery:
 
     # -- delivery -----------------------------------------------------------------------------
     def deliver(self, bill: EnrichedBill, dry_run: bool = False) -> Delivery:
+        fingerprint = bill.fingerprint  # a hash of the whole bill: computed once here
         result = Delivery(bill_id=bill.bill_id, destination=self.dest.name, status="delivered",
-                          fingerprint=bill.fingerprint, account_code=bill.account_code)
+                          fingerprint=fingerprint, account_code=bill.account_code)
         entry = self.ledger.get(self.dest.name, bill.bill_id)
-        if entry and entry.get("fingerprint") == bill.fingerprint:
+        if entry and entry.get("fingerprint") == fingerprint:
             return result.model_copy(update={"status": "unchanged", "remote_id": entry.get("remote_id")})
         if dry_run:
             what = "update (bill changed since export)" if entry else "create"
@@ -165,7 +169,7 @@ class NetSuiteDelivery:
             return result.model_copy(update={"status": status, "detail": err.detail if status == "action_needed"
                                              else str(err), "retryable": err.retryable or err.status == 0})
         self.ledger.put(self.dest.name, bill.bill_id, {
-            "bill_id": bill.bill_id, "destination": self.dest.name, "fingerprint": bill.fingerprint,
+            "bill_id": bill.bill_id, "destination": self.dest.name, "fingerprint": fingerprint,
             "remote_id": remote_id, "total": bill.erp_total, "currency": bill.currency,
             "account_id": bill.account_id, "delivered_at": now_iso()})
         return result.model_copy(update={"remote_id": remote_id, "detail": detail})
