@@ -282,9 +282,7 @@ class _Plan:
             basis[j] = uid_basis(feed, source, offset + at[j] + 1, None).encode()
         sha, size = hashlib.sha256, UID_DIGITS // 2
         digits = b"".join([sha(b).digest()[:size] for b in basis]).hex().encode()
-        uids = pa.Array.from_buffers(pa.string(), len(basis), [
-            None, pa.py_buffer(array.array("i", range(0, UID_DIGITS * len(basis) + 1, UID_DIGITS))),
-            pa.py_buffer(digits)])
+        uids = _utf8(digits, array.array("i", range(0, UID_DIGITS * len(basis) + 1, UID_DIGITS)))
         raw_ts = take.column(meter.timestamp)
         # m3ter's wire form keeps milliseconds: whole seconds get ".000" before the Z, as in the row path
         wire_ts = pc.if_else(pc.equal(pc.utf8_length(raw_ts), _int(20)),
@@ -379,10 +377,14 @@ _INT64 = pa.int64()
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
+def _utf8(data: bytes, offsets: array.array[int]) -> pa.Array:
+    """A string array of ``data``, value i being ``data[offsets[i]:offsets[i + 1]]``."""
+    return pa.Array.from_buffers(pa.string(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
 def _strings(values: Sequence[str]) -> pa.Array:
     data = [v.encode() for v in values]
-    offsets = array.array("i", itertools.accumulate(map(len, data), initial=0))
-    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+    return _utf8(b"".join(data), array.array("i", itertools.accumulate(map(len, data), initial=0)))
 
 
 def _int64s(values: Iterable[int], type_: pa.DataType = _INT64) -> pa.Array:

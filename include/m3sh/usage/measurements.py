@@ -18,6 +18,10 @@ MAX_FUTURE_SKEW = dt.timedelta(minutes=5)
 _fromiso = dt.datetime.fromisoformat
 
 
+# Fixed forever: a changed uid would make m3ter take a re-sent file's rows as new.
+UID_PREFIX, UID_DIGITS = "m3sh-", 40
+
+
 def measurement_uid(feed: str, source_key: str, line: int, row_id: str | None) -> str:
     """Stable uid (<= 50 chars): the same event always gets the same uid, so m3ter drops re-sends.
 
@@ -25,10 +29,6 @@ def measurement_uid(feed: str, source_key: str, line: int, row_id: str | None) -
     still de-duplicated; without one, on (feed, object key, line).
     """
     return UID_PREFIX + hashlib.sha256(uid_basis(feed, source_key, line, row_id).encode()).hexdigest()[:UID_DIGITS]
-
-
-# Fixed forever: a changed uid would make m3ter take a re-sent file's rows as new.
-UID_PREFIX, UID_DIGITS = "m3sh-", 40
 
 
 def uid_basis(feed: str, source_key: str, line: int, row_id: str | None) -> str:
