@@ -6,7 +6,7 @@ import datetime as dt
 import gzip
 import io
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -161,3 +161,75 @@ def test_columnar_path_leaves_pandas_unimported() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["50", "50", "False"]
+
+
+class _UploadsDouble:
+    """Just the file-upload calls :func:`m3sh.usage.bulk.send_bulk` makes, recorded; ``gate`` holds
+    part 0's PUT until the writer has asked for the next block (so it must run in the background)."""
+
+    def __init__(self, fail_part: int | None = None) -> None:
+        import threading
+
+        self.fail_part = fail_part
+        self.gate = threading.Event()
+        self.bodies: list[bytes] = []
+
+    def list_upload_jobs(self, **_: Any) -> list[dict[str, Any]]:
+        return []
+
+    def generate_upload_url(self, name: str, size: int) -> dict[str, Any]:
+        return {"jobId": f"job-{name[-9:-5]}", "url": f"https://uploads.example/{name}", "headers": {}}
+
+    def put_upload(self, url: str, headers: dict[str, str], body: Any, size: int) -> None:
+        from m3sh.exceptions import M3terApiError
+
+        part = int(url[-9:-5])
+        if part == 0:
+            assert self.gate.wait(timeout=60), "the next part was never started while part 0 uploaded"
+        if part == self.fail_part:
+            raise M3terApiError("upload refused: HTTP 400", entity="fileuploads/measurements", status=400)
+        data = body.read()
+        assert len(data) == size
+        self.bodies.append(data)
+
+
+def _bulk_blocks(double: _UploadsDouble) -> Any:
+    import orjson
+
+    for b in range(6):
+        if b == 3:
+            double.gate.set()  # part 0 (blocks 0-1) was handed over; the writer is on part 1 now
+        yield [orjson.dumps({"uid": f"u{b}-{i}", "pad": "x" * 80}) for i in range(10)]
+
+
+def test_send_bulk_uploads_a_part_while_writing_the_next_and_records_parts_in_order() -> None:
+    import orjson
+
+    from m3sh.usage.bulk import send_bulk
+    from m3sh.usage.ingest import FileResult
+
+    double = _UploadsDouble()
+    result = FileResult(key="k", etag="e", feed="f")
+    checkpoints: list[int] = []
+    send_bulk(_bulk_blocks(double), m3ter=cast("Any", double), feed="f", key="k", etag="e", part_bytes=2048,
+              started_at="2026-12-04T00:00:00+00:00", result=result,
+              checkpoint=lambda: checkpoints.append(len(result.jobs)))
+    assert [j["part"] for j in result.jobs] == list(range(len(result.jobs))) and len(result.jobs) >= 3
+    assert [j["job_id"] for j in result.jobs] == [f"job-{p:04d}" for p in range(len(result.jobs))]
+    assert checkpoints == list(range(1, len(result.jobs) + 1))
+    assert result.rows_sent == 60 == sum(j["rows"] for j in result.jobs)
+    assert [m["uid"] for body in double.bodies for m in orjson.loads(body)] == \
+        [f"u{b}-{i}" for b in range(6) for i in range(10)]
+
+
+def test_send_bulk_raises_a_background_upload_failure_and_records_only_what_was_uploaded() -> None:
+    from m3sh.exceptions import M3terApiError
+    from m3sh.usage.bulk import send_bulk
+    from m3sh.usage.ingest import FileResult
+
+    double = _UploadsDouble(fail_part=1)
+    result = FileResult(key="k", etag="e", feed="f")
+    with pytest.raises(M3terApiError, match="HTTP 400"):
+        send_bulk(_bulk_blocks(double), m3ter=cast("Any", double), feed="f", key="k", etag="e", part_bytes=2048,
+                  started_at="2026-12-04T00:00:00+00:00", result=result, checkpoint=lambda: None)
+    assert [j["part"] for j in result.jobs] == [0] and result.rows_sent == result.jobs[0]["rows"]

@@ -38,7 +38,10 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from itertools import accumulate
 from typing import IO, Any
 
 from m3sh import layout
@@ -101,28 +104,47 @@ def upload_part(m3ter: M3terHook, name: str, fileobj: IO[bytes], size: int,
 
 class PartWriter:
     """Measurements into JSON-array files on local disk of at most ``part_bytes`` each; ``on_part``
-    gets each finished file (open, at offset 0), its part number, size and row count."""
+    gets each finished file (open, at offset 0), its part number, size and row count. The writer
+    closes the file after ``on_part`` returns unless ``close_parts`` is false: then ``on_part`` owns
+    it (:func:`send_bulk` uploads it in the background while the next part is written)."""
 
-    def __init__(self, part_bytes: int, on_part: Callable[[int, IO[bytes], int, int], None]) -> None:
-        self.part_bytes, self.on_part = part_bytes, on_part
+    def __init__(self, part_bytes: int, on_part: Callable[[int, IO[bytes], int, int], None], *,
+                 close_parts: bool = True) -> None:
+        self.part_bytes, self.on_part, self.close_parts = part_bytes, on_part, close_parts
         self.part = 0
         self.file: IO[bytes] | None = None
         self.size = self.rows = 0
 
     def add(self, measurement: Measurement) -> None:
-        encoded = encode_measurement(measurement)
-        if self.file is not None and self.size + len(encoded) + 3 > self.part_bytes:
-            self._close()
-        if self.file is None:
-            self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _close
-            self.file.write(b"[")
-            self.size, self.rows = 1, 0
-        else:
-            self.file.write(b",\n")
-            self.size += 2
-        self.file.write(encoded)
-        self.size += len(encoded)
-        self.rows += 1
+        self.add_block([measurement])
+
+    def add_block(self, block: Sequence[Measurement]) -> None:
+        """A block's measurements, written a part-sized run at a time: one ``join`` and one write per
+        run instead of two writes per measurement (a block is ~8,000 rows from the columnar path)."""
+        encoded = [m if type(m) is bytes else encode_measurement(m) for m in block]
+        # cum[k]: bytes of the first k items, each with its ",\n" separator
+        cum = list(accumulate((len(e) + 2 for e in encoded), initial=0))
+        i = 0
+        while i < len(encoded):
+            if self.file is None:
+                self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _close or by on_part
+                self.file.write(b"[")
+                self.size, self.rows = 1, 0
+            first = self.rows == 0  # the part's first item has no separator before it
+            budget = self.part_bytes - 1 - self.size + (2 if first else 0)  # 1: the closing "]"
+            # j: the most items from i that fit (none when the part is full, or holds one oversized item)
+            j = max(i, bisect_right(cum, cum[i] + budget, lo=i) - 1)
+            if j == i:
+                if not first:
+                    self._close()
+                    continue
+                j = i + 1  # one measurement larger than a part goes alone, as before
+            if not first:
+                self.file.write(b",\n")
+            self.file.write(b",\n".join(encoded[i:j]))
+            self.size += cum[j] - cum[i] - (2 if first else 0)
+            self.rows += j - i
+            i = j
 
     def finish(self) -> None:
         if self.file is not None:
@@ -139,37 +161,67 @@ class PartWriter:
         self.size += 1
         self.file.flush()
         self.file.seek(0)
+        file, self.file = self.file, None
         try:
-            self.on_part(self.part, self.file, self.size, self.rows)
+            self.on_part(self.part, file, self.size, self.rows)
         finally:
-            self.file.close()
-            self.file = None
+            if self.close_parts:
+                file.close()
         self.part += 1
 
 
-def send_bulk(measurements: Iterable[Measurement], *, m3ter: M3terHook, feed: str, key: str, etag: str,
+def send_bulk(blocks: Iterable[Sequence[Measurement]], *, m3ter: M3terHook, feed: str, key: str, etag: str,
               part_bytes: int, started_at: str, result: Any, checkpoint: Callable[[], object]) -> None:
     """Write, upload and record every part of one object (``result`` is its FileResult: ``jobs``,
-    ``batches_sent`` = files, ``rows_sent`` = measurements uploaded); ``checkpoint`` after each part."""
+    ``batches_sent`` = files, ``rows_sent`` = measurements uploaded); ``checkpoint`` after each part.
+
+    A part is uploaded on one background thread while the next is written (on a WAN the PUT of a
+    16 MiB part is seconds of waiting); at most one upload is in flight, and parts are recorded and
+    checkpointed in order, each once its upload has returned."""
     prefix = upload_file_name(feed, key, etag, 0)[: -len("p0000.json")]
     found = existing_jobs(m3ter, prefix, started_at)
     result.jobs = []
+    # (upload, its file, part number, file name, rows, bytes) of the part being uploaded, if any
+    in_flight: list[tuple[Future[str], IO[bytes], int, str, int, int]] = []
 
-    def on_part(part: int, fileobj: IO[bytes], size: int, rows: int) -> None:
-        name = upload_file_name(feed, key, etag, part)
-        job_id = upload_part(m3ter, name, fileobj, size, found)
+    def settle() -> None:
+        """Wait for the part in flight, then record and checkpoint it (its file closed either way)."""
+        future, fileobj, part, name, rows, size = in_flight.pop()
+        try:
+            job_id = future.result()
+        finally:
+            fileobj.close()
         result.jobs.append({"part": part, "file_name": name, "job_id": job_id, "rows": rows, "bytes": size})
         result.batches_sent += 1
         result.rows_sent += rows
         checkpoint()
 
-    writer = PartWriter(part_bytes, on_part)
-    try:
-        for m in measurements:
-            writer.add(m)
-        writer.finish()
-    finally:
-        writer.discard()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3sh-bulk-upload") as pool:
+
+        def on_part(part: int, fileobj: IO[bytes], size: int, rows: int) -> None:
+            try:
+                if in_flight:
+                    settle()
+            except BaseException:
+                fileobj.close()
+                raise
+            name = upload_file_name(feed, key, etag, part)
+            future = pool.submit(upload_part, m3ter, name, fileobj, size, found)
+            in_flight.append((future, fileobj, part, name, rows, size))
+
+        writer = PartWriter(part_bytes, on_part, close_parts=False)
+        try:
+            for block in blocks:
+                writer.add_block(block)
+            writer.finish()
+            if in_flight:
+                settle()
+        finally:
+            writer.discard()
+            if in_flight:  # something failed while a part was uploading: let it end, then close its file
+                future, fileobj, *_ = in_flight.pop()
+                wait([future])
+                fileobj.close()
 
 
 def pending_job_ids(results: Iterable[dict[str, Any]]) -> list[str]:

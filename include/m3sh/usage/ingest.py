@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import chain
 from typing import IO, Any, cast
 
 from m3sh import layout
@@ -250,7 +249,7 @@ def ingest_s3_object(
                            tick=lambda: progress.maybe_log(result.rows_read, body.bytes_read),
                            resume_after=result.rows_sent)
     if bulk:
-        _send_bulk(chain.from_iterable(blocks), feed=feed, key=key, etag=etag, m3ter=m3ter, result=result,
+        _send_bulk(blocks, feed=feed, key=key, etag=etag, m3ter=m3ter, result=result,
                    checkpoint=lambda: state.put_json(mkey, {**result.to_dict(), "status": "in_progress"}))
         return _finish_file(result, t0, dead, state, source, body, mkey, dry_run)
 
@@ -290,12 +289,12 @@ def ingest_s3_object(
     return _finish_file(result, t0, dead, state, source, body, mkey, dry_run)
 
 
-def _send_bulk(measurements: Iterator[Measurement], *, feed: UsageFeed, key: str, etag: str, m3ter: M3terHook,
+def _send_bulk(blocks: Iterator[list[Measurement]], *, feed: UsageFeed, key: str, etag: str, m3ter: M3terHook,
                result: FileResult, checkpoint: Callable[[], object]) -> None:
     from m3sh.usage.bulk import send_bulk
 
     try:
-        send_bulk(measurements, m3ter=m3ter, feed=feed.name, key=key, etag=etag, part_bytes=feed.bulk_part_bytes,
+        send_bulk(blocks, m3ter=m3ter, feed=feed.name, key=key, etag=etag, part_bytes=feed.bulk_part_bytes,
                   started_at=str(result.bulk_started_at), result=result, checkpoint=checkpoint)
     except BadFile as exc:
         result.status, result.error = "failed", str(exc)
