@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import io
@@ -99,15 +100,23 @@ def _s3() -> Any:
     url = os.environ.get("M3SH_SANDBOX_MOTO_URL")
     if not url:
         return None
+    client = _s3_client(url)
+    # every time: moto may have been reset since (one cheap request; the client is what is costly)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@functools.cache
+def _s3_client(url: str) -> Any:
+    """One client per moto URL (boto3 clients are thread-safe; creating one loads botocore's models,
+    ~50 ms of CPU, which a file's thread would otherwise spend every time)."""
     import boto3
 
     from m3sh.sandbox import credentials as cred
 
-    client = boto3.client("s3", endpoint_url=url, aws_access_key_id=cred.AWS_ACCESS_KEY,
-                          aws_secret_access_key=cred.AWS_SECRET_KEY, region_name="us-east-1")
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-        client.create_bucket(Bucket=BUCKET)
-    return client
+    return boto3.client("s3", endpoint_url=url, aws_access_key_id=cred.AWS_ACCESS_KEY,
+                        aws_secret_access_key=cred.AWS_SECRET_KEY, region_name="us-east-1")
 
 
 def _sign(state: UploadState, method: str, key: str, *, amz_date: str, ttl: int, content_type: str) -> str:
@@ -303,9 +312,11 @@ def _store_and_process(emu: M3terEmulator, state: UploadState, job: dict[str, An
             state.memory[job["_key"]] = spool.read()
             spool.seek(0)
         else:
-            s3.upload_fileobj(spool, BUCKET, job["_key"], ExtraArgs={"ContentType": job["_contentType"]})
-            spool.close()
-            spool = s3.get_object(Bucket=BUCKET, Key=job["_key"])["Body"]  # processed from S3, as m3ter does
+            # put_object, not upload_fileobj: s3transfer closes the file object it uploads, and the rows
+            # are read from this spool afterwards (it holds the bytes just stored: the original file
+            # m3ter keeps); reading them back from moto would cost its CPU and ours, nothing else.
+            s3.put_object(Bucket=BUCKET, Key=job["_key"], Body=spool, ContentType=job["_contentType"])
+            spool.seek(0)
         _process(emu, state, job, spool)
     except Exception as exc:  # the job fails, never the thread silently
         with emu.lock:
