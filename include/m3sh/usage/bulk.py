@@ -121,7 +121,7 @@ class PartWriter:
     def add_block(self, block: Sequence[Measurement]) -> None:
         """A block's measurements, written a part-sized run at a time: one ``join`` and one write per
         run instead of two writes per measurement (a block is ~8,000 rows from the columnar path)."""
-        encoded = [m if type(m) is bytes else encode_measurement(m) for m in block]
+        encoded = [encode_measurement(m) for m in block]
         # cum[k]: bytes of the first k items, each with its ",\n" separator
         cum = list(accumulate((len(e) + 2 for e in encoded), initial=0))
         i = 0

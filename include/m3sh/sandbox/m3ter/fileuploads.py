@@ -109,8 +109,7 @@ def _s3() -> Any:
 
 @functools.cache
 def _s3_client(url: str) -> Any:
-    """One client per moto URL (boto3 clients are thread-safe; creating one loads botocore's models,
-    ~50 ms of CPU, which a file's thread would otherwise spend every time)."""
+    """One client per moto URL: boto3 clients are thread-safe, and creating one loads botocore's models."""
     import boto3
 
     from m3sh.sandbox import credentials as cred
