@@ -12,13 +12,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import boto3
 import m3ter
 import pytest
 import requests
 
 from m3sh.sandbox import credentials as cred
-from m3sh.sandbox.m3ter.fileuploads import BUCKET
 
 pytestmark = pytest.mark.sandbox
 
@@ -82,18 +80,35 @@ def test_upload_is_processed_like_the_ingest_api(client: m3ter.M3ter, fresh_sand
     assert fresh_sandbox.state("m3ter")["usage"]["accepted"] == before + 2500
     assert fresh_sandbox.state("m3ter")["file_uploads"] == {
         "jobs": 1, "by_status": {"succeeded": 1}, "processed_rows": 2500, "failed_rows": 3}
-    # the file landed in the sandbox's moto S3, as m3ter keeps it in S3
-    s3 = boto3.client("s3", endpoint_url=fresh_sandbox.url("moto"), aws_access_key_id=cred.AWS_ACCESS_KEY,
-                      aws_secret_access_key=cred.AWS_SECRET_KEY, region_name="us-east-1")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
-    assert any(job_id in k for k in keys)
-    # the original file, through its download URL
+    # the original file, through its download URL (m3ter keeps it; the sandbox on its own disk)
     original = client.usage.file_uploads.jobs.get_original_download_url(job_id)
-    assert requests.get(original.url, timeout=10).content == body
+    got = requests.get(original.url, timeout=10)
+    assert (got.status_code, got.content, got.headers["content-type"]) == (200, body, "application/json")
+    # only a signed URL of that key reads it, as S3 answers
+    unsigned = requests.get(original.url.split("?")[0], timeout=10)
+    assert unsigned.status_code == 403 and "<Code>" in unsigned.text
     # the same uids uploaded again are all failed rows (m3ter's uid de-duplication), nothing counted twice
     again, _ = _upload(client, json.dumps(rows[:10]).encode(), name="again.json")
     assert _finished(client, again).failed_rows == 10
     assert fresh_sandbox.state("m3ter")["usage"]["accepted"] == before + 2500
+
+
+def test_files_uploaded_together_are_processed_one_at_a_time_in_upload_order(client: m3ter.M3ter,
+                                                                             fresh_sandbox: Any) -> None:
+    # "Uploaded files are processed sequentially at a rate of 2,000 measurements per second" (the guide)
+    fresh_sandbox.admin("m3ter", "fileuploads", "POST", rows_per_s=6000)  # each file takes ~0.5 s
+    ids = [_upload(client, json.dumps(_rows(3000)).encode(), name=f"seq{i}.json")[0] for i in range(2)]
+    overlapped: list[tuple[int, int]] = []
+
+    def both_done() -> bool:
+        first, second = (client.usage.file_uploads.jobs.retrieve(i) for i in ids)
+        if first.status != "succeeded" and second.total_rows:
+            overlapped.append((first.total_rows or 0, second.total_rows))
+        return first.status == second.status == "succeeded"
+
+    _wait(both_done, what="both jobs")
+    assert overlapped == []  # the second file's rows waited for the first file's
+    assert [client.usage.file_uploads.jobs.retrieve(i).processed_rows for i in ids] == [3000, 3000]
 
 
 def test_jobs_are_listed_newest_first_with_paging_and_date_filter(client: m3ter.M3ter) -> None:

@@ -121,6 +121,7 @@ class M3terEmulator(Emulator):
             raise ValueError(f"unknown seed {seed!r}; use 'demo' or 'empty'")
         self.store = Store(cred.M3TER_ORG_ID)
         self.usage = ingest.UsageStore()
+        self.uploads.close()
         self.uploads = fileuploads.UploadState()
         self.tokens = {}
         self.token_ttl_s = TOKEN_TTL_S

@@ -21,12 +21,12 @@ from m3sh.sandbox.m3ter.schemas import ApiError
 MAX_ITEMS = 1000
 MAX_BODY_BYTES = 512_000  # the payload must be *under* this size
 FUTURE_SKEW_S = 300.0  # client clocks run ahead a little; m3ter rejects clearly-future timestamps
-# (maps, accepted value types, what the message calls them, longest string allowed)
-_MAPS: tuple[tuple[tuple[str, ...], tuple[type, ...], str, int | None], ...] = (
-    (("measure", "cost", "income"), (int, float), "number", None),
-    (("who", "where", "what", "other"), (str,), "string", None),
-    (("metadata",), (str,), "string", 256),
-)
+# map field -> (accepted value types, what the message calls them, longest string allowed)
+_MAPS: dict[str, tuple[tuple[type, ...], str, int | None]] = {
+    **dict.fromkeys(("measure", "cost", "income"), ((int, float), "number", None)),
+    **dict.fromkeys(("who", "where", "what", "other"), ((str,), "string", None)),
+    "metadata": ((str,), "string", 256),
+}
 _UTC = dt.UTC
 _fromiso = dt.datetime.fromisoformat
 
@@ -75,17 +75,23 @@ def parse_batch(raw: bytes) -> list[Measurement]:
     if not 1 <= len(items) <= MAX_ITEMS:
         raise ApiError(400, f"measurements: must contain between 1 and {MAX_ITEMS} items (got {len(items)})")
     latest = time.time() + FUTURE_SKEW_S
-    return [parse_item(item, i, latest) for i, item in enumerate(items)]
+    codes: set[str] = set()
+    return [parse_item(item, i, latest, codes) for i, item in enumerate(items)]
 
 
-def parse_item(item: Any, i: int, latest: float) -> Measurement:
+def parse_item(item: Any, i: int, latest: float, codes: set[str]) -> Measurement:
     """One measurement of a request (or of an uploaded file: m3ter's file upload service validates
     rows the same way, failing the row instead of the request); raises ApiError naming ``[i].field``.
-    ``latest``: the newest acceptable ``ts`` (now plus the clock skew allowed)."""
+    ``latest``: the newest acceptable ``ts`` (now plus the clock skew allowed); ``codes``: account and
+    meter codes already found valid, added to (a file's rows share a few codes: each is checked once)."""
     if type(item) is not dict:
         raise _bad(i, "", "must be an object")
-    account = _code(item, i, "account")
-    meter = _code(item, i, "meter")
+    account = item.get("account")
+    if type(account) is not str or account not in codes:
+        codes.add(account := _code(item, i, "account"))
+    meter = item.get("meter")
+    if type(meter) is not str or meter not in codes:
+        codes.add(meter := _code(item, i, "meter"))
     ts = item.get("ts")
     if type(ts) is not str or "T" not in ts:
         raise _bad(i, "ts", "is required and must be an ISO-8601 date-time")
@@ -105,18 +111,18 @@ def parse_item(item: Any, i: int, latest: float) -> Measurement:
             _fromiso(ets)
         except (TypeError, ValueError):
             raise _bad(i, "ets", "is not a valid ISO-8601 date-time") from None
-    for names, kinds, noun, max_len in _MAPS:
-        for name in names:
-            values = item.get(name)
-            if values is None:
-                continue
-            if type(values) is not dict:
-                raise _bad(i, name, f"must be an object of {noun}s")
-            for key, value in values.items():
-                if type(value) not in kinds:
-                    raise _bad(i, f"{name}.{key}", f"must be a {noun}")
-                if max_len is not None and len(value) > max_len:
-                    raise _bad(i, f"{name}.{key}", f"must be at most {max_len} characters")
+    for name, values in item.items():  # the item's few keys, not every map field looked up
+        spec = _MAPS.get(name)
+        if spec is None or values is None:
+            continue
+        kinds, noun, max_len = spec
+        if type(values) is not dict:
+            raise _bad(i, name, f"must be an object of {noun}s")
+        for key, value in values.items():
+            if type(value) not in kinds:
+                raise _bad(i, f"{name}.{key}", f"must be a {noun}")
+            if max_len is not None and len(value) > max_len:
+                raise _bad(i, f"{name}.{key}", f"must be at most {max_len} characters")
     return Measurement(account, meter, epoch, uid, item)
 
 
