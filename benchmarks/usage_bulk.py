@@ -62,7 +62,8 @@ def child(key: str) -> None:
     state = Storage.from_config(cfg.storage)
     baseline = current_rss_mb()
     t0 = time.perf_counter()
-    result = ingest_s3_object(feed=feed, key=key, m3ter=hook, source_storage=Storage(feed.conn_id, BUCKET),
+    # one S3 client for both buckets, as the DAG's run does (m3sh.usage.run)
+    result = ingest_s3_object(feed=feed, key=key, m3ter=hook, source_storage=state.for_bucket(feed.conn_id, BUCKET),
                               state=state, account_exists=AccountLookup(hook),
                               progress_every=cfg.usage.progress_every_rows)
     uploaded = time.perf_counter() - t0

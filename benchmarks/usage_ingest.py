@@ -193,8 +193,10 @@ def child(key: str, extra: str | None) -> None:
     while True:  # an Airflow task retry: the manifest lets the next attempt resume, uids make re-sends safe
         attempts += 1
         try:
-            result = ingest_s3_object(feed=feed, key=key, m3ter=hook, source_storage=Storage(feed.conn_id, BUCKET),
-                                      state=Storage.from_config(cfg.storage), account_exists=AccountLookup(hook),
+            state = Storage.from_config(cfg.storage)  # one S3 client for both buckets, as the DAG's run does
+            source = state.for_bucket(feed.conn_id, BUCKET)
+            result = ingest_s3_object(feed=feed, key=key, m3ter=hook, source_storage=source,
+                                      state=state, account_exists=AccountLookup(hook),
                                       progress_every=cfg.usage.progress_every_rows,
                                       batch_size=cfg.m3ter.ingest_batch_size,
                                       max_in_flight=cfg.m3ter.ingest_requests_in_flight)

@@ -572,6 +572,12 @@ class M3terHook(BaseHook):
     def settings(self) -> M3terSettings:
         return M3terSettings.from_connection(self.get_connection(self.m3ter_conn_id))
 
+    @cached_property
+    def _upload_client(self) -> httpx.Client:
+        """The client of every upload PUT: one TLS context and a kept-alive connection to the storage
+        host, not a new client (loading the CA bundle) per file."""
+        return httpx.Client(timeout=UPLOAD_PUT_TIMEOUT_S)
+
     def get_conn(self) -> m3ter.M3ter:
         """An SDK client holding a cached token; rebuilt only when the token is about to expire."""
         s = self.settings
@@ -1016,8 +1022,8 @@ class M3terHook(BaseHook):
 
         where = _redact_url(url)
         try:
-            resp = httpx.put(url, content=chunks(), timeout=UPLOAD_PUT_TIMEOUT_S,
-                             headers={**headers, "Content-Length": str(content_length)})
+            resp = self._upload_client.put(url, content=chunks(),
+                                           headers={**headers, "Content-Length": str(content_length)})
         except httpx.HTTPError as exc:
             raise RetryableError(f"upload to {where} failed: {type(exc).__name__}") from None
         if resp.status_code == 403:

@@ -127,8 +127,8 @@ class S3UsageToM3terOperator(M3terBaseOperator[M3terHook]):
         feed = self._feed()
         if not feed.bucket:
             raise AirflowFailException(f"{self.task_id}: bucket is empty")
-        source = Storage(self.aws_conn_id if self.feed is None else feed.conn_id, feed.bucket)
         state = Storage(self.aws_conn_id, self.state_bucket or feed.bucket, self.state_prefix or "")
+        source = state.for_bucket(self.aws_conn_id if self.feed is None else feed.conn_id, feed.bucket)
         keys = self.keys if self.keys is not None else list_feed_objects(source, feed.prefix, None, None)
         self.log.info("%d object(s) to ingest from s3://%s (feed %s)", len(keys), feed.bucket, feed.name)
         lookup = AccountLookup(self.hook)
