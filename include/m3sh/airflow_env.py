@@ -251,9 +251,12 @@ class AirflowApi:
         return {"Authorization": f"Bearer {self._token}"}
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One API call; reads are retried on timeouts (a busy SQLite-backed api-server can stall)."""
+        """One API call; reads are retried on timeouts (a busy SQLite-backed api-server can stall), and any
+        call Airflow refused with 503 "Database is locked" (SQLite under concurrent writers: it refuses
+        before writing, e.g. ``POST /backfills``) is retried."""
         attempts = 3 if method == "GET" else 1
-        for attempt in range(1, attempts + 1):
+        locked = 6
+        for attempt in range(1, max(attempts, locked) + 1):
             try:
                 r = self.session.request(method, f"{self.base_url}/api/v2{path}", headers=self._auth(),
                                          timeout=60, **kwargs)
@@ -267,6 +270,10 @@ class AirflowApi:
                     time.sleep(2 * attempt)
                     continue
                 raise AirflowEnvError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from None
+            if r.status_code == 503 and "Database is locked" in r.text and attempt < locked:
+                self.progress(f"{method} {path}: the database is locked, retrying")
+                time.sleep(2 * attempt)
+                continue
             if r.status_code >= 400:
                 raise AirflowEnvError(f"{method} {path}: HTTP {r.status_code} {r.text[:300]}")
             return r.json() if r.content else None
