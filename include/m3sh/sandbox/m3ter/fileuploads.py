@@ -498,16 +498,14 @@ class _Readable(io.RawIOBase):
     """A file, after ``prefix`` (bytes already read from it), as one raw stream."""
 
     def __init__(self, raw: Any, prefix: bytes = b"") -> None:
-        self.raw, self.prefix = raw, prefix
+        # a BytesIO, not slicing: the rest of an up to 8 MiB prefix would be copied on every read
+        self.raw, self.prefix = raw, io.BytesIO(prefix)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        if self.prefix:
-            data, self.prefix = self.prefix[:len(b)], self.prefix[len(b):]
-        else:
-            data = self.raw.read(len(b))
+        data = self.prefix.read(len(b)) or self.raw.read(len(b))
         b[: len(data)] = data
         return len(data)
 
